@@ -1,0 +1,16 @@
+//! Map key/value types and constants shared by the eBPF programs and the loader.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding so the byte layout is the same on both
+//! sides and in `bpftool map dump`. Map names carry a layout version (`_V1`): a loader that finds a
+//! pinned map of another version refuses to misread it.
+#![no_std]
+
+pub mod stats;
+
+pub use stats::{Hook, Reason, StatsValue, MAX_REASONS, NUM_HOOKS, STATS_ENTRIES};
+
+/// Names of the pinned maps, as they appear under the pin directory.
+pub mod map_names {
+    /// Per-CPU packet/byte counters per (hook, verdict reason).
+    pub const STATS: &str = "STATS_V1";
+}

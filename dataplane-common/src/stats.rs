@@ -1,0 +1,155 @@
+//! Per-hook, per-verdict-reason counters (the `STATS_V1` per-CPU array).
+
+/// The attach point a packet was seen on. The value is the row of the stats table.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// XDP on the node's uplink (underlay) interface: first look at every received frame.
+    XdpUplink = 0,
+    /// tc ingress on the uplink: received frames the XDP program passed up.
+    TcUplinkIngress = 1,
+    /// tc egress on the uplink: frames the node sends to the underlay.
+    TcUplinkEgress = 2,
+    /// tc ingress on a pod-facing host device: frames sent by a pod.
+    TcPodIngress = 3,
+    /// tc egress on a pod-facing host device: frames delivered to a pod.
+    TcPodEgress = 4,
+}
+
+/// Number of hooks (rows of the stats table).
+pub const NUM_HOOKS: u32 = 5;
+
+impl Hook {
+    pub const ALL: [Hook; NUM_HOOKS as usize] = [
+        Hook::XdpUplink,
+        Hook::TcUplinkIngress,
+        Hook::TcUplinkEgress,
+        Hook::TcPodIngress,
+        Hook::TcPodEgress,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::XdpUplink => "xdp-uplink",
+            Hook::TcUplinkIngress => "tc-uplink-ingress",
+            Hook::TcUplinkEgress => "tc-uplink-egress",
+            Hook::TcPodIngress => "tc-pod-ingress",
+            Hook::TcPodEgress => "tc-pod-egress",
+        }
+    }
+}
+
+/// Why a program returned the verdict it did. `Pass*` reasons hand the packet on unchanged,
+/// `Drop*` reasons drop it. The value is the column of the stats table; values are stable
+/// (they are part of the `STATS_V1` layout), new reasons are appended.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not IPv4 (ARP, IPv6, LLDP, ...): not ours, passed to the kernel untouched.
+    PassNotIpv4 = 0,
+    /// IPv4 TCP that no rule applies to.
+    PassTcp = 1,
+    /// IPv4 UDP that no rule applies to.
+    PassUdp = 2,
+    /// IPv4 ICMP that no rule applies to.
+    PassIcmp = 3,
+    /// IPv4 with another protocol (GRE, SCTP, IPIP not addressed to us, ...).
+    PassOtherL4 = 4,
+    /// A non-first IPv4 fragment: it carries no L4 header, so no port-based rule can match it.
+    PassFragment = 5,
+    /// Frame shorter than its Ethernet or VLAN header.
+    DropTruncatedL2 = 6,
+    /// Frame shorter than the IPv4 header its IHL announces.
+    DropTruncatedIpv4 = 7,
+    /// IPv4 header invalid: version != 4, IHL < 5, or total length < header length or > frame.
+    DropBadIpv4 = 8,
+    /// First fragment or unfragmented packet too short for its TCP/UDP/ICMP header.
+    DropTruncatedL4 = 9,
+    /// More VLAN tags than the parser follows (two).
+    PassTooManyVlans = 10,
+}
+
+/// Number of columns reserved per hook in the stats table (room for reasons added later).
+pub const MAX_REASONS: u32 = 32;
+
+/// Entries in `STATS_V1`.
+pub const STATS_ENTRIES: u32 = NUM_HOOKS * MAX_REASONS;
+
+impl Reason {
+    pub const ALL: [Reason; 11] = [
+        Reason::PassNotIpv4,
+        Reason::PassTcp,
+        Reason::PassUdp,
+        Reason::PassIcmp,
+        Reason::PassOtherL4,
+        Reason::PassFragment,
+        Reason::DropTruncatedL2,
+        Reason::DropTruncatedIpv4,
+        Reason::DropBadIpv4,
+        Reason::DropTruncatedL4,
+        Reason::PassTooManyVlans,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIpv4 => "pass-not-ipv4",
+            Reason::PassTcp => "pass-tcp",
+            Reason::PassUdp => "pass-udp",
+            Reason::PassIcmp => "pass-icmp",
+            Reason::PassOtherL4 => "pass-other-l4",
+            Reason::PassFragment => "pass-fragment",
+            Reason::DropTruncatedL2 => "drop-truncated-l2",
+            Reason::DropTruncatedIpv4 => "drop-truncated-ipv4",
+            Reason::DropBadIpv4 => "drop-bad-ipv4",
+            Reason::DropTruncatedL4 => "drop-truncated-l4",
+            Reason::PassTooManyVlans => "pass-too-many-vlans",
+        }
+    }
+
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Reason::DropTruncatedL2
+                | Reason::DropTruncatedIpv4
+                | Reason::DropBadIpv4
+                | Reason::DropTruncatedL4
+        )
+    }
+
+    pub fn from_u32(v: u32) -> Option<Reason> {
+        Reason::ALL.iter().copied().find(|r| *r as u32 == v)
+    }
+}
+
+/// Index of the (hook, reason) counter in `STATS_V1`.
+#[inline(always)]
+pub const fn stats_index(hook: Hook, reason: Reason) -> u32 {
+    hook as u32 * MAX_REASONS + reason as u32
+}
+
+/// Value of one `STATS_V1` slot, per CPU. Layout: two native-endian u64.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsValue {
+    /// Packets counted.
+    pub packets: u64,
+    /// Bytes counted (length of the frame as the hook saw it).
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for StatsValue {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_round_trips_and_fits() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_u32(r as u32), Some(r));
+            assert!((r as u32) < MAX_REASONS);
+        }
+        assert_eq!(stats_index(Hook::TcPodEgress, Reason::PassTcp), 4 * 32 + 1);
+    }
+}

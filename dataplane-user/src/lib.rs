@@ -1,0 +1,10 @@
+//! The `dataplane` loader: loads and attaches the eBPF programs, pins their maps, and reads them
+//! back for operators (`dataplane stats`). The binary in main.rs is a thin CLI over this library,
+//! which the integration tests also use.
+
+pub mod loader;
+pub mod pin;
+pub mod stats;
+
+/// The eBPF object built by `cargo xtask build-ebpf` (checked fresh by build.rs).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DATAPLANE_EBPF_OBJ"));

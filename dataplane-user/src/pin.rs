@@ -1,0 +1,131 @@
+//! The pin directory: where maps live across loader restarts, and how a map pinned by another
+//! layout version is detected instead of misread.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::maps::MapData;
+use dataplane_common::{map_names, StatsValue, STATS_ENTRIES};
+
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+
+/// The layout a pinned map must have to be adopted.
+pub struct MapLayout {
+    pub name: &'static str,
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+/// Every map the programs pin, with its expected layout.
+pub fn expected_layouts() -> Vec<MapLayout> {
+    vec![MapLayout {
+        name: map_names::STATS,
+        map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
+        key_size: 4,
+        value_size: core::mem::size_of::<StatsValue>() as u32,
+        max_entries: STATS_ENTRIES,
+    }]
+}
+
+/// The conventional bpffs mount point.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+/// Makes sure bpffs is mounted under the pin dir and the directory exists. Like cilium-agent, a
+/// missing bpffs at /sys/fs/bpf is mounted (a fresh node or a container without the mount).
+pub fn prepare_pin_dir(dir: &Path) -> Result<()> {
+    ensure_bpffs_mounted(dir)?;
+    fs::create_dir_all(dir).with_context(|| format!("creating pin dir {}", dir.display()))?;
+    if !is_bpffs(dir)? {
+        bail!(
+            "pin dir {} is not on a bpf filesystem (mount one with `mount -t bpf bpf /sys/fs/bpf`)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn ensure_bpffs_mounted(dir: &Path) -> Result<()> {
+    let root = Path::new(BPFFS_ROOT);
+    if !dir.starts_with(root) || !root.is_dir() || is_bpffs(root)? {
+        return Ok(());
+    }
+    log::info!("mounting bpffs at {BPFFS_ROOT}");
+    let (src, fstype, target) = (c"bpf", c"bpf", c"/sys/fs/bpf");
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, core::ptr::null()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("mounting bpffs at /sys/fs/bpf");
+    }
+    Ok(())
+}
+
+fn is_bpffs(dir: &Path) -> Result<bool> {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    let mut st: libc::statfs = unsafe { core::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("statfs {}", dir.display()));
+    }
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Refuses to start over pinned maps whose layout differs from what this build expects, and
+/// names maps of other layout versions (e.g. `STATS_V0`) that this build will not touch.
+pub fn check_pinned_layouts(dir: &Path) -> Result<()> {
+    for want in expected_layouts() {
+        let path = dir.join(want.name);
+        if !path.exists() {
+            continue;
+        }
+        let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let info = map.info().with_context(|| format!("reading info of {}", path.display()))?;
+        let have = (info.key_size(), info.value_size(), info.max_entries());
+        let expect = (want.key_size, want.value_size, want.max_entries);
+        if have != expect {
+            bail!(
+                "pinned map {} has layout (key {}, value {}, entries {}) but this build expects \
+                 (key {}, value {}, entries {}); run `dataplane cleanup --pin-dir {}` first",
+                path.display(), have.0, have.1, have.2, expect.0, expect.1, expect.2, dir.display()
+            );
+        }
+    }
+    for other in foreign_versions(dir)? {
+        log::warn!("ignoring {}: another layout version than this build uses", other.display());
+    }
+    Ok(())
+}
+
+/// Pinned files that look like our maps but carry another version suffix.
+fn foreign_versions(dir: &Path) -> Result<Vec<PathBuf>> {
+    let known: Vec<&str> = expected_layouts().iter().map(|l| l.name).collect();
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let Some((base, version)) = name.rsplit_once("_V") else { continue };
+        let ours = known.iter().any(|k| k.rsplit_once("_V").map(|(b, _)| b) == Some(base));
+        if ours && version.chars().all(|c| c.is_ascii_digit()) && !known.contains(&name.as_str()) {
+            out.push(dir.join(name));
+        }
+    }
+    Ok(out)
+}
+
+/// Removes every map this build pins, then the directory if it is empty.
+pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for layout in expected_layouts() {
+        let path = dir.join(layout.name);
+        if path.exists() {
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed.push(path);
+        }
+    }
+    if dir.exists() && fs::read_dir(dir)?.next().is_none() {
+        fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(removed)
+}
