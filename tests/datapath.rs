@@ -1,0 +1,2 @@
+//! The datapath attached in lab nodes, with real packets.
+mod support;

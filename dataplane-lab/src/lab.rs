@@ -21,7 +21,10 @@ use std::sync::{Mutex, Weak};
 
 use anyhow::{bail, Context, Result};
 
-use crate::netns::{self, ip, Child, GlobalLock};
+use crate::netns::{self, ip, GlobalLock};
+
+/// Background processes started with [`Lab::spawn_in`] (defined with the other process helpers).
+pub use crate::netns::Child;
 
 /// Every lab name (namespace, pin directory) starts with this, followed by `<pid>-`.
 pub const NAME_ROOT: &str = "dpl-";

@@ -201,8 +201,11 @@ impl BitOrAssign for TcpFlags {
 
 impl fmt::Debug for TcpFlags {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> =
-            Self::NAMES.iter().filter(|(flag, _)| self.contains(*flag)).map(|(_, n)| *n).collect();
+        let names: Vec<&str> = Self::NAMES
+            .iter()
+            .filter(|(flag, _)| self.contains(*flag))
+            .map(|(_, n)| *n)
+            .collect();
         if names.is_empty() {
             f.write_str("(none)")
         } else {
@@ -277,9 +280,21 @@ struct Ipv4Spec {
 #[derive(Clone, Debug)]
 enum L4Spec {
     Tcp(TcpSpec),
-    Udp { sport: u16, dport: u16, len: Option<u16> },
-    IcmpEcho { request: bool, id: u16, seq: u16 },
-    IcmpError { icmp_type: u8, code: u8, rest: u32 },
+    Udp {
+        sport: u16,
+        dport: u16,
+        len: Option<u16>,
+    },
+    IcmpEcho {
+        request: bool,
+        id: u16,
+        seq: u16,
+    },
+    IcmpError {
+        icmp_type: u8,
+        code: u8,
+        rest: u32,
+    },
     Raw(u8),
 }
 
@@ -309,20 +324,30 @@ impl Frame {
     /// To build a bare IP packet (an IPIP inner packet, an ICMP quote) start from
     /// `Frame::default()` and finish with [`Frame::build_ip`].
     pub fn eth(src: Mac, dst: Mac) -> Self {
-        Self { src, dst, ..Self::default() }
+        Self {
+            src,
+            dst,
+            ..Self::default()
+        }
     }
 
     /// Appends an 802.1Q tag (TPID 0x8100) with this TCI (VID in the low 12 bits, PCP/DEI
     /// above). Tags are written in call order, outermost first.
     pub fn vlan(mut self, tci: u16) -> Self {
-        self.tags.push(VlanTag { tpid: ethertype::VLAN, tci });
+        self.tags.push(VlanTag {
+            tpid: ethertype::VLAN,
+            tci,
+        });
         self
     }
 
     /// Appends an 802.1ad service tag (TPID 0x88a8) with this TCI; call before [`Frame::vlan`]
     /// for a standard QinQ frame.
     pub fn qinq(mut self, tci: u16) -> Self {
-        self.tags.push(VlanTag { tpid: ethertype::QINQ, tci });
+        self.tags.push(VlanTag {
+            tpid: ethertype::QINQ,
+            tci,
+        });
         self
     }
 
@@ -381,7 +406,10 @@ impl Frame {
     /// Sets the More Fragments flag and the fragment offset (in 8-byte units, at most 0x1fff).
     /// Does not touch DF; real fragments usually have it clear.
     pub fn frag(mut self, more_fragments: bool, offset_8byte_units: u16) -> Self {
-        assert!(offset_8byte_units <= IP_OFFSET_MASK, "fragment offset exceeds 13 bits");
+        assert!(
+            offset_8byte_units <= IP_OFFSET_MASK,
+            "fragment offset exceeds 13 bits"
+        );
         let ip = self.ip_mut("frag");
         ip.mf = more_fragments;
         ip.frag_offset = offset_8byte_units;
@@ -475,7 +503,14 @@ impl Frame {
 
     /// Adds a UDP header; the length field covers header + payload.
     pub fn udp(self, sport: u16, dport: u16) -> Self {
-        self.with_l4(L4Spec::Udp { sport, dport, len: None }, "udp")
+        self.with_l4(
+            L4Spec::Udp {
+                sport,
+                dport,
+                len: None,
+            },
+            "udp",
+        )
     }
 
     /// Override: writes `len` as the UDP length field.
@@ -497,20 +532,28 @@ impl Frame {
     /// the next-hop MTU for "fragmentation needed") followed by `quoted`, normally the
     /// offending IP header + 8 bytes (see [`icmp_quote`]). Replaces the payload.
     pub fn icmp_error(self, icmp_type: u8, code: u8, rest_of_header: u32, quoted: &[u8]) -> Self {
-        let spec = L4Spec::IcmpError { icmp_type, code, rest: rest_of_header };
+        let spec = L4Spec::IcmpError {
+            icmp_type,
+            code,
+            rest: rest_of_header,
+        };
         self.with_l4(spec, "icmp_error").payload(quoted)
     }
 
     /// Uses `proto` as the IPv4 protocol and `payload` verbatim as the IP payload (no L4 header
     /// is built): e.g. [`proto::IPIP`] with an inner IP packet. Replaces the payload.
     pub fn ip_proto(self, proto: u8, payload: &[u8]) -> Self {
-        self.with_l4(L4Spec::Raw(proto), "ip_proto").payload(payload)
+        self.with_l4(L4Spec::Raw(proto), "ip_proto")
+            .payload(payload)
     }
 
     /// Override: writes `checksum` as the TCP/UDP/ICMP checksum instead of the correct one.
     /// Call after the L4 method.
     pub fn l4_checksum(mut self, checksum: u16) -> Self {
-        assert!(self.l4.checksum_offset().is_some(), "Frame::l4_checksum() needs tcp/udp/icmp");
+        assert!(
+            self.l4.checksum_offset().is_some(),
+            "Frame::l4_checksum() needs tcp/udp/icmp"
+        );
         self.l4_csum = Some(checksum);
         self
     }
@@ -557,7 +600,9 @@ impl Frame {
         let mut segment = self.l4.header(self.payload.len());
         segment.extend_from_slice(&self.payload);
         if let Some(at) = self.l4.checksum_offset() {
-            let sum = self.l4_csum.unwrap_or_else(|| self.l4.checksum(ip, &segment));
+            let sum = self
+                .l4_csum
+                .unwrap_or_else(|| self.l4.checksum(ip, &segment));
             segment[at..at + 2].copy_from_slice(&sum.to_be_bytes());
         }
         segment
@@ -570,7 +615,9 @@ impl Frame {
     }
 
     fn ip_mut(&mut self, method: &str) -> &mut Ipv4Spec {
-        self.ip.as_mut().unwrap_or_else(|| panic!("Frame::{method}() needs .ipv4() first"))
+        self.ip
+            .as_mut()
+            .unwrap_or_else(|| panic!("Frame::{method}() needs .ipv4() first"))
     }
 
     fn tcp_mut(&mut self, method: &str) -> &mut TcpSpec {
@@ -582,8 +629,14 @@ impl Frame {
 }
 
 fn check_options(layer: &str, options: &[u8]) {
-    assert!(options.len() % 4 == 0, "{layer} options must be padded to a multiple of 4 bytes");
-    assert!(options.len() <= MAX_OPTIONS, "{layer} options longer than {MAX_OPTIONS} bytes");
+    assert!(
+        options.len().is_multiple_of(4),
+        "{layer} options must be padded to a multiple of 4 bytes"
+    );
+    assert!(
+        options.len() <= MAX_OPTIONS,
+        "{layer} options longer than {MAX_OPTIONS} bytes"
+    );
 }
 
 fn to_u16(len: usize, what: &str) -> u16 {
@@ -596,7 +649,9 @@ impl Ipv4Spec {
         let hlen = IPV4_MIN_HLEN + self.options.len();
         let version = self.version.unwrap_or(4);
         let ihl = self.ihl.unwrap_or((hlen / 4) as u8);
-        let total_len = self.total_len.unwrap_or_else(|| to_u16(hlen + l4_len, "IPv4 packet"));
+        let total_len = self
+            .total_len
+            .unwrap_or_else(|| to_u16(hlen + l4_len, "IPv4 packet"));
         let flags = if self.df { IP_DF } else { 0 } | if self.mf { IP_MF } else { 0 };
         let mut h = Vec::with_capacity(hlen);
         h.push((version << 4) | (ihl & 0x0f));
@@ -640,17 +695,28 @@ impl L4Spec {
             Self::Tcp(tcp) => tcp.header(),
             Self::Udp { sport, dport, len } => {
                 let len = len.unwrap_or_else(|| to_u16(UDP_HLEN + payload_len, "UDP datagram"));
-                [sport.to_be_bytes(), dport.to_be_bytes(), len.to_be_bytes(), [0, 0]].concat()
+                [
+                    sport.to_be_bytes(),
+                    dport.to_be_bytes(),
+                    len.to_be_bytes(),
+                    [0, 0],
+                ]
+                .concat()
             }
             Self::IcmpEcho { request, id, seq } => {
-                let icmp_type =
-                    if *request { icmp_type::ECHO_REQUEST } else { icmp_type::ECHO_REPLY };
+                let icmp_type = if *request {
+                    icmp_type::ECHO_REQUEST
+                } else {
+                    icmp_type::ECHO_REPLY
+                };
                 let ([i0, i1], [s0, s1]) = (id.to_be_bytes(), seq.to_be_bytes());
                 vec![icmp_type, 0, 0, 0, i0, i1, s0, s1]
             }
-            Self::IcmpError { icmp_type, code, rest } => {
-                [[*icmp_type, *code, 0, 0], rest.to_be_bytes()].concat()
-            }
+            Self::IcmpError {
+                icmp_type,
+                code,
+                rest,
+            } => [[*icmp_type, *code, 0, 0], rest.to_be_bytes()].concat(),
             Self::Raw(_) => Vec::new(),
         }
     }
@@ -728,7 +794,10 @@ pub fn fragment_ipv4(packet: &[u8], max_payload: usize) -> Vec<Vec<u8>> {
     let (header, body) = packet[..usize::from(be16(packet, 2))].split_at(hlen);
     let frag_field = be16(packet, 6);
     let base = usize::from(frag_field & IP_OFFSET_MASK);
-    let chunks: Vec<&[u8]> = body.chunks(step).collect();
+    let chunks: Vec<&[u8]> = match body.is_empty() {
+        true => vec![body],
+        false => body.chunks(step).collect(),
+    };
     let last = chunks.len().saturating_sub(1);
     chunks
         .iter()
@@ -741,7 +810,10 @@ pub fn fragment_ipv4(packet: &[u8], max_payload: usize) -> Vec<Vec<u8>> {
 }
 
 fn one_fragment(header: &[u8], chunk: &[u8], offset: usize, more: bool) -> Vec<u8> {
-    assert!(offset <= usize::from(IP_OFFSET_MASK), "fragment offset exceeds 13 bits");
+    assert!(
+        offset <= usize::from(IP_OFFSET_MASK),
+        "fragment offset exceeds 13 bits"
+    );
     let flags = if more { IP_MF } else { 0 };
     let mut out = [header, chunk].concat();
     let total_len = to_u16(out.len(), "fragment");
@@ -1051,14 +1123,17 @@ impl Parsed {
 
     /// Decodes a UDP payload as VXLAN: returns the VNI and the parsed inner frame.
     pub fn decap_vxlan(&self) -> Result<(u32, Parsed), ParseError> {
-        self.udp().ok_or(ParseError::NotEncapsulated("no UDP header"))?;
+        self.udp()
+            .ok_or(ParseError::NotEncapsulated("no UDP header"))?;
         let (vni, inner) = parse_vxlan(self.payload())?;
         Ok((vni, parse(inner)?))
     }
 
     /// Decodes the IPIP (protocol 4) payload as the inner IPv4 packet.
     pub fn decap_ipip(&self) -> Result<Ipv4Packet, ParseError> {
-        self.ipv4().ok_or(ParseError::NotEncapsulated("not IPv4"))?.decap_ipip()
+        self.ipv4()
+            .ok_or(ParseError::NotEncapsulated("not IPv4"))?
+            .decap_ipip()
     }
 }
 
@@ -1095,7 +1170,9 @@ impl Ipv4Packet {
     /// Decodes the payload of an unfragmented IPIP (protocol 4) packet as the inner packet.
     pub fn decap_ipip(&self) -> Result<Ipv4Packet, ParseError> {
         if self.protocol != proto::IPIP || self.is_fragment() {
-            return Err(ParseError::NotEncapsulated("not an unfragmented IPIP packet"));
+            return Err(ParseError::NotEncapsulated(
+                "not an unfragmented IPIP packet",
+            ));
         }
         parse_ip(&self.payload)
     }
@@ -1108,7 +1185,10 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
     let (mut at, mut ethertype, mut vlans) = (12, be16(frame, 12), Vec::new());
     while ethertype == ethertype::VLAN || ethertype == ethertype::QINQ {
         need(frame, at + 6, Layer::Vlan)?;
-        vlans.push(VlanTag { tpid: ethertype, tci: be16(frame, at + 2) });
+        vlans.push(VlanTag {
+            tpid: ethertype,
+            tci: be16(frame, at + 2),
+        });
         at += 4;
         ethertype = be16(frame, at);
     }
@@ -1117,7 +1197,13 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
         ethertype::IPV4 => Network::Ipv4(parse_ip(body)?),
         _ => Network::Other(body.to_vec()),
     };
-    Ok(Parsed { dst: mac_at(frame, 0), src: mac_at(frame, 6), vlans, ethertype, network })
+    Ok(Parsed {
+        dst: mac_at(frame, 0),
+        src: mac_at(frame, 6),
+        vlans,
+        ethertype,
+        network,
+    })
 }
 
 /// Decodes an IPv4 packet without Ethernet header (e.g. an IPIP inner packet).
@@ -1232,7 +1318,13 @@ fn parse_udp<'a>(ip: &Ipv4Packet, b: &'a [u8]) -> Result<(L4, &'a [u8]), ParseEr
     let datagram = &b[..covered];
     let checksum = be16(b, 6);
     let checksum_ok = checksum == 0 || l4_checksum(ip.src, ip.dst, proto::UDP, datagram) == 0;
-    let udp = Udp { sport: be16(b, 0), dport: be16(b, 2), len, checksum, checksum_ok };
+    let udp = Udp {
+        sport: be16(b, 0),
+        dport: be16(b, 2),
+        len,
+        checksum,
+        checksum_ok,
+    };
     Ok((L4::Udp(udp), &datagram[UDP_HLEN..]))
 }
 
@@ -1303,4 +1395,841 @@ fn ipv4_at(b: &[u8], at: usize) -> Ipv4Addr {
 
 fn mac_at(b: &[u8], at: usize) -> Mac {
     [b[at], b[at + 1], b[at + 2], b[at + 3], b[at + 4], b[at + 5]]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ops::Range;
+
+    const MAC_A: Mac = [2, 0, 0, 0, 0, 1];
+    const MAC_B: Mac = [2, 0, 0, 0, 0, 2];
+    const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    const ETH_IP: usize = ETH_HLEN; // IPv4 header start in an untagged frame
+    const ETH_L4: usize = ETH_HLEN + IPV4_MIN_HLEN; // L4 header start without IP options
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn base() -> Frame {
+        Frame::eth(MAC_A, MAC_B).ipv4(IP_A, IP_B)
+    }
+
+    fn tcp_frame() -> Frame {
+        base()
+            .tcp(40000, 80)
+            .flags(TcpFlags::SYN)
+            .seq(1)
+            .payload(b"hello tcp")
+    }
+
+    fn ip_of(parsed: &Parsed) -> &Ipv4Packet {
+        parsed.ipv4().expect("IPv4 packet")
+    }
+
+    /// Independent checksum: sum all 16-bit words in a u64, fold at the end.
+    fn manual_checksum(bytes: &[u8]) -> u16 {
+        let mut sum: u64 = bytes
+            .chunks(2)
+            .map(|w| (u64::from(w[0]) << 8) | u64::from(*w.get(1).unwrap_or(&0)))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    /// Positions where two equally long byte strings differ.
+    fn diff(a: &[u8], b: &[u8]) -> Vec<usize> {
+        assert_eq!(a.len(), b.len());
+        (0..a.len()).filter(|&i| a[i] != b[i]).collect()
+    }
+
+    /// Asserts `bad` differs from `good` in `field` and otherwise only in the 2-byte checksum
+    /// at `checksum` that covers the field.
+    fn assert_only_field_changed(good: &[u8], bad: &[u8], field: Range<usize>, checksum: usize) {
+        let changed = diff(good, bad);
+        assert!(
+            changed.iter().any(|i| field.contains(i)),
+            "field {field:?} unchanged"
+        );
+        let allowed = |i: &usize| field.contains(i) || (checksum..checksum + 2).contains(i);
+        assert!(
+            changed.iter().all(allowed),
+            "changed {changed:?}, field {field:?}"
+        );
+    }
+
+    // ---- checksum helpers ----
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 section 3: words 0001 f203 f4f5 f6f7 sum to ddf2 (checksum = !ddf2).
+        let bytes = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(internet_checksum(&bytes), !0xddf2);
+        assert_eq!(internet_checksum(&bytes), 0x220d);
+    }
+
+    #[test]
+    fn csum_fold_folds_carries_and_complements() {
+        assert_eq!(csum_fold(0), 0xffff);
+        assert_eq!(csum_fold(0xffff), 0);
+        assert_eq!(csum_fold(0x0001_fffe), 0); // fffe + 1 = ffff
+        assert_eq!(csum_fold(0xffff_ffff), 0); // ffff + ffff = 1fffe -> ffff
+        assert_eq!(csum_fold(0x0002_0001), !0x0003);
+    }
+
+    #[test]
+    fn checksum_odd_length_pads_with_zero() {
+        assert_eq!(
+            internet_checksum(&[0x12, 0x34, 0x56]),
+            internet_checksum(&[0x12, 0x34, 0x56, 0])
+        );
+        assert_eq!(internet_checksum(&[0xab]), !0xab00);
+    }
+
+    #[test]
+    fn checksum_of_large_input_does_not_overflow() {
+        let bytes = vec![0xff; 200_000];
+        assert_eq!(internet_checksum(&bytes), manual_checksum(&bytes));
+    }
+
+    // ---- golden bytes ----
+
+    #[test]
+    fn golden_ipv4_header_wikipedia() {
+        // The classic example: 4500 0073 0000 4000 4011 b861 c0a8 0001 c0a8 00c7.
+        let packet = Frame::default()
+            .ipv4(
+                Ipv4Addr::new(192, 168, 0, 1),
+                Ipv4Addr::new(192, 168, 0, 199),
+            )
+            .udp(1, 2)
+            .payload(&[0; 0x73 - 28])
+            .build_ip();
+        assert_eq!(
+            packet[..20],
+            hex("45000073000040004011b861c0a80001c0a800c7")
+        );
+        assert_eq!(internet_checksum(&packet[..20]), 0);
+    }
+
+    #[test]
+    fn golden_icmp_echo_request() {
+        // Echo request id 1 seq 1, no data: 0800 + 0001 + 0001 = 0802 -> checksum f7fd.
+        let frame = base().icmp_echo(true, 1, 1).build();
+        let expected = hex(concat!(
+            "020000000002",
+            "020000000001",
+            "0800",
+            "4500001c000040004001",
+            "26df",
+            "0a000001",
+            "0a000002",
+            "0800f7fd00010001",
+        ));
+        assert_eq!(frame, expected);
+        assert_eq!(manual_checksum(&frame[ETH_IP..ETH_L4]), 0);
+    }
+
+    #[test]
+    fn golden_tcp_syn_validated_by_tshark() {
+        // Built once and checked with `tshark -o tcp.check_checksum:TRUE` (IP 0x1492, TCP 0xce86).
+        let frame = base()
+            .id(0x1234)
+            .tcp(40000, 80)
+            .flags(TcpFlags::SYN)
+            .seq(0x0102_0304)
+            .tcp_options(&[mss_option(1460), [1, 1, 4, 2]].concat())
+            .build();
+        let expected = hex(concat!(
+            "020000000002020000000001080045000030123440004006",
+            "1492",
+            "0a0000010a000002",
+            "9c40005001020304000000007002ffff",
+            "ce86",
+            "0000020405b401010402",
+        ));
+        assert_eq!(frame, expected);
+    }
+
+    #[test]
+    fn tcp_checksum_matches_manual_pseudo_header_sum() {
+        let frame = tcp_frame().payload(b"odd-length payload!").build();
+        let segment = &frame[ETH_L4..];
+        let mut words = Vec::new();
+        words.extend(IP_A.octets());
+        words.extend(IP_B.octets());
+        words.extend([0, 6]);
+        words.extend((segment.len() as u16).to_be_bytes());
+        words.extend(segment);
+        let at = 12 + 16; // pseudo-header + TCP checksum offset
+        let stored = u16::from_be_bytes([words[at], words[at + 1]]);
+        words[at..at + 2].copy_from_slice(&[0, 0]);
+        assert_eq!(stored, manual_checksum(&words));
+        assert_eq!(l4_checksum(IP_A, IP_B, proto::TCP, segment), 0);
+    }
+
+    #[test]
+    fn udp_zero_checksum_is_sent_as_ffff() {
+        // Pick the last payload word so the computed checksum is exactly 0.
+        let probe = base().udp(1000, 2000).payload(&[0, 0]).build();
+        let c = u16::from_be_bytes([probe[ETH_L4 + 6], probe[ETH_L4 + 7]]);
+        let frame = base().udp(1000, 2000).payload(&c.to_be_bytes()).build();
+        assert_eq!(frame[ETH_L4 + 6..ETH_L4 + 8], [0xff, 0xff]);
+        let udp = parse(&frame).unwrap().udp().unwrap().clone();
+        assert_eq!(udp.checksum, 0xffff);
+        assert!(udp.checksum_ok);
+        let mut zeroed = frame[ETH_L4..].to_vec();
+        zeroed[6..8].copy_from_slice(&[0, 0]);
+        assert_eq!(l4_checksum(IP_A, IP_B, proto::UDP, &zeroed), 0);
+    }
+
+    // ---- round trips ----
+
+    #[test]
+    fn tcp_round_trip() {
+        let frame = base()
+            .ttl(17)
+            .id(0xbeef)
+            .tos(0xb8)
+            .tcp(40000, 443)
+            .flags(TcpFlags::SYN | TcpFlags::ACK)
+            .seq(0xdead_beef)
+            .ack(42)
+            .window(1024)
+            .tcp_options(&mss_option(1400))
+            .payload(b"data")
+            .build();
+        let p = parse(&frame).unwrap();
+        assert_eq!((p.src, p.dst, p.ethertype), (MAC_A, MAC_B, ethertype::IPV4));
+        assert!(p.vlans.is_empty());
+        let ip = ip_of(&p);
+        assert_eq!(
+            (ip.src, ip.dst, ip.ttl, ip.id, ip.tos),
+            (IP_A, IP_B, 17, 0xbeef, 0xb8)
+        );
+        assert_eq!(
+            (ip.protocol, ip.ihl, usize::from(ip.total_len)),
+            (6, 5, frame.len() - 14)
+        );
+        assert!(ip.checksum_ok && ip.dont_fragment && !ip.more_fragments && ip.frag_offset == 0);
+        let tcp = p.tcp().unwrap();
+        assert_eq!(
+            (tcp.sport, tcp.dport, tcp.seq, tcp.ack),
+            (40000, 443, 0xdead_beef, 42)
+        );
+        assert_eq!(
+            (tcp.flags, tcp.window, tcp.data_offset),
+            (TcpFlags(0x12), 1024, 6)
+        );
+        assert_eq!(tcp.mss(), Some(1400));
+        assert!(tcp.checksum_ok);
+        assert_eq!(p.payload(), b"data");
+    }
+
+    #[test]
+    fn udp_round_trip() {
+        let frame = base()
+            .dont_fragment(false)
+            .udp(5353, 53)
+            .payload(b"query")
+            .build();
+        let p = parse(&frame).unwrap();
+        assert!(!ip_of(&p).dont_fragment && ip_of(&p).checksum_ok);
+        let udp = p.udp().unwrap();
+        assert_eq!((udp.sport, udp.dport, udp.len), (5353, 53, 13));
+        assert!(udp.checksum_ok);
+        assert_eq!(p.payload(), b"query");
+        assert!(p.tcp().is_none() && p.icmp().is_none());
+    }
+
+    #[test]
+    fn udp_checksum_zero_means_none() {
+        let frame = base().udp(1, 2).l4_checksum(0).payload(b"x").build();
+        let udp = parse(&frame).unwrap().udp().unwrap().clone();
+        assert_eq!(udp.checksum, 0);
+        assert!(udp.checksum_ok);
+    }
+
+    #[test]
+    fn icmp_echo_round_trip() {
+        for request in [true, false] {
+            let frame = base()
+                .icmp_echo(request, 0x42, 7)
+                .payload(b"pingdata")
+                .build();
+            let icmp = parse(&frame).unwrap().icmp().unwrap().clone();
+            assert_eq!(icmp.icmp_type, if request { 8 } else { 0 });
+            assert_eq!(
+                icmp.kind,
+                IcmpKind::Echo {
+                    request,
+                    id: 0x42,
+                    seq: 7
+                }
+            );
+            assert!(icmp.checksum_ok);
+        }
+    }
+
+    #[test]
+    fn icmp_frag_needed_quotes_inner_packet() {
+        let inner = Frame::default()
+            .ipv4(Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 96, 0, 10))
+            .ttl(5)
+            .udp(40001, 53)
+            .payload(&[7; 100])
+            .build_ip();
+        let quote = icmp_quote(&inner);
+        assert_eq!(quote.len(), 28);
+        let frame = base()
+            .icmp_error(icmp_type::DEST_UNREACH, 4, 1400, quote)
+            .build();
+        let p = parse(&frame).unwrap();
+        let icmp = p.icmp().unwrap();
+        assert_eq!(
+            (icmp.icmp_type, icmp.code, icmp.rest_of_header),
+            (3, 4, 1400)
+        );
+        assert!(icmp.checksum_ok);
+        let IcmpKind::Error(Some(q)) = &icmp.kind else {
+            panic!("no quote: {icmp:?}")
+        };
+        assert_eq!(
+            (q.src, q.dst),
+            (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 96, 0, 10))
+        );
+        assert_eq!((q.protocol, q.ttl, q.total_len), (proto::UDP, 5, 128));
+        assert_eq!((q.sport, q.dport), (Some(40001), Some(53)));
+        assert!(q.checksum_ok);
+        assert_eq!(q.l4_head, inner[20..28]);
+        assert_eq!(p.payload(), quote);
+    }
+
+    #[test]
+    fn icmp_error_with_garbage_quote_has_no_quote() {
+        let frame = base()
+            .icmp_error(icmp_type::TIME_EXCEEDED, 0, 0, &[0x45, 0, 1])
+            .build();
+        let icmp = parse(&frame).unwrap().icmp().unwrap().clone();
+        assert_eq!(icmp.kind, IcmpKind::Error(None));
+        assert!(icmp.checksum_ok);
+    }
+
+    #[test]
+    fn raw_protocol_and_default_protocol() {
+        let frame = base().ip_proto(proto::GRE, b"gre!").build();
+        let ip = parse_ip(&frame[ETH_IP..]).unwrap();
+        assert_eq!((ip.protocol, &ip.l4), (proto::GRE, &L4::Other(proto::GRE)));
+        assert_eq!(ip.payload, b"gre!");
+        let bare = base().payload(b"?").build();
+        assert_eq!(ip_of(&parse(&bare).unwrap()).protocol, proto::RESERVED);
+    }
+
+    #[test]
+    fn defaults_are_ttl64_df_id0() {
+        let p = parse(&base().udp(1, 2).build()).unwrap();
+        let ip = ip_of(&p);
+        assert_eq!((ip.ttl, ip.id, ip.dont_fragment, ip.tos), (64, 0, true, 0));
+        assert_eq!(p.tcp(), None);
+        let tcp = parse(&base().tcp(1, 2).build())
+            .unwrap()
+            .tcp()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (tcp.flags, tcp.seq, tcp.ack, tcp.window),
+            (TcpFlags::SYN, 0, 0, 65535)
+        );
+    }
+
+    // ---- L2 ----
+
+    #[test]
+    fn vlan_frame() {
+        let frame = base().vlan(0x2064).udp(1, 2).build(); // PCP 1, VID 100
+        assert_eq!(frame[12..18], [0x81, 0x00, 0x20, 0x64, 0x08, 0x00]);
+        let p = parse(&frame).unwrap();
+        assert_eq!(
+            p.vlans,
+            [VlanTag {
+                tpid: ethertype::VLAN,
+                tci: 0x2064
+            }]
+        );
+        assert_eq!(p.vlans[0].vid(), 100);
+        assert!(p.udp().unwrap().checksum_ok);
+    }
+
+    #[test]
+    fn qinq_frame() {
+        let frame = Frame::eth(MAC_A, MAC_B)
+            .qinq(10)
+            .vlan(20)
+            .ipv4(IP_A, IP_B)
+            .tcp(5, 6)
+            .build();
+        assert_eq!(
+            frame[12..22],
+            [0x88, 0xa8, 0, 10, 0x81, 0x00, 0, 20, 0x08, 0x00]
+        );
+        let p = parse(&frame).unwrap();
+        let vids: Vec<(u16, u16)> = p.vlans.iter().map(|t| (t.tpid, t.vid())).collect();
+        assert_eq!(vids, [(ethertype::QINQ, 10), (ethertype::VLAN, 20)]);
+        assert_eq!(p.ethertype, ethertype::IPV4);
+        assert!(p.tcp().unwrap().checksum_ok);
+    }
+
+    #[test]
+    fn arp_frame() {
+        let arp = arp_payload(ARP_REQUEST, (MAC_A, IP_A), ([0; 6], IP_B));
+        let frame = Frame::eth(MAC_A, [0xff; 6])
+            .ethertype(ethertype::ARP)
+            .payload(&arp)
+            .build();
+        assert_eq!(frame.len(), 42);
+        let p = parse(&frame).unwrap();
+        assert_eq!((p.ethertype, p.dst), (ethertype::ARP, [0xff; 6]));
+        assert_eq!(p.network, Network::Other(arp.clone()));
+        assert_eq!(p.ipv4(), None);
+        assert_eq!(arp[6..8], [0, 1]);
+        assert_eq!(arp[24..28], IP_B.octets());
+    }
+
+    #[test]
+    fn ipv6_ethertype_is_opaque() {
+        let frame = Frame::eth(MAC_A, MAC_B)
+            .ethertype(ethertype::IPV6)
+            .payload(&[0x60; 40])
+            .build();
+        let p = parse(&frame).unwrap();
+        assert_eq!(p.ethertype, 0x86dd);
+        assert_eq!(p.payload(), [0x60; 40]);
+    }
+
+    #[test]
+    fn ethernet_padding_is_ignored() {
+        let mut frame = base().udp(1, 2).payload(b"hi").build();
+        frame.resize(60, 0);
+        let p = parse(&frame).unwrap();
+        assert_eq!(p.payload(), b"hi");
+        assert!(p.udp().unwrap().checksum_ok);
+    }
+
+    // ---- IP options ----
+
+    #[test]
+    fn ip_options_shift_l4_header() {
+        for (options, ihl) in [
+            (vec![1, 1, 1, 0], 6u8),
+            (vec![0x94, 4, 0, 0, 1, 1, 1, 0], 7),
+        ] {
+            let frame = tcp_frame().ip_options(&options).build();
+            let l4_at = ETH_IP + usize::from(ihl) * 4;
+            assert_eq!(frame[ETH_IP] & 0x0f, ihl);
+            assert_eq!(frame[l4_at..l4_at + 4], [0x9c, 0x40, 0, 80]);
+            let p = parse(&frame).unwrap();
+            let ip = ip_of(&p);
+            assert_eq!((ip.ihl, &ip.options), (ihl, &options));
+            assert!(ip.checksum_ok);
+            let tcp = p.tcp().unwrap();
+            assert_eq!((tcp.sport, tcp.dport), (40000, 80));
+            assert!(tcp.checksum_ok);
+            assert_eq!(p.payload(), b"hello tcp");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "multiple of 4")]
+    fn unpadded_ip_options_panic() {
+        let _ = base().ip_options(&[1, 1, 1]);
+    }
+
+    #[test]
+    #[should_panic(expected = "longer than 40")]
+    fn oversized_ip_options_panic() {
+        let _ = base().ip_options(&[1; 44]);
+    }
+
+    #[test]
+    #[should_panic(expected = "needs .ipv4() first")]
+    fn ip_setter_without_ipv4_panics() {
+        let _ = Frame::eth(MAC_A, MAC_B).ttl(3);
+    }
+
+    #[test]
+    #[should_panic(expected = "needs .tcp() first")]
+    fn tcp_setter_without_tcp_panics() {
+        let _ = base().udp(1, 2).seq(3);
+    }
+
+    // ---- overrides break exactly one field ----
+
+    #[test]
+    fn override_ihl() {
+        let good = tcp_frame().build();
+        let bad = tcp_frame().ihl(4).build();
+        assert_only_field_changed(&good, &bad, ETH_IP..ETH_IP + 1, ETH_IP + 10);
+        assert_eq!(parse(&bad), Err(ParseError::BadIhl(4)));
+        // IHL 6 over a 20-byte header: the first 4 payload bytes are read as options.
+        let longer = base().ip_proto(proto::GRE, &[0, 0, 0, 0, 9]).ihl(6).build();
+        let ip = ip_of(&parse(&longer).unwrap()).clone();
+        assert_eq!(
+            (ip.ihl, ip.options.as_slice(), ip.payload.as_slice()),
+            (6, &[0; 4][..], &[9][..])
+        );
+        assert!(ip.checksum_ok); // zero "options" do not change the sum
+        assert!(parse(&tcp_frame().ihl(6).build()).is_err()); // TCP header misaligned
+    }
+
+    #[test]
+    fn override_ip_version() {
+        let good = tcp_frame().build();
+        let bad = tcp_frame().ip_version(6).build();
+        assert_only_field_changed(&good, &bad, ETH_IP..ETH_IP + 1, ETH_IP + 10);
+        assert_eq!(bad[ETH_IP], 0x65);
+        assert_eq!(parse(&bad), Err(ParseError::BadIpVersion(6)));
+    }
+
+    #[test]
+    fn override_total_len() {
+        let good = tcp_frame().build();
+        let too_long = tcp_frame().total_len(1000).build();
+        assert_only_field_changed(&good, &too_long, ETH_IP + 2..ETH_IP + 4, ETH_IP + 10);
+        assert!(matches!(
+            parse(&too_long),
+            Err(ParseError::Truncated {
+                layer: Layer::Ipv4,
+                ..
+            })
+        ));
+        let short = parse(&tcp_frame().total_len(40).build()).unwrap();
+        assert!(ip_of(&short).checksum_ok);
+        assert!(short.payload().is_empty()); // payload cut off by total length
+        assert!(!short.tcp().unwrap().checksum_ok);
+        assert_eq!(
+            parse(&tcp_frame().total_len(19).build()),
+            Err(ParseError::BadTotalLen(19))
+        );
+    }
+
+    #[test]
+    fn override_ip_checksum() {
+        let good = tcp_frame().build();
+        let bad = tcp_frame().ip_checksum(0xdead).build();
+        assert_eq!(diff(&good, &bad), [ETH_IP + 10, ETH_IP + 11]);
+        let p = parse(&bad).unwrap();
+        assert_eq!(ip_of(&p).checksum, 0xdead);
+        assert!(!ip_of(&p).checksum_ok);
+        assert!(p.tcp().unwrap().checksum_ok);
+    }
+
+    #[test]
+    fn override_l4_checksum() {
+        let cases = [
+            (tcp_frame(), 16),
+            (base().udp(1, 2).payload(b"u"), 6),
+            (base().icmp_echo(true, 1, 2), 2),
+            (base().icmp_error(11, 0, 0, &[0; 28]), 2),
+        ];
+        for (frame, offset) in cases {
+            let good = frame.clone().build();
+            let bad = frame.l4_checksum(0x1234).build();
+            assert_eq!(diff(&good, &bad), [ETH_L4 + offset, ETH_L4 + offset + 1]);
+            let p = parse(&bad).unwrap();
+            assert!(ip_of(&p).checksum_ok);
+            let (checksum, ok) = match &ip_of(&p).l4 {
+                L4::Tcp(t) => (t.checksum, t.checksum_ok),
+                L4::Udp(u) => (u.checksum, u.checksum_ok),
+                L4::Icmp(i) => (i.checksum, i.checksum_ok),
+                other => panic!("unexpected {other:?}"),
+            };
+            assert_eq!((checksum, ok), (0x1234, false));
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "needs tcp/udp/icmp")]
+    fn l4_checksum_on_raw_protocol_panics() {
+        let _ = base().ip_proto(47, b"x").l4_checksum(1);
+    }
+
+    #[test]
+    fn override_tcp_data_offset_and_udp_len() {
+        let good = tcp_frame().build();
+        let bad = tcp_frame().tcp_data_offset(4).build();
+        assert_only_field_changed(&good, &bad, ETH_L4 + 12..ETH_L4 + 13, ETH_L4 + 16);
+        assert_eq!(parse(&bad), Err(ParseError::BadTcpDataOffset(4)));
+        let udp = base().udp(1, 2).payload(b"abc");
+        assert_eq!(
+            parse(&udp.clone().udp_len(7).build()),
+            Err(ParseError::BadUdpLen(7))
+        );
+        assert_eq!(
+            parse(&udp.clone().udp_len(12).build()),
+            Err(ParseError::BadUdpLen(12))
+        );
+        let shorter = parse(&udp.udp_len(9).build()).unwrap();
+        assert_eq!(shorter.payload(), b"a");
+    }
+
+    #[test]
+    fn override_ethertype_on_ip_frame() {
+        let frame = base().udp(1, 2).ethertype(ethertype::IPV6).build();
+        assert_eq!(parse(&frame).unwrap().ipv4(), None);
+    }
+
+    // ---- fragments ----
+
+    #[test]
+    fn built_fragments_parse() {
+        let first = base().dont_fragment(false).id(7).frag(true, 0).udp(1, 2);
+        let first = parse(&first.udp_len(8 + 24).payload(&[1; 16]).build()).unwrap();
+        let ip = ip_of(&first);
+        assert!(ip.more_fragments && ip.frag_offset == 0 && ip.is_fragment());
+        assert_eq!((first.udp().unwrap().len, first.payload().len()), (32, 16));
+
+        let middle = base()
+            .dont_fragment(false)
+            .id(7)
+            .frag(true, 3)
+            .ip_proto(proto::UDP, &[2; 8]);
+        let middle = parse(&middle.build()).unwrap();
+        let ip = ip_of(&middle);
+        assert_eq!(
+            (ip.more_fragments, ip.frag_offset, &ip.l4),
+            (true, 3, &L4::Fragment)
+        );
+        assert_eq!(middle.payload(), [2; 8]);
+
+        let last = base()
+            .dont_fragment(false)
+            .id(7)
+            .frag(false, 4)
+            .ip_proto(proto::UDP, &[3; 5]);
+        let last = parse(&last.build()).unwrap();
+        let ip = ip_of(&last);
+        assert_eq!(
+            (ip.more_fragments, ip.frag_offset, &ip.l4),
+            (false, 4, &L4::Fragment)
+        );
+        assert!(ip.checksum_ok && ip.is_fragment() && !ip.dont_fragment);
+    }
+
+    #[test]
+    fn fragment_ipv4_splits_and_reassembles() {
+        let packet = Frame::default()
+            .ipv4(IP_A, IP_B)
+            .ip_options(&[1, 1, 1, 0])
+            .id(99)
+            .udp(1, 2)
+            .payload(&(0..100).collect::<Vec<u8>>())
+            .build_ip();
+        let frags = fragment_ipv4(&packet, 45); // rounded down to 40
+        assert_eq!(frags.len(), 3); // 108 bytes of UDP: 40 + 40 + 28
+        let mut body = Vec::new();
+        for (i, frag) in frags.iter().enumerate() {
+            let ip = parse_ip(frag).unwrap();
+            assert!(ip.checksum_ok && !ip.dont_fragment);
+            assert_eq!((ip.id, ip.ihl, ip.frag_offset), (99, 6, i as u16 * 5));
+            assert_eq!(ip.more_fragments, i < 2);
+            assert_eq!(matches!(ip.l4, L4::Fragment), i > 0);
+            body.extend_from_slice(&frag[24..]);
+        }
+        assert_eq!(body, packet[24..]);
+        let first = parse_ip(&frags[0]).unwrap();
+        assert_eq!((first.udp().unwrap().len, first.payload.len()), (108, 32));
+        let whole = fragment_ipv4(&packet, 1500);
+        assert_eq!(whole.len(), 1);
+        let ip = parse_ip(&whole[0]).unwrap();
+        assert!(ip.checksum_ok && !ip.is_fragment() && !ip.dont_fragment);
+        assert_eq!(whole[0][12..], packet[12..]);
+        let empty = Frame::default().ipv4(IP_A, IP_B).build_ip();
+        assert_eq!(fragment_ipv4(&empty, 8).len(), 1);
+    }
+
+    // ---- encapsulation ----
+
+    #[test]
+    fn vxlan_round_trip() {
+        let inner = Frame::eth(MAC_B, MAC_A)
+            .ipv4(Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 2, 3))
+            .tcp(1234, 80)
+            .payload(b"GET /")
+            .build();
+        let encap = vxlan(0x0a0b0c, &inner);
+        assert_eq!(encap[..8], [0x08, 0, 0, 0, 0x0a, 0x0b, 0x0c, 0]);
+        let outer = base().udp(33333, VXLAN_PORT_LINUX).payload(&encap).build();
+        let p = parse(&outer).unwrap();
+        assert!(p.udp().unwrap().checksum_ok);
+        let (vni, inner_parsed) = p.decap_vxlan().unwrap();
+        assert_eq!(vni, 0x0a0b0c);
+        assert_eq!(inner_parsed, parse(&inner).unwrap());
+        assert_eq!(inner_parsed.tcp().unwrap().dport, 80);
+        assert_eq!(
+            parse_vxlan(&[0, 0, 0, 0, 0, 0, 1, 0]),
+            Err(ParseError::BadVxlanFlags(0))
+        );
+        assert!(parse(&tcp_frame().build()).unwrap().decap_vxlan().is_err());
+    }
+
+    #[test]
+    fn ipip_round_trip() {
+        let inner = Frame::default()
+            .ipv4(Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 2, 3))
+            .udp(5353, 53)
+            .payload(b"hello")
+            .build_ip();
+        let outer = base().ip_proto(proto::IPIP, &inner).build();
+        let p = parse(&outer).unwrap();
+        assert_eq!(ip_of(&p).l4, L4::Other(proto::IPIP));
+        let decap = p.decap_ipip().unwrap();
+        assert_eq!(decap, parse_ip(&inner).unwrap());
+        assert_eq!(
+            (decap.udp().unwrap().dport, decap.payload.as_slice()),
+            (53, &b"hello"[..])
+        );
+        assert!(parse(&tcp_frame().build()).unwrap().decap_ipip().is_err());
+    }
+
+    // ---- robustness ----
+
+    fn sample_frames() -> Vec<Vec<u8>> {
+        let inner = tcp_frame().build();
+        vec![
+            tcp_frame().tcp_options(&mss_option(1460)).build(),
+            base()
+                .vlan(5)
+                .ip_options(&[1, 1, 1, 0])
+                .udp(1, 2)
+                .payload(b"abc")
+                .build(),
+            base().icmp_echo(true, 1, 2).payload(b"ping").build(),
+            base()
+                .icmp_error(3, 4, 1400, icmp_quote(&inner[ETH_IP..]))
+                .build(),
+            base()
+                .udp(9, VXLAN_PORT_LINUX)
+                .payload(&vxlan(1, &inner))
+                .build(),
+            base().ip_proto(proto::IPIP, &inner[ETH_IP..]).build(),
+            base().frag(false, 2).ip_proto(proto::TCP, b"frag").build(),
+        ]
+    }
+
+    #[test]
+    fn every_strict_prefix_is_an_error() {
+        for frame in sample_frames() {
+            assert!(parse(&frame).is_ok());
+            for len in 0..frame.len() {
+                let mut cut = frame.clone();
+                cut.truncate(len);
+                assert!(
+                    parse(&cut).is_err(),
+                    "prefix of {len} bytes parsed: {frame:02x?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_errors_name_the_layer() {
+        let frame = tcp_frame().build();
+        let err = |len| parse(&frame[..len]).unwrap_err();
+        assert_eq!(
+            err(5),
+            ParseError::Truncated {
+                layer: Layer::Ethernet,
+                need: 14,
+                have: 5
+            }
+        );
+        assert!(matches!(
+            err(20),
+            ParseError::Truncated {
+                layer: Layer::Ipv4,
+                need: 20,
+                ..
+            }
+        ));
+        assert!(err(20).to_string().contains("Ipv4"));
+        let vlan = base().vlan(1).build();
+        assert!(matches!(
+            parse(&vlan[..16]),
+            Err(ParseError::Truncated {
+                layer: Layer::Vlan,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn truncated_l4_inside_valid_ip_is_an_error() {
+        // total_len claims only 4 bytes of TCP: the IP packet is complete, the header is not.
+        let frame = tcp_frame().total_len(24).build();
+        assert!(matches!(
+            parse(&frame),
+            Err(ParseError::Truncated {
+                layer: Layer::Tcp,
+                ..
+            })
+        ));
+        let frame = base().icmp_echo(true, 1, 1).total_len(24).build();
+        assert!(matches!(
+            parse(&frame),
+            Err(ParseError::Truncated {
+                layer: Layer::Icmp,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn random_mutations_never_panic() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for frame in sample_frames() {
+            for _ in 0..2000 {
+                let mut m = frame.clone();
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() as usize) % m.len();
+                    m[at] = next() as u8;
+                }
+                m.truncate((next() as usize) % (m.len() + 1));
+                let _ = parse(&m);
+                let _ = parse_ip(&m);
+            }
+        }
+    }
+
+    #[test]
+    fn tcp_flags_debug_and_mss_scan() {
+        assert_eq!(format!("{:?}", TcpFlags::SYN | TcpFlags::ACK), "SYN|ACK");
+        assert_eq!(format!("{:?}", TcpFlags::default()), "(none)");
+        let mut flags = TcpFlags::FIN;
+        flags |= TcpFlags::RST;
+        assert!(flags.contains(TcpFlags::RST) && !flags.contains(TcpFlags::SYN));
+        let options = [
+            &[1u8, 1, 4, 2, 8, 10][..],
+            &[0; 8],
+            &mss_option(1200),
+            &[0, 0],
+        ]
+        .concat();
+        let frame = base().tcp(1, 2).tcp_options(&options).build();
+        assert_eq!(parse(&frame).unwrap().tcp().unwrap().mss(), Some(1200));
+        let no_mss = base().tcp(1, 2).tcp_options(&[1, 1, 1, 0]).build();
+        assert_eq!(parse(&no_mss).unwrap().tcp().unwrap().mss(), None);
+    }
 }

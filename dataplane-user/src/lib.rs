@@ -3,6 +3,7 @@
 //! which the integration tests also use.
 
 pub mod loader;
+pub mod model;
 pub mod pin;
 pub mod stats;
 

@@ -1,0 +1,122 @@
+//! The desired state of this node's datapath, independent of where it came from (Kubernetes API,
+//! manifest files, tests) and of how the maps encode it. Control-plane sources produce it;
+//! `services::ServiceTable` and the overlay table turn it into map entries by diff.
+//!
+//! One [`ServicePort`] per (Service, port): that is the unit kube-proxy builds one KUBE-SVC-*
+//! chain for.
+
+use std::net::Ipv4Addr;
+
+/// Transport protocol of a service port. SCTP is not supported by the datapath yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IANA protocol number, as in the IPv4 header.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+/// namespace/name:port-name, for logs and `dataplane services`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePortName {
+    pub namespace: String,
+    pub name: String,
+    /// The port's name in the Service (may be empty for single-port services).
+    pub port: String,
+}
+
+impl std::fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)?;
+        if !self.port.is_empty() {
+            write!(f, ":{}", self.port)?;
+        }
+        Ok(())
+    }
+}
+
+/// How a frontend address is reached; decides which traffic policy applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    /// spec.clusterIP(s): internalTrafficPolicy applies.
+    ClusterIp,
+    /// A node address with spec.ports[].nodePort: externalTrafficPolicy applies.
+    NodePort,
+    /// spec.externalIPs: externalTrafficPolicy applies.
+    ExternalIp,
+    /// status.loadBalancer.ingress[].ip: externalTrafficPolicy applies.
+    LoadBalancer,
+}
+
+/// One address:port a service port answers on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Frontend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub kind: FrontendKind,
+}
+
+/// One endpoint of a service port (from an EndpointSlice), already resolved to the target port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// endpoint.nodeName, if known; compared with this node's name for the Local policies.
+    pub node_name: Option<String>,
+    /// conditions.ready (absent = true, as kube-proxy reads it).
+    pub ready: bool,
+    /// conditions.serving (absent = ready).
+    pub serving: bool,
+    /// conditions.terminating (absent = false).
+    pub terminating: bool,
+}
+
+/// Traffic policy: Cluster uses every eligible backend, Local only this node's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TrafficPolicy {
+    #[default]
+    Cluster,
+    Local,
+}
+
+/// One Service port with everything the datapath needs to serve it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: ServicePortName,
+    pub frontends: Vec<Frontend>,
+    pub backends: Vec<Backend>,
+    pub external_policy: TrafficPolicy,
+    pub internal_policy: TrafficPolicy,
+    /// sessionAffinity ClientIP: timeoutSeconds (kube default 10800); None = no affinity.
+    pub affinity_timeout_secs: Option<u32>,
+}
+
+/// A cluster node as the overlay needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// The address tunnels are sent to (InternalIP, or flannel's public-ip annotation).
+    pub address: Ipv4Addr,
+    /// spec.podCIDR(s), IPv4 only.
+    pub pod_cidrs: Vec<(Ipv4Addr, u8)>,
+    /// flannel.alpha.coreos.com/backend-data VtepMAC, if present.
+    pub vtep_mac: Option<[u8; 6]>,
+    /// projectcalico.org/IPv4IPIPTunnelAddr, if present.
+    pub ipip_tunnel_addr: Option<Ipv4Addr>,
+}
+
+/// Everything a source knows at one point in time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterState {
+    pub services: Vec<ServicePort>,
+    pub nodes: Vec<NodeInfo>,
+}

@@ -1,0 +1,1 @@
+//! Running the `dataplane` binary on lab nodes.
