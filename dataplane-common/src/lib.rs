@@ -5,6 +5,8 @@
 //! pinned map of another version refuses to misread it.
 #![no_std]
 
+pub mod ct;
+pub mod lb;
 pub mod stats;
 
 pub use stats::{Hook, Reason, StatsValue, MAX_REASONS, NUM_HOOKS, STATS_ENTRIES};
@@ -13,4 +15,14 @@ pub use stats::{Hook, Reason, StatsValue, MAX_REASONS, NUM_HOOKS, STATS_ENTRIES}
 pub mod map_names {
     /// Per-CPU packet/byte counters per (hook, verdict reason).
     pub const STATS: &str = "STATS_V1";
+    /// Service frontends -> backend set.
+    pub const SERVICES: &str = "SERVICES_V1";
+    /// Backend set slots -> backend.
+    pub const BACKENDS: &str = "BACKENDS_V1";
+    /// Connection tracking (LRU).
+    pub const CT: &str = "CT_V1";
+    /// sessionAffinity ClientIP (LRU).
+    pub const AFFINITY: &str = "AFFINITY_V1";
+    /// Node-wide settings.
+    pub const CONFIG: &str = "CONFIG_V1";
 }

@@ -104,7 +104,10 @@ impl LabSpec {
             bail!("LabSpec.nodes must be 1..={MAX_NODES}, got {}", self.nodes);
         }
         if self.pods_per_node > MAX_PODS_PER_NODE {
-            bail!("LabSpec.pods_per_node must be <= {MAX_PODS_PER_NODE}, got {}", self.pods_per_node);
+            bail!(
+                "LabSpec.pods_per_node must be <= {MAX_PODS_PER_NODE}, got {}",
+                self.pods_per_node
+            );
         }
         if !(68..=65535).contains(&self.pod_mtu) {
             bail!("LabSpec.pod_mtu {} is not a valid IPv4 MTU", self.pod_mtu);
@@ -160,7 +163,11 @@ impl Node {
 
     /// The node as a [`Host`] (its underlay address).
     pub fn host(&self) -> Host {
-        Host { name: self.name.clone(), ns: self.ns.clone(), ip: self.underlay_ip }
+        Host {
+            name: self.name.clone(),
+            ns: self.ns.clone(),
+            ip: self.underlay_ip,
+        }
     }
 }
 
@@ -182,7 +189,11 @@ pub struct Pod {
 impl Pod {
     /// The pod as a [`Host`].
     pub fn host(&self) -> Host {
-        Host { name: self.name.clone(), ns: self.ns.clone(), ip: self.ip }
+        Host {
+            name: self.name.clone(),
+            ns: self.ns.clone(),
+            ip: self.ip,
+        }
     }
 }
 
@@ -220,7 +231,9 @@ impl Lab {
 
     /// Computes names and addresses; creates nothing.
     fn plan(spec: &LabSpec, prefix: String) -> Lab {
-        let nodes = (1..=spec.nodes).map(|i| plan_node(spec, &prefix, i)).collect();
+        let nodes = (1..=spec.nodes)
+            .map(|i| plan_node(spec, &prefix, i))
+            .collect();
         let external = spec.external_client.then(|| Host {
             name: "external".to_string(),
             ns: format!("{prefix}ext"),
@@ -293,7 +306,10 @@ impl Lab {
     /// created on first use and removed with the lab.
     pub fn pin_dir(&self, node: usize) -> Result<PathBuf> {
         let Some(n) = self.nodes.get(node) else {
-            bail!("pin_dir: no node with 0-based index {node} (lab has {})", self.nodes.len());
+            bail!(
+                "pin_dir: no node with 0-based index {node} (lab has {})",
+                self.nodes.len()
+            );
         };
         let dir = self.pin_base.join(&n.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -348,12 +364,26 @@ impl Lab {
     /// default route via the unused underlay gateway.
     fn attach_to_switch(&self, ns: &str, port: &str, addr: Ipv4Addr) -> Result<()> {
         let sw = &self.switch_ns;
-        ip(sw, &["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+        ip(
+            sw,
+            &[
+                "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ],
+        )?;
         ip(sw, &["link", "set", "dev", port, "master", "br0", "up"])?;
         ip(ns, &["link", "set", "dev", "lo", "up"])?;
         let mtu = UNDERLAY_MTU.to_string();
         ip(ns, &["link", "set", "dev", "eth0", "mtu", &mtu, "up"])?;
-        ip(ns, &["addr", "add", &format!("{addr}/{UNDERLAY_PREFIX_LEN}"), "dev", "eth0"])?;
+        ip(
+            ns,
+            &[
+                "addr",
+                "add",
+                &format!("{addr}/{UNDERLAY_PREFIX_LEN}"),
+                "dev",
+                "eth0",
+            ],
+        )?;
         let gw = UNDERLAY_GATEWAY.to_string();
         ip(ns, &["route", "add", "default", "via", &gw, "dev", "eth0"])?;
         Ok(())
@@ -384,7 +414,16 @@ impl Lab {
         ip(&node.ns, &["link", "add", "cni0", "type", "bridge"])?;
         ip(&node.ns, &["link", "set", "dev", "cni0", "mtu", &mtu, "up"])?;
         let (_, len) = node.pod_cidr;
-        ip(&node.ns, &["addr", "add", &format!("{}/{len}", node.gateway), "dev", "cni0"])?;
+        ip(
+            &node.ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/{len}", node.gateway),
+                "dev",
+                "cni0",
+            ],
+        )?;
         Ok(())
     }
 
@@ -392,7 +431,10 @@ impl Lab {
     /// bird`), so unassigned local pod IPs are dropped instead of leaking to the default route.
     fn add_calico_blackhole(&self, node: &Node) -> Result<()> {
         let (net, len) = node.pod_cidr;
-        ip(&node.ns, &["route", "add", "blackhole", &format!("{net}/{len}")])?;
+        ip(
+            &node.ns,
+            &["route", "add", "blackhole", &format!("{net}/{len}")],
+        )?;
         Ok(())
     }
 
@@ -409,7 +451,12 @@ impl Lab {
     /// the pod namespace (never via the root namespace).
     fn wire_pod(&self, node: &Node, pod: &Pod) -> Result<()> {
         let veth = pod.host_iface.as_str();
-        ip(&node.ns, &["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.ns])?;
+        ip(
+            &node.ns,
+            &[
+                "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.ns,
+            ],
+        )?;
         match self.spec.cni {
             Cni::Flannel => self.wire_flannel_host_side(node, veth)?,
             Cni::Calico => self.wire_calico_host_side(node, pod)?,
@@ -420,8 +467,16 @@ impl Lab {
     /// Bridge port with hairpin on, as flannel's `hairpinMode: true` does.
     fn wire_flannel_host_side(&self, node: &Node, veth: &str) -> Result<()> {
         let mtu = self.spec.pod_mtu.to_string();
-        ip(&node.ns, &["link", "set", "dev", veth, "master", "cni0", "mtu", &mtu, "up"])?;
-        netns::run_in(&node.ns, &["bridge", "link", "set", "dev", veth, "hairpin", "on"])?;
+        ip(
+            &node.ns,
+            &[
+                "link", "set", "dev", veth, "master", "cni0", "mtu", &mtu, "up",
+            ],
+        )?;
+        netns::run_in(
+            &node.ns,
+            &["bridge", "link", "set", "dev", veth, "hairpin", "on"],
+        )?;
         Ok(())
     }
 
@@ -429,11 +484,19 @@ impl Lab {
     fn wire_calico_host_side(&self, node: &Node, pod: &Pod) -> Result<()> {
         let veth = pod.host_iface.as_str();
         let mtu = self.spec.pod_mtu.to_string();
-        ip(&node.ns, &["link", "set", "dev", veth, "address", CALICO_MAC, "mtu", &mtu, "up"])?;
+        ip(
+            &node.ns,
+            &[
+                "link", "set", "dev", veth, "address", CALICO_MAC, "mtu", &mtu, "up",
+            ],
+        )?;
         let key = format!("net.ipv4.conf.{veth}.proxy_arp");
         netns::set_sysctls(&node.ns, &[(key.as_str(), "1")])?;
         let dst = format!("{}/32", pod.ip);
-        ip(&node.ns, &["route", "add", &dst, "dev", veth, "scope", "link"])?;
+        ip(
+            &node.ns,
+            &["route", "add", &dst, "dev", veth, "scope", "link"],
+        )?;
         Ok(())
     }
 
@@ -447,11 +510,17 @@ impl Lab {
         match self.spec.cni {
             Cni::Flannel => {
                 let (_, len) = node.pod_cidr;
-                ip(ns, &["addr", "add", &format!("{}/{len}", pod.ip), "dev", "eth0"])?;
+                ip(
+                    ns,
+                    &["addr", "add", &format!("{}/{len}", pod.ip), "dev", "eth0"],
+                )?;
                 ip(ns, &["route", "add", "default", "via", &gw])?;
             }
             Cni::Calico => {
-                ip(ns, &["addr", "add", &format!("{}/32", pod.ip), "dev", "eth0"])?;
+                ip(
+                    ns,
+                    &["addr", "add", &format!("{}/32", pod.ip), "dev", "eth0"],
+                )?;
                 ip(ns, &["route", "add", &gw, "dev", "eth0", "scope", "link"])?;
                 ip(ns, &["route", "add", "default", "via", &gw, "dev", "eth0"])?;
             }
@@ -468,7 +537,18 @@ impl Lab {
             for other in self.nodes.iter().filter(|o| o.index != node.index) {
                 let (net, len) = other.pod_cidr;
                 let via = other.underlay_ip.to_string();
-                ip(&node.ns, &["route", "add", &format!("{net}/{len}"), "via", &via, "dev", "eth0"])?;
+                ip(
+                    &node.ns,
+                    &[
+                        "route",
+                        "add",
+                        &format!("{net}/{len}"),
+                        "via",
+                        &via,
+                        "dev",
+                        "eth0",
+                    ],
+                )?;
             }
         }
         Ok(())
@@ -477,7 +557,8 @@ impl Lab {
     /// Stops the processes started with [`Lab::spawn_in`] that are still running: SIGTERM to
     /// all first so they shut down in parallel, then wait/SIGKILL each.
     fn stop_children(&self) {
-        let children = std::mem::take(&mut *self.children.lock().unwrap_or_else(|e| e.into_inner()));
+        let children =
+            std::mem::take(&mut *self.children.lock().unwrap_or_else(|e| e.into_inner()));
         let live: Vec<_> = children.iter().filter_map(Weak::upgrade).collect();
         live.iter().for_each(netns::send_term);
         for process in &live {
@@ -530,7 +611,9 @@ fn plan_node(spec: &LabSpec, prefix: &str, i: usize) -> Node {
         Cni::Flannel => Ipv4Addr::new(10, 244, octet, 1),
         Cni::Calico => CALICO_GATEWAY,
     };
-    let pods = (0..spec.pods_per_node).map(|j| plan_pod(spec, prefix, i, j)).collect();
+    let pods = (0..spec.pods_per_node)
+        .map(|j| plan_pod(spec, prefix, i, j))
+        .collect();
     Node {
         name: format!("node{i}"),
         ns: format!("{prefix}node{i}"),
@@ -563,7 +646,10 @@ mod tests {
 
     #[test]
     fn plan_names_and_addresses() {
-        let spec = LabSpec { cni: Cni::Calico, ..Default::default() };
+        let spec = LabSpec {
+            cni: Cni::Calico,
+            ..Default::default()
+        };
         let lab = Lab::plan(&spec, "dpl-4194303-4294967295-".to_string());
         let pod = lab.pod(1, 1);
         assert_eq!(pod.ns, "dpl-4194303-4294967295-n2p1");
@@ -572,7 +658,10 @@ mod tests {
         assert_eq!(pod.host_iface, "cali1");
         assert_eq!(lab.node(1).underlay_ip, Ipv4Addr::new(198, 18, 0, 12));
         assert_eq!(lab.node(0).gateway, CALICO_GATEWAY);
-        assert_eq!(lab.pin_base(), Path::new("/sys/fs/bpf/dpl-4194303-4294967295"));
+        assert_eq!(
+            lab.pin_base(),
+            Path::new("/sys/fs/bpf/dpl-4194303-4294967295")
+        );
         // Nothing was created, so dropping the plan must not try to delete anything real.
         assert!(lab.namespaces().is_empty());
     }
@@ -587,8 +676,18 @@ mod tests {
 
     #[test]
     fn spec_validation() {
-        assert!(LabSpec { nodes: 0, ..Default::default() }.validate().is_err());
-        assert!(LabSpec { nodes: 90, ..Default::default() }.validate().is_err());
+        assert!(LabSpec {
+            nodes: 0,
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
+        assert!(LabSpec {
+            nodes: 90,
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
         assert!(LabSpec::default().validate().is_ok());
     }
 }

@@ -35,7 +35,9 @@ pub fn ns_path(ns: &str) -> PathBuf {
 /// A non-zero exit is an error whose message carries the full command line, the exit status
 /// and stderr, so that a failing lab setup step explains itself.
 pub fn run(argv: &[&str]) -> Result<String> {
-    let (program, args) = argv.split_first().ok_or_else(|| anyhow!("run: empty argv"))?;
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| anyhow!("run: empty argv"))?;
     log::debug!("run: {}", argv.join(" "));
     let out = Command::new(program)
         .args(args)
@@ -112,7 +114,10 @@ pub fn list_ns() -> Vec<String> {
 /// Pids of the processes whose network namespace is `ns` (`ip netns pids`).
 pub fn ns_pids(ns: &str) -> Result<Vec<i32>> {
     let out = run(&["ip", "netns", "pids", ns])?;
-    Ok(out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+    Ok(out
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
 }
 
 /// SIGKILLs every process living in `ns`, except this process itself.
@@ -159,8 +164,10 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
 /// Written from a thread inside the namespace: /proc/sys/net resolves against the writing
 /// thread's network namespace, so this needs no helper process per value.
 pub fn set_sysctls(ns: &str, settings: &[(&str, &str)]) -> Result<()> {
-    let owned: Vec<(String, String)> =
-        settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let owned: Vec<(String, String)> = settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let ns_name = ns.to_string();
     in_netns(ns, move || -> Result<()> {
         for (key, value) in &owned {
@@ -194,10 +201,15 @@ impl Capture {
         let reader = std::thread::spawn(move || {
             let mut chunk = [0u8; 4096];
             while let Ok(n @ 1..) = src.read(&mut chunk) {
-                sink.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&chunk[..n]);
+                sink.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(&chunk[..n]);
             }
         });
-        Capture { buf, reader: Some(reader) }
+        Capture {
+            buf,
+            reader: Some(reader),
+        }
     }
 
     fn text(&self) -> String {
@@ -394,7 +406,9 @@ pub fn remove_stale() {
             }
         }
     }
-    let Ok(dir) = std::fs::read_dir(BPFFS_DIR) else { return };
+    let Ok(dir) = std::fs::read_dir(BPFFS_DIR) else {
+        return;
+    };
     for entry in dir.filter_map(|e| e.ok()) {
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(pid) = lab_name_pid(&name).filter(|&p| !pid_alive(p)) {

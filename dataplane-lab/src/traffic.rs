@@ -108,9 +108,16 @@ impl Reply {
         let (Some(server), Some(peer)) = (parts.next(), parts.next()) else {
             bail!("malformed reply {text:?}");
         };
-        let peer = peer.parse().with_context(|| format!("malformed peer in reply {text:?}"))?;
+        let peer = peer
+            .parse()
+            .with_context(|| format!("malformed peer in reply {text:?}"))?;
         let body = parts.next().unwrap_or("").to_string();
-        Ok(Reply { server: server.to_string(), peer, body, local })
+        Ok(Reply {
+            server: server.to_string(),
+            peer,
+            body,
+            local,
+        })
     }
 }
 
@@ -127,7 +134,10 @@ struct Framed {
 
 impl Framed {
     fn new(stream: TcpStream) -> Framed {
-        Framed { stream, pending: Vec::new() }
+        Framed {
+            stream,
+            pending: Vec::new(),
+        }
     }
 
     /// Returns the bytes before the next `delim` (which is consumed), or `None` on a clean EOF.
@@ -162,7 +172,11 @@ impl Framed {
     }
 
     /// Reads exactly `n` more bytes (e.g. an HTTP body).
-    fn read_exact(&mut self, n: usize, mut keep_going: impl FnMut() -> bool) -> io::Result<Vec<u8>> {
+    fn read_exact(
+        &mut self,
+        n: usize,
+        mut keep_going: impl FnMut() -> bool,
+    ) -> io::Result<Vec<u8>> {
         let mut chunk = [0u8; 4096];
         while self.pending.len() < n {
             match self.stream.read(&mut chunk) {
@@ -182,7 +196,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 fn v4(addr: SocketAddr) -> Result<SocketAddrV4> {
@@ -211,8 +228,10 @@ impl Host {
     /// UDP echo server on 0.0.0.0:`port`: each datagram gets one datagram back,
     /// `"{name} {peer_ip}:{peer_port} {payload}"`.
     pub fn udp_echo_server(&self, port: u16) -> Result<Server> {
-        let socket = in_netns(&self.ns, move || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))?
-            .with_context(|| format!("{}: binding UDP port {port}", self.name))?;
+        let socket = in_netns(&self.ns, move || {
+            UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
+        })?
+        .with_context(|| format!("{}: binding UDP port {port}", self.name))?;
         socket.set_read_timeout(Some(TICK))?;
         let addr = v4(socket.local_addr()?)?;
         let ctx = self.server_ctx();
@@ -224,7 +243,10 @@ impl Host {
     }
 
     fn server_ctx(&self) -> ServerCtx {
-        ServerCtx { name: self.name.clone(), stop: Arc::new(AtomicBool::new(false)) }
+        ServerCtx {
+            name: self.name.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     fn server(
@@ -234,13 +256,21 @@ impl Host {
         main: JoinHandle<()>,
         workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
     ) -> Server {
-        Server { name: self.name.clone(), addr, stop: ctx.stop, main: Some(main), workers }
+        Server {
+            name: self.name.clone(),
+            addr,
+            stop: ctx.stop,
+            main: Some(main),
+            workers,
+        }
     }
 
     /// Binds a listener in this host's namespace and runs `handler` per connection.
     fn tcp_server(&self, port: u16, handler: Handler) -> Result<Server> {
-        let listener = in_netns(&self.ns, move || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))?
-            .with_context(|| format!("{}: binding TCP port {port}", self.name))?;
+        let listener = in_netns(&self.ns, move || {
+            TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+        })?
+        .with_context(|| format!("{}: binding TCP port {port}", self.name))?;
         // Non-blocking accept so the loop can notice the stop flag.
         listener.set_nonblocking(true)?;
         let addr = v4(listener.local_addr()?)?;
@@ -255,8 +285,10 @@ impl Host {
 
     /// Opens a TCP connection from this host to `dst` for repeated [`TcpConn::request`]s.
     pub fn tcp_connect(&self, dst: SocketAddrV4, timeout: Duration) -> Result<TcpConn> {
-        let stream = in_netns(&self.ns, move || TcpStream::connect_timeout(&dst.into(), timeout))?
-            .with_context(|| format!("{}: TCP connect to {dst}", self.name))?;
+        let stream = in_netns(&self.ns, move || {
+            TcpStream::connect_timeout(&dst.into(), timeout)
+        })?
+        .with_context(|| format!("{}: TCP connect to {dst}", self.name))?;
         TcpConn::new(stream, dst, timeout)
     }
 
@@ -265,8 +297,11 @@ impl Host {
     pub fn tcp_request(&self, dst: SocketAddrV4, line: &str, timeout: Duration) -> Result<Reply> {
         let deadline = Instant::now() + timeout;
         let mut conn = self.tcp_connect(dst, timeout)?;
-        conn.timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        conn.request(line).with_context(|| format!("{}: TCP request to {dst}", self.name))
+        conn.timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        conn.request(line)
+            .with_context(|| format!("{}: TCP request to {dst}", self.name))
     }
 
     /// Sends one datagram to `dst` and waits up to `timeout` for one back.
@@ -274,7 +309,12 @@ impl Host {
     /// The socket is connected, like most real UDP clients: a reply from any other source
     /// address than `dst` (e.g. a missing reverse NAT) is dropped by the kernel and the request
     /// times out.
-    pub fn udp_request(&self, dst: SocketAddrV4, payload: &str, timeout: Duration) -> Result<Reply> {
+    pub fn udp_request(
+        &self,
+        dst: SocketAddrV4,
+        payload: &str,
+        timeout: Duration,
+    ) -> Result<Reply> {
         let socket = in_netns(&self.ns, move || -> io::Result<UdpSocket> {
             let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
             socket.connect(dst)?;
@@ -289,8 +329,10 @@ impl Host {
     /// errors). `timeout` bounds the whole exchange.
     pub fn http_get(&self, dst: SocketAddrV4, path: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
-        let stream = in_netns(&self.ns, move || TcpStream::connect_timeout(&dst.into(), timeout))?
-            .with_context(|| format!("{}: TCP connect to {dst}", self.name))?;
+        let stream = in_netns(&self.ns, move || {
+            TcpStream::connect_timeout(&dst.into(), timeout)
+        })?
+        .with_context(|| format!("{}: TCP connect to {dst}", self.name))?;
         http_exchange(stream, dst, path, deadline)
             .with_context(|| format!("{}: HTTP GET http://{dst}{path}", self.name))
     }
@@ -300,8 +342,23 @@ impl Host {
     pub fn ping(&self, dst: Ipv4Addr, count: u32) -> Result<()> {
         let (count_s, deadline_s) = (count.to_string(), (count + 2).to_string());
         let dst_s = dst.to_string();
-        let argv = ["ping", "-n", "-q", "-c", &count_s, "-W", "1", "-i", "0.2", "-w", &deadline_s, &dst_s];
-        self.run(&argv).with_context(|| format!("{}: ping {dst}", self.name)).map(drop)
+        let argv = [
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count_s,
+            "-W",
+            "1",
+            "-i",
+            "0.2",
+            "-w",
+            &deadline_s,
+            &dst_s,
+        ];
+        self.run(&argv)
+            .with_context(|| format!("{}: ping {dst}", self.name))
+            .map(drop)
     }
 }
 
@@ -364,7 +421,9 @@ fn serve_http(stream: TcpStream, _peer: SocketAddr, ctx: &ServerCtx) -> io::Resu
     let mut framed = Framed::new(stream);
     while let Some(head) = framed.read_until(b"\r\n\r\n", || !ctx.stopped())? {
         let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-        let body_len = header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let body_len = header(&head, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         framed.read_exact(body_len, || !ctx.stopped())?;
         let http10 = head.lines().next().is_some_and(|l| l.ends_with("http/1.0"));
         let close = header(&head, "connection") == Some("close") || http10;
@@ -395,7 +454,10 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 /// clients.
 fn serve_udp(socket: UdpSocket, ctx: &ServerCtx) {
     if let Err(e) = pktinfo::enable(&socket) {
-        log::warn!("{}: IP_PKTINFO unavailable, replies use the routing source: {e}", ctx.name);
+        log::warn!(
+            "{}: IP_PKTINFO unavailable, replies use the routing source: {e}",
+            ctx.name
+        );
     }
     let mut buf = vec![0u8; MAX_DATAGRAM];
     while !ctx.stopped() {
@@ -428,7 +490,7 @@ mod pktinfo {
     #[repr(C, align(8))]
     struct Control([u8; CONTROL_LEN]);
 
-    pub fn enable(socket: &UdpSocket) -> io::Result<()> {
+    pub(super) fn enable(socket: &UdpSocket) -> io::Result<()> {
         let on: libc::c_int = 1;
         // SAFETY: valid fd and a c_int option value of the stated size.
         let rc = unsafe {
@@ -440,14 +502,24 @@ mod pktinfo {
                 size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
-        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     /// Receives one datagram: (length, sender, destination address or 0.0.0.0 if unknown).
-    pub fn recv(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddrV4, Ipv4Addr)> {
+    pub(super) fn recv(
+        socket: &UdpSocket,
+        buf: &mut [u8],
+    ) -> io::Result<(usize, SocketAddrV4, Ipv4Addr)> {
         // SAFETY: all-zero is a valid sockaddr_in / msghdr / control buffer.
         let (mut name, mut control): (libc::sockaddr_in, Control) = unsafe { zeroed() };
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
         let mut msg: libc::msghdr = unsafe { zeroed() };
         msg.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
         msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -474,7 +546,9 @@ mod pktinfo {
             let mut cmsg = libc::CMSG_FIRSTHDR(msg);
             while !cmsg.is_null() {
                 if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_PKTINFO {
-                    let info = libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>().read_unaligned();
+                    let info = libc::CMSG_DATA(cmsg)
+                        .cast::<libc::in_pktinfo>()
+                        .read_unaligned();
                     return Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
                 }
                 cmsg = libc::CMSG_NXTHDR(msg, cmsg);
@@ -485,23 +559,38 @@ mod pktinfo {
 
     /// Sends `payload` to `to` from source address `from`; falls back to the routing source
     /// when `from` is unknown or cannot be used (e.g. a broadcast destination).
-    pub fn send(socket: &UdpSocket, payload: &[u8], to: SocketAddrV4, from: Ipv4Addr) -> io::Result<()> {
+    pub(super) fn send(
+        socket: &UdpSocket,
+        payload: &[u8],
+        to: SocketAddrV4,
+        from: Ipv4Addr,
+    ) -> io::Result<()> {
         if from.is_unspecified() || from.is_broadcast() || from.is_multicast() {
             return socket.send_to(payload, to).map(drop);
         }
         match send_from(socket, payload, to, from) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => socket.send_to(payload, to).map(drop),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                socket.send_to(payload, to).map(drop)
+            }
             other => other,
         }
     }
 
-    fn send_from(socket: &UdpSocket, payload: &[u8], to: SocketAddrV4, from: Ipv4Addr) -> io::Result<()> {
+    fn send_from(
+        socket: &UdpSocket,
+        payload: &[u8],
+        to: SocketAddrV4,
+        from: Ipv4Addr,
+    ) -> io::Result<()> {
         // SAFETY: all-zero is a valid sockaddr_in / msghdr / control buffer.
         let (mut name, mut control): (libc::sockaddr_in, Control) = unsafe { zeroed() };
         name.sin_family = libc::AF_INET as libc::sa_family_t;
         name.sin_port = to.port().to_be();
         name.sin_addr.s_addr = u32::from(*to.ip()).to_be();
-        let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() };
+        let mut iov = libc::iovec {
+            iov_base: payload.as_ptr() as *mut _,
+            iov_len: payload.len(),
+        };
         let mut msg: libc::msghdr = unsafe { zeroed() };
         msg.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
         msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -518,14 +607,22 @@ mod pktinfo {
             (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize;
             let info = libc::in_pktinfo {
                 ipi_ifindex: 0,
-                ipi_spec_dst: libc::in_addr { s_addr: u32::from(from).to_be() },
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from(from).to_be(),
+                },
                 ipi_addr: libc::in_addr { s_addr: 0 },
             };
-            libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>().write_unaligned(info);
+            libc::CMSG_DATA(cmsg)
+                .cast::<libc::in_pktinfo>()
+                .write_unaligned(info);
         }
         // SAFETY: `msg` points at live buffers of the stated sizes.
         let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, 0) };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -544,7 +641,12 @@ fn udp_exchange(socket: &UdpSocket, payload: &str, timeout: Duration) -> Result<
     Reply::parse(&String::from_utf8_lossy(&buf[..n]), local)
 }
 
-fn http_exchange(stream: TcpStream, dst: SocketAddrV4, path: &str, deadline: Instant) -> Result<String> {
+fn http_exchange(
+    stream: TcpStream,
+    dst: SocketAddrV4,
+    path: &str,
+    deadline: Instant,
+) -> Result<String> {
     stream.set_read_timeout(Some(TICK))?;
     stream.set_write_timeout(Some(remaining(deadline)))?;
     let mut framed = Framed::new(stream);
@@ -566,7 +668,9 @@ fn http_exchange(stream: TcpStream, dst: SocketAddrV4, path: &str, deadline: Ins
 }
 
 fn remaining(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
 }
 
 /// A long-lived client connection: several requests over the same TCP connection (the same
@@ -582,7 +686,12 @@ impl TcpConn {
     fn new(stream: TcpStream, dst: SocketAddrV4, timeout: Duration) -> Result<TcpConn> {
         stream.set_read_timeout(Some(TICK))?;
         let local = v4(stream.local_addr()?)?;
-        Ok(TcpConn { framed: Framed::new(stream), local, dst, timeout })
+        Ok(TcpConn {
+            framed: Framed::new(stream),
+            local,
+            dst,
+            timeout,
+        })
     }
 
     /// The client socket's address.
@@ -603,14 +712,22 @@ impl TcpConn {
     /// Sends `line` (a newline is appended) and waits for one reply line.
     pub fn request(&mut self, line: &str) -> Result<Reply> {
         let deadline = Instant::now() + self.timeout;
-        self.framed.stream.set_write_timeout(Some(remaining(deadline)))?;
-        self.framed.stream.write_all(format!("{line}\n").as_bytes()).context("send")?;
+        self.framed
+            .stream
+            .set_write_timeout(Some(remaining(deadline)))?;
+        self.framed
+            .stream
+            .write_all(format!("{line}\n").as_bytes())
+            .context("send")?;
         let reply = self
             .framed
             .read_until(b"\n", || Instant::now() < deadline)
             .map_err(|e| anyhow!("waiting for reply from {}: {e}", self.dst))?
             .ok_or_else(|| anyhow!("{} closed the connection", self.dst))?;
-        Reply::parse(String::from_utf8_lossy(&reply).trim_end_matches('\r'), self.local)
+        Reply::parse(
+            String::from_utf8_lossy(&reply).trim_end_matches('\r'),
+            self.local,
+        )
     }
 }
 

@@ -1,0 +1,106 @@
+//! Service load-balancing maps: `SERVICES_V1` (frontend -> backend set) and `BACKENDS_V1`
+//! (backend set slot -> backend). Replaces KUBE-SERVICES / KUBE-SVC-* / KUBE-SEP-*.
+//!
+//! Update protocol (the only way a packet never sees a half-written service): every change of a
+//! frontend's backends writes a *new* backend set under a fresh `set_id` (all slots first), then
+//! switches the frontend's `SERVICES_V1` value (one hash-map update, which readers see atomically),
+//! then deletes the old set's slots. Addresses and ports are in network byte order.
+
+/// `SERVICES_V1` key: the address:port:protocol a service answers on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// Frontend IPv4 address (ClusterIP, node address for NodePort, external/LB IP), network order.
+    pub addr: u32,
+    /// Frontend port, network order.
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// `SERVICES_V1` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Stable id of this frontend (kept across backend changes): keys affinity, shown in conntrack.
+    pub frontend_id: u32,
+    /// The backend set currently serving this frontend (`BACKENDS_V1` keys `(set_id, 0..count)`).
+    pub set_id: u32,
+    /// Number of backends in the set; 0 = no endpoints: the datapath rejects (ICMP port unreachable).
+    pub count: u32,
+    /// `SVC_F_*` flags.
+    pub flags: u32,
+    /// sessionAffinity ClientIP timeout in seconds (with `SVC_F_AFFINITY`).
+    pub affinity_timeout_secs: u32,
+    pub _pad: u32,
+}
+
+/// Source-NAT new connections to the node address (kube-proxy's KUBE-MARK-MASQ for NodePort,
+/// externalIPs and LB IPs under externalTrafficPolicy: Cluster).
+pub const SVC_F_MASQUERADE: u32 = 1 << 0;
+/// sessionAffinity: ClientIP.
+pub const SVC_F_AFFINITY: u32 = 1 << 1;
+/// Frontend reached from outside the cluster (NodePort, externalIP, LoadBalancer).
+pub const SVC_F_EXTERNAL: u32 = 1 << 2;
+/// Backends restricted to this node (externalTrafficPolicy or internalTrafficPolicy Local).
+pub const SVC_F_LOCAL_ONLY: u32 = 1 << 3;
+
+/// `BACKENDS_V1` key: slot `slot` of backend set `set_id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub set_id: u32,
+    pub slot: u32,
+}
+
+/// `BACKENDS_V1` value: where a connection is sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendValue {
+    /// Backend (pod) IPv4 address, network order.
+    pub addr: u32,
+    /// Backend (target) port, network order.
+    pub port: u16,
+    /// `BE_F_*` flags.
+    pub flags: u16,
+}
+
+/// The backend runs on this node.
+pub const BE_F_LOCAL: u16 = 1 << 0;
+
+/// `AFFINITY_V1` key: (client, frontend) for sessionAffinity ClientIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// Client IPv4 address, network order.
+    pub client: u32,
+    pub frontend_id: u32,
+}
+
+/// `AFFINITY_V1` value: the backend the client was last sent to, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend: BackendValue,
+    /// bpf_ktime_get_ns() of the last new connection that used it.
+    pub last_used_ns: u64,
+}
+
+/// Entries of `SERVICES_V1` (frontends). 10k services x (ClusterIP + NodePort + ...) fit.
+pub const MAX_FRONTENDS: u32 = 65_536;
+/// Entries of `BACKENDS_V1`: room for every frontend's set twice (old + new during an update).
+pub const MAX_BACKEND_SLOTS: u32 = 1_048_576;
+/// Entries of `AFFINITY_V1`.
+pub const MAX_AFFINITY: u32 = 65_536;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for BackendValue {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
+}
