@@ -151,7 +151,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
         assert_eq!(core::mem::size_of::<CtValue>(), 56);
-        assert_eq!(core::mem::size_of::<Config>(), 36);
+        assert_eq!(core::mem::size_of::<Config>(), 32);
     }
 
     #[test]
