@@ -5,6 +5,7 @@
 //! pinned map of another version refuses to misread it.
 #![no_std]
 
+pub mod csum;
 pub mod ct;
 pub mod lb;
 pub mod stats;

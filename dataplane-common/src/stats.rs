@@ -67,6 +67,26 @@ pub enum Reason {
     DropTruncatedL4 = 9,
     /// More VLAN tags than the parser follows (two).
     PassTooManyVlans = 10,
+    /// Original-direction packet of a tracked connection: translated to its backend.
+    NatForward = 11,
+    /// Reply-direction packet of a tracked connection: translated back to the frontend.
+    NatReply = 12,
+    /// First packet of a connection to a service: backend chosen, tracked and translated.
+    LbNewConnection = 13,
+    /// Service without endpoints: answered with ICMP port unreachable (kube-proxy's REJECT).
+    RejectNoEndpoints = 14,
+    /// The chosen backend slot was missing (should not happen: sets are written before use).
+    DropNoBackend = 15,
+    /// The conntrack table refused the new entries.
+    DropCtInsertFailed = 16,
+    /// No free masquerade source port for this backend.
+    DropSnatPortsExhausted = 17,
+    /// A packet rewrite helper failed.
+    DropRewriteFailed = 18,
+    /// An ICMP error about a NATed connection, translated so the client matches it.
+    IcmpErrorTranslated = 19,
+    /// A reject could not be built (IP options, resize failure): dropped instead.
+    DropRejectFailed = 20,
 }
 
 /// Number of columns reserved per hook in the stats table (room for reasons added later).
@@ -76,7 +96,7 @@ pub const MAX_REASONS: u32 = 32;
 pub const STATS_ENTRIES: u32 = NUM_HOOKS * MAX_REASONS;
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 21] = [
         Reason::PassNotIpv4,
         Reason::PassTcp,
         Reason::PassUdp,
@@ -88,6 +108,16 @@ impl Reason {
         Reason::DropBadIpv4,
         Reason::DropTruncatedL4,
         Reason::PassTooManyVlans,
+        Reason::NatForward,
+        Reason::NatReply,
+        Reason::LbNewConnection,
+        Reason::RejectNoEndpoints,
+        Reason::DropNoBackend,
+        Reason::DropCtInsertFailed,
+        Reason::DropSnatPortsExhausted,
+        Reason::DropRewriteFailed,
+        Reason::IcmpErrorTranslated,
+        Reason::DropRejectFailed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -103,6 +133,16 @@ impl Reason {
             Reason::DropBadIpv4 => "drop-bad-ipv4",
             Reason::DropTruncatedL4 => "drop-truncated-l4",
             Reason::PassTooManyVlans => "pass-too-many-vlans",
+            Reason::NatForward => "nat-forward",
+            Reason::NatReply => "nat-reply",
+            Reason::LbNewConnection => "lb-new-connection",
+            Reason::RejectNoEndpoints => "reject-no-endpoints",
+            Reason::DropNoBackend => "drop-no-backend",
+            Reason::DropCtInsertFailed => "drop-ct-insert-failed",
+            Reason::DropSnatPortsExhausted => "drop-snat-ports-exhausted",
+            Reason::DropRewriteFailed => "drop-rewrite-failed",
+            Reason::IcmpErrorTranslated => "icmp-error-translated",
+            Reason::DropRejectFailed => "drop-reject-failed",
         }
     }
 
@@ -113,6 +153,11 @@ impl Reason {
                 | Reason::DropTruncatedIpv4
                 | Reason::DropBadIpv4
                 | Reason::DropTruncatedL4
+                | Reason::DropNoBackend
+                | Reason::DropCtInsertFailed
+                | Reason::DropSnatPortsExhausted
+                | Reason::DropRewriteFailed
+                | Reason::DropRejectFailed
         )
     }
 

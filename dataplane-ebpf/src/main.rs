@@ -1,79 +1,103 @@
-//! Entry points only: one function per hook. Each parses the packet, decides, counts the verdict
-//! in `STATS_V1` and returns the hook's action code.
+//! Entry points only: one function per hook. Each runs its pipeline (datapath.rs), counts the
+//! verdict in `STATS_V1` and returns the hook's action code.
 #![no_std]
 #![no_main]
 
+mod conntrack;
+mod datapath;
+mod icmp;
+mod lb;
 mod maps;
+mod packet;
 mod parse;
 mod stats;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_redirect,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use dataplane_common::{Hook, Reason};
+use datapath::Action;
+use packet::{Packet, TcPacket, XdpPacket};
 
-/// Decides what to do with one frame seen on `hook`. Shared by every hook until the service and
-/// overlay features give each hook its own pipeline.
 #[inline(always)]
-fn process(data: usize, data_end: usize, frame_len: usize) -> Reason {
-    match parse::parse_ipv4(data, data_end, frame_len) {
-        Ok(pkt) => parse::pass_reason(pkt.l4),
-        Err(reason) => reason,
+fn xdp_action(action: Action) -> u32 {
+    match action {
+        Action::Pass => xdp_action::XDP_PASS,
+        Action::Drop => xdp_action::XDP_DROP,
+        Action::Bounce => xdp_action::XDP_TX,
     }
 }
 
 #[inline(always)]
-fn run_xdp(ctx: &XdpContext, hook: Hook) -> u32 {
-    let (data, data_end) = (ctx.data(), ctx.data_end());
-    let len = data_end - data;
-    let reason = process(data, data_end, len);
-    stats::count(hook, reason, len as u32);
-    if reason.is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+fn tc_action(ctx: &TcContext, action: Action) -> i32 {
+    match action {
+        Action::Pass => TC_ACT_OK,
+        Action::Drop => TC_ACT_SHOT,
+        // Egress of the device the frame came in on: back to the pod that sent it.
+        Action::Bounce => unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 },
+    }
 }
 
+/// Headers may sit in paged skb data (GRO, veth); make the parse window linear first.
 #[inline(always)]
-fn run_tc(ctx: &TcContext, hook: Hook) -> i32 {
+fn linearize(ctx: &TcContext) {
     let len = ctx.len();
-    // Headers may sit in paged skb data (GRO, veth); make the parse window linear first.
     let want = if len < parse::PARSE_WINDOW { len } else { parse::PARSE_WINDOW };
     if ((ctx.data_end() - ctx.data()) as u32) < want {
         let _ = ctx.pull_data(want);
     }
-    let reason = process(ctx.data(), ctx.data_end(), len as usize);
-    stats::count(hook, reason, len);
+}
+
+#[inline(always)]
+fn tc_observe(ctx: &TcContext, hook: Hook) -> i32 {
+    linearize(ctx);
+    let p = TcPacket(ctx);
+    let reason: Reason = datapath::observe(&p);
+    stats::count(hook, reason, p.frame_len());
     if reason.is_drop() { TC_ACT_SHOT } else { TC_ACT_OK }
 }
 
-/// XDP on the uplink: first look at every frame the node receives from the underlay.
+/// XDP on the uplink: NodePort/external traffic enters here, and replies of connections this
+/// node translated come back here.
 #[xdp]
 pub fn xdp_uplink(ctx: XdpContext) -> u32 {
-    run_xdp(&ctx, Hook::XdpUplink)
+    let p = XdpPacket(&ctx);
+    let len = p.frame_len();
+    let (reason, action) = datapath::service_ingress(&p);
+    stats::count(Hook::XdpUplink, reason, len);
+    xdp_action(action)
 }
 
-/// tc ingress on the uplink.
+/// tc ingress on the uplink (after XDP).
 #[classifier]
 pub fn tc_uplink_ingress(ctx: TcContext) -> i32 {
-    run_tc(&ctx, Hook::TcUplinkIngress)
+    tc_observe(&ctx, Hook::TcUplinkIngress)
 }
 
 /// tc egress on the uplink.
 #[classifier]
 pub fn tc_uplink_egress(ctx: TcContext) -> i32 {
-    run_tc(&ctx, Hook::TcUplinkEgress)
+    tc_observe(&ctx, Hook::TcUplinkEgress)
 }
 
-/// tc ingress on a pod-facing host device (traffic from the pod).
+/// tc ingress on a pod-facing host device: connections from pods to services start here.
 #[classifier]
 pub fn tc_pod_ingress(ctx: TcContext) -> i32 {
-    run_tc(&ctx, Hook::TcPodIngress)
+    linearize(&ctx);
+    let p = TcPacket(&ctx);
+    let len = p.frame_len();
+    let (reason, action) = datapath::service_ingress(&p);
+    stats::count(Hook::TcPodIngress, reason, len);
+    tc_action(&ctx, action)
 }
 
 /// tc egress on a pod-facing host device (traffic to the pod).
 #[classifier]
 pub fn tc_pod_egress(ctx: TcContext) -> i32 {
-    run_tc(&ctx, Hook::TcPodEgress)
+    tc_observe(&ctx, Hook::TcPodEgress)
 }
 
 #[cfg(not(test))]

@@ -1,8 +1,39 @@
 //! Every BPF map the programs use. Names carry the layout version; see bpf-maps.md.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use dataplane_common::{StatsValue, STATS_ENTRIES};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use dataplane_common::{
+    ct::{Config, CtKey, CtValue, CT_MAX_ENTRIES},
+    lb::{
+        AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
+        MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_FRONTENDS,
+    },
+    StatsValue, STATS_ENTRIES,
+};
 
 /// Packets and bytes per (hook, verdict reason), per CPU. Index: `stats_index(hook, reason)`.
 #[map(name = "STATS_V1")]
 pub static STATS_V1: PerCpuArray<StatsValue> = PerCpuArray::pinned(STATS_ENTRIES, 0);
+
+/// Service frontends (address:port:proto) -> current backend set. Written by the loader only.
+#[map(name = "SERVICES_V1")]
+pub static SERVICES_V1: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_FRONTENDS, 0);
+
+/// (backend set, slot) -> backend address:port. Written by the loader only.
+#[map(name = "BACKENDS_V1")]
+pub static BACKENDS_V1: HashMap<BackendKey, BackendValue> = HashMap::pinned(MAX_BACKEND_SLOTS, 0);
+
+/// Connection tracking, one entry per direction of a NATed connection (LRU: a full table evicts
+/// the least recently used entries, never the active ones first).
+#[map(name = "CT_V1")]
+pub static CT_V1: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CT_MAX_ENTRIES, 0);
+
+/// sessionAffinity ClientIP: (client, frontend) -> last backend.
+#[map(name = "AFFINITY_V1")]
+pub static AFFINITY_V1: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(MAX_AFFINITY, 0);
+
+/// Node-wide settings (index 0), written by the loader at start.
+#[map(name = "CONFIG_V1")]
+pub static CONFIG_V1: Array<Config> = Array::pinned(1, 0);

@@ -81,35 +81,41 @@ pub struct IcmpHdr {
     pub rest: u32,
 }
 
-/// A position in the packet, as absolute addresses (`data`..`data_end`).
+/// A position in the packet. The offset is kept as an integer built from constants and masked
+/// header fields, never as a pointer difference: the verifier treats `ptr - ptr` as an unbounded
+/// scalar and would then refuse any later `data + offset` access.
 pub struct Cursor {
     pub start: usize,
-    pub pos: usize,
+    pub off: usize,
     pub end: usize,
 }
+
+/// Largest offset any header we touch can start at: Ethernet + two VLAN tags + a 60-byte IPv4
+/// header. Masking offsets with this keeps them provably bounded after register spills.
+pub const MAX_L4_OFF: usize = 0x7f;
 
 impl Cursor {
     #[inline(always)]
     pub fn new(data: usize, data_end: usize) -> Self {
-        Cursor { start: data, pos: data, end: data_end }
+        Cursor { start: data, off: 0, end: data_end }
     }
 
     /// Returns a pointer to a `T` at the cursor and moves past it, or `None` if the packet is
     /// too short.
     #[inline(always)]
     pub fn take<T>(&mut self) -> Option<*const T> {
-        let at = self.pos;
+        let at = self.start + self.off;
         if at + size_of::<T>() > self.end {
             return None;
         }
-        self.pos = at + size_of::<T>();
+        self.off += size_of::<T>();
         Some(at as *const T)
     }
 
     /// Offset of the cursor from the start of the frame.
     #[inline(always)]
     pub fn offset(&self) -> usize {
-        self.pos - self.start
+        self.off
     }
 }
 
@@ -138,6 +144,8 @@ pub struct Ipv4Packet {
     pub daddr: u32,
     pub sport: u16,
     pub dport: u16,
+    /// TCP flags byte (0 for other protocols).
+    pub tcp_flags: u8,
 }
 
 /// Skips the Ethernet header and up to two VLAN tags; returns the EtherType that follows.
@@ -177,13 +185,23 @@ fn parse_l3(cur: &mut Cursor, frame_len: usize) -> Result<Ipv4Packet, Reason> {
         return Err(Reason::DropBadIpv4);
     }
     // Options: move over them; the next take() re-checks the bound with the variable offset.
-    let l4_pos = cur.start + l3_off + hdr_len;
-    if l4_pos > cur.end {
+    let l4_off = l3_off + hdr_len;
+    if cur.start + l4_off > cur.end {
         return Err(Reason::DropTruncatedIpv4);
     }
-    cur.pos = l4_pos;
+    cur.off = l4_off;
     let l4 = if frag_off & 0x1fff != 0 { L4::Fragment } else { l4_kind(proto) };
-    Ok(Ipv4Packet { l3_off, l4_off: l3_off + hdr_len, l4, proto, saddr, daddr, sport: 0, dport: 0 })
+    Ok(Ipv4Packet {
+        l3_off,
+        l4_off: l3_off + hdr_len,
+        l4,
+        proto,
+        saddr,
+        daddr,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+    })
 }
 
 #[inline(always)]
@@ -205,6 +223,7 @@ fn parse_l4(cur: &mut Cursor, pkt: &mut Ipv4Packet) -> Result<(), Reason> {
             unsafe {
                 pkt.sport = (*tcp).source;
                 pkt.dport = (*tcp).dest;
+                pkt.tcp_flags = u16::from_be((*tcp).off_flags) as u8;
             }
         }
         L4::Udp => {

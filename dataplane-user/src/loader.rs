@@ -120,3 +120,55 @@ impl Datapath {
         Ok(())
     }
 }
+
+/// Writes `CONFIG_V1` (node-wide settings) through an open datapath.
+pub fn write_config(ebpf: &mut Ebpf, cfg: &dataplane_common::ct::Config) -> Result<()> {
+    let map = ebpf
+        .map_mut(dataplane_common::map_names::CONFIG)
+        .ok_or_else(|| anyhow!("CONFIG_V1 missing from object"))?;
+    let mut array: aya::maps::Array<_, dataplane_common::ct::Config> = aya::maps::Array::try_from(map)?;
+    array.set(0, *cfg, 0).context("writing CONFIG_V1")?;
+    Ok(())
+}
+
+/// Writes `CONFIG_V1` through its pin (for tools and tests running beside `dataplane run`).
+pub fn write_pinned_config(pin_dir: &Path, cfg: &dataplane_common::ct::Config) -> Result<()> {
+    let path = pin_dir.join(dataplane_common::map_names::CONFIG);
+    let data = aya::maps::MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut array: aya::maps::Array<_, dataplane_common::ct::Config> =
+        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data)?)?;
+    array.set(0, *cfg, 0).context("writing CONFIG_V1")?;
+    Ok(())
+}
+
+/// Reads `CONFIG_V1` through its pin.
+pub fn read_pinned_config(pin_dir: &Path) -> Result<dataplane_common::ct::Config> {
+    let path = pin_dir.join(dataplane_common::map_names::CONFIG);
+    let data = aya::maps::MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let array: aya::maps::Array<_, dataplane_common::ct::Config> =
+        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data)?)?;
+    Ok(array.get(&0, 0)?)
+}
+
+/// The first IPv4 address of `iface` in this network namespace: the node address masqueraded
+/// connections leave with (kube-proxy's MASQUERADE picks the outgoing interface's address).
+pub fn interface_ipv4(iface: &str) -> Result<std::net::Ipv4Addr> {
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getifaddrs");
+    }
+    let mut found = None;
+    let mut cur = addrs;
+    while !cur.is_null() {
+        let ifa = unsafe { &*cur };
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy();
+        if name == iface && !ifa.ifa_addr.is_null() && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET {
+            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            found = Some(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            break;
+        }
+        cur = ifa.ifa_next;
+    }
+    unsafe { libc::freeifaddrs(addrs) };
+    found.ok_or_else(|| anyhow!("interface {iface} has no IPv4 address (give --masquerade-ip)"))
+}

@@ -8,9 +8,29 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::maps::MapData;
-use dataplane_common::{map_names, StatsValue, STATS_ENTRIES};
+use dataplane_common::{
+    ct::{Config, CtKey, CtValue, CT_MAX_ENTRIES},
+    lb::{
+        AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
+        MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_FRONTENDS,
+    },
+    map_names, StatsValue, STATS_ENTRIES,
+};
 
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+
+fn layout<K, V>(name: &'static str, map_type: u32, max_entries: u32) -> MapLayout {
+    MapLayout {
+        name,
+        map_type,
+        key_size: core::mem::size_of::<K>() as u32,
+        value_size: core::mem::size_of::<V>() as u32,
+        max_entries,
+    }
+}
 
 /// The layout a pinned map must have to be adopted.
 pub struct MapLayout {
@@ -23,13 +43,14 @@ pub struct MapLayout {
 
 /// Every map the programs pin, with its expected layout.
 pub fn expected_layouts() -> Vec<MapLayout> {
-    vec![MapLayout {
-        name: map_names::STATS,
-        map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
-        key_size: 4,
-        value_size: core::mem::size_of::<StatsValue>() as u32,
-        max_entries: STATS_ENTRIES,
-    }]
+    vec![
+        layout::<u32, StatsValue>(map_names::STATS, BPF_MAP_TYPE_PERCPU_ARRAY, STATS_ENTRIES),
+        layout::<ServiceKey, ServiceValue>(map_names::SERVICES, BPF_MAP_TYPE_HASH, MAX_FRONTENDS),
+        layout::<BackendKey, BackendValue>(map_names::BACKENDS, BPF_MAP_TYPE_HASH, MAX_BACKEND_SLOTS),
+        layout::<CtKey, CtValue>(map_names::CT, BPF_MAP_TYPE_LRU_HASH, CT_MAX_ENTRIES),
+        layout::<AffinityKey, AffinityValue>(map_names::AFFINITY, BPF_MAP_TYPE_LRU_HASH, MAX_AFFINITY),
+        layout::<u32, Config>(map_names::CONFIG, BPF_MAP_TYPE_ARRAY, 1),
+    ]
 }
 
 /// The conventional bpffs mount point.
@@ -83,13 +104,13 @@ pub fn check_pinned_layouts(dir: &Path) -> Result<()> {
         }
         let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
         let info = map.info().with_context(|| format!("reading info of {}", path.display()))?;
-        let have = (info.key_size(), info.value_size(), info.max_entries());
-        let expect = (want.key_size, want.value_size, want.max_entries);
+        let have = (info.key_size(), info.value_size(), info.max_entries(), info.map_type().map(|t| t as u32).unwrap_or(u32::MAX));
+        let expect = (want.key_size, want.value_size, want.max_entries, want.map_type);
         if have != expect {
             bail!(
-                "pinned map {} has layout (key {}, value {}, entries {}) but this build expects \
-                 (key {}, value {}, entries {}); run `dataplane cleanup --pin-dir {}` first",
-                path.display(), have.0, have.1, have.2, expect.0, expect.1, expect.2, dir.display()
+                "pinned map {} has layout (key {}, value {}, entries {}, type {}) but this build \
+                 expects (key {}, value {}, entries {}, type {}); run `dataplane cleanup --pin-dir {}` first",
+                path.display(), have.0, have.1, have.2, have.3, expect.0, expect.1, expect.2, expect.3, dir.display()
             );
         }
     }

@@ -1,0 +1,75 @@
+//! The per-hook pipelines: parse, then conntrack, then service lookup.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use dataplane_common::{lb::ServiceValue, Reason};
+
+use crate::{
+    conntrack, icmp, lb,
+    packet::Packet,
+    parse::{self, Ipv4Packet, L4},
+};
+
+/// What the hook does with the frame after the pipeline ran.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pass,
+    Drop,
+    /// Send back out of the interface it arrived on (XDP_TX; tc: redirect to the same device).
+    Bounce,
+}
+
+#[inline(always)]
+fn verdict(reason: Reason) -> Action {
+    if reason.is_drop() { Action::Drop } else { Action::Pass }
+}
+
+/// Classify only: hooks with nothing to translate yet.
+#[inline(always)]
+pub fn observe<P: Packet>(p: &P) -> Reason {
+    match parse::parse_ipv4(p.data(), p.data_end(), p.frame_len() as usize) {
+        Ok(pkt) => parse::pass_reason(pkt.l4),
+        Err(reason) => reason,
+    }
+}
+
+/// Where connections enter the node (a pod's veth, the uplink): translate tracked packets in
+/// either direction, balance new connections to services, reject services without endpoints.
+#[inline(always)]
+pub fn service_ingress<P: Packet>(p: &P) -> (Reason, Action) {
+    let len = p.frame_len();
+    let pkt = match parse::parse_ipv4(p.data(), p.data_end(), len as usize) {
+        Ok(pkt) => pkt,
+        Err(reason) => return (reason, verdict(reason)),
+    };
+    // Non-first fragments carry no ports: passed untranslated (see the issue note on fragments).
+    if pkt.l4 != L4::Tcp && pkt.l4 != L4::Udp {
+        return (parse::pass_reason(pkt.l4), Action::Pass);
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(hit) = conntrack::lookup(&pkt, len, now) {
+        if p.rewrite_tuple(&pkt, &hit.to).is_err() {
+            return (Reason::DropRewriteFailed, Action::Drop);
+        }
+        return (if hit.reply { Reason::NatReply } else { Reason::NatForward }, Action::Pass);
+    }
+    let Some(svc) = lb::lookup_service(&pkt) else {
+        return (parse::pass_reason(pkt.l4), Action::Pass);
+    };
+    if svc.count == 0 {
+        return match icmp::reject_port_unreachable(p, &pkt) {
+            Ok(()) => (Reason::RejectNoEndpoints, Action::Bounce),
+            Err(()) => (Reason::DropRejectFailed, Action::Drop),
+        };
+    }
+    match new_connection(p, &pkt, &svc, len, now) {
+        Ok(()) => (Reason::LbNewConnection, Action::Pass),
+        Err(reason) => (reason, Action::Drop),
+    }
+}
+
+#[inline(always)]
+fn new_connection<P: Packet>(p: &P, pkt: &Ipv4Packet, svc: &ServiceValue, len: u32, now: u64) -> Result<(), Reason> {
+    let backend = lb::select_backend(svc, pkt.saddr, now)?;
+    let to = conntrack::create(pkt, svc, &backend, len, now)?;
+    p.rewrite_tuple(pkt, &to).map_err(|_| Reason::DropRewriteFailed)
+}
