@@ -25,7 +25,7 @@ fn tcp_syn() -> Frame {
 /// Runs one fixture on every hook: until features give hooks their own pipelines, the parsing
 /// layer must classify identically everywhere.
 fn on_every_hook(name: &'static str, input: Vec<u8>, reason: Reason) {
-    on_hooks(&Hook::ALL, name, input, reason);
+    on_hooks(&Hook::PACKET, name, input, reason);
 }
 
 fn on_hooks(hooks: &[Hook], name: &'static str, input: Vec<u8>, reason: Reason) {

@@ -104,6 +104,10 @@ pub struct Config {
     pub timeout_other: u32,
     /// `CFG_F_*` flags.
     pub flags: u32,
+    /// Cookie of the node's network namespace: socket-level balancing applies only to sockets
+    /// of this namespace (0 = socket-level balancing off). Lets several nodes share a kernel
+    /// (the lab) and leaves pods, which have their own namespaces and the tc path, alone.
+    pub netns_cookie: u64,
 }
 
 impl Config {
@@ -120,6 +124,7 @@ impl Config {
             timeout_udp: 60,
             timeout_other: 30,
             flags: 0,
+            netns_cookie: 0,
         }
     }
 
@@ -151,7 +156,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
         assert_eq!(core::mem::size_of::<CtValue>(), 56);
-        assert_eq!(core::mem::size_of::<Config>(), 32);
+        assert_eq!(core::mem::size_of::<Config>(), 40);
     }
 
     #[test]

@@ -87,6 +87,38 @@ pub struct AffinityValue {
     pub last_used_ns: u64,
 }
 
+/// `SOCK_AFFINITY_V1` key: keeps an unconnected UDP socket's sends to one service on one backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockAffinityKey {
+    /// bpf_get_socket_cookie() of the sending socket.
+    pub cookie: u64,
+    pub service: ServiceKey,
+}
+
+/// `SOCK_REVNAT_V1` key: (socket, backend it was sent to) -> the service address it asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevNatKey {
+    pub cookie: u64,
+    /// Backend address and port, network order.
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// `SOCK_REVNAT_V1` value: the service address:port to report instead of the backend's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevNatValue {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Entries of `SOCK_AFFINITY_V1` and `SOCK_REVNAT_V1` (LRU).
+pub const MAX_SOCK_ENTRIES: u32 = 65_536;
+
 /// Entries of `SERVICES_V1` (frontends). 10k services x (ClusterIP + NodePort + ...) fit.
 pub const MAX_FRONTENDS: u32 = 65_536;
 /// Entries of `BACKENDS_V1`: room for every frontend's set twice (old + new during an update).
@@ -103,4 +135,7 @@ mod pod {
     unsafe impl aya::Pod for BackendValue {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for SockAffinityKey {}
+    unsafe impl aya::Pod for SockRevNatKey {}
+    unsafe impl aya::Pod for SockRevNatValue {}
 }

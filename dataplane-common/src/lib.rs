@@ -26,4 +26,8 @@ pub mod map_names {
     pub const AFFINITY: &str = "AFFINITY_V1";
     /// Node-wide settings.
     pub const CONFIG: &str = "CONFIG_V1";
+    /// Socket-level balancing: per-socket backend for unconnected UDP (LRU).
+    pub const SOCK_AFFINITY: &str = "SOCK_AFFINITY_V1";
+    /// Socket-level balancing: (socket, backend) -> service address (LRU).
+    pub const SOCK_REVNAT: &str = "SOCK_REVNAT_V1";
 }

@@ -14,13 +14,34 @@ pub enum Hook {
     TcPodIngress = 3,
     /// tc egress on a pod-facing host device: frames delivered to a pod.
     TcPodEgress = 4,
+    /// cgroup connect4: host-network sockets connecting (socket-level balancing).
+    SockConnect4 = 5,
+    /// cgroup sendmsg4: unconnected host-network UDP sends.
+    SockSendmsg4 = 6,
+    /// cgroup recvmsg4: host-network UDP receives (source rewritten back to the service).
+    SockRecvmsg4 = 7,
+    /// cgroup getpeername4: the peer a balanced host socket reports.
+    SockGetpeername4 = 8,
 }
 
 /// Number of hooks (rows of the stats table).
-pub const NUM_HOOKS: u32 = 5;
+pub const NUM_HOOKS: u32 = 9;
 
 impl Hook {
     pub const ALL: [Hook; NUM_HOOKS as usize] = [
+        Hook::XdpUplink,
+        Hook::TcUplinkIngress,
+        Hook::TcUplinkEgress,
+        Hook::TcPodIngress,
+        Hook::TcPodEgress,
+        Hook::SockConnect4,
+        Hook::SockSendmsg4,
+        Hook::SockRecvmsg4,
+        Hook::SockGetpeername4,
+    ];
+
+    /// The hooks that see packets (the others see socket syscalls).
+    pub const PACKET: [Hook; 5] = [
         Hook::XdpUplink,
         Hook::TcUplinkIngress,
         Hook::TcUplinkEgress,
@@ -35,6 +56,10 @@ impl Hook {
             Hook::TcUplinkEgress => "tc-uplink-egress",
             Hook::TcPodIngress => "tc-pod-ingress",
             Hook::TcPodEgress => "tc-pod-egress",
+            Hook::SockConnect4 => "sock-connect4",
+            Hook::SockSendmsg4 => "sock-sendmsg4",
+            Hook::SockRecvmsg4 => "sock-recvmsg4",
+            Hook::SockGetpeername4 => "sock-getpeername4",
         }
     }
 }
@@ -87,6 +112,10 @@ pub enum Reason {
     IcmpErrorTranslated = 19,
     /// A reject could not be built (IP options, resize failure): dropped instead.
     DropRejectFailed = 20,
+    /// Socket hook: not a service address, or a socket of another network namespace.
+    SockPass = 21,
+    /// Socket hook: the address was rewritten back from a backend to its service.
+    SockRevNat = 22,
 }
 
 /// Number of columns reserved per hook in the stats table (room for reasons added later).
@@ -96,7 +125,7 @@ pub const MAX_REASONS: u32 = 32;
 pub const STATS_ENTRIES: u32 = NUM_HOOKS * MAX_REASONS;
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 23] = [
         Reason::PassNotIpv4,
         Reason::PassTcp,
         Reason::PassUdp,
@@ -118,6 +147,8 @@ impl Reason {
         Reason::DropRewriteFailed,
         Reason::IcmpErrorTranslated,
         Reason::DropRejectFailed,
+        Reason::SockPass,
+        Reason::SockRevNat,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -143,6 +174,8 @@ impl Reason {
             Reason::DropRewriteFailed => "drop-rewrite-failed",
             Reason::IcmpErrorTranslated => "icmp-error-translated",
             Reason::DropRejectFailed => "drop-reject-failed",
+            Reason::SockPass => "sock-pass",
+            Reason::SockRevNat => "sock-revnat",
         }
     }
 
@@ -196,5 +229,6 @@ mod tests {
             assert!((r as u32) < MAX_REASONS);
         }
         assert_eq!(stats_index(Hook::TcPodEgress, Reason::PassTcp), 4 * 32 + 1);
+        assert_eq!(Hook::ALL.len() as u32, NUM_HOOKS);
     }
 }

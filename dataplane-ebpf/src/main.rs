@@ -10,13 +10,14 @@ mod lb;
 mod maps;
 mod packet;
 mod parse;
+mod sock;
 mod stats;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_redirect,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use dataplane_common::{Hook, Reason};
 use datapath::Action;
@@ -98,6 +99,38 @@ pub fn tc_pod_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn tc_pod_egress(ctx: TcContext) -> i32 {
     tc_observe(&ctx, Hook::TcPodEgress)
+}
+
+/// cgroup connect4: host sockets connecting to a service get a backend instead.
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    let (reason, ret) = sock::balance(&ctx, false);
+    stats::count(Hook::SockConnect4, reason, 0);
+    ret
+}
+
+/// cgroup sendmsg4: unconnected host UDP sends to a service.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    let (reason, ret) = sock::balance(&ctx, true);
+    stats::count(Hook::SockSendmsg4, reason, 0);
+    ret
+}
+
+/// cgroup recvmsg4: datagrams from a backend appear to come from the service.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    let reason = sock::reverse(&ctx);
+    stats::count(Hook::SockRecvmsg4, reason, 0);
+    sock::SOCK_ALLOW
+}
+
+/// cgroup getpeername4: a balanced socket's peer is the service.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    let reason = sock::reverse(&ctx);
+    stats::count(Hook::SockGetpeername4, reason, 0);
+    sock::SOCK_ALLOW
 }
 
 #[cfg(not(test))]

@@ -8,7 +8,8 @@ use dataplane_common::{
     ct::{Config, CtKey, CtValue, CT_MAX_ENTRIES},
     lb::{
         AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
-        MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_FRONTENDS,
+        SockAffinityKey, SockRevNatKey, SockRevNatValue, MAX_AFFINITY, MAX_BACKEND_SLOTS,
+        MAX_FRONTENDS, MAX_SOCK_ENTRIES,
     },
     StatsValue, STATS_ENTRIES,
 };
@@ -37,3 +38,13 @@ pub static AFFINITY_V1: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pin
 /// Node-wide settings (index 0), written by the loader at start.
 #[map(name = "CONFIG_V1")]
 pub static CONFIG_V1: Array<Config> = Array::pinned(1, 0);
+
+/// Socket-level balancing: the backend an unconnected UDP socket was given per service.
+#[map(name = "SOCK_AFFINITY_V1")]
+pub static SOCK_AFFINITY_V1: LruHashMap<SockAffinityKey, BackendValue> =
+    LruHashMap::pinned(MAX_SOCK_ENTRIES, 0);
+
+/// Socket-level balancing: (socket, backend) -> service address, for recvmsg/getpeername.
+#[map(name = "SOCK_REVNAT_V1")]
+pub static SOCK_REVNAT_V1: LruHashMap<SockRevNatKey, SockRevNatValue> =
+    LruHashMap::pinned(MAX_SOCK_ENTRIES, 0);

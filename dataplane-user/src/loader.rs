@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 
@@ -25,6 +27,8 @@ pub struct AttachConfig {
     pub uplink: String,
     pub pod_ifaces: Vec<String>,
     pub xdp_mode: XdpAttachMode,
+    /// cgroup v2 directory for socket-level balancing of host traffic; None = off.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// The loaded object. Dropping it detaches every program; pinned maps stay.
@@ -50,6 +54,8 @@ pub fn load(pin_dir: &Path) -> Result<Datapath> {
 pub const XDP_PROGRAMS: &[&str] = &["xdp_uplink"];
 pub const TC_PROGRAMS: &[&str] =
     &["tc_uplink_ingress", "tc_uplink_egress", "tc_pod_ingress", "tc_pod_egress"];
+pub const SOCK_PROGRAMS: &[&str] =
+    &["sock_connect4", "sock_sendmsg4", "sock_recvmsg4", "sock_getpeername4"];
 
 fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
     for name in XDP_PROGRAMS {
@@ -58,6 +64,10 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
     }
     for name in TC_PROGRAMS {
         let prog: &mut SchedClassifier = program(ebpf, name)?;
+        prog.load().map_err(|e| verifier_error(name, e))?;
+    }
+    for name in SOCK_PROGRAMS {
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
         prog.load().map_err(|e| verifier_error(name, e))?;
     }
     Ok(())
@@ -91,6 +101,23 @@ impl Datapath {
             self.attach_tc("tc_pod_ingress", iface, TcAttachType::Ingress)?;
             self.attach_tc("tc_pod_egress", iface, TcAttachType::Egress)?;
         }
+        if let Some(cgroup) = &cfg.cgroup {
+            self.attach_sock(cgroup)?;
+        }
+        Ok(())
+    }
+
+    /// Socket-level balancing hooks. AllowMultiple: other agents (other lab nodes on this
+    /// kernel, or other tools) may have their own programs on the same cgroup; ours only act on
+    /// sockets of this node's network namespace (CONFIG_V1.netns_cookie).
+    fn attach_sock(&mut self, cgroup: &Path) -> Result<()> {
+        for name in SOCK_PROGRAMS {
+            let dir = std::fs::File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            prog.attach(dir, CgroupAttachMode::AllowMultiple)
+                .with_context(|| format!("attaching {name} to cgroup {}", cgroup.display()))?;
+        }
+        log::info!("socket-level balancing attached to cgroup {}", cgroup.display());
         Ok(())
     }
 
@@ -171,4 +198,46 @@ pub fn interface_ipv4(iface: &str) -> Result<std::net::Ipv4Addr> {
     }
     unsafe { libc::freeifaddrs(addrs) };
     found.ok_or_else(|| anyhow!("interface {iface} has no IPv4 address (give --masquerade-ip)"))
+}
+
+/// Cookie of the calling thread's network namespace (SO_NETNS_COOKIE, Linux >= 5.14): what
+/// bpf_get_netns_cookie() returns for sockets of that namespace.
+pub fn netns_cookie() -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket()");
+    }
+    let mut cookie: u64 = 0;
+    let mut len = core::mem::size_of::<u64>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len)
+    };
+    let err = std::io::Error::last_os_error();
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(err).context("getsockopt(SO_NETNS_COOKIE)");
+    }
+    Ok(cookie)
+}
+
+/// The cgroup v2 hierarchy's root: found in /proc/mounts, or mounted under /run if the host has
+/// none (socket-level balancing needs cgroup v2).
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    if let Some(dir) = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+    }) {
+        return Ok(dir);
+    }
+    let dir = PathBuf::from("/run/dataplane/cgroup2");
+    std::fs::create_dir_all(&dir)?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    let rc = unsafe { libc::mount(c"none".as_ptr(), c.as_ptr(), c"cgroup2".as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("mounting cgroup2");
+    }
+    log::info!("mounted cgroup2 at {}", dir.display());
+    Ok(dir)
 }

@@ -12,7 +12,8 @@ use dataplane_common::{
     ct::{Config, CtKey, CtValue, CT_MAX_ENTRIES},
     lb::{
         AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
-        MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_FRONTENDS,
+        SockAffinityKey, SockRevNatKey, SockRevNatValue, MAX_AFFINITY, MAX_BACKEND_SLOTS,
+        MAX_FRONTENDS, MAX_SOCK_ENTRIES,
     },
     map_names, StatsValue, STATS_ENTRIES,
 };
@@ -50,6 +51,8 @@ pub fn expected_layouts() -> Vec<MapLayout> {
         layout::<CtKey, CtValue>(map_names::CT, BPF_MAP_TYPE_LRU_HASH, CT_MAX_ENTRIES),
         layout::<AffinityKey, AffinityValue>(map_names::AFFINITY, BPF_MAP_TYPE_LRU_HASH, MAX_AFFINITY),
         layout::<u32, Config>(map_names::CONFIG, BPF_MAP_TYPE_ARRAY, 1),
+        layout::<SockAffinityKey, BackendValue>(map_names::SOCK_AFFINITY, BPF_MAP_TYPE_LRU_HASH, MAX_SOCK_ENTRIES),
+        layout::<SockRevNatKey, SockRevNatValue>(map_names::SOCK_REVNAT, BPF_MAP_TYPE_LRU_HASH, MAX_SOCK_ENTRIES),
     ]
 }
 

@@ -73,6 +73,7 @@ pub fn program_name(hook: Hook) -> &'static str {
         Hook::TcUplinkEgress => "tc_uplink_egress",
         Hook::TcPodIngress => "tc_pod_ingress",
         Hook::TcPodEgress => "tc_pod_egress",
+        other => panic!("{} sees socket calls, not packets: no packet fixtures", other.name()),
     }
 }
 

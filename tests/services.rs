@@ -1,0 +1,194 @@
+//! ClusterIP and NodePort load balancing in a lab cluster: real TCP and UDP through the
+//! programs attached by `dataplane run` on every node, services written through ServiceTable.
+
+mod support;
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::{
+    collections::BTreeMap,
+    io::ErrorKind,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use dataplane::model::{Protocol, TrafficPolicy};
+use dataplane_common::{Hook, Reason};
+use dataplane_lab::lab::{Cni, LabSpec, Pod};
+use cluster::{backend, cluster_ip, with_node_port, Cluster};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const T: Duration = Duration::from_secs(3);
+
+fn spec(cni: Cni) -> LabSpec {
+    LabSpec { nodes: 2, pods_per_node: 2, cni, ..Default::default() }
+}
+
+/// node1-pod0 is the client; the other three pods serve.
+fn servers(c: &Cluster) -> Vec<&Pod> {
+    vec![c.lab.pod(0, 1), c.lab.pod(1, 0), c.lab.pod(1, 1)]
+}
+
+fn assert_spread(counts: &BTreeMap<String, usize>, total: usize, backends: usize) {
+    assert_eq!(counts.len(), backends, "every backend must be used: {counts:?}");
+    for (server, n) in counts {
+        let share = *n as f64 / total as f64;
+        assert!((0.20..=0.47).contains(&share), "{server} got {n}/{total}: {counts:?}");
+    }
+}
+
+fn tcp_spread(cni: Cni) {
+    let c = Cluster::start(&spec(cni)).unwrap();
+    let _srv: Vec<_> = servers(&c).iter().map(|p| p.host().tcp_echo_server(8080).unwrap()).collect();
+    let backends = servers(&c).iter().map(|p| backend(p, 8080)).collect();
+    c.sync(&[cluster_ip("web", SocketAddrV4::new(VIP, 80), Protocol::Tcp, backends)]).unwrap();
+
+    let client = c.lab.pod(0, 0);
+    let mut counts = BTreeMap::new();
+    for i in 0..300 {
+        let reply = client.host().tcp_request(SocketAddrV4::new(VIP, 80), &format!("req {i}"), T).unwrap();
+        assert_eq!(*reply.peer.ip(), client.ip, "pod clients keep their source IP");
+        assert_eq!(reply.body, format!("req {i}"));
+        *counts.entry(reply.server).or_insert(0) += 1;
+    }
+    assert_spread(&counts, 300, 3);
+    assert!(c.stats(0).packets(Hook::TcPodIngress, Reason::LbNewConnection) >= 300);
+}
+
+#[test]
+fn clusterip_tcp_spreads_over_local_and_remote_backends_flannel() {
+    tcp_spread(Cni::Flannel);
+}
+
+#[test]
+fn clusterip_tcp_spreads_over_local_and_remote_backends_calico() {
+    tcp_spread(Cni::Calico);
+}
+
+#[test]
+fn clusterip_udp_spreads_and_replies_come_from_the_service() {
+    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    let _srv: Vec<_> = servers(&c).iter().map(|p| p.host().udp_echo_server(5353).unwrap()).collect();
+    let backends = servers(&c).iter().map(|p| backend(p, 5353)).collect();
+    c.sync(&[cluster_ip("dns", SocketAddrV4::new(VIP, 53), Protocol::Udp, backends)]).unwrap();
+
+    let client = c.lab.pod(0, 0);
+    let mut counts = BTreeMap::new();
+    for i in 0..300 {
+        // A connected UDP socket: a reply from any source but VIP:53 would be dropped.
+        let reply = client.host().udp_request(SocketAddrV4::new(VIP, 53), &format!("q{i}"), T).unwrap();
+        assert_eq!(*reply.peer.ip(), client.ip);
+        *counts.entry(reply.server).or_insert(0) += 1;
+    }
+    assert_spread(&counts, 300, 3);
+}
+
+#[test]
+fn connection_survives_100_backend_set_updates_that_keep_its_backend() {
+    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    let pods = servers(&c);
+    let _srv: Vec<_> = pods.iter().map(|p| p.host().tcp_echo_server(8080).unwrap()).collect();
+    let all: Vec<_> = pods.iter().map(|p| backend(p, 8080)).collect();
+    let vip = SocketAddrV4::new(VIP, 80);
+    c.sync(&[cluster_ip("web", vip, Protocol::Tcp, all.clone())]).unwrap();
+
+    let mut conn = c.lab.pod(0, 0).host().tcp_connect(vip, T).unwrap();
+    let first = conn.request("hello").unwrap().server;
+    let mine = all.iter().find(|b| pods.iter().any(|p| p.name == first && p.ip == b.ip)).unwrap().clone();
+    for round in 0..100 {
+        // Alternate between "only mine", "mine + one other", "all", reordered.
+        let mut set = vec![mine.clone()];
+        set.extend(all.iter().filter(|b| b.ip != mine.ip).take(round % 3).cloned());
+        if round % 2 == 1 {
+            set.reverse();
+        }
+        c.sync(&[cluster_ip("web", vip, Protocol::Tcp, set)]).unwrap();
+        let reply = conn.request(&format!("round {round}")).unwrap();
+        assert_eq!(reply.server, first, "round {round}: the connection moved");
+    }
+}
+
+#[test]
+fn hairpin_pod_reaches_itself_through_its_service() {
+    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    let me = c.lab.pod(0, 0);
+    let _srv = me.host().tcp_echo_server(8080).unwrap();
+    let _usrv = me.host().udp_echo_server(8080).unwrap();
+    let vip = SocketAddrV4::new(VIP, 80);
+    c.sync(&[
+        cluster_ip("self", vip, Protocol::Tcp, vec![backend(me, 8080)]),
+        cluster_ip("self-udp", vip, Protocol::Udp, vec![backend(me, 8080)]),
+    ])
+    .unwrap();
+    let node_ip = c.lab.node(0).underlay_ip;
+    for i in 0..5 {
+        let reply = me.host().tcp_request(vip, &format!("me {i}"), T).unwrap();
+        assert_eq!(reply.server, me.name);
+        assert_eq!(*reply.peer.ip(), node_ip, "hairpin traffic is masqueraded, as kube-proxy does");
+        let reply = me.host().udp_request(vip, &format!("me {i}"), T).unwrap();
+        assert_eq!(*reply.peer.ip(), node_ip);
+    }
+}
+
+#[test]
+fn service_without_endpoints_is_rejected_like_kube_proxy() {
+    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    let vip = SocketAddrV4::new(VIP, 80);
+    c.sync(&[
+        cluster_ip("empty", vip, Protocol::Tcp, vec![]),
+        cluster_ip("empty-udp", vip, Protocol::Udp, vec![]),
+    ])
+    .unwrap();
+    let client = c.lab.pod(0, 0).host();
+    let started = std::time::Instant::now();
+    let err = client.tcp_connect(vip, T).err().expect("connect must fail");
+    let io = err.downcast_ref::<std::io::Error>().map(|e| e.kind());
+    assert_eq!(io, Some(ErrorKind::ConnectionRefused), "{err:#}");
+    assert!(started.elapsed() < Duration::from_secs(1), "refused at once, not after SYN retries");
+    let err = client.udp_request(vip, "anyone?", T).err().expect("udp must fail");
+    let io = err.downcast_ref::<std::io::Error>().map(|e| e.kind());
+    assert_eq!(io, Some(ErrorKind::ConnectionRefused), "{err:#}");
+    assert!(c.stats(0).packets(Hook::TcPodIngress, Reason::RejectNoEndpoints) >= 2);
+}
+
+fn nodeport_services(c: &Cluster, node: usize, policy: TrafficPolicy) -> Vec<dataplane::model::ServicePort> {
+    let backends = servers(c).iter().map(|p| backend(p, 8080)).collect();
+    let mut svc = cluster_ip("web", SocketAddrV4::new(VIP, 80), Protocol::Tcp, backends);
+    svc.external_policy = policy;
+    vec![with_node_port(svc, &[c.lab.node(node).underlay_ip], 30080)]
+}
+
+#[test]
+fn nodeport_from_an_external_client_is_masqueraded_to_backends_on_any_node() {
+    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    let _srv: Vec<_> = servers(&c).iter().map(|p| p.host().tcp_echo_server(8080).unwrap()).collect();
+    c.sync_each(|n| nodeport_services(&c, n, TrafficPolicy::Cluster)).unwrap();
+    let ext = c.lab.external().unwrap();
+    let node1 = c.lab.node(0).underlay_ip;
+    let mut counts = BTreeMap::new();
+    for i in 0..120 {
+        let reply = ext.tcp_request(SocketAddrV4::new(node1, 30080), &format!("np {i}"), T).unwrap();
+        assert_eq!(*reply.peer.ip(), node1, "masqueraded to the node address");
+        *counts.entry(reply.server).or_insert(0) += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(c.stats(0).packets(Hook::XdpUplink, Reason::LbNewConnection) >= 120);
+    assert!(c.stats(0).packets(Hook::XdpUplink, Reason::NatReply) > 0, "remote replies reverse-NATed at XDP");
+}
+
+#[test]
+fn nodeport_with_external_traffic_policy_local_keeps_the_client_ip() {
+    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    let _srv: Vec<_> = servers(&c).iter().map(|p| p.host().tcp_echo_server(8080).unwrap()).collect();
+    c.sync_each(|n| nodeport_services(&c, n, TrafficPolicy::Local)).unwrap();
+    let ext = c.lab.external().unwrap();
+    let node2 = c.lab.node(1).underlay_ip;
+    let mut counts = BTreeMap::new();
+    for i in 0..60 {
+        let reply = ext.tcp_request(SocketAddrV4::new(node2, 30080), &format!("local {i}"), T).unwrap();
+        assert_eq!(*reply.peer.ip(), ext.ip, "Local keeps the client source IP");
+        *counts.entry(reply.server).or_insert(0) += 1;
+    }
+    let names: Vec<_> = counts.keys().cloned().collect();
+    assert_eq!(names, vec!["node2-pod0".to_string(), "node2-pod1".to_string()], "only node2's backends");
+}

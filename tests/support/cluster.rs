@@ -1,0 +1,98 @@
+//! (Included with `#[path]` by the tests that need it, so other test binaries do not depend
+//! on the services API.)
+//!
+//! A lab with `dataplane run` on every node and the service maps filled through the typed
+//! `ServiceTable` API, the way the control plane fills them.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use anyhow::Result;
+use dataplane::{
+    model::{Backend, Frontend, FrontendKind, Protocol, ServicePort, ServicePortName, TrafficPolicy},
+    services::{LocalContext, ServiceTable},
+    stats::Stats,
+};
+use dataplane_lab::lab::{LabSpec, Pod};
+
+use crate::support::node::{CheckedLab, DataplaneNode};
+
+/// Nodes are declared before the lab so they stop before it is torn down.
+pub struct Cluster {
+    pub nodes: Vec<DataplaneNode>,
+    pub lab: CheckedLab,
+}
+
+impl Cluster {
+    pub fn start(spec: &LabSpec) -> Result<Cluster> {
+        crate::support::require_root();
+        let lab = CheckedLab::build(spec)?;
+        let mut nodes = Vec::new();
+        for i in 0..lab.nodes().len() {
+            nodes.push(DataplaneNode::start(&lab, i, &[])?);
+        }
+        Ok(Cluster { nodes, lab })
+    }
+
+    /// Makes every node's maps hold exactly `services` (each node sees the whole cluster, with
+    /// its own notion of which backends are local).
+    pub fn sync(&self, services: &[ServicePort]) -> Result<()> {
+        for node in &self.nodes {
+            let local = LocalContext { node_name: node.node_name().to_string() };
+            let mut table = ServiceTable::open_pinned(node.pin_dir(), local)?;
+            table.sync(services)?;
+        }
+        Ok(())
+    }
+
+    /// Like [`Cluster::sync`], with a service list per node (NodePort frontends are the node's
+    /// own addresses, as kube-proxy's nodeport-addresses).
+    pub fn sync_each(&self, services: impl Fn(usize) -> Vec<ServicePort>) -> Result<()> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            let local = LocalContext { node_name: node.node_name().to_string() };
+            let mut table = ServiceTable::open_pinned(node.pin_dir(), local)?;
+            table.sync(&services(i))?;
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self, node: usize) -> Stats {
+        self.nodes[node].stats().expect("reading stats")
+    }
+}
+
+pub fn port_name(name: &str) -> ServicePortName {
+    ServicePortName { namespace: "default".into(), name: name.into(), port: String::new() }
+}
+
+/// A ready backend on `pod` at `port`.
+pub fn backend(pod: &Pod, port: u16) -> Backend {
+    Backend {
+        ip: pod.ip,
+        port,
+        node_name: Some(format!("node{}", pod.node_index)),
+        ready: true,
+        serving: true,
+        terminating: false,
+    }
+}
+
+/// A ClusterIP service port `vip:port/proto` -> `backends`.
+pub fn cluster_ip(name: &str, vip: SocketAddrV4, protocol: Protocol, backends: Vec<Backend>) -> ServicePort {
+    ServicePort {
+        name: port_name(name),
+        frontends: vec![Frontend { ip: *vip.ip(), port: vip.port(), protocol, kind: FrontendKind::ClusterIp }],
+        backends,
+        external_policy: TrafficPolicy::Cluster,
+        internal_policy: TrafficPolicy::Cluster,
+        affinity_timeout_secs: None,
+    }
+}
+
+/// Adds a NodePort frontend on each of `node_ips`.
+pub fn with_node_port(mut svc: ServicePort, node_ips: &[Ipv4Addr], node_port: u16) -> ServicePort {
+    let protocol = svc.frontends[0].protocol;
+    for ip in node_ips {
+        svc.frontends.push(Frontend { ip: *ip, port: node_port, protocol, kind: FrontendKind::NodePort });
+    }
+    svc
+}
