@@ -23,6 +23,30 @@ fn verdict(reason: Reason) -> Action {
     if reason.is_drop() { Action::Drop } else { Action::Pass }
 }
 
+/// ICMP errors about translated connections are translated back; other ICMP passes.
+#[inline(always)]
+fn icmp_errors<P: Packet>(p: &P, pkt: &Ipv4Packet) -> (Reason, Action) {
+    match icmp::translate_error(p, pkt) {
+        icmp::IcmpOutcome::Untouched => (Reason::PassIcmp, Action::Pass),
+        icmp::IcmpOutcome::Translated => (Reason::IcmpErrorTranslated, Action::Pass),
+        icmp::IcmpOutcome::Failed => (Reason::DropRewriteFailed, Action::Drop),
+    }
+}
+
+/// Egress hooks: the node's own stack may emit ICMP errors about translated connections (e.g.
+/// fragmentation needed while forwarding to a backend); those are translated, the rest counted.
+#[inline(always)]
+pub fn egress<P: Packet>(p: &P) -> (Reason, Action) {
+    let pkt = match parse::parse_ipv4(p.data(), p.data_end(), p.frame_len() as usize) {
+        Ok(pkt) => pkt,
+        Err(reason) => return (reason, verdict(reason)),
+    };
+    if pkt.l4 == L4::Icmp {
+        return icmp_errors(p, &pkt);
+    }
+    (parse::pass_reason(pkt.l4), Action::Pass)
+}
+
 /// Classify only: hooks with nothing to translate yet.
 #[inline(always)]
 pub fn observe<P: Packet>(p: &P) -> Reason {
@@ -41,6 +65,9 @@ pub fn service_ingress<P: Packet>(p: &P) -> (Reason, Action) {
         Ok(pkt) => pkt,
         Err(reason) => return (reason, verdict(reason)),
     };
+    if pkt.l4 == L4::Icmp {
+        return icmp_errors(p, &pkt);
+    }
     // Non-first fragments carry no ports: passed untranslated (see the issue note on fragments).
     if pkt.l4 != L4::Tcp && pkt.l4 != L4::Udp {
         return (parse::pass_reason(pkt.l4), Action::Pass);

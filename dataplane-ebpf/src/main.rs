@@ -61,6 +61,16 @@ fn tc_observe(ctx: &TcContext, hook: Hook) -> i32 {
     if reason.is_drop() { TC_ACT_SHOT } else { TC_ACT_OK }
 }
 
+#[inline(always)]
+fn tc_egress(ctx: &TcContext, hook: Hook) -> i32 {
+    linearize(ctx);
+    let p = TcPacket(ctx);
+    let len = p.frame_len();
+    let (reason, action) = datapath::egress(&p);
+    stats::count(hook, reason, len);
+    tc_action(ctx, action)
+}
+
 /// XDP on the uplink: NodePort/external traffic enters here, and replies of connections this
 /// node translated come back here.
 #[xdp]
@@ -78,10 +88,10 @@ pub fn tc_uplink_ingress(ctx: TcContext) -> i32 {
     tc_observe(&ctx, Hook::TcUplinkIngress)
 }
 
-/// tc egress on the uplink.
+/// tc egress on the uplink: ICMP errors the node emits about translated connections.
 #[classifier]
 pub fn tc_uplink_egress(ctx: TcContext) -> i32 {
-    tc_observe(&ctx, Hook::TcUplinkEgress)
+    tc_egress(&ctx, Hook::TcUplinkEgress)
 }
 
 /// tc ingress on a pod-facing host device: connections from pods to services start here.
@@ -95,10 +105,11 @@ pub fn tc_pod_ingress(ctx: TcContext) -> i32 {
     tc_action(&ctx, action)
 }
 
-/// tc egress on a pod-facing host device (traffic to the pod).
+/// tc egress on a pod-facing host device (traffic to the pod): ICMP errors the node emits
+/// about translated connections (fragmentation needed, TTL exceeded).
 #[classifier]
 pub fn tc_pod_egress(ctx: TcContext) -> i32 {
-    tc_observe(&ctx, Hook::TcPodEgress)
+    tc_egress(&ctx, Hook::TcPodEgress)
 }
 
 /// cgroup connect4: host sockets connecting to a service get a backend instead.

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_PSEUDO_HDR, BPF_F_MARK_MANGLED_0},
-    helpers::{bpf_skb_change_tail, bpf_xdp_adjust_tail},
+    helpers::{bpf_skb_change_tail, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     programs::{TcContext, XdpContext},
 };
 use dataplane_common::csum;
@@ -100,28 +100,28 @@ impl Packet for XdpPacket<'_> {
 
     #[inline(always)]
     fn resize(&self, len: u32) -> Result<(), ()> {
-        let delta = len as i32 - self.frame_len() as i32;
+        // Opaque to LLVM: otherwise it folds `len - (end - data)` into arithmetic on pkt_end,
+        // which the verifier forbids.
+        let cur = core::hint::black_box(self.frame_len());
+        let delta = len as i32 - cur as i32;
         let rc = unsafe { bpf_xdp_adjust_tail(self.0.ctx, delta) };
         if rc == 0 { Ok(()) } else { Err(()) }
     }
 
     #[inline(always)]
+    // The helpers, not direct access: these run on rare paths (ICMP), and LLVM likes to reuse an
+    // earlier, unchecked copy of the same packet pointer, which the verifier then refuses.
     fn store<const N: usize>(&self, offset: usize, bytes: &[u8; N]) -> Result<(), ()> {
-        let at = self.data() + (offset & MAX_L4_OFF);
-        if at + N > self.data_end() {
-            return Err(());
-        }
-        unsafe { core::ptr::write_unaligned(at as *mut [u8; N], *bytes) };
-        Ok(())
+        let mut buf = *bytes;
+        let rc = unsafe { bpf_xdp_store_bytes(self.0.ctx, offset as u32, buf.as_mut_ptr().cast(), N as u32) };
+        if rc == 0 { Ok(()) } else { Err(()) }
     }
 
     #[inline(always)]
     fn load<const N: usize>(&self, offset: usize) -> Result<[u8; N], ()> {
-        let at = self.data() + (offset & MAX_L4_OFF);
-        if at + N > self.data_end() {
-            return Err(());
-        }
-        Ok(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
+        let mut buf = [0u8; N];
+        let rc = unsafe { bpf_xdp_load_bytes(self.0.ctx, offset as u32, buf.as_mut_ptr().cast(), N as u32) };
+        if rc == 0 { Ok(buf) } else { Err(()) }
     }
 }
 
