@@ -118,3 +118,183 @@ fn vlan_tags() {
     cut_tag.truncate(16);
     on_every_hook("vlan tag cut", cut_tag, Reason::DropTruncatedL2);
 }
+
+// ---- Service load balancing: DNAT, reverse NAT, masquerade, reject, ICMP errors ----------------
+
+#[path = "support/cluster.rs"]
+#[allow(dead_code)]
+mod cluster;
+
+use std::net::SocketAddrV4;
+
+use dataplane::model::{Backend, Protocol, TrafficPolicy};
+use dataplane_lab::packet::{icmp_quote, parse, IcmpKind};
+use support::fixture::MASQ_ADDR;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 19);
+const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 15);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const NODE_IP: Ipv4Addr = MASQ_ADDR;
+const EXTERNAL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+
+fn one_backend(ip: Ipv4Addr, port: u16) -> Vec<Backend> {
+    vec![Backend { ip, port, node_name: Some("node2".into()), ready: true, serving: true, terminating: false }]
+}
+
+/// The fixture services: TCP and UDP on VIP:80/53 -> BACKEND:8080/5353; a NodePort 30080 on the
+/// node address; an empty service on VIP:81; a hairpin service whose backend is CLIENT itself.
+fn services() -> Vec<dataplane::model::ServicePort> {
+    let mut web = cluster::cluster_ip("web", SocketAddrV4::new(VIP, 80), Protocol::Tcp, one_backend(BACKEND, 8080));
+    web.external_policy = TrafficPolicy::Cluster;
+    let web = cluster::with_node_port(web, &[NODE_IP], 30080);
+    vec![
+        web,
+        cluster::cluster_ip("dns", SocketAddrV4::new(VIP, 53), Protocol::Udp, one_backend(BACKEND, 5353)),
+        cluster::cluster_ip("empty", SocketAddrV4::new(VIP, 81), Protocol::Tcp, vec![]),
+        cluster::cluster_ip("self", SocketAddrV4::new(VIP, 82), Protocol::Tcp, one_backend(CLIENT, 8080)),
+    ]
+}
+
+fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: TcpFlags) -> Frame {
+    eth().ipv4(src, dst).tcp(sport, dport).flags(flags).seq(7).ack(0).payload(b"GET /")
+}
+
+fn service_fixture(name: &'static str, hook: Hook, input: Vec<u8>, reason: Reason, output: Vec<u8>) -> Fixture {
+    Fixture { name, hook, input, verdict: Verdict::Pass, reason, output: Output::Exactly(output) }
+}
+
+#[test]
+fn clusterip_connection_is_dnated_tracked_and_reverse_natted() {
+    let mut h = harness();
+    h.sync_services(&services());
+    // tc (kernel checksum helpers) and XDP (hand-updated checksums) must both produce frames
+    // byte-identical to ones built from scratch with correct checksums. Replies are restored
+    // after routing, at the egress hook toward the client.
+    for (hook, egress, sport) in [(Hook::TcPodIngress, Hook::TcPodEgress, 40001), (Hook::XdpUplink, Hook::TcUplinkEgress, 40002)] {
+        let syn = tcp(CLIENT, sport, VIP, 80, TcpFlags::SYN).build();
+        let dnat = tcp(CLIENT, sport, BACKEND, 8080, TcpFlags::SYN).build();
+        h.check(&service_fixture("syn to clusterip", hook, syn, Reason::LbNewConnection, dnat));
+        let ack = tcp(CLIENT, sport, VIP, 80, TcpFlags::ACK).build();
+        let ack_dnat = tcp(CLIENT, sport, BACKEND, 8080, TcpFlags::ACK).build();
+        h.check(&service_fixture("ack of the same connection", hook, ack, Reason::NatForward, ack_dnat));
+        let reply = tcp(BACKEND, 8080, CLIENT, sport, TcpFlags::SYN | TcpFlags::ACK).build();
+        let reply_nat = tcp(VIP, 80, CLIENT, sport, TcpFlags::SYN | TcpFlags::ACK).build();
+        h.check(&service_fixture("reply from the backend", egress, reply, Reason::NatReply, reply_nat));
+    }
+}
+
+#[test]
+fn udp_checksums_including_the_zero_checksum() {
+    let mut h = harness();
+    h.sync_services(&services());
+    for (hook, egress, sport) in [(Hook::TcPodIngress, Hook::TcPodEgress, 41001), (Hook::XdpUplink, Hook::TcUplinkEgress, 41002)] {
+        let q = eth().ipv4(CLIENT, VIP).udp(sport, 53).payload(b"query").build();
+        let want = eth().ipv4(CLIENT, BACKEND).udp(sport, 5353).payload(b"query").build();
+        h.check(&service_fixture("udp to clusterip", hook, q, Reason::LbNewConnection, want));
+        let r = eth().ipv4(BACKEND, CLIENT).udp(5353, sport).payload(b"answer").build();
+        let want = eth().ipv4(VIP, CLIENT).udp(53, sport).payload(b"answer").build();
+        h.check(&service_fixture("udp reply", egress, r, Reason::NatReply, want));
+    }
+    for (hook, sport) in [(Hook::TcPodIngress, 41003), (Hook::XdpUplink, 41004)] {
+        // Checksum 0 means "no checksum": it must stay 0, not become a wrong value.
+        let q = eth().ipv4(CLIENT, VIP).udp(sport, 53).l4_checksum(0).payload(b"nocsum").build();
+        let want = eth().ipv4(CLIENT, BACKEND).udp(sport, 5353).l4_checksum(0).payload(b"nocsum").build();
+        h.check(&service_fixture("udp without checksum", hook, q, Reason::LbNewConnection, want));
+    }
+}
+
+#[test]
+fn nodeport_is_masqueraded_after_routing_and_its_reply_restored_in_two_steps() {
+    let mut h = harness();
+    h.sync_services(&services());
+    // Ingress (XDP): DNAT only. The kernel must route a packet whose source is still the
+    // client; with the node address as source it would drop it as a martian.
+    let syn = tcp(EXTERNAL, 5555, NODE_IP, 30080, TcpFlags::SYN).build();
+    let dnat = tcp(EXTERNAL, 5555, BACKEND, 8080, TcpFlags::SYN).build();
+    h.check(&service_fixture("nodeport syn", Hook::XdpUplink, syn, Reason::LbNewConnection, dnat.clone()));
+    // Egress (after routing to the remote backend): SNAT to the node address and a port of the
+    // masquerade range.
+    let o = h.run(Hook::TcUplinkEgress, &dnat);
+    assert_eq!(o.stats_delta, vec![(Hook::TcUplinkEgress, Reason::NatForward, 1, dnat.len() as u64)]);
+    let out = parse(&o.output).unwrap();
+    let (ip, t) = (out.ipv4().unwrap(), out.tcp().unwrap());
+    assert_eq!((ip.src, ip.dst, t.dport), (NODE_IP, BACKEND, 8080));
+    assert!((61000..=65535).contains(&t.sport), "masquerade port {} from the SNAT range", t.sport);
+    assert!(ip.checksum_ok && t.checksum_ok);
+    // The reply: un-SNAT at ingress, un-DNAT at egress.
+    let reply = tcp(BACKEND, 8080, NODE_IP, t.sport, TcpFlags::SYN | TcpFlags::ACK).build();
+    let unsnat = tcp(BACKEND, 8080, EXTERNAL, 5555, TcpFlags::SYN | TcpFlags::ACK).build();
+    h.check(&service_fixture("nodeport reply in", Hook::XdpUplink, reply, Reason::NatReply, unsnat.clone()));
+    let restored = tcp(NODE_IP, 30080, EXTERNAL, 5555, TcpFlags::SYN | TcpFlags::ACK).build();
+    h.check(&service_fixture("nodeport reply out", Hook::TcUplinkEgress, unsnat, Reason::NatReply, restored));
+}
+
+#[test]
+fn hairpin_is_masqueraded() {
+    let mut h = harness();
+    h.sync_services(&services());
+    let syn = tcp(CLIENT, 42001, VIP, 82, TcpFlags::SYN).build();
+    let dnat = tcp(CLIENT, 42001, CLIENT, 8080, TcpFlags::SYN).build();
+    h.check(&service_fixture("hairpin syn", Hook::TcPodIngress, syn, Reason::LbNewConnection, dnat.clone()));
+    let o = h.run(Hook::TcPodEgress, &dnat);
+    let out = parse(&o.output).unwrap();
+    let (ip, t) = (out.ipv4().unwrap(), out.tcp().unwrap());
+    assert_eq!((ip.src, ip.dst, t.dport), (NODE_IP, CLIENT, 8080), "a pod reaching itself sees the node");
+    assert!(ip.checksum_ok && t.checksum_ok);
+}
+
+#[test]
+fn service_without_endpoints_answers_icmp_port_unreachable() {
+    let mut h = harness();
+    h.sync_services(&services());
+    for (hook, verdict) in [(Hook::XdpUplink, Verdict::Tx), (Hook::TcPodIngress, Verdict::Redirect)] {
+        let syn = tcp(CLIENT, 43001, VIP, 81, TcpFlags::SYN).build();
+        let ip_packet = &syn[14..];
+        let want = Frame::eth(MAC_B, MAC_A)
+            .ipv4(VIP, CLIENT)
+            .dont_fragment(false)
+            .icmp_error(3, 3, 0, icmp_quote(ip_packet))
+            .build();
+        h.check(&Fixture {
+            name: "reject",
+            hook,
+            input: syn,
+            verdict,
+            reason: Reason::RejectNoEndpoints,
+            output: Output::Exactly(want),
+        });
+    }
+}
+
+#[test]
+fn icmp_errors_about_natted_connections_are_translated_back() {
+    let mut h = harness();
+    h.sync_services(&services());
+    // A UDP flow client -> VIP:53 balanced to BACKEND:5353 ...
+    let q = eth().ipv4(CLIENT, VIP).udp(44001, 53).payload(b"q").build();
+    assert_eq!(h.run(Hook::XdpUplink, &q).verdict, Verdict::Pass);
+    // ... and the backend's port unreachable about it, quoting the translated datagram.
+    let sent = eth().ipv4(CLIENT, BACKEND).udp(44001, 5353).payload(b"q").build();
+    let err = eth().ipv4(BACKEND, CLIENT).icmp_error(3, 3, 0, icmp_quote(&sent[14..])).build();
+    // Before routing the error is left alone (the connection's reply entry is an egress one) ...
+    for hook in [Hook::XdpUplink, Hook::TcPodIngress] {
+        let o = h.run(hook, &err);
+        assert_eq!(o.stats_delta, vec![(hook, Reason::PassIcmp, 1, err.len() as u64)], "{}", hook.name());
+        assert_eq!(o.output, err);
+    }
+    // ... and translated on its way out to the client, whichever device that is.
+    for hook in [Hook::TcPodEgress, Hook::TcUplinkEgress] {
+        let o = h.run(hook, &err);
+        assert_eq!(o.verdict, Verdict::Pass);
+        assert_eq!(o.stats_delta, vec![(hook, Reason::IcmpErrorTranslated, 1, err.len() as u64)], "{}", hook.name());
+        let out = parse(&o.output).unwrap();
+        let ip = out.ipv4().unwrap();
+        assert_eq!((ip.src, ip.dst), (VIP, CLIENT), "the error comes from the service");
+        let icmp = out.icmp().unwrap();
+        assert!(ip.checksum_ok && icmp.checksum_ok, "outer and ICMP checksums");
+        let IcmpKind::Error(Some(quoted)) = &icmp.kind else { panic!("no quote: {icmp:?}") };
+        assert_eq!((quoted.src, quoted.dst), (CLIENT, VIP));
+        assert_eq!((quoted.sport, quoted.dport), (Some(44001), Some(53)));
+        assert!(quoted.checksum_ok, "quoted IP header checksum");
+    }
+}

@@ -142,13 +142,17 @@ fn service_without_endpoints_is_rejected_like_kube_proxy() {
     let client = c.lab.pod(0, 0).host();
     let started = std::time::Instant::now();
     let err = client.tcp_connect(vip, T).err().expect("connect must fail");
-    let io = err.downcast_ref::<std::io::Error>().map(|e| e.kind());
+    let io = io_kind(&err);
     assert_eq!(io, Some(ErrorKind::ConnectionRefused), "{err:#}");
     assert!(started.elapsed() < Duration::from_secs(1), "refused at once, not after SYN retries");
     let err = client.udp_request(vip, "anyone?", T).err().expect("udp must fail");
-    let io = err.downcast_ref::<std::io::Error>().map(|e| e.kind());
+    let io = io_kind(&err);
     assert_eq!(io, Some(ErrorKind::ConnectionRefused), "{err:#}");
     assert!(c.stats(0).packets(Hook::TcPodIngress, Reason::RejectNoEndpoints) >= 2);
+}
+
+fn io_kind(err: &anyhow::Error) -> Option<ErrorKind> {
+    err.chain().find_map(|e| e.downcast_ref::<std::io::Error>()).map(|e| e.kind())
 }
 
 fn nodeport_services(c: &Cluster, node: usize, policy: TrafficPolicy) -> Vec<dataplane::model::ServicePort> {

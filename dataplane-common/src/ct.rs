@@ -1,12 +1,15 @@
 //! Connection tracking (`CT_V1`, an LRU hash) and the datapath configuration (`CONFIG_V1`).
 //!
-//! A NATed connection has two entries, one per direction, each keyed by the 5-tuple *as it is on
-//! the wire* when a packet arrives at a hook, and holding the rewrite to apply to such packets:
-//! - original direction: client -> frontend, rewritten to (masquerade address ->) backend;
-//! - reply direction: backend -> client (or -> masquerade address), rewritten to
-//!   frontend -> client.
-//! A rewritten tuple is never itself a key, so a packet is translated exactly once, whichever
-//! hooks it crosses. Addresses and ports are in network byte order.
+//! Entries are keyed by the 5-tuple *as it is on the wire* when a packet reaches a hook, and hold
+//! the rewrite to apply to such packets. As in netfilter, destination rewrites happen at ingress
+//! (before the kernel routes the packet) and source rewrites at egress (after routing). A
+//! balanced connection (client C, frontend F, backend B) has two entries:
+//! - ingress, original `C -> F`: rewrite to `C -> B` (DNAT);
+//! - egress (`CT_F_EGRESS`), reply `B -> C`: rewrite to `F -> C` (un-DNAT).
+//! A masqueraded connection (node address:port M) has two more:
+//! - egress, original `C -> B`: rewrite to `M -> B` (SNAT);
+//! - ingress, reply `B -> M`: rewrite to `B -> C` (un-SNAT).
+//! Addresses and ports are in network byte order.
 
 /// `CT_V1` key: a 5-tuple as seen on the wire.
 #[repr(C)]
@@ -50,6 +53,13 @@ pub struct CtValue {
 pub const CT_F_REPLY: u8 = 1 << 0;
 /// The connection is source-NATed (masquerade).
 pub const CT_F_SNAT: u8 = 1 << 1;
+/// The entry applies at egress hooks (tc egress of the uplink and pod devices), after the
+/// kernel routed the packet; entries without it apply at ingress hooks (XDP, tc pod ingress).
+///
+/// Like netfilter (DNAT in PREROUTING, SNAT in POSTROUTING), source rewrites happen after
+/// routing: done at ingress, a source that is one of the node's own addresses (masquerade, a
+/// NodePort reply) makes the stack drop the packet as a martian.
+pub const CT_F_EGRESS: u8 = 1 << 2;
 
 /// TCP flag bits as in the header's flags byte.
 pub const TCP_FIN: u8 = 0x01;

@@ -4,7 +4,8 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use dataplane_common::{lb::ServiceValue, Reason};
 
 use crate::{
-    conntrack, icmp, lb,
+    conntrack::{self, Phase},
+    icmp, lb,
     packet::Packet,
     parse::{self, Ipv4Packet, L4},
 };
@@ -23,26 +24,44 @@ fn verdict(reason: Reason) -> Action {
     if reason.is_drop() { Action::Drop } else { Action::Pass }
 }
 
+/// Applies the rewrite of a tracked connection's entry for this phase, if there is one.
+#[inline(always)]
+fn translate_tracked<P: Packet>(p: &P, pkt: &Ipv4Packet, len: u32, now: u64, phase: Phase) -> Option<(Reason, Action)> {
+    let hit = conntrack::lookup(pkt, len, now, phase)?;
+    if p.rewrite_tuple(pkt, &hit.to).is_err() {
+        return Some((Reason::DropRewriteFailed, Action::Drop));
+    }
+    Some((if hit.reply { Reason::NatReply } else { Reason::NatForward }, Action::Pass))
+}
+
 /// ICMP errors about translated connections are translated back; other ICMP passes.
 #[inline(always)]
-fn icmp_errors<P: Packet>(p: &P, pkt: &Ipv4Packet) -> (Reason, Action) {
-    match icmp::translate_error(p, pkt) {
+fn icmp_errors<P: Packet>(p: &P, pkt: &Ipv4Packet, phase: Phase) -> (Reason, Action) {
+    match icmp::translate_error(p, pkt, phase) {
         icmp::IcmpOutcome::Untouched => (Reason::PassIcmp, Action::Pass),
         icmp::IcmpOutcome::Translated => (Reason::IcmpErrorTranslated, Action::Pass),
         icmp::IcmpOutcome::Failed => (Reason::DropRewriteFailed, Action::Drop),
     }
 }
 
-/// Egress hooks: the node's own stack may emit ICMP errors about translated connections (e.g.
-/// fragmentation needed while forwarding to a backend); those are translated, the rest counted.
+/// Egress hooks, after the kernel routed the packet: source rewrites of masqueraded connections
+/// (SNAT, and un-DNAT of their replies), and ICMP errors the node's stack emits about translated
+/// connections (e.g. fragmentation needed while forwarding to a backend).
 #[inline(always)]
 pub fn egress<P: Packet>(p: &P) -> (Reason, Action) {
-    let pkt = match parse::parse_ipv4(p.data(), p.data_end(), p.frame_len() as usize) {
+    let len = p.frame_len();
+    let pkt = match parse::parse_ipv4(p.data(), p.data_end(), len as usize) {
         Ok(pkt) => pkt,
         Err(reason) => return (reason, verdict(reason)),
     };
     if pkt.l4 == L4::Icmp {
-        return icmp_errors(p, &pkt);
+        return icmp_errors(p, &pkt, Phase::Egress);
+    }
+    if pkt.l4 == L4::Tcp || pkt.l4 == L4::Udp {
+        let now = unsafe { bpf_ktime_get_ns() };
+        if let Some(verdict) = translate_tracked(p, &pkt, len, now, Phase::Egress) {
+            return verdict;
+        }
     }
     (parse::pass_reason(pkt.l4), Action::Pass)
 }
@@ -66,18 +85,15 @@ pub fn service_ingress<P: Packet>(p: &P) -> (Reason, Action) {
         Err(reason) => return (reason, verdict(reason)),
     };
     if pkt.l4 == L4::Icmp {
-        return icmp_errors(p, &pkt);
+        return icmp_errors(p, &pkt, Phase::Ingress);
     }
     // Non-first fragments carry no ports: passed untranslated (see the issue note on fragments).
     if pkt.l4 != L4::Tcp && pkt.l4 != L4::Udp {
         return (parse::pass_reason(pkt.l4), Action::Pass);
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(hit) = conntrack::lookup(&pkt, len, now) {
-        if p.rewrite_tuple(&pkt, &hit.to).is_err() {
-            return (Reason::DropRewriteFailed, Action::Drop);
-        }
-        return (if hit.reply { Reason::NatReply } else { Reason::NatForward }, Action::Pass);
+    if let Some(verdict) = translate_tracked(p, &pkt, len, now, Phase::Ingress) {
+        return verdict;
     }
     let Some(svc) = lb::lookup_service(&pkt) else {
         return (parse::pass_reason(pkt.l4), Action::Pass);

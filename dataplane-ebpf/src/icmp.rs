@@ -4,7 +4,7 @@
 
 use dataplane_common::csum;
 
-use crate::{packet::Packet, parse::Ipv4Packet};
+use crate::{conntrack::Phase, packet::Packet, parse::Ipv4Packet};
 
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
@@ -97,8 +97,8 @@ pub enum IcmpOutcome {
 /// The quote is the post-translation packet; its reversed tuple is the key of the connection's
 /// other direction, whose rewrite is exactly the inverse translation.
 #[inline(always)]
-pub fn translate_error<P: Packet>(p: &P, pkt: &Ipv4Packet) -> IcmpOutcome {
-    match try_translate_error(p, pkt) {
+pub fn translate_error<P: Packet>(p: &P, pkt: &Ipv4Packet, phase: Phase) -> IcmpOutcome {
+    match try_translate_error(p, pkt, phase) {
         Ok(true) => IcmpOutcome::Translated,
         Ok(false) => IcmpOutcome::Untouched,
         Err(()) => IcmpOutcome::Failed,
@@ -106,7 +106,7 @@ pub fn translate_error<P: Packet>(p: &P, pkt: &Ipv4Packet) -> IcmpOutcome {
 }
 
 #[inline(always)]
-fn try_translate_error<P: Packet>(p: &P, pkt: &Ipv4Packet) -> Result<bool, ()> {
+fn try_translate_error<P: Packet>(p: &P, pkt: &Ipv4Packet, phase: Phase) -> Result<bool, ()> {
     let Ok(mut icmp) = p.load::<8>(pkt.l4_off) else { return Ok(false) };
     if !matches!(icmp[0], ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM) {
         return Ok(false);
@@ -120,6 +120,11 @@ fn try_translate_error<P: Packet>(p: &P, pkt: &Ipv4Packet) -> Result<bool, ()> {
     let (qs, qd, qsp, qdp) = (be32(&q, 12), be32(&q, 16), be16(&q, 20), be16(&q, 22));
     let key = dataplane_common::ct::CtKey { saddr: qd, daddr: qs, sport: qdp, dport: qsp, proto, _pad: [0; 3] };
     let Some(t) = (unsafe { crate::maps::CT_V1.get(&key) }).copied() else { return Ok(false) };
+    // Same phase rule as for the connection's own packets (masqueraded connections are undone in
+    // two steps: un-SNAT at ingress, un-DNAT at egress).
+    if (t.flags & dataplane_common::ct::CT_F_EGRESS != 0) != (phase == Phase::Egress) {
+        return Ok(false);
+    }
     // Quote as the sender sent it: from the rewrite's destination, to the rewrite's source.
     let (ns, nd, nsp, ndp) = (t.nat_daddr, t.nat_saddr, t.nat_dport, t.nat_sport);
 

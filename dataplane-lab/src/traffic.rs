@@ -635,7 +635,9 @@ fn udp_exchange(socket: &UdpSocket, payload: &str, timeout: Duration) -> Result<
         if is_timeout(&e) {
             anyhow!("no reply within {timeout:?}")
         } else {
-            anyhow!("recv: {e}")
+            // Keep the io::Error in the chain: tests check for ConnectionRefused (an ICMP port
+            // unreachable on a connected UDP socket).
+            anyhow::Error::new(e).context("recv")
         }
     })?;
     Reply::parse(&String::from_utf8_lossy(&buf[..n]), local)

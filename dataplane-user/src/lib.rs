@@ -5,6 +5,7 @@
 pub mod loader;
 pub mod model;
 pub mod pin;
+pub mod services;
 pub mod stats;
 
 /// The eBPF object built by `cargo xtask build-ebpf` (checked fresh by build.rs).

@@ -107,14 +107,16 @@ impl Datapath {
         Ok(())
     }
 
-    /// Socket-level balancing hooks. AllowMultiple: other agents (other lab nodes on this
-    /// kernel, or other tools) may have their own programs on the same cgroup; ours only act on
-    /// sockets of this node's network namespace (CONFIG_V1.netns_cookie).
+    /// Socket-level balancing hooks. Other agents (other lab nodes on this kernel, or other
+    /// tools) may have their own programs on the same cgroup; ours only act on sockets of this
+    /// node's network namespace (CONFIG_V1.netns_cookie). On kernels >= 5.7 aya attaches with a
+    /// bpf_link, which is always multi-attach and takes no flags: `Single` passes 0, whereas
+    /// `AllowMultiple` passes BPF_F_ALLOW_MULTI and the kernel answers EINVAL.
     fn attach_sock(&mut self, cgroup: &Path) -> Result<()> {
         for name in SOCK_PROGRAMS {
             let dir = std::fs::File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            prog.attach(dir, CgroupAttachMode::AllowMultiple)
+            prog.attach(dir, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} to cgroup {}", cgroup.display()))?;
         }
         log::info!("socket-level balancing attached to cgroup {}", cgroup.display());

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use dataplane::{loader, pin, stats};
+use dataplane::{loader, pin, services, stats};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
@@ -21,6 +21,16 @@ enum Command {
     /// Print the per-hook, per-verdict packet counters from the pinned stats map.
     Stats {
         /// Directory the maps are pinned in (as given to `run`).
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// List the service frontends and their backends from the pinned maps.
+    Services {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// List the connection tracking entries (two per NATed connection) from the pinned maps.
+    Conntrack {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
@@ -50,6 +60,16 @@ struct RunArgs {
     /// XDP attach mode on the uplink.
     #[arg(long, value_enum, default_value_t = loader::XdpAttachMode::Auto)]
     xdp_mode: loader::XdpAttachMode,
+    /// Source address for masqueraded connections (default: the uplink's first IPv4 address).
+    #[arg(long)]
+    masquerade_ip: Option<std::net::Ipv4Addr>,
+    /// Socket-level balancing of the node's own traffic to services (cgroup v2 connect4,
+    /// sendmsg4, recvmsg4, getpeername4), as Cilium does.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    socket_lb: bool,
+    /// cgroup v2 directory the socket hooks attach to (default: the cgroup2 mount's root).
+    #[arg(long)]
+    cgroup_path: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -59,6 +79,14 @@ fn main() -> Result<()> {
         Command::Run(args) => run(args),
         Command::Stats { pin_dir } => {
             print!("{}", stats::render(&stats::read_pinned(&pin_dir)?));
+            Ok(())
+        }
+        Command::Services { pin_dir } => {
+            print!("{}", services::render_services(&services::list_services(&pin_dir)?));
+            Ok(())
+        }
+        Command::Conntrack { pin_dir } => {
+            print!("{}", services::render_conntrack(&services::list_conntrack(&pin_dir)?));
             Ok(())
         }
         Command::Cleanup { pin_dir } => {
@@ -77,10 +105,25 @@ fn run(args: RunArgs) -> Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut datapath = loader::load(&args.pin_dir)?;
+        let masq = match args.masquerade_ip {
+            Some(ip) => ip,
+            None => loader::interface_ipv4(&args.uplink)?,
+        };
+        let mut cfg = dataplane_common::ct::Config::with_masq_addr(u32::from(masq).to_be());
+        let cgroup = match (args.socket_lb, args.cgroup_path.clone()) {
+            (false, _) => None,
+            (true, Some(dir)) => Some(dir),
+            (true, None) => Some(loader::cgroup2_root()?),
+        };
+        if cgroup.is_some() {
+            cfg.netns_cookie = loader::netns_cookie()?;
+        }
+        loader::write_config(&mut datapath.ebpf, &cfg)?;
         let cfg = loader::AttachConfig {
             uplink: args.uplink.clone(),
             pod_ifaces: args.pod_ifaces.clone(),
             xdp_mode: args.xdp_mode,
+            cgroup,
         };
         datapath.attach(&cfg).context("attaching programs")?;
         log::info!(

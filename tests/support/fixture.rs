@@ -48,6 +48,9 @@ pub struct Fixture {
     pub output: Output,
 }
 
+/// The node address masqueraded connections leave with, in fixtures.
+pub const MASQ_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 0, 11);
+
 pub struct Harness {
     pub datapath: loader::Datapath,
 }
@@ -55,7 +58,9 @@ pub struct Harness {
 static HARNESS: LazyLock<Mutex<Harness>> = LazyLock::new(|| {
     super::require_root();
     let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/dpl-{}-fixtures", std::process::id()));
-    let datapath = loader::load(&pin_dir).unwrap_or_else(|e| panic!("loading the programs: {e:#}"));
+    let mut datapath = loader::load(&pin_dir).unwrap_or_else(|e| panic!("loading the programs: {e:#}"));
+    let cfg = dataplane_common::ct::Config::with_masq_addr(u32::from(MASQ_ADDR).to_be());
+    loader::write_config(&mut datapath.ebpf, &cfg).expect("writing CONFIG_V1");
     // The process holds the maps; the pins would only be leftovers.
     fs::remove_dir_all(&pin_dir).expect("unpinning fixture maps");
     Mutex::new(Harness { datapath })
@@ -110,6 +115,14 @@ impl Harness {
         out.truncate(size as usize);
         let verdict = decode_verdict(hook, ret);
         Outcome { verdict, output: out, stats_delta: delta(&before, &self.stats()) }
+    }
+
+    /// Makes the service maps hold exactly `services` (through the typed API, like the agent).
+    pub fn sync_services(&mut self, services: &[dataplane::model::ServicePort]) {
+        let local = dataplane::services::LocalContext { node_name: "node1".into() };
+        let mut table = dataplane::services::ServiceTable::from_ebpf(&self.datapath.ebpf, local)
+            .expect("opening the service maps");
+        table.sync(services).expect("syncing services");
     }
 
     /// Runs a fixture and asserts verdict, output and that exactly its counter moved by one.

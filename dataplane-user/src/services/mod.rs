@@ -1,0 +1,355 @@
+//! The typed API over the service load-balancing maps (`SERVICES_V1`, `BACKENDS_V1`,
+//! `AFFINITY_V1`, `CT_V1`, `CONFIG_V1`; layouts in `dataplane_common::{lb, ct}`). Nothing else
+//! writes them: the control plane and the tests both go through [`ServiceTable`].
+//!
+//! A [`ServiceTable`] turns [`ServicePort`]s into map entries with kube-proxy's semantics,
+//! decided here at update time so the datapath does no per-packet policy work:
+//! - eligible backends: within the frontend's traffic policy (internalTrafficPolicy for the
+//!   ClusterIP, externalTrafficPolicy for NodePort, externalIPs and LoadBalancer IPs; Local keeps
+//!   this node's endpoints) the ready endpoints, or if none is ready the serving-and-terminating
+//!   ones; deduplicated and sorted, so an unchanged endpoint set writes nothing;
+//! - flags: `SVC_F_EXTERNAL` for external frontends, `SVC_F_MASQUERADE` for those under
+//!   externalTrafficPolicy Cluster, `SVC_F_LOCAL_ONLY` under a Local policy, `SVC_F_AFFINITY`
+//!   with sessionAffinity ClientIP; `BE_F_LOCAL` on backends of this node;
+//! - `count` 0 when no endpoint is eligible: the datapath rejects, like kube-proxy's REJECT.
+//!
+//! Every update is planned first, purely ([`plan`]), then executed in an order that keeps the
+//! invariant of `dataplane_common::lb`: a packet never sees a half-written service. After the
+//! switch, UDP conntrack entries and affinity entries of backends that left a frontend are
+//! purged, so UDP flows move to a live backend on their next datagram; TCP connections drain.
+//!
+//! # One writer
+//! The table keeps a mirror of `SERVICES_V1` and `BACKENDS_V1` and allocates ids from it, so
+//! **one `ServiceTable` at a time may write a set of maps** (the control plane, or a test while
+//! no control plane runs); this is not enforced. Opening a table adopts whatever the maps hold
+//! (frontend ids in use, set ids continuing after the highest), so a restarted writer never
+//! collides with live ids. Which service a frontend belongs to is not in the maps: after a
+//! restart, [`ServiceTable::sync`] (the first thing a control plane does) reconciles every
+//! frontend; until then [`ServiceTable::remove`] only knows frontends upserted since opening.
+//! Readers ([`list_services`], [`list_conntrack`], the datapath) may run at any time.
+
+mod mirror;
+mod plan;
+mod show;
+mod spec;
+mod store;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    path::Path,
+};
+
+use anyhow::Result;
+use aya::Ebpf;
+use dataplane_common::lb::{ServiceKey, ServiceValue};
+
+use self::{
+    mirror::Mirror,
+    plan::{collect_garbage, plan, Desired, MapOp},
+    spec::{frontend_specs, show_key},
+};
+use crate::model::{ServicePort, ServicePortName};
+
+pub use self::{
+    show::{
+        list_conntrack, list_services, render_conntrack, render_services, BackendRow, CtDirection,
+        CtRow, ServiceRow,
+    },
+    spec::service_key,
+    store::{read_config, write_config, KernelMaps, MapSource, MapStore, MemMaps, StaleBackends},
+};
+
+/// This node, as the traffic policies need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalContext {
+    /// This node's name (as in the Node object): endpoints whose nodeName matches are local.
+    pub node_name: String,
+}
+
+/// What one update did: entries written and deleted, per map. Unchanged frontends count zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpdateReport {
+    /// `SERVICES_V1` values written (new frontends, switches, flag changes).
+    pub services_written: usize,
+    /// `SERVICES_V1` entries deleted (removed frontends).
+    pub services_deleted: usize,
+    /// `BACKENDS_V1` slots written (new sets only).
+    pub backends_written: usize,
+    /// `BACKENDS_V1` slots deleted (replaced or removed sets, orphans).
+    pub backends_deleted: usize,
+    /// UDP conntrack entries of removed backends.
+    pub conntrack_deleted: usize,
+    /// sessionAffinity entries of removed backends.
+    pub affinity_deleted: usize,
+}
+
+impl UpdateReport {
+    /// `SERVICES_V1` and `BACKENDS_V1` entries written.
+    pub fn written(&self) -> usize {
+        self.services_written + self.backends_written
+    }
+
+    /// Entries deleted from any map.
+    pub fn deleted(&self) -> usize {
+        self.services_deleted
+            + self.backends_deleted
+            + self.conntrack_deleted
+            + self.affinity_deleted
+    }
+
+    /// Whether the update left every map untouched.
+    pub fn is_empty(&self) -> bool {
+        self.written() == 0 && self.deleted() == 0
+    }
+
+    fn record(&mut self, op: &MapOp) {
+        match op {
+            MapOp::PutService(..) => self.services_written += 1,
+            MapOp::DeleteService(..) => self.services_deleted += 1,
+            MapOp::PutBackend(..) => self.backends_written += 1,
+            MapOp::DeleteBackend(..) => self.backends_deleted += 1,
+            MapOp::PurgeFlows { .. } => {}
+        }
+    }
+}
+
+impl fmt::Display for UpdateReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "services +{} -{}, backends +{} -{}, conntrack -{}, affinity -{}",
+            self.services_written,
+            self.services_deleted,
+            self.backends_written,
+            self.backends_deleted,
+            self.conntrack_deleted,
+            self.affinity_deleted
+        )
+    }
+}
+
+/// The service maps as a table of [`ServicePort`]s. See the module documentation for the
+/// semantics and the one-writer rule.
+pub struct ServiceTable<S: MapStore = KernelMaps> {
+    store: S,
+    local: LocalContext,
+    /// What the maps hold, as far as this writer knows (exactly, with one writer).
+    mirror: Mirror,
+    /// The service port each frontend was last upserted or synced for.
+    owners: HashMap<ServiceKey, ServicePortName>,
+    by_name: HashMap<ServicePortName, HashSet<ServiceKey>>,
+    /// Purges of an update that failed after its switches; retried by the next update.
+    pending_purge: StaleBackends,
+}
+
+impl ServiceTable<KernelMaps> {
+    /// Opens the maps pinned under `pin_dir` (by `dataplane run` or `loader::load`, possibly in
+    /// another process) and adopts their content.
+    pub fn open_pinned(pin_dir: &Path, local: LocalContext) -> Result<Self> {
+        Self::open(pin_dir, local)
+    }
+
+    /// Opens the maps of a loaded object; the object keeps its own handles.
+    pub fn from_ebpf(ebpf: &Ebpf, local: LocalContext) -> Result<Self> {
+        Self::open(ebpf, local)
+    }
+
+    /// Opens the maps from any [`MapSource`] and adopts their content.
+    pub fn open(source: &(impl MapSource + ?Sized), local: LocalContext) -> Result<Self> {
+        Self::with_store(KernelMaps::open(source)?, local)
+    }
+}
+
+impl<S: MapStore> ServiceTable<S> {
+    /// A table over `store`, adopting what it holds.
+    pub fn with_store(store: S, local: LocalContext) -> Result<Self> {
+        let mirror = Mirror::adopt(store.dump_services()?, store.dump_backends()?);
+        let adopted = mirror.services().count();
+        if adopted > 0 {
+            log::info!(
+                "adopted {adopted} service frontends, {} backend slots",
+                mirror.backends_len()
+            );
+        }
+        Ok(ServiceTable {
+            store,
+            local,
+            mirror,
+            owners: HashMap::new(),
+            by_name: HashMap::new(),
+            pending_purge: StaleBackends::default(),
+        })
+    }
+
+    /// Creates or updates every frontend of `svc`, and removes frontends it had and no longer
+    /// lists. A frontend (address:port:protocol) that another service port already holds is
+    /// left to it (logged): the first to claim it keeps it until it lets go or a `sync` decides.
+    pub fn upsert(&mut self, svc: &ServicePort) -> Result<UpdateReport> {
+        let specs = frontend_specs(svc, &self.local);
+        let mut desired = Desired::new();
+        for key in self.by_name.get(&svc.name).into_iter().flatten() {
+            if !specs.contains_key(key) {
+                desired.insert(*key, None);
+            }
+        }
+        for (key, spec) in specs {
+            if let Some(owner) = self.owners.get(&key).filter(|owner| **owner != svc.name) {
+                log::warn!(
+                    "{}: frontend {} already serves {owner}; skipped",
+                    svc.name,
+                    show_key(&key)
+                );
+                continue;
+            }
+            desired.insert(key, Some(spec));
+        }
+        self.claim(&svc.name, &desired);
+        self.execute(plan(&self.mirror, &desired))
+    }
+
+    /// Removes every frontend of the service port `name` (none if it is unknown).
+    pub fn remove(&mut self, name: &ServicePortName) -> Result<UpdateReport> {
+        let keys = self.by_name.remove(name).unwrap_or_default();
+        for key in &keys {
+            self.owners.remove(key);
+        }
+        let desired: Desired = keys.into_iter().map(|key| (key, None)).collect();
+        self.execute(plan(&self.mirror, &desired))
+    }
+
+    /// Makes the maps hold exactly `desired`: changed frontends are updated, missing ones
+    /// removed, unchanged ones not touched at all; slots left by an interrupted writer are
+    /// deleted. Two service ports claiming one frontend: the first by name keeps it (logged).
+    pub fn sync(&mut self, desired: &[ServicePort]) -> Result<UpdateReport> {
+        let mut sorted: Vec<&ServicePort> = desired.iter().collect();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut target = Desired::new();
+        let mut owners = HashMap::new();
+        for svc in sorted {
+            for (key, spec) in frontend_specs(svc, &self.local) {
+                if let Some(owner) = owners.get(&key) {
+                    log::warn!(
+                        "{}: frontend {} already serves {owner}; skipped",
+                        svc.name,
+                        show_key(&key)
+                    );
+                    continue;
+                }
+                owners.insert(key, svc.name.clone());
+                target.insert(key, Some(spec));
+            }
+        }
+        for (key, _) in self.mirror.services() {
+            target.entry(*key).or_insert(None);
+        }
+        self.set_owners(owners);
+        let mut ops = collect_garbage(&self.mirror);
+        ops.extend(plan(&self.mirror, &target));
+        self.execute(ops)
+    }
+
+    /// The `SERVICES_V1` value of a frontend, as this table last wrote or adopted it.
+    pub fn frontend(&self, key: &ServiceKey) -> Option<ServiceValue> {
+        self.mirror.service(key).copied()
+    }
+
+    /// Number of frontends in the maps.
+    pub fn len(&self) -> usize {
+        self.mirror.services().count()
+    }
+
+    /// Whether the maps hold no frontend.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The node the traffic policies are evaluated for.
+    pub fn local(&self) -> &LocalContext {
+        &self.local
+    }
+
+    /// The underlying maps (the in-memory model's entries, in tests).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The underlying maps, e.g. to seed conntrack entries of an in-memory model.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    fn claim(&mut self, name: &ServicePortName, desired: &Desired) {
+        let keys = self.by_name.entry(name.clone()).or_default();
+        for (key, spec) in desired {
+            if spec.is_some() {
+                keys.insert(*key);
+                self.owners.insert(*key, name.clone());
+            } else {
+                keys.remove(key);
+                self.owners.remove(key);
+            }
+        }
+        if keys.is_empty() {
+            self.by_name.remove(name);
+        }
+    }
+
+    fn set_owners(&mut self, owners: HashMap<ServiceKey, ServicePortName>) {
+        self.by_name.clear();
+        for (key, name) in &owners {
+            self.by_name.entry(name.clone()).or_default().insert(*key);
+        }
+        self.owners = owners;
+    }
+
+    /// Applies `ops` in order, mirroring each one the kernel accepted. Flow purges are deferred
+    /// to the end and done in one scan of `CT_V1` and `AFFINITY_V1` (each is still after the
+    /// switch that planned it). On a failed write the maps keep a consistent state (the prefix
+    /// of a plan is consistent), the mirror matches them, and the purges of the switches that
+    /// happened are retried by the next update.
+    fn execute(&mut self, ops: Vec<MapOp>) -> Result<UpdateReport> {
+        let mut report = UpdateReport::default();
+        let mut stale = std::mem::take(&mut self.pending_purge);
+        for op in &ops {
+            if let MapOp::PurgeFlows { frontend_id, backends } = op {
+                stale.extend(backends.iter().map(|&(addr, port)| (*frontend_id, addr, port)));
+                continue;
+            }
+            if let Err(e) = apply(&mut self.store, op) {
+                self.pending_purge = stale;
+                return Err(e);
+            }
+            self.mirror.apply(op);
+            report.record(op);
+        }
+        if !stale.is_empty() {
+            match self.store.purge_flows(&stale) {
+                Ok((ct, affinity)) => {
+                    report.conntrack_deleted = ct;
+                    report.affinity_deleted = affinity;
+                }
+                Err(e) => {
+                    self.pending_purge = stale;
+                    return Err(e);
+                }
+            }
+        }
+        if !report.is_empty() {
+            log::debug!("service maps updated: {report}");
+        }
+        Ok(report)
+    }
+}
+
+fn apply(store: &mut impl MapStore, op: &MapOp) -> Result<()> {
+    match op {
+        MapOp::PutBackend(key, value) => store.put_backend(key, value),
+        MapOp::DeleteBackend(key) => store.delete_backend(key),
+        MapOp::PutService(key, value) => store.put_service(key, value),
+        MapOp::DeleteService(key) => store.delete_service(key),
+        MapOp::PurgeFlows { .. } => Ok(()),
+    }
+}

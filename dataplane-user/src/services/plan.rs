@@ -1,0 +1,391 @@
+//! The pure planner: from what the maps hold ([`Mirror`]) and what they should hold, the map
+//! operations in an order that keeps `dataplane_common::lb`'s invariant — a packet never sees a
+//! half-written service:
+//! - a changed frontend: every slot of a new set (fresh `set_id`) first, then the `SERVICES_V1`
+//!   value (one hash update, which readers see atomically), then the old set's slots;
+//! - a removed frontend: the `SERVICES_V1` entry first, then its slots.
+//!
+//! Right after each switch or removal comes the purge of flows to backends that left it. The
+//! executor runs purges after every write of the plan; their place in the plan records which
+//! switch they depend on, so a plan interrupted after a switch still owes that switch's purge.
+//!
+//! A set is never modified once a service references it, so a reader that fetched a service
+//! value always finds the complete set that value names (until the set is deleted, which
+//! happens only after no value names it).
+
+use std::collections::{HashMap, HashSet};
+
+use dataplane_common::lb::{BackendKey, BackendValue, ServiceKey, ServiceValue};
+
+use super::{
+    mirror::{next_id, slots, Mirror},
+    spec::{key_order, FrontendSpec},
+};
+
+/// One map update. Addresses and ports in network order, as in the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum MapOp {
+    /// Writes one slot of a backend set that no service references yet.
+    PutBackend(BackendKey, BackendValue),
+    DeleteBackend(BackendKey),
+    /// Creates a frontend or switches it (atomically for readers) to another set or flags.
+    PutService(ServiceKey, ServiceValue),
+    DeleteService(ServiceKey),
+    /// Forget the UDP conntrack entries and the affinity entries of `frontend_id` that lead to
+    /// `backends` (address, port), which no longer serve it. Planned right after the switch
+    /// that removed them; the executor defers and batches these (one table scan per update).
+    PurgeFlows {
+        frontend_id: u32,
+        backends: Vec<(u32, u16)>,
+    },
+}
+
+/// What a plan must achieve: frontends mapped to `Some` end up with that spec, frontends mapped
+/// to `None` are removed, frontends not listed are left alone.
+pub(crate) type Desired = HashMap<ServiceKey, Option<FrontendSpec>>;
+
+/// The operations that take the maps from `current` to `desired`, frontend by frontend in
+/// address order (so equal inputs give equal plans). Unchanged frontends produce no operation.
+pub(crate) fn plan(current: &Mirror, desired: &Desired) -> Vec<MapOp> {
+    let mut keys: Vec<ServiceKey> = desired.keys().copied().collect();
+    keys.sort_by_key(key_order);
+    let mut ids = Allocator::new(current);
+    let mut ops = Vec::new();
+    // Removals first: they free map capacity before additions need it.
+    for key in keys.iter().filter(|k| desired[*k].is_none()) {
+        remove_frontend(current, key, &mut ops);
+    }
+    for key in &keys {
+        if let Some(spec) = &desired[key] {
+            upsert_frontend(current, key, spec, &mut ids, &mut ops);
+        }
+    }
+    ops
+}
+
+/// Deletes the slots no service reads (left by an interrupted writer). Safe at any time: no
+/// service value names them, so no reader can be on its way to them.
+pub(crate) fn collect_garbage(current: &Mirror) -> Vec<MapOp> {
+    current.orphan_slots().into_iter().map(MapOp::DeleteBackend).collect()
+}
+
+fn remove_frontend(current: &Mirror, key: &ServiceKey, ops: &mut Vec<MapOp>) {
+    let Some(old) = current.service(key) else { return };
+    ops.push(MapOp::DeleteService(*key));
+    push_purge(old.frontend_id, &current.set_backends(old), &[], ops);
+    ops.extend(slots(old).map(MapOp::DeleteBackend));
+}
+
+fn upsert_frontend(
+    current: &Mirror,
+    key: &ServiceKey,
+    spec: &FrontendSpec,
+    ids: &mut Allocator,
+    ops: &mut Vec<MapOp>,
+) {
+    let Some(old) = current.service(key) else {
+        let value = spec.value(ids.frontend_id(), ids.set_id());
+        write_set(value.set_id, &spec.backends, ops);
+        ops.push(MapOp::PutService(*key, value));
+        return;
+    };
+    let old_backends = current.set_backends(old);
+    if old_backends == spec.backends && current.set_is_complete(old) {
+        // Same backends: a flags or timeout change is one value update on the same set.
+        let value = spec.value(old.frontend_id, old.set_id);
+        if value != *old {
+            ops.push(MapOp::PutService(*key, value));
+        }
+        return;
+    }
+    // The frontend id stays (affinity and conntrack refer to it); the set is new.
+    let value = spec.value(old.frontend_id, ids.set_id());
+    write_set(value.set_id, &spec.backends, ops);
+    ops.push(MapOp::PutService(*key, value));
+    push_purge(old.frontend_id, &old_backends, &spec.backends, ops);
+    ops.extend(slots(old).map(MapOp::DeleteBackend));
+}
+
+fn write_set(set_id: u32, backends: &[BackendValue], ops: &mut Vec<MapOp>) {
+    for (slot, backend) in (0..).zip(backends) {
+        ops.push(MapOp::PutBackend(BackendKey { set_id, slot }, *backend));
+    }
+}
+
+/// Purges flows of the backends in `old` that are not in `new` (by address and port: a backend
+/// whose only change is a flag still serves its connections).
+fn push_purge(frontend_id: u32, old: &[BackendValue], new: &[BackendValue], ops: &mut Vec<MapOp>) {
+    let kept: HashSet<(u32, u16)> = new.iter().map(|b| (b.addr, b.port)).collect();
+    let mut gone: Vec<(u32, u16)> =
+        old.iter().map(|b| (b.addr, b.port)).filter(|b| !kept.contains(b)).collect();
+    gone.dedup();
+    if !gone.is_empty() {
+        ops.push(MapOp::PurgeFlows { frontend_id, backends: gone });
+    }
+}
+
+/// Hands out ids for one plan from the mirror's allocators, without changing the mirror (the
+/// mirror advances when the operations are applied).
+struct Allocator<'a> {
+    current: &'a Mirror,
+    frontend_ids: Box<dyn Iterator<Item = u32> + 'a>,
+    next_set_id: u32,
+}
+
+impl<'a> Allocator<'a> {
+    fn new(current: &'a Mirror) -> Self {
+        Allocator {
+            current,
+            frontend_ids: Box::new(current.frontend_id_candidates()),
+            next_set_id: current.next_set_id(),
+        }
+    }
+
+    fn frontend_id(&mut self) -> u32 {
+        self.frontend_ids.next().expect("the candidate list is unbounded")
+    }
+
+    /// A set id that is neither 0 nor in use, increasing (wrapping) from the last handed out:
+    /// a reader holding a just-replaced service value can never find its set id reused.
+    fn set_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_set_id;
+            self.next_set_id = next_id(id);
+            if id != 0 && !self.current.set_id_in_use(id) {
+                return id;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn key(n: u8) -> ServiceKey {
+        ServiceKey {
+            addr: u32::from_ne_bytes([10, 96, 0, n]),
+            port: 80u16.to_be(),
+            proto: 6,
+            _pad: 0,
+        }
+    }
+
+    fn be(n: u8) -> BackendValue {
+        BackendValue { addr: u32::from_ne_bytes([10, 244, 0, n]), port: 8080u16.to_be(), flags: 0 }
+    }
+
+    fn spec(backends: &[u8]) -> FrontendSpec {
+        FrontendSpec {
+            flags: 0,
+            affinity_timeout_secs: 0,
+            backends: backends.iter().map(|&n| be(n)).collect(),
+        }
+    }
+
+    /// (frontend, its backends or `None` for removal), by number.
+    type Case<'a> = &'a [(u8, Option<&'a [u8]>)];
+
+    fn desired(entries: Case) -> Desired {
+        entries.iter().map(|&(k, b)| (key(k), b.map(spec))).collect()
+    }
+
+    fn apply_all(m: &mut Mirror, ops: &[MapOp]) {
+        ops.iter().for_each(|op| m.apply(op));
+    }
+
+    /// A mirror holding frontends 1..=3 with backends {1,2,3}, {4} and none.
+    fn populated() -> Mirror {
+        let mut m = Mirror::default();
+        let d = desired(&[(1, Some(&[1, 2, 3])), (2, Some(&[4])), (3, Some(&[]))]);
+        let ops = plan(&m, &d);
+        apply_all(&mut m, &ops);
+        m
+    }
+
+    /// The invariant readers rely on, checked after every prefix of a plan: each service entry
+    /// names a complete set whose backends are exactly the old or the new list of its frontend.
+    fn assert_every_prefix_is_consistent(start: &Mirror, d: &Desired) {
+        let ops = plan(start, d);
+        for n in 0..=ops.len() {
+            let mut m = start.clone();
+            apply_all(&mut m, &ops[..n]);
+            for (k, v) in m.services() {
+                assert!(m.set_is_complete(v), "after {n} ops, {k:?} names an incomplete set");
+                let now = m.set_backends(v);
+                let old = start.service(k).map(|o| start.set_backends(o));
+                let new = d.get(k).and_then(|s| s.as_ref()).map(|s| s.backends.clone());
+                assert!(
+                    Some(&now) == old.as_ref() || Some(&now) == new.as_ref(),
+                    "after {n} ops, {k:?} serves {now:?}: neither old {old:?} nor new {new:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_prefix_of_every_kind_of_update_is_consistent() {
+        let start = populated();
+        let cases: &[Case] = &[
+            &[(1, Some(&[1, 2, 3])), (2, Some(&[4])), (3, Some(&[]))], // unchanged
+            &[(1, Some(&[1, 2, 5]))],                                  // one endpoint replaced
+            &[(1, Some(&[]))],                                         // all endpoints gone
+            &[(3, Some(&[7, 8]))],                                     // endpoints appear
+            &[(1, None), (2, None)],                                   // frontends removed
+            &[(4, Some(&[1, 2])), (5, Some(&[]))],                     // frontends added
+            &[(1, Some(&[2])), (2, None), (4, Some(&[4, 9])), (3, Some(&[3]))], // everything
+        ];
+        for case in cases {
+            assert_every_prefix_is_consistent(&start, &desired(case));
+        }
+    }
+
+    #[test]
+    fn changed_frontend_writes_new_set_then_switches_then_purges_and_deletes_old() {
+        let start = populated();
+        let old = *start.service(&key(1)).unwrap();
+        let ops = plan(&start, &desired(&[(1, Some(&[1, 2, 5]))]));
+        let new_set = start.next_set_id();
+        let new = ServiceValue { set_id: new_set, ..old };
+        let mut expect: Vec<MapOp> = [1, 2, 5]
+            .iter()
+            .zip(0..)
+            .map(|(&b, slot)| MapOp::PutBackend(BackendKey { set_id: new_set, slot }, be(b)))
+            .collect();
+        expect.push(MapOp::PutService(key(1), new));
+        expect.push(MapOp::PurgeFlows {
+            frontend_id: old.frontend_id,
+            backends: vec![(be(3).addr, be(3).port)],
+        });
+        expect.extend(slots(&old).map(MapOp::DeleteBackend));
+        assert_eq!(ops, expect);
+    }
+
+    #[test]
+    fn removal_deletes_the_service_before_its_slots() {
+        let start = populated();
+        let old = *start.service(&key(2)).unwrap();
+        let ops = plan(&start, &desired(&[(2, None)]));
+        assert_eq!(
+            ops,
+            [
+                MapOp::DeleteService(key(2)),
+                MapOp::PurgeFlows {
+                    frontend_id: old.frontend_id,
+                    backends: vec![(be(4).addr, be(4).port)]
+                },
+                MapOp::DeleteBackend(BackendKey { set_id: old.set_id, slot: 0 }),
+            ]
+        );
+    }
+
+    #[test]
+    fn unchanged_frontends_produce_no_operations() {
+        let start = populated();
+        let d = desired(&[(1, Some(&[1, 2, 3])), (2, Some(&[4])), (3, Some(&[]))]);
+        assert!(plan(&start, &d).is_empty());
+        assert!(plan(&start, &Desired::new()).is_empty());
+        assert!(collect_garbage(&start).is_empty());
+    }
+
+    #[test]
+    fn one_changed_endpoint_touches_only_its_frontend() {
+        let start = populated();
+        let d = desired(&[(1, Some(&[1, 2, 3])), (2, Some(&[5])), (3, Some(&[]))]);
+        let ops = plan(&start, &d);
+        let old_set = start.service(&key(2)).unwrap().set_id;
+        for op in &ops {
+            match op {
+                MapOp::PutService(k, _) | MapOp::DeleteService(k) => assert_eq!(*k, key(2)),
+                MapOp::PutBackend(k, _) => assert_eq!(k.set_id, start.next_set_id()),
+                MapOp::DeleteBackend(k) => assert_eq!(k.set_id, old_set),
+                MapOp::PurgeFlows { frontend_id, .. } => {
+                    assert_eq!(*frontend_id, start.service(&key(2)).unwrap().frontend_id)
+                }
+            }
+        }
+        assert_eq!(ops.len(), 4, "1 slot + switch + 1 old slot + purge: {ops:?}");
+    }
+
+    #[test]
+    fn flag_change_keeps_the_set() {
+        let start = populated();
+        let mut s = spec(&[4]);
+        s.flags = dataplane_common::lb::SVC_F_AFFINITY;
+        s.affinity_timeout_secs = 30;
+        let old = *start.service(&key(2)).unwrap();
+        let ops = plan(&start, &[(key(2), Some(s))].into_iter().collect());
+        let want = ServiceValue {
+            flags: dataplane_common::lb::SVC_F_AFFINITY,
+            affinity_timeout_secs: 30,
+            ..old
+        };
+        assert_eq!(ops, [MapOp::PutService(key(2), want)]);
+    }
+
+    #[test]
+    fn ids_are_stable_fresh_and_reused() {
+        let mut m = populated();
+        let fids: BTreeSet<u32> = m.services().map(|(_, v)| v.frontend_id).collect();
+        assert_eq!(fids, BTreeSet::from([1, 2, 3]));
+        let mut seen_sets: BTreeSet<u32> = m.services().map(|(_, v)| v.set_id).collect();
+        // Every backend change gets a set id never used before (and never 0); the frontend id
+        // stays, including when the set becomes empty and when it is refilled.
+        let before = *m.service(&key(1)).unwrap();
+        for backends in [&[1, 2][..], &[], &[], &[6]] {
+            let ops = plan(&m, &desired(&[(1, Some(backends))]));
+            apply_all(&mut m, &ops);
+            let now = *m.service(&key(1)).unwrap();
+            assert_eq!(now.frontend_id, before.frontend_id);
+            if backends.is_empty() && ops.is_empty() {
+                continue; // the second empty update is a no-op
+            }
+            assert!(now.set_id != 0 && seen_sets.insert(now.set_id), "set {} reused", now.set_id);
+        }
+        // A removed frontend's id is not handed out in the plan that removes it, then is.
+        let gone = m.service(&key(2)).unwrap().frontend_id;
+        let ops = plan(&m, &desired(&[(2, None), (4, Some(&[1]))]));
+        apply_all(&mut m, &ops);
+        assert_eq!(m.service(&key(4)).unwrap().frontend_id, 4);
+        let ops = plan(&m, &desired(&[(5, Some(&[1]))]));
+        apply_all(&mut m, &ops);
+        assert_eq!(m.service(&key(5)).unwrap().frontend_id, gone);
+    }
+
+    #[test]
+    fn set_ids_skip_zero_and_ids_in_use_when_wrapping() {
+        // A dump whose highest set id is u32::MAX, with 1 and 2 still in use.
+        let v = |fid, set_id| ServiceValue { frontend_id: fid, set_id, ..Default::default() };
+        let m = Mirror::adopt([(key(1), v(1, u32::MAX)), (key(2), v(2, 1)), (key(3), v(3, 2))], []);
+        let ops = plan(&m, &desired(&[(4, Some(&[]))]));
+        assert_eq!(ops, [MapOp::PutService(key(4), v(4, 3))]);
+    }
+
+    #[test]
+    fn adopted_state_plans_like_the_original() {
+        let start = populated();
+        let dump_services: Vec<_> = start.services().map(|(k, v)| (*k, *v)).collect();
+        let dump_backends: Vec<_> = (1..start.next_set_id())
+            .flat_map(|set_id| (0..8).map(move |slot| BackendKey { set_id, slot }))
+            .filter_map(|k| start.backend(&k).map(|v| (k, *v)))
+            .collect();
+        let adopted = Mirror::adopt(dump_services, dump_backends);
+        assert_eq!(adopted.next_set_id(), start.next_set_id());
+        let d = desired(&[(1, Some(&[1, 2, 3])), (2, Some(&[4])), (3, Some(&[])), (4, Some(&[1]))]);
+        assert_eq!(plan(&adopted, &d), plan(&start, &d));
+    }
+
+    #[test]
+    fn incomplete_adopted_set_is_replaced_and_orphans_collected() {
+        let v = ServiceValue { frontend_id: 1, set_id: 5, count: 2, ..Default::default() };
+        // Slot 1 of set 5 is missing; set 6 was written but never switched to.
+        let orphan = (BackendKey { set_id: 6, slot: 0 }, be(9));
+        let m = Mirror::adopt([(key(1), v)], [(BackendKey { set_id: 5, slot: 0 }, be(1)), orphan]);
+        let ops = plan(&m, &desired(&[(1, Some(&[1]))]));
+        let switched = ServiceValue { set_id: 7, count: 1, ..v };
+        assert!(ops.contains(&MapOp::PutService(key(1), switched)));
+        assert_eq!(collect_garbage(&m), [MapOp::DeleteBackend(orphan.0)]);
+    }
+}

@@ -1,0 +1,399 @@
+//! Where the service maps are: opened from a pin dir or a loaded object ([`MapSource`]), written
+//! through [`MapStore`] (the kernel maps, or an in-memory model for tests without root).
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    maps::{Array, Map, MapData, MapError},
+    sys::SyscallError,
+    Ebpf, Pod,
+};
+use dataplane_common::{
+    ct::{Config, CtKey, CtValue, CT_F_REPLY, CT_MAX_ENTRIES},
+    lb::{
+        AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
+        MAX_AFFINITY,
+    },
+    map_names,
+};
+
+use crate::loader::Datapath;
+
+/// Something the datapath's maps can be opened from: a pin dir (`Path`, `PathBuf`), or a loaded
+/// object (`aya::Ebpf`, `loader::Datapath`), which keeps its own handles.
+pub trait MapSource {
+    /// A new handle on the kernel map called `name`.
+    fn open_map(&self, name: &str) -> Result<MapData>;
+}
+
+impl MapSource for Path {
+    fn open_map(&self, name: &str) -> Result<MapData> {
+        let path = self.join(name);
+        MapData::from_pin(&path).with_context(|| {
+            format!("opening {} (is the datapath loaded with this pin dir?)", path.display())
+        })
+    }
+}
+
+impl MapSource for PathBuf {
+    fn open_map(&self, name: &str) -> Result<MapData> {
+        self.as_path().open_map(name)
+    }
+}
+
+impl MapSource for Ebpf {
+    fn open_map(&self, name: &str) -> Result<MapData> {
+        let map = self.map(name).ok_or_else(|| anyhow!("map {name} is not in the eBPF object"))?;
+        let data = match map {
+            Map::HashMap(d) | Map::LruHashMap(d) | Map::Array(d) => d,
+            _ => bail!("map {name} has a type the service API does not use"),
+        };
+        // A second descriptor on the same kernel map: the object keeps its maps, and a table
+        // opened from it does not borrow it.
+        let fd =
+            data.fd().as_fd().try_clone_to_owned().with_context(|| format!("dup of {name}"))?;
+        MapData::from_fd(fd).with_context(|| format!("reopening {name}"))
+    }
+}
+
+impl MapSource for Datapath {
+    fn open_map(&self, name: &str) -> Result<MapData> {
+        self.ebpf.open_map(name)
+    }
+}
+
+/// A typed kernel hash (or LRU hash) map.
+pub(crate) type Hash<K, V> = aya::maps::HashMap<MapData, K, V>;
+
+/// Opens `name` as a hash map of `K -> V`, refusing another key or value size.
+pub(crate) fn open_hash<K: Pod, V: Pod>(
+    source: &(impl MapSource + ?Sized),
+    name: &str,
+) -> Result<Hash<K, V>> {
+    let map = Map::from_map_data(source.open_map(name)?)?;
+    Hash::try_from(map)
+        .with_context(|| format!("{name} does not have the layout this build expects"))
+}
+
+/// Writes the node-wide settings (`CONFIG_V1`, a single-entry array, index 0).
+pub fn write_config(source: &(impl MapSource + ?Sized), config: &Config) -> Result<()> {
+    let mut array = open_config(source)?;
+    array.set(0, config, 0).context("writing CONFIG_V1[0]")
+}
+
+/// Reads the node-wide settings back.
+pub fn read_config(source: &(impl MapSource + ?Sized)) -> Result<Config> {
+    open_config(source)?.get(&0, 0).context("reading CONFIG_V1[0]")
+}
+
+fn open_config(source: &(impl MapSource + ?Sized)) -> Result<Array<MapData, Config>> {
+    let map = Map::from_map_data(source.open_map(map_names::CONFIG)?)?;
+    Array::try_from(map).context("CONFIG_V1 does not have the layout this build expects")
+}
+
+/// Backends that left a frontend: `(frontend_id, address, port)`, network order. Flows the
+/// datapath tracks towards them are what an update purges.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StaleBackends(HashSet<(u32, u32, u16)>);
+
+impl StaleBackends {
+    /// Marks `addr:port` (network order) as gone from `frontend_id`.
+    pub fn insert(&mut self, frontend_id: u32, addr: u32, port: u16) {
+        self.0.insert((frontend_id, addr, port));
+    }
+
+    /// Whether nothing is to be purged.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Number of (frontend, backend) pairs.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether a conntrack entry is a UDP flow of a stale backend, in either direction: the
+    /// original direction by its rewrite target, the reply direction by its wire source. TCP
+    /// entries never match: established connections drain, as under kube-proxy. A UDP flow has
+    /// no end, so its entry would keep sending the client's datagrams to a backend that is gone
+    /// (kube-proxy's stale-UDP-conntrack bug); without it the next datagram is balanced anew.
+    pub fn matches_ct(&self, key: &CtKey, value: &CtValue) -> bool {
+        if key.proto != 17 {
+            return false;
+        }
+        let (addr, port) = if value.flags & CT_F_REPLY != 0 {
+            (key.saddr, key.sport)
+        } else {
+            (value.nat_daddr, value.nat_dport)
+        };
+        self.0.contains(&(value.frontend_id, addr, port))
+    }
+
+    /// Whether a sessionAffinity entry sends its client to a stale backend.
+    pub fn matches_affinity(&self, key: &AffinityKey, value: &AffinityValue) -> bool {
+        self.0.contains(&(key.frontend_id, value.backend.addr, value.backend.port))
+    }
+}
+
+impl Extend<(u32, u32, u16)> for StaleBackends {
+    fn extend<I: IntoIterator<Item = (u32, u32, u16)>>(&mut self, iter: I) {
+        self.0.extend(iter);
+    }
+}
+
+/// The maps a `ServiceTable` writes. Deleting an absent entry is not an error (the LRU maps
+/// evict on their own, and an interrupted update may have deleted it already).
+pub trait MapStore {
+    /// Every `SERVICES_V1` entry.
+    fn dump_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
+    /// Every `BACKENDS_V1` entry.
+    fn dump_backends(&self) -> Result<Vec<(BackendKey, BackendValue)>>;
+    /// Creates or replaces a `SERVICES_V1` entry.
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()>;
+    /// Deletes a `SERVICES_V1` entry.
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<()>;
+    /// Creates or replaces a `BACKENDS_V1` slot.
+    fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<()>;
+    /// Deletes a `BACKENDS_V1` slot.
+    fn delete_backend(&mut self, key: &BackendKey) -> Result<()>;
+    /// Deletes the `CT_V1` and `AFFINITY_V1` entries `stale` matches; returns how many of each.
+    fn purge_flows(&mut self, stale: &StaleBackends) -> Result<(usize, usize)>;
+}
+
+/// The datapath's maps in the kernel.
+pub struct KernelMaps {
+    services: Hash<ServiceKey, ServiceValue>,
+    backends: Hash<BackendKey, BackendValue>,
+    affinity: Hash<AffinityKey, AffinityValue>,
+    ct: Hash<CtKey, CtValue>,
+}
+
+impl KernelMaps {
+    /// Opens `SERVICES_V1`, `BACKENDS_V1`, `AFFINITY_V1` and `CT_V1`, checking their layouts.
+    pub fn open(source: &(impl MapSource + ?Sized)) -> Result<KernelMaps> {
+        Ok(KernelMaps {
+            services: open_hash(source, map_names::SERVICES)?,
+            backends: open_hash(source, map_names::BACKENDS)?,
+            affinity: open_hash(source, map_names::AFFINITY)?,
+            ct: open_hash(source, map_names::CT)?,
+        })
+    }
+}
+
+impl MapStore for KernelMaps {
+    fn dump_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        dump(&self.services, map_names::SERVICES)
+    }
+
+    fn dump_backends(&self) -> Result<Vec<(BackendKey, BackendValue)>> {
+        dump(&self.backends, map_names::BACKENDS)
+    }
+
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        self.services.insert(key, value, 0).context("updating SERVICES_V1")
+    }
+
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<()> {
+        remove(&mut self.services, key).map(drop).context("deleting from SERVICES_V1")
+    }
+
+    fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<()> {
+        self.backends.insert(key, value, 0).context("updating BACKENDS_V1")
+    }
+
+    fn delete_backend(&mut self, key: &BackendKey) -> Result<()> {
+        remove(&mut self.backends, key).map(drop).context("deleting from BACKENDS_V1")
+    }
+
+    fn purge_flows(&mut self, stale: &StaleBackends) -> Result<(usize, usize)> {
+        let ct = purge(&mut self.ct, CT_MAX_ENTRIES, |k, v| stale.matches_ct(k, v))
+            .context("purging CT_V1")?;
+        let affinity = purge(&mut self.affinity, MAX_AFFINITY, |k, v| stale.matches_affinity(k, v))
+            .context("purging AFFINITY_V1")?;
+        Ok((ct, affinity))
+    }
+}
+
+/// Every entry of a map (entries deleted while iterating are skipped).
+pub(crate) fn dump<K: Pod, V: Pod>(map: &Hash<K, V>, name: &str) -> Result<Vec<(K, V)>> {
+    map.iter().collect::<Result<_, _>>().with_context(|| format!("reading {name}"))
+}
+
+/// Deletes the entries `stale` matches. Keys are collected first and deleted after the scan:
+/// deleting the key a get_next_key walk stands on would restart the walk. The walk is bounded
+/// because concurrent datapath evictions can restart it too.
+fn purge<K: Pod, V: Pod>(
+    map: &mut Hash<K, V>,
+    max_entries: u32,
+    stale: impl Fn(&K, &V) -> bool,
+) -> Result<usize> {
+    let mut doomed = Vec::new();
+    for entry in map.iter().take(2 * max_entries as usize) {
+        let (k, v) = entry?;
+        if stale(&k, &v) {
+            doomed.push(k);
+        }
+    }
+    let mut deleted = 0;
+    for k in &doomed {
+        deleted += usize::from(remove(map, k)?);
+    }
+    Ok(deleted)
+}
+
+/// Deletes `key`; `false` if it was not there.
+fn remove<K: Pod, V: Pod>(map: &mut Hash<K, V>, key: &K) -> Result<bool, MapError> {
+    match map.remove(key) {
+        Ok(()) => Ok(true),
+        Err(MapError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// An in-memory model of the maps: for tests of code built on `ServiceTable` that run without
+/// root, and for the table's own tests. Fields are public so tests can seed conntrack and
+/// affinity entries and inspect the result.
+#[derive(Clone, Debug, Default)]
+pub struct MemMaps {
+    /// `SERVICES_V1`.
+    pub services: HashMap<ServiceKey, ServiceValue>,
+    /// `BACKENDS_V1`.
+    pub backends: HashMap<BackendKey, BackendValue>,
+    /// `CT_V1` (seed flows here to test purges).
+    pub ct: HashMap<CtKey, CtValue>,
+    /// `AFFINITY_V1`.
+    pub affinity: HashMap<AffinityKey, AffinityValue>,
+    /// When `Some(n)`, the `n+1`-th next service/backend write fails (error-path tests).
+    pub writes_before_failure: Option<usize>,
+}
+
+impl MemMaps {
+    fn write(&mut self) -> Result<()> {
+        match self.writes_before_failure {
+            Some(0) => bail!("injected map write failure"),
+            Some(ref mut n) => *n -= 1,
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+impl MapStore for MemMaps {
+    fn dump_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn dump_backends(&self) -> Result<Vec<(BackendKey, BackendValue)>> {
+        Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        self.write()?;
+        self.services.insert(*key, *value);
+        Ok(())
+    }
+
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<()> {
+        self.write()?;
+        self.services.remove(key);
+        Ok(())
+    }
+
+    fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<()> {
+        self.write()?;
+        self.backends.insert(*key, *value);
+        Ok(())
+    }
+
+    fn delete_backend(&mut self, key: &BackendKey) -> Result<()> {
+        self.write()?;
+        self.backends.remove(key);
+        Ok(())
+    }
+
+    fn purge_flows(&mut self, stale: &StaleBackends) -> Result<(usize, usize)> {
+        let (ct, affinity) = (self.ct.len(), self.affinity.len());
+        self.ct.retain(|k, v| !stale.matches_ct(k, v));
+        self.affinity.retain(|k, v| !stale.matches_affinity(k, v));
+        Ok((ct - self.ct.len(), affinity - self.affinity.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FE: u32 = 7;
+    const GONE: (u32, u16) = (u32::from_ne_bytes([10, 244, 2, 15]), 8080u16.to_be());
+    const KEPT: (u32, u16) = (u32::from_ne_bytes([10, 244, 1, 19]), 8080u16.to_be());
+
+    fn stale() -> StaleBackends {
+        let mut s = StaleBackends::default();
+        s.insert(FE, GONE.0, GONE.1);
+        s
+    }
+
+    fn forward(proto: u8, backend: (u32, u16), frontend_id: u32) -> (CtKey, CtValue) {
+        let key = CtKey { saddr: 1, daddr: 2, sport: 3, dport: 4, proto, _pad: [0; 3] };
+        let value = CtValue {
+            nat_daddr: backend.0,
+            nat_dport: backend.1,
+            frontend_id,
+            ..Default::default()
+        };
+        (key, value)
+    }
+
+    fn reply(proto: u8, backend: (u32, u16), frontend_id: u32) -> (CtKey, CtValue) {
+        let key =
+            CtKey { saddr: backend.0, sport: backend.1, daddr: 1, dport: 3, proto, _pad: [0; 3] };
+        let value = CtValue { frontend_id, flags: CT_F_REPLY, ..Default::default() };
+        (key, value)
+    }
+
+    #[test]
+    fn only_udp_flows_of_removed_backends_of_that_frontend_match() {
+        let s = stale();
+        for (entry, want) in [
+            (forward(17, GONE, FE), true),
+            (reply(17, GONE, FE), true),
+            (forward(6, GONE, FE), false), // TCP drains
+            (reply(6, GONE, FE), false),
+            (forward(17, KEPT, FE), false), // remaining backend
+            (reply(17, KEPT, FE), false),
+            (forward(17, GONE, FE + 1), false), // same backend behind another frontend
+            (reply(17, GONE, FE + 1), false),
+        ] {
+            assert_eq!(s.matches_ct(&entry.0, &entry.1), want, "{entry:?}");
+        }
+    }
+
+    #[test]
+    fn affinity_entries_to_removed_backends_match() {
+        let s = stale();
+        let entry = |fe, (addr, port)| {
+            let backend = BackendValue { addr, port, flags: 0 };
+            (AffinityKey { client: 9, frontend_id: fe }, AffinityValue { backend, last_used_ns: 1 })
+        };
+        assert!(s.matches_affinity(&entry(FE, GONE).0, &entry(FE, GONE).1));
+        assert!(!s.matches_affinity(&entry(FE, KEPT).0, &entry(FE, KEPT).1));
+        assert!(!s.matches_affinity(&entry(FE + 1, GONE).0, &entry(FE + 1, GONE).1));
+    }
+
+    #[test]
+    fn mem_maps_purge_counts() {
+        let mut m = MemMaps::default();
+        m.ct.extend([forward(17, GONE, FE), reply(17, GONE, FE), forward(6, GONE, FE)]);
+        assert_eq!(m.purge_flows(&stale()).unwrap(), (2, 0));
+        assert_eq!(m.ct.len(), 1);
+    }
+}
