@@ -196,3 +196,225 @@ fn nodeport_with_external_traffic_policy_local_keeps_the_client_ip() {
     let names: Vec<_> = counts.keys().cloned().collect();
     assert_eq!(names, vec!["node2-pod0".to_string(), "node2-pod1".to_string()], "only node2's backends");
 }
+
+// ---- Host traffic, affinity, churn, several ports, scale, conntrack, ICMP errors ---------------
+
+use std::net::UdpSocket;
+
+use dataplane::{loader, services};
+use dataplane_lab::{netns, traffic::Reply};
+
+#[test]
+fn node_reaches_clusterip_through_socket_level_balancing() {
+    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    let _tcp: Vec<_> = servers(&c).iter().map(|p| p.host().tcp_echo_server(8080).unwrap()).collect();
+    let _udp: Vec<_> = servers(&c).iter().map(|p| p.host().udp_echo_server(8080).unwrap()).collect();
+    let tcp_backends = servers(&c).iter().map(|p| backend(p, 8080)).collect();
+    let udp_backends = servers(&c).iter().map(|p| backend(p, 8080)).collect();
+    let vip = SocketAddrV4::new(VIP, 80);
+    c.sync(&[
+        cluster_ip("web", vip, Protocol::Tcp, tcp_backends),
+        cluster_ip("web-udp", vip, Protocol::Udp, udp_backends),
+    ])
+    .unwrap();
+    let node = c.lab.node(0).host();
+    let mut counts = BTreeMap::new();
+    for i in 0..60 {
+        let reply = node.tcp_request(vip, &format!("host {i}"), T).unwrap();
+        *counts.entry(reply.server).or_insert(0) += 1;
+        let reply = node.udp_request(vip, &format!("host {i}"), T).unwrap();
+        assert!(reply.server.contains("pod"), "{reply:?}");
+    }
+    assert_eq!(counts.len(), 3, "host connections spread over every backend: {counts:?}");
+    let stats = c.stats(0);
+    assert!(stats.packets(Hook::SockConnect4, Reason::LbNewConnection) >= 120, "TCP and connected UDP");
+    // Another node's sockets are not ours to balance (netns cookie scoping).
+    assert_eq!(c.stats(1).packets(Hook::SockConnect4, Reason::LbNewConnection), 0);
+}
+
+#[test]
+fn session_affinity_client_ip_sticks_until_its_timeout() {
+    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    let _srv: Vec<_> = servers(&c).iter().map(|p| p.host().tcp_echo_server(8080).unwrap()).collect();
+    let backends: Vec<_> = servers(&c).iter().map(|p| backend(p, 8080)).collect();
+    let vip = SocketAddrV4::new(VIP, 80);
+    let mut svc = cluster_ip("sticky", vip, Protocol::Tcp, backends);
+    svc.affinity_timeout_secs = Some(1);
+    c.sync(&[svc]).unwrap();
+    let client = c.lab.pod(0, 0).host();
+    let first = client.tcp_request(vip, "a", T).unwrap().server;
+    for i in 0..30 {
+        assert_eq!(client.tcp_request(vip, &format!("a{i}"), T).unwrap().server, first, "sticky within the timeout");
+    }
+    // After the timeout the choice is random again: over 8 expiries three backends cannot all
+    // come out the same except with probability (1/3)^7.
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..8 {
+        std::thread::sleep(Duration::from_millis(1200));
+        seen.insert(client.tcp_request(vip, &format!("b{i}"), T).unwrap().server);
+    }
+    assert!(seen.len() > 1, "affinity never expired: {seen:?}");
+}
+
+/// A UDP request from a fixed source port, so successive calls are one flow (one CT entry).
+fn udp_from_port(host: &dataplane_lab::lab::Host, sport: u16, dst: SocketAddrV4, payload: &str) -> anyhow::Result<Reply> {
+    let payload = payload.to_string();
+    netns::in_netns(&host.ns, move || -> anyhow::Result<Reply> {
+        let sock = UdpSocket::bind(("0.0.0.0", sport))?;
+        sock.connect(dst)?;
+        sock.set_read_timeout(Some(T))?;
+        sock.send(payload.as_bytes())?;
+        let mut buf = [0u8; 2048];
+        let n = sock.recv(&mut buf)?;
+        let local = match sock.local_addr()? {
+            std::net::SocketAddr::V4(a) => a,
+            other => anyhow::bail!("unexpected {other}"),
+        };
+        Reply::parse(&String::from_utf8_lossy(&buf[..n]), local)
+    })?
+}
+
+#[test]
+fn backend_churn_moves_udp_flows_and_sends_no_new_connections_to_removed_backends() {
+    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    let pods = servers(&c);
+    let _srv: Vec<_> = pods.iter().map(|p| p.host().udp_echo_server(5353).unwrap()).collect();
+    let _tsrv: Vec<_> = pods.iter().map(|p| p.host().tcp_echo_server(5353).unwrap()).collect();
+    let all: Vec<_> = pods.iter().map(|p| backend(p, 5353)).collect();
+    let vip = SocketAddrV4::new(VIP, 53);
+    c.sync(&[cluster_ip("dns", vip, Protocol::Udp, all.clone()), cluster_ip("dns-tcp", vip, Protocol::Tcp, all.clone())]).unwrap();
+    let client = c.lab.pod(0, 0).host();
+    let first = udp_from_port(&client, 40555, vip, "one").unwrap().server;
+    assert_eq!(udp_from_port(&client, 40555, vip, "two").unwrap().server, first, "one flow, one backend");
+    // A long-lived TCP connection to a backend that stays must survive the change.
+    let mut conn = client.tcp_connect(vip, T).unwrap();
+    let mut tcp_server = conn.request("x").unwrap().server;
+    while tcp_server == first {
+        conn = client.tcp_connect(vip, T).unwrap();
+        tcp_server = conn.request("x").unwrap().server;
+    }
+    let remaining: Vec<_> = all.iter().filter(|b| pods.iter().any(|p| p.ip == b.ip && p.name != first)).cloned().collect();
+    c.sync(&[cluster_ip("dns", vip, Protocol::Udp, remaining.clone()), cluster_ip("dns-tcp", vip, Protocol::Tcp, remaining)]).unwrap();
+    // The same UDP flow is answered at once by a live backend (not black-holed until a timeout).
+    let moved = udp_from_port(&client, 40555, vip, "three").unwrap().server;
+    assert_ne!(moved, first, "the UDP flow stayed on the removed backend");
+    assert_eq!(conn.request("still there").unwrap().server, tcp_server);
+    for i in 0..60 {
+        let reply = client.udp_request(vip, &format!("n{i}"), T).unwrap();
+        assert_ne!(reply.server, first, "a removed backend got a new connection");
+    }
+}
+
+#[test]
+fn several_ports_protocols_and_shared_backends() {
+    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    let b = c.lab.pod(1, 0);
+    let _t1 = b.host().tcp_echo_server(8080).unwrap();
+    let _t2 = b.host().tcp_echo_server(9090).unwrap();
+    let _u = b.host().udp_echo_server(8080).unwrap();
+    let vip2 = Ipv4Addr::new(10, 96, 0, 20);
+    c.sync(&[
+        // One service with two ports, target port != port, and TCP + UDP on the same port.
+        cluster_ip("multi-http", SocketAddrV4::new(VIP, 80), Protocol::Tcp, vec![backend(b, 8080)]),
+        cluster_ip("multi-admin", SocketAddrV4::new(VIP, 81), Protocol::Tcp, vec![backend(b, 9090)]),
+        cluster_ip("multi-udp", SocketAddrV4::new(VIP, 80), Protocol::Udp, vec![backend(b, 8080)]),
+        // The same backend behind another service.
+        cluster_ip("other", SocketAddrV4::new(vip2, 443), Protocol::Tcp, vec![backend(b, 8080)]),
+    ])
+    .unwrap();
+    let client = c.lab.pod(0, 0).host();
+    assert_eq!(client.tcp_request(SocketAddrV4::new(VIP, 80), "http", T).unwrap().server, b.name);
+    assert_eq!(client.tcp_request(SocketAddrV4::new(VIP, 81), "admin", T).unwrap().server, b.name);
+    assert_eq!(client.udp_request(SocketAddrV4::new(VIP, 80), "udp", T).unwrap().server, b.name);
+    assert_eq!(client.tcp_request(SocketAddrV4::new(vip2, 443), "other", T).unwrap().server, b.name);
+}
+
+#[test]
+fn ten_thousand_services_at_once() {
+    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    let _srv: Vec<_> = servers(&c).iter().map(|p| p.host().tcp_echo_server(8080).unwrap()).collect();
+    let backends: Vec<_> = servers(&c).iter().map(|p| backend(p, 8080)).collect();
+    let vip_of = |i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i);
+    let svcs: Vec<_> = (0..10_000)
+        .map(|i| cluster_ip(&format!("svc{i}"), SocketAddrV4::new(vip_of(i), 80), Protocol::Tcp, backends.clone()))
+        .collect();
+    c.sync(&svcs).unwrap();
+    let rows = services::list_services(c.nodes[0].pin_dir()).unwrap();
+    assert_eq!(rows.len(), 10_000);
+    let client = c.lab.pod(0, 0).host();
+    for i in [0, 1, 777, 4242, 9998, 9999] {
+        let reply = client.tcp_request(SocketAddrV4::new(vip_of(i), 80), "hi", T).unwrap();
+        assert!(reply.server.contains("pod"), "service {i}: {reply:?}");
+    }
+}
+
+#[test]
+fn conntrack_lists_entries_and_expires_idle_ones() {
+    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    let b = c.lab.pod(1, 0);
+    let _u = b.host().udp_echo_server(5353).unwrap();
+    let vip = SocketAddrV4::new(VIP, 53);
+    c.sync(&[cluster_ip("dns", vip, Protocol::Udp, vec![backend(b, 5353)])]).unwrap();
+    let pin = c.nodes[0].pin_dir().to_path_buf();
+    let mut cfg = loader::read_pinned_config(&pin).unwrap();
+    cfg.timeout_udp = 1;
+    loader::write_pinned_config(&pin, &cfg).unwrap();
+    let client = c.lab.pod(0, 0);
+    udp_from_port(&client.host(), 40777, vip, "first").unwrap();
+    let rows = services::list_conntrack(&pin).unwrap();
+    let fwd = rows.iter().find(|r| r.src == SocketAddrV4::new(client.ip, 40777) && r.dst == vip).expect("forward entry");
+    assert_eq!(fwd.nat_dst, SocketAddrV4::new(b.ip, 5353));
+    let cli = support::node::dataplane_cli(&["conntrack", "--pin-dir", pin.to_str().unwrap()]).unwrap();
+    assert!(cli.stdout.contains(&format!("{}:40777", client.ip)) && cli.stdout.contains(&format!("{}:5353", b.ip)), "{}", cli.stdout);
+    let new_before = c.stats(0).packets(Hook::TcPodIngress, Reason::LbNewConnection);
+    udp_from_port(&client.host(), 40777, vip, "again").unwrap();
+    assert_eq!(c.stats(0).packets(Hook::TcPodIngress, Reason::LbNewConnection), new_before, "within the timeout: same entry");
+    std::thread::sleep(Duration::from_millis(2200));
+    udp_from_port(&client.host(), 40777, vip, "after expiry").unwrap();
+    assert_eq!(c.stats(0).packets(Hook::TcPodIngress, Reason::LbNewConnection), new_before + 1, "an expired entry is a new connection");
+}
+
+#[test]
+fn icmp_port_unreachable_from_a_backend_reaches_the_client_socket() {
+    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    // The backend pod has nothing listening on 5353: its kernel answers port unreachable,
+    // quoting the DNATed datagram. The client's connected socket only gets ECONNREFUSED if the
+    // error was translated back to VIP:53.
+    let vip = SocketAddrV4::new(VIP, 53);
+    c.sync(&[cluster_ip("dns", vip, Protocol::Udp, vec![backend(c.lab.pod(1, 0), 5353)])]).unwrap();
+    let err = c.lab.pod(0, 0).host().udp_request(vip, "anyone?", T).err().expect("must fail");
+    assert_eq!(io_kind(&err), Some(ErrorKind::ConnectionRefused), "{err:#}");
+    assert!(c.stats(0).packets(Hook::TcPodEgress, Reason::IcmpErrorTranslated) >= 1);
+}
+
+#[test]
+fn fragmentation_needed_from_the_node_reaches_the_client_socket() {
+    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    let b = c.lab.pod(1, 0);
+    let _u = b.host().udp_echo_server(5353).unwrap();
+    let vip = SocketAddrV4::new(VIP, 53);
+    c.sync(&[cluster_ip("dns", vip, Protocol::Udp, vec![backend(b, 5353)])]).unwrap();
+    // A smaller MTU on node1's uplink: forwarding a 1478-byte DF datagram to the remote backend
+    // makes node1 send "fragmentation needed, MTU 1400" quoting the DNATed datagram.
+    netns::run_in(&c.lab.node(0).ns, &["ip", "link", "set", "eth0", "mtu", "1400"]).unwrap();
+    let mtu = netns::in_netns(&c.lab.pod(0, 0).ns, move || -> anyhow::Result<i32> {
+        use std::os::fd::AsRawFd;
+        let sock = UdpSocket::bind("0.0.0.0:0")?;
+        let fd = sock.as_raw_fd();
+        let on: libc::c_int = libc::IP_PMTUDISC_DO;
+        unsafe { libc::setsockopt(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, (&on as *const i32).cast(), 4) };
+        sock.connect(vip)?;
+        sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let _ = sock.send(&[0u8; 1450]);
+        let mut buf = [0u8; 2048];
+        let _ = sock.recv(&mut buf); // EMSGSIZE once the error is matched to this socket
+        let mut mtu: libc::c_int = 0;
+        let mut len = 4 as libc::socklen_t;
+        unsafe { libc::getsockopt(fd, libc::IPPROTO_IP, libc::IP_MTU, (&mut mtu as *mut i32).cast(), &mut len) };
+        Ok(mtu)
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(mtu, 1400, "the path MTU to the service learned from the translated ICMP error");
+    assert!(c.stats(0).packets(Hook::TcPodEgress, Reason::IcmpErrorTranslated) >= 1);
+}
