@@ -152,7 +152,34 @@ fn services() -> Vec<dataplane::model::ServicePort> {
         cluster::cluster_ip("dns", SocketAddrV4::new(VIP, 53), Protocol::Udp, one_backend(BACKEND, 5353)),
         cluster::cluster_ip("empty", SocketAddrV4::new(VIP, 81), Protocol::Tcp, vec![]),
         cluster::cluster_ip("self", SocketAddrV4::new(VIP, 82), Protocol::Tcp, one_backend(CLIENT, 8080)),
+        local_only_without_local_endpoints(),
     ]
+}
+
+/// NodePort 30081 with externalTrafficPolicy Local whose only endpoint is on another node.
+fn local_only_without_local_endpoints() -> dataplane::model::ServicePort {
+    let mut svc = cluster::cluster_ip("local", SocketAddrV4::new(VIP, 83), Protocol::Tcp, one_backend(BACKEND, 8080));
+    svc.external_policy = TrafficPolicy::Local;
+    cluster::with_node_port(svc, &[NODE_IP], 30081)
+}
+
+#[test]
+fn external_traffic_policy_local_without_local_endpoints_drops_like_kube_proxy() {
+    let mut h = harness();
+    h.sync_services(&services());
+    let syn = tcp(EXTERNAL, 5556, NODE_IP, 30081, TcpFlags::SYN).build();
+    h.check(&Fixture {
+        name: "etp local, no local endpoint",
+        hook: Hook::XdpUplink,
+        input: syn,
+        verdict: Verdict::Drop,
+        reason: Reason::DropNoLocalEndpoints,
+        output: Output::Ignored,
+    });
+    // Its ClusterIP still reaches the remote endpoint (internal policy is Cluster).
+    let syn = tcp(CLIENT, 45001, VIP, 83, TcpFlags::SYN).build();
+    let o = h.run(Hook::TcPodIngress, &syn);
+    assert_eq!(o.stats_delta, vec![(Hook::TcPodIngress, Reason::LbNewConnection, 1, syn.len() as u64)]);
 }
 
 fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: TcpFlags) -> Frame {

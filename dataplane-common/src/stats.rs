@@ -116,6 +116,9 @@ pub enum Reason {
     SockPass = 21,
     /// Socket hook: the address was rewritten back from a backend to its service.
     SockRevNat = 22,
+    /// External traffic to a frontend with externalTrafficPolicy Local and no local endpoint:
+    /// dropped, as kube-proxy does (a reject would tell a load balancer the node is healthy).
+    DropNoLocalEndpoints = 23,
 }
 
 /// Number of columns reserved per hook in the stats table (room for reasons added later).
@@ -125,7 +128,7 @@ pub const MAX_REASONS: u32 = 32;
 pub const STATS_ENTRIES: u32 = NUM_HOOKS * MAX_REASONS;
 
 impl Reason {
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::PassNotIpv4,
         Reason::PassTcp,
         Reason::PassUdp,
@@ -149,6 +152,7 @@ impl Reason {
         Reason::DropRejectFailed,
         Reason::SockPass,
         Reason::SockRevNat,
+        Reason::DropNoLocalEndpoints,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -176,6 +180,7 @@ impl Reason {
             Reason::DropRejectFailed => "drop-reject-failed",
             Reason::SockPass => "sock-pass",
             Reason::SockRevNat => "sock-revnat",
+            Reason::DropNoLocalEndpoints => "drop-no-local-endpoints",
         }
     }
 
@@ -191,6 +196,7 @@ impl Reason {
                 | Reason::DropSnatPortsExhausted
                 | Reason::DropRewriteFailed
                 | Reason::DropRejectFailed
+                | Reason::DropNoLocalEndpoints
         )
     }
 

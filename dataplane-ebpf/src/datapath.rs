@@ -1,7 +1,10 @@
 //! The per-hook pipelines: parse, then conntrack, then service lookup.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use dataplane_common::{lb::ServiceValue, Reason};
+use dataplane_common::{
+    lb::{ServiceValue, SVC_F_EXTERNAL, SVC_F_LOCAL_ONLY},
+    Reason,
+};
 
 use crate::{
     conntrack::{self, Phase},
@@ -99,6 +102,9 @@ pub fn service_ingress<P: Packet>(p: &P) -> (Reason, Action) {
         return (parse::pass_reason(pkt.l4), Action::Pass);
     };
     if svc.count == 0 {
+        if svc.flags & (SVC_F_EXTERNAL | SVC_F_LOCAL_ONLY) == SVC_F_EXTERNAL | SVC_F_LOCAL_ONLY {
+            return (Reason::DropNoLocalEndpoints, Action::Drop);
+        }
         return match icmp::reject_port_unreachable(p, &pkt) {
             Ok(()) => (Reason::RejectNoEndpoints, Action::Bounce),
             Err(()) => (Reason::DropRejectFailed, Action::Drop),
