@@ -6,6 +6,7 @@
 //! namespaces the lab creates and removes.
 
 pub mod lab;
+pub mod manifests;
 pub mod netns;
 pub mod packet;
 pub mod traffic;

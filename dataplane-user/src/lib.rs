@@ -2,7 +2,10 @@
 //! back for operators (`dataplane stats`). The binary in main.rs is a thin CLI over this library,
 //! which the integration tests also use.
 
+pub mod k8s;
+pub mod agent;
 pub mod loader;
+pub mod metrics;
 pub mod model;
 pub mod pin;
 pub mod services;

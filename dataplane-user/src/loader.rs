@@ -182,24 +182,31 @@ pub fn read_pinned_config(pin_dir: &Path) -> Result<dataplane_common::ct::Config
 /// The first IPv4 address of `iface` in this network namespace: the node address masqueraded
 /// connections leave with (kube-proxy's MASQUERADE picks the outgoing interface's address).
 pub fn interface_ipv4(iface: &str) -> Result<std::net::Ipv4Addr> {
+    interface_ipv4s(iface)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("interface {iface} has no IPv4 address (give --masquerade-ip)"))
+}
+
+/// Every IPv4 address of `iface` in this network namespace, in the kernel's order.
+pub fn interface_ipv4s(iface: &str) -> Result<Vec<std::net::Ipv4Addr>> {
     let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
     if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
         return Err(std::io::Error::last_os_error()).context("getifaddrs");
     }
-    let mut found = None;
+    let mut found = Vec::new();
     let mut cur = addrs;
     while !cur.is_null() {
         let ifa = unsafe { &*cur };
         let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy();
         if name == iface && !ifa.ifa_addr.is_null() && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET {
             let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-            found = Some(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-            break;
+            found.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
         }
         cur = ifa.ifa_next;
     }
     unsafe { libc::freeifaddrs(addrs) };
-    found.ok_or_else(|| anyhow!("interface {iface} has no IPv4 address (give --masquerade-ip)"))
+    Ok(found)
 }
 
 /// Cookie of the calling thread's network namespace (SO_NETNS_COOKIE, Linux >= 5.14): what

@@ -2,10 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use dataplane::{loader, pin, services, stats};
-use tokio::signal::unix::{signal, SignalKind};
+use dataplane::{agent, k8s, loader, pin, services, stats};
 
 #[derive(Parser)]
 #[command(name = "dataplane", version, about = "eBPF service load balancing and overlay for Kubernetes nodes")]
@@ -70,6 +69,19 @@ struct RunArgs {
     /// cgroup v2 directory the socket hooks attach to (default: the cgroup2 mount's root).
     #[arg(long)]
     cgroup_path: Option<PathBuf>,
+    /// Read Services, EndpointSlices and Nodes from this YAML/JSON file or directory (as
+    /// `kubectl get -o yaml` prints them), re-read when it changes.
+    #[arg(long, value_name = "PATH")]
+    manifests: Option<PathBuf>,
+    /// Watch the Kubernetes API server named in this kubeconfig.
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// Watch the Kubernetes API server (in-cluster service account, or $KUBECONFIG).
+    #[arg(long)]
+    kubernetes: bool,
+    /// Serve /metrics (Prometheus) and /healthz on this address, e.g. 0.0.0.0:9464.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn main() -> Result<()> {
@@ -99,45 +111,31 @@ fn main() -> Result<()> {
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async {
-        // Register the handlers before attaching so a signal during startup is not lost.
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut datapath = loader::load(&args.pin_dir)?;
-        let masq = match args.masquerade_ip {
-            Some(ip) => ip,
-            None => loader::interface_ipv4(&args.uplink)?,
-        };
-        let mut cfg = dataplane_common::ct::Config::with_masq_addr(u32::from(masq).to_be());
-        let cgroup = match (args.socket_lb, args.cgroup_path.clone()) {
-            (false, _) => None,
-            (true, Some(dir)) => Some(dir),
-            (true, None) => Some(loader::cgroup2_root()?),
-        };
-        if cgroup.is_some() {
-            cfg.netns_cookie = loader::netns_cookie()?;
+    let cgroup = match (args.socket_lb, args.cgroup_path.clone()) {
+        (false, _) => None,
+        (true, Some(dir)) => Some(dir),
+        (true, None) => Some(loader::cgroup2_root()?),
+    };
+    let source = match (args.manifests, args.kubeconfig, args.kubernetes) {
+        (Some(path), None, false) => Some(k8s::Source::Manifests(path)),
+        (None, Some(path), _) => Some(k8s::Source::Kubernetes { kubeconfig: Some(path) }),
+        (None, None, true) => Some(k8s::Source::Kubernetes { kubeconfig: None }),
+        (None, None, false) => None,
+        (Some(_), Some(_), _) | (Some(_), None, true) => {
+            anyhow::bail!("--manifests and --kubeconfig/--kubernetes are alternatives: give one")
         }
-        loader::write_config(&mut datapath.ebpf, &cfg)?;
-        let cfg = loader::AttachConfig {
-            uplink: args.uplink.clone(),
-            pod_ifaces: args.pod_ifaces.clone(),
+    };
+    agent::run(agent::AgentConfig {
+        node_name: args.node_name,
+        pin_dir: args.pin_dir,
+        attach: loader::AttachConfig {
+            uplink: args.uplink,
+            pod_ifaces: args.pod_ifaces,
             xdp_mode: args.xdp_mode,
             cgroup,
-        };
-        datapath.attach(&cfg).context("attaching programs")?;
-        log::info!(
-            "node {}: datapath attached (uplink {}, {} pod interfaces), maps pinned in {}",
-            args.node_name, args.uplink, args.pod_ifaces.len(), args.pin_dir.display()
-        );
-        // Tests and scripts wait for this line on stdout.
-        println!("ready");
-        tokio::select! {
-            _ = term.recv() => log::info!("SIGTERM: detaching"),
-            _ = int.recv() => log::info!("SIGINT: detaching"),
-        }
-        drop(datapath);
-        log::info!("programs detached; maps stay pinned in {}", args.pin_dir.display());
-        Ok(())
+        },
+        masquerade_ip: args.masquerade_ip,
+        source,
+        metrics_addr: args.metrics_addr,
     })
 }

@@ -1,0 +1,153 @@
+//! `dataplane run`: load and attach the datapath, then keep its maps in sync with the cluster
+//! until SIGINT/SIGTERM.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Instant,
+};
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    k8s::{self, LocalNode, Source, SourceStats},
+    loader,
+    metrics::{self, AgentStatus, Metrics},
+    model::ClusterState,
+    services::{LocalContext, ServiceTable},
+};
+
+/// Everything `dataplane run` was told on its command line.
+pub struct AgentConfig {
+    pub node_name: String,
+    pub pin_dir: PathBuf,
+    pub attach: loader::AttachConfig,
+    pub masquerade_ip: Option<Ipv4Addr>,
+    /// Where services come from; None: the maps are managed by someone else (tests, tools).
+    pub source: Option<Source>,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+pub fn run(cfg: AgentConfig) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(run_async(cfg))
+}
+
+async fn run_async(cfg: AgentConfig) -> Result<()> {
+    // Register the handlers before attaching so a signal during startup is not lost.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let status = Arc::new(AgentStatus::default());
+    let datapath = load_and_attach(&cfg)?;
+    status.attached.store(true, Relaxed);
+
+    let source_stats = Arc::new(SourceStats::default());
+    let _metrics = cfg.metrics_addr.map(|addr| {
+        let m = Arc::new(Metrics {
+            pin_dir: cfg.pin_dir.clone(),
+            status: status.clone(),
+            source: cfg.source.as_ref().map(|_| source_stats.clone()),
+        });
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m).await {
+                log::error!("metrics endpoint: {e:#}");
+            }
+        }))
+    });
+    let mut states = match &cfg.source {
+        Some(source) => {
+            let local = LocalNode::detect(cfg.node_name.clone()).context("listing this node's addresses")?;
+            log::info!("service source {source:?}; NodePorts on {:?}", local.addresses);
+            Some(k8s::start_with_stats(source.clone(), local, source_stats).await?)
+        }
+        None => None,
+    };
+    let mut table = ServiceTable::from_ebpf(&datapath.ebpf, LocalContext { node_name: cfg.node_name.clone() })?;
+    log::info!(
+        "node {}: datapath attached (uplink {}, {} pod interfaces), maps pinned in {}",
+        cfg.node_name, cfg.attach.uplink, cfg.attach.pod_ifaces.len(), cfg.pin_dir.display()
+    );
+    // Tests and scripts wait for this line on stdout.
+    println!("ready");
+    loop {
+        tokio::select! {
+            _ = term.recv() => { log::info!("SIGTERM: detaching"); break; }
+            _ = int.recv() => { log::info!("SIGINT: detaching"); break; }
+            changed = changed(&mut states) => {
+                if changed.is_err() {
+                    log::error!("the service source stopped; keeping the current maps");
+                    states = None;
+                    continue;
+                }
+                let state = states.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
+                apply(&mut table, &state, &status);
+            }
+        }
+    }
+    drop(table);
+    drop(datapath.ebpf);
+    log::info!("programs detached; maps stay pinned in {}", cfg.pin_dir.display());
+    Ok(())
+}
+
+fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
+    let mut datapath = loader::load(&cfg.pin_dir)?;
+    let masq = match cfg.masquerade_ip {
+        Some(ip) => ip,
+        None => loader::interface_ipv4(&cfg.attach.uplink)?,
+    };
+    let mut config = dataplane_common::ct::Config::with_masq_addr(u32::from(masq).to_be());
+    // Keep timeouts an operator (or a test) set on the pinned config across restarts.
+    if let Ok(old) = loader::read_pinned_config(&cfg.pin_dir) {
+        if old.timeout_tcp_established != 0 {
+            config = dataplane_common::ct::Config { masq_addr: config.masq_addr, netns_cookie: 0, ..old };
+        }
+    }
+    if cfg.attach.cgroup.is_some() {
+        config.netns_cookie = loader::netns_cookie()?;
+    }
+    loader::write_config(&mut datapath.ebpf, &config)?;
+    datapath.attach(&cfg.attach).context("attaching programs")?;
+    Ok(datapath)
+}
+
+/// Waits for the next state; pends forever without a source.
+async fn changed(states: &mut Option<tokio::sync::watch::Receiver<Arc<ClusterState>>>) -> Result<()> {
+    match states {
+        Some(rx) => rx.changed().await.map_err(Into::into),
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies one state. On failure the previous state stays in the maps (the table only records
+/// what the kernel accepted) and the next state retries.
+fn apply(table: &mut ServiceTable, state: &ClusterState, status: &AgentStatus) {
+    let started = Instant::now();
+    status.applies.fetch_add(1, Relaxed);
+    match table.sync(&state.services) {
+        Ok(report) => {
+            status.last_apply_failed.store(false, Relaxed);
+            status.entries_written.fetch_add(report.written() as u64, Relaxed);
+            status.entries_deleted.fetch_add(report.deleted() as u64, Relaxed);
+            if !report.is_empty() {
+                log::info!("applied {} service ports: {report}", state.services.len());
+            }
+        }
+        Err(e) => {
+            status.last_apply_failed.store(true, Relaxed);
+            status.apply_errors.fetch_add(1, Relaxed);
+            log::error!("applying services failed, keeping the previous state: {e:#}");
+        }
+    }
+    status.last_apply_micros.store(started.elapsed().as_micros() as u64, Relaxed);
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

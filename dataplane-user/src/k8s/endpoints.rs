@@ -1,0 +1,189 @@
+//! EndpointSlices, indexed by the service port they serve (kube-proxy's endpointslicecache).
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+    sync::Arc,
+};
+
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+
+use super::{
+    objects::{label, namespace, namespaced_name},
+    parse::{self, PortProtocol},
+    problem::{Problem, Subject},
+    translate::not_proxied,
+};
+use crate::model::{Backend, Protocol};
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// What a slice port is matched to a service port by: its name and protocol, as kube-proxy's
+/// ServicePortName.
+pub(crate) type PortKey = (String, Protocol);
+
+/// Every IPv4 endpoint of every service port, from all the slices of each service.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointIndex {
+    /// (namespace, service name) -> port -> backends, unsorted and possibly duplicated.
+    services: HashMap<(String, String), HashMap<PortKey, Vec<Backend>>>,
+}
+
+impl EndpointIndex {
+    /// Reads every slice; invalid ones are skipped with a problem.
+    pub fn build(slices: &[Arc<EndpointSlice>], problems: &mut Vec<Problem>) -> Self {
+        let mut index = EndpointIndex::default();
+        let mut seen = HashSet::new();
+        for slice in slices {
+            let subject = Subject::new("EndpointSlice", namespaced_name(&slice.metadata));
+            if !seen.insert(subject.object.clone()) {
+                problems.push(subject.invalid("metadata.name", "duplicate EndpointSlice, the first one is used"));
+                continue;
+            }
+            // Slices without the label belong to no Service (kube-proxy ignores them too).
+            let Some(service) = label(&slice.metadata, SERVICE_NAME_LABEL) else {
+                continue;
+            };
+            if not_proxied(&slice.metadata) {
+                continue;
+            }
+            match read_slice(slice, &subject, problems) {
+                Ok(ports) => index.insert(namespace(&slice.metadata), service, ports),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        index
+    }
+
+    fn insert(&mut self, namespace: &str, service: &str, ports: Vec<(PortKey, Vec<Backend>)>) {
+        let entry = self
+            .services
+            .entry((namespace.to_owned(), service.to_owned()))
+            .or_default();
+        for (key, backends) in ports {
+            entry.entry(key).or_default().extend(backends);
+        }
+    }
+
+    /// The backends of one service port, sorted by address. An address:port listed in several
+    /// slices appears once; like kube-proxy, the copy on `local_node` wins if there is one.
+    pub fn backends(&self, namespace: &str, service: &str, port: &PortKey, local_node: &str) -> Vec<Backend> {
+        let Some(all) = self
+            .services
+            .get(&(namespace.to_owned(), service.to_owned()))
+            .and_then(|ports| ports.get(port))
+        else {
+            return Vec::new();
+        };
+        let mut backends = all.clone();
+        backends.sort();
+        let mut out: Vec<Backend> = Vec::with_capacity(backends.len());
+        for backend in backends {
+            match out.last_mut() {
+                Some(last) if (last.ip, last.port) == (backend.ip, backend.port) => {
+                    if backend.node_name.as_deref() == Some(local_node) {
+                        *last = backend;
+                    }
+                }
+                _ => out.push(backend),
+            }
+        }
+        out
+    }
+}
+
+/// One slice's backends per port. Err: the slice is invalid and skipped whole.
+fn read_slice(
+    slice: &EndpointSlice,
+    subject: &Subject,
+    notes: &mut Vec<Problem>,
+) -> Result<Vec<(PortKey, Vec<Backend>)>, Problem> {
+    if slice.metadata.name.as_deref().is_none_or(str::is_empty) {
+        return Err(subject.invalid("metadata.name", "missing"));
+    }
+    match slice.address_type.as_str() {
+        "IPv4" => {}
+        "IPv6" => {
+            notes.push(subject.unsupported("addressType", "IPv6 endpoints skipped: the datapath serves IPv4 only"));
+            return Ok(Vec::new());
+        }
+        // kube-proxy ignores FQDN slices: there is no address to forward to.
+        "FQDN" => return Ok(Vec::new()),
+        // k8s-openapi decodes a missing required string as "".
+        "" => return Err(subject.invalid("addressType", "missing")),
+        other => return Err(subject.invalid("addressType", format!("unknown address type {other:?}"))),
+    }
+    let ports = slice_ports(slice, subject)?;
+    let targets: Vec<Target> = slice
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, endpoint)| Target::read(endpoint, i, subject))
+        .collect::<Result<_, _>>()?;
+    Ok(ports
+        .into_iter()
+        .map(|(key, port)| (key, targets.iter().map(|t| t.backend(port)).collect()))
+        .collect())
+}
+
+/// The slice's ports as (name, protocol) -> target port number.
+fn slice_ports(slice: &EndpointSlice, subject: &Subject) -> Result<Vec<(PortKey, u16)>, Problem> {
+    let mut ports = Vec::new();
+    for (i, port) in slice.ports.iter().flatten().enumerate() {
+        let protocol = match parse::protocol(port.protocol.as_deref()) {
+            Ok(PortProtocol::Supported(protocol)) => protocol,
+            // The Service side reports SCTP once; its endpoints are simply not needed.
+            Ok(PortProtocol::Sctp) => continue,
+            Err(message) => return Err(subject.invalid(format!("ports[{i}].protocol"), message)),
+        };
+        // A port without a number means "all ports", which no Service uses: nothing to match.
+        let Some(number) = port.port else { continue };
+        let number = parse::port(number).map_err(|m| subject.invalid(format!("ports[{i}].port"), m))?;
+        ports.push(((port.name.clone().unwrap_or_default(), protocol), number));
+    }
+    Ok(ports)
+}
+
+/// One endpoint of a slice, before it is combined with a port.
+struct Target {
+    ip: Ipv4Addr,
+    node_name: Option<String>,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+}
+
+impl Target {
+    fn read(endpoint: &Endpoint, index: usize, subject: &Subject) -> Result<Target, Problem> {
+        // kube-proxy uses the first address only; the API allows exactly one per endpoint.
+        let field = format!("endpoints[{index}].addresses");
+        let address = endpoint
+            .addresses
+            .first()
+            .ok_or_else(|| subject.invalid(&field, "no address"))?;
+        let ip = parse::ipv4(address).map_err(|m| subject.invalid(format!("{field}[0]"), m))?;
+        let conditions = endpoint.conditions.clone().unwrap_or_default();
+        // The API's documented defaults: ready absent = true, serving absent = ready,
+        // terminating absent = false.
+        let ready = conditions.ready.unwrap_or(true);
+        Ok(Target {
+            ip,
+            node_name: endpoint.node_name.clone().filter(|n| !n.is_empty()),
+            ready,
+            serving: conditions.serving.unwrap_or(ready),
+            terminating: conditions.terminating.unwrap_or(false),
+        })
+    }
+
+    fn backend(&self, port: u16) -> Backend {
+        Backend {
+            ip: self.ip,
+            port,
+            node_name: self.node_name.clone(),
+            ready: self.ready,
+            serving: self.serving,
+            terminating: self.terminating,
+        }
+    }
+}

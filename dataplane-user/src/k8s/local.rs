@@ -1,0 +1,65 @@
+//! Finding this node's addresses, the NodePort frontends.
+
+use std::{io, net::Ipv4Addr};
+
+use super::translate::LocalNode;
+
+impl LocalNode {
+    /// This host's IPv4 addresses (every interface's, loopback excepted: NodePorts on 127.0.0.1
+    /// never reach the uplink hooks), as kube-proxy's default `--nodeport-addresses` takes
+    /// every local address. Sorted, without duplicates.
+    pub fn detect(name: impl Into<String>) -> io::Result<LocalNode> {
+        let mut addresses: Vec<Ipv4Addr> = interface_ipv4_addresses()?
+            .into_iter()
+            .filter(|ip| !ip.is_loopback())
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        Ok(LocalNode {
+            name: name.into(),
+            addresses,
+        })
+    }
+}
+
+/// The IPv4 address of every interface (getifaddrs(3)).
+fn interface_ipv4_addresses() -> io::Result<Vec<Ipv4Addr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we own until freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: `entry` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*entry };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family says which struct it is.
+            let family = unsafe { (*ifa.ifa_addr).sa_family };
+            if i32::from(family) == libc::AF_INET {
+                // SAFETY: AF_INET addresses are sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+        }
+        entry = ifa.ifa_next;
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detect_skips_loopback() {
+        let local = LocalNode::detect("n1").unwrap();
+        assert_eq!(local.name, "n1");
+        assert!(local.addresses.iter().all(|ip| !ip.is_loopback()));
+        // The raw list does include loopback on any Linux host: the filter is doing the work.
+        assert!(interface_ipv4_addresses().unwrap().contains(&Ipv4Addr::LOCALHOST));
+    }
+}

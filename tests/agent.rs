@@ -1,0 +1,138 @@
+//! `dataplane run` driven by its control plane: manifest files in, services on the wire, and the
+//! operator endpoints (/metrics, /healthz).
+
+mod support;
+
+use std::{
+    collections::BTreeSet,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use dataplane_lab::{
+    lab::{Cni, Lab, LabSpec, Pod},
+    manifests::{Endpoint, ServiceManifest},
+    netns,
+};
+use support::node::{CheckedLab, DataplaneNode};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const T: Duration = Duration::from_secs(3);
+
+fn endpoint(p: &Pod) -> Endpoint {
+    Endpoint { ip: p.ip, node: format!("node{}", p.node_index) }
+}
+
+fn web(endpoints: Vec<Endpoint>) -> ServiceManifest {
+    ServiceManifest {
+        namespace: "default".into(),
+        name: "web".into(),
+        cluster_ip: VIP,
+        port: 80,
+        target_port: 8080,
+        protocol: "TCP".into(),
+        node_port: Some(30080),
+        endpoints,
+    }
+}
+
+/// Retries `f` until it returns true or 10 s pass (the source polls files every second).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn servers_seen(lab: &Lab, n: usize) -> BTreeSet<String> {
+    let client = lab.pod(0, 0).host();
+    (0..n).filter_map(|i| client.tcp_request(SocketAddrV4::new(VIP, 80), &format!("r{i}"), T).ok()).map(|r| r.server).collect()
+}
+
+fn http_get(ns: &str, path: &'static str) -> (u16, String) {
+    netns::in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&"127.0.0.1:9464".parse().unwrap(), T).expect("metrics endpoint");
+        s.set_read_timeout(Some(T)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (code, text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+    })
+    .unwrap()
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    // Write then rename, as kubectl/editors do, so the poller never reads half a file.
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(tmp, dir.join(file)).unwrap();
+}
+
+#[test]
+fn manifests_drive_the_services_and_metrics_report_them() {
+    support::require_root();
+    let lab = CheckedLab::build(&LabSpec { nodes: 2, pods_per_node: 2, cni: Cni::Flannel, ..Default::default() }).unwrap();
+    let dir = tempdir(&lab);
+    let (b1, b2) = (lab.pod(0, 1), lab.pod(1, 0));
+    let _s1 = b1.host().tcp_echo_server(8080).unwrap();
+    let _s2 = b2.host().tcp_echo_server(8080).unwrap();
+    write(&dir, "web.yaml", &web(vec![endpoint(b1), endpoint(b2)]).to_yaml());
+    let args = ["--manifests", dir.to_str().unwrap(), "--metrics-addr", "127.0.0.1:9464"];
+    let nodes: Vec<_> = (0..2).map(|i| DataplaneNode::start(&lab, i, &args).unwrap()).collect();
+
+    eventually("both endpoints serve the ClusterIP", || servers_seen(&lab, 30).len() == 2);
+    let ext = lab.external().unwrap();
+    let np = ext.tcp_request(SocketAddrV4::new(lab.node(1).underlay_ip, 30080), "np", T).unwrap();
+    assert!(np.server == b1.name || np.server == b2.name);
+
+    // An edit removes one endpoint: new connections only go to the other.
+    write(&dir, "web.yaml", &web(vec![endpoint(b2)]).to_yaml());
+    eventually("the edit is applied", || servers_seen(&lab, 20) == BTreeSet::from([b2.name.clone()]));
+
+    // A broken file is reported and the datapath keeps its last good state.
+    write(&dir, "web.yaml", "apiVersion: v1\nkind: Service\nmetadata: [unclosed\n");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(servers_seen(&lab, 10), BTreeSet::from([b2.name.clone()]));
+
+    let (code, body) = http_get(&lab.node(0).ns, "/healthz");
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let (code, metrics) = http_get(&lab.node(0).ns, "/metrics");
+    assert_eq!(code, 200);
+    for needle in [
+        "dataplane_service_frontends ",
+        "dataplane_packets_total{hook=\"tc-pod-ingress\",reason=\"lb-new-connection\"}",
+        "dataplane_conntrack_entries ",
+        "dataplane_service_packets{frontend=\"10.96.0.10:80\",protocol=\"tcp\"}",
+        "dataplane_source_objects{kind=\"Service\"} 1",
+        "dataplane_syncs_total ",
+    ] {
+        assert!(metrics.contains(needle), "/metrics lacks {needle}:\n{metrics}");
+    }
+    let errors: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dataplane_source_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(errors >= 1, "the broken manifest is counted");
+    // The ClusterIP and the node's two NodePort frontends (one per node address).
+    let frontends: u64 = metrics.lines().find_map(|l| l.strip_prefix("dataplane_service_frontends ")).unwrap().trim().parse().unwrap();
+    assert!(frontends >= 2, "{frontends}");
+    for node in nodes {
+        node.stop().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempdir(lab: &Lab) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{}manifests", lab.prefix()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
