@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use dataplane_lab::lab::{Child, Cni, Host, Lab, LabSpec};
+use dataplane_lab::manifests::{Endpoint, ServiceManifest};
 use dataplane_lab::netns;
 use dataplane_lab::traffic::Server;
 
@@ -47,6 +48,26 @@ const STEPS: &[Step] = &[
     Step {
         title: "external client -> node",
         run: step_external_to_node,
+        required: false,
+    },
+    Step {
+        title: "pod -> ClusterIP services (from manifest files)",
+        run: step_pod_to_clusterip,
+        required: false,
+    },
+    Step {
+        title: "external client -> NodePort (masqueraded to backends on both nodes)",
+        run: step_external_to_nodeport,
+        required: false,
+    },
+    Step {
+        title: "node -> ClusterIP (socket-level balancing)",
+        run: step_node_to_clusterip,
+        required: false,
+    },
+    Step {
+        title: "services as the maps hold them (`dataplane services`)",
+        run: step_services,
         required: false,
     },
     Step {
@@ -107,9 +128,41 @@ fn lab_spec(args: &Args) -> LabSpec {
 }
 
 /// `dataplane run` arguments of a node beyond the ones every node gets (name, uplink, pod
-/// devices, pin dir).
-fn run_args(args: &Args, _node: usize) -> Vec<String> {
-    args.run_args.clone()
+/// devices, pin dir): the services come from the lab's manifest directory.
+fn run_args(args: &Args, manifests: &Path) -> Vec<String> {
+    let mut extra = vec!["--manifests".to_string(), manifests.display().to_string()];
+    extra.extend(args.run_args.iter().cloned());
+    extra
+}
+
+/// The demo's services: `web` (ClusterIP 10.96.0.10:80/TCP, NodePort 30080) and `dns`
+/// (10.96.0.53:53/UDP), backed by every pod but node1-pod0, which plays the client.
+const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const DNS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 53);
+const NODE_PORT: u16 = 30080;
+
+/// Writes the services as `kubectl get -o yaml` would print them; returns the directory.
+fn write_manifests(lab: &Lab) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{}manifests", lab.prefix()));
+    std::fs::create_dir_all(&dir)?;
+    let endpoints: Vec<Endpoint> = lab
+        .pods()
+        .filter(|p| !(p.node_index == 1 && p.ip == lab.pod(0, 0).ip))
+        .map(|p| Endpoint { ip: p.ip, node: format!("node{}", p.node_index) })
+        .collect();
+    let svc = |name: &str, ip, port, target_port, protocol: &str, node_port| ServiceManifest {
+        namespace: "default".into(),
+        name: name.into(),
+        cluster_ip: ip,
+        port,
+        target_port,
+        protocol: protocol.into(),
+        node_port,
+        endpoints: endpoints.clone(),
+    };
+    std::fs::write(dir.join("web.yaml"), svc("web", WEB_VIP, 80, TCP_PORT, "TCP", Some(NODE_PORT)).to_yaml())?;
+    std::fs::write(dir.join("dns.yaml"), svc("dns", DNS_VIP, 53, UDP_PORT, "UDP", None).to_yaml())?;
+    Ok(dir)
 }
 
 /// Servers the steps talk to: TCP and UDP echo on every pod and node.
@@ -148,6 +201,8 @@ struct Demo {
     _servers: Vec<Server>,
     /// Checks that failed inside the current step.
     failed_checks: usize,
+    /// Where the services' manifests are (removed at the end).
+    manifests: Option<PathBuf>,
 }
 
 impl Demo {
@@ -200,8 +255,11 @@ fn expect_reply(
 }
 
 fn step_start_dataplane(demo: &mut Demo) -> Result<()> {
+    let manifests = write_manifests(&demo.lab)?;
+    println!("   services from {} (web.yaml, dns.yaml)", manifests.display());
+    demo.manifests = Some(manifests.clone());
     for i in 0..demo.lab.nodes().len() {
-        let extra = run_args(&demo.args, i);
+        let extra = run_args(&demo.args, &manifests);
         let agent = start_agent(&demo.lab, i, &demo.bin, &extra)?;
         println!(
             "   ok    {:<44} pid {}, maps pinned in {}",
@@ -235,6 +293,59 @@ fn step_external_to_node(demo: &mut Demo) -> Result<()> {
     for node in 0..demo.lab.nodes().len() {
         let host = demo.lab.node(node).host();
         demo.traffic(&ext, &host);
+    }
+    Ok(())
+}
+
+/// `n` requests to a service; which backends answered, and what they saw as the client.
+fn spread(client: &Host, dst: SocketAddrV4, udp: bool, n: usize) -> Result<String> {
+    let mut counts = std::collections::BTreeMap::new();
+    let mut peers = std::collections::BTreeSet::new();
+    for i in 0..n {
+        let line = format!("request {i}");
+        let reply = if udp { client.udp_request(dst, &line, TIMEOUT)? } else { client.tcp_request(dst, &line, TIMEOUT)? };
+        *counts.entry(reply.server).or_insert(0) += 1;
+        peers.insert(*reply.peer.ip());
+    }
+    let spread: Vec<String> = counts.iter().map(|(s, c)| format!("{s} {c}")).collect();
+    let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+    Ok(format!("{} (backends saw {})", spread.join(", "), peers.join(", ")))
+}
+
+fn step_pod_to_clusterip(demo: &mut Demo) -> Result<()> {
+    let client = demo.lab.pod(0, 0).host();
+    // The agents read the manifests at start; give a slow machine a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let web = SocketAddrV4::new(WEB_VIP, 80);
+    demo.check(&format!("{} -> tcp {web} x30", client.name), spread(&client, web, false, 30));
+    let dns = SocketAddrV4::new(DNS_VIP, 53);
+    demo.check(&format!("{} -> udp {dns} x15", client.name), spread(&client, dns, true, 15));
+    Ok(())
+}
+
+fn step_external_to_nodeport(demo: &mut Demo) -> Result<()> {
+    let ext = demo.lab.external().context("the lab has no external client")?.clone();
+    for node in 0..demo.lab.nodes().len() {
+        let dst = SocketAddrV4::new(demo.lab.node(node).underlay_ip, NODE_PORT);
+        demo.check(&format!("{} -> tcp {dst} x12", ext.name), spread(&ext, dst, false, 12));
+    }
+    Ok(())
+}
+
+fn step_node_to_clusterip(demo: &mut Demo) -> Result<()> {
+    let node = demo.lab.node(0).host();
+    let web = SocketAddrV4::new(WEB_VIP, 80);
+    demo.check(&format!("{} -> tcp {web} x12", node.name), spread(&node, web, false, 12));
+    Ok(())
+}
+
+fn step_services(demo: &mut Demo) -> Result<()> {
+    let agent = demo.agents.first().context("no agent")?;
+    let pin = agent.pin_dir.to_string_lossy().into_owned();
+    println!("   {} services --pin-dir {pin}", demo.bin.display());
+    let out = netns::run(&[&demo.bin.to_string_lossy(), "services", "--pin-dir", &pin])?;
+    for line in out.lines() {
+        println!("      {line}");
     }
     Ok(())
 }
@@ -472,6 +583,7 @@ fn run(args: Args) -> Result<bool> {
         agents: Vec::new(),
         _servers: servers,
         failed_checks: 0,
+        manifests: None,
     };
 
     let mut failed_steps = Vec::new();
@@ -517,9 +629,13 @@ fn run(args: Args) -> Result<bool> {
         lab,
         agents,
         _servers,
+        manifests,
         ..
     } = demo;
     drop(_servers);
+    if let Some(dir) = manifests {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     if !stop_agents(&lab, agents) {
         failed_steps.push("stop dataplane".to_string());
     }
