@@ -136,3 +136,53 @@ fn tempdir(lab: &Lab) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The XDP program id attached to the uplink of `node` (from `ip -d link`), if any.
+fn xdp_prog_id(lab: &Lab, node: usize) -> Option<u32> {
+    let out = netns::run_in(&lab.node(node).ns, &["ip", "-d", "link", "show", "eth0"]).unwrap();
+    let at = out.find("prog/xdp id ")? + "prog/xdp id ".len();
+    out[at..].split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn restart_keeps_connections_and_the_datapath_running() {
+    support::require_root();
+    let lab = CheckedLab::build(&LabSpec { nodes: 2, pods_per_node: 2, cni: Cni::Flannel, ..Default::default() }).unwrap();
+    let dir = tempdir(&lab);
+    let backends = [lab.pod(0, 1), lab.pod(1, 0), lab.pod(1, 1)];
+    let _srv: Vec<_> = backends.iter().map(|p| p.host().tcp_echo_server(8080).unwrap()).collect();
+    write(&dir, "web.yaml", &web(backends.iter().map(|p| endpoint(p)).collect()).to_yaml());
+    let args = ["--manifests", dir.to_str().unwrap()];
+    let node1 = DataplaneNode::start(&lab, 0, &args).unwrap();
+    let _node2 = DataplaneNode::start(&lab, 1, &args).unwrap();
+    eventually("the service is up", || servers_seen(&lab, 10).len() == 3);
+    let client = lab.pod(0, 0).host();
+    let vip = SocketAddrV4::new(VIP, 80);
+    let mut conn = client.tcp_connect(vip, T).unwrap();
+    let server = conn.request("before").unwrap().server;
+    let old_prog = xdp_prog_id(&lab, 0).expect("xdp attached");
+
+    // The agent exits (an upgrade, a crash): its pinned links keep the datapath attached, so the
+    // connection lives on and new connections are still balanced.
+    node1.stop().unwrap();
+    assert_eq!(xdp_prog_id(&lab, 0), Some(old_prog), "the datapath must outlive the agent");
+    assert_eq!(conn.request("while stopped").unwrap().server, server);
+    assert_eq!(servers_seen(&lab, 15).len(), 3, "new connections during the restart");
+
+    // The new agent adopts maps and links, and swaps its programs in.
+    let node1 = DataplaneNode::start(&lab, 0, &args).unwrap();
+    let new_prog = xdp_prog_id(&lab, 0).expect("xdp attached");
+    assert_ne!(new_prog, old_prog, "the restarted agent's program serves the hook");
+    for i in 0..20 {
+        assert_eq!(conn.request(&format!("after {i}")).unwrap().server, server, "the connection moved");
+    }
+    assert_eq!(servers_seen(&lab, 15).len(), 3);
+
+    // `dataplane cleanup` is what takes the datapath down.
+    node1.stop().unwrap();
+    let pin = lab.pin_dir(0).unwrap();
+    let out = support::node::dataplane_cli(&["cleanup", "--pin-dir", pin.to_str().unwrap()]).unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(xdp_prog_id(&lab, 0), None, "cleanup detaches");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use aya::{
     programs::{
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
         CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
@@ -91,19 +94,117 @@ fn verifier_error(name: &str, e: ProgramError) -> anyhow::Error {
     }
 }
 
+/// Where a hook's link is pinned: `<pin dir>/links/<program>@<interface>`.
+pub fn link_pin(pin_dir: &Path, program: &str, iface: &str) -> PathBuf {
+    pin_dir.join("links").join(format!("{program}@{iface}"))
+}
+
 impl Datapath {
     /// Attaches XDP and tc ingress/egress on the uplink and tc on every pod-facing device.
+    ///
+    /// The XDP and tc links are pinned under `<pin dir>/links/`, so the datapath keeps running
+    /// when this process exits (an upgrade or a crash): a link lives as long as its pin. A
+    /// restarted agent finds the pins and atomically swaps its freshly loaded programs into the
+    /// existing links (bpf_link_update): not one packet sees the hook empty. Pins of interfaces
+    /// no longer configured are removed, which detaches them.
     pub fn attach(&mut self, cfg: &AttachConfig) -> Result<()> {
+        std::fs::create_dir_all(self.pin_dir.join("links"))?;
+        let mut wanted = vec![link_pin(&self.pin_dir, "xdp_uplink", &cfg.uplink)];
         self.attach_xdp(&cfg.uplink, cfg.xdp_mode)?;
-        self.attach_tc("tc_uplink_ingress", &cfg.uplink, TcAttachType::Ingress)?;
-        self.attach_tc("tc_uplink_egress", &cfg.uplink, TcAttachType::Egress)?;
+        let mut tc = vec![
+            ("tc_uplink_ingress", cfg.uplink.as_str(), TcAttachType::Ingress),
+            ("tc_uplink_egress", cfg.uplink.as_str(), TcAttachType::Egress),
+        ];
         for iface in &cfg.pod_ifaces {
-            self.attach_tc("tc_pod_ingress", iface, TcAttachType::Ingress)?;
-            self.attach_tc("tc_pod_egress", iface, TcAttachType::Egress)?;
+            tc.push(("tc_pod_ingress", iface, TcAttachType::Ingress));
+            tc.push(("tc_pod_egress", iface, TcAttachType::Egress));
         }
+        for (name, iface, kind) in tc {
+            self.attach_tc(name, iface, kind)?;
+            wanted.push(link_pin(&self.pin_dir, name, iface));
+        }
+        self.remove_stale_links(&wanted)?;
         if let Some(cgroup) = &cfg.cgroup {
             self.attach_sock(cgroup)?;
         }
+        Ok(())
+    }
+
+    fn remove_stale_links(&self, wanted: &[PathBuf]) -> Result<()> {
+        for entry in std::fs::read_dir(self.pin_dir.join("links"))? {
+            let path = entry?.path();
+            if !wanted.contains(&path) {
+                log::info!("detaching {} (no longer configured)", path.display());
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_xdp(&mut self, iface: &str, mode: XdpAttachMode) -> Result<()> {
+        let pin = link_pin(&self.pin_dir, "xdp_uplink", iface);
+        let prog: &mut Xdp = program(&mut self.ebpf, "xdp_uplink")?;
+        if pin.exists() {
+            let adopted = PinnedLink::from_pin(&pin)
+                .map_err(anyhow::Error::from)
+                .and_then(|p| XdpLink::try_from(FdLink::from(p)).map_err(Into::into))
+                .and_then(|link| prog.attach_to_link(link).map_err(Into::into));
+            match adopted {
+                Ok(_) => {
+                    log::info!("xdp_uplink swapped into the pinned link on {iface}");
+                    return Ok(());
+                }
+                Err(e) => {
+                    log::warn!("pinned XDP link {} unusable ({e:#}); attaching anew", pin.display());
+                    std::fs::remove_file(&pin)?;
+                }
+            }
+        }
+        let first = match mode {
+            XdpAttachMode::Generic => XdpMode::Skb,
+            _ => XdpMode::Driver,
+        };
+        let id = match prog.attach(iface, first) {
+            Ok(id) => {
+                log::info!("xdp_uplink attached to {iface} ({first:?} mode)");
+                id
+            }
+            Err(e) if mode == XdpAttachMode::Auto => {
+                log::warn!("native XDP on {iface} failed ({e}); using generic XDP");
+                prog.attach(iface, XdpMode::Skb)
+                    .with_context(|| format!("attaching xdp_uplink to {iface}"))?
+            }
+            Err(e) => return Err(e).with_context(|| format!("attaching xdp_uplink to {iface}")),
+        };
+        let link = FdLink::try_from(prog.take_link(id)?).context("XDP link is not a bpf_link")?;
+        link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
+        Ok(())
+    }
+
+    fn attach_tc(&mut self, name: &str, iface: &str, kind: TcAttachType) -> Result<()> {
+        let pin = link_pin(&self.pin_dir, name, iface);
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+        if pin.exists() {
+            let adopted = PinnedLink::from_pin(&pin)
+                .map_err(anyhow::Error::from)
+                .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)).map_err(Into::into))
+                .and_then(|link| prog.attach_to_link(link).map_err(Into::into));
+            match adopted {
+                Ok(_) => {
+                    log::info!("{name} swapped into the pinned link on {iface} ({kind:?})");
+                    return Ok(());
+                }
+                Err(e) => {
+                    log::warn!("pinned tc link {} unusable ({e:#}); attaching anew", pin.display());
+                    std::fs::remove_file(&pin)?;
+                }
+            }
+        }
+        // tcx (kernel >= 6.6) needs no clsact qdisc; aya picks tcx on such kernels.
+        let id = prog.attach(iface, kind).with_context(|| format!("attaching {name} to {iface} {kind:?}"))?;
+        log::info!("{name} attached to {iface} ({kind:?})");
+        let link = FdLink::try_from(prog.take_link(id)?).context("tc link is not a bpf_link (tcx)")?;
+        link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
         Ok(())
     }
 
@@ -123,31 +224,6 @@ impl Datapath {
         Ok(())
     }
 
-    fn attach_xdp(&mut self, iface: &str, mode: XdpAttachMode) -> Result<()> {
-        let prog: &mut Xdp = program(&mut self.ebpf, "xdp_uplink")?;
-        let first = match mode {
-            XdpAttachMode::Generic => XdpMode::Skb,
-            _ => XdpMode::Driver,
-        };
-        match prog.attach(iface, first) {
-            Ok(_) => log::info!("xdp_uplink attached to {iface} ({first:?} mode)"),
-            Err(e) if mode == XdpAttachMode::Auto => {
-                log::warn!("native XDP on {iface} failed ({e}); using generic XDP");
-                prog.attach(iface, XdpMode::Skb)
-                    .with_context(|| format!("attaching xdp_uplink to {iface}"))?;
-            }
-            Err(e) => return Err(e).with_context(|| format!("attaching xdp_uplink to {iface}")),
-        }
-        Ok(())
-    }
-
-    fn attach_tc(&mut self, name: &str, iface: &str, kind: TcAttachType) -> Result<()> {
-        let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-        // tcx (kernel >= 6.6) needs no clsact qdisc; aya picks tcx on such kernels.
-        prog.attach(iface, kind).with_context(|| format!("attaching {name} to {iface} {kind:?}"))?;
-        log::info!("{name} attached to {iface} ({kind:?})");
-        Ok(())
-    }
 }
 
 /// Writes `CONFIG_V1` (node-wide settings) through an open datapath.

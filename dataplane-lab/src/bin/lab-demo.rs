@@ -471,26 +471,30 @@ fn print_commands(demo: &Demo) {
 /// SIGTERM to every agent (a Ctrl-C in the terminal may already have stopped them: SIGINT
 /// reaches the whole process group, and they exit cleanly on it too); each must exit 0 and
 /// leave no XDP program on its uplink.
-fn stop_agents(lab: &Lab, agents: Vec<Agent>) -> bool {
+/// Stops every agent (its pinned links keep the datapath up, as for an upgrade), then takes the
+/// datapath down with `dataplane cleanup`, the operator's way, and checks nothing is attached.
+fn stop_agents(lab: &Lab, bin: &Path, agents: Vec<Agent>) -> bool {
     let mut ok = true;
     for (i, agent) in agents.into_iter().enumerate() {
-        let what = format!("{}: stop dataplane", agent.node);
+        let what = format!("{}: stop dataplane, then cleanup", agent.node);
         let (status, log) = stop_child(agent.child);
+        let pin = agent.pin_dir.to_string_lossy().into_owned();
+        let cleanup = netns::run(&[&bin.to_string_lossy(), "cleanup", "--pin-dir", &pin]);
         let node = lab.node(i);
         let link = netns::ip(&node.ns, &["link", "show", "dev", &node.uplink]);
-        match (status, link) {
-            (Ok(s), Ok(link)) if s.success() && !link.contains("xdp") => {
+        match (status, cleanup, link) {
+            (Ok(s), Ok(_), Ok(link)) if s.success() && !link.contains("xdp") => {
                 println!("   ok    {what:<44} exited 0, programs detached")
             }
-            (Ok(s), Ok(link)) if s.success() => {
+            (Ok(s), Ok(_), Ok(link)) if s.success() => {
                 ok = false;
-                println!("   FAIL  {what}: exited 0 but XDP is still attached:\n{link}");
+                println!("   FAIL  {what}: XDP is still attached after cleanup:\n{link}");
             }
-            (Ok(s), _) => {
+            (Ok(s), cleanup, _) => {
                 ok = false;
-                println!("   FAIL  {what}: {s}; its log ends:\n{log}");
+                println!("   FAIL  {what}: {s}, cleanup {:?}; its log ends:\n{log}", cleanup.err());
             }
-            (Err(e), _) => {
+            (Err(e), _, _) => {
                 ok = false;
                 println!("   FAIL  {what}: {e:#}; its log ends:\n{log}");
             }
@@ -627,6 +631,7 @@ fn run(args: Args) -> Result<bool> {
     println!("\n== teardown");
     let Demo {
         lab,
+        bin,
         agents,
         _servers,
         manifests,
@@ -636,7 +641,7 @@ fn run(args: Args) -> Result<bool> {
     if let Some(dir) = manifests {
         let _ = std::fs::remove_dir_all(dir);
     }
-    if !stop_agents(&lab, agents) {
+    if !stop_agents(&lab, &bin, agents) {
         failed_steps.push("stop dataplane".to_string());
     }
     drop(lab);
