@@ -418,3 +418,39 @@ fn fragmentation_needed_from_the_node_reaches_the_client_socket() {
     assert_eq!(mtu, 1400, "the path MTU to the service learned from the translated ICMP error");
     assert!(c.stats(0).packets(Hook::TcPodEgress, Reason::IcmpErrorTranslated) >= 1);
 }
+
+/// Fills CT_V1 far past its size (as a SYN flood of new connections would) while a long-lived
+/// connection keeps talking: the LRU table evicts idle entries, the active connection survives,
+/// and new connections are still tracked.
+#[test]
+fn a_full_conntrack_table_keeps_established_flows() {
+    use aya::maps::{HashMap as BpfHash, Map, MapData};
+    use dataplane_common::ct::{CtKey, CtValue, CT_MAX_ENTRIES};
+
+    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    let _srv: Vec<_> = servers(&c).iter().map(|p| p.host().tcp_echo_server(8080).unwrap()).collect();
+    let backends = servers(&c).iter().map(|p| backend(p, 8080)).collect();
+    let vip = SocketAddrV4::new(VIP, 80);
+    c.sync(&[cluster_ip("web", vip, Protocol::Tcp, backends)]).unwrap();
+    let client = c.lab.pod(0, 0).host();
+    let mut conn = client.tcp_connect(vip, T).unwrap();
+    let server = conn.request("first").unwrap().server;
+
+    let pin = c.nodes[0].pin_dir().join(dataplane_common::map_names::CT);
+    let data = MapData::from_pin(&pin).unwrap();
+    let mut ct: BpfHash<_, CtKey, CtValue> = BpfHash::try_from(Map::from_map_data(data).unwrap()).unwrap();
+    let junk = CtValue::default();
+    let total = CT_MAX_ENTRIES + CT_MAX_ENTRIES / 2;
+    for i in 0..total {
+        // Idle entries of connections that never talk again (unroutable documentation range).
+        let key = CtKey { saddr: u32::from(Ipv4Addr::new(192, 0, 2, 1)).to_be() + (i >> 16), daddr: 1, sport: i as u16, dport: 80u16.to_be(), proto: 6, _pad: [0; 3] };
+        ct.insert(key, junk, 0).unwrap();
+        if i % 16_384 == 0 {
+            assert_eq!(conn.request(&format!("during {i}")).unwrap().server, server, "evicted while active");
+        }
+    }
+    assert_eq!(conn.request("after").unwrap().server, server);
+    for i in 0..20 {
+        client.tcp_request(vip, &format!("new {i}"), T).expect("new connections are still balanced");
+    }
+}
