@@ -325,3 +325,334 @@ fn icmp_errors_about_natted_connections_are_translated_back() {
         assert!(quoted.checksum_ok, "quoted IP header checksum");
     }
 }
+
+// ---- Overlay: VXLAN / IPIP encapsulation at tc egress of the uplink, decapsulation in XDP -----
+
+mod overlay {
+    use std::net::Ipv4Addr;
+
+    use aya::maps::{PerCpuArray, PerCpuValues};
+    use dataplane::{
+        model::NodeInfo,
+        overlay::{write_config, Maps, OverlayTable},
+    };
+    use dataplane_common::{
+        map_names,
+        overlay::{OverlayConfig, MODE_IPIP, MODE_NONE, MODE_VXLAN, OVL_F_UDP_CSUM},
+        Hook, Reason,
+    };
+    use dataplane_lab::{
+        lab::{Lab, LabSpec},
+        netns,
+        packet::{self, parse, Frame},
+    };
+
+    use super::support::fixture::{harness, Harness, Outcome, Verdict};
+
+    const NODE1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
+    const NODE2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 12);
+    /// A node address on the underlay that nobody answers ARP for.
+    const NODE3: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 13);
+    const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+    const PEER: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
+    const FAR: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 2);
+    const NODE1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+    const NODE2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+    const VTEP2: [u8; 6] = [0x02, 0xfa, 0, 0, 0, 0x22];
+    const VTEP3: [u8; 6] = [0x02, 0xfa, 0, 0, 0, 0x33];
+    /// The MAC a frame has before encapsulation: the overlay route's placeholder next hop.
+    const NEXTHOP: [u8; 6] = dataplane::overlay::NEXTHOP_MAC;
+    const IPID: u32 = 0x1234;
+
+    fn nodes() -> Vec<NodeInfo> {
+        let n = |name: &str, address, cidr, vtep| NodeInfo {
+            name: name.into(),
+            address,
+            pod_cidrs: vec![(cidr, 24)],
+            vtep_mac: Some(vtep),
+            ipip_tunnel_addr: None,
+        };
+        vec![
+            n("node1", NODE1, Ipv4Addr::new(10, 244, 1, 0), NODE1_MAC),
+            n("node2", NODE2, Ipv4Addr::new(10, 244, 2, 0), VTEP2),
+            n("node3", NODE3, Ipv4Addr::new(10, 244, 3, 0), VTEP3),
+        ]
+    }
+
+    /// Sets the overlay up in the harness's maps (node1's view), runs `f`, and puts everything
+    /// back to "no overlay" even if `f` panics, so other fixtures see the datapath they expect.
+    fn with_overlay<T>(h: &mut Harness, mode: u32, f: impl FnOnce(&mut Harness) -> T) -> T {
+        struct Reset<'a>(&'a mut Harness);
+        impl Drop for Reset<'_> {
+            fn drop(&mut self) {
+                configure(self.0, MODE_NONE);
+                let mut t = OverlayTable::from_ebpf(&self.0.datapath.ebpf).unwrap();
+                t.sync_maps(&[], "node1").unwrap();
+            }
+        }
+        configure(h, mode);
+        // The maps only: no kernel routes from a fixture.
+        OverlayTable::from_ebpf(&h.datapath.ebpf).unwrap().sync_maps(&nodes(), "node1").unwrap();
+        let reset = Reset(h);
+        f(reset.0)
+    }
+
+    fn configure(h: &mut Harness, mode: u32) {
+        let mut cfg = OverlayConfig::none();
+        cfg.mode = mode;
+        cfg.tunnel_addr = u32::from(NODE1).to_be();
+        cfg.vtep_mac = NODE1_MAC;
+        cfg.flags = OVL_F_UDP_CSUM;
+        write_config(&Maps::Object(&h.datapath.ebpf), &cfg).unwrap();
+        // The next outer IP ID, on every CPU.
+        let map = h.datapath.ebpf.map_mut(map_names::OVERLAY_IPID).unwrap();
+        let mut ids: PerCpuArray<_, u32> = PerCpuArray::try_from(map).unwrap();
+        let cpus = aya::util::nr_cpus().unwrap();
+        ids.set(0, PerCpuValues::try_from(vec![IPID; cpus]).unwrap(), 0).unwrap();
+    }
+
+    /// A lab node whose uplink has node1's MAC and address and knows node2's MAC: tc fixtures
+    /// run on a thread in its namespace, on its eth0 (FIB lookups need a real device).
+    fn underlay() -> Lab {
+        let lab = Lab::build(&LabSpec { nodes: 1, pods_per_node: 0, external_client: false, ..Default::default() }).unwrap();
+        let ns = lab.node(0).ns.clone();
+        let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        netns::ip(&ns, &["link", "set", "eth0", "address", &mac(NODE1_MAC)]).unwrap();
+        netns::ip(&ns, &["neigh", "replace", &NODE2.to_string(), "lladdr", &mac(NODE2_MAC), "dev", "eth0", "nud", "permanent"]).unwrap();
+        lab
+    }
+
+    /// `struct __sk_buff` up to `ifindex` (offset 40), the only field set.
+    fn skb_on(ns: &str) -> Vec<u8> {
+        let ifindex = netns::in_netns(ns, || dataplane::overlay::netdev::index("eth0")).unwrap().unwrap();
+        let mut ctx = vec![0u8; 44];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        ctx
+    }
+
+    /// Configures `mode` (node1's view of the three nodes), runs the uplink's tc egress program
+    /// on `input` in `ns` (on its eth0), resets the overlay: all under the harness lock, taken on
+    /// the namespace thread.
+    fn egress(ns: &str, mode: u32, input: Vec<u8>) -> Outcome {
+        let ctx = skb_on(ns);
+        netns::in_netns(ns, move || {
+            let mut h = harness();
+            with_overlay(&mut h, mode, |h| h.run_ctx(Hook::TcUplinkEgress, &input, Some(&ctx)))
+        })
+        .unwrap()
+    }
+
+    /// XDP on the uplink with the overlay in `mode` (no namespace needed: no FIB lookups).
+    fn xdp(mode: u32, input: &[u8]) -> Outcome {
+        let mut h = harness();
+        with_overlay(&mut h, mode, |h| h.run(Hook::XdpUplink, input))
+    }
+
+    /// A pod's ICMP echo request as node1 forwards it: TTL 63, to the overlay next hop.
+    fn forwarded_ping(dst: Ipv4Addr, tos: u8, df: bool, payload: usize) -> Frame {
+        Frame::eth(NODE1_MAC, NEXTHOP)
+            .ipv4(POD, dst)
+            .ttl(63)
+            .tos(tos)
+            .id(0x4242)
+            .dont_fragment(df)
+            .icmp_echo(true, 0x77, 1)
+            .payload(&vec![0x5a; payload])
+    }
+
+    fn sport_of(frame: &[u8]) -> u16 {
+        u16::from_be_bytes([frame[34], frame[35]])
+    }
+
+    fn counted(hook: Hook, pairs: &[(Reason, usize)]) -> Vec<(Hook, Reason, u64, u64)> {
+        pairs.iter().map(|&(r, len)| (hook, r, 1, len as u64)).collect()
+    }
+
+    #[test]
+    fn vxlan_encapsulation_is_byte_exact() {
+        let lab = underlay();
+        let ns = lab.node(0).ns.clone();
+        let input = forwarded_ping(PEER, 0xb9, true, 56).build();
+        let out = egress(&ns, MODE_VXLAN, input.clone());
+        assert_eq!(out.verdict, Verdict::Pass, "the neighbour is known: straight out of eth0");
+        assert_eq!(out.stats_delta, counted(Hook::TcUplinkEgress, &[(Reason::PassIcmp, input.len()), (Reason::OverlayEncap, input.len())]));
+        let sport = sport_of(&out.output);
+        assert!((32768..60999).contains(&sport), "{sport}");
+        let mut inner = input.clone();
+        inner[0..6].copy_from_slice(&VTEP2);
+        inner[6..12].copy_from_slice(&NODE1_MAC);
+        // flannel.1's outer header: TOS = inner ECN (ECT(1) here), DF clear, TTL 64, fresh ID;
+        // UDP to 8472 with a checksum (the builder computes it over every byte).
+        let want = Frame::eth(NODE1_MAC, NODE2_MAC)
+            .ipv4(NODE1, NODE2)
+            .tos(0x01)
+            .ttl(64)
+            .id(IPID as u16)
+            .dont_fragment(false)
+            .udp(sport, 8472)
+            .payload(&packet::vxlan(1, &inner))
+            .build();
+        assert_frames_eq(&out.output, &want);
+        let udp = parse(&out.output).unwrap().udp().unwrap().clone();
+        assert!(udp.checksum != 0 && udp.checksum_ok, "{udp:?}");
+        // The same flow always gets the same source port (the flow hash); others spread.
+        assert_eq!(sport_of(&egress(&ns, MODE_VXLAN, input.clone()).output), sport);
+        let ports: std::collections::BTreeSet<u16> = (0..8u16)
+            .map(|i| {
+                let f = Frame::eth(NODE1_MAC, NEXTHOP).ipv4(POD, PEER).udp(40000 + i, 53).payload(b"q").build();
+                sport_of(&egress(&ns, MODE_VXLAN, f).output)
+            })
+            .collect();
+        assert!(ports.len() >= 6, "flows spread over source ports: {ports:?}");
+        // A UDP datagram without checksum: the outer checksum cannot lean on it and is 0.
+        let f = Frame::eth(NODE1_MAC, NEXTHOP).ipv4(POD, PEER).udp(40000, 53).l4_checksum(0).payload(b"q").build();
+        let out = egress(&ns, MODE_VXLAN, f);
+        assert_eq!(parse(&out.output).unwrap().udp().unwrap().checksum, 0);
+        // TCP: the LCO checksum is right.
+        let f = Frame::eth(NODE1_MAC, NEXTHOP).ipv4(POD, PEER).tcp(40000, 80).payload(&[7; 333]).build();
+        let out = egress(&ns, MODE_VXLAN, f);
+        let p = parse(&out.output).unwrap();
+        assert!(p.udp().unwrap().checksum_ok && p.decap_vxlan().unwrap().1.tcp().unwrap().checksum_ok);
+    }
+
+    #[test]
+    fn ipip_encapsulation_is_byte_exact() {
+        let lab = underlay();
+        let ns = lab.node(0).ns.clone();
+        for (tos, df) in [(0x00, true), (0x03, false)] {
+            let input = forwarded_ping(PEER, tos, df, 56).build();
+            let out = egress(&ns, MODE_IPIP, input.clone());
+            assert_eq!(out.verdict, Verdict::Pass);
+            assert_eq!(out.stats_delta, counted(Hook::TcUplinkEgress, &[(Reason::PassIcmp, input.len()), (Reason::OverlayEncap, input.len())]));
+            // tunl0: TTL and DF of the inner packet, TOS = inner ECN (CE -> ECT(0)), fresh ID.
+            let want = Frame::eth(NODE1_MAC, NODE2_MAC)
+                .ipv4(NODE1, NODE2)
+                .tos(if tos == 3 { 2 } else { tos & 3 })
+                .ttl(63)
+                .id(IPID as u16)
+                .dont_fragment(df)
+                .ip_proto(packet::proto::IPIP, &input[14..])
+                .build();
+            assert_frames_eq(&out.output, &want);
+        }
+    }
+
+    #[test]
+    fn encapsulation_leaves_local_and_foreign_destinations_alone() {
+        let lab = underlay();
+        let ns = lab.node(0).ns.clone();
+        for (mode, dst) in [(MODE_VXLAN, Ipv4Addr::new(10, 244, 1, 5)), (MODE_VXLAN, Ipv4Addr::new(192, 0, 2, 1)), (MODE_NONE, PEER)] {
+            let input = forwarded_ping(dst, 0, true, 56).build();
+            let out = egress(&ns, mode, input.clone());
+            assert_eq!((out.verdict, &out.output), (Verdict::Pass, &input), "{dst} in mode {mode}");
+            assert_eq!(out.stats_delta, counted(Hook::TcUplinkEgress, &[(Reason::PassIcmp, input.len())]));
+        }
+    }
+
+    #[test]
+    fn encapsulation_refuses_what_the_underlay_cannot_carry() {
+        let lab = underlay();
+        let ns = lab.node(0).ns.clone();
+        // 1480 bytes of IP + 50 > the uplink's 1500: the kernel route's MTU (1450) normally
+        // stops it earlier; here it is dropped and counted, not sent oversized.
+        let input = forwarded_ping(PEER, 0, true, 1480 - 28).build();
+        let out = egress(&ns, MODE_VXLAN, input.clone());
+        assert_eq!(out.verdict, Verdict::Drop);
+        assert_eq!(out.stats_delta, counted(Hook::TcUplinkEgress, &[(Reason::PassIcmp, input.len()), (Reason::DropOverlayTooBig, input.len())]));
+        // 1450 bytes fit exactly.
+        let input = forwarded_ping(PEER, 0, true, 1450 - 28).build();
+        assert_eq!(egress(&ns, MODE_VXLAN, input).verdict, Verdict::Pass);
+        // No neighbour for node3 yet: handed to the kernel to resolve (redirect), headers in place.
+        let input = forwarded_ping(FAR, 0, true, 56).build();
+        let out = egress(&ns, MODE_IPIP, input.clone());
+        assert_eq!(out.verdict, Verdict::Redirect);
+        assert_eq!(out.stats_delta, counted(Hook::TcUplinkEgress, &[(Reason::PassIcmp, input.len()), (Reason::OverlayEncap, input.len())]));
+        let p = parse(&out.output).unwrap();
+        assert_eq!((p.ipv4().unwrap().src, p.ipv4().unwrap().dst, p.ipv4().unwrap().protocol), (NODE1, NODE3, 4));
+    }
+
+    /// A tunnel packet from `src` to `dst` around `inner` (an Ethernet frame for VXLAN, the IP
+    /// packet is taken from it for IPIP).
+    fn tunnel(mode: u32, src: Ipv4Addr, dst: Ipv4Addr, vni: u32, inner: &[u8]) -> Vec<u8> {
+        let outer = Frame::eth(NODE2_MAC, NODE1_MAC).ipv4(src, dst);
+        if mode == MODE_VXLAN {
+            outer.udp(45000, 8472).payload(&packet::vxlan(vni, inner)).build()
+        } else {
+            outer.ip_proto(packet::proto::IPIP, &inner[14..]).build()
+        }
+    }
+
+    fn reply() -> Vec<u8> {
+        Frame::eth(VTEP2, NODE1_MAC).ipv4(PEER, POD).ttl(63).icmp_echo(false, 0x77, 1).payload(&[0x5a; 56]).build()
+    }
+
+    #[test]
+    fn decapsulation_in_xdp_yields_the_inner_frame_to_the_uplinks_mac() {
+        for mode in [MODE_VXLAN, MODE_IPIP] {
+            let inner = reply();
+            let input = tunnel(mode, NODE2, NODE1, 1, &inner);
+            let out = xdp(mode, &input);
+            assert_eq!(out.verdict, Verdict::Pass, "mode {mode}");
+            // The inner packet, in a frame from the underlay neighbour to this uplink's MAC.
+            let mut want = inner.clone();
+            want[0..6].copy_from_slice(&NODE1_MAC);
+            want[6..12].copy_from_slice(&NODE2_MAC);
+            assert_frames_eq(&out.output, &want);
+            assert_eq!(
+                out.stats_delta,
+                vec![(Hook::XdpUplink, Reason::PassIcmp, 1, want.len() as u64), (Hook::XdpUplink, Reason::OverlayDecap, 1, input.len() as u64)],
+                "mode {mode}"
+            );
+        }
+    }
+
+    #[test]
+    fn decapsulation_refuses_what_is_not_for_this_node() {
+        let inner = reply();
+        let arp = Frame::eth(VTEP2, [0xff; 6]).ethertype(packet::ethertype::ARP).payload(&[0; 28]).build();
+        let relay = Frame::eth(VTEP2, NODE1_MAC).ipv4(PEER, Ipv4Addr::new(192, 0, 2, 1)).icmp_echo(true, 1, 1).build();
+        let stranger = Ipv4Addr::new(198, 18, 0, 100);
+        let mut no_i_flag = tunnel(MODE_VXLAN, NODE2, NODE1, 1, &inner);
+        no_i_flag[42] = 0;
+        let frag = Frame::eth(NODE2_MAC, NODE1_MAC).ipv4(NODE2, NODE1).frag(true, 0).dont_fragment(false).udp(45000, 8472).payload(&packet::vxlan(1, &inner)).build();
+        let cases: Vec<(&str, u32, Vec<u8>, Reason)> = vec![
+            ("vxlan from an unknown address", MODE_VXLAN, tunnel(MODE_VXLAN, stranger, NODE1, 1, &inner), Reason::DropOverlayUnknownPeer),
+            ("ipip from an unknown address", MODE_IPIP, tunnel(MODE_IPIP, stranger, NODE1, 1, &inner), Reason::DropOverlayUnknownPeer),
+            ("vxlan to another address", MODE_VXLAN, tunnel(MODE_VXLAN, NODE2, Ipv4Addr::new(198, 18, 0, 99), 1, &inner), Reason::DropOverlayNotLocal),
+            ("ipip to another address", MODE_IPIP, tunnel(MODE_IPIP, NODE2, NODE3, 1, &inner), Reason::DropOverlayNotLocal),
+            ("vxlan relay", MODE_VXLAN, tunnel(MODE_VXLAN, NODE2, NODE1, 1, &relay), Reason::DropOverlayNotLocal),
+            ("ipip relay", MODE_IPIP, tunnel(MODE_IPIP, NODE2, NODE1, 1, &relay), Reason::DropOverlayNotLocal),
+            ("inner packet for another node", MODE_VXLAN, tunnel(MODE_VXLAN, NODE2, NODE1, 1, &Frame::eth(VTEP2, NODE1_MAC).ipv4(PEER, FAR).icmp_echo(true, 1, 1).build()), Reason::DropOverlayNotLocal),
+            ("wrong VNI", MODE_VXLAN, tunnel(MODE_VXLAN, NODE2, NODE1, 2, &inner), Reason::DropOverlayMalformed),
+            ("VXLAN flags without I", MODE_VXLAN, no_i_flag, Reason::DropOverlayMalformed),
+            ("inner ARP", MODE_VXLAN, tunnel(MODE_VXLAN, NODE2, NODE1, 1, &arp), Reason::DropOverlayMalformed),
+            ("outer fragment", MODE_VXLAN, frag, Reason::DropOverlayMalformed),
+            ("truncated inner frame", MODE_VXLAN, tunnel(MODE_VXLAN, NODE2, NODE1, 1, &inner[..30]), Reason::DropOverlayMalformed),
+        ];
+        for (name, mode, input, reason) in cases {
+            let out = xdp(mode, &input);
+            assert_eq!(out.verdict, Verdict::Drop, "{name}");
+            assert_eq!(out.stats_delta, vec![(Hook::XdpUplink, reason, 1, input.len() as u64)], "{name}");
+        }
+        // Not tunnel traffic of the configured mode: left to the service pipeline and the kernel.
+        for (name, mode, input, reason) in [
+            ("vxlan while in ipip mode", MODE_IPIP, tunnel(MODE_VXLAN, NODE2, NODE1, 1, &inner), Reason::PassUdp),
+            ("ipip while in vxlan mode", MODE_VXLAN, tunnel(MODE_IPIP, NODE2, NODE1, 1, &inner), Reason::PassOtherL4),
+            ("vxlan without an overlay", MODE_NONE, tunnel(MODE_VXLAN, stranger, NODE1, 1, &inner), Reason::PassUdp),
+            ("another UDP port", MODE_VXLAN, Frame::eth(NODE2_MAC, NODE1_MAC).ipv4(stranger, NODE1).udp(45000, 4789).payload(&packet::vxlan(1, &inner)).build(), Reason::PassUdp),
+        ] {
+            let out = xdp(mode, &input);
+            assert_eq!((out.verdict, &out.output), (Verdict::Pass, &input), "{name}");
+            assert_eq!(out.stats_delta, vec![(Hook::XdpUplink, reason, 1, input.len() as u64)], "{name}");
+        }
+    }
+
+    fn assert_frames_eq(got: &[u8], want: &[u8]) {
+        assert!(
+            got == want,
+            "output frame differs\n got: {got:02x?}\nwant: {want:02x?}\n got parsed: {:?}\nwant parsed: {:?}",
+            parse(got),
+            parse(want)
+        );
+    }
+}

@@ -35,7 +35,7 @@ const RUN_FLAGS: &[&str] = &[
 
 /// Flags being wired into the CLI right now: missing from `--help` is a warning, not a failure.
 /// Remove entries as they land.
-const PENDING_FLAGS: &[&str] = &["--overlay"];
+const PENDING_FLAGS: &[&str] = &[];
 
 const VERBS: [&str; 3] = ["get", "list", "watch"];
 

@@ -8,6 +8,7 @@
 pub mod csum;
 pub mod ct;
 pub mod lb;
+pub mod overlay;
 pub mod stats;
 
 pub use stats::{Hook, Reason, StatsValue, MAX_REASONS, NUM_HOOKS, STATS_ENTRIES};
@@ -30,4 +31,12 @@ pub mod map_names {
     pub const SOCK_AFFINITY: &str = "SOCK_AFFINITY_V1";
     /// Socket-level balancing: (socket, backend) -> service address (LRU).
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT_V1";
+    /// Overlay: this node's tunnel settings.
+    pub const OVERLAY_CONFIG: &str = "OVERLAY_CONFIG_V1";
+    /// Overlay: pod CIDR (LPM) -> node tunnel endpoint and VTEP MAC.
+    pub const OVERLAY_ROUTES: &str = "OVERLAY_ROUTES_V1";
+    /// Overlay: nodes tunnel packets are accepted from.
+    pub const OVERLAY_PEERS: &str = "OVERLAY_PEERS_V1";
+    /// Overlay: per-CPU IPv4 ID counter of outer headers.
+    pub const OVERLAY_IPID: &str = "OVERLAY_IPID_V1";
 }

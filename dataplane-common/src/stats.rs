@@ -119,6 +119,27 @@ pub enum Reason {
     /// External traffic to a frontend with externalTrafficPolicy Local and no local endpoint:
     /// dropped, as kube-proxy does (a reject would tell a load balancer the node is healthy).
     DropNoLocalEndpoints = 23,
+    /// Overlay (tc egress of the uplink): a packet for a remote node's pod CIDR, encapsulated
+    /// (VXLAN or IPIP) toward that node.
+    OverlayEncap = 24,
+    /// Overlay (XDP on the uplink): a tunnel packet from a known node to this node's tunnel
+    /// address, decapsulated; the inner packet then goes through the service pipeline and is
+    /// counted again with its own reason.
+    OverlayDecap = 25,
+    /// Overlay: a tunnel packet (VXLAN port / IPIP) from an address that is not a known node.
+    DropOverlayUnknownPeer = 26,
+    /// Overlay: a tunnel packet whose outer destination is not this node's tunnel address, or
+    /// whose inner destination is not on this node (the node is never a relay).
+    DropOverlayNotLocal = 27,
+    /// Overlay: a tunnel packet with a wrong VNI or VXLAN flags, outer IP options or fragments,
+    /// or an inner frame that is not IPv4 or is truncated.
+    DropOverlayMalformed = 28,
+    /// Overlay: a packet that would exceed the underlay MTU once encapsulated and cannot be
+    /// segmented (the kernel routes carry the tunnel MTU, so the stack normally answers such
+    /// packets with ICMP fragmentation needed before they get here).
+    DropOverlayTooBig = 29,
+    /// Overlay: encapsulation failed (no underlay route to the node, a helper refused).
+    DropOverlayEncapFailed = 30,
 }
 
 /// Number of columns reserved per hook in the stats table (room for reasons added later).
@@ -128,7 +149,7 @@ pub const MAX_REASONS: u32 = 32;
 pub const STATS_ENTRIES: u32 = NUM_HOOKS * MAX_REASONS;
 
 impl Reason {
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 31] = [
         Reason::PassNotIpv4,
         Reason::PassTcp,
         Reason::PassUdp,
@@ -153,6 +174,13 @@ impl Reason {
         Reason::SockPass,
         Reason::SockRevNat,
         Reason::DropNoLocalEndpoints,
+        Reason::OverlayEncap,
+        Reason::OverlayDecap,
+        Reason::DropOverlayUnknownPeer,
+        Reason::DropOverlayNotLocal,
+        Reason::DropOverlayMalformed,
+        Reason::DropOverlayTooBig,
+        Reason::DropOverlayEncapFailed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -181,6 +209,13 @@ impl Reason {
             Reason::SockPass => "sock-pass",
             Reason::SockRevNat => "sock-revnat",
             Reason::DropNoLocalEndpoints => "drop-no-local-endpoints",
+            Reason::OverlayEncap => "overlay-encap",
+            Reason::OverlayDecap => "overlay-decap",
+            Reason::DropOverlayUnknownPeer => "drop-overlay-unknown-peer",
+            Reason::DropOverlayNotLocal => "drop-overlay-not-local",
+            Reason::DropOverlayMalformed => "drop-overlay-malformed",
+            Reason::DropOverlayTooBig => "drop-overlay-too-big",
+            Reason::DropOverlayEncapFailed => "drop-overlay-encap-failed",
         }
     }
 
@@ -197,6 +232,11 @@ impl Reason {
                 | Reason::DropRewriteFailed
                 | Reason::DropRejectFailed
                 | Reason::DropNoLocalEndpoints
+                | Reason::DropOverlayUnknownPeer
+                | Reason::DropOverlayNotLocal
+                | Reason::DropOverlayMalformed
+                | Reason::DropOverlayTooBig
+                | Reason::DropOverlayEncapFailed
         )
     }
 

@@ -8,6 +8,7 @@ mod datapath;
 mod icmp;
 mod lb;
 mod maps;
+mod overlay;
 mod packet;
 mod parse;
 mod sock;
@@ -75,6 +76,15 @@ fn tc_egress(ctx: &TcContext, hook: Hook) -> i32 {
 /// node translated come back here.
 #[xdp]
 pub fn xdp_uplink(ctx: XdpContext) -> u32 {
+    // Tunnel packets for this node are opened first: the service pipeline sees the inner packet.
+    match overlay::decap(&ctx) {
+        overlay::Decap::NotTunnel => {}
+        overlay::Decap::Decapsulated(outer_len) => stats::count(Hook::XdpUplink, Reason::OverlayDecap, outer_len),
+        overlay::Decap::Drop(reason) => {
+            stats::count(Hook::XdpUplink, reason, (ctx.data_end() - ctx.data()) as u32);
+            return xdp_action::XDP_DROP;
+        }
+    }
     let p = XdpPacket(&ctx);
     let len = p.frame_len();
     let (reason, action) = datapath::service_ingress(&p);
@@ -88,10 +98,23 @@ pub fn tc_uplink_ingress(ctx: TcContext) -> i32 {
     tc_observe(&ctx, Hook::TcUplinkIngress)
 }
 
-/// tc egress on the uplink: ICMP errors the node emits about translated connections.
+/// tc egress on the uplink: ICMP errors the node emits about translated connections, and the
+/// overlay's encapsulation.
 #[classifier]
 pub fn tc_uplink_egress(ctx: TcContext) -> i32 {
-    tc_egress(&ctx, Hook::TcUplinkEgress)
+    linearize(&ctx);
+    let p = TcPacket(&ctx);
+    let len = p.frame_len();
+    let (reason, action) = datapath::egress(&p);
+    stats::count(Hook::TcUplinkEgress, reason, len);
+    // Packets for another node's pod CIDR are encapsulated (counted a second time as such).
+    if action == Action::Pass {
+        if let Some((reason, act)) = overlay::encap(&ctx) {
+            stats::count(Hook::TcUplinkEgress, reason, len);
+            return act;
+        }
+    }
+    tc_action(&ctx, action)
 }
 
 /// tc ingress on a pod-facing host device: connections from pods to services start here.

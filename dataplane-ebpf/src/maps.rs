@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
     ct::{Config, CtKey, CtValue, CT_MAX_ENTRIES},
@@ -11,6 +11,7 @@ use dataplane_common::{
         SockAffinityKey, SockRevNatKey, SockRevNatValue, MAX_AFFINITY, MAX_BACKEND_SLOTS,
         MAX_FRONTENDS, MAX_SOCK_ENTRIES,
     },
+    overlay::{OverlayConfig, OverlayPeer, OverlayRoute, MAX_OVERLAY_PEERS, MAX_OVERLAY_ROUTES},
     StatsValue, STATS_ENTRIES,
 };
 
@@ -48,3 +49,20 @@ pub static SOCK_AFFINITY_V1: LruHashMap<SockAffinityKey, BackendValue> =
 #[map(name = "SOCK_REVNAT_V1")]
 pub static SOCK_REVNAT_V1: LruHashMap<SockRevNatKey, SockRevNatValue> =
     LruHashMap::pinned(MAX_SOCK_ENTRIES, 0);
+
+/// Overlay: this node's tunnel settings (index 0), written by the agent at start.
+#[map(name = "OVERLAY_CONFIG_V1")]
+pub static OVERLAY_CONFIG_V1: Array<OverlayConfig> = Array::pinned(1, 0);
+
+/// Overlay: pod CIDRs (longest prefix match, key = prefix length + network-order address) ->
+/// the node they live on. Written by the agent (`OverlayTable`).
+#[map(name = "OVERLAY_ROUTES_V1")]
+pub static OVERLAY_ROUTES_V1: LpmTrie<u32, OverlayRoute> = LpmTrie::pinned(MAX_OVERLAY_ROUTES, 0);
+
+/// Overlay: node addresses tunnel packets are accepted from. Written by the agent.
+#[map(name = "OVERLAY_PEERS_V1")]
+pub static OVERLAY_PEERS_V1: HashMap<u32, OverlayPeer> = HashMap::pinned(MAX_OVERLAY_PEERS, 0);
+
+/// Overlay: IPv4 ID of the next outer header, per CPU (like the kernel's ident counters).
+#[map(name = "OVERLAY_IPID_V1")]
+pub static OVERLAY_IPID_V1: PerCpuArray<u32> = PerCpuArray::pinned(1, 0);

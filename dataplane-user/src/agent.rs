@@ -28,6 +28,8 @@ pub struct AgentConfig {
     /// Where services come from; None: the maps are managed by someone else (tests, tools).
     pub source: Option<Source>,
     pub metrics_addr: Option<SocketAddr>,
+    /// Tunnel settings (`--overlay` and friends).
+    pub overlay: crate::overlay::OverlaySettings,
 }
 
 pub fn run(cfg: AgentConfig) -> Result<()> {
@@ -65,6 +67,7 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
         None => None,
     };
     let mut table = ServiceTable::from_ebpf(&datapath.ebpf, LocalContext { node_name: cfg.node_name.clone() })?;
+    let mut overlay = crate::overlay::OverlayTable::from_ebpf(&datapath.ebpf)?;
     log::info!(
         "node {}: datapath attached (uplink {}, {} pod interfaces), maps pinned in {}",
         cfg.node_name, cfg.attach.uplink, cfg.attach.pod_ifaces.len(), cfg.pin_dir.display()
@@ -83,10 +86,16 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
                 }
                 let state = states.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
                 apply(&mut table, &state, &status);
+                if state.nodes.iter().any(|n| n.name == cfg.node_name) {
+                    if let Err(e) = overlay.sync(&state.nodes, &cfg.node_name) {
+                        log::error!("applying the overlay failed, keeping the previous state: {e:#}");
+                    }
+                }
             }
         }
     }
     drop(table);
+    drop(overlay);
     drop(datapath.ebpf);
     log::info!("programs detached; maps stay pinned in {}", cfg.pin_dir.display());
     Ok(())
@@ -109,6 +118,11 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
         config.netns_cookie = loader::netns_cookie()?;
     }
     loader::write_config(&mut datapath.ebpf, &config)?;
+    let overlay = cfg.overlay.to_config().context("reading the uplink's settings for the overlay")?;
+    crate::overlay::write_config(&crate::overlay::Maps::Object(&datapath.ebpf), &overlay)?;
+    if cfg.overlay.mode != crate::overlay::OverlayMode::None {
+        log::info!("overlay {:?} from {} (VTEP MAC = {}'s)", cfg.overlay.mode, cfg.overlay.tunnel_ip, cfg.attach.uplink);
+    }
     datapath.attach(&cfg.attach).context("attaching programs")?;
     Ok(datapath)
 }

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod loader;
 pub mod metrics;
 pub mod model;
+pub mod overlay;
 pub mod pin;
 pub mod services;
 pub mod stats;

@@ -130,6 +130,38 @@ impl Datapath {
         Ok(())
     }
 
+    /// Makes the pod-device programs cover exactly `ifaces` (plus the uplink's): attaches to new
+    /// devices, detaches from devices that went away. Pods come and go; the agent calls this
+    /// with the devices matching `--pod-iface-prefix` whenever it polls.
+    pub fn sync_pod_ifaces(&mut self, ifaces: &[String]) -> Result<Vec<String>> {
+        let mut added = Vec::new();
+        for iface in ifaces {
+            if link_pin(&self.pin_dir, "tc_pod_ingress", iface).exists()
+                && link_pin(&self.pin_dir, "tc_pod_egress", iface).exists()
+            {
+                continue;
+            }
+            // A veth can vanish between listing and attaching: skip it, the next poll decides.
+            let attached = self
+                .attach_tc("tc_pod_ingress", iface, TcAttachType::Ingress)
+                .and_then(|_| self.attach_tc("tc_pod_egress", iface, TcAttachType::Egress));
+            match attached {
+                Ok(()) => added.push(iface.clone()),
+                Err(e) => log::warn!("pod device {iface}: {e:#}"),
+            }
+        }
+        for entry in std::fs::read_dir(self.pin_dir.join("links"))? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let Some((prog, iface)) = name.split_once('@') else { continue };
+            if prog.starts_with("tc_pod_") && !ifaces.iter().any(|i| i == iface) {
+                log::info!("pod device {iface} is gone: dropping {name}");
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(added)
+    }
+
     fn remove_stale_links(&self, wanted: &[PathBuf]) -> Result<()> {
         for entry in std::fs::read_dir(self.pin_dir.join("links"))? {
             let path = entry?.path();
@@ -325,4 +357,33 @@ pub fn cgroup2_root() -> Result<PathBuf> {
     }
     log::info!("mounted cgroup2 at {}", dir.display());
     Ok(dir)
+}
+
+/// Interfaces of this network namespace whose names start with one of `prefixes` (the host side
+/// of pod veths: flannel's `veth`, calico's `cali`). if_nameindex(3) asks the kernel over netlink,
+/// so it sees the calling thread's namespace (unlike /sys/class/net under nsenter).
+pub fn interfaces_with_prefixes(prefixes: &[String]) -> Result<Vec<String>> {
+    if prefixes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Err(std::io::Error::last_os_error()).context("if_nameindex");
+    }
+    let mut out = Vec::new();
+    let mut cur = list;
+    loop {
+        let entry = unsafe { &*cur };
+        if entry.if_index == 0 || entry.if_name.is_null() {
+            break;
+        }
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.if_name) }.to_string_lossy().into_owned();
+        if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            out.push(name);
+        }
+        cur = unsafe { cur.add(1) };
+    }
+    unsafe { libc::if_freenameindex(list) };
+    out.sort();
+    Ok(out)
 }

@@ -82,6 +82,24 @@ struct RunArgs {
     /// Serve /metrics (Prometheus) and /healthz on this address, e.g. 0.0.0.0:9464.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Carry traffic to other nodes' pod CIDRs in tunnels: vxlan (wire-compatible with
+    /// flannel.1), ipip (with calico's tunl0), or none (the underlay routes pod CIDRs).
+    #[arg(long, value_enum, default_value_t = dataplane::overlay::OverlayMode::None)]
+    overlay: dataplane::overlay::OverlayMode,
+    /// VXLAN network identifier (flannel's default).
+    #[arg(long, default_value_t = dataplane_common::overlay::DEFAULT_VXLAN_VNI)]
+    vxlan_vni: u32,
+    /// VXLAN UDP port (flannel's and Linux's default 8472; IANA's is 4789).
+    #[arg(long, default_value_t = dataplane_common::overlay::DEFAULT_VXLAN_PORT)]
+    vxlan_port: u16,
+    /// Outer UDP checksum on VXLAN packets, as the kernel's vxlan device sends by default
+    /// (false: always 0, which RFC 7348 allows).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    vxlan_udp_csum: bool,
+    /// Outer source address of tunnel packets, and the only address tunnel packets are accepted
+    /// on (default: the uplink's first IPv4 address).
+    #[arg(long)]
+    tunnel_ip: Option<std::net::Ipv4Addr>,
 }
 
 fn main() -> Result<()> {
@@ -102,6 +120,11 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Cleanup { pin_dir } => {
+            match dataplane::overlay::remove_kernel_state(&pin_dir) {
+                Ok(0) => {}
+                Ok(n) => println!("removed the overlay's kernel routes ({n} changes)"),
+                Err(e) => log::warn!("overlay routes left in place: {e:#}"),
+            }
             for path in pin::cleanup(&pin_dir)? {
                 println!("removed {}", path.display());
             }
@@ -125,6 +148,20 @@ fn run(args: RunArgs) -> Result<()> {
             anyhow::bail!("--manifests and --kubeconfig/--kubernetes are alternatives: give one")
         }
     };
+    let overlay = {
+        use dataplane::overlay::{OverlayMode, OverlaySettings};
+        let tunnel_ip = match (args.tunnel_ip, args.overlay) {
+            (Some(ip), _) => ip,
+            (None, OverlayMode::None) => std::net::Ipv4Addr::UNSPECIFIED,
+            (None, _) => loader::interface_ipv4(&args.uplink)?,
+        };
+        OverlaySettings {
+            vni: args.vxlan_vni,
+            vxlan_port: args.vxlan_port,
+            udp_checksum: args.vxlan_udp_csum,
+            ..OverlaySettings::new(args.overlay, &args.uplink, tunnel_ip)
+        }
+    };
     agent::run(agent::AgentConfig {
         node_name: args.node_name,
         pin_dir: args.pin_dir,
@@ -137,5 +174,6 @@ fn run(args: RunArgs) -> Result<()> {
         masquerade_ip: args.masquerade_ip,
         source,
         metrics_addr: args.metrics_addr,
+        overlay,
     })
 }

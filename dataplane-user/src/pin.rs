@@ -15,13 +15,16 @@ use dataplane_common::{
         SockAffinityKey, SockRevNatKey, SockRevNatValue, MAX_AFFINITY, MAX_BACKEND_SLOTS,
         MAX_FRONTENDS, MAX_SOCK_ENTRIES,
     },
-    map_names, StatsValue, STATS_ENTRIES,
+    map_names,
+    overlay::{OverlayConfig, OverlayPeer, OverlayRoute, RouteKey, MAX_OVERLAY_PEERS, MAX_OVERLAY_ROUTES},
+    StatsValue, STATS_ENTRIES,
 };
 
 const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
 
 fn layout<K, V>(name: &'static str, map_type: u32, max_entries: u32) -> MapLayout {
     MapLayout {
@@ -53,6 +56,10 @@ pub fn expected_layouts() -> Vec<MapLayout> {
         layout::<u32, Config>(map_names::CONFIG, BPF_MAP_TYPE_ARRAY, 1),
         layout::<SockAffinityKey, BackendValue>(map_names::SOCK_AFFINITY, BPF_MAP_TYPE_LRU_HASH, MAX_SOCK_ENTRIES),
         layout::<SockRevNatKey, SockRevNatValue>(map_names::SOCK_REVNAT, BPF_MAP_TYPE_LRU_HASH, MAX_SOCK_ENTRIES),
+        layout::<u32, OverlayConfig>(map_names::OVERLAY_CONFIG, BPF_MAP_TYPE_ARRAY, 1),
+        layout::<RouteKey, OverlayRoute>(map_names::OVERLAY_ROUTES, BPF_MAP_TYPE_LPM_TRIE, MAX_OVERLAY_ROUTES),
+        layout::<u32, OverlayPeer>(map_names::OVERLAY_PEERS, BPF_MAP_TYPE_HASH, MAX_OVERLAY_PEERS),
+        layout::<u32, u32>(map_names::OVERLAY_IPID, BPF_MAP_TYPE_PERCPU_ARRAY, 1),
     ]
 }
 

@@ -98,11 +98,17 @@ impl Harness {
 
     /// Runs `input` through the program of `hook` once.
     pub fn run(&mut self, hook: Hook, input: &[u8]) -> Outcome {
+        self.run_ctx(hook, input, None)
+    }
+
+    /// Like [`Harness::run`], with a context (`struct __sk_buff` for tc: its ifindex decides
+    /// the device the packet is on, which FIB lookups start from).
+    pub fn run_ctx(&mut self, hook: Hook, input: &[u8], ctx: Option<&[u8]>) -> Outcome {
         let before = self.stats();
         let mut out = vec![0u8; input.len() + 512];
         let name = program_name(hook);
         let prog = self.datapath.ebpf.program_mut(name).expect("program in object");
-        let opts = TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..Default::default() };
+        let opts = TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ctx_in: ctx, ..Default::default() };
         let (ret, size) = if hook == Hook::XdpUplink {
             let p: &mut Xdp = prog.try_into().unwrap();
             let r = p.test_run(opts).unwrap_or_else(|e| panic!("test_run {name} with {} bytes: {:?}", input.len(), std::error::Error::source(&e)));
