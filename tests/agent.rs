@@ -186,3 +186,35 @@ fn restart_keeps_connections_and_the_datapath_running() {
     assert_eq!(xdp_prog_id(&lab, 0), None, "cleanup detaches");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn pod_devices_are_attached_as_they_appear_and_detached_as_they_go() {
+    support::require_root();
+    let lab = CheckedLab::build(&LabSpec { nodes: 1, pods_per_node: 2, cni: Cni::Flannel, ..Default::default() }).unwrap();
+    let dir = tempdir(&lab);
+    let b = lab.pod(0, 1);
+    let _srv = b.host().tcp_echo_server(8080).unwrap();
+    write(&dir, "web.yaml", &web(vec![endpoint(b)]).to_yaml());
+    let pin = lab.pin_dir(0).unwrap();
+    let ns = lab.node(0).ns.clone();
+    let pin_s = pin.to_string_lossy().into_owned();
+    // No --pod-ifaces: the devices are found by prefix, as a DaemonSet must.
+    let argv = [
+        support::node::DATAPLANE_BIN, "run", "--node-name", "node1", "--uplink", "eth0", "--pin-dir", &pin_s,
+        "--pod-iface-prefix", "veth", "--manifests", dir.to_str().unwrap(),
+    ];
+    let mut child = lab.spawn_in(&ns, &argv).unwrap();
+    support::node::wait_ready(&mut child, support::node::READY_TIMEOUT).unwrap();
+    let links = |iface: &str| pin.join("links").join(format!("tc_pod_ingress@{iface}")).exists();
+    assert!(links("veth0") && links("veth1"), "existing pod devices attached at start");
+    eventually("pod -> ClusterIP through a device found by prefix", || servers_seen(&lab, 3).len() == 1);
+
+    netns::run_in(&ns, &["ip", "link", "add", "veth9", "type", "veth", "peer", "name", "x9"]).unwrap();
+    netns::run_in(&ns, &["ip", "link", "set", "veth9", "up"]).unwrap();
+    eventually("a new pod device is attached", || links("veth9"));
+    netns::run_in(&ns, &["ip", "link", "del", "veth9"]).unwrap();
+    eventually("a removed pod device is detached", || !links("veth9"));
+    assert!(links("veth0"), "other pods untouched");
+    child.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -22,6 +22,7 @@ const RUN_FLAGS: &[&str] = &[
     "--node-name",
     "--uplink",
     "--pod-ifaces",
+    "--pod-iface-prefix",
     "--pin-dir",
     "--xdp-mode",
     "--masquerade-ip",

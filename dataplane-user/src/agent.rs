@@ -42,7 +42,7 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let status = Arc::new(AgentStatus::default());
-    let datapath = load_and_attach(&cfg)?;
+    let mut datapath = load_and_attach(&cfg)?;
     status.attached.store(true, Relaxed);
 
     let source_stats = Arc::new(SourceStats::default());
@@ -74,8 +74,16 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
     );
     // Tests and scripts wait for this line on stdout.
     println!("ready");
+    let mut pod_poll = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
+            _ = pod_poll.tick(), if !cfg.attach.pod_iface_prefixes.is_empty() => {
+                match cfg.attach.current_pod_ifaces().and_then(|ifaces| datapath.sync_pod_ifaces(&ifaces)) {
+                    Ok(added) if !added.is_empty() => log::info!("attached to new pod devices {added:?}"),
+                    Ok(_) => {}
+                    Err(e) => log::warn!("watching pod devices: {e:#}"),
+                }
+            }
             _ = term.recv() => { log::info!("SIGTERM: detaching"); break; }
             _ = int.recv() => { log::info!("SIGINT: detaching"); break; }
             changed = changed(&mut states) => {

@@ -29,9 +29,22 @@ pub enum XdpAttachMode {
 pub struct AttachConfig {
     pub uplink: String,
     pub pod_ifaces: Vec<String>,
+    /// Name prefixes of host-side pod devices to attach to as they appear (`veth`, `cali`).
+    pub pod_iface_prefixes: Vec<String>,
     pub xdp_mode: XdpAttachMode,
     /// cgroup v2 directory for socket-level balancing of host traffic; None = off.
     pub cgroup: Option<PathBuf>,
+}
+
+impl AttachConfig {
+    /// The pod devices to cover now: the ones named, and those matching the prefixes.
+    pub fn current_pod_ifaces(&self) -> Result<Vec<String>> {
+        let mut all = self.pod_ifaces.clone();
+        all.extend(interfaces_with_prefixes(&self.pod_iface_prefixes)?);
+        all.sort();
+        all.dedup();
+        Ok(all)
+    }
 }
 
 /// The loaded object. Dropping it detaches every program; pinned maps stay.
@@ -115,7 +128,8 @@ impl Datapath {
             ("tc_uplink_ingress", cfg.uplink.as_str(), TcAttachType::Ingress),
             ("tc_uplink_egress", cfg.uplink.as_str(), TcAttachType::Egress),
         ];
-        for iface in &cfg.pod_ifaces {
+        let pod_ifaces = cfg.current_pod_ifaces()?;
+        for iface in &pod_ifaces {
             tc.push(("tc_pod_ingress", iface, TcAttachType::Ingress));
             tc.push(("tc_pod_egress", iface, TcAttachType::Egress));
         }

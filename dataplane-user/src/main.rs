@@ -53,6 +53,10 @@ struct RunArgs {
     /// Host-side pod devices (veths) to attach tc ingress/egress to.
     #[arg(long, num_args = 1..)]
     pod_ifaces: Vec<String>,
+    /// Attach to host-side pod devices whose names start with this prefix as they appear, and
+    /// detach when they go (repeatable: `--pod-iface-prefix veth --pod-iface-prefix cali`).
+    #[arg(long, value_name = "PREFIX")]
+    pod_iface_prefix: Vec<String>,
     /// Directory under a bpf filesystem where maps are pinned.
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
@@ -168,6 +172,7 @@ fn run(args: RunArgs) -> Result<()> {
         attach: loader::AttachConfig {
             uplink: args.uplink,
             pod_ifaces: args.pod_ifaces,
+            pod_iface_prefixes: args.pod_iface_prefix,
             xdp_mode: args.xdp_mode,
             cgroup,
         },
