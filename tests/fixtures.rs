@@ -246,7 +246,7 @@ fn nodeport_is_masqueraded_after_routing_and_its_reply_restored_in_two_steps() {
     let out = parse(&o.output).unwrap();
     let (ip, t) = (out.ipv4().unwrap(), out.tcp().unwrap());
     assert_eq!((ip.src, ip.dst, t.dport), (NODE_IP, BACKEND, 8080));
-    assert!((61000..=65535).contains(&t.sport), "masquerade port {} from the SNAT range", t.sport);
+    assert!((1024..=32767).contains(&t.sport), "masquerade port {} from the SNAT range", t.sport);
     assert!(ip.checksum_ok && t.checksum_ok);
     // The reply: un-SNAT at ingress, un-DNAT at egress.
     let reply = tcp(BACKEND, 8080, NODE_IP, t.sport, TcpFlags::SYN | TcpFlags::ACK).build();

@@ -126,8 +126,11 @@ impl Config {
     pub const fn with_masq_addr(masq_addr: u32) -> Config {
         Config {
             masq_addr,
-            snat_port_min: 61_000,
-            snat_port_max: 65_535,
+            // Below the kernel's ephemeral range (32768-60999): a masquerade port can then never
+            // be the port of one of the node's own connections to the same backend. 31,744
+            // ports per backend address:port, like kube-proxy's --random-fully draws widely.
+            snat_port_min: 1_024,
+            snat_port_max: 32_767,
             timeout_tcp_syn: 60,
             timeout_tcp_established: 21_600,
             timeout_tcp_closing: 10,

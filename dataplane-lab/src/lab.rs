@@ -490,8 +490,11 @@ impl Lab {
                 "link", "set", "dev", veth, "address", CALICO_MAC, "mtu", &mtu, "up",
             ],
         )?;
-        let key = format!("net.ipv4.conf.{veth}.proxy_arp");
-        netns::set_sysctls(&node.ns, &[(key.as_str(), "1")])?;
+        // Calico answers ARP for 169.254.1.1 by proxy ARP, and sets proxy_delay 0: with the
+        // kernel's default (up to 0.8 s) a new pod's first packet waits for the answer.
+        let arp = format!("net.ipv4.conf.{veth}.proxy_arp");
+        let delay = format!("net.ipv4.neigh.{veth}.proxy_delay");
+        netns::set_sysctls(&node.ns, &[(arp.as_str(), "1"), (delay.as_str(), "0")])?;
         let dst = format!("{}/32", pod.ip);
         ip(
             &node.ns,
