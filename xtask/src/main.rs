@@ -31,6 +31,15 @@ enum Command {
     },
     /// Build everything and run the product on the built-in lab (a cluster in network namespaces).
     Lab(lab::LabArgs),
+    /// Benchmark against kube-proxy's iptables and nftables modes in lab namespaces; writes
+    /// BENCHMARKS.md and bench/ (needs root). `--quick`: the CI variant (under 3 minutes).
+    Bench {
+        #[arg(long)]
+        quick: bool,
+        /// Further arguments for dataplane-bench; see `cargo xtask bench -- --help`.
+        #[arg(last = true)]
+        bench_args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -51,5 +60,48 @@ fn main() -> Result<()> {
             let bin = ebpf::cargo_build_user(false)?;
             lab::run(&bin, &args)
         }
+        Command::Bench { quick, bench_args } => {
+            ebpf::require_root("the benchmark creates network namespaces and loads eBPF programs")?;
+            ebpf::build_ebpf()?;
+            let bin = ebpf::cargo_build_user(true)?;
+            bench(&bin, quick, &bench_args)
+        }
     }
+}
+
+/// Runs the dataplane-bench crate (the xtask does not depend on it: it stays light) in release
+/// mode, with the report written at the workspace root and the raw data in bench/.
+fn bench(dataplane_bin: &std::path::Path, quick: bool, extra: &[String]) -> Result<()> {
+    use anyhow::{bail, Context};
+    let ws = ebpf::workspace_root();
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.current_dir(&ws)
+        .args(["run", "--release", "--quiet", "-p", "dataplane-bench", "--"])
+        .arg("--out-dir")
+        .arg(ws.join("bench"))
+        .arg("--markdown")
+        .arg(ws.join("BENCHMARKS.md"))
+        .env("DATAPLANE_BIN", dataplane_bin);
+    if quick {
+        cmd.arg("--quick");
+    }
+    cmd.args(extra);
+    let shown = format!("{cmd:?}");
+    let mut child = cmd.spawn().with_context(|| format!("cannot start {shown}"))?;
+    // Ctrl-C reaches the whole process group: the benchmark tears its labs down and exits;
+    // wait for it rather than returning the prompt first (ignored only after the spawn, so the
+    // benchmark does not inherit the ignored disposition).
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGINT: i32 = 2;
+    const SIG_IGN: usize = 1;
+    let previous = unsafe { signal(SIGINT, SIG_IGN) };
+    let status = child.wait();
+    unsafe { signal(SIGINT, previous) };
+    let status = status.with_context(|| format!("waiting for {shown}"))?;
+    if !status.success() {
+        bail!("the benchmark failed ({status}); see BENCHMARKS.md for the failed checks");
+    }
+    Ok(())
 }

@@ -1,0 +1,401 @@
+//! The modes compared, each on its own lab (a 2-node cluster in namespaces), so rules,
+//! conntrack state and attached programs of one mode never touch another's packets.
+
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::programs::{tc::SchedClassifierLinkId, xdp::XdpLinkId, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use dataplane::loader::{self, Datapath};
+use dataplane::services::{LocalContext, ServiceTable};
+use dataplane::stats::Stats;
+use dataplane_common::map_names;
+use dataplane_lab::lab::{Cni, Lab, LabSpec, Node};
+use dataplane_lab::netns::{self, in_netns};
+
+use crate::injector::{Injector, Templates};
+use crate::netutil::{self, UdpCounter, UdpStats};
+use crate::rules::{self, Svc};
+use crate::scenario::{self, NODE1_MAC};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum Mode {
+    /// Plain forwarding, no NAT: the floor. Its packets are already addressed to a backend.
+    NoNat,
+    IptablesLegacy,
+    IptablesNft,
+    Nftables,
+    /// This dataplane, service translation in tc (tc_pod_ingress on the ingress device).
+    EbpfTc,
+    /// This dataplane, service translation in XDP (xdp_uplink, tail-called by the injector).
+    EbpfXdp,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 6] = [Mode::NoNat, Mode::IptablesLegacy, Mode::IptablesNft, Mode::Nftables, Mode::EbpfTc, Mode::EbpfXdp];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Mode::NoNat => "no-nat",
+            Mode::IptablesLegacy => "iptables-legacy",
+            Mode::IptablesNft => "iptables-nft",
+            Mode::Nftables => "nftables",
+            Mode::EbpfTc => "ebpf-tc",
+            Mode::EbpfXdp => "ebpf-xdp",
+        }
+    }
+
+    pub fn from_key(k: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.key() == k)
+    }
+
+    pub fn is_ebpf(self) -> bool {
+        matches!(self, Mode::EbpfTc | Mode::EbpfXdp)
+    }
+
+    pub fn uses_netfilter(self) -> bool {
+        matches!(self, Mode::IptablesLegacy | Mode::IptablesNft | Mode::Nftables)
+    }
+}
+
+/// A backend pod's sockets: UDP on the *service* port (a packet arriving there was not
+/// translated: counted as an error) and the TCP echo server of (c) on the target port.
+struct BackendPod {
+    counter: UdpCounter,
+    _untranslated: UdpSocket,
+}
+
+/// One mode's lab and everything attached to it. Field order is drop order: programs and
+/// servers go before the lab's namespaces.
+pub struct ModeLab {
+    pub mode: Mode,
+    pub datapath: Option<Datapath>,
+    pub table: Option<ServiceTable>,
+    pub tail: Option<Arc<Injector>>,
+    tc_links: Vec<(&'static str, SchedClassifierLinkId)>,
+    product_links: Option<(XdpLinkId, SchedClassifierLinkId)>,
+    servers_stop: Arc<AtomicBool>,
+    servers: Vec<std::thread::JoinHandle<()>>,
+    backends: Vec<BackendPod>,
+    pub node1: Node,
+    pub node2: Node,
+    pub ifindex_pod: u32,
+    pub ifindex_uplink: u32,
+    pub pin_dir: Option<PathBuf>,
+    nft_loaded: bool,
+    pub lab: Lab,
+}
+
+impl ModeLab {
+    pub fn build(mode: Mode, templates: &Templates) -> Result<ModeLab> {
+        let spec = LabSpec { nodes: 2, pods_per_node: 10, cni: Cni::Calico, external_client: false, ..Default::default() };
+        let lab = Lab::build(&spec).with_context(|| format!("building the lab for {}", mode.key()))?;
+        let node1 = lab.node(0).clone();
+        let node2 = lab.node(1).clone();
+        // Same uplink MAC in every lab: the NodePort frames are byte-identical across modes.
+        netns::ip(&node1.ns, &["link", "set", "dev", "eth0", "address", &netutil::fmt_mac(&NODE1_MAC)])?;
+        let n2mac = netutil::mac(&node2.ns, "eth0")?;
+        netutil::permanent_neighbor(&node1.ns, node2.underlay_ip, &n2mac, "eth0")?;
+        netutil::permanent_neighbor(&node2.ns, node1.underlay_ip, &NODE1_MAC, "eth0")?;
+        // Neighbours the TCP test needs, resolved up front: the lab's calico-style veths answer
+        // ARP for the pod gateway by proxy ARP, which the kernel delays by up to
+        // neigh.proxy_delay (0.8 s); real calico sets proxy_delay 0 on its veths.
+        let gw = dataplane_lab::lab::CALICO_GATEWAY;
+        let client = &node1.pods[0];
+        netutil::permanent_neighbor(&client.ns, gw, &scenario::CALICO_MAC, "eth0")?;
+        let cm = netutil::mac(&client.ns, "eth0")?;
+        netutil::permanent_neighbor(&node1.ns, client.ip, &cm, &client.host_iface)?;
+        let mut backends = Vec::new();
+        for p in &node2.pods {
+            netutil::permanent_neighbor(&p.ns, gw, &scenario::CALICO_MAC, "eth0")?;
+            // Backends answer nothing (no ICMP port unreachable): the only work a delivered
+            // packet causes there is the UDP lookup that counts it.
+            netns::set_sysctls(&p.ns, &[("net.ipv4.icmp_msgs_per_sec", "0"), ("net.ipv4.icmp_msgs_burst", "0")])?;
+            let m = netutil::mac(&p.ns, "eth0")?;
+            netutil::permanent_neighbor(&node2.ns, p.ip, &m, &p.host_iface)?;
+            let untranslated = in_netns(&p.ns, || UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, scenario::SERVICE_PORT)))??;
+            backends.push(BackendPod { counter: UdpCounter::open(&p.ns)?, _untranslated: untranslated });
+        }
+        let ifindex_pod = netutil::ifindex(&node1.ns, &node1.pods[0].host_iface)?;
+        let ifindex_uplink = netutil::ifindex(&node1.ns, "eth0")?;
+        let mut ml = ModeLab {
+            mode,
+            datapath: None,
+            table: None,
+            tail: None,
+            tc_links: Vec::new(),
+            product_links: None,
+            servers_stop: Arc::new(AtomicBool::new(false)),
+            servers: Vec::new(),
+            backends,
+            node1,
+            node2,
+            ifindex_pod,
+            ifindex_uplink,
+            pin_dir: None,
+            nft_loaded: false,
+            lab,
+        };
+        ml.start_tcp_servers()?;
+        if mode.is_ebpf() {
+            ml.load_dataplane(templates)?;
+        }
+        Ok(ml)
+    }
+
+    fn load_dataplane(&mut self, templates: &Templates) -> Result<()> {
+        let pin_dir = self.lab.pin_dir(0)?;
+        let mut dp = loader::load(&pin_dir).context("loading the dataplane")?;
+        let masq = self.node1.underlay_ip;
+        loader::write_config(&mut dp.ebpf, &dataplane_common::ct::Config::with_masq_addr(u32::from(masq).to_be()))?;
+        let veth = self.node1.pods[0].host_iface.clone();
+        // The egress half of the product is always there: tc_uplink_egress (SNAT of
+        // masqueraded connections, un-DNAT of replies leaving by the uplink) and tc_pod_egress
+        // on the client pod's veth (un-DNAT of replies to it).
+        let mut set = vec![
+            ("tc_uplink_egress", "eth0".to_string(), TcAttachType::Egress),
+            ("tc_pod_egress", veth.clone(), TcAttachType::Egress),
+        ];
+        match self.mode {
+            // Every service translation at tc: tc_pod_ingress on the pod's veth (the product's
+            // ClusterIP path) and the same program on the uplink's tc ingress (NodePort at tc,
+            // what XDP is compared with).
+            Mode::EbpfTc => {
+                set.push(("tc_pod_ingress", veth.clone(), TcAttachType::Ingress));
+                set.push(("tc_pod_ingress", "eth0".to_string(), TcAttachType::Ingress));
+            }
+            // Service translation at XDP: xdp_uplink, run by the injector at the point where the
+            // frame enters (for NodePort frames that is exactly the product's hook; for pod frames
+            // it is XDP on the host-side pod veth, which the product does not attach today), and
+            // the uplink's tc ingress observer as deployed.
+            Mode::EbpfXdp => {
+                set.push(("tc_uplink_ingress", "eth0".to_string(), TcAttachType::Ingress));
+                let prog: &Xdp = dp.ebpf.program("xdp_uplink").ok_or_else(|| anyhow!("no xdp_uplink"))?.try_into()?;
+                self.tail = Some(Arc::new(Injector::load(templates, Some(prog), "bench_inj_xdp")?));
+            }
+            _ => unreachable!(),
+        }
+        let (dp, links) = attach_tc(&self.node1.ns, dp, set)?;
+        self.tc_links = links;
+        self.table = Some(ServiceTable::from_ebpf(&dp.ebpf, LocalContext { node_name: "node1".into() })?);
+        self.datapath = Some(dp);
+        self.pin_dir = Some(pin_dir);
+        Ok(())
+    }
+
+    /// (c) in the XDP lab: the product exactly as `dataplane run` attaches it (xdp_uplink on
+    /// the uplink, tc_pod_ingress on the client pod's veth, on top of the egress programs),
+    /// only while the TCP test runs: the live-frame tests inject at those hooks themselves.
+    pub fn attach_product(&mut self) -> Result<()> {
+        if self.mode != Mode::EbpfXdp || self.product_links.is_some() {
+            return Ok(());
+        }
+        let dp = self.datapath.take().expect("datapath");
+        let veth = self.node1.pods[0].host_iface.clone();
+        let (dp, res) = in_netns(&self.node1.ns, move || {
+            let mut dp = dp;
+            let res = (|| -> Result<(XdpLinkId, SchedClassifierLinkId)> {
+                let x: &mut Xdp = dp.ebpf.program_mut("xdp_uplink").ok_or_else(|| anyhow!("no xdp_uplink"))?.try_into()?;
+                let xl = x.attach("eth0", XdpMode::Driver).context("attaching xdp_uplink")?;
+                let t: &mut SchedClassifier = dp.ebpf.program_mut("tc_pod_ingress").ok_or_else(|| anyhow!("no tc_pod_ingress"))?.try_into()?;
+                let tl = t.attach(&veth, TcAttachType::Ingress).context("attaching tc_pod_ingress")?;
+                Ok((xl, tl))
+            })();
+            (dp, res)
+        })?;
+        self.datapath = Some(dp);
+        self.product_links = Some(res?);
+        Ok(())
+    }
+
+    pub fn detach_product(&mut self) -> Result<()> {
+        let Some((xl, tl)) = self.product_links.take() else { return Ok(()) };
+        let dp = self.datapath.as_mut().expect("datapath");
+        let x: &mut Xdp = dp.ebpf.program_mut("xdp_uplink").ok_or_else(|| anyhow!("no xdp_uplink"))?.try_into()?;
+        x.detach(xl)?;
+        let t: &mut SchedClassifier = dp.ebpf.program_mut("tc_pod_ingress").ok_or_else(|| anyhow!("no tc_pod_ingress"))?.try_into()?;
+        t.detach(tl)?;
+        Ok(())
+    }
+
+    /// TCP echo servers on every backend: one reply line per connection, then wait for the
+    /// client to close (it aborts with RST, so nobody keeps TIME_WAIT state).
+    fn start_tcp_servers(&mut self) -> Result<()> {
+        for (i, p) in self.node2.pods.iter().enumerate() {
+            let listener = in_netns(&p.ns, || TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, scenario::TARGET_PORT)))??;
+            let stop = self.servers_stop.clone();
+            self.servers.push(std::thread::spawn(move || serve(listener, i, stop)));
+        }
+        Ok(())
+    }
+
+    pub fn backend_counts(&self) -> Result<Vec<UdpStats>> {
+        self.backends.iter().map(|b| b.counter.read()).collect()
+    }
+
+    /// Empties this mode's connection tracking: the kernel's (conntrack -F) for netfilter
+    /// modes, CT_V1 for the dataplane.
+    pub fn flush_conntrack(&self) -> Result<()> {
+        if self.mode.uses_netfilter() {
+            netns::run_in(&self.node1.ns, &["conntrack", "-F"]).map(drop).or_else(|e| {
+                // conntrack -F fails with "Operation not supported" when nothing is tracked yet.
+                if e.to_string().contains("not supported") { Ok(()) } else { Err(e) }
+            })?;
+        }
+        if let Some(dp) = &self.datapath {
+            let map = dp.ebpf.map(map_names::CT).ok_or_else(|| anyhow!("CT_V1 missing"))?;
+            let fd = match map {
+                aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => d.fd().as_fd().as_raw_fd(),
+                _ => bail!("CT_V1 has an unexpected type"),
+            };
+            crate::rawbpf::drain_hash(fd, 16, 56)?;
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Result<Option<Stats>> {
+        match &self.pin_dir {
+            Some(p) => Ok(Some(dataplane::stats::read_pinned(p)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Loads the whole rule set / service table for `svcs` from empty and returns how long
+    /// the load itself took (emptying first is not timed).
+    pub fn load_full(&mut self, svcs: &[Svc]) -> Result<Option<(Duration, Option<usize>)>> {
+        let facts = scenario::facts();
+        let ns = self.node1.ns.clone();
+        match self.mode {
+            Mode::NoNat => Ok(None),
+            Mode::IptablesLegacy | Mode::IptablesNft => {
+                let tool = if self.mode == Mode::IptablesLegacy { "iptables-legacy-restore" } else { "iptables-nft-restore" };
+                netutil::run_with_stdin(&ns, &[tool], b"*filter\nCOMMIT\n*nat\nCOMMIT\n")?;
+                let t = netutil::run_with_stdin(&ns, &[tool], rules::iptables_full(svcs, &facts).as_bytes())?;
+                Ok(Some((t, None)))
+            }
+            Mode::Nftables => {
+                if self.nft_loaded {
+                    netns::run_in(&ns, &["nft", "delete", "table", "ip", "kube-proxy"])?;
+                }
+                let t = netutil::run_with_stdin(&ns, &["nft", "-f", "/dev/stdin"], rules::nft_full(svcs, &facts).as_bytes())?;
+                self.nft_loaded = true;
+                Ok(Some((t, None)))
+            }
+            Mode::EbpfTc | Mode::EbpfXdp => {
+                let table = self.table.as_mut().expect("service table");
+                table.sync(&[])?;
+                let models: Vec<_> = svcs.iter().map(scenario::to_model).collect();
+                let t0 = Instant::now();
+                let rep = table.sync(&models)?;
+                let t = t0.elapsed();
+                Ok(Some((t, Some(rep.written() + rep.deleted()))))
+            }
+        }
+    }
+
+    /// Applies `after` in place of `before` (one service's endpoints changed) the way each
+    /// implementation's control plane does, and returns the time taken. `svcs` is the full
+    /// desired state after the change.
+    pub fn apply_change(&mut self, svcs: &[Svc], before: &Svc, after: &Svc) -> Result<Option<(Duration, Option<usize>)>> {
+        let facts = scenario::facts();
+        let ns = self.node1.ns.clone();
+        match self.mode {
+            Mode::NoNat => Ok(None),
+            Mode::IptablesLegacy | Mode::IptablesNft => {
+                let tool = if self.mode == Mode::IptablesLegacy { "iptables-legacy-restore" } else { "iptables-nft-restore" };
+                let text = rules::iptables_partial(svcs, &facts, after, before);
+                Ok(Some((netutil::run_with_stdin(&ns, &[tool, "--noflush"], text.as_bytes())?, None)))
+            }
+            Mode::Nftables => {
+                let text = rules::nft_change(after, before, &facts);
+                Ok(Some((netutil::run_with_stdin(&ns, &["nft", "-f", "/dev/stdin"], text.as_bytes())?, None)))
+            }
+            Mode::EbpfTc | Mode::EbpfXdp => {
+                let table = self.table.as_mut().expect("service table");
+                let models: Vec<_> = svcs.iter().map(scenario::to_model).collect();
+                let t0 = Instant::now();
+                let rep = table.sync(&models)?;
+                let t = t0.elapsed();
+                Ok(Some((t, Some(rep.written() + rep.deleted()))))
+            }
+        }
+    }
+
+    /// The dataplane only: `upsert` of the one changed service (what a control plane with
+    /// per-object events does instead of a full desired-state sync).
+    pub fn upsert_one(&mut self, svc: &Svc) -> Result<Option<(Duration, Option<usize>)>> {
+        let Some(table) = self.table.as_mut() else { return Ok(None) };
+        let model = scenario::to_model(svc);
+        let t0 = Instant::now();
+        let rep = table.upsert(&model)?;
+        let t = t0.elapsed();
+        Ok(Some((t, Some(rep.written() + rep.deleted()))))
+    }
+}
+
+impl Drop for ModeLab {
+    fn drop(&mut self) {
+        self.servers_stop.store(true, Ordering::Relaxed);
+        for h in self.servers.drain(..) {
+            let _ = h.join();
+        }
+        let _ = self.detach_product();
+        self.table = None;
+        self.tail = None;
+        self.datapath = None;
+    }
+}
+
+fn serve(listener: TcpListener, index: usize, stop: Arc<AtomicBool>) {
+    use std::io::{Read, Write};
+    let reply = format!("backend-{index}\n");
+    let mut buf = [0u8; 256];
+    let _ = listener.set_nonblocking(false);
+    while !stop.load(Ordering::Relaxed) {
+        // Wait for a connection without polling delays: poll(2) with a timeout only to notice
+        // the stop flag.
+        let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
+            continue;
+        }
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            let _ = s.set_nodelay(true);
+            // One request line, one reply, then until the client closes.
+            if let Ok(n) = s.read(&mut buf) {
+                if n > 0 {
+                    let _ = s.write_all(reply.as_bytes());
+                    let _ = s.read(&mut buf);
+                }
+            }
+        }
+    }
+}
+
+/// Attaches tc programs of `dp` (name, interface, direction) from inside namespace `ns`.
+#[allow(clippy::type_complexity)]
+fn attach_tc(
+    ns: &str,
+    dp: Datapath,
+    set: Vec<(&'static str, String, TcAttachType)>,
+) -> Result<(Datapath, Vec<(&'static str, SchedClassifierLinkId)>)> {
+    let (dp, links) = in_netns(ns, move || {
+        let mut dp = dp;
+        let mut links = Vec::new();
+        let res = (|| -> Result<()> {
+            for (name, iface, kind) in &set {
+                let prog: &mut SchedClassifier = dp.ebpf.program_mut(name).ok_or_else(|| anyhow!("no {name}"))?.try_into()?;
+                let id = prog.attach(iface, *kind).with_context(|| format!("attaching {name} to {iface} {kind:?}"))?;
+                links.push((*name, id));
+            }
+            Ok(())
+        })();
+        (dp, res.map(|_| links))
+    })?;
+    Ok((dp, links?))
+}
