@@ -85,9 +85,9 @@ fn hook_of(ml: &ModeLab) -> Option<Hook> {
 }
 
 /// New NodePort flows are sent in chunks of this many, with connection tracking emptied in
-/// between: the dataplane masquerades with source ports 61000-65535 only (4,536 per backend
-/// address:port, see BENCHMARKS.md), so 10 backends hold about 45,000 masqueraded flows, and
-/// its 8 random probes start failing well before that.
+/// between: the dataplane's masquerade port range is finite (its first default, 61000-65535,
+/// held 4,536 flows per backend address:port and refused some well before that), and the
+/// per-packet cost is measured on a table of a realistic size, not on one filling up.
 pub const NODEPORT_CHUNK: u32 = 10_000;
 
 /// Splits `repeat` new-flow frames into runs that each start from empty connection tracking.
@@ -518,7 +518,7 @@ pub fn injector_cost(pass: &Arc<Injector>, templates: &Templates, cpu: usize) ->
 }
 
 /// How many of 100,000 new NodePort flows (10 backends, one masquerade address) the
-/// dataplane can masquerade at once: its source-port range is 61000-65535.
+/// dataplane can masquerade at once (CONFIG_V1's default source-port range).
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct SnatProbe {
     pub flows: u64,

@@ -103,7 +103,7 @@ impl ModeLab {
         netutil::permanent_neighbor(&node2.ns, node1.underlay_ip, &NODE1_MAC, "eth0")?;
         // Neighbours the TCP test needs, resolved up front: the lab's calico-style veths answer
         // ARP for the pod gateway by proxy ARP, which the kernel delays by up to
-        // neigh.proxy_delay (0.8 s); real calico sets proxy_delay 0 on its veths.
+        // neigh.proxy_delay (0.8 s by default; calico, and the lab since, set 0): never wait for it.
         let gw = dataplane_lab::lab::CALICO_GATEWAY;
         let client = &node1.pods[0];
         netutil::permanent_neighbor(&client.ns, gw, &scenario::CALICO_MAC, "eth0")?;
