@@ -11,7 +11,13 @@ fn main() {
     let workspace = manifest.parent().unwrap().to_path_buf();
     let target = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { workspace.join(t) })
+        .map(|t| {
+            if t.is_absolute() {
+                t
+            } else {
+                workspace.join(t)
+            }
+        })
         .unwrap_or_else(|| workspace.join("target"));
     let object = target.join("ebpf").join("dataplane-ebpf.o");
     let recorded = target.join("ebpf").join("dataplane-ebpf.o.srchash");
@@ -26,7 +32,10 @@ fn main() {
     let fix = "run `cargo xtask build-ebpf` (or `cargo xtask test` / `cargo xtask lab`, which build it first)";
     let size = fs::metadata(&object).map(|m| m.len()).unwrap_or(0);
     if size == 0 {
-        fail(&format!("eBPF object {} is missing or empty: {fix}", object.display()));
+        fail(&format!(
+            "eBPF object {} is missing or empty: {fix}",
+            object.display()
+        ));
     }
     let want = srchash::ebpf_sources_hash(&workspace).expect("hashing eBPF sources");
     let have = fs::read_to_string(&recorded).unwrap_or_default();
@@ -35,7 +44,11 @@ fn main() {
             "eBPF object {} is stale: it was built from other sources than dataplane-ebpf/ and \
              dataplane-common/ now hold (fingerprint {} != {want}): {fix}",
             object.display(),
-            if have.trim().is_empty() { "none" } else { have.trim() },
+            if have.trim().is_empty() {
+                "none"
+            } else {
+                have.trim()
+            },
         ));
     }
     println!("cargo:rustc-env=DATAPLANE_EBPF_OBJ={}", object.display());

@@ -22,7 +22,10 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const T: Duration = Duration::from_secs(3);
 
 fn endpoint(p: &Pod) -> Endpoint {
-    Endpoint { ip: p.ip, node: format!("node{}", p.node_index) }
+    Endpoint {
+        ip: p.ip,
+        node: format!("node{}", p.node_index),
+    }
 }
 
 fn web(endpoints: Vec<Endpoint>) -> ServiceManifest {
@@ -52,18 +55,36 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 fn servers_seen(lab: &Lab, n: usize) -> BTreeSet<String> {
     let client = lab.pod(0, 0).host();
-    (0..n).filter_map(|i| client.tcp_request(SocketAddrV4::new(VIP, 80), &format!("r{i}"), T).ok()).map(|r| r.server).collect()
+    (0..n)
+        .filter_map(|i| {
+            client
+                .tcp_request(SocketAddrV4::new(VIP, 80), &format!("r{i}"), T)
+                .ok()
+        })
+        .map(|r| r.server)
+        .collect()
 }
 
 fn http_get(ns: &str, path: &'static str) -> (u16, String) {
     netns::in_netns(ns, move || {
-        let mut s = TcpStream::connect_timeout(&"127.0.0.1:9464".parse().unwrap(), T).expect("metrics endpoint");
+        let mut s = TcpStream::connect_timeout(&"127.0.0.1:9464".parse().unwrap(), T)
+            .expect("metrics endpoint");
         s.set_read_timeout(Some(T)).unwrap();
         write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
-        let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        (code, text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (
+            code,
+            text.split("\r\n\r\n")
+                .nth(1)
+                .unwrap_or_default()
+                .to_string(),
+        )
     })
     .unwrap()
 }
@@ -78,26 +99,53 @@ fn write(dir: &Path, file: &str, text: &str) {
 #[test]
 fn manifests_drive_the_services_and_metrics_report_them() {
     support::require_root();
-    let lab = CheckedLab::build(&LabSpec { nodes: 2, pods_per_node: 2, cni: Cni::Flannel, ..Default::default() }).unwrap();
+    let lab = CheckedLab::build(&LabSpec {
+        nodes: 2,
+        pods_per_node: 2,
+        cni: Cni::Flannel,
+        ..Default::default()
+    })
+    .unwrap();
     let dir = tempdir(&lab);
     let (b1, b2) = (lab.pod(0, 1), lab.pod(1, 0));
     let _s1 = b1.host().tcp_echo_server(8080).unwrap();
     let _s2 = b2.host().tcp_echo_server(8080).unwrap();
-    write(&dir, "web.yaml", &web(vec![endpoint(b1), endpoint(b2)]).to_yaml());
-    let args = ["--manifests", dir.to_str().unwrap(), "--metrics-addr", "127.0.0.1:9464"];
-    let nodes: Vec<_> = (0..2).map(|i| DataplaneNode::start(&lab, i, &args).unwrap()).collect();
+    write(
+        &dir,
+        "web.yaml",
+        &web(vec![endpoint(b1), endpoint(b2)]).to_yaml(),
+    );
+    let args = [
+        "--manifests",
+        dir.to_str().unwrap(),
+        "--metrics-addr",
+        "127.0.0.1:9464",
+    ];
+    let nodes: Vec<_> = (0..2)
+        .map(|i| DataplaneNode::start(&lab, i, &args).unwrap())
+        .collect();
 
-    eventually("both endpoints serve the ClusterIP", || servers_seen(&lab, 30).len() == 2);
+    eventually("both endpoints serve the ClusterIP", || {
+        servers_seen(&lab, 30).len() == 2
+    });
     let ext = lab.external().unwrap();
-    let np = ext.tcp_request(SocketAddrV4::new(lab.node(1).underlay_ip, 30080), "np", T).unwrap();
+    let np = ext
+        .tcp_request(SocketAddrV4::new(lab.node(1).underlay_ip, 30080), "np", T)
+        .unwrap();
     assert!(np.server == b1.name || np.server == b2.name);
 
     // An edit removes one endpoint: new connections only go to the other.
     write(&dir, "web.yaml", &web(vec![endpoint(b2)]).to_yaml());
-    eventually("the edit is applied", || servers_seen(&lab, 20) == BTreeSet::from([b2.name.clone()]));
+    eventually("the edit is applied", || {
+        servers_seen(&lab, 20) == BTreeSet::from([b2.name.clone()])
+    });
 
     // A broken file is reported and the datapath keeps its last good state.
-    write(&dir, "web.yaml", "apiVersion: v1\nkind: Service\nmetadata: [unclosed\n");
+    write(
+        &dir,
+        "web.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: [unclosed\n",
+    );
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(servers_seen(&lab, 10), BTreeSet::from([b2.name.clone()]));
 
@@ -113,7 +161,10 @@ fn manifests_drive_the_services_and_metrics_report_them() {
         "dataplane_source_objects{kind=\"Service\"} 1",
         "dataplane_syncs_total ",
     ] {
-        assert!(metrics.contains(needle), "/metrics lacks {needle}:\n{metrics}");
+        assert!(
+            metrics.contains(needle),
+            "/metrics lacks {needle}:\n{metrics}"
+        );
     }
     let errors: u64 = metrics
         .lines()
@@ -122,7 +173,13 @@ fn manifests_drive_the_services_and_metrics_report_them() {
         .unwrap();
     assert!(errors >= 1, "the broken manifest is counted");
     // The ClusterIP and the node's two NodePort frontends (one per node address).
-    let frontends: u64 = metrics.lines().find_map(|l| l.strip_prefix("dataplane_service_frontends ")).unwrap().trim().parse().unwrap();
+    let frontends: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dataplane_service_frontends "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(frontends >= 2, "{frontends}");
     for node in nodes {
         node.stop().unwrap();
@@ -147,11 +204,24 @@ fn xdp_prog_id(lab: &Lab, node: usize) -> Option<u32> {
 #[test]
 fn restart_keeps_connections_and_the_datapath_running() {
     support::require_root();
-    let lab = CheckedLab::build(&LabSpec { nodes: 2, pods_per_node: 2, cni: Cni::Flannel, ..Default::default() }).unwrap();
+    let lab = CheckedLab::build(&LabSpec {
+        nodes: 2,
+        pods_per_node: 2,
+        cni: Cni::Flannel,
+        ..Default::default()
+    })
+    .unwrap();
     let dir = tempdir(&lab);
     let backends = [lab.pod(0, 1), lab.pod(1, 0), lab.pod(1, 1)];
-    let _srv: Vec<_> = backends.iter().map(|p| p.host().tcp_echo_server(8080).unwrap()).collect();
-    write(&dir, "web.yaml", &web(backends.iter().map(|p| endpoint(p)).collect()).to_yaml());
+    let _srv: Vec<_> = backends
+        .iter()
+        .map(|p| p.host().tcp_echo_server(8080).unwrap())
+        .collect();
+    write(
+        &dir,
+        "web.yaml",
+        &web(backends.iter().map(|p| endpoint(p)).collect()).to_yaml(),
+    );
     let args = ["--manifests", dir.to_str().unwrap()];
     let node1 = DataplaneNode::start(&lab, 0, &args).unwrap();
     let _node2 = DataplaneNode::start(&lab, 1, &args).unwrap();
@@ -165,23 +235,39 @@ fn restart_keeps_connections_and_the_datapath_running() {
     // The agent exits (an upgrade, a crash): its pinned links keep the datapath attached, so the
     // connection lives on and new connections are still balanced.
     node1.stop().unwrap();
-    assert_eq!(xdp_prog_id(&lab, 0), Some(old_prog), "the datapath must outlive the agent");
+    assert_eq!(
+        xdp_prog_id(&lab, 0),
+        Some(old_prog),
+        "the datapath must outlive the agent"
+    );
     assert_eq!(conn.request("while stopped").unwrap().server, server);
-    assert_eq!(servers_seen(&lab, 15).len(), 3, "new connections during the restart");
+    assert_eq!(
+        servers_seen(&lab, 15).len(),
+        3,
+        "new connections during the restart"
+    );
 
     // The new agent adopts maps and links, and swaps its programs in.
     let node1 = DataplaneNode::start(&lab, 0, &args).unwrap();
     let new_prog = xdp_prog_id(&lab, 0).expect("xdp attached");
-    assert_ne!(new_prog, old_prog, "the restarted agent's program serves the hook");
+    assert_ne!(
+        new_prog, old_prog,
+        "the restarted agent's program serves the hook"
+    );
     for i in 0..20 {
-        assert_eq!(conn.request(&format!("after {i}")).unwrap().server, server, "the connection moved");
+        assert_eq!(
+            conn.request(&format!("after {i}")).unwrap().server,
+            server,
+            "the connection moved"
+        );
     }
     assert_eq!(servers_seen(&lab, 15).len(), 3);
 
     // `dataplane cleanup` is what takes the datapath down.
     node1.stop().unwrap();
     let pin = lab.pin_dir(0).unwrap();
-    let out = support::node::dataplane_cli(&["cleanup", "--pin-dir", pin.to_str().unwrap()]).unwrap();
+    let out =
+        support::node::dataplane_cli(&["cleanup", "--pin-dir", pin.to_str().unwrap()]).unwrap();
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(xdp_prog_id(&lab, 0), None, "cleanup detaches");
     let _ = std::fs::remove_dir_all(&dir);
@@ -190,7 +276,13 @@ fn restart_keeps_connections_and_the_datapath_running() {
 #[test]
 fn pod_devices_are_attached_as_they_appear_and_detached_as_they_go() {
     support::require_root();
-    let lab = CheckedLab::build(&LabSpec { nodes: 1, pods_per_node: 2, cni: Cni::Flannel, ..Default::default() }).unwrap();
+    let lab = CheckedLab::build(&LabSpec {
+        nodes: 1,
+        pods_per_node: 2,
+        cni: Cni::Flannel,
+        ..Default::default()
+    })
+    .unwrap();
     let dir = tempdir(&lab);
     let b = lab.pod(0, 1);
     let _srv = b.host().tcp_echo_server(8080).unwrap();
@@ -200,16 +292,41 @@ fn pod_devices_are_attached_as_they_appear_and_detached_as_they_go() {
     let pin_s = pin.to_string_lossy().into_owned();
     // No --pod-ifaces: the devices are found by prefix, as a DaemonSet must.
     let argv = [
-        support::node::DATAPLANE_BIN, "run", "--node-name", "node1", "--uplink", "eth0", "--pin-dir", &pin_s,
-        "--pod-iface-prefix", "veth", "--manifests", dir.to_str().unwrap(),
+        support::node::DATAPLANE_BIN,
+        "run",
+        "--node-name",
+        "node1",
+        "--uplink",
+        "eth0",
+        "--pin-dir",
+        &pin_s,
+        "--pod-iface-prefix",
+        "veth",
+        "--manifests",
+        dir.to_str().unwrap(),
     ];
     let mut child = lab.spawn_in(&ns, &argv).unwrap();
     support::node::wait_ready(&mut child, support::node::READY_TIMEOUT).unwrap();
-    let links = |iface: &str| pin.join("links").join(format!("tc_pod_ingress@{iface}")).exists();
-    assert!(links("veth0") && links("veth1"), "existing pod devices attached at start");
-    eventually("pod -> ClusterIP through a device found by prefix", || servers_seen(&lab, 3).len() == 1);
+    let links = |iface: &str| {
+        pin.join("links")
+            .join(format!("tc_pod_ingress@{iface}"))
+            .exists()
+    };
+    assert!(
+        links("veth0") && links("veth1"),
+        "existing pod devices attached at start"
+    );
+    eventually("pod -> ClusterIP through a device found by prefix", || {
+        servers_seen(&lab, 3).len() == 1
+    });
 
-    netns::run_in(&ns, &["ip", "link", "add", "veth9", "type", "veth", "peer", "name", "x9"]).unwrap();
+    netns::run_in(
+        &ns,
+        &[
+            "ip", "link", "add", "veth9", "type", "veth", "peer", "name", "x9",
+        ],
+    )
+    .unwrap();
     netns::run_in(&ns, &["ip", "link", "set", "veth9", "up"]).unwrap();
     eventually("a new pod device is attached", || links("veth9"));
     netns::run_in(&ns, &["ip", "link", "del", "veth9"]).unwrap();

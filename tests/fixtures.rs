@@ -19,7 +19,11 @@ fn eth() -> Frame {
 }
 
 fn tcp_syn() -> Frame {
-    eth().ipv4(POD, PEER).tcp(40000, 80).flags(TcpFlags::SYN).seq(1)
+    eth()
+        .ipv4(POD, PEER)
+        .tcp(40000, 80)
+        .flags(TcpFlags::SYN)
+        .seq(1)
 }
 
 /// Runs one fixture on every hook: until features give hooks their own pipelines, the parsing
@@ -31,9 +35,24 @@ fn on_every_hook(name: &'static str, input: Vec<u8>, reason: Reason) {
 fn on_hooks(hooks: &[Hook], name: &'static str, input: Vec<u8>, reason: Reason) {
     let mut h = harness();
     for &hook in hooks {
-        let verdict = if reason.is_drop() { Verdict::Drop } else { Verdict::Pass };
-        let output = if reason.is_drop() { Output::Ignored } else { Output::Unchanged };
-        h.check(&Fixture { name, hook, input: input.clone(), verdict, reason, output });
+        let verdict = if reason.is_drop() {
+            Verdict::Drop
+        } else {
+            Verdict::Pass
+        };
+        let output = if reason.is_drop() {
+            Output::Ignored
+        } else {
+            Output::Unchanged
+        };
+        h.check(&Fixture {
+            name,
+            hook,
+            input: input.clone(),
+            verdict,
+            reason,
+            output,
+        });
     }
 }
 
@@ -41,16 +60,35 @@ fn on_hooks(hooks: &[Hook], name: &'static str, input: Vec<u8>, reason: Reason) 
 fn non_ip_frames_pass_untouched() {
     let arp = eth().ethertype(ethertype::ARP).payload(&[0u8; 28]).build();
     on_every_hook("arp", arp, Reason::PassNotIpv4);
-    let ipv6 = eth().ethertype(ethertype::IPV6).payload(&[0x60; 40]).build();
+    let ipv6 = eth()
+        .ethertype(ethertype::IPV6)
+        .payload(&[0x60; 40])
+        .build();
     on_every_hook("ipv6", ipv6, Reason::PassNotIpv4);
 }
 
 #[test]
 fn ipv4_transport_protocols_are_classified() {
-    on_every_hook("tcp syn", tcp_syn().payload(b"hello").build(), Reason::PassTcp);
-    on_every_hook("udp", eth().ipv4(POD, PEER).udp(5353, 53).payload(b"q").build(), Reason::PassUdp);
-    on_every_hook("icmp echo", eth().ipv4(POD, PEER).icmp_echo(true, 7, 1).build(), Reason::PassIcmp);
-    on_every_hook("gre", eth().ipv4(POD, PEER).ip_proto(proto::GRE, &[0; 8]).build(), Reason::PassOtherL4);
+    on_every_hook(
+        "tcp syn",
+        tcp_syn().payload(b"hello").build(),
+        Reason::PassTcp,
+    );
+    on_every_hook(
+        "udp",
+        eth().ipv4(POD, PEER).udp(5353, 53).payload(b"q").build(),
+        Reason::PassUdp,
+    );
+    on_every_hook(
+        "icmp echo",
+        eth().ipv4(POD, PEER).icmp_echo(true, 7, 1).build(),
+        Reason::PassIcmp,
+    );
+    on_every_hook(
+        "gre",
+        eth().ipv4(POD, PEER).ip_proto(proto::GRE, &[0; 8]).build(),
+        Reason::PassOtherL4,
+    );
     // Ethernet padding after a short IPv4 packet is legal: total length < frame.
     let mut padded = eth().ipv4(POD, PEER).udp(1, 2).build();
     padded.resize(60, 0);
@@ -60,23 +98,50 @@ fn ipv4_transport_protocols_are_classified() {
 #[test]
 fn ip_options_move_the_transport_header() {
     let opts4 = [0x01, 0x01, 0x01, 0x00]; // NOP NOP NOP EOL
-    on_every_hook("tcp after 4 bytes of options", tcp_syn().ip_options(&opts4).build(), Reason::PassTcp);
+    on_every_hook(
+        "tcp after 4 bytes of options",
+        tcp_syn().ip_options(&opts4).build(),
+        Reason::PassTcp,
+    );
     let opts40 = [0x01; 40]; // IHL 15, the maximum
-    on_every_hook("udp after 40 bytes of options", eth().ipv4(POD, PEER).ip_options(&opts40).udp(1, 2).build(), Reason::PassUdp);
+    on_every_hook(
+        "udp after 40 bytes of options",
+        eth().ipv4(POD, PEER).ip_options(&opts40).udp(1, 2).build(),
+        Reason::PassUdp,
+    );
     // The same TCP packet cut 10 bytes into the TCP header: only a parser that honours the IHL
     // notices the transport header is incomplete (14 + 60 + 20 would fit if options were ignored).
     let mut cut = tcp_syn().ip_options(&opts40).total_len(60 + 10).build();
     cut.truncate(14 + 60 + 10);
-    on_every_hook("tcp header cut short after options", cut, Reason::DropTruncatedL4);
+    on_every_hook(
+        "tcp header cut short after options",
+        cut,
+        Reason::DropTruncatedL4,
+    );
 }
 
 #[test]
 fn fragments() {
-    let first = eth().ipv4(POD, PEER).frag(true, 0).udp(4000, 53).payload(&[7; 32]).build();
+    let first = eth()
+        .ipv4(POD, PEER)
+        .frag(true, 0)
+        .udp(4000, 53)
+        .payload(&[7; 32])
+        .build();
     on_every_hook("first fragment has ports", first, Reason::PassUdp);
-    let middle = eth().ipv4(POD, PEER).frag(true, 185).ip_proto(proto::UDP, &[1; 64]).dont_fragment(false).build();
+    let middle = eth()
+        .ipv4(POD, PEER)
+        .frag(true, 185)
+        .ip_proto(proto::UDP, &[1; 64])
+        .dont_fragment(false)
+        .build();
     on_every_hook("middle fragment", middle, Reason::PassFragment);
-    let last = eth().ipv4(POD, PEER).frag(false, 370).ip_proto(proto::TCP, &[1; 8]).dont_fragment(false).build();
+    let last = eth()
+        .ipv4(POD, PEER)
+        .frag(false, 370)
+        .ip_proto(proto::TCP, &[1; 8])
+        .dont_fragment(false)
+        .build();
     // 8 bytes of "TCP" in a non-first fragment must not be read as a header.
     on_every_hook("last fragment", last, Reason::PassFragment);
 }
@@ -87,32 +152,83 @@ fn malformed_ipv4_is_dropped_with_its_reason() {
     short.truncate(14 + 10);
     // The kernel's skb test_run refuses (EINVAL) an IPv4 frame with less than 20 bytes of IP
     // header, so this input can only be run through XDP; tc shares the same parser code.
-    on_hooks(&[Hook::XdpUplink], "ipv4 header cut at 10 bytes", short, Reason::DropTruncatedIpv4);
+    on_hooks(
+        &[Hook::XdpUplink],
+        "ipv4 header cut at 10 bytes",
+        short,
+        Reason::DropTruncatedIpv4,
+    );
     let mut opts_cut = tcp_syn().ip_options(&[0x01; 40]).build();
     opts_cut.truncate(14 + 40);
     // Total length (80) beyond the 54-byte frame is what gives this one away.
     on_every_hook("ipv4 options cut", opts_cut, Reason::DropBadIpv4);
-    on_every_hook("version 6 in an ipv4 ethertype", tcp_syn().ip_version(6).build(), Reason::DropBadIpv4);
+    on_every_hook(
+        "version 6 in an ipv4 ethertype",
+        tcp_syn().ip_version(6).build(),
+        Reason::DropBadIpv4,
+    );
     on_every_hook("ihl 4", tcp_syn().ihl(4).build(), Reason::DropBadIpv4);
-    on_every_hook("total length beyond frame", tcp_syn().total_len(1500).build(), Reason::DropBadIpv4);
-    on_every_hook("total length below header", tcp_syn().total_len(19).build(), Reason::DropBadIpv4);
+    on_every_hook(
+        "total length beyond frame",
+        tcp_syn().total_len(1500).build(),
+        Reason::DropBadIpv4,
+    );
+    on_every_hook(
+        "total length below header",
+        tcp_syn().total_len(19).build(),
+        Reason::DropBadIpv4,
+    );
     let mut tcp_cut = tcp_syn().total_len(20 + 10).build();
     tcp_cut.truncate(14 + 20 + 10);
-    on_every_hook("tcp header 10 of 20 bytes", tcp_cut, Reason::DropTruncatedL4);
+    on_every_hook(
+        "tcp header 10 of 20 bytes",
+        tcp_cut,
+        Reason::DropTruncatedL4,
+    );
     let mut udp_cut = eth().ipv4(POD, PEER).udp(1, 2).total_len(20 + 4).build();
     udp_cut.truncate(14 + 20 + 4);
     on_every_hook("udp header 4 of 8 bytes", udp_cut, Reason::DropTruncatedL4);
-    let mut icmp_cut = eth().ipv4(POD, PEER).icmp_echo(true, 1, 1).total_len(20 + 4).build();
+    let mut icmp_cut = eth()
+        .ipv4(POD, PEER)
+        .icmp_echo(true, 1, 1)
+        .total_len(20 + 4)
+        .build();
     icmp_cut.truncate(14 + 20 + 4);
-    on_every_hook("icmp header 4 of 8 bytes", icmp_cut, Reason::DropTruncatedL4);
+    on_every_hook(
+        "icmp header 4 of 8 bytes",
+        icmp_cut,
+        Reason::DropTruncatedL4,
+    );
 }
 
 #[test]
 fn vlan_tags() {
-    on_every_hook("802.1q tcp", eth().vlan(100).ipv4(POD, PEER).tcp(1, 80).build(), Reason::PassTcp);
-    on_every_hook("qinq udp", eth().qinq(10).vlan(20).ipv4(POD, PEER).udp(1, 53).build(), Reason::PassUdp);
-    on_every_hook("802.1q arp", eth().vlan(100).ethertype(ethertype::ARP).payload(&[0; 28]).build(), Reason::PassNotIpv4);
-    let three = eth().qinq(1).vlan(2).vlan(3).ipv4(POD, PEER).udp(1, 2).build();
+    on_every_hook(
+        "802.1q tcp",
+        eth().vlan(100).ipv4(POD, PEER).tcp(1, 80).build(),
+        Reason::PassTcp,
+    );
+    on_every_hook(
+        "qinq udp",
+        eth().qinq(10).vlan(20).ipv4(POD, PEER).udp(1, 53).build(),
+        Reason::PassUdp,
+    );
+    on_every_hook(
+        "802.1q arp",
+        eth()
+            .vlan(100)
+            .ethertype(ethertype::ARP)
+            .payload(&[0; 28])
+            .build(),
+        Reason::PassNotIpv4,
+    );
+    let three = eth()
+        .qinq(1)
+        .vlan(2)
+        .vlan(3)
+        .ipv4(POD, PEER)
+        .udp(1, 2)
+        .build();
     on_every_hook("three tags", three, Reason::PassTooManyVlans);
     let mut cut_tag = eth().vlan(100).ipv4(POD, PEER).udp(1, 2).build();
     cut_tag.truncate(16);
@@ -138,27 +254,54 @@ const NODE_IP: Ipv4Addr = MASQ_ADDR;
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 
 fn one_backend(ip: Ipv4Addr, port: u16) -> Vec<Backend> {
-    vec![Backend { ip, port, node_name: Some("node2".into()), ready: true, serving: true, terminating: false }]
+    vec![Backend {
+        ip,
+        port,
+        node_name: Some("node2".into()),
+        ready: true,
+        serving: true,
+        terminating: false,
+    }]
 }
 
 /// The fixture services: TCP and UDP on VIP:80/53 -> BACKEND:8080/5353; a NodePort 30080 on the
 /// node address; an empty service on VIP:81; a hairpin service whose backend is CLIENT itself.
 fn services() -> Vec<dataplane::model::ServicePort> {
-    let mut web = cluster::cluster_ip("web", SocketAddrV4::new(VIP, 80), Protocol::Tcp, one_backend(BACKEND, 8080));
+    let mut web = cluster::cluster_ip(
+        "web",
+        SocketAddrV4::new(VIP, 80),
+        Protocol::Tcp,
+        one_backend(BACKEND, 8080),
+    );
     web.external_policy = TrafficPolicy::Cluster;
     let web = cluster::with_node_port(web, &[NODE_IP], 30080);
     vec![
         web,
-        cluster::cluster_ip("dns", SocketAddrV4::new(VIP, 53), Protocol::Udp, one_backend(BACKEND, 5353)),
+        cluster::cluster_ip(
+            "dns",
+            SocketAddrV4::new(VIP, 53),
+            Protocol::Udp,
+            one_backend(BACKEND, 5353),
+        ),
         cluster::cluster_ip("empty", SocketAddrV4::new(VIP, 81), Protocol::Tcp, vec![]),
-        cluster::cluster_ip("self", SocketAddrV4::new(VIP, 82), Protocol::Tcp, one_backend(CLIENT, 8080)),
+        cluster::cluster_ip(
+            "self",
+            SocketAddrV4::new(VIP, 82),
+            Protocol::Tcp,
+            one_backend(CLIENT, 8080),
+        ),
         local_only_without_local_endpoints(),
     ]
 }
 
 /// NodePort 30081 with externalTrafficPolicy Local whose only endpoint is on another node.
 fn local_only_without_local_endpoints() -> dataplane::model::ServicePort {
-    let mut svc = cluster::cluster_ip("local", SocketAddrV4::new(VIP, 83), Protocol::Tcp, one_backend(BACKEND, 8080));
+    let mut svc = cluster::cluster_ip(
+        "local",
+        SocketAddrV4::new(VIP, 83),
+        Protocol::Tcp,
+        one_backend(BACKEND, 8080),
+    );
     svc.external_policy = TrafficPolicy::Local;
     cluster::with_node_port(svc, &[NODE_IP], 30081)
 }
@@ -179,15 +322,42 @@ fn external_traffic_policy_local_without_local_endpoints_drops_like_kube_proxy()
     // Its ClusterIP still reaches the remote endpoint (internal policy is Cluster).
     let syn = tcp(CLIENT, 45001, VIP, 83, TcpFlags::SYN).build();
     let o = h.run(Hook::TcPodIngress, &syn);
-    assert_eq!(o.stats_delta, vec![(Hook::TcPodIngress, Reason::LbNewConnection, 1, syn.len() as u64)]);
+    assert_eq!(
+        o.stats_delta,
+        vec![(
+            Hook::TcPodIngress,
+            Reason::LbNewConnection,
+            1,
+            syn.len() as u64
+        )]
+    );
 }
 
 fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: TcpFlags) -> Frame {
-    eth().ipv4(src, dst).tcp(sport, dport).flags(flags).seq(7).ack(0).payload(b"GET /")
+    eth()
+        .ipv4(src, dst)
+        .tcp(sport, dport)
+        .flags(flags)
+        .seq(7)
+        .ack(0)
+        .payload(b"GET /")
 }
 
-fn service_fixture(name: &'static str, hook: Hook, input: Vec<u8>, reason: Reason, output: Vec<u8>) -> Fixture {
-    Fixture { name, hook, input, verdict: Verdict::Pass, reason, output: Output::Exactly(output) }
+fn service_fixture(
+    name: &'static str,
+    hook: Hook,
+    input: Vec<u8>,
+    reason: Reason,
+    output: Vec<u8>,
+) -> Fixture {
+    Fixture {
+        name,
+        hook,
+        input,
+        verdict: Verdict::Pass,
+        reason,
+        output: Output::Exactly(output),
+    }
 }
 
 #[test]
@@ -197,16 +367,37 @@ fn clusterip_connection_is_dnated_tracked_and_reverse_natted() {
     // tc (kernel checksum helpers) and XDP (hand-updated checksums) must both produce frames
     // byte-identical to ones built from scratch with correct checksums. Replies are restored
     // after routing, at the egress hook toward the client.
-    for (hook, egress, sport) in [(Hook::TcPodIngress, Hook::TcPodEgress, 40001), (Hook::XdpUplink, Hook::TcUplinkEgress, 40002)] {
+    for (hook, egress, sport) in [
+        (Hook::TcPodIngress, Hook::TcPodEgress, 40001),
+        (Hook::XdpUplink, Hook::TcUplinkEgress, 40002),
+    ] {
         let syn = tcp(CLIENT, sport, VIP, 80, TcpFlags::SYN).build();
         let dnat = tcp(CLIENT, sport, BACKEND, 8080, TcpFlags::SYN).build();
-        h.check(&service_fixture("syn to clusterip", hook, syn, Reason::LbNewConnection, dnat));
+        h.check(&service_fixture(
+            "syn to clusterip",
+            hook,
+            syn,
+            Reason::LbNewConnection,
+            dnat,
+        ));
         let ack = tcp(CLIENT, sport, VIP, 80, TcpFlags::ACK).build();
         let ack_dnat = tcp(CLIENT, sport, BACKEND, 8080, TcpFlags::ACK).build();
-        h.check(&service_fixture("ack of the same connection", hook, ack, Reason::NatForward, ack_dnat));
+        h.check(&service_fixture(
+            "ack of the same connection",
+            hook,
+            ack,
+            Reason::NatForward,
+            ack_dnat,
+        ));
         let reply = tcp(BACKEND, 8080, CLIENT, sport, TcpFlags::SYN | TcpFlags::ACK).build();
         let reply_nat = tcp(VIP, 80, CLIENT, sport, TcpFlags::SYN | TcpFlags::ACK).build();
-        h.check(&service_fixture("reply from the backend", egress, reply, Reason::NatReply, reply_nat));
+        h.check(&service_fixture(
+            "reply from the backend",
+            egress,
+            reply,
+            Reason::NatReply,
+            reply_nat,
+        ));
     }
 }
 
@@ -214,19 +405,66 @@ fn clusterip_connection_is_dnated_tracked_and_reverse_natted() {
 fn udp_checksums_including_the_zero_checksum() {
     let mut h = harness();
     h.sync_services(&services());
-    for (hook, egress, sport) in [(Hook::TcPodIngress, Hook::TcPodEgress, 41001), (Hook::XdpUplink, Hook::TcUplinkEgress, 41002)] {
-        let q = eth().ipv4(CLIENT, VIP).udp(sport, 53).payload(b"query").build();
-        let want = eth().ipv4(CLIENT, BACKEND).udp(sport, 5353).payload(b"query").build();
-        h.check(&service_fixture("udp to clusterip", hook, q, Reason::LbNewConnection, want));
-        let r = eth().ipv4(BACKEND, CLIENT).udp(5353, sport).payload(b"answer").build();
-        let want = eth().ipv4(VIP, CLIENT).udp(53, sport).payload(b"answer").build();
-        h.check(&service_fixture("udp reply", egress, r, Reason::NatReply, want));
+    for (hook, egress, sport) in [
+        (Hook::TcPodIngress, Hook::TcPodEgress, 41001),
+        (Hook::XdpUplink, Hook::TcUplinkEgress, 41002),
+    ] {
+        let q = eth()
+            .ipv4(CLIENT, VIP)
+            .udp(sport, 53)
+            .payload(b"query")
+            .build();
+        let want = eth()
+            .ipv4(CLIENT, BACKEND)
+            .udp(sport, 5353)
+            .payload(b"query")
+            .build();
+        h.check(&service_fixture(
+            "udp to clusterip",
+            hook,
+            q,
+            Reason::LbNewConnection,
+            want,
+        ));
+        let r = eth()
+            .ipv4(BACKEND, CLIENT)
+            .udp(5353, sport)
+            .payload(b"answer")
+            .build();
+        let want = eth()
+            .ipv4(VIP, CLIENT)
+            .udp(53, sport)
+            .payload(b"answer")
+            .build();
+        h.check(&service_fixture(
+            "udp reply",
+            egress,
+            r,
+            Reason::NatReply,
+            want,
+        ));
     }
     for (hook, sport) in [(Hook::TcPodIngress, 41003), (Hook::XdpUplink, 41004)] {
         // Checksum 0 means "no checksum": it must stay 0, not become a wrong value.
-        let q = eth().ipv4(CLIENT, VIP).udp(sport, 53).l4_checksum(0).payload(b"nocsum").build();
-        let want = eth().ipv4(CLIENT, BACKEND).udp(sport, 5353).l4_checksum(0).payload(b"nocsum").build();
-        h.check(&service_fixture("udp without checksum", hook, q, Reason::LbNewConnection, want));
+        let q = eth()
+            .ipv4(CLIENT, VIP)
+            .udp(sport, 53)
+            .l4_checksum(0)
+            .payload(b"nocsum")
+            .build();
+        let want = eth()
+            .ipv4(CLIENT, BACKEND)
+            .udp(sport, 5353)
+            .l4_checksum(0)
+            .payload(b"nocsum")
+            .build();
+        h.check(&service_fixture(
+            "udp without checksum",
+            hook,
+            q,
+            Reason::LbNewConnection,
+            want,
+        ));
     }
 }
 
@@ -238,22 +476,66 @@ fn nodeport_is_masqueraded_after_routing_and_its_reply_restored_in_two_steps() {
     // client; with the node address as source it would drop it as a martian.
     let syn = tcp(EXTERNAL, 5555, NODE_IP, 30080, TcpFlags::SYN).build();
     let dnat = tcp(EXTERNAL, 5555, BACKEND, 8080, TcpFlags::SYN).build();
-    h.check(&service_fixture("nodeport syn", Hook::XdpUplink, syn, Reason::LbNewConnection, dnat.clone()));
+    h.check(&service_fixture(
+        "nodeport syn",
+        Hook::XdpUplink,
+        syn,
+        Reason::LbNewConnection,
+        dnat.clone(),
+    ));
     // Egress (after routing to the remote backend): SNAT to the node address and a port of the
     // masquerade range.
     let o = h.run(Hook::TcUplinkEgress, &dnat);
-    assert_eq!(o.stats_delta, vec![(Hook::TcUplinkEgress, Reason::NatForward, 1, dnat.len() as u64)]);
+    assert_eq!(
+        o.stats_delta,
+        vec![(
+            Hook::TcUplinkEgress,
+            Reason::NatForward,
+            1,
+            dnat.len() as u64
+        )]
+    );
     let out = parse(&o.output).unwrap();
     let (ip, t) = (out.ipv4().unwrap(), out.tcp().unwrap());
     assert_eq!((ip.src, ip.dst, t.dport), (NODE_IP, BACKEND, 8080));
-    assert!((1024..=32767).contains(&t.sport), "masquerade port {} from the SNAT range", t.sport);
+    assert!(
+        (1024..=32767).contains(&t.sport),
+        "masquerade port {} from the SNAT range",
+        t.sport
+    );
     assert!(ip.checksum_ok && t.checksum_ok);
     // The reply: un-SNAT at ingress, un-DNAT at egress.
-    let reply = tcp(BACKEND, 8080, NODE_IP, t.sport, TcpFlags::SYN | TcpFlags::ACK).build();
+    let reply = tcp(
+        BACKEND,
+        8080,
+        NODE_IP,
+        t.sport,
+        TcpFlags::SYN | TcpFlags::ACK,
+    )
+    .build();
     let unsnat = tcp(BACKEND, 8080, EXTERNAL, 5555, TcpFlags::SYN | TcpFlags::ACK).build();
-    h.check(&service_fixture("nodeport reply in", Hook::XdpUplink, reply, Reason::NatReply, unsnat.clone()));
-    let restored = tcp(NODE_IP, 30080, EXTERNAL, 5555, TcpFlags::SYN | TcpFlags::ACK).build();
-    h.check(&service_fixture("nodeport reply out", Hook::TcUplinkEgress, unsnat, Reason::NatReply, restored));
+    h.check(&service_fixture(
+        "nodeport reply in",
+        Hook::XdpUplink,
+        reply,
+        Reason::NatReply,
+        unsnat.clone(),
+    ));
+    let restored = tcp(
+        NODE_IP,
+        30080,
+        EXTERNAL,
+        5555,
+        TcpFlags::SYN | TcpFlags::ACK,
+    )
+    .build();
+    h.check(&service_fixture(
+        "nodeport reply out",
+        Hook::TcUplinkEgress,
+        unsnat,
+        Reason::NatReply,
+        restored,
+    ));
 }
 
 #[test]
@@ -262,11 +544,21 @@ fn hairpin_is_masqueraded() {
     h.sync_services(&services());
     let syn = tcp(CLIENT, 42001, VIP, 82, TcpFlags::SYN).build();
     let dnat = tcp(CLIENT, 42001, CLIENT, 8080, TcpFlags::SYN).build();
-    h.check(&service_fixture("hairpin syn", Hook::TcPodIngress, syn, Reason::LbNewConnection, dnat.clone()));
+    h.check(&service_fixture(
+        "hairpin syn",
+        Hook::TcPodIngress,
+        syn,
+        Reason::LbNewConnection,
+        dnat.clone(),
+    ));
     let o = h.run(Hook::TcPodEgress, &dnat);
     let out = parse(&o.output).unwrap();
     let (ip, t) = (out.ipv4().unwrap(), out.tcp().unwrap());
-    assert_eq!((ip.src, ip.dst, t.dport), (NODE_IP, CLIENT, 8080), "a pod reaching itself sees the node");
+    assert_eq!(
+        (ip.src, ip.dst, t.dport),
+        (NODE_IP, CLIENT, 8080),
+        "a pod reaching itself sees the node"
+    );
     assert!(ip.checksum_ok && t.checksum_ok);
 }
 
@@ -274,7 +566,10 @@ fn hairpin_is_masqueraded() {
 fn service_without_endpoints_answers_icmp_port_unreachable() {
     let mut h = harness();
     h.sync_services(&services());
-    for (hook, verdict) in [(Hook::XdpUplink, Verdict::Tx), (Hook::TcPodIngress, Verdict::Redirect)] {
+    for (hook, verdict) in [
+        (Hook::XdpUplink, Verdict::Tx),
+        (Hook::TcPodIngress, Verdict::Redirect),
+    ] {
         let syn = tcp(CLIENT, 43001, VIP, 81, TcpFlags::SYN).build();
         let ip_packet = &syn[14..];
         let want = Frame::eth(MAC_B, MAC_A)
@@ -301,25 +596,51 @@ fn icmp_errors_about_natted_connections_are_translated_back() {
     let q = eth().ipv4(CLIENT, VIP).udp(44001, 53).payload(b"q").build();
     assert_eq!(h.run(Hook::XdpUplink, &q).verdict, Verdict::Pass);
     // ... and the backend's port unreachable about it, quoting the translated datagram.
-    let sent = eth().ipv4(CLIENT, BACKEND).udp(44001, 5353).payload(b"q").build();
-    let err = eth().ipv4(BACKEND, CLIENT).icmp_error(3, 3, 0, icmp_quote(&sent[14..])).build();
+    let sent = eth()
+        .ipv4(CLIENT, BACKEND)
+        .udp(44001, 5353)
+        .payload(b"q")
+        .build();
+    let err = eth()
+        .ipv4(BACKEND, CLIENT)
+        .icmp_error(3, 3, 0, icmp_quote(&sent[14..]))
+        .build();
     // Before routing the error is left alone (the connection's reply entry is an egress one) ...
     for hook in [Hook::XdpUplink, Hook::TcPodIngress] {
         let o = h.run(hook, &err);
-        assert_eq!(o.stats_delta, vec![(hook, Reason::PassIcmp, 1, err.len() as u64)], "{}", hook.name());
+        assert_eq!(
+            o.stats_delta,
+            vec![(hook, Reason::PassIcmp, 1, err.len() as u64)],
+            "{}",
+            hook.name()
+        );
         assert_eq!(o.output, err);
     }
     // ... and translated on its way out to the client, whichever device that is.
     for hook in [Hook::TcPodEgress, Hook::TcUplinkEgress] {
         let o = h.run(hook, &err);
         assert_eq!(o.verdict, Verdict::Pass);
-        assert_eq!(o.stats_delta, vec![(hook, Reason::IcmpErrorTranslated, 1, err.len() as u64)], "{}", hook.name());
+        assert_eq!(
+            o.stats_delta,
+            vec![(hook, Reason::IcmpErrorTranslated, 1, err.len() as u64)],
+            "{}",
+            hook.name()
+        );
         let out = parse(&o.output).unwrap();
         let ip = out.ipv4().unwrap();
-        assert_eq!((ip.src, ip.dst), (VIP, CLIENT), "the error comes from the service");
+        assert_eq!(
+            (ip.src, ip.dst),
+            (VIP, CLIENT),
+            "the error comes from the service"
+        );
         let icmp = out.icmp().unwrap();
-        assert!(ip.checksum_ok && icmp.checksum_ok, "outer and ICMP checksums");
-        let IcmpKind::Error(Some(quoted)) = &icmp.kind else { panic!("no quote: {icmp:?}") };
+        assert!(
+            ip.checksum_ok && icmp.checksum_ok,
+            "outer and ICMP checksums"
+        );
+        let IcmpKind::Error(Some(quoted)) = &icmp.kind else {
+            panic!("no quote: {icmp:?}")
+        };
         assert_eq!((quoted.src, quoted.dst), (CLIENT, VIP));
         assert_eq!((quoted.sport, quoted.dport), (Some(44001), Some(53)));
         assert!(quoted.checksum_ok, "quoted IP header checksum");
@@ -392,7 +713,10 @@ mod overlay {
         }
         configure(h, mode);
         // The maps only: no kernel routes from a fixture.
-        OverlayTable::from_ebpf(&h.datapath.ebpf).unwrap().sync_maps(&nodes(), "node1").unwrap();
+        OverlayTable::from_ebpf(&h.datapath.ebpf)
+            .unwrap()
+            .sync_maps(&nodes(), "node1")
+            .unwrap();
         let reset = Reset(h);
         f(reset.0)
     }
@@ -408,23 +732,51 @@ mod overlay {
         let map = h.datapath.ebpf.map_mut(map_names::OVERLAY_IPID).unwrap();
         let mut ids: PerCpuArray<_, u32> = PerCpuArray::try_from(map).unwrap();
         let cpus = aya::util::nr_cpus().unwrap();
-        ids.set(0, PerCpuValues::try_from(vec![IPID; cpus]).unwrap(), 0).unwrap();
+        ids.set(0, PerCpuValues::try_from(vec![IPID; cpus]).unwrap(), 0)
+            .unwrap();
     }
 
     /// A lab node whose uplink has node1's MAC and address and knows node2's MAC: tc fixtures
     /// run on a thread in its namespace, on its eth0 (FIB lookups need a real device).
     fn underlay() -> Lab {
-        let lab = Lab::build(&LabSpec { nodes: 1, pods_per_node: 0, external_client: false, ..Default::default() }).unwrap();
+        let lab = Lab::build(&LabSpec {
+            nodes: 1,
+            pods_per_node: 0,
+            external_client: false,
+            ..Default::default()
+        })
+        .unwrap();
         let ns = lab.node(0).ns.clone();
-        let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        let mac = |m: [u8; 6]| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
         netns::ip(&ns, &["link", "set", "eth0", "address", &mac(NODE1_MAC)]).unwrap();
-        netns::ip(&ns, &["neigh", "replace", &NODE2.to_string(), "lladdr", &mac(NODE2_MAC), "dev", "eth0", "nud", "permanent"]).unwrap();
+        netns::ip(
+            &ns,
+            &[
+                "neigh",
+                "replace",
+                &NODE2.to_string(),
+                "lladdr",
+                &mac(NODE2_MAC),
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        )
+        .unwrap();
         lab
     }
 
     /// `struct __sk_buff` up to `ifindex` (offset 40), the only field set.
     fn skb_on(ns: &str) -> Vec<u8> {
-        let ifindex = netns::in_netns(ns, || dataplane::overlay::netdev::index("eth0")).unwrap().unwrap();
+        let ifindex = netns::in_netns(ns, || dataplane::overlay::netdev::index("eth0"))
+            .unwrap()
+            .unwrap();
         let mut ctx = vec![0u8; 44];
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         ctx
@@ -437,7 +789,9 @@ mod overlay {
         let ctx = skb_on(ns);
         netns::in_netns(ns, move || {
             let mut h = harness();
-            with_overlay(&mut h, mode, |h| h.run_ctx(Hook::TcUplinkEgress, &input, Some(&ctx)))
+            with_overlay(&mut h, mode, |h| {
+                h.run_ctx(Hook::TcUplinkEgress, &input, Some(&ctx))
+            })
         })
         .unwrap()
     }
@@ -465,7 +819,10 @@ mod overlay {
     }
 
     fn counted(hook: Hook, pairs: &[(Reason, usize)]) -> Vec<(Hook, Reason, u64, u64)> {
-        pairs.iter().map(|&(r, len)| (hook, r, 1, len as u64)).collect()
+        pairs
+            .iter()
+            .map(|&(r, len)| (hook, r, 1, len as u64))
+            .collect()
     }
 
     #[test]
@@ -474,8 +831,21 @@ mod overlay {
         let ns = lab.node(0).ns.clone();
         let input = forwarded_ping(PEER, 0xb9, true, 56).build();
         let out = egress(&ns, MODE_VXLAN, input.clone());
-        assert_eq!(out.verdict, Verdict::Pass, "the neighbour is known: straight out of eth0");
-        assert_eq!(out.stats_delta, counted(Hook::TcUplinkEgress, &[(Reason::PassIcmp, input.len()), (Reason::OverlayEncap, input.len())]));
+        assert_eq!(
+            out.verdict,
+            Verdict::Pass,
+            "the neighbour is known: straight out of eth0"
+        );
+        assert_eq!(
+            out.stats_delta,
+            counted(
+                Hook::TcUplinkEgress,
+                &[
+                    (Reason::PassIcmp, input.len()),
+                    (Reason::OverlayEncap, input.len())
+                ]
+            )
+        );
         let sport = sport_of(&out.output);
         assert!((32768..60999).contains(&sport), "{sport}");
         let mut inner = input.clone();
@@ -496,23 +866,44 @@ mod overlay {
         let udp = parse(&out.output).unwrap().udp().unwrap().clone();
         assert!(udp.checksum != 0 && udp.checksum_ok, "{udp:?}");
         // The same flow always gets the same source port (the flow hash); others spread.
-        assert_eq!(sport_of(&egress(&ns, MODE_VXLAN, input.clone()).output), sport);
+        assert_eq!(
+            sport_of(&egress(&ns, MODE_VXLAN, input.clone()).output),
+            sport
+        );
         let ports: std::collections::BTreeSet<u16> = (0..8u16)
             .map(|i| {
-                let f = Frame::eth(NODE1_MAC, NEXTHOP).ipv4(POD, PEER).udp(40000 + i, 53).payload(b"q").build();
+                let f = Frame::eth(NODE1_MAC, NEXTHOP)
+                    .ipv4(POD, PEER)
+                    .udp(40000 + i, 53)
+                    .payload(b"q")
+                    .build();
                 sport_of(&egress(&ns, MODE_VXLAN, f).output)
             })
             .collect();
-        assert!(ports.len() >= 6, "flows spread over source ports: {ports:?}");
+        assert!(
+            ports.len() >= 6,
+            "flows spread over source ports: {ports:?}"
+        );
         // A UDP datagram without checksum: the outer checksum cannot lean on it and is 0.
-        let f = Frame::eth(NODE1_MAC, NEXTHOP).ipv4(POD, PEER).udp(40000, 53).l4_checksum(0).payload(b"q").build();
+        let f = Frame::eth(NODE1_MAC, NEXTHOP)
+            .ipv4(POD, PEER)
+            .udp(40000, 53)
+            .l4_checksum(0)
+            .payload(b"q")
+            .build();
         let out = egress(&ns, MODE_VXLAN, f);
         assert_eq!(parse(&out.output).unwrap().udp().unwrap().checksum, 0);
         // TCP: the LCO checksum is right.
-        let f = Frame::eth(NODE1_MAC, NEXTHOP).ipv4(POD, PEER).tcp(40000, 80).payload(&[7; 333]).build();
+        let f = Frame::eth(NODE1_MAC, NEXTHOP)
+            .ipv4(POD, PEER)
+            .tcp(40000, 80)
+            .payload(&[7; 333])
+            .build();
         let out = egress(&ns, MODE_VXLAN, f);
         let p = parse(&out.output).unwrap();
-        assert!(p.udp().unwrap().checksum_ok && p.decap_vxlan().unwrap().1.tcp().unwrap().checksum_ok);
+        assert!(
+            p.udp().unwrap().checksum_ok && p.decap_vxlan().unwrap().1.tcp().unwrap().checksum_ok
+        );
     }
 
     #[test]
@@ -523,7 +914,16 @@ mod overlay {
             let input = forwarded_ping(PEER, tos, df, 56).build();
             let out = egress(&ns, MODE_IPIP, input.clone());
             assert_eq!(out.verdict, Verdict::Pass);
-            assert_eq!(out.stats_delta, counted(Hook::TcUplinkEgress, &[(Reason::PassIcmp, input.len()), (Reason::OverlayEncap, input.len())]));
+            assert_eq!(
+                out.stats_delta,
+                counted(
+                    Hook::TcUplinkEgress,
+                    &[
+                        (Reason::PassIcmp, input.len()),
+                        (Reason::OverlayEncap, input.len())
+                    ]
+                )
+            );
             // tunl0: TTL and DF of the inner packet, TOS = inner ECN (CE -> ECT(0)), fresh ID.
             let want = Frame::eth(NODE1_MAC, NODE2_MAC)
                 .ipv4(NODE1, NODE2)
@@ -541,11 +941,22 @@ mod overlay {
     fn encapsulation_leaves_local_and_foreign_destinations_alone() {
         let lab = underlay();
         let ns = lab.node(0).ns.clone();
-        for (mode, dst) in [(MODE_VXLAN, Ipv4Addr::new(10, 244, 1, 5)), (MODE_VXLAN, Ipv4Addr::new(192, 0, 2, 1)), (MODE_NONE, PEER)] {
+        for (mode, dst) in [
+            (MODE_VXLAN, Ipv4Addr::new(10, 244, 1, 5)),
+            (MODE_VXLAN, Ipv4Addr::new(192, 0, 2, 1)),
+            (MODE_NONE, PEER),
+        ] {
             let input = forwarded_ping(dst, 0, true, 56).build();
             let out = egress(&ns, mode, input.clone());
-            assert_eq!((out.verdict, &out.output), (Verdict::Pass, &input), "{dst} in mode {mode}");
-            assert_eq!(out.stats_delta, counted(Hook::TcUplinkEgress, &[(Reason::PassIcmp, input.len())]));
+            assert_eq!(
+                (out.verdict, &out.output),
+                (Verdict::Pass, &input),
+                "{dst} in mode {mode}"
+            );
+            assert_eq!(
+                out.stats_delta,
+                counted(Hook::TcUplinkEgress, &[(Reason::PassIcmp, input.len())])
+            );
         }
     }
 
@@ -558,7 +969,16 @@ mod overlay {
         let input = forwarded_ping(PEER, 0, true, 1480 - 28).build();
         let out = egress(&ns, MODE_VXLAN, input.clone());
         assert_eq!(out.verdict, Verdict::Drop);
-        assert_eq!(out.stats_delta, counted(Hook::TcUplinkEgress, &[(Reason::PassIcmp, input.len()), (Reason::DropOverlayTooBig, input.len())]));
+        assert_eq!(
+            out.stats_delta,
+            counted(
+                Hook::TcUplinkEgress,
+                &[
+                    (Reason::PassIcmp, input.len()),
+                    (Reason::DropOverlayTooBig, input.len())
+                ]
+            )
+        );
         // 1450 bytes fit exactly.
         let input = forwarded_ping(PEER, 0, true, 1450 - 28).build();
         assert_eq!(egress(&ns, MODE_VXLAN, input).verdict, Verdict::Pass);
@@ -566,9 +986,25 @@ mod overlay {
         let input = forwarded_ping(FAR, 0, true, 56).build();
         let out = egress(&ns, MODE_IPIP, input.clone());
         assert_eq!(out.verdict, Verdict::Redirect);
-        assert_eq!(out.stats_delta, counted(Hook::TcUplinkEgress, &[(Reason::PassIcmp, input.len()), (Reason::OverlayEncap, input.len())]));
+        assert_eq!(
+            out.stats_delta,
+            counted(
+                Hook::TcUplinkEgress,
+                &[
+                    (Reason::PassIcmp, input.len()),
+                    (Reason::OverlayEncap, input.len())
+                ]
+            )
+        );
         let p = parse(&out.output).unwrap();
-        assert_eq!((p.ipv4().unwrap().src, p.ipv4().unwrap().dst, p.ipv4().unwrap().protocol), (NODE1, NODE3, 4));
+        assert_eq!(
+            (
+                p.ipv4().unwrap().src,
+                p.ipv4().unwrap().dst,
+                p.ipv4().unwrap().protocol
+            ),
+            (NODE1, NODE3, 4)
+        );
     }
 
     /// A tunnel packet from `src` to `dst` around `inner` (an Ethernet frame for VXLAN, the IP
@@ -576,14 +1012,22 @@ mod overlay {
     fn tunnel(mode: u32, src: Ipv4Addr, dst: Ipv4Addr, vni: u32, inner: &[u8]) -> Vec<u8> {
         let outer = Frame::eth(NODE2_MAC, NODE1_MAC).ipv4(src, dst);
         if mode == MODE_VXLAN {
-            outer.udp(45000, 8472).payload(&packet::vxlan(vni, inner)).build()
+            outer
+                .udp(45000, 8472)
+                .payload(&packet::vxlan(vni, inner))
+                .build()
         } else {
             outer.ip_proto(packet::proto::IPIP, &inner[14..]).build()
         }
     }
 
     fn reply() -> Vec<u8> {
-        Frame::eth(VTEP2, NODE1_MAC).ipv4(PEER, POD).ttl(63).icmp_echo(false, 0x77, 1).payload(&[0x5a; 56]).build()
+        Frame::eth(VTEP2, NODE1_MAC)
+            .ipv4(PEER, POD)
+            .ttl(63)
+            .icmp_echo(false, 0x77, 1)
+            .payload(&[0x5a; 56])
+            .build()
     }
 
     #[test]
@@ -600,7 +1044,10 @@ mod overlay {
             assert_frames_eq(&out.output, &want);
             assert_eq!(
                 out.stats_delta,
-                vec![(Hook::XdpUplink, Reason::PassIcmp, 1, want.len() as u64), (Hook::XdpUplink, Reason::OverlayDecap, 1, input.len() as u64)],
+                vec![
+                    (Hook::XdpUplink, Reason::PassIcmp, 1, want.len() as u64),
+                    (Hook::XdpUplink, Reason::OverlayDecap, 1, input.len() as u64)
+                ],
                 "mode {mode}"
             );
         }
@@ -609,41 +1056,158 @@ mod overlay {
     #[test]
     fn decapsulation_refuses_what_is_not_for_this_node() {
         let inner = reply();
-        let arp = Frame::eth(VTEP2, [0xff; 6]).ethertype(packet::ethertype::ARP).payload(&[0; 28]).build();
-        let relay = Frame::eth(VTEP2, NODE1_MAC).ipv4(PEER, Ipv4Addr::new(192, 0, 2, 1)).icmp_echo(true, 1, 1).build();
+        let arp = Frame::eth(VTEP2, [0xff; 6])
+            .ethertype(packet::ethertype::ARP)
+            .payload(&[0; 28])
+            .build();
+        let relay = Frame::eth(VTEP2, NODE1_MAC)
+            .ipv4(PEER, Ipv4Addr::new(192, 0, 2, 1))
+            .icmp_echo(true, 1, 1)
+            .build();
         let stranger = Ipv4Addr::new(198, 18, 0, 100);
         let mut no_i_flag = tunnel(MODE_VXLAN, NODE2, NODE1, 1, &inner);
         no_i_flag[42] = 0;
-        let frag = Frame::eth(NODE2_MAC, NODE1_MAC).ipv4(NODE2, NODE1).frag(true, 0).dont_fragment(false).udp(45000, 8472).payload(&packet::vxlan(1, &inner)).build();
+        let frag = Frame::eth(NODE2_MAC, NODE1_MAC)
+            .ipv4(NODE2, NODE1)
+            .frag(true, 0)
+            .dont_fragment(false)
+            .udp(45000, 8472)
+            .payload(&packet::vxlan(1, &inner))
+            .build();
         let cases: Vec<(&str, u32, Vec<u8>, Reason)> = vec![
-            ("vxlan from an unknown address", MODE_VXLAN, tunnel(MODE_VXLAN, stranger, NODE1, 1, &inner), Reason::DropOverlayUnknownPeer),
-            ("ipip from an unknown address", MODE_IPIP, tunnel(MODE_IPIP, stranger, NODE1, 1, &inner), Reason::DropOverlayUnknownPeer),
-            ("vxlan to another address", MODE_VXLAN, tunnel(MODE_VXLAN, NODE2, Ipv4Addr::new(198, 18, 0, 99), 1, &inner), Reason::DropOverlayNotLocal),
-            ("ipip to another address", MODE_IPIP, tunnel(MODE_IPIP, NODE2, NODE3, 1, &inner), Reason::DropOverlayNotLocal),
-            ("vxlan relay", MODE_VXLAN, tunnel(MODE_VXLAN, NODE2, NODE1, 1, &relay), Reason::DropOverlayNotLocal),
-            ("ipip relay", MODE_IPIP, tunnel(MODE_IPIP, NODE2, NODE1, 1, &relay), Reason::DropOverlayNotLocal),
-            ("inner packet for another node", MODE_VXLAN, tunnel(MODE_VXLAN, NODE2, NODE1, 1, &Frame::eth(VTEP2, NODE1_MAC).ipv4(PEER, FAR).icmp_echo(true, 1, 1).build()), Reason::DropOverlayNotLocal),
-            ("wrong VNI", MODE_VXLAN, tunnel(MODE_VXLAN, NODE2, NODE1, 2, &inner), Reason::DropOverlayMalformed),
-            ("VXLAN flags without I", MODE_VXLAN, no_i_flag, Reason::DropOverlayMalformed),
-            ("inner ARP", MODE_VXLAN, tunnel(MODE_VXLAN, NODE2, NODE1, 1, &arp), Reason::DropOverlayMalformed),
-            ("outer fragment", MODE_VXLAN, frag, Reason::DropOverlayMalformed),
-            ("truncated inner frame", MODE_VXLAN, tunnel(MODE_VXLAN, NODE2, NODE1, 1, &inner[..30]), Reason::DropOverlayMalformed),
+            (
+                "vxlan from an unknown address",
+                MODE_VXLAN,
+                tunnel(MODE_VXLAN, stranger, NODE1, 1, &inner),
+                Reason::DropOverlayUnknownPeer,
+            ),
+            (
+                "ipip from an unknown address",
+                MODE_IPIP,
+                tunnel(MODE_IPIP, stranger, NODE1, 1, &inner),
+                Reason::DropOverlayUnknownPeer,
+            ),
+            (
+                "vxlan to another address",
+                MODE_VXLAN,
+                tunnel(MODE_VXLAN, NODE2, Ipv4Addr::new(198, 18, 0, 99), 1, &inner),
+                Reason::DropOverlayNotLocal,
+            ),
+            (
+                "ipip to another address",
+                MODE_IPIP,
+                tunnel(MODE_IPIP, NODE2, NODE3, 1, &inner),
+                Reason::DropOverlayNotLocal,
+            ),
+            (
+                "vxlan relay",
+                MODE_VXLAN,
+                tunnel(MODE_VXLAN, NODE2, NODE1, 1, &relay),
+                Reason::DropOverlayNotLocal,
+            ),
+            (
+                "ipip relay",
+                MODE_IPIP,
+                tunnel(MODE_IPIP, NODE2, NODE1, 1, &relay),
+                Reason::DropOverlayNotLocal,
+            ),
+            (
+                "inner packet for another node",
+                MODE_VXLAN,
+                tunnel(
+                    MODE_VXLAN,
+                    NODE2,
+                    NODE1,
+                    1,
+                    &Frame::eth(VTEP2, NODE1_MAC)
+                        .ipv4(PEER, FAR)
+                        .icmp_echo(true, 1, 1)
+                        .build(),
+                ),
+                Reason::DropOverlayNotLocal,
+            ),
+            (
+                "wrong VNI",
+                MODE_VXLAN,
+                tunnel(MODE_VXLAN, NODE2, NODE1, 2, &inner),
+                Reason::DropOverlayMalformed,
+            ),
+            (
+                "VXLAN flags without I",
+                MODE_VXLAN,
+                no_i_flag,
+                Reason::DropOverlayMalformed,
+            ),
+            (
+                "inner ARP",
+                MODE_VXLAN,
+                tunnel(MODE_VXLAN, NODE2, NODE1, 1, &arp),
+                Reason::DropOverlayMalformed,
+            ),
+            (
+                "outer fragment",
+                MODE_VXLAN,
+                frag,
+                Reason::DropOverlayMalformed,
+            ),
+            (
+                "truncated inner frame",
+                MODE_VXLAN,
+                tunnel(MODE_VXLAN, NODE2, NODE1, 1, &inner[..30]),
+                Reason::DropOverlayMalformed,
+            ),
         ];
         for (name, mode, input, reason) in cases {
             let out = xdp(mode, &input);
             assert_eq!(out.verdict, Verdict::Drop, "{name}");
-            assert_eq!(out.stats_delta, vec![(Hook::XdpUplink, reason, 1, input.len() as u64)], "{name}");
+            assert_eq!(
+                out.stats_delta,
+                vec![(Hook::XdpUplink, reason, 1, input.len() as u64)],
+                "{name}"
+            );
         }
         // Not tunnel traffic of the configured mode: left to the service pipeline and the kernel.
         for (name, mode, input, reason) in [
-            ("vxlan while in ipip mode", MODE_IPIP, tunnel(MODE_VXLAN, NODE2, NODE1, 1, &inner), Reason::PassUdp),
-            ("ipip while in vxlan mode", MODE_VXLAN, tunnel(MODE_IPIP, NODE2, NODE1, 1, &inner), Reason::PassOtherL4),
-            ("vxlan without an overlay", MODE_NONE, tunnel(MODE_VXLAN, stranger, NODE1, 1, &inner), Reason::PassUdp),
-            ("another UDP port", MODE_VXLAN, Frame::eth(NODE2_MAC, NODE1_MAC).ipv4(stranger, NODE1).udp(45000, 4789).payload(&packet::vxlan(1, &inner)).build(), Reason::PassUdp),
+            (
+                "vxlan while in ipip mode",
+                MODE_IPIP,
+                tunnel(MODE_VXLAN, NODE2, NODE1, 1, &inner),
+                Reason::PassUdp,
+            ),
+            (
+                "ipip while in vxlan mode",
+                MODE_VXLAN,
+                tunnel(MODE_IPIP, NODE2, NODE1, 1, &inner),
+                Reason::PassOtherL4,
+            ),
+            (
+                "vxlan without an overlay",
+                MODE_NONE,
+                tunnel(MODE_VXLAN, stranger, NODE1, 1, &inner),
+                Reason::PassUdp,
+            ),
+            (
+                "another UDP port",
+                MODE_VXLAN,
+                Frame::eth(NODE2_MAC, NODE1_MAC)
+                    .ipv4(stranger, NODE1)
+                    .udp(45000, 4789)
+                    .payload(&packet::vxlan(1, &inner))
+                    .build(),
+                Reason::PassUdp,
+            ),
         ] {
             let out = xdp(mode, &input);
-            assert_eq!((out.verdict, &out.output), (Verdict::Pass, &input), "{name}");
-            assert_eq!(out.stats_delta, vec![(Hook::XdpUplink, reason, 1, input.len() as u64)], "{name}");
+            assert_eq!(
+                (out.verdict, &out.output),
+                (Verdict::Pass, &input),
+                "{name}"
+            );
+            assert_eq!(
+                out.stats_delta,
+                vec![(Hook::XdpUplink, reason, 1, input.len() as u64)],
+                "{name}"
+            );
         }
     }
 

@@ -97,7 +97,10 @@ impl FakeApi {
             addr: listener.local_addr().unwrap(),
             state: Arc::new(Mutex::new(ApiState {
                 rv: 1000,
-                objects: RESOURCES.iter().map(|(_, _, kind)| (*kind, BTreeMap::new())).collect(),
+                objects: RESOURCES
+                    .iter()
+                    .map(|(_, _, kind)| (*kind, BTreeMap::new()))
+                    .collect(),
                 history: Vec::new(),
                 compacted: 0,
                 gone_style: GoneStyle::Event,
@@ -157,18 +160,33 @@ impl FakeApi {
             .collect();
         {
             let mut state = self.lock();
-            state.requests.push(format!("{} {}", req.method(), req.uri()));
+            state
+                .requests
+                .push(format!("{} {}", req.method(), req.uri()));
             if let Some(auth) = req.headers().get("authorization") {
-                state.authorization.push(auth.to_str().unwrap_or("").to_owned());
+                state
+                    .authorization
+                    .push(auth.to_str().unwrap_or("").to_owned());
             }
         }
         let Some(&(_, api_version, kind)) = RESOURCES.iter().find(|(p, _, _)| *p == path) else {
-            return status(StatusCode::NOT_FOUND, "NotFound", &format!("no resource at {path}"));
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("no resource at {path}"),
+            );
         };
-        let selector = Selector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""));
+        let selector =
+            Selector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""));
         if query.get("watch").map(String::as_str) == Some("true") {
-            let rv = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
-            let timeout = query.get("timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(300);
+            let rv = query
+                .get("resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let timeout = query
+                .get("timeoutSeconds")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(300);
             self.watch(kind, rv, selector, Duration::from_secs(timeout))
         } else {
             self.list(api_version, kind, &selector)
@@ -176,7 +194,12 @@ impl FakeApi {
     }
 
     /// A list as the API returns it: items without apiVersion/kind.
-    fn list(&self, api_version: &str, kind: &'static str, selector: &Selector) -> Response<BoxBody<Bytes, Infallible>> {
+    fn list(
+        &self,
+        api_version: &str,
+        kind: &'static str,
+        selector: &Selector,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
         let state = self.lock();
         let items: Vec<Value> = state.objects[kind]
             .values()
@@ -285,7 +308,11 @@ impl FakeApi {
         } else {
             "ADDED"
         };
-        state.objects.get_mut(kind).unwrap().insert(key, object.clone());
+        state
+            .objects
+            .get_mut(kind)
+            .unwrap()
+            .insert(key, object.clone());
         state.history.push(Change {
             rv,
             kind,
@@ -351,7 +378,11 @@ impl FakeApi {
     }
 
     fn count(&self, prefix: &str) -> usize {
-        self.lock().requests.iter().filter(|r| r.starts_with(prefix)).count()
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.starts_with(prefix))
+            .count()
     }
 
     fn lists(&self, path: &str) -> usize {
@@ -488,13 +519,13 @@ impl Selector {
 
     fn matches(&self, object: &Value) -> bool {
         let labels = &object["metadata"]["labels"];
-        self.0
-            .iter()
-            .all(|(present, key, value)| match (&labels[key.as_str()], value) {
+        self.0.iter().all(
+            |(present, key, value)| match (&labels[key.as_str()], value) {
                 (Value::Null, _) => !present,
                 (found, Some(value)) => *present && found.as_str() == Some(value.as_str()),
                 (_, None) => *present,
-            })
+            },
+        )
     }
 }
 
@@ -530,9 +561,15 @@ async fn harness(yaml: &str) -> Harness {
     let source = Source::Kubernetes {
         kubeconfig: Some(api.kubeconfig(&dir)),
     };
-    let mut rx = k8s::start_with_stats(source, local(), stats.clone()).await.unwrap();
+    let mut rx = k8s::start_with_stats(source, local(), stats.clone())
+        .await
+        .unwrap();
     let first = wait_for(&mut rx, 10, "the first state", |_| true).await;
-    assert_eq!(*first, expected(yaml), "the first state is the complete initial list");
+    assert_eq!(
+        *first,
+        expected(yaml),
+        "the first state is the complete initial list"
+    );
     Harness {
         api,
         rx,
@@ -569,13 +606,18 @@ async fn initial_list_then_watch_events() {
         .requests
         .iter()
         .any(|r| r.starts_with("GET /api/v1/services?") && r.contains("labelSelector=")));
-    assert!(api.lock().authorization.iter().all(|a| a == "Bearer fake-token"));
+    assert!(api
+        .lock()
+        .authorization
+        .iter()
+        .all(|a| a == "Bearer fake-token"));
     assert!(!api.lock().authorization.is_empty());
 
     // MODIFIED: one more endpoint.
     api.apply(slice_with_endpoint(&api, "10.244.0.9"));
     wait_for(&mut rx, 10, "the new endpoint", |s| {
-        backend_ips(s, "test001", "app-svc-clusterip").is_some_and(|ips| ips.contains(&"10.244.0.9".to_owned()))
+        backend_ips(s, "test001", "app-svc-clusterip")
+            .is_some_and(|ips| ips.contains(&"10.244.0.9".to_owned()))
     })
     .await;
 
@@ -616,11 +658,15 @@ endpoints: [{addresses: [10.244.1.88]}]
     // A node joins.
     let mut node = api.get("Node", "k8s-3");
     node["metadata"]["name"] = json!("k8s-4");
-    node["metadata"]["annotations"]["flannel.alpha.coreos.com/public-ip"] = json!("192.168.100.104");
+    node["metadata"]["annotations"]["flannel.alpha.coreos.com/public-ip"] =
+        json!("192.168.100.104");
     node["spec"] = json!({"podCIDR": "10.244.3.0/24", "podCIDRs": ["10.244.3.0/24"]});
     api.apply(node);
     let state = wait_for(&mut rx, 10, "k8s-4", |s| s.nodes.len() == 4).await;
-    assert_eq!(state.nodes[3].pod_cidrs, [("10.244.3.0".parse().unwrap(), 24)]);
+    assert_eq!(
+        state.nodes[3].pod_cidrs,
+        [("10.244.3.0".parse().unwrap(), 24)]
+    );
 
     let s = stats.snapshot();
     assert_eq!((s.services, s.endpoint_slices, s.nodes), (2, 3, 4), "{s:?}");
@@ -644,7 +690,10 @@ async fn watch_expiry_as_an_error_event_relists() {
         backend_ips(s, "test001", "app-svc-nodeport").is_none()
     })
     .await;
-    assert!(api.lists("/api/v1/services") > lists, "services were relisted");
+    assert!(
+        api.lists("/api/v1/services") > lists,
+        "services were relisted"
+    );
     assert!(stats.snapshot().errors >= 1, "the 410 was counted");
     // And the new watch works.
     api.apply(slice_with_endpoint(&api, "10.244.0.10"));
@@ -656,7 +705,9 @@ async fn watch_expiry_as_an_error_event_relists() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_expiry_as_http_410_relists() {
-    let Harness { api, mut rx, _dir, .. } = harness(SEED).await;
+    let Harness {
+        api, mut rx, _dir, ..
+    } = harness(SEED).await;
     api.lock().gone_style = GoneStyle::Http;
     let lists = api.lists("/api/v1/services");
     api.delete_silently("Service", "test001/app-svc-clusterip");
@@ -666,13 +717,18 @@ async fn watch_expiry_as_http_410_relists() {
         backend_ips(s, "test001", "app-svc-clusterip").is_none()
     })
     .await;
-    assert!(api.lists("/api/v1/services") > lists, "services were relisted");
+    assert!(
+        api.lists("/api/v1/services") > lists,
+        "services were relisted"
+    );
     assert!(api.lock().requests.iter().any(|r| r.contains("watch=true")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_watches_resume_from_their_resource_version() {
-    let Harness { api, mut rx, _dir, .. } = harness(SEED).await;
+    let Harness {
+        api, mut rx, _dir, ..
+    } = harness(SEED).await;
     let lists = api.lists("/api/v1/services");
     api.disconnect();
     // Changed while the watches were being re-established: replayed from history.
@@ -704,7 +760,10 @@ async fn api_server_down_then_back_reconnects_with_backoff() {
     println!("{refused} connection attempts in 4 s of outage");
     // Three watchers retrying with backoff (0.8 s doubling, jittered) make a handful of
     // attempts in 4 s; without backoff it would be thousands.
-    assert!((3..=30).contains(&refused), "{refused} connection attempts while down");
+    assert!(
+        (3..=30).contains(&refused),
+        "{refused} connection attempts while down"
+    );
     assert!(stats.snapshot().errors >= 3);
     // The datapath keeps its last good state meanwhile.
     assert!(backend_ips(&rx.borrow(), "test001", "app-svc-nodeport").is_some());
@@ -727,7 +786,9 @@ async fn nothing_is_published_until_every_initial_list_is_done() {
         kubeconfig: Some(api.kubeconfig(&dir)),
     };
     // An unreachable API server is not a startup error.
-    let mut rx = within(10, "start", k8s::start(source, local())).await.unwrap();
+    let mut rx = within(10, "start", k8s::start(source, local()))
+        .await
+        .unwrap();
     assert_quiet(&mut rx, 2, "no state before the lists").await;
     api.set_down(false);
     let first = wait_for(&mut rx, 40, "the first state", |_| true).await;
@@ -739,8 +800,13 @@ async fn a_bad_kubeconfig_is_a_startup_error() {
     let dir = TempDir::new("kubeconfig-bad");
     let path = dir.path().join("kubeconfig");
     std::fs::write(&path, "clusters: [this is not a kubeconfig").unwrap();
-    let error = k8s::start(Source::Kubernetes { kubeconfig: Some(path) }, local())
-        .await
-        .unwrap_err();
+    let error = k8s::start(
+        Source::Kubernetes {
+            kubeconfig: Some(path),
+        },
+        local(),
+    )
+    .await
+    .unwrap_err();
     assert!(format!("{error:#}").contains("kubeconfig"), "{error:#}");
 }

@@ -134,12 +134,19 @@ fn rbac_grants_exactly_get_list_watch_on_the_watched_resources() {
     );
     assert_eq!(
         WATCHED,
-        [("", "services"), ("discovery.k8s.io", "endpointslices"), ("", "nodes")]
+        [
+            ("", "services"),
+            ("discovery.k8s.io", "endpointslices"),
+            ("", "nodes")
+        ]
     );
 
     let binding: ClusterRoleBinding = one("rbac.yaml", "ClusterRoleBinding");
     assert_eq!(
-        (binding.role_ref.kind.as_str(), Some(binding.role_ref.name.as_str())),
+        (
+            binding.role_ref.kind.as_str(),
+            Some(binding.role_ref.name.as_str())
+        ),
         ("ClusterRole", role.metadata.name.as_deref())
     );
     let account: ServiceAccount = one("rbac.yaml", "ServiceAccount");
@@ -163,7 +170,10 @@ fn daemonset_runs_on_the_host_network_with_the_node_name() {
     // --node-name $(NODE_NAME), NODE_NAME from the downward API.
     assert_eq!(flag_value(&ds, "--node-name"), "$(NODE_NAME)");
     let env = c.env.unwrap_or_default();
-    let node_name = env.iter().find(|e| e.name == "NODE_NAME").expect("NODE_NAME env");
+    let node_name = env
+        .iter()
+        .find(|e| e.name == "NODE_NAME")
+        .expect("NODE_NAME env");
     let field = node_name
         .value_from
         .as_ref()
@@ -171,7 +181,9 @@ fn daemonset_runs_on_the_host_network_with_the_node_name() {
         .expect("NODE_NAME from a fieldRef");
     assert_eq!(field.field_path, "spec.nodeName");
     // In-cluster: the service account, no kubeconfig file and no manifests.
-    assert!(!args(&ds).iter().any(|a| a == "--kubeconfig" || a == "--manifests"));
+    assert!(!args(&ds)
+        .iter()
+        .any(|a| a == "--kubeconfig" || a == "--manifests"));
 }
 
 #[test]
@@ -192,7 +204,12 @@ fn pin_dir_is_on_the_hosts_bpffs_and_cgroups_are_mounted() {
             .expect("mounted volume exists");
         (
             mount.clone(),
-            volume.host_path.as_ref().expect("a hostPath volume").path.clone(),
+            volume
+                .host_path
+                .as_ref()
+                .expect("a hostPath volume")
+                .path
+                .clone(),
         )
     };
     let (bpf, host) = host_path_of("/sys/fs/bpf");
@@ -204,7 +221,10 @@ fn pin_dir_is_on_the_hosts_bpffs_and_cgroups_are_mounted() {
     );
     assert_eq!(bpf.mount_propagation.as_deref(), Some("Bidirectional"));
     // The API server rejects Bidirectional propagation in unprivileged containers.
-    assert_eq!(c.security_context.as_ref().and_then(|s| s.privileged), Some(true));
+    assert_eq!(
+        c.security_context.as_ref().and_then(|s| s.privileged),
+        Some(true)
+    );
     let (_, cgroup) = host_path_of("/sys/fs/cgroup");
     assert_eq!(cgroup, "/sys/fs/cgroup");
 }
@@ -230,7 +250,10 @@ fn probes_hit_healthz_on_the_metrics_port() {
                 .container_port
         }
     };
-    for (which, probe) in [("liveness", &c.liveness_probe), ("readiness", &c.readiness_probe)] {
+    for (which, probe) in [
+        ("liveness", &c.liveness_probe),
+        ("readiness", &c.readiness_probe),
+    ] {
         let probe: &Probe = probe.as_ref().unwrap_or_else(|| panic!("no {which} probe"));
         let get = probe
             .http_get
@@ -271,7 +294,8 @@ fn run_flags_match_the_binarys_help() {
             missing.push(*flag);
         }
     }
-    let (pending, unexpected): (Vec<_>, Vec<_>) = missing.into_iter().partition(|f| PENDING_FLAGS.contains(f));
+    let (pending, unexpected): (Vec<_>, Vec<_>) =
+        missing.into_iter().partition(|f| PENDING_FLAGS.contains(f));
     if !pending.is_empty() {
         eprintln!("warning: `dataplane run` does not have {pending:?} yet (being wired)");
     }
@@ -295,7 +319,8 @@ fn run_flags_match_the_binarys_help() {
 fn dockerfile_builds_with_xtask_and_ships_the_binary_with_iproute2() {
     let dockerfile = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
     assert!(dockerfile.contains("cargo xtask build --release"));
-    assert!(dockerfile.contains("COPY --from=build /src/target/release/dataplane /usr/local/bin/dataplane"));
+    assert!(dockerfile
+        .contains("COPY --from=build /src/target/release/dataplane /usr/local/bin/dataplane"));
     assert!(dockerfile.contains("iproute2"));
     assert!(dockerfile
         .lines()

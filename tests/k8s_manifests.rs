@@ -40,7 +40,9 @@ fn seed_without(ip: &str) -> String {
     let mut lines = SEED.lines().peekable();
     while let Some(line) = lines.next() {
         // An endpoint is "  - addresses:\n    - IP\n    conditions: ...": skip it up to the next "  - " item.
-        if line == "  - addresses:" && lines.peek().map(|l| format!("{l}\n")) == Some(needle.clone()) {
+        if line == "  - addresses:"
+            && lines.peek().map(|l| format!("{l}\n")) == Some(needle.clone())
+        {
             while lines.peek().is_some_and(|l| l.starts_with("    ")) {
                 lines.next();
             }
@@ -62,13 +64,20 @@ async fn directory_source_follows_edits_and_survives_broken_files() {
     dir.write("README.txt", "not a manifest: ignored");
     dir.write(".#cluster.yaml", "{{{ editor lock file: hidden, ignored");
     let stats = Arc::new(SourceStats::default());
-    let mut rx = k8s::start_with_stats(Source::Manifests(dir.path().into()), local(), stats.clone())
-        .await
-        .unwrap();
+    let mut rx =
+        k8s::start_with_stats(Source::Manifests(dir.path().into()), local(), stats.clone())
+            .await
+            .unwrap();
 
     let state = wait_for(&mut rx, 5, "the seed cluster", |s| !s.services.is_empty()).await;
-    assert_eq!(backend_ips(&state, "test001", "app-svc-clusterip").unwrap(), SEED_IPS);
-    assert_eq!(backend_ips(&state, "test001", "extra").unwrap(), Vec::<String>::new());
+    assert_eq!(
+        backend_ips(&state, "test001", "app-svc-clusterip").unwrap(),
+        SEED_IPS
+    );
+    assert_eq!(
+        backend_ips(&state, "test001", "extra").unwrap(),
+        Vec::<String>::new()
+    );
     assert_eq!(state.services.len(), 3);
     assert_eq!(state.nodes.len(), 3);
     let s = stats.snapshot();
@@ -93,7 +102,9 @@ async fn directory_source_follows_edits_and_survives_broken_files() {
     assert_quiet(&mut rx, 3, "a broken file must not change the state").await;
     assert!(stats.snapshot().errors >= 1);
     assert_eq!(
-        backend_ips(&rx.borrow(), "test001", "app-svc-clusterip").unwrap().len(),
+        backend_ips(&rx.borrow(), "test001", "app-svc-clusterip")
+            .unwrap()
+            .len(),
         2
     );
 
@@ -123,12 +134,15 @@ async fn single_file_source() {
     let dir = TempDir::new("manifest-file");
     let file = dir.path().join("cluster.yaml");
     std::fs::write(&file, SEED).unwrap();
-    let mut rx = k8s::start(Source::Manifests(file.clone()), local()).await.unwrap();
+    let mut rx = k8s::start(Source::Manifests(file.clone()), local())
+        .await
+        .unwrap();
     let state = wait_for(&mut rx, 5, "the seed cluster", |s| !s.services.is_empty()).await;
     assert_eq!(state.services.len(), 2);
     std::fs::write(&file, seed_without("10.244.1.19")).unwrap();
     wait_for(&mut rx, 5, "10.244.1.19 to go", |s| {
-        backend_ips(s, "test001", "app-svc-clusterip").is_some_and(|ips| ips == ["10.244.2.15", "10.244.2.16"])
+        backend_ips(s, "test001", "app-svc-clusterip")
+            .is_some_and(|ips| ips == ["10.244.2.15", "10.244.2.16"])
     })
     .await;
 }
@@ -137,11 +151,15 @@ async fn single_file_source() {
 async fn a_file_broken_from_the_start_contributes_nothing_and_the_others_apply() {
     let dir = TempDir::new("manifest-broken");
     dir.write("a.yaml", SEED);
-    dir.write("b.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: x\n");
+    dir.write(
+        "b.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x\n",
+    );
     let stats = Arc::new(SourceStats::default());
-    let mut rx = k8s::start_with_stats(Source::Manifests(dir.path().into()), local(), stats.clone())
-        .await
-        .unwrap();
+    let mut rx =
+        k8s::start_with_stats(Source::Manifests(dir.path().into()), local(), stats.clone())
+            .await
+            .unwrap();
     let state = wait_for(&mut rx, 5, "the first state", |_| true).await;
     assert_eq!(state.services.len(), 2);
     assert_eq!(stats.snapshot().errors, 1);
@@ -150,7 +168,9 @@ async fn a_file_broken_from_the_start_contributes_nothing_and_the_others_apply()
 #[tokio::test]
 async fn an_empty_directory_publishes_an_empty_state() {
     let dir = TempDir::new("manifest-empty");
-    let mut rx = k8s::start(Source::Manifests(dir.path().into()), local()).await.unwrap();
+    let mut rx = k8s::start(Source::Manifests(dir.path().into()), local())
+        .await
+        .unwrap();
     let state = wait_for(&mut rx, 5, "the first state", |_| true).await;
     assert!(state.services.is_empty() && state.nodes.is_empty());
 }
@@ -169,9 +189,10 @@ async fn the_source_stops_when_every_receiver_is_dropped() {
     let dir = TempDir::new("manifest-drop");
     dir.write("a.yaml", SEED);
     let stats = Arc::new(SourceStats::default());
-    let mut rx = k8s::start_with_stats(Source::Manifests(dir.path().into()), local(), stats.clone())
-        .await
-        .unwrap();
+    let mut rx =
+        k8s::start_with_stats(Source::Manifests(dir.path().into()), local(), stats.clone())
+            .await
+            .unwrap();
     wait_for(&mut rx, 5, "the first state", |_| true).await;
     drop(rx);
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -179,5 +200,9 @@ async fn the_source_stops_when_every_receiver_is_dropped() {
     // An edit the poller would pick up within a second, if it were still running.
     dir.write("a.yaml", &seed_without("10.244.2.15"));
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    assert_eq!(stats.snapshot().syncs, syncs, "nobody listens: no more syncs");
+    assert_eq!(
+        stats.snapshot().syncs,
+        syncs,
+        "nobody listens: no more syncs"
+    );
 }

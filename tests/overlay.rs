@@ -7,10 +7,10 @@
 //! only a default route to an unused address, so any cross-node pod traffic that works went
 //! through the overlay.
 
-mod support;
 #[allow(dead_code)]
 #[path = "support/cluster.rs"]
 mod cluster;
+mod support;
 
 use std::{
     io::{Read, Write},
@@ -48,22 +48,41 @@ struct Overlay {
 }
 
 fn spec(cni: Cni, pod_mtu: u32) -> LabSpec {
-    LabSpec { nodes: 2, pods_per_node: 2, cni, pod_mtu, underlay_routes: false, external_client: true }
+    LabSpec {
+        nodes: 2,
+        pods_per_node: 2,
+        cni,
+        pod_mtu,
+        underlay_routes: false,
+        external_client: true,
+    }
 }
 
 impl Overlay {
     /// Builds the lab; `prepare` runs before any agent starts; agents run on `nodes` with `args`.
-    fn start(spec: &LabSpec, nodes: &[usize], args: &[&str], prepare: impl FnOnce(&CheckedLab)) -> Overlay {
+    fn start(
+        spec: &LabSpec,
+        nodes: &[usize],
+        args: &[&str],
+        prepare: impl FnOnce(&CheckedLab),
+    ) -> Overlay {
         let per_node: Vec<(usize, &[&str])> = nodes.iter().map(|&i| (i, args)).collect();
         Overlay::start_each(spec, &per_node, prepare)
     }
 
     /// Like [`Overlay::start`], with arguments per node.
-    fn start_each(spec: &LabSpec, nodes: &[(usize, &[&str])], prepare: impl FnOnce(&CheckedLab)) -> Overlay {
+    fn start_each(
+        spec: &LabSpec,
+        nodes: &[(usize, &[&str])],
+        prepare: impl FnOnce(&CheckedLab),
+    ) -> Overlay {
         support::require_root();
         let lab = CheckedLab::build(spec).expect("building the lab");
         prepare(&lab);
-        let dp = nodes.iter().map(|&(i, args)| DataplaneNode::start(&lab, i, args).expect("starting dataplane")).collect();
+        let dp = nodes
+            .iter()
+            .map(|&(i, args)| DataplaneNode::start(&lab, i, args).expect("starting dataplane"))
+            .collect();
         Overlay { dp, lab }
     }
 
@@ -73,17 +92,27 @@ impl Overlay {
 
     /// The cluster's nodes as the control plane describes them: our VTEP MAC is the uplink's.
     fn node_infos(&self) -> Vec<NodeInfo> {
-        self.lab.nodes().iter().map(|n| node_info(n, uplink_mac(n))).collect()
+        self.lab
+            .nodes()
+            .iter()
+            .map(|n| node_info(n, uplink_mac(n)))
+            .collect()
     }
 
     /// `OverlayTable::sync` for agent `k`, from a thread in its node's namespace (where its
     /// kernel routes live).
     fn sync(&self, k: usize, nodes: &[NodeInfo]) -> SyncReport {
         let dp = &self.dp[k];
-        let (pin, name, nodes) = (dp.pin_dir().to_path_buf(), dp.node_name().to_string(), nodes.to_vec());
-        netns::in_netns(dp.ns(), move || OverlayTable::open_pinned(&pin)?.sync(&nodes, &name))
-            .unwrap()
-            .unwrap_or_else(|e| panic!("overlay sync on {}: {e:#}", dp.node_name()))
+        let (pin, name, nodes) = (
+            dp.pin_dir().to_path_buf(),
+            dp.node_name().to_string(),
+            nodes.to_vec(),
+        );
+        netns::in_netns(dp.ns(), move || {
+            OverlayTable::open_pinned(&pin)?.sync(&nodes, &name)
+        })
+        .unwrap()
+        .unwrap_or_else(|e| panic!("overlay sync on {}: {e:#}", dp.node_name()))
     }
 
     fn sync_all(&self) {
@@ -109,11 +138,16 @@ fn node_info(n: &Node, vtep_mac: [u8; 6]) -> NodeInfo {
 }
 
 fn uplink_mac(n: &Node) -> [u8; 6] {
-    netns::in_netns(&n.ns, || netdev::mac("eth0")).unwrap().unwrap()
+    netns::in_netns(&n.ns, || netdev::mac("eth0"))
+        .unwrap()
+        .unwrap()
 }
 
 fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn sh(ns: &str, argv: &[&str]) -> String {
@@ -127,10 +161,24 @@ fn echo_both(client: &Host, server: &Host, port: u16, expect_peer: Ipv4Addr) {
     let _udp = server.udp_echo_server(port).unwrap();
     let dst = SocketAddrV4::new(server.ip, port);
     for i in 0..3 {
-        let r = client.tcp_request(dst, &format!("tcp {i}"), T).unwrap_or_else(|e| panic!("{} -> {}: {e:#}", client.name, server.name));
-        assert_eq!((r.server.as_str(), *r.peer.ip(), r.body.as_str()), (server.name.as_str(), expect_peer, format!("tcp {i}").as_str()));
-        let r = client.udp_request(dst, &format!("udp {i}"), T).unwrap_or_else(|e| panic!("{} -> {} UDP: {e:#}", client.name, server.name));
-        assert_eq!((r.server.as_str(), *r.peer.ip()), (server.name.as_str(), expect_peer));
+        let r = client
+            .tcp_request(dst, &format!("tcp {i}"), T)
+            .unwrap_or_else(|e| panic!("{} -> {}: {e:#}", client.name, server.name));
+        assert_eq!(
+            (r.server.as_str(), *r.peer.ip(), r.body.as_str()),
+            (
+                server.name.as_str(),
+                expect_peer,
+                format!("tcp {i}").as_str()
+            )
+        );
+        let r = client
+            .udp_request(dst, &format!("udp {i}"), T)
+            .unwrap_or_else(|e| panic!("{} -> {} UDP: {e:#}", client.name, server.name));
+        assert_eq!(
+            (r.server.as_str(), *r.peer.ip()),
+            (server.name.as_str(), expect_peer)
+        );
     }
 }
 
@@ -158,7 +206,11 @@ fn fill(buf: &mut [u8], at: usize) {
 /// A one-connection server in `host`: reads `[up: u32][down: u32]`, `up` bytes (hashing them),
 /// answers with the hash, then sends `down` pattern bytes.
 fn bulk_server(host: &Host, port: u16) -> JoinHandle<()> {
-    let listener = netns::in_netns(&host.ns, move || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))).unwrap().unwrap();
+    let listener = netns::in_netns(&host.ns, move || {
+        TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+    })
+    .unwrap()
+    .unwrap();
     std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -189,7 +241,11 @@ fn bulk(client: &Host, server: &Host, port: u16, up: usize, down: usize) -> Dura
     let srv = bulk_server(server, port);
     let started = Instant::now();
     let dst = SocketAddrV4::new(server.ip, port);
-    let mut s = netns::in_netns(&client.ns, move || TcpStream::connect_timeout(&dst.into(), T)).unwrap().unwrap();
+    let mut s = netns::in_netns(&client.ns, move || {
+        TcpStream::connect_timeout(&dst.into(), T)
+    })
+    .unwrap()
+    .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut hdr = [0u8; 8];
@@ -201,15 +257,30 @@ fn bulk(client: &Host, server: &Host, port: u16, up: usize, down: usize) -> Dura
         let n = (up - sent).min(buf.len());
         fill(&mut buf[..n], sent);
         fnv(&mut h, &buf[..n]);
-        s.write_all(&buf[..n]).unwrap_or_else(|e| panic!("{} -> {}: upload stalled after {sent} bytes: {e}", client.name, server.name));
+        s.write_all(&buf[..n]).unwrap_or_else(|e| {
+            panic!(
+                "{} -> {}: upload stalled after {sent} bytes: {e}",
+                client.name, server.name
+            )
+        });
         sent += n;
     }
     let mut echo = [0u8; 8];
-    s.read_exact(&mut echo).unwrap_or_else(|e| panic!("{} -> {}: no hash after upload: {e}", client.name, server.name));
+    s.read_exact(&mut echo).unwrap_or_else(|e| {
+        panic!(
+            "{} -> {}: no hash after upload: {e}",
+            client.name, server.name
+        )
+    });
     assert_eq!(u64::from_be_bytes(echo), h, "upload arrived corrupted");
     let (mut got, mut want) = (0, vec![0u8; 65536]);
     while got < down {
-        let n = s.read(&mut buf).unwrap_or_else(|e| panic!("{} <- {}: download stalled after {got} bytes: {e}", client.name, server.name));
+        let n = s.read(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "{} <- {}: download stalled after {got} bytes: {e}",
+                client.name, server.name
+            )
+        });
         assert!(n > 0, "server closed after {got} of {down} bytes");
         fill(&mut want[..n], got);
         assert_eq!(&buf[..n], &want[..n], "download corrupted at {got}");
@@ -235,7 +306,9 @@ impl Capture {
         let name = iface.to_string();
         let fd = netns::in_netns(ns, move || -> std::io::Result<OwnedFd> {
             let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+            let fd = unsafe {
+                libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto)
+            };
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -246,14 +319,27 @@ impl Capture {
             sll.sll_protocol = proto as u16;
             sll.sll_ifindex = index as i32;
             let rc = unsafe {
-                libc::bind(fd.as_raw_fd(), &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32)
+                libc::bind(
+                    fd.as_raw_fd(),
+                    &sll as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
             };
             if rc != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 50_000,
+            };
             unsafe {
-                libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const libc::c_void, std::mem::size_of::<libc::timeval>() as u32)
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    &tv as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::timeval>() as u32,
+                )
             };
             Ok(fd)
         })
@@ -265,13 +351,24 @@ impl Capture {
         let thread = std::thread::spawn(move || {
             let mut buf = vec![0u8; 65536 + 64];
             while !s.load(Ordering::Relaxed) {
-                let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+                let n = unsafe {
+                    libc::recv(
+                        fd.as_raw_fd(),
+                        buf.as_mut_ptr() as *mut libc::c_void,
+                        buf.len(),
+                        0,
+                    )
+                };
                 if n > 0 {
                     f.lock().unwrap().push(buf[..n as usize].to_vec());
                 }
             }
         });
-        Capture { stop, frames, thread: Some(thread) }
+        Capture {
+            stop,
+            frames,
+            thread: Some(thread),
+        }
     }
 
     /// Stops and returns every frame, parsed (frames that do not parse are skipped).
@@ -280,7 +377,10 @@ impl Capture {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap();
         let frames = std::mem::take(&mut *self.frames.lock().unwrap());
-        frames.iter().filter_map(|f| packet::parse(f).ok()).collect()
+        frames
+            .iter()
+            .filter_map(|f| packet::parse(f).ok())
+            .collect()
     }
 }
 
@@ -289,7 +389,11 @@ fn vxlan_frames(frames: &[Parsed], port: u16) -> Vec<(Parsed, u32, Parsed)> {
     frames
         .iter()
         .filter(|f| f.udp().is_some_and(|u| u.dport == port))
-        .filter_map(|f| f.decap_vxlan().ok().map(|(vni, inner)| (f.clone(), vni, inner)))
+        .filter_map(|f| {
+            f.decap_vxlan()
+                .ok()
+                .map(|(vni, inner)| (f.clone(), vni, inner))
+        })
         .collect()
 }
 
@@ -306,14 +410,27 @@ fn icmp_echo(ip: &packet::Ipv4Packet) -> Option<bool> {
 
 #[test]
 fn vxlan_carries_pod_node_and_service_traffic_between_our_nodes() {
-    let o = Overlay::start(&spec(Cni::Flannel, 1450), &[0, 1], &["--overlay", "vxlan"], |_| {});
+    let o = Overlay::start(
+        &spec(Cni::Flannel, 1450),
+        &[0, 1],
+        &["--overlay", "vxlan"],
+        |_| {},
+    );
     let (p1, p2) = (o.lab.pod(0, 0).host(), o.lab.pod(1, 0).host());
     // Without the overlay's routes nothing crosses: the lab has no pod routes between nodes.
-    assert!(p1.ping(p2.ip, 1).is_err(), "pods must not reach each other before the overlay is synced");
+    assert!(
+        p1.ping(p2.ip, 1).is_err(),
+        "pods must not reach each other before the overlay is synced"
+    );
 
     o.sync_all();
     let route = sh(&o.node(0).ns, &["ip", "route", "get", "10.244.2.2"]);
-    assert!(route.contains("via 10.244.2.0 dev eth0") && route.contains("src 10.244.1.0") && route.contains("mtu 1450"), "{route}");
+    assert!(
+        route.contains("via 10.244.2.0 dev eth0")
+            && route.contains("src 10.244.1.0")
+            && route.contains("mtu 1450"),
+        "{route}"
+    );
     p1.ping(p2.ip, 1).unwrap();
 
     // Sync is by diff: the same nodes again change nothing, in the maps or the kernel.
@@ -321,12 +438,20 @@ fn vxlan_carries_pod_node_and_service_traffic_between_our_nodes() {
     assert!(o.sync(0, &nodes).is_empty());
     // node2 leaves: its route, neighbour and peer go, and its pods are unreachable ...
     let r = o.sync(0, &nodes[..1]);
-    assert_eq!((r.routes_deleted, r.peers_deleted, r.kernel_changes), (1, 1, 2), "{r:?}");
+    assert_eq!(
+        (r.routes_deleted, r.peers_deleted, r.kernel_changes),
+        (1, 1, 2),
+        "{r:?}"
+    );
     assert!(!sh(&o.node(0).ns, &["ip", "route"]).contains("10.244.2.0/24"));
     assert!(p1.ping(p2.ip, 1).is_err());
     // ... and comes back.
     let r = o.sync(0, &nodes);
-    assert_eq!((r.routes_written, r.peers_written, r.kernel_changes), (1, 1, 2), "{r:?}");
+    assert_eq!(
+        (r.routes_written, r.peers_written, r.kernel_changes),
+        (1, 1, 2),
+        "{r:?}"
+    );
 
     p1.ping(p2.ip, 3).unwrap();
     p2.ping(p1.ip, 3).unwrap();
@@ -340,10 +465,30 @@ fn vxlan_carries_pod_node_and_service_traffic_between_our_nodes() {
 
     for k in 0..2 {
         let s = o.stats(k);
-        assert!(s.packets(Hook::TcUplinkEgress, Reason::OverlayEncap) >= 20, "node{}: {s:?}", k + 1);
-        assert!(s.packets(Hook::XdpUplink, Reason::OverlayDecap) >= 20, "node{}: {s:?}", k + 1);
-        for r in [Reason::DropOverlayUnknownPeer, Reason::DropOverlayNotLocal, Reason::DropOverlayMalformed, Reason::DropOverlayTooBig, Reason::DropOverlayEncapFailed] {
-            assert_eq!(s.packets(Hook::TcUplinkEgress, r) + s.packets(Hook::XdpUplink, r), 0, "node{}: {} {s:?}", k + 1, r.name());
+        assert!(
+            s.packets(Hook::TcUplinkEgress, Reason::OverlayEncap) >= 20,
+            "node{}: {s:?}",
+            k + 1
+        );
+        assert!(
+            s.packets(Hook::XdpUplink, Reason::OverlayDecap) >= 20,
+            "node{}: {s:?}",
+            k + 1
+        );
+        for r in [
+            Reason::DropOverlayUnknownPeer,
+            Reason::DropOverlayNotLocal,
+            Reason::DropOverlayMalformed,
+            Reason::DropOverlayTooBig,
+            Reason::DropOverlayEncapFailed,
+        ] {
+            assert_eq!(
+                s.packets(Hook::TcUplinkEgress, r) + s.packets(Hook::XdpUplink, r),
+                0,
+                "node{}: {} {s:?}",
+                k + 1,
+                r.name()
+            );
         }
     }
 
@@ -353,42 +498,91 @@ fn vxlan_carries_pod_node_and_service_traffic_between_our_nodes() {
     let backend = o.lab.pod(1, 1);
     let _srv = backend.host().tcp_echo_server(8080).unwrap();
     let _usrv = backend.host().udp_echo_server(8080).unwrap();
-    let tcp = cluster::cluster_ip("web", vip, Protocol::Tcp, vec![cluster::backend(backend, 8080)]);
-    let udp = cluster::cluster_ip("dns", vip, Protocol::Udp, vec![cluster::backend(backend, 8080)]);
+    let tcp = cluster::cluster_ip(
+        "web",
+        vip,
+        Protocol::Tcp,
+        vec![cluster::backend(backend, 8080)],
+    );
+    let udp = cluster::cluster_ip(
+        "dns",
+        vip,
+        Protocol::Udp,
+        vec![cluster::backend(backend, 8080)],
+    );
     for dp in &o.dp {
-        let local = LocalContext { node_name: dp.node_name().to_string() };
-        ServiceTable::open_pinned(dp.pin_dir(), local).unwrap().sync(&[tcp.clone(), udp.clone()]).unwrap();
+        let local = LocalContext {
+            node_name: dp.node_name().to_string(),
+        };
+        ServiceTable::open_pinned(dp.pin_dir(), local)
+            .unwrap()
+            .sync(&[tcp.clone(), udp.clone()])
+            .unwrap();
     }
     let before = o.stats(0);
     for i in 0..5 {
         let r = p1.tcp_request(vip, &format!("svc {i}"), T).unwrap();
-        assert_eq!((r.server.as_str(), *r.peer.ip()), (backend.name.as_str(), p1.ip));
+        assert_eq!(
+            (r.server.as_str(), *r.peer.ip()),
+            (backend.name.as_str(), p1.ip)
+        );
         let r = p1.udp_request(vip, &format!("svc {i}"), T).unwrap();
-        assert_eq!((r.server.as_str(), *r.peer.ip()), (backend.name.as_str(), p1.ip));
+        assert_eq!(
+            (r.server.as_str(), *r.peer.ip()),
+            (backend.name.as_str(), p1.ip)
+        );
     }
     let after = o.stats(0);
     let delta = |h, r| after.packets(h, r) - before.packets(h, r);
-    assert!(delta(Hook::TcPodIngress, Reason::LbNewConnection) >= 10, "{after:?}");
-    let nat_replies: u64 = Hook::PACKET.iter().map(|&h| delta(h, Reason::NatReply)).sum();
-    assert!(nat_replies >= 10, "replies reverse-NATed after decapsulation: {after:?}");
-    assert!(delta(Hook::XdpUplink, Reason::OverlayDecap) >= 10, "{after:?}");
+    assert!(
+        delta(Hook::TcPodIngress, Reason::LbNewConnection) >= 10,
+        "{after:?}"
+    );
+    let nat_replies: u64 = Hook::PACKET
+        .iter()
+        .map(|&h| delta(h, Reason::NatReply))
+        .sum();
+    assert!(
+        nat_replies >= 10,
+        "replies reverse-NATed after decapsulation: {after:?}"
+    );
+    assert!(
+        delta(Hook::XdpUplink, Reason::OverlayDecap) >= 10,
+        "{after:?}"
+    );
 
     // NodePort on node1 from the external client, backend on node2.
     let np = cluster::with_node_port(
-        cluster::cluster_ip("np", SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 80), Protocol::Tcp, vec![cluster::backend(backend, 8080)]),
+        cluster::cluster_ip(
+            "np",
+            SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 80),
+            Protocol::Tcp,
+            vec![cluster::backend(backend, 8080)],
+        ),
         &[o.node(0).underlay_ip],
         30080,
     );
     for dp in &o.dp {
-        let local = LocalContext { node_name: dp.node_name().to_string() };
-        ServiceTable::open_pinned(dp.pin_dir(), local).unwrap().sync(&[tcp.clone(), udp.clone(), np.clone()]).unwrap();
+        let local = LocalContext {
+            node_name: dp.node_name().to_string(),
+        };
+        ServiceTable::open_pinned(dp.pin_dir(), local)
+            .unwrap()
+            .sync(&[tcp.clone(), udp.clone(), np.clone()])
+            .unwrap();
     }
     let ext = o.lab.external().unwrap().clone();
     // Frames from another machine arrive with complete checksums, never as CHECKSUM_PARTIAL
     // skbs of a local stack (what veth hands over with offload on): XDP's incremental NAT
     // updates need the former.
     sh(&ext.ns, &["ethtool", "-K", "eth0", "tx", "off"]);
-    let r = ext.tcp_request(SocketAddrV4::new(o.node(0).underlay_ip, 30080), "nodeport", T).unwrap();
+    let r = ext
+        .tcp_request(
+            SocketAddrV4::new(o.node(0).underlay_ip, 30080),
+            "nodeport",
+            T,
+        )
+        .unwrap();
     assert_eq!(r.server, backend.name);
     // In and out of eth0 without a tunnel device: the node must not send ICMP redirects.
     assert_eq!(snmp(&o.node(0).ns, "Icmp", "OutRedirects"), 0);
@@ -400,7 +594,10 @@ fn snmp(ns: &str, group: &str, field: &str) -> u64 {
     let prefix = format!("{group}:");
     let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
     let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-    let at = names.split_whitespace().position(|n| n == field).unwrap_or_else(|| panic!("{field} not in {names}"));
+    let at = names
+        .split_whitespace()
+        .position(|n| n == field)
+        .unwrap_or_else(|| panic!("{field} not in {names}"));
     values.split_whitespace().nth(at).unwrap().parse().unwrap()
 }
 
@@ -416,12 +613,70 @@ fn configure_flannel(lab: &CheckedLab, node1_vtep: [u8; 6]) {
     let local = n2.underlay_ip.to_string();
     let vtep = mac_text(node1_vtep);
     for argv in [
-        vec!["ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "dstport", "8472", "nolearning", "local", &local, "dev", "eth0"],
-        vec!["ip", "link", "set", "flannel.1", "address", &mac_text(FLANNEL_VTEP_MAC), "mtu", "1450", "up"],
+        vec![
+            "ip",
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "dstport",
+            "8472",
+            "nolearning",
+            "local",
+            &local,
+            "dev",
+            "eth0",
+        ],
+        vec![
+            "ip",
+            "link",
+            "set",
+            "flannel.1",
+            "address",
+            &mac_text(FLANNEL_VTEP_MAC),
+            "mtu",
+            "1450",
+            "up",
+        ],
         vec!["ip", "addr", "add", "10.244.2.0/32", "dev", "flannel.1"],
-        vec!["ip", "neigh", "add", "10.244.1.0", "lladdr", &vtep, "dev", "flannel.1", "nud", "permanent"],
-        vec!["bridge", "fdb", "add", &vtep, "dev", "flannel.1", "dst", &n1.underlay_ip.to_string(), "self", "permanent"],
-        vec!["ip", "route", "add", "10.244.1.0/24", "via", "10.244.1.0", "dev", "flannel.1", "onlink"],
+        vec![
+            "ip",
+            "neigh",
+            "add",
+            "10.244.1.0",
+            "lladdr",
+            &vtep,
+            "dev",
+            "flannel.1",
+            "nud",
+            "permanent",
+        ],
+        vec![
+            "bridge",
+            "fdb",
+            "add",
+            &vtep,
+            "dev",
+            "flannel.1",
+            "dst",
+            &n1.underlay_ip.to_string(),
+            "self",
+            "permanent",
+        ],
+        vec![
+            "ip",
+            "route",
+            "add",
+            "10.244.1.0/24",
+            "via",
+            "10.244.1.0",
+            "dev",
+            "flannel.1",
+            "onlink",
+        ],
     ] {
         sh(ns, &argv);
     }
@@ -429,10 +684,18 @@ fn configure_flannel(lab: &CheckedLab, node1_vtep: [u8; 6]) {
 
 #[test]
 fn vxlan_interoperates_with_flannel_1_both_ways() {
-    let o = Overlay::start(&spec(Cni::Flannel, 1450), &[0], &["--overlay", "vxlan"], |lab| {
-        configure_flannel(lab, uplink_mac(lab.node(0)));
-    });
-    let nodes = vec![node_info(o.node(0), uplink_mac(o.node(0))), node_info(o.node(1), FLANNEL_VTEP_MAC)];
+    let o = Overlay::start(
+        &spec(Cni::Flannel, 1450),
+        &[0],
+        &["--overlay", "vxlan"],
+        |lab| {
+            configure_flannel(lab, uplink_mac(lab.node(0)));
+        },
+    );
+    let nodes = vec![
+        node_info(o.node(0), uplink_mac(o.node(0))),
+        node_info(o.node(1), FLANNEL_VTEP_MAC),
+    ];
     o.sync(0, &nodes);
     let (p1, p2) = (o.lab.pod(0, 0).host(), o.lab.pod(1, 0).host());
 
@@ -441,17 +704,35 @@ fn vxlan_interoperates_with_flannel_1_both_ways() {
     p2.ping(p1.ip, 2).unwrap();
     let frames = cap.finish();
     let vx = vxlan_frames(&frames, 8472);
-    let ours: Vec<_> = vx.iter().filter(|(f, _, _)| f.ipv4().unwrap().src == o.node(0).underlay_ip).collect();
-    let kernel: Vec<_> = vx.iter().filter(|(f, _, _)| f.ipv4().unwrap().src == o.node(1).underlay_ip).collect();
-    assert!(ours.len() >= 4 && kernel.len() >= 4, "ours {}, kernel {}: {frames:?}", ours.len(), kernel.len());
+    let ours: Vec<_> = vx
+        .iter()
+        .filter(|(f, _, _)| f.ipv4().unwrap().src == o.node(0).underlay_ip)
+        .collect();
+    let kernel: Vec<_> = vx
+        .iter()
+        .filter(|(f, _, _)| f.ipv4().unwrap().src == o.node(1).underlay_ip)
+        .collect();
+    assert!(
+        ours.len() >= 4 && kernel.len() >= 4,
+        "ours {}, kernel {}: {frames:?}",
+        ours.len(),
+        kernel.len()
+    );
     let n1_mac = uplink_mac(o.node(0));
     for (outer, vni, inner) in &ours {
         let (ip, udp) = (outer.ipv4().unwrap(), outer.udp().unwrap());
         assert_eq!(*vni, 1);
         assert_eq!((ip.dst, udp.dport), (o.node(1).underlay_ip, 8472));
-        assert_eq!((inner.dst, inner.src), (FLANNEL_VTEP_MAC, n1_mac), "inner MACs: VTEP to VTEP");
+        assert_eq!(
+            (inner.dst, inner.src),
+            (FLANNEL_VTEP_MAC, n1_mac),
+            "inner MACs: VTEP to VTEP"
+        );
         assert_eq!(outer.src, n1_mac);
-        assert!(ip.checksum_ok && udp.checksum != 0 && udp.checksum_ok, "outer checksums: {ip:?} {udp:?}");
+        assert!(
+            ip.checksum_ok && udp.checksum != 0 && udp.checksum_ok,
+            "outer checksums: {ip:?} {udp:?}"
+        );
         assert!((32768..61000).contains(&udp.sport), "{udp:?}");
     }
     // Field by field against what the kernel's device sent in the same conversation.
@@ -460,33 +741,76 @@ fn vxlan_interoperates_with_flannel_1_both_ways() {
     for (outer, vni, inner) in &ours {
         let ip = outer.ipv4().unwrap();
         assert_eq!(
-            (ip.tos, ip.ttl, ip.dont_fragment, ip.more_fragments, ip.frag_offset, ip.ihl, ip.options.len(), *vni),
-            (kip.tos, kip.ttl, kip.dont_fragment, kip.more_fragments, kip.frag_offset, kip.ihl, kip.options.len(), *k_vni),
+            (
+                ip.tos,
+                ip.ttl,
+                ip.dont_fragment,
+                ip.more_fragments,
+                ip.frag_offset,
+                ip.ihl,
+                ip.options.len(),
+                *vni
+            ),
+            (
+                kip.tos,
+                kip.ttl,
+                kip.dont_fragment,
+                kip.more_fragments,
+                kip.frag_offset,
+                kip.ihl,
+                kip.options.len(),
+                *k_vni
+            ),
             "outer IPv4 fields like flannel.1's"
         );
-        assert_eq!(ip.total_len as usize, 20 + 8 + 8 + 14 + inner.ipv4().unwrap().total_len as usize);
+        assert_eq!(
+            ip.total_len as usize,
+            20 + 8 + 8 + 14 + inner.ipv4().unwrap().total_len as usize
+        );
         assert_eq!(outer.udp().unwrap().len, ip.total_len - 20);
-        assert_eq!(&outer.payload()[..8], &k_outer.payload()[..8], "VXLAN header like flannel.1's");
-        assert_ne!(kudp.checksum, 0, "flannel.1 sends UDP checksums (udpcsum is the kernel's default)");
+        assert_eq!(
+            &outer.payload()[..8],
+            &k_outer.payload()[..8],
+            "VXLAN header like flannel.1's"
+        );
+        assert_ne!(
+            kudp.checksum, 0,
+            "flannel.1 sends UDP checksums (udpcsum is the kernel's default)"
+        );
     }
     // The kernel hashes a flow's two directions alike: the outer source port we chose for the
     // requests of a ping is the one flannel.1 chose for its replies (same hash, same formula).
     let mut pairs = 0;
     for (outer, _, inner) in &ours {
         let ip = inner.ipv4().unwrap();
-        let (Some(req), Some(id)) = (icmp_echo(ip), ip.icmp().map(|i| i.rest_of_header >> 16)) else { continue };
+        let (Some(req), Some(id)) = (icmp_echo(ip), ip.icmp().map(|i| i.rest_of_header >> 16))
+        else {
+            continue;
+        };
         let answer = kernel.iter().find(|(_, _, k)| {
             let kip = k.ipv4().unwrap();
-            (kip.src, kip.dst) == (ip.dst, ip.src) && icmp_echo(kip) == Some(!req) && kip.icmp().map(|i| i.rest_of_header >> 16) == Some(id)
+            (kip.src, kip.dst) == (ip.dst, ip.src)
+                && icmp_echo(kip) == Some(!req)
+                && kip.icmp().map(|i| i.rest_of_header >> 16) == Some(id)
         });
         if let Some((k, _, _)) = answer {
-            assert_eq!(outer.udp().unwrap().sport, k.udp().unwrap().sport, "outer source port of one flow, ours vs flannel.1's");
+            assert_eq!(
+                outer.udp().unwrap().sport,
+                k.udp().unwrap().sport,
+                "outer source port of one flow, ours vs flannel.1's"
+            );
             pairs += 1;
         }
     }
-    assert!(pairs >= 4, "both pings' flows compared ({pairs} request/reply pairs)");
+    assert!(
+        pairs >= 4,
+        "both pings' flows compared ({pairs} request/reply pairs)"
+    );
     let ids: Vec<u16> = ours.iter().map(|(f, _, _)| f.ipv4().unwrap().id).collect();
-    assert!(ids.windows(2).all(|w| w[0] != w[1]), "fresh IP IDs: {ids:?}");
+    assert!(
+        ids.windows(2).all(|w| w[0] != w[1]),
+        "fresh IP IDs: {ids:?}"
+    );
 
     // Traffic both ways, including the nodes' own and bulk TCP (GSO, offloaded checksums).
     echo_both(&p1, &p2, 7101, p1.ip);
@@ -496,8 +820,14 @@ fn vxlan_interoperates_with_flannel_1_both_ways() {
     bulk(&p1, &p2, 7105, 4 << 20, 4 << 20);
     bulk(&p2, &p1, 7106, 4 << 20, 4 << 20);
     let s = o.stats(0);
-    assert!(s.packets(Hook::XdpUplink, Reason::OverlayDecap) > 1000, "{s:?}");
-    assert!(s.packets(Hook::TcUplinkEgress, Reason::OverlayEncap) > 100, "{s:?}");
+    assert!(
+        s.packets(Hook::XdpUplink, Reason::OverlayDecap) > 1000,
+        "{s:?}"
+    );
+    assert!(
+        s.packets(Hook::TcUplinkEgress, Reason::OverlayEncap) > 100,
+        "{s:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -507,7 +837,10 @@ fn vxlan_interoperates_with_flannel_1_both_ways() {
 fn ipip_frames(frames: &[Parsed]) -> Vec<(Parsed, packet::Ipv4Packet)> {
     frames
         .iter()
-        .filter(|f| f.ipv4().is_some_and(|ip| ip.protocol == packet::proto::IPIP))
+        .filter(|f| {
+            f.ipv4()
+                .is_some_and(|ip| ip.protocol == packet::proto::IPIP)
+        })
         .filter_map(|f| f.decap_ipip().ok().map(|inner| (f.clone(), inner)))
         .collect()
 }
@@ -516,15 +849,31 @@ fn ipip_frames(frames: &[Parsed]) -> Vec<(Parsed, packet::Ipv4Packet)> {
 /// `(tos 0x0, ttl 64, id 57971, offset 0, flags [DF], proto IPIP (4), length 104)` around an
 /// inner `(tos 0x0, ttl 64, id 18953, offset 0, flags [DF], proto ICMP (1), length 84)`, and
 /// `flags [none]` outside an inner packet without DF).
-fn check_tunl0_like(outer: &Parsed, inner: &packet::Ipv4Packet, src: (Ipv4Addr, [u8; 6]), dst: (Ipv4Addr, [u8; 6])) {
+fn check_tunl0_like(
+    outer: &Parsed,
+    inner: &packet::Ipv4Packet,
+    src: (Ipv4Addr, [u8; 6]),
+    dst: (Ipv4Addr, [u8; 6]),
+) {
     let ip = outer.ipv4().unwrap();
-    assert_eq!((outer.src, outer.dst), (src.1, dst.1), "outer MACs: the nodes' uplinks");
+    assert_eq!(
+        (outer.src, outer.dst),
+        (src.1, dst.1),
+        "outer MACs: the nodes' uplinks"
+    );
     assert!(outer.vlans.is_empty());
-    assert_eq!((ip.src, ip.dst), (src.0, dst.0), "outer addresses: the nodes' tunnel addresses");
+    assert_eq!(
+        (ip.src, ip.dst),
+        (src.0, dst.0),
+        "outer addresses: the nodes' tunnel addresses"
+    );
     assert_eq!((ip.ihl, ip.options.len(), ip.protocol), (5, 0, 4));
     assert_eq!(ip.tos, inner.tos & 0x03, "TOS: DSCP 0, the inner ECN bits");
     assert_eq!(ip.ttl, inner.ttl, "TTL inherited from the inner packet");
-    assert_eq!(ip.dont_fragment, inner.dont_fragment, "DF copied from the inner packet (nopmtudisc)");
+    assert_eq!(
+        ip.dont_fragment, inner.dont_fragment,
+        "DF copied from the inner packet (nopmtudisc)"
+    );
     assert!(!ip.more_fragments && ip.frag_offset == 0);
     assert_eq!(ip.total_len, inner.total_len + 20);
     assert!(ip.checksum_ok && inner.checksum_ok, "header checksums");
@@ -533,7 +882,12 @@ fn check_tunl0_like(outer: &Parsed, inner: &packet::Ipv4Packet, src: (Ipv4Addr, 
 
 #[test]
 fn ipip_headers_match_tunl0_and_traffic_flows() {
-    let o = Overlay::start(&spec(Cni::Calico, 1480), &[0, 1], &["--overlay", "ipip"], |_| {});
+    let o = Overlay::start(
+        &spec(Cni::Calico, 1480),
+        &[0, 1],
+        &["--overlay", "ipip"],
+        |_| {},
+    );
     o.sync_all();
     let (p1, p2) = (o.lab.pod(0, 0).host(), o.lab.pod(1, 0).host());
     let route = sh(&o.node(0).ns, &["ip", "route", "get", "10.244.2.2"]);
@@ -543,20 +897,51 @@ fn ipip_headers_match_tunl0_and_traffic_flows() {
     p1.ping(p2.ip, 3).unwrap();
     // UDP without DF (IP_PMTUDISC_DONT), to see DF follow the inner packet.
     let _u = p2.udp_echo_server(7201).unwrap();
-    sh(&p1.ns, &["ping", "-n", "-c", "2", "-i", "0.2", "-M", "dont", &p2.ip.to_string()]);
+    sh(
+        &p1.ns,
+        &[
+            "ping",
+            "-n",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-M",
+            "dont",
+            &p2.ip.to_string(),
+        ],
+    );
     let frames = cap.finish();
     let ipip = ipip_frames(&frames);
     let (n1, n2) = (o.node(0), o.node(1));
-    let (a, b) = ((n1.underlay_ip, uplink_mac(n1)), (n2.underlay_ip, uplink_mac(n2)));
+    let (a, b) = (
+        (n1.underlay_ip, uplink_mac(n1)),
+        (n2.underlay_ip, uplink_mac(n2)),
+    );
     let mut seen = (0, 0, 0, 0);
     let mut ids = Vec::new();
     for (outer, inner) in &ipip {
         let from1 = outer.ipv4().unwrap().src == n1.underlay_ip;
-        if from1 { check_tunl0_like(outer, inner, a, b) } else { check_tunl0_like(outer, inner, b, a) }
+        if from1 {
+            check_tunl0_like(outer, inner, a, b)
+        } else {
+            check_tunl0_like(outer, inner, b, a)
+        }
         if inner.protocol == 1 {
-            assert_eq!(outer.ipv4().unwrap().total_len, 104, "a 64-byte ping is 104 bytes of IPIP, as in the seed");
-            assert_eq!(icmp_echo(inner), Some(from1), "requests from node1, replies from node2");
-            assert_eq!(inner.ttl, 63, "the forwarded inner packet, TTL decremented once");
+            assert_eq!(
+                outer.ipv4().unwrap().total_len,
+                104,
+                "a 64-byte ping is 104 bytes of IPIP, as in the seed"
+            );
+            assert_eq!(
+                icmp_echo(inner),
+                Some(from1),
+                "requests from node1, replies from node2"
+            );
+            assert_eq!(
+                inner.ttl, 63,
+                "the forwarded inner packet, TTL decremented once"
+            );
         }
         match (from1, inner.dont_fragment) {
             (true, true) => seen.0 += 1,
@@ -569,9 +954,16 @@ fn ipip_headers_match_tunl0_and_traffic_flows() {
         }
     }
     // Requests with DF (default ping) and without (-M dont); replies without DF.
-    assert!(seen.0 >= 3 && seen.1 >= 2 && seen.3 >= 5, "{seen:?} in {} IPIP frames", ipip.len());
+    assert!(
+        seen.0 >= 3 && seen.1 >= 2 && seen.3 >= 5,
+        "{seen:?} in {} IPIP frames",
+        ipip.len()
+    );
     ids.dedup();
-    assert!(ids.len() >= 5 && !ids.contains(&0), "fresh, non-zero IDs: {ids:?}");
+    assert!(
+        ids.len() >= 5 && !ids.contains(&0),
+        "fresh, non-zero IDs: {ids:?}"
+    );
 
     p2.ping(p1.ip, 2).unwrap();
     echo_both(&p1, &p2, 7202, p1.ip);
@@ -580,8 +972,14 @@ fn ipip_headers_match_tunl0_and_traffic_flows() {
     bulk(&p1, &p2, 7205, 2 << 20, 2 << 20);
     for k in 0..2 {
         let s = o.stats(k);
-        assert!(s.packets(Hook::TcUplinkEgress, Reason::OverlayEncap) >= 20, "{s:?}");
-        assert!(s.packets(Hook::XdpUplink, Reason::OverlayDecap) >= 20, "{s:?}");
+        assert!(
+            s.packets(Hook::TcUplinkEgress, Reason::OverlayEncap) >= 20,
+            "{s:?}"
+        );
+        assert!(
+            s.packets(Hook::XdpUplink, Reason::OverlayDecap) >= 20,
+            "{s:?}"
+        );
     }
 }
 
@@ -591,26 +989,63 @@ fn ipip_headers_match_tunl0_and_traffic_flows() {
 
 #[test]
 fn vxlan_mtu_frag_needed_and_bulk_transfers() {
-    let o = Overlay::start(&spec(Cni::Flannel, 1450), &[0, 1], &["--overlay", "vxlan"], |lab| {
-        // The external client routes pod CIDRs through node1 (with a full 1500-byte MTU).
-        sh(&lab.external().unwrap().ns, &["ip", "route", "add", "10.244.0.0/16", "via", "198.18.0.11"]);
-    });
+    let o = Overlay::start(
+        &spec(Cni::Flannel, 1450),
+        &[0, 1],
+        &["--overlay", "vxlan"],
+        |lab| {
+            // The external client routes pod CIDRs through node1 (with a full 1500-byte MTU).
+            sh(
+                &lab.external().unwrap().ns,
+                &["ip", "route", "add", "10.244.0.0/16", "via", "198.18.0.11"],
+            );
+        },
+    );
     o.sync_all();
     let p2 = o.lab.pod(1, 0).host();
     let dst = p2.ip.to_string();
     let n1 = &o.node(0).ns;
     // The node's own packets: the route's MTU, like flannel.1's.
-    let err = netns::run_in(n1, &["ping", "-n", "-c", "1", "-W", "1", "-M", "do", "-s", "1472", &dst]).unwrap_err();
+    let err = netns::run_in(
+        n1,
+        &[
+            "ping", "-n", "-c", "1", "-W", "1", "-M", "do", "-s", "1472", &dst,
+        ],
+    )
+    .unwrap_err();
     assert!(format!("{err:#}").contains("mtu=1450"), "{err:#}");
-    sh(n1, &["ping", "-n", "-c", "2", "-W", "1", "-M", "do", "-s", "1422", &dst]);
+    sh(
+        n1,
+        &[
+            "ping", "-n", "-c", "2", "-W", "1", "-M", "do", "-s", "1422", &dst,
+        ],
+    );
     // Forwarded packets: ICMP fragmentation needed with the tunnel's MTU.
     let ext = o.lab.external().unwrap().ns.clone();
-    let err = netns::run_in(&ext, &["ping", "-n", "-c", "1", "-W", "1", "-M", "do", "-s", "1472", &dst]).unwrap_err();
+    let err = netns::run_in(
+        &ext,
+        &[
+            "ping", "-n", "-c", "1", "-W", "1", "-M", "do", "-s", "1472", &dst,
+        ],
+    )
+    .unwrap_err();
     let text = format!("{err:#}");
-    assert!(text.contains("Frag needed") && text.contains("mtu = 1450"), "{text}");
-    sh(&ext, &["ping", "-n", "-c", "2", "-W", "1", "-M", "do", "-s", "1422", &dst]);
+    assert!(
+        text.contains("Frag needed") && text.contains("mtu = 1450"),
+        "{text}"
+    );
+    sh(
+        &ext,
+        &[
+            "ping", "-n", "-c", "2", "-W", "1", "-M", "do", "-s", "1422", &dst,
+        ],
+    );
     let s = o.stats(0);
-    assert_eq!(s.packets(Hook::TcUplinkEgress, Reason::DropOverlayTooBig), 0, "the kernel, not the datapath, refuses: {s:?}");
+    assert_eq!(
+        s.packets(Hook::TcUplinkEgress, Reason::DropOverlayTooBig),
+        0,
+        "the kernel, not the datapath, refuses: {s:?}"
+    );
 
     // 10 MB each way: pod to pod (forwarded, GRO/GSO) and node to pod (local TCP, TSO).
     let took = bulk(&o.lab.pod(0, 0).host(), &p2, 7301, 10 << 20, 10 << 20);
@@ -628,7 +1063,11 @@ fn vxlan_mtu_frag_needed_and_bulk_transfers() {
         .map(|(f, _, _)| 14 + f.ipv4().unwrap().total_len as usize)
         .collect();
     let full = sizes.iter().filter(|&&n| n == 14 + 1500).count();
-    assert!(sizes.iter().all(|&n| n <= 14 + 1500), "no frame above the underlay MTU: {:?}", sizes.iter().max());
+    assert!(
+        sizes.iter().all(|&n| n <= 14 + 1500),
+        "no frame above the underlay MTU: {:?}",
+        sizes.iter().max()
+    );
     assert!(full > 5000, "{full} full-size frames of {}", sizes.len());
 }
 
@@ -648,7 +1087,14 @@ fn inject(ns: &str, frames: Vec<Vec<u8>>) {
         sll.sll_halen = 6;
         for f in frames {
             let rc = unsafe {
-                libc::sendto(fd.as_raw_fd(), f.as_ptr() as *const libc::c_void, f.len(), 0, &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32)
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    f.as_ptr() as *const libc::c_void,
+                    f.len(),
+                    0,
+                    &sll as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
             };
             assert_eq!(rc, f.len() as isize, "{}", std::io::Error::last_os_error());
         }
@@ -658,15 +1104,25 @@ fn inject(ns: &str, frames: Vec<Vec<u8>>) {
 
 /// A UDP socket in `host` on `port` that records every datagram's payload.
 fn udp_sink(host: &Host, port: u16) -> (Arc<Mutex<Vec<String>>>, Arc<AtomicBool>) {
-    let sock = netns::in_netns(&host.ns, move || std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))).unwrap().unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-    let (got, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+    let sock = netns::in_netns(&host.ns, move || {
+        std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
+    })
+    .unwrap()
+    .unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let (got, stop) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(AtomicBool::new(false)),
+    );
     let (g, s) = (got.clone(), stop.clone());
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         while !s.load(Ordering::Relaxed) {
             if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                g.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                g.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
         }
     });
@@ -675,7 +1131,12 @@ fn udp_sink(host: &Host, port: u16) -> (Arc<Mutex<Vec<String>>>, Arc<AtomicBool>
 
 #[test]
 fn decapsulation_accepts_only_tunnel_packets_for_this_node_from_known_nodes() {
-    let o = Overlay::start(&spec(Cni::Flannel, 1450), &[0], &["--overlay", "vxlan"], |_| {});
+    let o = Overlay::start(
+        &spec(Cni::Flannel, 1450),
+        &[0],
+        &["--overlay", "vxlan"],
+        |_| {},
+    );
     let nodes = o.node_infos();
     o.sync(0, &nodes);
     let n1 = o.node(0);
@@ -683,22 +1144,51 @@ fn decapsulation_accepts_only_tunnel_packets_for_this_node_from_known_nodes() {
     let ext = o.lab.external().unwrap();
     let (got, stop) = udp_sink(&pod.host(), 7401);
     let n1_mac = uplink_mac(n1);
-    let ext_mac = netns::in_netns(&ext.ns, || netdev::mac("eth0")).unwrap().unwrap();
+    let ext_mac = netns::in_netns(&ext.ns, || netdev::mac("eth0"))
+        .unwrap()
+        .unwrap();
     let node2 = o.node(1).underlay_ip;
     // A VXLAN frame from `outer_src` (with the external client's MAC) to node1's MAC.
-    let frame = |outer_src: Ipv4Addr, outer_dst: Ipv4Addr, vni: u32, inner_dst: Ipv4Addr, tag: &str| {
-        let inner = packet::Frame::eth([2, 0, 0, 0, 0, 9], n1_mac)
-            .ipv4(Ipv4Addr::new(10, 244, 2, 9), inner_dst)
-            .udp(5555, 7401)
-            .payload(tag.as_bytes())
-            .build();
-        packet::Frame::eth(ext_mac, n1_mac).ipv4(outer_src, outer_dst).udp(40000, 8472).payload(&packet::vxlan(vni, &inner)).build()
-    };
+    let frame =
+        |outer_src: Ipv4Addr, outer_dst: Ipv4Addr, vni: u32, inner_dst: Ipv4Addr, tag: &str| {
+            let inner = packet::Frame::eth([2, 0, 0, 0, 0, 9], n1_mac)
+                .ipv4(Ipv4Addr::new(10, 244, 2, 9), inner_dst)
+                .udp(5555, 7401)
+                .payload(tag.as_bytes())
+                .build();
+            packet::Frame::eth(ext_mac, n1_mac)
+                .ipv4(outer_src, outer_dst)
+                .udp(40000, 8472)
+                .payload(&packet::vxlan(vni, &inner))
+                .build()
+        };
     let cases = [
-        ("unknown peer", frame(ext.ip, n1.underlay_ip, 1, pod.ip, "unknown peer"), Reason::DropOverlayUnknownPeer),
-        ("another address", frame(node2, Ipv4Addr::new(198, 18, 0, 99), 1, pod.ip, "another address"), Reason::DropOverlayNotLocal),
-        ("relay", frame(node2, n1.underlay_ip, 1, ext.ip, "relay"), Reason::DropOverlayNotLocal),
-        ("wrong vni", frame(node2, n1.underlay_ip, 2, pod.ip, "wrong vni"), Reason::DropOverlayMalformed),
+        (
+            "unknown peer",
+            frame(ext.ip, n1.underlay_ip, 1, pod.ip, "unknown peer"),
+            Reason::DropOverlayUnknownPeer,
+        ),
+        (
+            "another address",
+            frame(
+                node2,
+                Ipv4Addr::new(198, 18, 0, 99),
+                1,
+                pod.ip,
+                "another address",
+            ),
+            Reason::DropOverlayNotLocal,
+        ),
+        (
+            "relay",
+            frame(node2, n1.underlay_ip, 1, ext.ip, "relay"),
+            Reason::DropOverlayNotLocal,
+        ),
+        (
+            "wrong vni",
+            frame(node2, n1.underlay_ip, 2, pod.ip, "wrong vni"),
+            Reason::DropOverlayMalformed,
+        ),
     ];
     for (name, f, reason) in cases {
         let before = o.stats(0).packets(Hook::XdpUplink, reason);
@@ -708,14 +1198,21 @@ fn decapsulation_accepts_only_tunnel_packets_for_this_node_from_known_nodes() {
         assert_eq!(after - before, 1, "{name}: counted as {}", reason.name());
     }
     // The control: the same frame from a known node's address is delivered.
-    inject(&ext.ns, vec![frame(node2, n1.underlay_ip, 1, pod.ip, "from node2")]);
+    inject(
+        &ext.ns,
+        vec![frame(node2, n1.underlay_ip, 1, pod.ip, "from node2")],
+    );
     let deadline = Instant::now() + T;
     while got.lock().unwrap().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
-    assert_eq!(*got.lock().unwrap(), ["from node2"], "only the known node's packet reaches the pod");
+    assert_eq!(
+        *got.lock().unwrap(),
+        ["from node2"],
+        "only the known node's packet reaches the pod"
+    );
     // The relay attempt did not leave node1 toward the external client either.
     let s = o.stats(0);
     assert_eq!(s.packets(Hook::XdpUplink, Reason::OverlayDecap), 1, "{s:?}");
@@ -730,20 +1227,57 @@ fn decapsulation_accepts_only_tunnel_packets_for_this_node_from_known_nodes() {
 /// one its peers know): otherwise the peer drops them as from an unknown node and nothing works.
 fn second_address_case(cni: Cni, mtu: u32, mode: &str, proto_check: fn(&Parsed) -> bool) {
     let node1: &[&str] = &["--overlay", mode, "--tunnel-ip", "198.18.0.11"];
-    let o = Overlay::start_each(&spec(cni, mtu), &[(0, node1), (1, &["--overlay", mode])], |lab| {
-        // 198.18.1.11 becomes the uplink's first address, and the kernel's choice of source
-        // toward the other node.
-        let ns = &lab.node(0).ns;
-        sh(ns, &["ip", "addr", "flush", "dev", "eth0"]);
-        sh(ns, &["ip", "addr", "add", "198.18.1.11/24", "dev", "eth0"]);
-        sh(ns, &["ip", "addr", "add", "198.18.0.11/24", "dev", "eth0"]);
-        sh(ns, &["ip", "route", "replace", "198.18.0.0/24", "dev", "eth0", "src", "198.18.1.11"]);
-        sh(ns, &["ip", "route", "add", "default", "via", "198.18.0.1", "dev", "eth0"]);
-    });
+    let o = Overlay::start_each(
+        &spec(cni, mtu),
+        &[(0, node1), (1, &["--overlay", mode])],
+        |lab| {
+            // 198.18.1.11 becomes the uplink's first address, and the kernel's choice of source
+            // toward the other node.
+            let ns = &lab.node(0).ns;
+            sh(ns, &["ip", "addr", "flush", "dev", "eth0"]);
+            sh(ns, &["ip", "addr", "add", "198.18.1.11/24", "dev", "eth0"]);
+            sh(ns, &["ip", "addr", "add", "198.18.0.11/24", "dev", "eth0"]);
+            sh(
+                ns,
+                &[
+                    "ip",
+                    "route",
+                    "replace",
+                    "198.18.0.0/24",
+                    "dev",
+                    "eth0",
+                    "src",
+                    "198.18.1.11",
+                ],
+            );
+            sh(
+                ns,
+                &[
+                    "ip",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    "198.18.0.1",
+                    "dev",
+                    "eth0",
+                ],
+            );
+        },
+    );
     let route = sh(&o.node(0).ns, &["ip", "route", "get", "198.18.0.12"]);
-    assert!(route.contains("src 198.18.1.11"), "the trap is armed: {route}");
-    let first = netns::in_netns(&o.node(0).ns, || dataplane::loader::interface_ipv4("eth0")).unwrap().unwrap();
-    assert_eq!(first, Ipv4Addr::new(198, 18, 1, 11), "and 198.18.1.11 is the uplink's first address");
+    assert!(
+        route.contains("src 198.18.1.11"),
+        "the trap is armed: {route}"
+    );
+    let first = netns::in_netns(&o.node(0).ns, || dataplane::loader::interface_ipv4("eth0"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first,
+        Ipv4Addr::new(198, 18, 1, 11),
+        "and 198.18.1.11 is the uplink's first address"
+    );
     o.sync_all();
     let (p1, p2) = (o.lab.pod(0, 0).host(), o.lab.pod(1, 0).host());
     let cap = Capture::start(o.lab.switch_ns(), "node1");
@@ -751,24 +1285,39 @@ fn second_address_case(cni: Cni, mtu: u32, mode: &str, proto_check: fn(&Parsed) 
     echo_both(&p1, &p2, 7501, p1.ip);
     echo_both(&o.node(0).host(), &p2, 7502, Ipv4Addr::new(10, 244, 1, 0));
     let frames = cap.finish();
-    let tunnel: Vec<&Parsed> = frames.iter().filter(|f| proto_check(f)).filter(|f| f.ipv4().unwrap().dst == o.node(1).underlay_ip).collect();
+    let tunnel: Vec<&Parsed> = frames
+        .iter()
+        .filter(|f| proto_check(f))
+        .filter(|f| f.ipv4().unwrap().dst == o.node(1).underlay_ip)
+        .collect();
     assert!(tunnel.len() >= 10, "{} tunnel packets", tunnel.len());
     for f in tunnel {
-        assert_eq!(f.ipv4().unwrap().src, Ipv4Addr::new(198, 18, 0, 11), "outer source: {f:?}");
+        assert_eq!(
+            f.ipv4().unwrap().src,
+            Ipv4Addr::new(198, 18, 0, 11),
+            "outer source: {f:?}"
+        );
     }
-    assert_eq!(o.stats(1).packets(Hook::XdpUplink, Reason::DropOverlayUnknownPeer), 0);
+    assert_eq!(
+        o.stats(1)
+            .packets(Hook::XdpUplink, Reason::DropOverlayUnknownPeer),
+        0
+    );
 }
 
 #[test]
 fn ipip_outer_source_is_the_tunnel_address_on_a_node_with_two_addresses() {
-    second_address_case(Cni::Calico, 1480, "ipip", |f| f.ipv4().is_some_and(|ip| ip.protocol == 4));
+    second_address_case(Cni::Calico, 1480, "ipip", |f| {
+        f.ipv4().is_some_and(|ip| ip.protocol == 4)
+    });
 }
 
 #[test]
 fn vxlan_outer_source_is_the_tunnel_address_on_a_node_with_two_addresses() {
-    second_address_case(Cni::Flannel, 1450, "vxlan", |f| f.udp().is_some_and(|u| u.dport == 8472));
+    second_address_case(Cni::Flannel, 1450, "vxlan", |f| {
+        f.udp().is_some_and(|u| u.dport == 8472)
+    });
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // The agent drives the overlay from Node objects
@@ -796,19 +1345,33 @@ fn the_agent_builds_the_overlay_from_node_objects() {
     let dir = std::env::temp_dir().join(format!("{}overlay-manifests", lab.prefix()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let docs: Vec<String> = lab.nodes().iter().map(|n| node_yaml(n, uplink_mac(n))).collect();
+    let docs: Vec<String> = lab
+        .nodes()
+        .iter()
+        .map(|n| node_yaml(n, uplink_mac(n)))
+        .collect();
     std::fs::write(dir.join("nodes.yaml"), docs.join("---\n")).unwrap();
     let args = ["--overlay", "vxlan", "--manifests", dir.to_str().unwrap()];
-    let dp: Vec<_> = (0..2).map(|i| DataplaneNode::start(&lab, i, &args).unwrap()).collect();
+    let dp: Vec<_> = (0..2)
+        .map(|i| DataplaneNode::start(&lab, i, &args).unwrap())
+        .collect();
     let (p1, p2) = (lab.pod(0, 0).host(), lab.pod(1, 0).host());
     let deadline = Instant::now() + Duration::from_secs(15);
     while p1.ping(p2.ip, 1).is_err() {
-        assert!(Instant::now() < deadline, "the agents never set the overlay up:\n{}\n{}", dp[0].stderr(), dp[1].stderr());
+        assert!(
+            Instant::now() < deadline,
+            "the agents never set the overlay up:\n{}\n{}",
+            dp[0].stderr(),
+            dp[1].stderr()
+        );
     }
     p2.ping(p1.ip, 2).unwrap();
     echo_both(&p1, &p2, 7601, p1.ip);
     let route = sh(&lab.node(0).ns, &["ip", "route", "get", "10.244.2.2"]);
-    assert!(route.contains("src 10.244.1.0") && route.contains("mtu 1450"), "{route}");
+    assert!(
+        route.contains("src 10.244.1.0") && route.contains("mtu 1450"),
+        "{route}"
+    );
     // Stopping leaves the datapath (and its routes) running; `dataplane cleanup` in the node
     // takes both down.
     let pins: Vec<_> = dp.iter().map(|d| d.pin_dir().to_path_buf()).collect();
@@ -818,12 +1381,29 @@ fn the_agent_builds_the_overlay_from_node_objects() {
     p1.ping(p2.ip, 1).unwrap();
     let pin = pins[0].to_str().unwrap();
     let out = std::process::Command::new("nsenter")
-        .args([&format!("--net=/run/netns/{}", lab.node(0).ns), "--", support::node::DATAPLANE_BIN, "cleanup", "--pin-dir", pin])
+        .args([
+            &format!("--net=/run/netns/{}", lab.node(0).ns),
+            "--",
+            support::node::DATAPLANE_BIN,
+            "cleanup",
+            "--pin-dir",
+            pin,
+        ])
         .output()
         .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && stdout.contains("removed the overlay's kernel routes"), "{stdout}\n{stderr}");
-    let left = sh(&lab.node(0).ns, &["ip", "route", "show", "proto", "73"]) + &sh(&lab.node(0).ns, &["ip", "addr", "show", "dev", "lo"]);
-    assert!(!left.contains("10.244.2.0") && !left.contains("lo:overlay"), "{left}");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("removed the overlay's kernel routes"),
+        "{stdout}\n{stderr}"
+    );
+    let left = sh(&lab.node(0).ns, &["ip", "route", "show", "proto", "73"])
+        + &sh(&lab.node(0).ns, &["ip", "addr", "show", "dev", "lo"]);
+    assert!(
+        !left.contains("10.244.2.0") && !left.contains("lo:overlay"),
+        "{left}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

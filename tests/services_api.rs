@@ -67,7 +67,9 @@ impl Drop for PinDir {
 
 /// The seed's worker k8s-2 runs 10.244.1.19; k8s-3 runs the other two.
 fn local() -> LocalContext {
-    LocalContext { node_name: "k8s-2".into() }
+    LocalContext {
+        node_name: "k8s-2".into(),
+    }
 }
 
 fn endpoint(ip: Ipv4Addr, port: u16, node: &str) -> Backend {
@@ -111,11 +113,20 @@ fn be_ip(ip: [u8; 4]) -> u32 {
 }
 
 fn backend(ip: [u8; 4], port: u16, flags: u16) -> BackendValue {
-    BackendValue { addr: be_ip(ip), port: port.to_be(), flags }
+    BackendValue {
+        addr: be_ip(ip),
+        port: port.to_be(),
+        flags,
+    }
 }
 
 fn frontend_key(proto: u8) -> ServiceKey {
-    ServiceKey { addr: be_ip([10, 109, 117, 159]), port: 80u16.to_be(), proto, _pad: 0 }
+    ServiceKey {
+        addr: be_ip([10, 109, 117, 159]),
+        port: 80u16.to_be(),
+        proto,
+        _pad: 0,
+    }
 }
 
 /// A pinned map opened raw, as bpftool would.
@@ -125,19 +136,33 @@ fn raw<K: Pod, V: Pod>(dir: &Path, name: &str) -> HashMap<MapData, K, V> {
 }
 
 fn entries<K: Pod, V: Pod>(dir: &Path, name: &str) -> Vec<(K, V)> {
-    raw::<K, V>(dir, name).iter().collect::<Result<_, _>>().unwrap()
+    raw::<K, V>(dir, name)
+        .iter()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 /// The raw slots of `value`'s set, asserting every one is present.
 fn raw_set(dir: &Path, value: &ServiceValue) -> Vec<BackendValue> {
     let map = raw::<BackendKey, BackendValue>(dir, map_names::BACKENDS);
     (0..value.count)
-        .map(|slot| map.get(&BackendKey { set_id: value.set_id, slot }, 0).expect("complete set"))
+        .map(|slot| {
+            map.get(
+                &BackendKey {
+                    set_id: value.set_id,
+                    slot,
+                },
+                0,
+            )
+            .expect("complete set")
+        })
         .collect()
 }
 
 fn raw_service(dir: &Path, key: &ServiceKey) -> ServiceValue {
-    raw::<ServiceKey, ServiceValue>(dir, map_names::SERVICES).get(key, 0).expect("frontend")
+    raw::<ServiceKey, ServiceValue>(dir, map_names::SERVICES)
+        .get(key, 0)
+        .expect("frontend")
 }
 
 /// Both CT entries of a flow client -> 10.109.117.159:80 balanced to `to`, as the datapath
@@ -152,8 +177,14 @@ fn flow(
     let client = be_ip(client);
     let sport = sport.to_be();
     let vip = frontend_key(proto);
-    let fwd_key =
-        CtKey { saddr: client, daddr: vip.addr, sport, dport: vip.port, proto, _pad: [0; 3] };
+    let fwd_key = CtKey {
+        saddr: client,
+        daddr: vip.addr,
+        sport,
+        dport: vip.port,
+        proto,
+        _pad: [0; 3],
+    };
     let base = CtValue {
         frontend_id,
         created_ns: 1,
@@ -169,8 +200,14 @@ fn flow(
         nat_dport: to.port,
         ..base
     };
-    let rep_key =
-        CtKey { saddr: to.addr, daddr: client, sport: to.port, dport: sport, proto, _pad: [0; 3] };
+    let rep_key = CtKey {
+        saddr: to.addr,
+        daddr: client,
+        sport: to.port,
+        dport: sport,
+        proto,
+        _pad: [0; 3],
+    };
     let rep = CtValue {
         nat_saddr: vip.addr,
         nat_sport: vip.port,
@@ -183,8 +220,15 @@ fn flow(
 }
 
 fn dataplane_cli(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_dataplane")).args(args).output().unwrap();
-    assert!(out.status.success(), "dataplane {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_dataplane"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dataplane {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -202,7 +246,11 @@ fn seed_service_entries_updates_removal_and_adoption() {
     let report = table.upsert(&tcp).unwrap();
     assert_eq!(
         report,
-        UpdateReport { services_written: 1, backends_written: 3, ..Default::default() }
+        UpdateReport {
+            services_written: 1,
+            backends_written: 3,
+            ..Default::default()
+        }
     );
     let first = ServiceValue {
         frontend_id: 1,
@@ -234,7 +282,10 @@ fn seed_service_entries_updates_removal_and_adoption() {
     table.upsert(&udp).unwrap();
     let udp_before = raw_service(dir, &frontend_key(17));
     assert_eq!((udp_before.frontend_id, udp_before.set_id), (2, 2));
-    assert_eq!((udp_before.flags, udp_before.affinity_timeout_secs), (SVC_F_AFFINITY, 10_800));
+    assert_eq!(
+        (udp_before.flags, udp_before.affinity_timeout_secs),
+        (SVC_F_AFFINITY, 10_800)
+    );
 
     // Flows as the datapath would track them: UDP to .16 (to be removed) and to .15 (kept),
     // TCP to .16; affinity of two clients.
@@ -251,8 +302,20 @@ fn seed_service_entries_updates_removal_and_adoption() {
     }
     let mut affinity = raw::<AffinityKey, AffinityValue>(dir, map_names::AFFINITY);
     for (client, to) in [([10, 244, 1, 5], gone), ([10, 244, 1, 6], kept)] {
-        let key = AffinityKey { client: be_ip(client), frontend_id: 2 };
-        affinity.insert(key, AffinityValue { backend: to, last_used_ns: 1 }, 0).unwrap();
+        let key = AffinityKey {
+            client: be_ip(client),
+            frontend_id: 2,
+        };
+        affinity
+            .insert(
+                key,
+                AffinityValue {
+                    backend: to,
+                    last_used_ns: 1,
+                },
+                0,
+            )
+            .unwrap();
     }
 
     // 10.244.2.16 is replaced by 10.244.2.17 in both services.
@@ -274,11 +337,19 @@ fn seed_service_entries_updates_removal_and_adoption() {
     assert_eq!((report.conntrack_deleted, report.affinity_deleted), (2, 1));
     let tcp_now = raw_service(dir, &frontend_key(6));
     let udp_now = raw_service(dir, &frontend_key(17));
-    assert_eq!((tcp_now.frontend_id, udp_now.frontend_id), (1, 2), "frontend ids are stable");
+    assert_eq!(
+        (tcp_now.frontend_id, udp_now.frontend_id),
+        (1, 2),
+        "frontend ids are stable"
+    );
     assert_eq!((tcp_now.set_id, udp_now.set_id), (3, 4), "fresh set ids");
     assert_eq!(
         raw_set(dir, &udp_now),
-        [backend([10, 244, 1, 19], 8080, BE_F_LOCAL), kept, backend([10, 244, 2, 17], 8080, 0)]
+        [
+            backend([10, 244, 1, 19], 8080, BE_F_LOCAL),
+            kept,
+            backend([10, 244, 2, 17], 8080, 0)
+        ]
     );
     let mut set_ids: Vec<u32> = entries::<BackendKey, BackendValue>(dir, map_names::BACKENDS)
         .iter()
@@ -286,17 +357,30 @@ fn seed_service_entries_updates_removal_and_adoption() {
         .collect();
     set_ids.sort();
     assert_eq!(set_ids, [3, 3, 3, 4, 4, 4], "old sets 1 and 2 are deleted");
-    let ct_left: Vec<CtKey> =
-        entries::<CtKey, CtValue>(dir, map_names::CT).iter().map(|(k, _)| *k).collect();
-    let mut want: Vec<CtKey> =
-        [seeded[1][0].0, seeded[1][1].0, seeded[2][0].0, seeded[2][1].0].to_vec();
+    let ct_left: Vec<CtKey> = entries::<CtKey, CtValue>(dir, map_names::CT)
+        .iter()
+        .map(|(k, _)| *k)
+        .collect();
+    let mut want: Vec<CtKey> = [
+        seeded[1][0].0,
+        seeded[1][1].0,
+        seeded[2][0].0,
+        seeded[2][1].0,
+    ]
+    .to_vec();
     let order = |k: &CtKey| (k.proto, k.saddr, k.sport);
     want.sort_by_key(order);
     let mut ct_left = ct_left;
     ct_left.sort_by_key(order);
-    assert_eq!(ct_left, want, "UDP flows to the removed backend are gone, the others stay");
+    assert_eq!(
+        ct_left, want,
+        "UDP flows to the removed backend are gone, the others stay"
+    );
     let aff_left = entries::<AffinityKey, AffinityValue>(dir, map_names::AFFINITY);
-    assert_eq!(aff_left.iter().map(|(_, v)| v.backend).collect::<Vec<_>>(), [kept]);
+    assert_eq!(
+        aff_left.iter().map(|(_, v)| v.backend).collect::<Vec<_>>(),
+        [kept]
+    );
 
     // Operators' read-back, through the library and the CLI.
     let rows = services::list_services(dir).unwrap();
@@ -305,7 +389,10 @@ fn seed_service_entries_updates_removal_and_adoption() {
     assert_eq!(rows[0].backends[0].addr.to_string(), "10.244.1.19:8080");
     assert!(rows[0].backends[0].local);
     let text = dataplane_cli(&["services", "--pin-dir", dir.to_str().unwrap()]);
-    assert!(text.contains("10.109.117.159:80/tcp  frontend 1  set 3  cluster\n"), "{text}");
+    assert!(
+        text.contains("10.109.117.159:80/tcp  frontend 1  set 3  cluster\n"),
+        "{text}"
+    );
     assert!(text.contains("-> 10.244.1.19:8080  local\n"), "{text}");
     assert!(
         text.contains("10.109.117.159:80/udp  frontend 2  set 4  cluster,affinity=10800s\n"),
@@ -313,8 +400,10 @@ fn seed_service_entries_updates_removal_and_adoption() {
     );
     let conns = services::list_conntrack(dir).unwrap();
     assert_eq!(conns.len(), 4);
-    let tcp_fwd =
-        conns.iter().find(|r| r.proto == 6 && r.direction == CtDirection::Original).unwrap();
+    let tcp_fwd = conns
+        .iter()
+        .find(|r| r.proto == 6 && r.direction == CtDirection::Original)
+        .unwrap();
     assert_eq!(tcp_fwd.nat_dst.to_string(), "10.244.2.16:8080");
     let text = dataplane_cli(&["conntrack", "--pin-dir", dir.to_str().unwrap()]);
     assert_eq!(text.lines().count(), 5, "{text}");
@@ -331,11 +420,21 @@ fn seed_service_entries_updates_removal_and_adoption() {
     // Removal: the entry, then its slots, then the rest of its UDP flows.
     let report = table.remove(&udp.name).unwrap();
     assert_eq!(
-        (report.services_deleted, report.backends_deleted, report.conntrack_deleted),
+        (
+            report.services_deleted,
+            report.backends_deleted,
+            report.conntrack_deleted
+        ),
         (1, 3, 2)
     );
-    assert_eq!(entries::<ServiceKey, ServiceValue>(dir, map_names::SERVICES).len(), 1);
-    assert_eq!(entries::<BackendKey, BackendValue>(dir, map_names::BACKENDS).len(), 3);
+    assert_eq!(
+        entries::<ServiceKey, ServiceValue>(dir, map_names::SERVICES).len(),
+        1
+    );
+    assert_eq!(
+        entries::<BackendKey, BackendValue>(dir, map_names::BACKENDS).len(),
+        3
+    );
     drop(table);
 
     // A restarted writer adopts the maps: nothing to write for the same state, no id collides.
@@ -345,10 +444,17 @@ fn seed_service_entries_updates_removal_and_adoption() {
     let mut other = app_svc("other", Protocol::Udp);
     other.frontends[0].ip = Ipv4Addr::new(10, 96, 0, 10);
     assert_eq!(adopted.upsert(&other).unwrap().written(), 4);
-    let other_key = ServiceKey { addr: be_ip([10, 96, 0, 10]), ..frontend_key(17) };
+    let other_key = ServiceKey {
+        addr: be_ip([10, 96, 0, 10]),
+        ..frontend_key(17)
+    };
     let other_now = raw_service(dir, &other_key);
     assert_eq!(other_now.frontend_id, 2, "the freed frontend id");
-    assert_eq!(other_now.set_id, tcp_now.set_id + 1, "after the highest set id in the maps");
+    assert_eq!(
+        other_now.set_id,
+        tcp_now.set_id + 1,
+        "after the highest set id in the maps"
+    );
     drop(adopted);
 
     // Opening from the loaded object sees the same maps.
@@ -374,7 +480,9 @@ fn scale_service(i: u32) -> ServicePort {
             protocol: Protocol::Tcp,
             kind: FrontendKind::ClusterIp,
         }],
-        backends: (0..10).map(|j| endpoint(Ipv4Addr::from(base + j), 8080, "k8s-3")).collect(),
+        backends: (0..10)
+            .map(|j| endpoint(Ipv4Addr::from(base + j), 8080, "k8s-3"))
+            .collect(),
         external_policy: TrafficPolicy::Cluster,
         internal_policy: TrafficPolicy::Cluster,
         affinity_timeout_secs: None,
@@ -392,16 +500,32 @@ fn ten_thousand_services_sync_and_resync_writes_only_changes() {
 
     let started = Instant::now();
     let report = table.sync(&svcs).unwrap();
-    eprintln!("10,000 services x 10 endpoints synced in {:?}", started.elapsed());
+    eprintln!(
+        "10,000 services x 10 endpoints synced in {:?}",
+        started.elapsed()
+    );
     assert_eq!(
         report,
-        UpdateReport { services_written: 10_000, backends_written: 100_000, ..Default::default() }
+        UpdateReport {
+            services_written: 10_000,
+            backends_written: 100_000,
+            ..Default::default()
+        }
     );
-    assert_eq!(entries::<ServiceKey, ServiceValue>(dir, map_names::SERVICES).len(), 10_000);
-    assert_eq!(entries::<BackendKey, BackendValue>(dir, map_names::BACKENDS).len(), 100_000);
+    assert_eq!(
+        entries::<ServiceKey, ServiceValue>(dir, map_names::SERVICES).len(),
+        10_000
+    );
+    assert_eq!(
+        entries::<BackendKey, BackendValue>(dir, map_names::BACKENDS).len(),
+        100_000
+    );
 
     let started = Instant::now();
-    assert!(table.sync(&svcs).unwrap().is_empty(), "an unchanged resync writes nothing");
+    assert!(
+        table.sync(&svcs).unwrap().is_empty(),
+        "an unchanged resync writes nothing"
+    );
     eprintln!("unchanged resync in {:?}", started.elapsed());
 
     let key = services::service_key(&svcs[4242].frontends[0]);
@@ -421,7 +545,10 @@ fn ten_thousand_services_sync_and_resync_writes_only_changes() {
     assert_eq!(after.frontend_id, before.frontend_id);
     assert_ne!(after.set_id, before.set_id);
     assert!(raw_set(dir, &after).contains(&backend([10, 200, 0, 1], 8080, 0)));
-    assert_eq!(entries::<BackendKey, BackendValue>(dir, map_names::BACKENDS).len(), 100_000);
+    assert_eq!(
+        entries::<BackendKey, BackendValue>(dir, map_names::BACKENDS).len(),
+        100_000
+    );
     drop(table);
 
     // A restarted writer adopts 10,000 frontends and finds nothing to do.

@@ -52,7 +52,11 @@ impl Templates {
     }
 
     pub fn set(&mut self, index: u32, frame: &[u8]) {
-        assert_eq!(frame.len(), FRAME_LEN, "template frames are {FRAME_LEN} bytes");
+        assert_eq!(
+            frame.len(),
+            FRAME_LEN,
+            "template frames are {FRAME_LEN} bytes"
+        );
         self.frames.element_mut(index).copy_from_slice(frame);
     }
 
@@ -168,13 +172,24 @@ impl Injector {
     /// writing the frame, else it passes.
     pub fn load(t: &Templates, tail_target: Option<&Xdp>, name: &str) -> Result<Injector> {
         let progs = match tail_target {
-            Some(_) => Some(RawMap::create(BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 1, 0, "bench_tail")?),
+            Some(_) => Some(RawMap::create(
+                BPF_MAP_TYPE_PROG_ARRAY,
+                4,
+                4,
+                1,
+                0,
+                "bench_tail",
+            )?),
             None => None,
         };
         let insns = program(t, progs.as_ref());
         let fd = load_xdp(&insns, name)?;
         if let (Some(map), Some(target)) = (&progs, tail_target) {
-            let target_fd = target.fd().context("tail-call target not loaded")?.as_fd().as_raw_fd();
+            let target_fd = target
+                .fd()
+                .context("tail-call target not loaded")?
+                .as_fd()
+                .as_raw_fd();
             map.update(&0u32.to_ne_bytes(), &(target_fd as u32).to_ne_bytes())
                 .context("putting the dataplane's program into the tail-call slot")?;
         }
@@ -183,13 +198,30 @@ impl Injector {
 
     /// Live frames: `repeat` frames injected at `ingress` (an ifindex of the calling thread's
     /// namespace), `batch` per kernel batch.
-    pub fn run_live(&self, ingress: Ingress, first_frame: &[u8], repeat: u32, batch: u32) -> Result<RunResult> {
+    pub fn run_live(
+        &self,
+        ingress: Ingress,
+        first_frame: &[u8],
+        repeat: u32,
+        batch: u32,
+    ) -> Result<RunResult> {
         let ctx = xdp_md(first_frame.len() as u32, ingress.ifindex);
         let t0 = std::time::Instant::now();
-        let r = prog_test_run(self.fd.as_raw_fd(), first_frame, None, Some(&ctx), repeat, Some(batch))
-            .context("BPF_PROG_TEST_RUN (live frames)")?;
+        let r = prog_test_run(
+            self.fd.as_raw_fd(),
+            first_frame,
+            None,
+            Some(&ctx),
+            repeat,
+            Some(batch),
+        )
+        .context("BPF_PROG_TEST_RUN (live frames)")?;
         let wall = t0.elapsed().as_nanos() as u64;
-        Ok(RunResult { ns_per_frame: r.duration_ns as f64, retval: r.retval, wall_ns: wall })
+        Ok(RunResult {
+            ns_per_frame: r.duration_ns as f64,
+            retval: r.retval,
+            wall_ns: wall,
+        })
     }
 
     /// Classic test run: the program runs `repeat` times on one buffer (restored by the
@@ -197,15 +229,29 @@ impl Injector {
     pub fn run_direct(&self, first_frame: &[u8], repeat: u32) -> Result<(RunResult, Vec<u8>)> {
         let mut out = vec![0u8; first_frame.len() + 256];
         let t0 = std::time::Instant::now();
-        let r = prog_test_run(self.fd.as_raw_fd(), first_frame, Some(&mut out), None, repeat, None)
-            .context("BPF_PROG_TEST_RUN")?;
+        let r = prog_test_run(
+            self.fd.as_raw_fd(),
+            first_frame,
+            Some(&mut out),
+            None,
+            repeat,
+            None,
+        )
+        .context("BPF_PROG_TEST_RUN")?;
         let wall = t0.elapsed().as_nanos() as u64;
         let size = r.data_size_out as usize;
         if size > out.len() {
             bail!("test_run returned {size} bytes");
         }
         out.truncate(size);
-        Ok((RunResult { ns_per_frame: r.duration_ns as f64, retval: r.retval, wall_ns: wall }, out))
+        Ok((
+            RunResult {
+                ns_per_frame: r.duration_ns as f64,
+                retval: r.retval,
+                wall_ns: wall,
+            },
+            out,
+        ))
     }
 }
 

@@ -29,7 +29,10 @@ use report::{LoadSample, Results};
 use scenario::Traffic;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "dataplane-bench", about = "Benchmark this dataplane against kube-proxy's iptables and nftables modes")]
+#[command(
+    name = "dataplane-bench",
+    about = "Benchmark this dataplane against kube-proxy's iptables and nftables modes"
+)]
 pub struct Args {
     /// CI variant: N in {1, 1000}, 3 repetitions, shorter runs (under 3 minutes); still checks
     /// delivery and fails on any mode that delivered nothing or untranslated packets.
@@ -110,20 +113,29 @@ fn main() {
 
 fn run(args: &Args) -> Result<bool> {
     if let Some(path) = &args.report_only {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let results: Results = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let results: Results =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         return report::write_markdown(&args.markdown, &args.out_dir, &results);
     }
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark creates network namespaces and loads eBPF programs: run it as root");
     }
     let started = Instant::now();
-    let sweep = args.services.clone().unwrap_or(if args.quick { vec![1, 1000] } else { vec![1, 100, 1000, 10000] });
+    let sweep = args.services.clone().unwrap_or(if args.quick {
+        vec![1, 1000]
+    } else {
+        vec![1, 100, 1000, 10000]
+    });
     let reps = args.reps.unwrap_or(if args.quick { 3 } else { 9 });
     let budget = Duration::from_millis(args.budget_ms.unwrap_or(if args.quick { 60 } else { 250 }));
     let tcp_time = Duration::from_millis(if args.quick { 150 } else { 400 });
     let modes: Vec<Mode> = match &args.modes {
-        Some(v) => v.iter().map(|k| Mode::from_key(k).with_context(|| format!("unknown mode {k}"))).collect::<Result<_>>()?,
+        Some(v) => v
+            .iter()
+            .map(|k| Mode::from_key(k).with_context(|| format!("unknown mode {k}")))
+            .collect::<Result<_>>()?,
         None => Mode::ALL.to_vec(),
     };
     let overlay = report::overlay_status();
@@ -159,7 +171,10 @@ fn run(args: &Args) -> Result<bool> {
                 }
             }
         }
-        results.injector.push(report::InjectorCost { services: n, ns_per_frame: measure::injector_cost(&pass, &templates, args.cpu)? });
+        results.injector.push(report::InjectorCost {
+            services: n,
+            ns_per_frame: measure::injector_cost(&pass, &templates, args.cpu)?,
+        });
         if results.snat_probe.is_none() {
             if let Some(ml) = labs.iter().find(|l| l.mode == Mode::EbpfXdp) {
                 results.snat_probe = Some(measure::snat_capacity(ml, &templates, args.cpu)?);
@@ -178,7 +193,15 @@ fn run(args: &Args) -> Result<bool> {
                     results.packets.push(s);
                     if ml.mode == Mode::EbpfXdp {
                         // The program alone is ~100 ns: always 100,000 runs.
-                        let s = measure::direct_run(ml, &templates, n, t, scenario::NEW_FLOWS, rep, args.cpu)?;
+                        let s = measure::direct_run(
+                            ml,
+                            &templates,
+                            n,
+                            t,
+                            scenario::NEW_FLOWS,
+                            rep,
+                            args.cpu,
+                        )?;
                         note(&s);
                         results.packets.push(s);
                     }
@@ -211,14 +234,19 @@ fn run(args: &Args) -> Result<bool> {
                 for t in Traffic::ALL {
                     check_interrupted()?;
                     let frames = frames_for(budget, est[&(ml.mode.key().to_string(), t)]);
-                    results.profiles.push(measure::profile(ml, &pass, &templates, n, t, frames, args.cpu)?);
+                    results.profiles.push(measure::profile(
+                        ml, &pass, &templates, n, t, frames, args.cpu,
+                    )?);
                 }
             }
         }
         results.elapsed_secs = started.elapsed().as_secs_f64();
         report::write_json(&args.out_dir, &results)?;
     }
-    eprintln!("bench: service measurements done after {:.0?}; tearing down their labs", started.elapsed());
+    eprintln!(
+        "bench: service measurements done after {:.0?}; tearing down their labs",
+        started.elapsed()
+    );
     drop(labs);
     check_interrupted()?;
     tunnel_phase(args, &pass, &templates, reps, budget, &mut results)?;
@@ -227,13 +255,25 @@ fn run(args: &Args) -> Result<bool> {
     results.loadavg.push(report::loadavg());
     report::write_json(&args.out_dir, &results)?;
     let ok = report::write_markdown(&args.markdown, &args.out_dir, &results)?;
-    eprintln!("bench: wrote {}, {}/results.json ({:.0?} in all)", args.markdown.display(), args.out_dir.display(), started.elapsed());
+    eprintln!(
+        "bench: wrote {}, {}/results.json ({:.0?} in all)",
+        args.markdown.display(),
+        args.out_dir.display(),
+        started.elapsed()
+    );
     Ok(ok)
 }
 
 /// (f): pod → pod over VXLAN, ours against the kernel's, host-gw as the floor. Needs
 /// `dataplane run` (DATAPLANE_BIN, set by the xtask) with --overlay.
-fn tunnel_phase(args: &Args, pass: &Arc<Injector>, templates: &Templates, reps: usize, budget: Duration, results: &mut Results) -> Result<()> {
+fn tunnel_phase(
+    args: &Args,
+    pass: &Arc<Injector>,
+    templates: &Templates,
+    reps: usize,
+    budget: Duration,
+    results: &mut Results,
+) -> Result<()> {
     let bin = std::env::var("DATAPLANE_BIN").ok();
     if !results.overlay.starts_with("present") {
         results.tunnel_status = format!("skipped: overlay support {}", results.overlay);
@@ -262,16 +302,32 @@ fn tunnel_phase(args: &Args, pass: &Arc<Injector>, templates: &Templates, reps: 
         for k in 0..labs.len() {
             let i = (k + rep) % labs.len();
             check_interrupted()?;
-            let s = overlay::run(&labs[i], pass, templates, frames_for(budget, est[i]), rep, args.cpu)?;
+            let s = overlay::run(
+                &labs[i],
+                pass,
+                templates,
+                frames_for(budget, est[i]),
+                rep,
+                args.cpu,
+            )?;
             if !s.problems.is_empty() {
                 eprintln!("bench: (f) {}: {}", s.row, s.problems.join("; "));
             }
             results.tunnel.push(s);
         }
     }
-    if let Some(l) = labs.iter().find(|l| l.mode == overlay::TunnelMode::EbpfVxlan) {
+    if let Some(l) = labs
+        .iter()
+        .find(|l| l.mode == overlay::TunnelMode::EbpfVxlan)
+    {
         let i = labs.iter().position(|x| x.mode == l.mode).unwrap();
-        results.tunnel_profile = Some(overlay::profile(l, pass, templates, frames_for(budget, est[i]), args.cpu)?);
+        results.tunnel_profile = Some(overlay::profile(
+            l,
+            pass,
+            templates,
+            frames_for(budget, est[i]),
+            args.cpu,
+        )?);
     }
     results.tunnel_status = "measured".into();
     Ok(())
@@ -279,14 +335,35 @@ fn tunnel_phase(args: &Args, pass: &Arc<Injector>, templates: &Templates, reps: 
 
 fn note(s: &PacketSample) {
     if !s.ok() {
-        eprintln!("bench: {} N={} {}: {}", s.row, s.services, s.traffic.key(), s.problems.join("; "));
+        eprintln!(
+            "bench: {} N={} {}: {}",
+            s.row,
+            s.services,
+            s.traffic.key(),
+            s.problems.join("; ")
+        );
     }
 }
 
 /// (e): the whole rule set from empty, then one changed service applied and reverted.
-fn load_phase(labs: &mut [ModeLab], svcs: &[rules::Svc], n: usize, results: &mut Results, quick: bool) -> Result<()> {
+fn load_phase(
+    labs: &mut [ModeLab],
+    svcs: &[rules::Svc],
+    n: usize,
+    results: &mut Results,
+    quick: bool,
+) -> Result<()> {
     let (before, after) = scenario::changed(svcs);
-    let svcs_after: Vec<rules::Svc> = svcs.iter().map(|s| if *s == before { after.clone() } else { s.clone() }).collect();
+    let svcs_after: Vec<rules::Svc> = svcs
+        .iter()
+        .map(|s| {
+            if *s == before {
+                after.clone()
+            } else {
+                s.clone()
+            }
+        })
+        .collect();
     // Repeat the (cheap) small loads; at 10,000 services one load per implementation is
     // already minutes of iptables/nft time.
     let full_reps = if n >= 10_000 || quick { 1 } else { 3 };
@@ -296,7 +373,9 @@ fn load_phase(labs: &mut [ModeLab], svcs: &[rules::Svc], n: usize, results: &mut
         let models: Vec<_> = svcs.iter().map(scenario::to_model).collect();
         let mut table = dataplane::services::ServiceTable::with_store(
             dataplane::services::MemMaps::default(),
-            dataplane::services::LocalContext { node_name: "node1".into() },
+            dataplane::services::LocalContext {
+                node_name: "node1".into(),
+            },
         )?;
         let t0 = Instant::now();
         let rep = table.sync(&models)?;
@@ -312,24 +391,60 @@ fn load_phase(labs: &mut [ModeLab], svcs: &[rules::Svc], n: usize, results: &mut
     for ml in labs.iter_mut() {
         ml.flush_conntrack()?;
         // The sync target compares these two at 10,000 services: give them 3 samples there too.
-        let reps_here = if n >= 10_000 && !quick && matches!(ml.mode, Mode::IptablesLegacy | Mode::EbpfTc | Mode::EbpfXdp) { 3 } else { full_reps };
+        let reps_here = if n >= 10_000
+            && !quick
+            && matches!(ml.mode, Mode::IptablesLegacy | Mode::EbpfTc | Mode::EbpfXdp)
+        {
+            3
+        } else {
+            full_reps
+        };
         for rep in 0..reps_here {
             check_interrupted()?;
             if let Some((t, e)) = ml.load_full(svcs)? {
-                results.loads.push(LoadSample { row: ml.mode.key().into(), services: n, kind: "full".into(), rep, secs: t.as_secs_f64(), map_entries: e });
+                results.loads.push(LoadSample {
+                    row: ml.mode.key().into(),
+                    services: n,
+                    kind: "full".into(),
+                    rep,
+                    secs: t.as_secs_f64(),
+                    map_entries: e,
+                });
             }
         }
         for rep in 0..2 {
             check_interrupted()?;
-            let r = if rep % 2 == 0 { ml.apply_change(&svcs_after, &before, &after)? } else { ml.apply_change(svcs, &after, &before)? };
+            let r = if rep % 2 == 0 {
+                ml.apply_change(&svcs_after, &before, &after)?
+            } else {
+                ml.apply_change(svcs, &after, &before)?
+            };
             if let Some((t, e)) = r {
-                results.loads.push(LoadSample { row: ml.mode.key().into(), services: n, kind: "one_change".into(), rep, secs: t.as_secs_f64(), map_entries: e });
+                results.loads.push(LoadSample {
+                    row: ml.mode.key().into(),
+                    services: n,
+                    kind: "one_change".into(),
+                    rep,
+                    secs: t.as_secs_f64(),
+                    map_entries: e,
+                });
             }
         }
         for rep in 0..2 {
-            let r = if rep % 2 == 0 { ml.upsert_one(&after)? } else { ml.upsert_one(&before)? };
+            let r = if rep % 2 == 0 {
+                ml.upsert_one(&after)?
+            } else {
+                ml.upsert_one(&before)?
+            };
             if let Some((t, e)) = r {
-                results.loads.push(LoadSample { row: ml.mode.key().into(), services: n, kind: "upsert".into(), rep, secs: t.as_secs_f64(), map_entries: e });
+                results.loads.push(LoadSample {
+                    row: ml.mode.key().into(),
+                    services: n,
+                    kind: "upsert".into(),
+                    rep,
+                    secs: t.as_secs_f64(),
+                    map_entries: e,
+                });
             }
         }
     }

@@ -68,7 +68,14 @@ fn sum(v: &[UdpStats]) -> UdpStats {
 }
 
 /// Runs the injector in the node's namespace, pinned to `cpu`.
-fn live(ml: &ModeLab, inj: &Arc<Injector>, ifindex: u32, first: Vec<u8>, repeat: u32, cpu: usize) -> Result<crate::injector::RunResult> {
+fn live(
+    ml: &ModeLab,
+    inj: &Arc<Injector>,
+    ifindex: u32,
+    first: Vec<u8>,
+    repeat: u32,
+    cpu: usize,
+) -> Result<crate::injector::RunResult> {
     let inj = inj.clone();
     in_netns(&ml.node1.ns, move || -> Result<_> {
         netutil::pin_to_cpu(cpu)?;
@@ -92,7 +99,11 @@ pub const NODEPORT_CHUNK: u32 = 10_000;
 
 /// Splits `repeat` new-flow frames into runs that each start from empty connection tracking.
 fn chunks(traffic: Traffic, repeat: u32) -> Vec<(u32, u32)> {
-    let size = if traffic == Traffic::NodePortNew { NODEPORT_CHUNK } else { repeat.max(1) };
+    let size = if traffic == Traffic::NodePortNew {
+        NODEPORT_CHUNK
+    } else {
+        repeat.max(1)
+    };
     let mut v = Vec::new();
     let mut done = 0;
     while done < repeat {
@@ -129,7 +140,11 @@ pub fn live_run(
     };
     let off = scenario::set_offset(traffic, floor);
     let first = templates.get(off);
-    let ifindex = if traffic.is_nodeport() { ml.ifindex_uplink } else { ml.ifindex_pod };
+    let ifindex = if traffic.is_nodeport() {
+        ml.ifindex_uplink
+    } else {
+        ml.ifindex_pod
+    };
     let mut problems = Vec::new();
     ml.flush_conntrack()?;
     let stats0 = ml.stats()?;
@@ -139,7 +154,11 @@ pub fn live_run(
     if traffic.is_new() {
         for (start, count) in chunks(traffic, repeat) {
             ml.flush_conntrack()?;
-            templates.set_ctl(Ctl { counter: 0, modulus: count as u64, offset: (off + start) as u64 })?;
+            templates.set_ctl(Ctl {
+                counter: 0,
+                modulus: count as u64,
+                offset: (off + start) as u64,
+            })?;
             let res = live(ml, &inj, ifindex, first.clone(), count, cpu)?;
             timing.kernel_ns += res.ns_per_frame * count as f64;
             timing.wall_ns += res.wall_ns as f64;
@@ -150,9 +169,17 @@ pub fn live_run(
             sent += count as u64;
         }
     } else {
-        templates.set_ctl(Ctl { counter: 0, modulus: EST_FLOWS as u64, offset: off as u64 })?;
+        templates.set_ctl(Ctl {
+            counter: 0,
+            modulus: EST_FLOWS as u64,
+            offset: off as u64,
+        })?;
         live(ml, &inj, ifindex, first.clone(), EST_FLOWS, cpu)?;
-        templates.set_ctl(Ctl { counter: 0, modulus: EST_FLOWS as u64, offset: off as u64 })?;
+        templates.set_ctl(Ctl {
+            counter: 0,
+            modulus: EST_FLOWS as u64,
+            offset: off as u64,
+        })?;
         let res = live(ml, &inj, ifindex, first, repeat, cpu)?;
         timing.kernel_ns += res.ns_per_frame * repeat as f64;
         timing.wall_ns += res.wall_ns as f64;
@@ -178,7 +205,11 @@ pub fn live_run(
         let s1 = ml.stats()?.expect("stats");
         let d = |r: Reason| s1.packets(hook, r) - s0.packets(hook, r);
         snat_exhausted = d(Reason::DropSnatPortsExhausted);
-        let (want_new, want_fwd) = if traffic.is_new() { (repeat as u64, 0) } else { (EST_FLOWS as u64, repeat as u64) };
+        let (want_new, want_fwd) = if traffic.is_new() {
+            (repeat as u64, 0)
+        } else {
+            (EST_FLOWS as u64, repeat as u64)
+        };
         let (got_new, got_fwd) = (d(Reason::LbNewConnection), d(Reason::NatForward));
         if got_new + snat_exhausted != want_new || got_fwd != want_fwd {
             problems.push(format!(
@@ -209,20 +240,41 @@ pub fn live_run(
 /// A sample is valid when at least 99.5% of what was sent arrived translated (the rest may be
 /// the dataplane's masquerade-port refusals, counted separately), nothing arrived
 /// untranslated or corrupted, and every backend got a fair share.
-pub(crate) fn check_delivery(problems: &mut Vec<String>, sent: u64, deltas: &[UdpStats], total: &UdpStats) {
+pub(crate) fn check_delivery(
+    problems: &mut Vec<String>,
+    sent: u64,
+    deltas: &[UdpStats],
+    total: &UdpStats,
+) {
     if total.no_ports * 1000 < sent * 995 {
-        problems.push(format!("only {} of {sent} packets reached a backend translated", total.no_ports));
+        problems.push(format!(
+            "only {} of {sent} packets reached a backend translated",
+            total.no_ports
+        ));
     }
     if total.untranslated() > 0 {
-        problems.push(format!("{} packets reached a backend on the untranslated service port", total.untranslated()));
+        problems.push(format!(
+            "{} packets reached a backend on the untranslated service port",
+            total.untranslated()
+        ));
     }
     if total.csum_errors > 0 {
-        problems.push(format!("{} packets arrived with bad checksums", total.csum_errors));
+        problems.push(format!(
+            "{} packets arrived with bad checksums",
+            total.csum_errors
+        ));
     }
     if sent >= 2000 {
         let fair = sent / deltas.len() as u64;
-        if let Some((i, d)) = deltas.iter().enumerate().find(|(_, d)| d.no_ports * 3 < fair) {
-            problems.push(format!("backend {i} got {} of {sent} packets (uneven spread)", d.no_ports));
+        if let Some((i, d)) = deltas
+            .iter()
+            .enumerate()
+            .find(|(_, d)| d.no_ports * 3 < fair)
+        {
+            problems.push(format!(
+                "backend {i} got {} of {sent} packets (uneven spread)",
+                d.no_ports
+            ));
         }
     }
 }
@@ -230,7 +282,15 @@ pub(crate) fn check_delivery(problems: &mut Vec<String>, sent: u64, deltas: &[Ud
 /// The dataplane's xdp_uplink alone (classic BPF_PROG_TEST_RUN, `repeat` runs on one buffer
 /// restored by the injector): the program's own cost. Checks verdict, counters and the last
 /// output frame (DNAT only: masquerading is the egress hook's job).
-pub fn direct_run(ml: &ModeLab, templates: &Templates, n: usize, traffic: Traffic, repeat: u32, rep: usize, cpu: usize) -> Result<PacketSample> {
+pub fn direct_run(
+    ml: &ModeLab,
+    templates: &Templates,
+    n: usize,
+    traffic: Traffic,
+    repeat: u32,
+    rep: usize,
+    cpu: usize,
+) -> Result<PacketSample> {
     let inj = ml.tail.clone().expect("xdp injector");
     let off = scenario::set_offset(traffic, false);
     let first = templates.get(off);
@@ -246,9 +306,15 @@ pub fn direct_run(ml: &ModeLab, templates: &Templates, n: usize, traffic: Traffi
     };
     let mut timing = Timing::default();
     let mut last = (Vec::new(), Vec::new());
-    let mut check_out = |res: &crate::injector::RunResult, out: Vec<u8>, last_in: Vec<u8>, problems: &mut Vec<String>| {
+    let mut check_out = |res: &crate::injector::RunResult,
+                         out: Vec<u8>,
+                         last_in: Vec<u8>,
+                         problems: &mut Vec<String>| {
         if res.retval != 2 {
-            problems.push(format!("xdp_uplink returned {} (expected XDP_PASS)", res.retval));
+            problems.push(format!(
+                "xdp_uplink returned {} (expected XDP_PASS)",
+                res.retval
+            ));
         }
         last = (last_in, out);
     };
@@ -256,25 +322,51 @@ pub fn direct_run(ml: &ModeLab, templates: &Templates, n: usize, traffic: Traffi
     if traffic.is_new() {
         for (start, count) in chunks(traffic, repeat) {
             ml.flush_conntrack()?;
-            templates.set_ctl(Ctl { counter: 0, modulus: count as u64, offset: (off + start) as u64 })?;
+            templates.set_ctl(Ctl {
+                counter: 0,
+                modulus: count as u64,
+                offset: (off + start) as u64,
+            })?;
             let (res, out) = run(first.clone(), count)??;
             timing.kernel_ns += res.ns_per_frame * count as f64;
             timing.wall_ns += res.wall_ns as f64;
-            check_out(&res, out, templates.get(off + start + count - 1), &mut problems);
+            check_out(
+                &res,
+                out,
+                templates.get(off + start + count - 1),
+                &mut problems,
+            );
         }
         sent = repeat as u64;
     } else {
-        templates.set_ctl(Ctl { counter: 0, modulus: EST_FLOWS as u64, offset: off as u64 })?;
+        templates.set_ctl(Ctl {
+            counter: 0,
+            modulus: EST_FLOWS as u64,
+            offset: off as u64,
+        })?;
         run(first.clone(), EST_FLOWS)??;
-        templates.set_ctl(Ctl { counter: 0, modulus: EST_FLOWS as u64, offset: off as u64 })?;
+        templates.set_ctl(Ctl {
+            counter: 0,
+            modulus: EST_FLOWS as u64,
+            offset: off as u64,
+        })?;
         let (res, out) = run(first, repeat)??;
         timing.kernel_ns += res.ns_per_frame * repeat as f64;
         timing.wall_ns += res.wall_ns as f64;
-        check_out(&res, out, templates.get(off + (repeat - 1) % EST_FLOWS), &mut problems);
+        check_out(
+            &res,
+            out,
+            templates.get(off + (repeat - 1) % EST_FLOWS),
+            &mut problems,
+        );
         sent = EST_FLOWS as u64 + repeat as u64;
     }
     if std::env::var_os("BENCH_DEBUG").is_some() {
-        eprintln!("direct {traffic:?}: in {:?}\n out {:?}", packet::parse(&last.0), packet::parse(&last.1));
+        eprintln!(
+            "direct {traffic:?}: in {:?}\n out {:?}",
+            packet::parse(&last.0),
+            packet::parse(&last.1)
+        );
     }
     if let Err(e) = check_translated(&last.0, &last.1) {
         problems.push(format!("output frame: {e:#}"));
@@ -282,8 +374,13 @@ pub fn direct_run(ml: &ModeLab, templates: &Templates, n: usize, traffic: Traffi
     let s1 = ml.stats()?.expect("stats");
     let d = |r: Reason| s1.packets(Hook::XdpUplink, r) - s0.packets(Hook::XdpUplink, r);
     let snat_exhausted = d(Reason::DropSnatPortsExhausted);
-    let (want_new, want_fwd) = if traffic.is_new() { (repeat as u64, 0) } else { (EST_FLOWS as u64, repeat as u64) };
-    if d(Reason::LbNewConnection) + snat_exhausted != want_new || d(Reason::NatForward) != want_fwd {
+    let (want_new, want_fwd) = if traffic.is_new() {
+        (repeat as u64, 0)
+    } else {
+        (EST_FLOWS as u64, repeat as u64)
+    };
+    if d(Reason::LbNewConnection) + snat_exhausted != want_new || d(Reason::NatForward) != want_fwd
+    {
         problems.push(format!(
             "xdp_uplink counted {} new connections ({snat_exhausted} refused: masquerade ports exhausted) and {} translated packets, expected {want_new} and {want_fwd}",
             d(Reason::LbNewConnection),
@@ -291,7 +388,9 @@ pub fn direct_run(ml: &ModeLab, templates: &Templates, n: usize, traffic: Traffi
         ));
     }
     if snat_exhausted * 200 > sent {
-        problems.push(format!("{snat_exhausted} new connections refused: masquerade ports exhausted"));
+        problems.push(format!(
+            "{snat_exhausted} new connections refused: masquerade ports exhausted"
+        ));
     }
     Ok(PacketSample {
         row: row_key(Mode::EbpfXdp, true),
@@ -316,17 +415,36 @@ pub fn direct_run(ml: &ModeLab, templates: &Templates, n: usize, traffic: Traffi
 fn check_translated(input: &[u8], output: &[u8]) -> Result<()> {
     let pin = packet::parse(input).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let pout = packet::parse(output).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let (Network::Ipv4(i), Network::Ipv4(o)) = (&pin.network, &pout.network) else { bail!("not IPv4") };
-    let (L4::Udp(iu), L4::Udp(ou)) = (&i.l4, &o.l4) else { bail!("not UDP") };
+    let (Network::Ipv4(i), Network::Ipv4(o)) = (&pin.network, &pout.network) else {
+        bail!("not IPv4")
+    };
+    let (L4::Udp(iu), L4::Udp(ou)) = (&i.l4, &o.l4) else {
+        bail!("not UDP")
+    };
     if !o.checksum_ok || !ou.checksum_ok {
-        bail!("bad checksum (ip ok {}, udp ok {})", o.checksum_ok, ou.checksum_ok);
+        bail!(
+            "bad checksum (ip ok {}, udp ok {})",
+            o.checksum_ok,
+            ou.checksum_ok
+        );
     }
     if !scenario::backends().contains(&o.dst) || ou.dport != scenario::TARGET_PORT {
-        bail!("sent to {}:{}, not to a backend:{}", o.dst, ou.dport, scenario::TARGET_PORT);
+        bail!(
+            "sent to {}:{}, not to a backend:{}",
+            o.dst,
+            ou.dport,
+            scenario::TARGET_PORT
+        );
     }
     // Ingress only translates the destination; masquerading (NodePort) happens at egress.
     if o.src != i.src || ou.sport != iu.sport {
-        bail!("client address changed: {}:{} -> {}:{}", i.src, iu.sport, o.src, ou.sport);
+        bail!(
+            "client address changed: {}:{} -> {}:{}",
+            i.src,
+            iu.sport,
+            o.src,
+            ou.sport
+        );
     }
     Ok(())
 }
@@ -350,7 +468,11 @@ pub struct TcpSample {
 /// TCP ClusterIP (to the backends directly for the no-NAT floor), for `duration`.
 pub fn tcp_run(ml: &ModeLab, n: usize, rep: usize, duration: Duration) -> Result<TcpSample> {
     let floor = ml.mode == Mode::NoNat;
-    let row = if ml.mode == Mode::EbpfXdp { "ebpf (xdp+tc, as deployed)".to_string() } else { ml.mode.key().to_string() };
+    let row = if ml.mode == Mode::EbpfXdp {
+        "ebpf (xdp+tc, as deployed)".to_string()
+    } else {
+        ml.mode.key().to_string()
+    };
     let ns = ml.node1.pods[0].ns.clone();
     let r = in_netns(&ns, move || -> Result<(Vec<f64>, u64, Vec<u64>, f64)> {
         let backends = scenario::backends();
@@ -358,7 +480,11 @@ pub fn tcp_run(ml: &ModeLab, n: usize, rep: usize, duration: Duration) -> Result
         let mut errors = 0u64;
         let mut per = vec![0u64; backends.len()];
         // One warm-up connection (not counted): first-packet effects of a fresh lab.
-        let warm = if floor { SocketAddrV4::new(backends[0], scenario::TARGET_PORT) } else { SocketAddrV4::new(scenario::TCP_VIP, scenario::SERVICE_PORT) };
+        let warm = if floor {
+            SocketAddrV4::new(backends[0], scenario::TARGET_PORT)
+        } else {
+            SocketAddrV4::new(scenario::TCP_VIP, scenario::SERVICE_PORT)
+        };
         let _ = one_connection(warm);
         let start = Instant::now();
         let mut i = 0usize;
@@ -384,7 +510,13 @@ pub fn tcp_run(ml: &ModeLab, n: usize, rep: usize, duration: Duration) -> Result
     })??;
     let (mut lat, errors, per, secs) = r;
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| if lat.is_empty() { None } else { Some(lat[((lat.len() - 1) as f64 * p).round() as usize]) };
+    let pct = |p: f64| {
+        if lat.is_empty() {
+            None
+        } else {
+            Some(lat[((lat.len() - 1) as f64 * p).round() as usize])
+        }
+    };
     let mut problems = Vec::new();
     if errors > 0 {
         problems.push(format!("{errors} connections failed"));
@@ -411,21 +543,29 @@ pub fn tcp_run(ml: &ModeLab, n: usize, rep: usize, duration: Duration) -> Result
 
 /// One connection; returns the index of the backend that answered.
 fn one_connection(dst: SocketAddrV4) -> Result<usize> {
-    let mut s = TcpStream::connect_timeout(&SocketAddr::V4(dst), Duration::from_secs(1)).context("connect")?;
+    let mut s = TcpStream::connect_timeout(&SocketAddr::V4(dst), Duration::from_secs(1))
+        .context("connect")?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(1)))?;
     s.write_all(b"hello\n")?;
     let mut line = String::new();
     BufReader::new(&s).read_line(&mut line)?;
     abort(&s);
-    let idx = line.trim().strip_prefix("backend-").and_then(|x| x.parse().ok()).context("bad reply")?;
+    let idx = line
+        .trim()
+        .strip_prefix("backend-")
+        .and_then(|x| x.parse().ok())
+        .context("bad reply")?;
     Ok(idx)
 }
 
 /// SO_LINGER 0: close with RST, no TIME_WAIT (the client would run out of ports otherwise).
 fn abort(s: &TcpStream) {
     use std::os::fd::AsRawFd;
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: valid socket fd and option struct.
     unsafe {
         libc::setsockopt(
@@ -460,7 +600,13 @@ pub struct Profile {
     pub programs: Vec<ProgramProfile>,
 }
 
-pub const PROGRAMS: [&str; 5] = ["xdp_uplink", "tc_uplink_ingress", "tc_uplink_egress", "tc_pod_ingress", "tc_pod_egress"];
+pub const PROGRAMS: [&str; 5] = [
+    "xdp_uplink",
+    "tc_uplink_ingress",
+    "tc_uplink_egress",
+    "tc_pod_ingress",
+    "tc_pod_egress",
+];
 
 /// Run statistics of the dataplane's programs, and last of the injector that tail-calls
 /// xdp_uplink (a tail-called program's time is counted on the program that called it).
@@ -481,13 +627,26 @@ fn run_stats(ml: &ModeLab) -> Result<Vec<(u64, u64)>> {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn profile(ml: &ModeLab, pass: &Arc<Injector>, templates: &Templates, n: usize, traffic: Traffic, frames: u32, cpu: usize) -> Result<Profile> {
+pub fn profile(
+    ml: &ModeLab,
+    pass: &Arc<Injector>,
+    templates: &Templates,
+    n: usize,
+    traffic: Traffic,
+    frames: u32,
+    cpu: usize,
+) -> Result<Profile> {
     let _enabled = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
     let before = run_stats(ml)?;
     let s = live_run(ml, pass, templates, n, traffic, frames, 0, cpu)?;
     let after = run_stats(ml)?;
     let injector_ns = injector_cost(pass, templates, cpu)?;
-    let names = PROGRAMS.iter().map(|p| p.to_string()).chain(std::iter::once("xdp_uplink (tail-called by the injector; injector's own cost subtracted)".to_string()));
+    let names = PROGRAMS
+        .iter()
+        .map(|p| p.to_string())
+        .chain(std::iter::once(
+            "xdp_uplink (tail-called by the injector; injector's own cost subtracted)".to_string(),
+        ));
     let programs = names
         .zip(before.iter().zip(&after))
         .filter(|(_, (b, a))| a.1 > b.1)
@@ -496,16 +655,30 @@ pub fn profile(ml: &ModeLab, pass: &Arc<Injector>, templates: &Templates, n: usi
             if p.starts_with("xdp_uplink (tail") {
                 per_run = (per_run - injector_ns).max(0.0);
             }
-            ProgramProfile { program: p, ns_per_run: per_run, runs_per_packet: (a.1 - b.1) as f64 / s.sent as f64 }
+            ProgramProfile {
+                program: p,
+                ns_per_run: per_run,
+                runs_per_packet: (a.1 - b.1) as f64 / s.sent as f64,
+            }
         })
         .collect();
-    Ok(Profile { row: s.row, services: n, traffic, total_ns_per_packet: s.ns_per_packet, programs })
+    Ok(Profile {
+        row: s.row,
+        services: n,
+        traffic,
+        total_ns_per_packet: s.ns_per_packet,
+        programs,
+    })
 }
 
 /// The injector alone (classic test run of the pass injector): what every live run adds.
 pub fn injector_cost(pass: &Arc<Injector>, templates: &Templates, cpu: usize) -> Result<f64> {
     let off = scenario::set_offset(Traffic::ClusterNew, false);
-    templates.set_ctl(Ctl { counter: 0, modulus: scenario::NEW_FLOWS as u64, offset: off as u64 })?;
+    templates.set_ctl(Ctl {
+        counter: 0,
+        modulus: scenario::NEW_FLOWS as u64,
+        offset: off as u64,
+    })?;
     let first = templates.get(off);
     let inj = pass.clone();
     let (res, _) = std::thread::spawn(move || -> Result<_> {
@@ -531,7 +704,11 @@ pub fn snat_capacity(ml: &ModeLab, templates: &Templates, cpu: usize) -> Result<
     let off = scenario::set_offset(Traffic::NodePortNew, false);
     ml.flush_conntrack()?;
     let s0 = ml.stats()?.expect("stats");
-    templates.set_ctl(Ctl { counter: 0, modulus: scenario::NEW_FLOWS as u64, offset: off as u64 })?;
+    templates.set_ctl(Ctl {
+        counter: 0,
+        modulus: scenario::NEW_FLOWS as u64,
+        offset: off as u64,
+    })?;
     let first = templates.get(off);
     in_netns(&ml.node1.ns, move || -> Result<_> {
         netutil::pin_to_cpu(cpu)?;
@@ -540,5 +717,9 @@ pub fn snat_capacity(ml: &ModeLab, templates: &Templates, cpu: usize) -> Result<
     let s1 = ml.stats()?.expect("stats");
     let d = |r: Reason| s1.packets(Hook::XdpUplink, r) - s0.packets(Hook::XdpUplink, r);
     ml.flush_conntrack()?;
-    Ok(SnatProbe { flows: scenario::NEW_FLOWS as u64, accepted: d(Reason::LbNewConnection), refused_ports_exhausted: d(Reason::DropSnatPortsExhausted) })
+    Ok(SnatProbe {
+        flows: scenario::NEW_FLOWS as u64,
+        accepted: d(Reason::LbNewConnection),
+        refused_ports_exhausted: d(Reason::DropSnatPortsExhausted),
+    })
 }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::programs::{tc::SchedClassifierLinkId, xdp::XdpLinkId, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::programs::{
+    tc::SchedClassifierLinkId, xdp::XdpLinkId, SchedClassifier, TcAttachType, Xdp, XdpMode,
+};
 use dataplane::loader::{self, Datapath};
 use dataplane::services::{LocalContext, ServiceTable};
 use dataplane::stats::Stats;
@@ -22,7 +24,9 @@ use crate::netutil::{self, UdpCounter, UdpStats};
 use crate::rules::{self, Svc};
 use crate::scenario::{self, NODE1_MAC};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Mode {
     /// Plain forwarding, no NAT: the floor. Its packets are already addressed to a backend.
     NoNat,
@@ -36,7 +40,14 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 6] = [Mode::NoNat, Mode::IptablesLegacy, Mode::IptablesNft, Mode::Nftables, Mode::EbpfTc, Mode::EbpfXdp];
+    pub const ALL: [Mode; 6] = [
+        Mode::NoNat,
+        Mode::IptablesLegacy,
+        Mode::IptablesNft,
+        Mode::Nftables,
+        Mode::EbpfTc,
+        Mode::EbpfXdp,
+    ];
 
     pub fn key(self) -> &'static str {
         match self {
@@ -58,7 +69,10 @@ impl Mode {
     }
 
     pub fn uses_netfilter(self) -> bool {
-        matches!(self, Mode::IptablesLegacy | Mode::IptablesNft | Mode::Nftables)
+        matches!(
+            self,
+            Mode::IptablesLegacy | Mode::IptablesNft | Mode::Nftables
+        )
     }
 }
 
@@ -92,12 +106,29 @@ pub struct ModeLab {
 
 impl ModeLab {
     pub fn build(mode: Mode, templates: &Templates) -> Result<ModeLab> {
-        let spec = LabSpec { nodes: 2, pods_per_node: 10, cni: Cni::Calico, external_client: false, ..Default::default() };
-        let lab = Lab::build(&spec).with_context(|| format!("building the lab for {}", mode.key()))?;
+        let spec = LabSpec {
+            nodes: 2,
+            pods_per_node: 10,
+            cni: Cni::Calico,
+            external_client: false,
+            ..Default::default()
+        };
+        let lab =
+            Lab::build(&spec).with_context(|| format!("building the lab for {}", mode.key()))?;
         let node1 = lab.node(0).clone();
         let node2 = lab.node(1).clone();
         // Same uplink MAC in every lab: the NodePort frames are byte-identical across modes.
-        netns::ip(&node1.ns, &["link", "set", "dev", "eth0", "address", &netutil::fmt_mac(&NODE1_MAC)])?;
+        netns::ip(
+            &node1.ns,
+            &[
+                "link",
+                "set",
+                "dev",
+                "eth0",
+                "address",
+                &netutil::fmt_mac(&NODE1_MAC),
+            ],
+        )?;
         let n2mac = netutil::mac(&node2.ns, "eth0")?;
         netutil::permanent_neighbor(&node1.ns, node2.underlay_ip, &n2mac, "eth0")?;
         netutil::permanent_neighbor(&node2.ns, node1.underlay_ip, &NODE1_MAC, "eth0")?;
@@ -114,11 +145,25 @@ impl ModeLab {
             netutil::permanent_neighbor(&p.ns, gw, &scenario::CALICO_MAC, "eth0")?;
             // Backends answer nothing (no ICMP port unreachable): the only work a delivered
             // packet causes there is the UDP lookup that counts it.
-            netns::set_sysctls(&p.ns, &[("net.ipv4.icmp_msgs_per_sec", "0"), ("net.ipv4.icmp_msgs_burst", "0")])?;
+            netns::set_sysctls(
+                &p.ns,
+                &[
+                    ("net.ipv4.icmp_msgs_per_sec", "0"),
+                    ("net.ipv4.icmp_msgs_burst", "0"),
+                ],
+            )?;
             let m = netutil::mac(&p.ns, "eth0")?;
             netutil::permanent_neighbor(&node2.ns, p.ip, &m, &p.host_iface)?;
-            let untranslated = in_netns(&p.ns, || UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, scenario::SERVICE_PORT)))??;
-            backends.push(BackendPod { counter: UdpCounter::open(&p.ns)?, _untranslated: untranslated });
+            let untranslated = in_netns(&p.ns, || {
+                UdpSocket::bind(SocketAddrV4::new(
+                    Ipv4Addr::UNSPECIFIED,
+                    scenario::SERVICE_PORT,
+                ))
+            })??;
+            backends.push(BackendPod {
+                counter: UdpCounter::open(&p.ns)?,
+                _untranslated: untranslated,
+            });
         }
         let ifindex_pod = netutil::ifindex(&node1.ns, &node1.pods[0].host_iface)?;
         let ifindex_uplink = netutil::ifindex(&node1.ns, "eth0")?;
@@ -151,7 +196,10 @@ impl ModeLab {
         let pin_dir = self.lab.pin_dir(0)?;
         let mut dp = loader::load(&pin_dir).context("loading the dataplane")?;
         let masq = self.node1.underlay_ip;
-        loader::write_config(&mut dp.ebpf, &dataplane_common::ct::Config::with_masq_addr(u32::from(masq).to_be()))?;
+        loader::write_config(
+            &mut dp.ebpf,
+            &dataplane_common::ct::Config::with_masq_addr(u32::from(masq).to_be()),
+        )?;
         let veth = self.node1.pods[0].host_iface.clone();
         // The egress half of the product is always there: tc_uplink_egress (SNAT of
         // masqueraded connections, un-DNAT of replies leaving by the uplink) and tc_pod_egress
@@ -173,15 +221,32 @@ impl ModeLab {
             // it is XDP on the host-side pod veth, which the product does not attach today), and
             // the uplink's tc ingress observer as deployed.
             Mode::EbpfXdp => {
-                set.push(("tc_uplink_ingress", "eth0".to_string(), TcAttachType::Ingress));
-                let prog: &Xdp = dp.ebpf.program("xdp_uplink").ok_or_else(|| anyhow!("no xdp_uplink"))?.try_into()?;
-                self.tail = Some(Arc::new(Injector::load(templates, Some(prog), "bench_inj_xdp")?));
+                set.push((
+                    "tc_uplink_ingress",
+                    "eth0".to_string(),
+                    TcAttachType::Ingress,
+                ));
+                let prog: &Xdp = dp
+                    .ebpf
+                    .program("xdp_uplink")
+                    .ok_or_else(|| anyhow!("no xdp_uplink"))?
+                    .try_into()?;
+                self.tail = Some(Arc::new(Injector::load(
+                    templates,
+                    Some(prog),
+                    "bench_inj_xdp",
+                )?));
             }
             _ => unreachable!(),
         }
         let (dp, links) = attach_tc(&self.node1.ns, dp, set)?;
         self.tc_links = links;
-        self.table = Some(ServiceTable::from_ebpf(&dp.ebpf, LocalContext { node_name: "node1".into() })?);
+        self.table = Some(ServiceTable::from_ebpf(
+            &dp.ebpf,
+            LocalContext {
+                node_name: "node1".into(),
+            },
+        )?);
         self.datapath = Some(dp);
         self.pin_dir = Some(pin_dir);
         Ok(())
@@ -199,10 +264,22 @@ impl ModeLab {
         let (dp, res) = in_netns(&self.node1.ns, move || {
             let mut dp = dp;
             let res = (|| -> Result<(XdpLinkId, SchedClassifierLinkId)> {
-                let x: &mut Xdp = dp.ebpf.program_mut("xdp_uplink").ok_or_else(|| anyhow!("no xdp_uplink"))?.try_into()?;
-                let xl = x.attach("eth0", XdpMode::Driver).context("attaching xdp_uplink")?;
-                let t: &mut SchedClassifier = dp.ebpf.program_mut("tc_pod_ingress").ok_or_else(|| anyhow!("no tc_pod_ingress"))?.try_into()?;
-                let tl = t.attach(&veth, TcAttachType::Ingress).context("attaching tc_pod_ingress")?;
+                let x: &mut Xdp = dp
+                    .ebpf
+                    .program_mut("xdp_uplink")
+                    .ok_or_else(|| anyhow!("no xdp_uplink"))?
+                    .try_into()?;
+                let xl = x
+                    .attach("eth0", XdpMode::Driver)
+                    .context("attaching xdp_uplink")?;
+                let t: &mut SchedClassifier = dp
+                    .ebpf
+                    .program_mut("tc_pod_ingress")
+                    .ok_or_else(|| anyhow!("no tc_pod_ingress"))?
+                    .try_into()?;
+                let tl = t
+                    .attach(&veth, TcAttachType::Ingress)
+                    .context("attaching tc_pod_ingress")?;
                 Ok((xl, tl))
             })();
             (dp, res)
@@ -213,11 +290,21 @@ impl ModeLab {
     }
 
     pub fn detach_product(&mut self) -> Result<()> {
-        let Some((xl, tl)) = self.product_links.take() else { return Ok(()) };
+        let Some((xl, tl)) = self.product_links.take() else {
+            return Ok(());
+        };
         let dp = self.datapath.as_mut().expect("datapath");
-        let x: &mut Xdp = dp.ebpf.program_mut("xdp_uplink").ok_or_else(|| anyhow!("no xdp_uplink"))?.try_into()?;
+        let x: &mut Xdp = dp
+            .ebpf
+            .program_mut("xdp_uplink")
+            .ok_or_else(|| anyhow!("no xdp_uplink"))?
+            .try_into()?;
         x.detach(xl)?;
-        let t: &mut SchedClassifier = dp.ebpf.program_mut("tc_pod_ingress").ok_or_else(|| anyhow!("no tc_pod_ingress"))?.try_into()?;
+        let t: &mut SchedClassifier = dp
+            .ebpf
+            .program_mut("tc_pod_ingress")
+            .ok_or_else(|| anyhow!("no tc_pod_ingress"))?
+            .try_into()?;
         t.detach(tl)?;
         Ok(())
     }
@@ -226,9 +313,15 @@ impl ModeLab {
     /// client to close (it aborts with RST, so nobody keeps TIME_WAIT state).
     fn start_tcp_servers(&mut self) -> Result<()> {
         for (i, p) in self.node2.pods.iter().enumerate() {
-            let listener = in_netns(&p.ns, || TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, scenario::TARGET_PORT)))??;
+            let listener = in_netns(&p.ns, || {
+                TcpListener::bind(SocketAddrV4::new(
+                    Ipv4Addr::UNSPECIFIED,
+                    scenario::TARGET_PORT,
+                ))
+            })??;
             let stop = self.servers_stop.clone();
-            self.servers.push(std::thread::spawn(move || serve(listener, i, stop)));
+            self.servers
+                .push(std::thread::spawn(move || serve(listener, i, stop)));
         }
         Ok(())
     }
@@ -241,15 +334,26 @@ impl ModeLab {
     /// modes, CT_V1 for the dataplane.
     pub fn flush_conntrack(&self) -> Result<()> {
         if self.mode.uses_netfilter() {
-            netns::run_in(&self.node1.ns, &["conntrack", "-F"]).map(drop).or_else(|e| {
-                // conntrack -F fails with "Operation not supported" when nothing is tracked yet.
-                if e.to_string().contains("not supported") { Ok(()) } else { Err(e) }
-            })?;
+            netns::run_in(&self.node1.ns, &["conntrack", "-F"])
+                .map(drop)
+                .or_else(|e| {
+                    // conntrack -F fails with "Operation not supported" when nothing is tracked yet.
+                    if e.to_string().contains("not supported") {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })?;
         }
         if let Some(dp) = &self.datapath {
-            let map = dp.ebpf.map(map_names::CT).ok_or_else(|| anyhow!("CT_V1 missing"))?;
+            let map = dp
+                .ebpf
+                .map(map_names::CT)
+                .ok_or_else(|| anyhow!("CT_V1 missing"))?;
             let fd = match map {
-                aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => d.fd().as_fd().as_raw_fd(),
+                aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => {
+                    d.fd().as_fd().as_raw_fd()
+                }
                 _ => bail!("CT_V1 has an unexpected type"),
             };
             crate::rawbpf::drain_hash(fd, 16, 56)?;
@@ -272,16 +376,28 @@ impl ModeLab {
         match self.mode {
             Mode::NoNat => Ok(None),
             Mode::IptablesLegacy | Mode::IptablesNft => {
-                let tool = if self.mode == Mode::IptablesLegacy { "iptables-legacy-restore" } else { "iptables-nft-restore" };
+                let tool = if self.mode == Mode::IptablesLegacy {
+                    "iptables-legacy-restore"
+                } else {
+                    "iptables-nft-restore"
+                };
                 netutil::run_with_stdin(&ns, &[tool], b"*filter\nCOMMIT\n*nat\nCOMMIT\n")?;
-                let t = netutil::run_with_stdin(&ns, &[tool], rules::iptables_full(svcs, &facts).as_bytes())?;
+                let t = netutil::run_with_stdin(
+                    &ns,
+                    &[tool],
+                    rules::iptables_full(svcs, &facts).as_bytes(),
+                )?;
                 Ok(Some((t, None)))
             }
             Mode::Nftables => {
                 if self.nft_loaded {
                     netns::run_in(&ns, &["nft", "delete", "table", "ip", "kube-proxy"])?;
                 }
-                let t = netutil::run_with_stdin(&ns, &["nft", "-f", "/dev/stdin"], rules::nft_full(svcs, &facts).as_bytes())?;
+                let t = netutil::run_with_stdin(
+                    &ns,
+                    &["nft", "-f", "/dev/stdin"],
+                    rules::nft_full(svcs, &facts).as_bytes(),
+                )?;
                 self.nft_loaded = true;
                 Ok(Some((t, None)))
             }
@@ -300,19 +416,34 @@ impl ModeLab {
     /// Applies `after` in place of `before` (one service's endpoints changed) the way each
     /// implementation's control plane does, and returns the time taken. `svcs` is the full
     /// desired state after the change.
-    pub fn apply_change(&mut self, svcs: &[Svc], before: &Svc, after: &Svc) -> Result<Option<(Duration, Option<usize>)>> {
+    pub fn apply_change(
+        &mut self,
+        svcs: &[Svc],
+        before: &Svc,
+        after: &Svc,
+    ) -> Result<Option<(Duration, Option<usize>)>> {
         let facts = scenario::facts();
         let ns = self.node1.ns.clone();
         match self.mode {
             Mode::NoNat => Ok(None),
             Mode::IptablesLegacy | Mode::IptablesNft => {
-                let tool = if self.mode == Mode::IptablesLegacy { "iptables-legacy-restore" } else { "iptables-nft-restore" };
+                let tool = if self.mode == Mode::IptablesLegacy {
+                    "iptables-legacy-restore"
+                } else {
+                    "iptables-nft-restore"
+                };
                 let text = rules::iptables_partial(svcs, &facts, after, before);
-                Ok(Some((netutil::run_with_stdin(&ns, &[tool, "--noflush"], text.as_bytes())?, None)))
+                Ok(Some((
+                    netutil::run_with_stdin(&ns, &[tool, "--noflush"], text.as_bytes())?,
+                    None,
+                )))
             }
             Mode::Nftables => {
                 let text = rules::nft_change(after, before, &facts);
-                Ok(Some((netutil::run_with_stdin(&ns, &["nft", "-f", "/dev/stdin"], text.as_bytes())?, None)))
+                Ok(Some((
+                    netutil::run_with_stdin(&ns, &["nft", "-f", "/dev/stdin"], text.as_bytes())?,
+                    None,
+                )))
             }
             Mode::EbpfTc | Mode::EbpfXdp => {
                 let table = self.table.as_mut().expect("service table");
@@ -328,7 +459,9 @@ impl ModeLab {
     /// The dataplane only: `upsert` of the one changed service (what a control plane with
     /// per-object events does instead of a full desired-state sync).
     pub fn upsert_one(&mut self, svc: &Svc) -> Result<Option<(Duration, Option<usize>)>> {
-        let Some(table) = self.table.as_mut() else { return Ok(None) };
+        let Some(table) = self.table.as_mut() else {
+            return Ok(None);
+        };
         let model = scenario::to_model(svc);
         let t0 = Instant::now();
         let rep = table.upsert(&model)?;
@@ -358,7 +491,11 @@ fn serve(listener: TcpListener, index: usize, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         // Wait for a connection without polling delays: poll(2) with a timeout only to notice
         // the stop flag.
-        let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
             continue;
@@ -389,8 +526,14 @@ fn attach_tc(
         let mut links = Vec::new();
         let res = (|| -> Result<()> {
             for (name, iface, kind) in &set {
-                let prog: &mut SchedClassifier = dp.ebpf.program_mut(name).ok_or_else(|| anyhow!("no {name}"))?.try_into()?;
-                let id = prog.attach(iface, *kind).with_context(|| format!("attaching {name} to {iface} {kind:?}"))?;
+                let prog: &mut SchedClassifier = dp
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| anyhow!("no {name}"))?
+                    .try_into()?;
+                let id = prog
+                    .attach(iface, *kind)
+                    .with_context(|| format!("attaching {name} to {iface} {kind:?}"))?;
                 links.push((*name, id));
             }
             Ok(())

@@ -38,12 +38,28 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
 }
 
 pub fn fmt_mac(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// A permanent neighbour entry: no ARP resolution or probing during timed runs.
 pub fn permanent_neighbor(ns: &str, ip: Ipv4Addr, mac: &[u8; 6], dev: &str) -> Result<()> {
-    netns::ip(ns, &["neigh", "replace", &ip.to_string(), "lladdr", &fmt_mac(mac), "dev", dev, "nud", "permanent"])?;
+    netns::ip(
+        ns,
+        &[
+            "neigh",
+            "replace",
+            &ip.to_string(),
+            "lladdr",
+            &fmt_mac(mac),
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ],
+    )?;
     Ok(())
 }
 
@@ -59,7 +75,8 @@ impl UdpCounter {
     /// Opens the namespace's /proc/net/snmp from a thread inside it; the open file keeps
     /// reporting that namespace from any thread.
     pub fn open(ns: &str) -> Result<UdpCounter> {
-        let file = in_netns(ns, || File::open("/proc/thread-self/net/snmp"))?.context("opening snmp")?;
+        let file =
+            in_netns(ns, || File::open("/proc/thread-self/net/snmp"))?.context("opening snmp")?;
         Ok(UdpCounter { file })
     }
 
@@ -74,8 +91,14 @@ impl UdpCounter {
         let names: Vec<&str> = udp[0].split_whitespace().collect();
         let values: Vec<&str> = udp[1].split_whitespace().collect();
         let get = |k: &str| -> Result<u64> {
-            let i = names.iter().position(|n| *n == k).ok_or_else(|| anyhow!("no {k} in snmp"))?;
-            Ok(values.get(i).ok_or_else(|| anyhow!("short snmp"))?.parse()?)
+            let i = names
+                .iter()
+                .position(|n| *n == k)
+                .ok_or_else(|| anyhow!("no {k} in snmp"))?;
+            Ok(values
+                .get(i)
+                .ok_or_else(|| anyhow!("short snmp"))?
+                .parse()?)
         };
         Ok(UdpStats {
             no_ports: get("NoPorts")?,
@@ -134,11 +157,19 @@ pub fn pin_to_cpu(cpu: usize) -> Result<()> {
 pub fn run_with_stdin(ns: &str, argv: &[&str], input: &[u8]) -> Result<std::time::Duration> {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let mut full = vec!["nsenter".to_string(), format!("--net={}", netns::ns_path(ns).display()), "--".to_string()];
+    let mut full = vec![
+        "nsenter".to_string(),
+        format!("--net={}", netns::ns_path(ns).display()),
+        "--".to_string(),
+    ];
     full.extend(argv.iter().map(|s| s.to_string()));
     // The input goes through a temporary file, not a pipe: the tools then read it at full
     // speed and the time measured is theirs, not this process's writing.
-    let tmp = std::env::temp_dir().join(format!("dpl-bench-{}-{}.rules", std::process::id(), argv[0]));
+    let tmp = std::env::temp_dir().join(format!(
+        "dpl-bench-{}-{}.rules",
+        std::process::id(),
+        argv[0]
+    ));
     std::fs::write(&tmp, input)?;
     let stdin = File::open(&tmp)?;
     let t0 = std::time::Instant::now();
@@ -160,7 +191,11 @@ pub fn run_with_stdin(ns: &str, argv: &[&str], input: &[u8]) -> Result<std::time
             "`{}` failed ({}): {} (input kept in {}/dpl-bench-failed.rules)",
             argv.join(" "),
             out.status,
-            String::from_utf8_lossy(&out.stderr).lines().take(5).collect::<Vec<_>>().join(" | "),
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | "),
             std::env::temp_dir().display()
         );
     }

@@ -30,7 +30,11 @@ pub enum TunnelMode {
 }
 
 impl TunnelMode {
-    pub const ALL: [TunnelMode; 3] = [TunnelMode::HostGw, TunnelMode::KernelVxlan, TunnelMode::EbpfVxlan];
+    pub const ALL: [TunnelMode; 3] = [
+        TunnelMode::HostGw,
+        TunnelMode::KernelVxlan,
+        TunnelMode::EbpfVxlan,
+    ];
 
     pub fn key(self) -> &'static str {
         match self {
@@ -79,7 +83,8 @@ impl TunnelLab {
             underlay_routes: mode == TunnelMode::HostGw,
             ..Default::default()
         };
-        let lab = Lab::build(&spec).with_context(|| format!("building the lab for {}", mode.key()))?;
+        let lab =
+            Lab::build(&spec).with_context(|| format!("building the lab for {}", mode.key()))?;
         let (node1, node2) = (lab.node(0).clone(), lab.node(1).clone());
         let m1 = netutil::mac(&node1.ns, "eth0")?;
         let m2 = netutil::mac(&node2.ns, "eth0")?;
@@ -88,14 +93,34 @@ impl TunnelLab {
         let mut counters = Vec::new();
         let mut sockets = Vec::new();
         for p in &node2.pods {
-            netns::set_sysctls(&p.ns, &[("net.ipv4.icmp_msgs_per_sec", "0"), ("net.ipv4.icmp_msgs_burst", "0")])?;
+            netns::set_sysctls(
+                &p.ns,
+                &[
+                    ("net.ipv4.icmp_msgs_per_sec", "0"),
+                    ("net.ipv4.icmp_msgs_burst", "0"),
+                ],
+            )?;
             let m = netutil::mac(&p.ns, "eth0")?;
             netutil::permanent_neighbor(&node2.ns, p.ip, &m, &p.host_iface)?;
-            sockets.push(in_netns(&p.ns, || UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, scenario::SERVICE_PORT)))??);
+            sockets.push(in_netns(&p.ns, || {
+                UdpSocket::bind(SocketAddrV4::new(
+                    Ipv4Addr::UNSPECIFIED,
+                    scenario::SERVICE_PORT,
+                ))
+            })??);
             counters.push(UdpCounter::open(&p.ns)?);
         }
         let ifindex_pod = netutil::ifindex(&node1.ns, &node1.pods[0].host_iface)?;
-        let mut t = TunnelLab { mode, agents: Vec::new(), counters, _untranslated: sockets, pin_dirs: Vec::new(), node1: node1.clone(), ifindex_pod, lab };
+        let mut t = TunnelLab {
+            mode,
+            agents: Vec::new(),
+            counters,
+            _untranslated: sockets,
+            pin_dirs: Vec::new(),
+            node1: node1.clone(),
+            ifindex_pod,
+            lab,
+        };
         match mode {
             TunnelMode::HostGw => {}
             TunnelMode::KernelVxlan => {
@@ -105,23 +130,84 @@ impl TunnelLab {
                     let (i, j) = (n.index, peer.index);
                     let local = n.underlay_ip.to_string();
                     let peer_vtep = netutil::fmt_mac(&vtep_mac(j));
-                    let (own_addr, peer_addr) = (format!("10.244.{i}.0/32"), format!("10.244.{j}.0"));
+                    let (own_addr, peer_addr) =
+                        (format!("10.244.{i}.0/32"), format!("10.244.{j}.0"));
                     let peer_cidr = format!("10.244.{j}.0/24");
                     let peer_ip = peer.underlay_ip.to_string();
                     for argv in [
-                        vec!["ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "dstport", "8472", "nolearning", "local", &local, "dev", "eth0"],
-                        vec!["ip", "link", "set", "flannel.1", "address", &netutil::fmt_mac(&vtep_mac(i)), "mtu", "1450", "up"],
+                        vec![
+                            "ip",
+                            "link",
+                            "add",
+                            "flannel.1",
+                            "type",
+                            "vxlan",
+                            "id",
+                            "1",
+                            "dstport",
+                            "8472",
+                            "nolearning",
+                            "local",
+                            &local,
+                            "dev",
+                            "eth0",
+                        ],
+                        vec![
+                            "ip",
+                            "link",
+                            "set",
+                            "flannel.1",
+                            "address",
+                            &netutil::fmt_mac(&vtep_mac(i)),
+                            "mtu",
+                            "1450",
+                            "up",
+                        ],
                         vec!["ip", "addr", "add", &own_addr, "dev", "flannel.1"],
-                        vec!["ip", "neigh", "add", &peer_addr, "lladdr", &peer_vtep, "dev", "flannel.1", "nud", "permanent"],
-                        vec!["bridge", "fdb", "add", &peer_vtep, "dev", "flannel.1", "dst", &peer_ip, "self", "permanent"],
-                        vec!["ip", "route", "add", &peer_cidr, "via", &peer_addr, "dev", "flannel.1", "onlink"],
+                        vec![
+                            "ip",
+                            "neigh",
+                            "add",
+                            &peer_addr,
+                            "lladdr",
+                            &peer_vtep,
+                            "dev",
+                            "flannel.1",
+                            "nud",
+                            "permanent",
+                        ],
+                        vec![
+                            "bridge",
+                            "fdb",
+                            "add",
+                            &peer_vtep,
+                            "dev",
+                            "flannel.1",
+                            "dst",
+                            &peer_ip,
+                            "self",
+                            "permanent",
+                        ],
+                        vec![
+                            "ip",
+                            "route",
+                            "add",
+                            &peer_cidr,
+                            "via",
+                            &peer_addr,
+                            "dev",
+                            "flannel.1",
+                            "onlink",
+                        ],
                     ] {
                         netns::run_in(&n.ns, &argv)?;
                     }
                 }
             }
             TunnelMode::EbpfVxlan => {
-                let Some(bin) = dataplane_bin else { bail!("DATAPLANE_BIN is not set: cannot run `dataplane run --overlay vxlan`") };
+                let Some(bin) = dataplane_bin else {
+                    bail!("DATAPLANE_BIN is not set: cannot run `dataplane run --overlay vxlan`")
+                };
                 let nodes = [node1, node2];
                 let infos: Vec<NodeInfo> = nodes
                     .iter()
@@ -139,14 +225,31 @@ impl TunnelLab {
                     let pin = t.lab.pin_dir(k)?;
                     let pin_s = pin.to_string_lossy().into_owned();
                     let ifaces = n.pod_ifaces();
-                    let mut argv = vec![bin, "run", "--node-name", &n.name, "--uplink", "eth0", "--pin-dir", &pin_s, "--overlay", "vxlan", "--socket-lb", "false", "--pod-ifaces"];
+                    let mut argv = vec![
+                        bin,
+                        "run",
+                        "--node-name",
+                        &n.name,
+                        "--uplink",
+                        "eth0",
+                        "--pin-dir",
+                        &pin_s,
+                        "--overlay",
+                        "vxlan",
+                        "--socket-lb",
+                        "false",
+                        "--pod-ifaces",
+                    ];
                     argv.extend(ifaces.iter().map(String::as_str));
                     let mut child = t.lab.spawn_in(&n.ns, &argv)?;
-                    wait_ready(&mut child, Duration::from_secs(30)).with_context(|| format!("`dataplane run` on {}", n.name))?;
+                    wait_ready(&mut child, Duration::from_secs(30))
+                        .with_context(|| format!("`dataplane run` on {}", n.name))?;
                     t.agents.push(child);
                     let (pin2, name, infos2) = (pin.clone(), n.name.clone(), infos.clone());
-                    in_netns(&n.ns, move || OverlayTable::open_pinned(&pin2)?.sync(&infos2, &name))?
-                        .with_context(|| format!("overlay sync on {}", n.name))?;
+                    in_netns(&n.ns, move || {
+                        OverlayTable::open_pinned(&pin2)?.sync(&infos2, &name)
+                    })?
+                    .with_context(|| format!("overlay sync on {}", n.name))?;
                     t.pin_dirs.push(pin);
                 }
             }
@@ -172,9 +275,17 @@ impl TunnelLab {
         let mut ids: Vec<u32> = self
             .agents
             .iter()
-            .flat_map(|a| std::fs::read_dir(format!("/proc/{}/fdinfo", a.pid())).into_iter().flatten())
+            .flat_map(|a| {
+                std::fs::read_dir(format!("/proc/{}/fdinfo", a.pid()))
+                    .into_iter()
+                    .flatten()
+            })
             .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-            .flat_map(|info| info.lines().filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok()).collect::<Vec<u32>>())
+            .flat_map(|info| {
+                info.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+                    .collect::<Vec<u32>>()
+            })
             .collect();
         ids.sort_unstable();
         ids.dedup();
@@ -187,7 +298,10 @@ impl TunnelLab {
         for id in self.agent_program_ids() {
             let (name, t, c) = crate::rawbpf::prog_stats_by_id(id)?;
             // The kernel keeps 15 characters of a program's name.
-            let name = crate::measure::PROGRAMS.iter().find(|p| p.starts_with(name.as_str())).map_or(name, |p| p.to_string());
+            let name = crate::measure::PROGRAMS
+                .iter()
+                .find(|p| p.starts_with(name.as_str()))
+                .map_or(name, |p| p.to_string());
             let e = m.entry(name).or_insert((0, 0));
             e.0 += t;
             e.1 += c;
@@ -197,7 +311,13 @@ impl TunnelLab {
 }
 
 /// The ebpf vxlan lab's programs, per packet (untimed pass with BPF run-time stats on).
-pub fn profile(t: &TunnelLab, pass: &Arc<Injector>, templates: &Templates, repeat: u32, cpu: usize) -> Result<crate::measure::Profile> {
+pub fn profile(
+    t: &TunnelLab,
+    pass: &Arc<Injector>,
+    templates: &Templates,
+    repeat: u32,
+    cpu: usize,
+) -> Result<crate::measure::Profile> {
     let _enabled = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
     let before = t.program_stats()?;
     let s = run(t, pass, templates, repeat, 0, cpu)?;
@@ -213,7 +333,13 @@ pub fn profile(t: &TunnelLab, pass: &Arc<Injector>, templates: &Templates, repea
             })
         })
         .collect();
-    Ok(crate::measure::Profile { row: t.mode.key().to_string(), services: 0, traffic: Traffic::ClusterEst, total_ns_per_packet: s.ns_per_packet, programs })
+    Ok(crate::measure::Profile {
+        row: t.mode.key().to_string(),
+        services: 0,
+        traffic: Traffic::ClusterEst,
+        total_ns_per_packet: s.ns_per_packet,
+        programs,
+    })
 }
 
 impl Drop for TunnelLab {
@@ -242,12 +368,23 @@ fn wait_ready(child: &mut Child, timeout: Duration) -> Result<()> {
 
 /// Pod → pod frames (node1's pods to node2's, UDP to port 8080; the established ClusterIP set
 /// with its destination already a pod), `repeat` of them, injected at node1's pod veth.
-pub fn run(t: &TunnelLab, pass: &Arc<Injector>, templates: &Templates, repeat: u32, rep: usize, cpu: usize) -> Result<TunnelSample> {
+pub fn run(
+    t: &TunnelLab,
+    pass: &Arc<Injector>,
+    templates: &Templates,
+    repeat: u32,
+    rep: usize,
+    cpu: usize,
+) -> Result<TunnelSample> {
     let off = scenario::set_offset(Traffic::ClusterEst, true);
     let first = templates.get(off);
     let c0 = t.counts()?;
     let s0 = (t.stats(0)?, t.stats(1)?);
-    templates.set_ctl(Ctl { counter: 0, modulus: EST_FLOWS as u64, offset: off as u64 })?;
+    templates.set_ctl(Ctl {
+        counter: 0,
+        modulus: EST_FLOWS as u64,
+        offset: off as u64,
+    })?;
     let (inj, ifindex) = (pass.clone(), t.ifindex_pod);
     let res = in_netns(&t.node1.ns, move || -> Result<_> {
         netutil::pin_to_cpu(cpu)?;
@@ -272,11 +409,23 @@ pub fn run(t: &TunnelLab, pass: &Arc<Injector>, templates: &Templates, repeat: u
     crate::measure::check_delivery(&mut problems, sent, &deltas, &total);
     if let (Some(a0), Some(b0)) = s0 {
         let (a1, b1) = (t.stats(0)?.expect("stats"), t.stats(1)?.expect("stats"));
-        let enc = a1.packets(Hook::TcUplinkEgress, Reason::OverlayEncap) - a0.packets(Hook::TcUplinkEgress, Reason::OverlayEncap);
-        let dec = b1.packets(Hook::XdpUplink, Reason::OverlayDecap) - b0.packets(Hook::XdpUplink, Reason::OverlayDecap);
+        let enc = a1.packets(Hook::TcUplinkEgress, Reason::OverlayEncap)
+            - a0.packets(Hook::TcUplinkEgress, Reason::OverlayEncap);
+        let dec = b1.packets(Hook::XdpUplink, Reason::OverlayDecap)
+            - b0.packets(Hook::XdpUplink, Reason::OverlayDecap);
         if enc != sent || dec != sent {
-            problems.push(format!("node1 encapsulated {enc}, node2 decapsulated {dec} of {sent}"));
+            problems.push(format!(
+                "node1 encapsulated {enc}, node2 decapsulated {dec} of {sent}"
+            ));
         }
     }
-    Ok(TunnelSample { row: t.mode.key().to_string(), rep, frames: repeat, ns_per_packet: res.ns_per_frame, sent, delivered: total.no_ports, problems })
+    Ok(TunnelSample {
+        row: t.mode.key().to_string(),
+        rep,
+        frames: repeat,
+        ns_per_packet: res.ns_per_frame,
+        sent,
+        delivered: total.no_ports,
+        problems,
+    })
 }

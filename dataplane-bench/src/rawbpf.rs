@@ -47,7 +47,14 @@ impl Attr {
 fn sys_bpf(cmd: libc::c_long, attr: &mut Attr) -> std::io::Result<libc::c_long> {
     // SAFETY: attr is a valid, initialised 128-byte buffer; pointers inside it (set by callers)
     // point at live buffers for the duration of the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut Attr, std::mem::size_of::<Attr>()) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
     if rc < 0 {
         Err(std::io::Error::last_os_error())
     } else {
@@ -64,15 +71,32 @@ pub struct RawMap {
 }
 
 impl RawMap {
-    pub fn create(map_type: u32, key_size: u32, value_size: u32, max_entries: u32, flags: u32, name: &str) -> Result<RawMap> {
+    pub fn create(
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        flags: u32,
+        name: &str,
+    ) -> Result<RawMap> {
         let mut a = Attr::new();
-        a.u32(0, map_type).u32(4, key_size).u32(8, value_size).u32(12, max_entries).u32(16, flags);
+        a.u32(0, map_type)
+            .u32(4, key_size)
+            .u32(8, value_size)
+            .u32(12, max_entries)
+            .u32(16, flags);
         let n = name.as_bytes();
         let len = n.len().min(15);
         a.0[28..28 + len].copy_from_slice(&n[..len]);
-        let fd = sys_bpf(BPF_MAP_CREATE, &mut a).with_context(|| format!("BPF_MAP_CREATE {name}"))?;
+        let fd =
+            sys_bpf(BPF_MAP_CREATE, &mut a).with_context(|| format!("BPF_MAP_CREATE {name}"))?;
         // SAFETY: the kernel returned a new fd that nothing else owns.
-        Ok(RawMap { fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) }, key_size, value_size, max_entries })
+        Ok(RawMap {
+            fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
+            key_size,
+            value_size,
+            max_entries,
+        })
     }
 
     pub fn update(&self, key: &[u8], value: &[u8]) -> Result<()> {
@@ -80,14 +104,19 @@ impl RawMap {
             bail!("map update with wrong key/value size");
         }
         let mut a = Attr::new();
-        a.u32(0, self.fd.as_raw_fd() as u32).u64(8, key.as_ptr() as u64).u64(16, value.as_ptr() as u64).u64(24, 0);
+        a.u32(0, self.fd.as_raw_fd() as u32)
+            .u64(8, key.as_ptr() as u64)
+            .u64(16, value.as_ptr() as u64)
+            .u64(24, 0);
         sys_bpf(BPF_MAP_UPDATE_ELEM, &mut a).context("BPF_MAP_UPDATE_ELEM")?;
         Ok(())
     }
 
     pub fn lookup(&self, key: &[u8], value: &mut [u8]) -> Result<()> {
         let mut a = Attr::new();
-        a.u32(0, self.fd.as_raw_fd() as u32).u64(8, key.as_ptr() as u64).u64(16, value.as_mut_ptr() as u64);
+        a.u32(0, self.fd.as_raw_fd() as u32)
+            .u64(8, key.as_ptr() as u64)
+            .u64(16, value.as_mut_ptr() as u64);
         sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut a).context("BPF_MAP_LOOKUP_ELEM")?;
         Ok(())
     }
@@ -107,17 +136,37 @@ unsafe impl Sync for MappedArray {}
 
 impl MappedArray {
     pub fn create(value_size: u32, max_entries: u32, name: &str) -> Result<MappedArray> {
-        let map = RawMap::create(BPF_MAP_TYPE_ARRAY, 4, value_size, max_entries, BPF_F_MMAPABLE, name)?;
+        let map = RawMap::create(
+            BPF_MAP_TYPE_ARRAY,
+            4,
+            value_size,
+            max_entries,
+            BPF_F_MMAPABLE,
+            name,
+        )?;
         let page = 4096usize;
-        let len = ((value_size as usize).div_ceil(8) * 8 * max_entries as usize).div_ceil(page) * page;
+        let len =
+            ((value_size as usize).div_ceil(8) * 8 * max_entries as usize).div_ceil(page) * page;
         // SAFETY: mapping a BPF array fd with a length within the map's size.
         let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, map.fd.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd.as_raw_fd(),
+                0,
+            )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("mmap of BPF array {name}"));
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("mmap of BPF array {name}"));
         }
-        Ok(MappedArray { map, ptr: ptr as *mut u8, len })
+        Ok(MappedArray {
+            map,
+            ptr: ptr as *mut u8,
+            len,
+        })
     }
 
     /// The bytes of element `i`.
@@ -125,7 +174,12 @@ impl MappedArray {
         assert!(i < self.map.max_entries);
         let stride = (self.map.value_size as usize).div_ceil(8) * 8;
         // SAFETY: in bounds of the mapping (checked above).
-        unsafe { std::slice::from_raw_parts(self.ptr.add(i as usize * stride), self.map.value_size as usize) }
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ptr.add(i as usize * stride),
+                self.map.value_size as usize,
+            )
+        }
     }
 
     /// The bytes of element `i` (value_size rounded up to 8 per element).
@@ -166,7 +220,10 @@ pub fn load_xdp(insns: &[Insn], name: &str) -> Result<OwnedFd> {
         Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
         Err(e) => {
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            bail!("loading {name}: {e}\n{}", String::from_utf8_lossy(&log[..end]))
+            bail!(
+                "loading {name}: {e}\n{}",
+                String::from_utf8_lossy(&log[..end])
+            )
         }
     }
 }
@@ -216,7 +273,12 @@ pub struct Insn {
 }
 
 const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-    Insn { code, regs: (src << 4) | (dst & 0x0f), off, imm }
+    Insn {
+        code,
+        regs: (src << 4) | (dst & 0x0f),
+        off,
+        imm,
+    }
 }
 
 pub const R0: u8 = 0;
@@ -316,7 +378,10 @@ pub fn prog_test_run(
     live_batch: Option<u32>,
 ) -> std::io::Result<TestRunOut> {
     let mut a = Attr::new();
-    a.u32(0, prog_fd as u32).u32(8, data_in.len() as u32).u64(16, data_in.as_ptr() as u64).u32(32, repeat);
+    a.u32(0, prog_fd as u32)
+        .u32(8, data_in.len() as u32)
+        .u64(16, data_in.as_ptr() as u64)
+        .u32(32, repeat);
     if let Some(out) = data_out {
         a.u32(12, out.len() as u32).u64(24, out.as_mut_ptr() as u64);
     }
@@ -327,7 +392,11 @@ pub fn prog_test_run(
         a.u32(64, BPF_F_TEST_XDP_LIVE_FRAMES).u32(72, batch);
     }
     sys_bpf(BPF_PROG_TEST_RUN, &mut a)?;
-    Ok(TestRunOut { retval: a.get_u32(4), duration_ns: a.get_u32(36), data_size_out: a.get_u32(12) })
+    Ok(TestRunOut {
+        retval: a.get_u32(4),
+        duration_ns: a.get_u32(36),
+        data_size_out: a.get_u32(12),
+    })
 }
 
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -336,7 +405,9 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 pub fn prog_run_stats(fd: RawFd) -> Result<(u64, u64)> {
     let mut info = [0u8; 256];
     let mut a = Attr::new();
-    a.u32(0, fd as u32).u32(4, info.len() as u32).u64(8, info.as_mut_ptr() as u64);
+    a.u32(0, fd as u32)
+        .u32(4, info.len() as u32)
+        .u64(8, info.as_mut_ptr() as u64);
     sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).context("BPF_OBJ_GET_INFO_BY_FD")?;
     let rd = |off: usize| u64::from_ne_bytes(info[off..off + 8].try_into().unwrap());
     Ok((rd(192), rd(200)))
@@ -348,12 +419,15 @@ const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 pub fn prog_stats_by_id(id: u32) -> Result<(String, u64, u64)> {
     let mut a = Attr::new();
     a.u32(0, id);
-    let fd = sys_bpf(BPF_PROG_GET_FD_BY_ID, &mut a).with_context(|| format!("BPF_PROG_GET_FD_BY_ID {id}"))?;
+    let fd = sys_bpf(BPF_PROG_GET_FD_BY_ID, &mut a)
+        .with_context(|| format!("BPF_PROG_GET_FD_BY_ID {id}"))?;
     // SAFETY: new fd owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let mut info = [0u8; 256];
     let mut a = Attr::new();
-    a.u32(0, fd.as_raw_fd() as u32).u32(4, info.len() as u32).u64(8, info.as_mut_ptr() as u64);
+    a.u32(0, fd.as_raw_fd() as u32)
+        .u32(4, info.len() as u32)
+        .u64(8, info.as_mut_ptr() as u64);
     sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).context("BPF_OBJ_GET_INFO_BY_FD")?;
     let name_end = info[64..80].iter().position(|&b| b == 0).unwrap_or(16);
     let name = String::from_utf8_lossy(&info[64..64 + name_end]).into_owned();

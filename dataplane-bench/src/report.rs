@@ -68,20 +68,37 @@ pub struct Results {
 }
 
 impl Results {
-    pub fn new(quick: bool, reps: usize, services: &[usize], budget: Duration, overlay: String) -> Results {
+    pub fn new(
+        quick: bool,
+        reps: usize,
+        services: &[usize],
+        budget: Duration,
+        overlay: String,
+    ) -> Results {
         let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
             .unwrap_or_default()
             .lines()
-            .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
             .unwrap_or_default();
         Results {
-            generated_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            generated_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             quick,
             reps,
             services: services.to_vec(),
             budget_ms: budget.as_millis() as u64,
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
-            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
             cpu_model,
             tools: tool_versions(),
             overlay,
@@ -94,7 +111,10 @@ impl Results {
             snat_probe: None,
             snat_range: default_snat_range(),
             loadavg: vec![loadavg()],
-            bpf_stats_enabled: std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default().trim().to_string(),
+            bpf_stats_enabled: std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
             tunnel: Vec::new(),
             tunnel_status: "not run".into(),
             tunnel_profile: None,
@@ -108,13 +128,23 @@ fn default_snat_range() -> (u16, u16) {
 }
 
 pub fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 fn tool_versions() -> Vec<String> {
     let mut v = Vec::new();
-    for argv in [&["iptables-legacy", "--version"][..], &["iptables-nft", "--version"], &["nft", "--version"]] {
-        if let Ok(o) = std::process::Command::new(argv[0]).args(&argv[1..]).output() {
+    for argv in [
+        &["iptables-legacy", "--version"][..],
+        &["iptables-nft", "--version"],
+        &["nft", "--version"],
+    ] {
+        if let Ok(o) = std::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .output()
+        {
             v.push(String::from_utf8_lossy(&o.stdout).trim().to_string());
         }
     }
@@ -128,7 +158,10 @@ pub fn overlay_status() -> String {
     if bin.is_empty() {
         return "not checked (DATAPLANE_BIN not set)".into();
     }
-    match std::process::Command::new(&bin).args(["run", "--help"]).output() {
+    match std::process::Command::new(&bin)
+        .args(["run", "--help"])
+        .output()
+    {
         Ok(o) => {
             let help = String::from_utf8_lossy(&o.stdout);
             if help.contains("--overlay") {
@@ -144,7 +177,8 @@ pub fn overlay_status() -> String {
 pub fn write_json(dir: &Path, r: &Results) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("results.json");
-    std::fs::write(&path, serde_json::to_string_pretty(r)?).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, serde_json::to_string_pretty(r)?)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -166,19 +200,44 @@ fn agg(mut v: Vec<f64>) -> Option<Agg> {
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-    Some(Agg { median, min: v[0], max: v[n - 1] })
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some(Agg {
+        median,
+        min: v[0],
+        max: v[n - 1],
+    })
 }
 
 fn packet_agg(r: &Results, row: &str, n: usize, t: Traffic) -> Option<Agg> {
-    agg(r.packets.iter().filter(|s| s.row == row && s.services == n && s.traffic == t && s.ok()).map(|s| s.ns_per_packet).collect())
+    agg(r
+        .packets
+        .iter()
+        .filter(|s| s.row == row && s.services == n && s.traffic == t && s.ok())
+        .map(|s| s.ns_per_packet)
+        .collect())
 }
 
 fn load_agg(r: &Results, row: &str, n: usize, kind: &str) -> Option<Agg> {
-    agg(r.loads.iter().filter(|s| s.row == row && s.services == n && s.kind == kind).map(|s| s.secs).collect())
+    agg(r
+        .loads
+        .iter()
+        .filter(|s| s.row == row && s.services == n && s.kind == kind)
+        .map(|s| s.secs)
+        .collect())
 }
 
-const ROWS: [&str; 6] = ["no-nat", "iptables-legacy", "iptables-nft", "nftables", "ebpf-tc", "ebpf-xdp"];
+const ROWS: [&str; 6] = [
+    "no-nat",
+    "iptables-legacy",
+    "iptables-nft",
+    "nftables",
+    "ebpf-tc",
+    "ebpf-xdp",
+];
 
 /// This dataplane as deployed: pod traffic is translated at tc on the pod's veth, external
 /// traffic at XDP on the uplink.
@@ -269,20 +328,25 @@ struct Verdict {
 pub fn write_markdown(path: &Path, dir: &Path, r: &Results) -> Result<bool> {
     std::fs::create_dir_all(dir)?;
     let svg_path = dir.join("cost-per-packet.svg");
-    std::fs::write(&svg_path, plot(r)).with_context(|| format!("writing {}", svg_path.display()))?;
+    std::fs::write(&svg_path, plot(r))
+        .with_context(|| format!("writing {}", svg_path.display()))?;
     let svg_rel = relative(path, &svg_path);
     let json_rel = relative(path, &dir.join("results.json"));
 
     let bad_packets: Vec<&PacketSample> = r.packets.iter().filter(|s| !s.ok()).collect();
     let bad_tcp: Vec<&TcpSample> = r.tcp.iter().filter(|s| !s.problems.is_empty()).collect();
-    let bad_tunnel: Vec<&crate::overlay::TunnelSample> = r.tunnel.iter().filter(|s| !s.problems.is_empty()).collect();
+    let bad_tunnel: Vec<&crate::overlay::TunnelSample> =
+        r.tunnel.iter().filter(|s| !s.problems.is_empty()).collect();
     let ok = gate(r);
 
     let sweep = &r.services;
     let n_max = *sweep.iter().max().unwrap_or(&1);
     let n_min = *sweep.iter().min().unwrap_or(&1);
     let mut m = String::new();
-    let _ = writeln!(m, "# Benchmarks: this dataplane against kube-proxy (iptables, nftables)\n");
+    let _ = writeln!(
+        m,
+        "# Benchmarks: this dataplane against kube-proxy (iptables, nftables)\n"
+    );
     let _ = writeln!(
         m,
         "Generated by `cargo xtask bench{}` (crate `dataplane-bench`); do not edit by hand, rerun it. Raw samples: \
@@ -328,7 +392,10 @@ pub fn write_markdown(path: &Path, dir: &Path, r: &Results) -> Result<bool> {
         };
         let _ = writeln!(m, "| {} | {} | {met} |", v.target, v.result);
     }
-    let _ = writeln!(m, "\nWhere a target is missed, [Where the time goes](#where-the-time-goes) says why.\n");
+    let _ = writeln!(
+        m,
+        "\nWhere a target is missed, [Where the time goes](#where-the-time-goes) says why.\n"
+    );
 
     method(&mut m, r);
 
@@ -347,7 +414,18 @@ pub fn write_markdown(path: &Path, dir: &Path, r: &Results) -> Result<bool> {
     for t in Traffic::ALL {
         let refr = reference(t);
         let _ = writeln!(m, "### {}\n", title(t));
-        let _ = writeln!(m, "| N | {} |", ROWS.iter().map(|x| if *x == refr { format!("**{x}**") } else { x.to_string() }).collect::<Vec<_>>().join(" | "));
+        let _ = writeln!(
+            m,
+            "| N | {} |",
+            ROWS.iter()
+                .map(|x| if *x == refr {
+                    format!("**{x}**")
+                } else {
+                    x.to_string()
+                })
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
         let _ = writeln!(m, "|---:|{}", "---:|".repeat(ROWS.len()));
         for &n in sweep {
             let mut cells = Vec::new();
@@ -363,7 +441,10 @@ pub fn write_markdown(path: &Path, dir: &Path, r: &Results) -> Result<bool> {
         let _ = writeln!(m, "| N | {} | Mpps {refr} |", ROWS[1..].join(" | "));
         let _ = writeln!(m, "|---:|{}---:|", "---:|".repeat(ROWS.len() - 1));
         for &n in sweep {
-            let (Some(rf), floor) = (packet_agg(r, refr, n, t), packet_agg(r, "no-nat", n, t)) else { continue };
+            let (Some(rf), floor) = (packet_agg(r, refr, n, t), packet_agg(r, "no-nat", n, t))
+            else {
+                continue;
+            };
             let mut cells = Vec::new();
             for row in &ROWS[1..] {
                 cells.push(match packet_agg(r, row, n, t) {
@@ -376,12 +457,22 @@ pub fn write_markdown(path: &Path, dir: &Path, r: &Results) -> Result<bool> {
                                 String::new()
                             }
                         });
-                        format!("{}{}", ratio(a.median / rf.median), over.unwrap_or_default())
+                        format!(
+                            "{}{}",
+                            ratio(a.median / rf.median),
+                            over.unwrap_or_default()
+                        )
                     }
                     None => "–".into(),
                 });
             }
-            let _ = writeln!(m, "| {} | {} | {:.2} |", ns(n as f64), cells.join(" | "), 1e3 / rf.median);
+            let _ = writeln!(
+                m,
+                "| {} | {} | {:.2} |",
+                ns(n as f64),
+                cells.join(" | "),
+                1e3 / rf.median
+            );
         }
         let _ = writeln!(m);
     }
@@ -394,11 +485,24 @@ pub fn write_markdown(path: &Path, dir: &Path, r: &Results) -> Result<bool> {
          100,000 runs per sample, the last output frame checked (destination a real backend:8080, checksums valid, client \
          address kept; masquerading is the egress program's job):\n"
     );
-    let _ = writeln!(m, "| N | {} |\n|---:|{}", Traffic::ALL.iter().map(|t| short(*t)).collect::<Vec<_>>().join(" | "), "---:|".repeat(4));
+    let _ = writeln!(
+        m,
+        "| N | {} |\n|---:|{}",
+        Traffic::ALL
+            .iter()
+            .map(|t| short(*t))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---:|".repeat(4)
+    );
     for &n in sweep {
         let cells: Vec<String> = Traffic::ALL
             .iter()
-            .map(|t| packet_agg(r, "ebpf-xdp-prog", n, *t).map_or("–".into(), |a| format!("{} ns {}", ns(a.median), spread(&a))))
+            .map(|t| {
+                packet_agg(r, "ebpf-xdp-prog", n, *t).map_or("–".into(), |a| {
+                    format!("{} ns {}", ns(a.median), spread(&a))
+                })
+            })
             .collect();
         let _ = writeln!(m, "| {} | {} |", ns(n as f64), cells.join(" | "));
     }
@@ -454,19 +558,54 @@ pub fn write_markdown(path: &Path, dir: &Path, r: &Results) -> Result<bool> {
     if bad_packets.is_empty() && bad_tcp.is_empty() && bad_tunnel.is_empty() {
         let _ = writeln!(m, "All samples passed their checks.\n");
     } else {
-        let _ = writeln!(m, "{} packet samples, {} TCP samples and {} tunnel samples failed a check:\n", bad_packets.len(), bad_tcp.len(), bad_tunnel.len());
+        let _ = writeln!(
+            m,
+            "{} packet samples, {} TCP samples and {} tunnel samples failed a check:\n",
+            bad_packets.len(),
+            bad_tcp.len(),
+            bad_tunnel.len()
+        );
         for s in bad_packets.iter().take(30) {
-            let _ = writeln!(m, "- {} N={} {} rep {}: {}", s.row, s.services, s.traffic.key(), s.rep, s.problems.join("; "));
+            let _ = writeln!(
+                m,
+                "- {} N={} {} rep {}: {}",
+                s.row,
+                s.services,
+                s.traffic.key(),
+                s.rep,
+                s.problems.join("; ")
+            );
         }
         for s in bad_tcp.iter().take(30) {
-            let _ = writeln!(m, "- TCP {} N={} rep {}: {}", s.row, s.services, s.rep, s.problems.join("; "));
+            let _ = writeln!(
+                m,
+                "- TCP {} N={} rep {}: {}",
+                s.row,
+                s.services,
+                s.rep,
+                s.problems.join("; ")
+            );
         }
         for s in bad_tunnel.iter().take(30) {
-            let _ = writeln!(m, "- (f) {} rep {}: {}", s.row, s.rep, s.problems.join("; "));
+            let _ = writeln!(
+                m,
+                "- (f) {} rep {}: {}",
+                s.row,
+                s.rep,
+                s.problems.join("; ")
+            );
         }
         let _ = writeln!(m);
     }
-    let _ = writeln!(m, "Exit status of this run: {}.", if ok { "success" } else { "failure (a mode delivered nothing, or something arrived untranslated)" });
+    let _ = writeln!(
+        m,
+        "Exit status of this run: {}.",
+        if ok {
+            "success"
+        } else {
+            "failure (a mode delivered nothing, or something arrived untranslated)"
+        }
+    );
     std::fs::write(path, m).with_context(|| format!("writing {}", path.display()))?;
     Ok(ok)
 }
@@ -474,13 +613,19 @@ pub fn write_markdown(path: &Path, dir: &Path, r: &Results) -> Result<bool> {
 /// The run fails if any mode, anywhere, delivered nothing, or anything arrived untranslated
 /// or corrupted, or a whole cell has no valid sample.
 fn gate(r: &Results) -> bool {
-    let hard = r.packets.iter().any(|s| s.delivered == 0 || s.untranslated > 0 || s.csum_errors > 0);
+    let hard = r
+        .packets
+        .iter()
+        .any(|s| s.delivered == 0 || s.untranslated > 0 || s.csum_errors > 0);
     let mut empty_cell = false;
     let rows: BTreeSet<&str> = r.packets.iter().map(|s| s.row.as_str()).collect();
     for row in rows {
         for &n in &r.services {
             for t in Traffic::ALL {
-                let any = r.packets.iter().any(|s| s.row == row && s.services == n && s.traffic == t);
+                let any = r
+                    .packets
+                    .iter()
+                    .any(|s| s.row == row && s.services == n && s.traffic == t);
                 if any && packet_agg(r, row, n, t).is_none() {
                     empty_cell = true;
                 }
@@ -593,8 +738,19 @@ fn tunnel_section(m: &mut String, r: &Results) {
          packet encapsulated and decapsulated. Cost per packet is node1's send path, the underlay, node2's receive path and \
          the pod, as in the tables above; encap+decap cost = cost − host-gw.\n"
     );
-    let rows = ["host-gw (no tunnel)", "kernel vxlan (flannel.1)", "ebpf vxlan"];
-    let med = |row: &str| agg(r.tunnel.iter().filter(|s| s.row == row && s.problems.is_empty()).map(|s| s.ns_per_packet).collect());
+    let rows = [
+        "host-gw (no tunnel)",
+        "kernel vxlan (flannel.1)",
+        "ebpf vxlan",
+    ];
+    let med = |row: &str| {
+        agg(r
+            .tunnel
+            .iter()
+            .filter(|s| s.row == row && s.problems.is_empty())
+            .map(|s| s.ns_per_packet)
+            .collect())
+    };
     let floor = med(rows[0]).map(|a| a.median);
     let kernel = med(rows[1]).map(|a| a.median);
     let _ = writeln!(m, "| path | ns/packet | Mpps | encap + decap (above host-gw) | vs kernel vxlan |\n|---|---:|---:|---:|---:|");
@@ -605,15 +761,38 @@ fn tunnel_section(m: &mut String, r: &Results) {
         };
         let over = floor.map_or("–".into(), |f| format!("{} ns", ns(a.median - f)));
         let vs = match (kernel, floor) {
-            (Some(k), Some(f)) if row != rows[0] && k - f > 0.0 => format!("{} (tunnel part {})", ratio(a.median / k), ratio((a.median - f) / (k - f))),
+            (Some(k), Some(f)) if row != rows[0] && k - f > 0.0 => format!(
+                "{} (tunnel part {})",
+                ratio(a.median / k),
+                ratio((a.median - f) / (k - f))
+            ),
             _ => "–".into(),
         };
-        let _ = writeln!(m, "| {row} | {} ns {} | {:.3} | {over} | {vs} |", ns(a.median), spread(&a), 1e3 / a.median);
+        let _ = writeln!(
+            m,
+            "| {row} | {} ns {} | {:.3} | {over} | {vs} |",
+            ns(a.median),
+            spread(&a),
+            1e3 / a.median
+        );
     }
     let _ = writeln!(m);
     if let Some(p) = &r.tunnel_profile {
-        let inside: f64 = p.programs.iter().map(|q| q.ns_per_run * q.runs_per_packet).sum();
-        let detail: Vec<String> = p.programs.iter().map(|q| format!("{} {:.0} ns × {:.2}", q.program, q.ns_per_run, q.runs_per_packet)).collect();
+        let inside: f64 = p
+            .programs
+            .iter()
+            .map(|q| q.ns_per_run * q.runs_per_packet)
+            .sum();
+        let detail: Vec<String> = p
+            .programs
+            .iter()
+            .map(|q| {
+                format!(
+                    "{} {:.0} ns × {:.2}",
+                    q.program, q.ns_per_run, q.runs_per_packet
+                )
+            })
+            .collect();
         let _ = writeln!(
             m,
             "Where the ebpf row's time goes (untimed pass, BPF run-time statistics on): {} ns per packet in all, of which {} ns \
@@ -653,7 +832,11 @@ fn tcp_section(m: &mut String, r: &Results) {
     let _ = writeln!(m, "| N | mode | connections/s | p50 | p99 | connections (errors) |\n|---:|---|---:|---:|---:|---:|");
     for &n in &r.services {
         for row in &rows {
-            let ss: Vec<&TcpSample> = r.tcp.iter().filter(|s| &s.row == row && s.services == n).collect();
+            let ss: Vec<&TcpSample> = r
+                .tcp
+                .iter()
+                .filter(|s| &s.row == row && s.services == n)
+                .collect();
             if ss.is_empty() {
                 continue;
             }
@@ -696,7 +879,15 @@ fn load_section(m: &mut String, r: &Results) {
             (Some(l), Some(e)) => ratio(l.median / e.median),
             _ => "–".into(),
         };
-        let _ = writeln!(m, "| {} | {} | {} | {} | {} | {rat} |", ns(n as f64), cell(g("iptables-legacy")), cell(g("iptables-nft")), cell(g("nftables")), cell(e));
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {} | {} | {rat} |",
+            ns(n as f64),
+            cell(g("iptables-legacy")),
+            cell(g("iptables-nft")),
+            cell(g("nftables")),
+            cell(e)
+        );
     }
     let _ = writeln!(m, "\nOne changed service:\n");
     let _ = writeln!(m, "| N | iptables-legacy (partial restore) | iptables-nft (partial restore) | nftables (transaction) | ebpf sync (full desired state) | ebpf upsert (one service) |\n|---:|---:|---:|---:|---:|---:|");
@@ -732,7 +923,12 @@ fn targets(r: &Results, n_min: usize, n_max: usize) -> Vec<Verdict> {
                 any = true;
                 let d = (b - a) / a * 100.0;
                 met &= d <= 10.0;
-                parts.push(format!("{} ({row}): {} → {} ns ({d:+.1}%)", short(t), ns(a), ns(b)));
+                parts.push(format!(
+                    "{} ({row}): {} → {} ns ({d:+.1}%)",
+                    short(t),
+                    ns(a),
+                    ns(b)
+                ));
             }
         }
         v.push(Verdict {
@@ -750,14 +946,27 @@ fn targets(r: &Results, n_min: usize, n_max: usize) -> Vec<Verdict> {
         let mut any = false;
         for t in Traffic::ALL {
             let row = reference(t);
-            if let (Some(l), Some(e), Some(f)) = (at("iptables-legacy", n_max, t), at(row, n_max, t), at("no-nat", n_max, t)) {
+            if let (Some(l), Some(e), Some(f)) = (
+                at("iptables-legacy", n_max, t),
+                at(row, n_max, t),
+                at("no-nat", n_max, t),
+            ) {
                 any = true;
-                let over = if e - f > 0.0 { (l - f) / (e - f) } else { f64::INFINITY };
+                let over = if e - f > 0.0 {
+                    (l - f) / (e - f)
+                } else {
+                    f64::INFINITY
+                };
                 if t.is_new() {
                     met_new &= over >= 20.0;
                 }
                 met_all &= over >= 20.0 && l / e >= 20.0;
-                parts.push(format!("{}: NAT cost {} (total per packet {})", short(t), ratio(over), ratio(l / e)));
+                parts.push(format!(
+                    "{}: NAT cost {} (total per packet {})",
+                    short(t),
+                    ratio(over),
+                    ratio(l / e)
+                ));
             }
         }
         let qualifier = match (any, met_new, met_all) {
@@ -782,23 +991,44 @@ fn targets(r: &Results, n_min: usize, n_max: usize) -> Vec<Verdict> {
             if let (Some(x), Some(c)) = (at("ebpf-xdp", n_max, t), at("ebpf-tc", n_max, t)) {
                 any = true;
                 met &= c / x >= 2.0;
-                parts.push(format!("{}: {:.3} Mpps at XDP vs {:.3} Mpps at tc ({})", short(t), 1e3 / x, 1e3 / c, ratio(c / x)));
+                parts.push(format!(
+                    "{}: {:.3} Mpps at XDP vs {:.3} Mpps at tc ({})",
+                    short(t),
+                    1e3 / x,
+                    1e3 / c,
+                    ratio(c / x)
+                ));
             }
         }
-        v.push(Verdict { target: "XDP NodePort path at least 2× the tc path (packets per second)".into(), result: parts.join("; "), met: any.then_some(met), qualifier: None });
+        v.push(Verdict {
+            target: "XDP NodePort path at least 2× the tc path (packets per second)".into(),
+            result: parts.join("; "),
+            met: any.then_some(met),
+            qualifier: None,
+        });
     }
     // 4. sync 50x faster than iptables-restore.
     {
         let l = load_agg(r, "iptables-legacy", n_max, "full");
-        let e = load_agg(r, "ebpf-tc", n_max, "full").or_else(|| load_agg(r, "ebpf-xdp", n_max, "full"));
+        let e = load_agg(r, "ebpf-tc", n_max, "full")
+            .or_else(|| load_agg(r, "ebpf-xdp", n_max, "full"));
         let (result, met) = match (l, e) {
             (Some(l), Some(e)) => {
                 let q = l.median / e.median;
                 let samples = |row: &str| -> String {
-                    let v: Vec<String> = r.loads.iter().filter(|s| s.row == row && s.services == n_max && s.kind == "full").map(|s| secs(s.secs)).collect();
+                    let v: Vec<String> = r
+                        .loads
+                        .iter()
+                        .filter(|s| s.row == row && s.services == n_max && s.kind == "full")
+                        .map(|s| secs(s.secs))
+                        .collect();
                     v.join(", ")
                 };
-                let e_row = if load_agg(r, "ebpf-tc", n_max, "full").is_some() { "ebpf-tc" } else { "ebpf-xdp" };
+                let e_row = if load_agg(r, "ebpf-tc", n_max, "full").is_some() {
+                    "ebpf-tc"
+                } else {
+                    "ebpf-xdp"
+                };
                 let mut s = format!(
                     "ServiceTable::sync {} (samples {}) vs iptables-legacy-restore {} (samples {}): {} of medians, {} to {} across samples",
                     secs(e.median),
@@ -810,10 +1040,20 @@ fn targets(r: &Results, n_min: usize, n_max: usize) -> Vec<Verdict> {
                     ratio(l.max / e.min)
                 );
                 if let Some(n) = load_agg(r, "iptables-nft", n_max, "full") {
-                    let _ = write!(s, "; iptables-nft-restore {} ({})", secs(n.median), ratio(n.median / e.median));
+                    let _ = write!(
+                        s,
+                        "; iptables-nft-restore {} ({})",
+                        secs(n.median),
+                        ratio(n.median / e.median)
+                    );
                 }
                 if let Some(n) = load_agg(r, "nftables", n_max, "full") {
-                    let _ = write!(s, "; nft -f {} ({})", secs(n.median), ratio(n.median / e.median));
+                    let _ = write!(
+                        s,
+                        "; nft -f {} ({})",
+                        secs(n.median),
+                        ratio(n.median / e.median)
+                    );
                 }
                 (s, Some(q >= 50.0))
             }
@@ -838,14 +1078,35 @@ fn profile_section(m: &mut String, r: &Results, n_max: usize) {
         );
         let _ = writeln!(m, "| mode | traffic | total ns/packet | inside BPF programs (ns per packet: program × runs) | rest (kernel) |\n|---|---|---:|---|---:|");
         for p in &r.profiles {
-            let inside: f64 = p.programs.iter().map(|q| q.ns_per_run * q.runs_per_packet).sum();
-            let detail: Vec<String> = p.programs.iter().map(|q| format!("{} {:.0}×{:.2}", q.program, q.ns_per_run, q.runs_per_packet)).collect();
-            let _ = writeln!(m, "| {} | {} | {} | {} = {} | {} |", p.row, short(p.traffic), ns(p.total_ns_per_packet), detail.join(", "), ns(inside), ns(p.total_ns_per_packet - inside));
+            let inside: f64 = p
+                .programs
+                .iter()
+                .map(|q| q.ns_per_run * q.runs_per_packet)
+                .sum();
+            let detail: Vec<String> = p
+                .programs
+                .iter()
+                .map(|q| format!("{} {:.0}×{:.2}", q.program, q.ns_per_run, q.runs_per_packet))
+                .collect();
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} = {} | {} |",
+                p.row,
+                short(p.traffic),
+                ns(p.total_ns_per_packet),
+                detail.join(", "),
+                ns(inside),
+                ns(p.total_ns_per_packet - inside)
+            );
         }
         let _ = writeln!(m);
     }
     // XDP vs tc explanation from the numbers.
-    if let (Some(x), Some(c), Some(f)) = (at("ebpf-xdp", n_max, Traffic::NodePortNew), at("ebpf-tc", n_max, Traffic::NodePortNew), at("no-nat", n_max, Traffic::NodePortNew)) {
+    if let (Some(x), Some(c), Some(f)) = (
+        at("ebpf-xdp", n_max, Traffic::NodePortNew),
+        at("ebpf-tc", n_max, Traffic::NodePortNew),
+        at("no-nat", n_max, Traffic::NodePortNew),
+    ) {
         let prog = at("ebpf-xdp-prog", n_max, Traffic::NodePortNew);
         let _ = writeln!(
             m,
@@ -869,7 +1130,10 @@ fn profile_section(m: &mut String, r: &Results, n_max: usize) {
     if let (Some(&lo), Some(&hi)) = (sweep.iter().min(), sweep.iter().max()) {
         if hi > lo {
             for row in ["iptables-legacy", "iptables-nft"] {
-                if let (Some(a), Some(b)) = (at(row, lo, Traffic::ClusterNew), at(row, hi, Traffic::ClusterNew)) {
+                if let (Some(a), Some(b)) = (
+                    at(row, lo, Traffic::ClusterNew),
+                    at(row, hi, Traffic::ClusterNew),
+                ) {
                     // On average a new ClusterIP packet walks 2 rules for each service before its own.
                     let per_rule = (b - a) / (hi - lo) as f64;
                     let _ = writeln!(
@@ -888,9 +1152,19 @@ fn profile_section(m: &mut String, r: &Results, n_max: usize) {
         }
     }
     {
-        let e = load_agg(r, "ebpf-tc", n_max, "full").or_else(|| load_agg(r, "ebpf-xdp", n_max, "full"));
+        let e = load_agg(r, "ebpf-tc", n_max, "full")
+            .or_else(|| load_agg(r, "ebpf-xdp", n_max, "full"));
         let plan = load_agg(r, "ebpf-plan-only", n_max, "full");
-        let entries = r.loads.iter().find(|s| s.services == n_max && s.kind == "full" && s.row.starts_with("ebpf-") && s.map_entries.is_some()).and_then(|s| s.map_entries);
+        let entries = r
+            .loads
+            .iter()
+            .find(|s| {
+                s.services == n_max
+                    && s.kind == "full"
+                    && s.row.starts_with("ebpf-")
+                    && s.map_entries.is_some()
+            })
+            .and_then(|s| s.map_entries);
         if let (Some(e), Some(p), Some(k)) = (e, plan, entries) {
             let writes = (e.median - p.median).max(0.0);
             let _ = writeln!(
@@ -909,7 +1183,10 @@ fn profile_section(m: &mut String, r: &Results, n_max: usize) {
             );
         }
     }
-    let (lo, hi) = (*sweep.iter().min().unwrap_or(&1), *sweep.iter().max().unwrap_or(&1));
+    let (lo, hi) = (
+        *sweep.iter().min().unwrap_or(&1),
+        *sweep.iter().max().unwrap_or(&1),
+    );
     if let (Some(new_lo), Some(est_lo), Some(new_hi), Some(est_hi)) = (
         at("ebpf-xdp-prog", lo, Traffic::ClusterNew),
         at("ebpf-xdp-prog", lo, Traffic::ClusterEst),
@@ -995,15 +1272,33 @@ pub fn plot(r: &Results) -> String {
     let (ml, mr, mt, mb) = (70.0, 32.0, 30.0, 45.0);
     let (w, h) = (2.0 * pw, 2.0 * ph + 40.0);
     let mut s = String::new();
-    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">"#);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">"#
+    );
     let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
     let sweep: Vec<usize> = r.services.clone();
-    let (xmin, xmax) = (*sweep.iter().min().unwrap_or(&1) as f64, *sweep.iter().max().unwrap_or(&10) as f64);
-    let (lx0, lx1) = (xmin.max(1.0).log10(), xmax.max(10.0).log10().max(xmin.max(1.0).log10() + 1.0));
+    let (xmin, xmax) = (
+        *sweep.iter().min().unwrap_or(&1) as f64,
+        *sweep.iter().max().unwrap_or(&10) as f64,
+    );
+    let (lx0, lx1) = (
+        xmin.max(1.0).log10(),
+        xmax.max(10.0).log10().max(xmin.max(1.0).log10() + 1.0),
+    );
     for (i, t) in Traffic::ALL.iter().enumerate() {
         let (ox, oy) = ((i % 2) as f64 * pw, (i / 2) as f64 * ph);
         let (x0, x1, y0, y1) = (ox + ml, ox + pw - mr, oy + ph - mb, oy + mt);
-        let vals: Vec<f64> = COLORS.iter().flat_map(|(row, _)| sweep.iter().filter_map(|n| packet_agg(r, row, *n, *t)).map(|a| a.median).collect::<Vec<_>>()).collect();
+        let vals: Vec<f64> = COLORS
+            .iter()
+            .flat_map(|(row, _)| {
+                sweep
+                    .iter()
+                    .filter_map(|n| packet_agg(r, row, *n, *t))
+                    .map(|a| a.median)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         if vals.is_empty() {
             continue;
         }
@@ -1013,8 +1308,19 @@ pub fn plot(r: &Results) -> String {
         let ly1 = (vmax * 1.25).log10().ceil().max(ly0 + 1.0);
         let px = |n: f64| x0 + (n.max(1.0).log10() - lx0) / (lx1 - lx0) * (x1 - x0);
         let py = |v: f64| y0 - (v.log10() - ly0) / (ly1 - ly0) * (y0 - y1);
-        let _ = writeln!(s, r#"<text x="{}" y="{}" font-size="13" font-weight="bold">{}</text>"#, ox + ml, oy + 18.0, short(*t));
-        let _ = writeln!(s, r##"<rect x="{x0}" y="{y1}" width="{}" height="{}" fill="none" stroke="#444"/>"##, x1 - x0, y0 - y1);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" font-size="13" font-weight="bold">{}</text>"#,
+            ox + ml,
+            oy + 18.0,
+            short(*t)
+        );
+        let _ = writeln!(
+            s,
+            r##"<rect x="{x0}" y="{y1}" width="{}" height="{}" fill="none" stroke="#444"/>"##,
+            x1 - x0,
+            y0 - y1
+        );
         // y grid: 1, 2, 5 per decade.
         let mut d = ly0 as i32;
         while d as f64 <= ly1 {
@@ -1024,28 +1330,70 @@ pub fn plot(r: &Results) -> String {
                     continue;
                 }
                 let y = py(v);
-                let _ = writeln!(s, r##"<line x1="{x0}" x2="{x1}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/>"##);
-                let label = if v >= 1000.0 { format!("{} µs", v / 1000.0) } else { format!("{v} ns") };
-                let _ = writeln!(s, r#"<text x="{}" y="{:.1}" text-anchor="end">{label}</text>"#, x0 - 4.0, y + 4.0);
+                let _ = writeln!(
+                    s,
+                    r##"<line x1="{x0}" x2="{x1}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/>"##
+                );
+                let label = if v >= 1000.0 {
+                    format!("{} µs", v / 1000.0)
+                } else {
+                    format!("{v} ns")
+                };
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{}" y="{:.1}" text-anchor="end">{label}</text>"#,
+                    x0 - 4.0,
+                    y + 4.0
+                );
             }
             d += 1;
         }
         for n in &sweep {
             let x = px(*n as f64);
-            let _ = writeln!(s, r##"<line x1="{x:.1}" x2="{x:.1}" y1="{y0}" y2="{y1}" stroke="#eee"/>"##);
-            let _ = writeln!(s, r#"<text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"#, y0 + 14.0, ns(*n as f64));
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" x2="{x:.1}" y1="{y0}" y2="{y1}" stroke="#eee"/>"##
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"#,
+                y0 + 14.0,
+                ns(*n as f64)
+            );
         }
-        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">services (log scale)</text>"#, (x0 + x1) / 2.0, y0 + 30.0);
-        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle" transform="rotate(-90 {} {})">cost per packet (log)</text>"#, ox + 14.0, (y0 + y1) / 2.0, ox + 14.0, (y0 + y1) / 2.0);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">services (log scale)</text>"#,
+            (x0 + x1) / 2.0,
+            y0 + 30.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle" transform="rotate(-90 {} {})">cost per packet (log)</text>"#,
+            ox + 14.0,
+            (y0 + y1) / 2.0,
+            ox + 14.0,
+            (y0 + y1) / 2.0
+        );
         for (row, color) in COLORS {
-            let pts: Vec<(f64, f64)> = sweep.iter().filter_map(|n| packet_agg(r, row, *n, *t).map(|a| (px(*n as f64), py(a.median)))).collect();
+            let pts: Vec<(f64, f64)> = sweep
+                .iter()
+                .filter_map(|n| packet_agg(r, row, *n, *t).map(|a| (px(*n as f64), py(a.median))))
+                .collect();
             if pts.is_empty() {
                 continue;
             }
             let path: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
-            let _ = writeln!(s, r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#, path.join(" "));
+            let _ = writeln!(
+                s,
+                r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
+                path.join(" ")
+            );
             for (x, y) in pts {
-                let _ = writeln!(s, r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{color}"/>"#);
+                let _ = writeln!(
+                    s,
+                    r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{color}"/>"#
+                );
             }
         }
     }
@@ -1053,7 +1401,13 @@ pub fn plot(r: &Results) -> String {
     let ly = 2.0 * ph + 20.0;
     for (i, (row, color)) in COLORS.iter().enumerate() {
         let x = 20.0 + i as f64 * 140.0;
-        let _ = writeln!(s, r#"<line x1="{x}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{row}</text>"#, x + 24.0, x + 30.0, ly + 4.0);
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{row}</text>"#,
+            x + 24.0,
+            x + 30.0,
+            ly + 4.0
+        );
     }
     s.push_str("</svg>\n");
     s

@@ -87,15 +87,29 @@ fn hash16(text: &str) -> String {
     }
     const ALPHA: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     let bits = ((h as u128) << 64) | h2 as u128;
-    (0..16).map(|i| ALPHA[((bits >> (i * 5)) & 31) as usize] as char).collect()
+    (0..16)
+        .map(|i| ALPHA[((bits >> (i * 5)) & 31) as usize] as char)
+        .collect()
 }
 
 pub fn svc_chain(s: &Svc) -> String {
-    format!("KUBE-SVC-{}", hash16(&format!("{}{}", s.port_name_str(), s.proto.name())))
+    format!(
+        "KUBE-SVC-{}",
+        hash16(&format!("{}{}", s.port_name_str(), s.proto.name()))
+    )
 }
 
 pub fn sep_chain(s: &Svc, ep: Ipv4Addr) -> String {
-    format!("KUBE-SEP-{}", hash16(&format!("{}{}{}:{}", s.port_name_str(), s.proto.name(), ep, s.target_port)))
+    format!(
+        "KUBE-SEP-{}",
+        hash16(&format!(
+            "{}{}{}:{}",
+            s.port_name_str(),
+            s.proto.name(),
+            ep,
+            s.target_port
+        ))
+    )
 }
 
 /// kube-proxy's computeProbability: "%0.10f" of 1/n.
@@ -129,7 +143,8 @@ const FILTER_JUMPS: &str = "-A INPUT -m conntrack --ctstate NEW -m comment --com
 -A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
 ";
 
-const NAT_JUMPS: &str = "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+const NAT_JUMPS: &str =
+    "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
 -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
 -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
 ";
@@ -149,7 +164,13 @@ fn kube_services_rules(out: &mut String, svcs: &[Svc], facts: &NodeFacts) {
             "-A KUBE-SERVICES ! -s {} -d {}/32 -p {p} -m comment --comment {c} -m {p} --dport {} -j KUBE-MARK-MASQ",
             facts.pod_cidr, s.vip, s.port
         );
-        let _ = writeln!(out, "-A KUBE-SERVICES -d {}/32 -p {p} -m comment --comment {c} -m {p} --dport {} -j {}", s.vip, s.port, svc_chain(s));
+        let _ = writeln!(
+            out,
+            "-A KUBE-SERVICES -d {}/32 -p {p} -m comment --comment {c} -m {p} --dport {} -j {}",
+            s.vip,
+            s.port,
+            svc_chain(s)
+        );
     }
     out.push_str("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
     for s in svcs {
@@ -157,7 +178,11 @@ fn kube_services_rules(out: &mut String, svcs: &[Svc], facts: &NodeFacts) {
             let p = s.proto.name();
             let c = format!("\"{}:\"", s.port_name_str());
             let _ = writeln!(out, "-A KUBE-NODEPORTS -p {p} -m comment --comment {c} -m {p} --dport {np} -j KUBE-MARK-MASQ");
-            let _ = writeln!(out, "-A KUBE-NODEPORTS -p {p} -m comment --comment {c} -m {p} --dport {np} -j {}", svc_chain(s));
+            let _ = writeln!(
+                out,
+                "-A KUBE-NODEPORTS -p {p} -m comment --comment {c} -m {p} --dport {np} -j {}",
+                svc_chain(s)
+            );
         }
     }
 }
@@ -175,7 +200,11 @@ fn service_chain_rules(out: &mut String, s: &Svc) {
     for (i, ep) in s.endpoints.iter().enumerate() {
         let sep = sep_chain(s, *ep);
         if i + 1 < n {
-            let _ = writeln!(out, "-A {svc} -m statistic --mode random --probability {} -j {sep}", probability(n - i));
+            let _ = writeln!(
+                out,
+                "-A {svc} -m statistic --mode random --probability {} -j {sep}",
+                probability(n - i)
+            );
         } else {
             let _ = writeln!(out, "-A {svc} -j {sep}");
         }
@@ -184,7 +213,11 @@ fn service_chain_rules(out: &mut String, s: &Svc) {
     for ep in &s.endpoints {
         let sep = sep_chain(s, *ep);
         let _ = writeln!(out, "-A {sep} -s {ep}/32 -j KUBE-MARK-MASQ");
-        let _ = writeln!(out, "-A {sep} -p {p} -m {p} -j DNAT --to-destination {ep}:{}", s.target_port);
+        let _ = writeln!(
+            out,
+            "-A {sep} -p {p} -m {p} -j DNAT --to-destination {ep}:{}",
+            s.target_port
+        );
     }
 }
 
@@ -219,7 +252,12 @@ pub fn iptables_partial(svcs: &[Svc], facts: &NodeFacts, changed: &Svc, before: 
     out.push_str(FILTER_KUBE_FORWARD);
     out.push_str("COMMIT\n*nat\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-SERVICES - [0:0]\n");
     service_chain_decls(&mut out, changed);
-    let stale: Vec<Ipv4Addr> = before.endpoints.iter().filter(|ep| !changed.endpoints.contains(ep)).copied().collect();
+    let stale: Vec<Ipv4Addr> = before
+        .endpoints
+        .iter()
+        .filter(|ep| !changed.endpoints.contains(ep))
+        .copied()
+        .collect();
     for ep in &stale {
         let _ = writeln!(out, ":{} - [0:0]", sep_chain(before, *ep));
     }
@@ -243,7 +281,13 @@ fn hash8(text: &str) -> String {
 
 /// "ns/name/proto/portname" as kube-proxy's nftables mode names chains.
 fn nft_base(s: &Svc) -> String {
-    format!("{}/{}/{}/{}", s.namespace, s.name, s.proto.name(), s.port_name)
+    format!(
+        "{}/{}/{}/{}",
+        s.namespace,
+        s.name,
+        s.proto.name(),
+        s.port_name
+    )
 }
 
 pub fn nft_service_chain(s: &Svc) -> String {
@@ -322,20 +366,37 @@ add rule ip kube-proxy service-endpoints-check ip daddr . meta l4proto . th dpor
 
 fn nft_service_rules(out: &mut String, s: &Svc, facts: &NodeFacts) {
     let svc = nft_service_chain(s);
-    let _ = writeln!(out, "add rule ip kube-proxy {svc} ip daddr {} ip saddr != {} jump mark-for-masquerade", s.vip, facts.pod_cidr);
+    let _ = writeln!(
+        out,
+        "add rule ip kube-proxy {svc} ip daddr {} ip saddr != {} jump mark-for-masquerade",
+        s.vip, facts.pod_cidr
+    );
     let arms: Vec<String> = s
         .endpoints
         .iter()
         .enumerate()
         .map(|(i, ep)| format!("{i} : goto {}", nft_endpoint_chain(s, *ep)))
         .collect();
-    let _ = writeln!(out, "add rule ip kube-proxy {svc} numgen random mod {} vmap {{ {} }}", s.endpoints.len(), arms.join(" , "));
+    let _ = writeln!(
+        out,
+        "add rule ip kube-proxy {svc} numgen random mod {} vmap {{ {} }}",
+        s.endpoints.len(),
+        arms.join(" , ")
+    );
 }
 
 fn nft_endpoint_rules(out: &mut String, s: &Svc, ep: Ipv4Addr) {
     let c = nft_endpoint_chain(s, ep);
-    let _ = writeln!(out, "add rule ip kube-proxy {c} ip saddr {ep} jump mark-for-masquerade");
-    let _ = writeln!(out, "add rule ip kube-proxy {c} meta l4proto {} dnat to {ep}:{}", s.proto.name(), s.target_port);
+    let _ = writeln!(
+        out,
+        "add rule ip kube-proxy {c} ip saddr {ep} jump mark-for-masquerade"
+    );
+    let _ = writeln!(
+        out,
+        "add rule ip kube-proxy {c} meta l4proto {} dnat to {ep}:{}",
+        s.proto.name(),
+        s.target_port
+    );
 }
 
 /// The complete table as kube-proxy's nftables mode writes it on a full sync: every chain
@@ -348,7 +409,11 @@ pub fn nft_full(svcs: &[Svc], facts: &NodeFacts) -> String {
             let _ = writeln!(out, "add chain ip kube-proxy {}", nft_external_chain(s));
         }
         for ep in &s.endpoints {
-            let _ = writeln!(out, "add chain ip kube-proxy {}", nft_endpoint_chain(s, *ep));
+            let _ = writeln!(
+                out,
+                "add chain ip kube-proxy {}",
+                nft_endpoint_chain(s, *ep)
+            );
         }
     }
     for s in svcs {
@@ -364,9 +429,17 @@ pub fn nft_full(svcs: &[Svc], facts: &NodeFacts) -> String {
         }
         let p = s.proto.name();
         let _ = writeln!(out, "add element ip kube-proxy cluster-ips {{ {} }}", s.vip);
-        let _ = writeln!(out, "add element ip kube-proxy service-ips {{ {} . {p} . {} : goto {svc} }}", s.vip, s.port);
+        let _ = writeln!(
+            out,
+            "add element ip kube-proxy service-ips {{ {} . {p} . {} : goto {svc} }}",
+            s.vip, s.port
+        );
         if let Some(np) = s.node_port {
-            let _ = writeln!(out, "add element ip kube-proxy service-nodeports {{ {p} . {np} : goto {} }}", nft_external_chain(s));
+            let _ = writeln!(
+                out,
+                "add element ip kube-proxy service-nodeports {{ {p} . {np} : goto {} }}",
+                nft_external_chain(s)
+            );
         }
     }
     out
@@ -378,15 +451,27 @@ pub fn nft_change(changed: &Svc, before: &Svc, facts: &NodeFacts) -> String {
     let mut out = String::new();
     for ep in &changed.endpoints {
         if !before.endpoints.contains(ep) {
-            let _ = writeln!(out, "add chain ip kube-proxy {}", nft_endpoint_chain(changed, *ep));
+            let _ = writeln!(
+                out,
+                "add chain ip kube-proxy {}",
+                nft_endpoint_chain(changed, *ep)
+            );
             nft_endpoint_rules(&mut out, changed, *ep);
         }
     }
-    let _ = writeln!(out, "flush chain ip kube-proxy {}", nft_service_chain(changed));
+    let _ = writeln!(
+        out,
+        "flush chain ip kube-proxy {}",
+        nft_service_chain(changed)
+    );
     nft_service_rules(&mut out, changed, facts);
     for ep in &before.endpoints {
         if !changed.endpoints.contains(ep) {
-            let _ = writeln!(out, "delete chain ip kube-proxy {}", nft_endpoint_chain(before, *ep));
+            let _ = writeln!(
+                out,
+                "delete chain ip kube-proxy {}",
+                nft_endpoint_chain(before, *ep)
+            );
         }
     }
     out
@@ -406,12 +491,20 @@ mod tests {
             proto: Proto::Tcp,
             target_port: 8080,
             node_port: None,
-            endpoints: vec![Ipv4Addr::new(10, 244, 2, 15), Ipv4Addr::new(10, 244, 1, 19), Ipv4Addr::new(10, 244, 2, 16)],
+            endpoints: vec![
+                Ipv4Addr::new(10, 244, 2, 15),
+                Ipv4Addr::new(10, 244, 1, 19),
+                Ipv4Addr::new(10, 244, 2, 16),
+            ],
         }
     }
 
     fn facts() -> NodeFacts {
-        NodeFacts { pod_cidr: "10.244.0.0/16", service_cidr: "10.96.0.0/12", node_ips: vec![Ipv4Addr::new(198, 18, 0, 11)] }
+        NodeFacts {
+            pod_cidr: "10.244.0.0/16",
+            service_cidr: "10.96.0.0/12",
+            node_ips: vec![Ipv4Addr::new(198, 18, 0, 11)],
+        }
     }
 
     #[test]
@@ -421,10 +514,18 @@ mod tests {
         // The seed's 15 rules for a 3-endpoint ClusterIP service (2 + 3 + 3*2 + ... ).
         let svc = svc_chain(&s);
         assert!(text.contains(&format!("-A KUBE-SERVICES ! -s 10.244.0.0/16 -d 10.109.117.159/32 -p tcp -m comment --comment \"test001/app-svc-clusterip cluster IP\" -m tcp --dport 80 -j KUBE-MARK-MASQ")));
-        assert!(text.contains(&format!("-A {svc} -m statistic --mode random --probability 0.3333333333 -j")));
-        assert!(text.contains(&format!("-A {svc} -m statistic --mode random --probability 0.5000000000 -j")));
+        assert!(text.contains(&format!(
+            "-A {svc} -m statistic --mode random --probability 0.3333333333 -j"
+        )));
+        assert!(text.contains(&format!(
+            "-A {svc} -m statistic --mode random --probability 0.5000000000 -j"
+        )));
         assert!(text.contains("-p tcp -m tcp -j DNAT --to-destination 10.244.2.15:8080"));
-        let per_service = text.lines().filter(|l| l.contains(&svc) || l.contains("KUBE-SEP-")).filter(|l| l.starts_with("-A")).count();
+        let per_service = text
+            .lines()
+            .filter(|l| l.contains(&svc) || l.contains("KUBE-SEP-"))
+            .filter(|l| l.starts_with("-A"))
+            .count();
         // 1 jump + 3 statistic/fallthrough + 3*2 SEP rules (+ the MARK-MASQ line has no chain name).
         assert_eq!(per_service, 10);
     }
@@ -434,6 +535,9 @@ mod tests {
         let s = svc();
         let text = nft_full(&[s.clone()], &facts());
         assert!(text.contains("numgen random mod 3 vmap { 0 : goto endpoint-"));
-        assert!(text.contains(&format!("add element ip kube-proxy service-ips {{ 10.109.117.159 . tcp . 80 : goto {} }}", nft_service_chain(&s))));
+        assert!(text.contains(&format!(
+            "add element ip kube-proxy service-ips {{ 10.109.117.159 . tcp . 80 : goto {} }}",
+            nft_service_chain(&s)
+        )));
     }
 }

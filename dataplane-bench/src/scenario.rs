@@ -7,7 +7,9 @@
 
 use std::net::Ipv4Addr;
 
-use dataplane::model::{Backend, Frontend, FrontendKind, Protocol, ServicePort, ServicePortName, TrafficPolicy};
+use dataplane::model::{
+    Backend, Frontend, FrontendKind, Protocol, ServicePort, ServicePortName, TrafficPolicy,
+};
 use dataplane_lab::packet::Frame;
 
 use crate::injector::FRAME_LEN;
@@ -31,11 +33,17 @@ pub const NODEPORT_BASE: u16 = 30000;
 pub const TCP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
 pub fn facts() -> NodeFacts {
-    NodeFacts { pod_cidr: "10.244.0.0/16", service_cidr: "10.96.0.0/12", node_ips: vec![NODE1_IP] }
+    NodeFacts {
+        pod_cidr: "10.244.0.0/16",
+        service_cidr: "10.96.0.0/12",
+        node_ips: vec![NODE1_IP],
+    }
 }
 
 pub fn backends() -> Vec<Ipv4Addr> {
-    (0..ENDPOINTS as u8).map(|j| Ipv4Addr::new(10, 244, 2, 2 + j)).collect()
+    (0..ENDPOINTS as u8)
+        .map(|j| Ipv4Addr::new(10, 244, 2, 2 + j))
+        .collect()
 }
 
 pub fn vip(j: usize) -> Ipv4Addr {
@@ -85,7 +93,11 @@ pub fn services(n: usize) -> Vec<Svc> {
 /// The service whose endpoints change in the "apply one changed service" measurement, before
 /// and after: one endpoint replaced by a new pod address.
 pub fn changed(svcs: &[Svc]) -> (Svc, Svc) {
-    let before = svcs.iter().find(|s| s.proto == Proto::Udp).expect("a UDP service").clone();
+    let before = svcs
+        .iter()
+        .find(|s| s.proto == Proto::Udp)
+        .expect("a UDP service")
+        .clone();
     let mut after = before.clone();
     after.endpoints[ENDPOINTS - 1] = Ipv4Addr::new(10, 244, 2, 200);
     (before, after)
@@ -97,12 +109,26 @@ pub fn to_model(s: &Svc) -> ServicePort {
         Proto::Udp => Protocol::Udp,
         Proto::Tcp => Protocol::Tcp,
     };
-    let mut frontends = vec![Frontend { ip: s.vip, port: s.port, protocol, kind: FrontendKind::ClusterIp }];
+    let mut frontends = vec![Frontend {
+        ip: s.vip,
+        port: s.port,
+        protocol,
+        kind: FrontendKind::ClusterIp,
+    }];
     if let Some(np) = s.node_port {
-        frontends.push(Frontend { ip: NODE1_IP, port: np, protocol, kind: FrontendKind::NodePort });
+        frontends.push(Frontend {
+            ip: NODE1_IP,
+            port: np,
+            protocol,
+            kind: FrontendKind::NodePort,
+        });
     }
     ServicePort {
-        name: ServicePortName { namespace: s.namespace.clone(), name: s.name.clone(), port: s.port_name.clone() },
+        name: ServicePortName {
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+            port: s.port_name.clone(),
+        },
         frontends,
         backends: s
             .endpoints
@@ -123,7 +149,9 @@ pub fn to_model(s: &Svc) -> ServicePort {
 }
 
 /// Which packets: where they enter node1 and whether each frame is a new flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Traffic {
     /// Pod -> ClusterIP:80/UDP, a new 5-tuple per packet, entering at the pod's veth.
     ClusterNew,
@@ -135,7 +163,12 @@ pub enum Traffic {
 }
 
 impl Traffic {
-    pub const ALL: [Traffic; 4] = [Traffic::ClusterNew, Traffic::ClusterEst, Traffic::NodePortNew, Traffic::NodePortEst];
+    pub const ALL: [Traffic; 4] = [
+        Traffic::ClusterNew,
+        Traffic::ClusterEst,
+        Traffic::NodePortNew,
+        Traffic::NodePortEst,
+    ];
 
     pub fn is_new(self) -> bool {
         matches!(self, Traffic::ClusterNew | Traffic::NodePortNew)
@@ -169,7 +202,11 @@ pub fn set_offset(t: Traffic, floor: bool) -> u32 {
         Traffic::NodePortNew => NEW_FLOWS + EST_FLOWS,
         Traffic::NodePortEst => 2 * NEW_FLOWS + EST_FLOWS,
     };
-    base + if floor { 2 * (NEW_FLOWS + EST_FLOWS) } else { 0 }
+    base + if floor {
+        2 * (NEW_FLOWS + EST_FLOWS)
+    } else {
+        0
+    }
 }
 
 pub fn set_len(t: Traffic) -> u32 {
@@ -200,15 +237,30 @@ impl Rng {
     }
 }
 
-fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], s: Ipv4Addr, d: Ipv4Addr, sp: u16, dp: u16) -> Vec<u8> {
-    let f = Frame::eth(src_mac, dst_mac).ipv4(s, d).dont_fragment(true).udp(sp, dp).payload(&[0u8; FRAME_LEN - 42]).build();
+fn udp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    s: Ipv4Addr,
+    d: Ipv4Addr,
+    sp: u16,
+    dp: u16,
+) -> Vec<u8> {
+    let f = Frame::eth(src_mac, dst_mac)
+        .ipv4(s, d)
+        .dont_fragment(true)
+        .udp(sp, dp)
+        .payload(&[0u8; FRAME_LEN - 42])
+        .build();
     debug_assert_eq!(f.len(), FRAME_LEN);
     f
 }
 
 /// Source address and port of flow `i` of a set: 60,000 ports per source address.
 fn source(base: Ipv4Addr, i: u32) -> (Ipv4Addr, u16) {
-    (Ipv4Addr::from(u32::from(base) + i / 60_000), 1024 + (i % 60_000) as u16)
+    (
+        Ipv4Addr::from(u32::from(base) + i / 60_000),
+        1024 + (i % 60_000) as u16,
+    )
 }
 
 /// Builds every template frame for N services: `put(index, frame)`.
@@ -226,15 +278,25 @@ pub fn build_templates(n: usize, mut put: impl FnMut(u32, &[u8])) {
         for i in 0..set_len(t) {
             let (src, sport) = source(src_base, i);
             let be = backends[rng.below(backends.len())];
-            let (mac_s, mac_d) = if t.is_nodeport() { (EXT_SRC_MAC, NODE1_MAC) } else { (POD_SRC_MAC, CALICO_MAC) };
+            let (mac_s, mac_d) = if t.is_nodeport() {
+                (EXT_SRC_MAC, NODE1_MAC)
+            } else {
+                (POD_SRC_MAC, CALICO_MAC)
+            };
             let (dst, dport) = if t.is_nodeport() {
                 let k = rng.below(np_count);
                 (NODE1_IP, NODEPORT_BASE + k as u16)
             } else {
                 (vip(rng.below(n)), SERVICE_PORT)
             };
-            put(set_offset(t, false) + i, &udp_frame(mac_s, mac_d, src, dst, sport, dport));
-            put(set_offset(t, true) + i, &udp_frame(mac_s, mac_d, src, be, sport, TARGET_PORT));
+            put(
+                set_offset(t, false) + i,
+                &udp_frame(mac_s, mac_d, src, dst, sport, dport),
+            );
+            put(
+                set_offset(t, true) + i,
+                &udp_frame(mac_s, mac_d, src, be, sport, TARGET_PORT),
+            );
         }
     }
 }

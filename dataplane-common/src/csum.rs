@@ -47,7 +47,10 @@ mod tests {
     /// Full RFC 1071 checksum of a byte buffer, read as native 16-bit words like the datapath
     /// does (the result is stored back natively).
     fn full(bytes: &[u8]) -> u16 {
-        let sum: u32 = bytes.chunks(2).map(|c| u16::from_ne_bytes([c[0], c[1]]) as u32).sum();
+        let sum: u32 = bytes
+            .chunks(2)
+            .map(|c| u16::from_ne_bytes([c[0], c[1]]) as u32)
+            .sum();
         !fold(sum)
     }
 

@@ -196,7 +196,16 @@ pub const fn word(v_host: u16) -> u32 {
 /// The outer IPv4 header (20 bytes, no options), checksum filled in.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub fn ipv4_header(tos: u8, tot_len: u16, id: u16, df: bool, ttl: u8, proto: u8, saddr_be: u32, daddr_be: u32) -> [u8; 20] {
+pub fn ipv4_header(
+    tos: u8,
+    tot_len: u16,
+    id: u16,
+    df: bool,
+    ttl: u8,
+    proto: u8,
+    saddr_be: u32,
+    daddr_be: u32,
+) -> [u8; 20] {
     let mut h = [0u8; 20];
     h[0] = 0x45;
     h[1] = tos;
@@ -242,7 +251,13 @@ pub const fn inner_pseudo_sum(saddr_be: u32, daddr_be: u32, proto: u8, l4_len: u
 /// `headers` holds the bytes from the UDP header (checksum field zero) through the inner
 /// Ethernet header: 8 + 8 + 14 = 30 bytes. Returns 0 (no checksum) for [`InnerCsum::None`].
 #[inline(always)]
-pub fn vxlan_udp_checksum(saddr_be: u32, daddr_be: u32, udp_len: u16, headers: &[u8; 30], inner: InnerCsum) -> u16 {
+pub fn vxlan_udp_checksum(
+    saddr_be: u32,
+    daddr_be: u32,
+    udp_len: u16,
+    headers: &[u8; 30],
+    inner: InnerCsum,
+) -> u16 {
     let inner_sum = match inner {
         InnerCsum::PseudoHeader(pseudo) => (!csum::fold(pseudo)) as u32,
         InnerCsum::NoPseudoHeader => 0,
@@ -278,7 +293,10 @@ mod tests {
     use std::{vec, vec::Vec};
 
     fn full_checksum(bytes: &[u8]) -> u16 {
-        let sum: u32 = bytes.chunks(2).map(|c| u16::from_ne_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+        let sum: u32 = bytes
+            .chunks(2)
+            .map(|c| u16::from_ne_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+            .sum();
         !csum::fold(sum)
     }
 
@@ -298,12 +316,33 @@ mod tests {
     /// `4500 0086 8346 0000 4011 6ae5 c612000b c612000c`.
     #[test]
     fn outer_ipv4_header_matches_a_kernel_capture() {
-        let h = ipv4_header(0, 0x86, 0x8346, false, 64, IPPROTO_UDP, be([198, 18, 0, 11]), be([198, 18, 0, 12]));
+        let h = ipv4_header(
+            0,
+            0x86,
+            0x8346,
+            false,
+            64,
+            IPPROTO_UDP,
+            be([198, 18, 0, 11]),
+            be([198, 18, 0, 12]),
+        );
         assert_eq!(
             h,
-            [0x45, 0, 0, 0x86, 0x83, 0x46, 0, 0, 0x40, 0x11, 0x6a, 0xe5, 198, 18, 0, 11, 198, 18, 0, 12]
+            [
+                0x45, 0, 0, 0x86, 0x83, 0x46, 0, 0, 0x40, 0x11, 0x6a, 0xe5, 198, 18, 0, 11, 198,
+                18, 0, 12
+            ]
         );
-        let df = ipv4_header(0, 104, 57971, true, 64, IPPROTO_IPIP, be([192, 168, 0, 111]), be([192, 168, 3, 110]));
+        let df = ipv4_header(
+            0,
+            104,
+            57971,
+            true,
+            64,
+            IPPROTO_IPIP,
+            be([192, 168, 0, 111]),
+            be([192, 168, 3, 110]),
+        );
         assert_eq!(full_checksum(&df), 0);
         assert_eq!(df[6], 0x40);
     }
@@ -341,16 +380,32 @@ mod tests {
                 let l4_hdr = if proto == 6 { 20 } else { 8 };
                 let l4_len = l4_hdr + payload_len;
                 let mut l4: Vec<u8> = (0..l4_len).map(|i| (i * 7 + 3) as u8).collect();
-                let csum_at = match proto { 6 => 16, 17 => 6, _ => 2 };
+                let csum_at = match proto {
+                    6 => 16,
+                    17 => 6,
+                    _ => 2,
+                };
                 l4[csum_at] = 0;
                 l4[csum_at + 1] = 0;
-                let mut sum: u32 = l4.chunks(2).map(|c| u16::from_ne_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+                let mut sum: u32 = l4
+                    .chunks(2)
+                    .map(|c| u16::from_ne_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+                    .sum();
                 if proto != 1 {
                     sum += inner_pseudo_sum(be(src), be(dst), proto, l4_len as u16);
                 }
                 let c = !csum::fold(sum);
                 l4[csum_at..csum_at + 2].copy_from_slice(&c.to_ne_bytes());
-                let ip = ipv4_header(0, (20 + l4_len) as u16, 7, true, 63, proto, be(src), be(dst));
+                let ip = ipv4_header(
+                    0,
+                    (20 + l4_len) as u16,
+                    7,
+                    true,
+                    63,
+                    proto,
+                    be(src),
+                    be(dst),
+                );
                 let mut inner_frame = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 8, 0];
                 inner_frame.extend_from_slice(&ip);
                 inner_frame.extend_from_slice(&l4);
@@ -365,7 +420,12 @@ mod tests {
                 let (osrc, odst) = (be([198, 18, 0, 11]), be([198, 18, 0, 12]));
                 let inner = match proto {
                     1 => InnerCsum::NoPseudoHeader,
-                    _ => InnerCsum::PseudoHeader(inner_pseudo_sum(be(src), be(dst), proto, l4_len as u16)),
+                    _ => InnerCsum::PseudoHeader(inner_pseudo_sum(
+                        be(src),
+                        be(dst),
+                        proto,
+                        l4_len as u16,
+                    )),
                 };
                 let lco = vxlan_udp_checksum(osrc, odst, udp_len, &headers, inner);
                 // The reference: pseudo-header + the whole UDP datagram.
@@ -375,9 +435,15 @@ mod tests {
                 pseudo.extend_from_slice(&udp_len.to_be_bytes());
                 let mut all = pseudo;
                 all.extend_from_slice(&datagram);
-                let reference = match full_checksum(&all) { 0 => 0xffff, c => c };
+                let reference = match full_checksum(&all) {
+                    0 => 0xffff,
+                    c => c,
+                };
                 assert_eq!(lco, reference, "proto {proto}, payload {payload_len}");
-                assert_eq!(vxlan_udp_checksum(osrc, odst, udp_len, &headers, InnerCsum::None), 0);
+                assert_eq!(
+                    vxlan_udp_checksum(osrc, odst, udp_len, &headers, InnerCsum::None),
+                    0
+                );
             }
         }
     }

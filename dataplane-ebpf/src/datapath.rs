@@ -24,17 +24,34 @@ pub enum Action {
 
 #[inline(always)]
 fn verdict(reason: Reason) -> Action {
-    if reason.is_drop() { Action::Drop } else { Action::Pass }
+    if reason.is_drop() {
+        Action::Drop
+    } else {
+        Action::Pass
+    }
 }
 
 /// Applies the rewrite of a tracked connection's entry for this phase, if there is one.
 #[inline(always)]
-fn translate_tracked<P: Packet>(p: &P, pkt: &Ipv4Packet, len: u32, now: u64, phase: Phase) -> Option<(Reason, Action)> {
+fn translate_tracked<P: Packet>(
+    p: &P,
+    pkt: &Ipv4Packet,
+    len: u32,
+    now: u64,
+    phase: Phase,
+) -> Option<(Reason, Action)> {
     let hit = conntrack::lookup(pkt, len, now, phase)?;
     if p.rewrite_tuple(pkt, &hit.to).is_err() {
         return Some((Reason::DropRewriteFailed, Action::Drop));
     }
-    Some((if hit.reply { Reason::NatReply } else { Reason::NatForward }, Action::Pass))
+    Some((
+        if hit.reply {
+            Reason::NatReply
+        } else {
+            Reason::NatForward
+        },
+        Action::Pass,
+    ))
 }
 
 /// ICMP errors about translated connections are translated back; other ICMP passes.
@@ -117,8 +134,15 @@ pub fn service_ingress<P: Packet>(p: &P) -> (Reason, Action) {
 }
 
 #[inline(always)]
-fn new_connection<P: Packet>(p: &P, pkt: &Ipv4Packet, svc: &ServiceValue, len: u32, now: u64) -> Result<(), Reason> {
+fn new_connection<P: Packet>(
+    p: &P,
+    pkt: &Ipv4Packet,
+    svc: &ServiceValue,
+    len: u32,
+    now: u64,
+) -> Result<(), Reason> {
     let backend = lb::select_backend(svc, pkt.saddr, now)?;
     let to = conntrack::create(pkt, svc, &backend, len, now)?;
-    p.rewrite_tuple(pkt, &to).map_err(|_| Reason::DropRewriteFailed)
+    p.rewrite_tuple(pkt, &to)
+        .map_err(|_| Reason::DropRewriteFailed)
 }

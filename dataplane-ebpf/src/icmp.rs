@@ -107,19 +107,35 @@ pub fn translate_error<P: Packet>(p: &P, pkt: &Ipv4Packet, phase: Phase) -> Icmp
 
 #[inline(always)]
 fn try_translate_error<P: Packet>(p: &P, pkt: &Ipv4Packet, phase: Phase) -> Result<bool, ()> {
-    let Ok(mut icmp) = p.load::<8>(pkt.l4_off) else { return Ok(false) };
-    if !matches!(icmp[0], ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM) {
+    let Ok(mut icmp) = p.load::<8>(pkt.l4_off) else {
+        return Ok(false);
+    };
+    if !matches!(
+        icmp[0],
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+    ) {
         return Ok(false);
     }
     // The quoted IPv4 header (no options) and the first 8 bytes of its transport header.
-    let Ok(mut q) = p.load::<28>(pkt.l4_off + 8) else { return Ok(false) };
+    let Ok(mut q) = p.load::<28>(pkt.l4_off + 8) else {
+        return Ok(false);
+    };
     let proto = q[9];
     if q[0] != 0x45 || (proto != crate::parse::IPPROTO_TCP && proto != crate::parse::IPPROTO_UDP) {
         return Ok(false);
     }
     let (qs, qd, qsp, qdp) = (be32(&q, 12), be32(&q, 16), be16(&q, 20), be16(&q, 22));
-    let key = dataplane_common::ct::CtKey { saddr: qd, daddr: qs, sport: qdp, dport: qsp, proto, _pad: [0; 3] };
-    let Some(t) = (unsafe { crate::maps::CT_V1.get(&key) }).copied() else { return Ok(false) };
+    let key = dataplane_common::ct::CtKey {
+        saddr: qd,
+        daddr: qs,
+        sport: qdp,
+        dport: qsp,
+        proto,
+        _pad: [0; 3],
+    };
+    let Some(t) = (unsafe { crate::maps::CT_V1.get(&key) }).copied() else {
+        return Ok(false);
+    };
     // Same phase rule as for the connection's own packets (masqueraded connections are undone in
     // two steps: un-SNAT at ingress, un-DNAT at egress).
     if (t.flags & dataplane_common::ct::CT_F_EGRESS != 0) != (phase == Phase::Egress) {

@@ -2,18 +2,29 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use dataplane_common::{
-    lb::{AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue, SVC_F_AFFINITY},
+    lb::{
+        AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
+        SVC_F_AFFINITY,
+    },
     Reason,
 };
 
-use crate::{maps::{AFFINITY_V1, BACKENDS_V1, SERVICES_V1}, parse::Ipv4Packet};
+use crate::{
+    maps::{AFFINITY_V1, BACKENDS_V1, SERVICES_V1},
+    parse::Ipv4Packet,
+};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// The service frontend the packet is addressed to, if any.
 #[inline(always)]
 pub fn lookup_service(pkt: &Ipv4Packet) -> Option<ServiceValue> {
-    let key = ServiceKey { addr: pkt.daddr, port: pkt.dport, proto: pkt.proto, _pad: 0 };
+    let key = ServiceKey {
+        addr: pkt.daddr,
+        port: pkt.dport,
+        proto: pkt.proto,
+        _pad: 0,
+    };
     unsafe { SERVICES_V1.get(&key) }.copied()
 }
 
@@ -22,7 +33,10 @@ pub fn lookup_service(pkt: &Ipv4Packet) -> Option<ServiceValue> {
 #[inline(always)]
 pub fn select_backend(svc: &ServiceValue, client: u32, now: u64) -> Result<BackendValue, Reason> {
     let affine = svc.flags & SVC_F_AFFINITY != 0;
-    let akey = AffinityKey { client, frontend_id: svc.frontend_id };
+    let akey = AffinityKey {
+        client,
+        frontend_id: svc.frontend_id,
+    };
     if affine {
         if let Some(a) = AFFINITY_V1.get_ptr_mut(&akey) {
             let a = unsafe { &mut *a };
@@ -33,11 +47,23 @@ pub fn select_backend(svc: &ServiceValue, client: u32, now: u64) -> Result<Backe
         }
     }
     let slot = unsafe { bpf_get_prandom_u32() } % svc.count;
-    let backend = unsafe { BACKENDS_V1.get(&BackendKey { set_id: svc.set_id, slot }) }
-        .copied()
-        .ok_or(Reason::DropNoBackend)?;
+    let backend = unsafe {
+        BACKENDS_V1.get(&BackendKey {
+            set_id: svc.set_id,
+            slot,
+        })
+    }
+    .copied()
+    .ok_or(Reason::DropNoBackend)?;
     if affine {
-        let _ = AFFINITY_V1.insert(&akey, &AffinityValue { backend, last_used_ns: now }, 0);
+        let _ = AFFINITY_V1.insert(
+            &akey,
+            &AffinityValue {
+                backend,
+                last_used_ns: now,
+            },
+            0,
+        );
     }
     Ok(backend)
 }

@@ -20,8 +20,8 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use dataplane_common::{Hook, Reason};
 use datapath::Action;
+use dataplane_common::{Hook, Reason};
 use packet::{Packet, TcPacket, XdpPacket};
 
 #[inline(always)]
@@ -47,7 +47,11 @@ fn tc_action(ctx: &TcContext, action: Action) -> i32 {
 #[inline(always)]
 fn linearize(ctx: &TcContext) {
     let len = ctx.len();
-    let want = if len < parse::PARSE_WINDOW { len } else { parse::PARSE_WINDOW };
+    let want = if len < parse::PARSE_WINDOW {
+        len
+    } else {
+        parse::PARSE_WINDOW
+    };
     if ((ctx.data_end() - ctx.data()) as u32) < want {
         let _ = ctx.pull_data(want);
     }
@@ -59,7 +63,11 @@ fn tc_observe(ctx: &TcContext, hook: Hook) -> i32 {
     let p = TcPacket(ctx);
     let reason: Reason = datapath::observe(&p);
     stats::count(hook, reason, p.frame_len());
-    if reason.is_drop() { TC_ACT_SHOT } else { TC_ACT_OK }
+    if reason.is_drop() {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_OK
+    }
 }
 
 #[inline(always)]
@@ -79,9 +87,15 @@ pub fn xdp_uplink(ctx: XdpContext) -> u32 {
     // Tunnel packets for this node are opened first: the service pipeline sees the inner packet.
     match overlay::decap(&ctx) {
         overlay::Decap::NotTunnel => {}
-        overlay::Decap::Decapsulated(outer_len) => stats::count(Hook::XdpUplink, Reason::OverlayDecap, outer_len),
+        overlay::Decap::Decapsulated(outer_len) => {
+            stats::count(Hook::XdpUplink, Reason::OverlayDecap, outer_len)
+        }
         overlay::Decap::Drop(reason) => {
-            stats::count(Hook::XdpUplink, reason, (ctx.data_end() - ctx.data()) as u32);
+            stats::count(
+                Hook::XdpUplink,
+                reason,
+                (ctx.data_end() - ctx.data()) as u32,
+            );
             return xdp_action::XDP_DROP;
         }
     }

@@ -34,7 +34,8 @@ pub static CT_V1: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CT_MAX_ENTRIES
 
 /// sessionAffinity ClientIP: (client, frontend) -> last backend.
 #[map(name = "AFFINITY_V1")]
-pub static AFFINITY_V1: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(MAX_AFFINITY, 0);
+pub static AFFINITY_V1: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(MAX_AFFINITY, 0);
 
 /// Node-wide settings (index 0), written by the loader at start.
 #[map(name = "CONFIG_V1")]

@@ -33,9 +33,9 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     overlay::{
-        ecn_encap, inner_pseudo_sum, ipv4_header, udp_src_port, vxlan_udp_checksum, InnerCsum, OverlayConfig,
-        OverlayRoute, IPIP_OVERHEAD, IPPROTO_IPIP, IPPROTO_UDP, MODE_IPIP, MODE_VXLAN, OVL_F_UDP_CSUM,
-        ROUTE_F_LOCAL, VXLAN_OVERHEAD,
+        ecn_encap, inner_pseudo_sum, ipv4_header, udp_src_port, vxlan_udp_checksum, InnerCsum,
+        OverlayConfig, OverlayRoute, IPIP_OVERHEAD, IPPROTO_IPIP, IPPROTO_UDP, MODE_IPIP,
+        MODE_VXLAN, OVL_F_UDP_CSUM, ROUTE_F_LOCAL, VXLAN_OVERHEAD,
     },
     Reason,
 };
@@ -111,11 +111,22 @@ pub fn encap(ctx: &TcContext) -> Option<(Reason, i32)> {
 /// largest outer packet that will leave, 0 = unchecked) makes the kernel check it against the
 /// path MTU.
 #[inline(always)]
-fn underlay_route(ctx: &TcContext, cfg: &OverlayConfig, route: &OverlayRoute, proto: u8, tot_len: u32, fib: &mut bpf_fib_lookup) -> i64 {
+fn underlay_route(
+    ctx: &TcContext,
+    cfg: &OverlayConfig,
+    route: &OverlayRoute,
+    proto: u8,
+    tot_len: u32,
+    fib: &mut bpf_fib_lookup,
+) -> i64 {
     *fib = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
     fib.l4_protocol = proto;
-    fib.__bindgen_anon_1.tot_len = if tot_len > 0xffff { 0xffff } else { tot_len as u16 };
+    fib.__bindgen_anon_1.tot_len = if tot_len > 0xffff {
+        0xffff
+    } else {
+        tot_len as u16
+    };
     fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     fib.__bindgen_anon_3.ipv4_src = cfg.tunnel_addr;
     fib.__bindgen_anon_4.ipv4_dst = route.node_addr;
@@ -139,9 +150,19 @@ fn inner_csum(ctx: &TcContext, ip: &[u8; 20], ihl: usize, tot_len: u32) -> Inner
     }
     let l4_len = tot_len.wrapping_sub(ihl as u32) as u16;
     match ip[9] {
-        IPPROTO_TCP => InnerCsum::PseudoHeader(inner_pseudo_sum(addr_at(ip, 12), addr_at(ip, 16), IPPROTO_TCP, l4_len)),
+        IPPROTO_TCP => InnerCsum::PseudoHeader(inner_pseudo_sum(
+            addr_at(ip, 12),
+            addr_at(ip, 16),
+            IPPROTO_TCP,
+            l4_len,
+        )),
         IPPROTO_UDP => match ctx.load::<u16>(ETH_HLEN + ihl + 6) {
-            Ok(c) if c != 0 => InnerCsum::PseudoHeader(inner_pseudo_sum(addr_at(ip, 12), addr_at(ip, 16), IPPROTO_UDP, l4_len)),
+            Ok(c) if c != 0 => InnerCsum::PseudoHeader(inner_pseudo_sum(
+                addr_at(ip, 12),
+                addr_at(ip, 16),
+                IPPROTO_UDP,
+                l4_len,
+            )),
             _ => InnerCsum::None,
         },
         IPPROTO_ICMP => InnerCsum::NoPseudoHeader,
@@ -163,18 +184,32 @@ fn segment_headers(ctx: &TcContext, ip: &[u8; 20], ihl: usize) -> u32 {
 }
 
 #[inline(always)]
-fn encap_to(ctx: &TcContext, cfg: &OverlayConfig, route: &OverlayRoute, ip: &[u8; 20]) -> (Reason, i32) {
+fn encap_to(
+    ctx: &TcContext,
+    cfg: &OverlayConfig,
+    route: &OverlayRoute,
+    ip: &[u8; 20],
+) -> (Reason, i32) {
     let skb = ctx.skb.skb;
     let ihl = ((ip[0] & 0x0f) as usize) * 4;
     let tot_len = u16::from_be_bytes([ip[2], ip[3]]) as u32;
     let df = ip[6] & 0x40 != 0;
-    let (gso_size, gso_segs, ifindex) = unsafe { ((*skb).gso_size, (*skb).gso_segs, (*skb).ifindex) };
+    let (gso_size, gso_segs, ifindex) =
+        unsafe { ((*skb).gso_size, (*skb).gso_segs, (*skb).ifindex) };
     let vxlan = cfg.mode == MODE_VXLAN;
-    let (overhead, proto) = if vxlan { (VXLAN_OVERHEAD, IPPROTO_UDP) } else { (IPIP_OVERHEAD, IPPROTO_IPIP) };
+    let (overhead, proto) = if vxlan {
+        (VXLAN_OVERHEAD, IPPROTO_UDP)
+    } else {
+        (IPIP_OVERHEAD, IPPROTO_IPIP)
+    };
 
     // The largest packet that will be on the wire: the packet, or one segment of a GSO packet.
     let gso = gso_size != 0;
-    let largest = if gso { segment_headers(ctx, ip, ihl) + gso_size } else { tot_len };
+    let largest = if gso {
+        segment_headers(ctx, ip, ihl) + gso_size
+    } else {
+        tot_len
+    };
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     let mut rc = underlay_route(ctx, cfg, route, proto, largest + overhead, &mut fib);
     // Segments that would not fit with the headers added: let the kernel shrink them instead
@@ -193,7 +228,11 @@ fn encap_to(ctx: &TcContext, cfg: &OverlayConfig, route: &OverlayRoute, ip: &[u8
     }
 
     // Everything that needs the inner headers, before they move.
-    let hash = if vxlan { unsafe { bpf_get_hash_recalc(skb) } } else { 0 };
+    let hash = if vxlan {
+        unsafe { bpf_get_hash_recalc(skb) }
+    } else {
+        0
+    };
     let csum_kind = if vxlan && !gso && cfg.flags & OVL_F_UDP_CSUM != 0 {
         inner_csum(ctx, ip, ihl, tot_len)
     } else {
@@ -210,18 +249,34 @@ fn encap_to(ctx: &TcContext, cfg: &OverlayConfig, route: &OverlayRoute, ip: &[u8
     if fixed_gso {
         flags |= BPF_F_ADJ_ROOM_FIXED_GSO as u64;
     }
-    if ctx.adjust_room(overhead as i32, BPF_ADJ_ROOM_MAC, flags).is_err() {
+    if ctx
+        .adjust_room(overhead as i32, BPF_ADJ_ROOM_MAC, flags)
+        .is_err()
+    {
         return (Reason::DropOverlayEncapFailed, TC_ACT_SHOT);
     }
     let outer_len = ctx.len() - ETH_HLEN as u32;
-    let (dmac, smac) = if resolved { (fib.dmac, fib.smac) } else { ([0u8; 6], [0u8; 6]) };
+    let (dmac, smac) = if resolved {
+        (fib.dmac, fib.smac)
+    } else {
+        ([0u8; 6], [0u8; 6])
+    };
 
     let stored = if vxlan {
         let mut h = [0u8; 64];
         h[0..6].copy_from_slice(&dmac);
         h[6..12].copy_from_slice(&smac);
         h[12] = 0x08;
-        let outer_ip = ipv4_header(ecn_encap(ip[1]), outer_len as u16, id, false, cfg.vxlan_ttl, IPPROTO_UDP, cfg.tunnel_addr, route.node_addr);
+        let outer_ip = ipv4_header(
+            ecn_encap(ip[1]),
+            outer_len as u16,
+            id,
+            false,
+            cfg.vxlan_ttl,
+            IPPROTO_UDP,
+            cfg.tunnel_addr,
+            route.node_addr,
+        );
         h[14..34].copy_from_slice(&outer_ip);
         let udp_len = (outer_len - 20) as u16;
         let sport = udp_src_port(hash, cfg.src_port_min, cfg.src_port_max);
@@ -235,7 +290,13 @@ fn encap_to(ctx: &TcContext, cfg: &OverlayConfig, route: &OverlayRoute, ip: &[u8
         h[62] = 0x08;
         let mut covered = [0u8; 30];
         covered.copy_from_slice(&h[34..64]);
-        let c = vxlan_udp_checksum(cfg.tunnel_addr, route.node_addr, udp_len, &covered, csum_kind);
+        let c = vxlan_udp_checksum(
+            cfg.tunnel_addr,
+            route.node_addr,
+            udp_len,
+            &covered,
+            csum_kind,
+        );
         h[40..42].copy_from_slice(&c.to_ne_bytes());
         ctx.store(0, &h, 0)
     } else {
@@ -243,7 +304,16 @@ fn encap_to(ctx: &TcContext, cfg: &OverlayConfig, route: &OverlayRoute, ip: &[u8
         h[0..6].copy_from_slice(&dmac);
         h[6..12].copy_from_slice(&smac);
         h[12] = 0x08;
-        let outer_ip = ipv4_header(ecn_encap(ip[1]), outer_len as u16, id, df, ip[8], IPPROTO_IPIP, cfg.tunnel_addr, route.node_addr);
+        let outer_ip = ipv4_header(
+            ecn_encap(ip[1]),
+            outer_len as u16,
+            id,
+            df,
+            ip[8],
+            IPPROTO_IPIP,
+            cfg.tunnel_addr,
+            route.node_addr,
+        );
         h[14..34].copy_from_slice(&outer_ip);
         ctx.store(0, &h, 0)
     };
@@ -277,8 +347,13 @@ pub enum Decap {
 #[inline(always)]
 fn xdp_load<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
     let mut buf = [0u8; N];
-    let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, offset as u32, buf.as_mut_ptr().cast(), N as u32) };
-    if rc == 0 { Some(buf) } else { None }
+    let rc =
+        unsafe { bpf_xdp_load_bytes(ctx.ctx, offset as u32, buf.as_mut_ptr().cast(), N as u32) };
+    if rc == 0 {
+        Some(buf)
+    } else {
+        None
+    }
 }
 
 #[inline(always)]
@@ -290,10 +365,14 @@ fn xdp_store<const N: usize>(ctx: &XdpContext, offset: usize, bytes: &[u8; N]) -
 /// XDP on the uplink: opens tunnel packets for this node (see the module documentation).
 #[inline(always)]
 pub fn decap(ctx: &XdpContext) -> Decap {
-    let Some(cfg) = config() else { return Decap::NotTunnel };
+    let Some(cfg) = config() else {
+        return Decap::NotTunnel;
+    };
     // Opaque to LLVM, like packet.rs: keeps pkt_end arithmetic away from the verifier.
     let frame_len = core::hint::black_box((ctx.data_end() - ctx.data()) as u32);
-    let Some(outer) = xdp_load::<34>(ctx, 0) else { return Decap::NotTunnel };
+    let Some(outer) = xdp_load::<34>(ctx, 0) else {
+        return Decap::NotTunnel;
+    };
     if outer[12] != 0x08 || outer[13] != 0x00 || outer[14] >> 4 != 4 {
         return Decap::NotTunnel;
     }
@@ -304,7 +383,9 @@ pub fn decap(ctx: &XdpContext) -> Decap {
             return Decap::NotTunnel;
         }
         let ihl = ((outer[14] & 0x0f) as usize) * 4;
-        let Some(ports) = xdp_load::<4>(ctx, ETH_HLEN + ihl) else { return Decap::NotTunnel };
+        let Some(ports) = xdp_load::<4>(ctx, ETH_HLEN + ihl) else {
+            return Decap::NotTunnel;
+        };
         if u16::from_ne_bytes([ports[2], ports[3]]) != cfg.vxlan_port {
             return Decap::NotTunnel;
         }
@@ -325,14 +406,18 @@ pub fn decap(ctx: &XdpContext) -> Decap {
     }
     let (inner_off, inner_daddr) = if vxlan {
         // UDP (8) + VXLAN (8) + inner Ethernet (14) + inner IPv4 (20).
-        let Some(v) = xdp_load::<50>(ctx, 34) else { return Decap::Drop(Reason::DropOverlayMalformed) };
+        let Some(v) = xdp_load::<50>(ctx, 34) else {
+            return Decap::Drop(Reason::DropOverlayMalformed);
+        };
         let vni = ((v[12] as u32) << 16) | ((v[13] as u32) << 8) | v[14] as u32;
         if v[8] & 0x08 == 0 || vni != cfg.vni || v[28] != 0x08 || v[29] != 0x00 || v[30] >> 4 != 4 {
             return Decap::Drop(Reason::DropOverlayMalformed);
         }
         (34 + 16, addr_at(&v, 46))
     } else {
-        let Some(v) = xdp_load::<20>(ctx, 34) else { return Decap::Drop(Reason::DropOverlayMalformed) };
+        let Some(v) = xdp_load::<20>(ctx, 34) else {
+            return Decap::Drop(Reason::DropOverlayMalformed);
+        };
         if v[0] >> 4 != 4 {
             return Decap::Drop(Reason::DropOverlayMalformed);
         }

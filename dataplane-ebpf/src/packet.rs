@@ -3,7 +3,7 @@
 //! state right: CHECKSUM_PARTIAL skbs from local pods hold a pseudo-header sum, not a checksum).
 
 use aya_ebpf::{
-    bindings::{BPF_F_PSEUDO_HDR, BPF_F_MARK_MANGLED_0},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::{bpf_skb_change_tail, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     programs::{TcContext, XdpContext},
 };
@@ -105,7 +105,11 @@ impl Packet for XdpPacket<'_> {
         let cur = core::hint::black_box(self.frame_len());
         let delta = len as i32 - cur as i32;
         let rc = unsafe { bpf_xdp_adjust_tail(self.0.ctx, delta) };
-        if rc == 0 { Ok(()) } else { Err(()) }
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
     }
 
     #[inline(always)]
@@ -113,15 +117,27 @@ impl Packet for XdpPacket<'_> {
     // earlier, unchecked copy of the same packet pointer, which the verifier then refuses.
     fn store<const N: usize>(&self, offset: usize, bytes: &[u8; N]) -> Result<(), ()> {
         let mut buf = *bytes;
-        let rc = unsafe { bpf_xdp_store_bytes(self.0.ctx, offset as u32, buf.as_mut_ptr().cast(), N as u32) };
-        if rc == 0 { Ok(()) } else { Err(()) }
+        let rc = unsafe {
+            bpf_xdp_store_bytes(self.0.ctx, offset as u32, buf.as_mut_ptr().cast(), N as u32)
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
     }
 
     #[inline(always)]
     fn load<const N: usize>(&self, offset: usize) -> Result<[u8; N], ()> {
         let mut buf = [0u8; N];
-        let rc = unsafe { bpf_xdp_load_bytes(self.0.ctx, offset as u32, buf.as_mut_ptr().cast(), N as u32) };
-        if rc == 0 { Ok(buf) } else { Err(()) }
+        let rc = unsafe {
+            bpf_xdp_load_bytes(self.0.ctx, offset as u32, buf.as_mut_ptr().cast(), N as u32)
+        };
+        if rc == 0 {
+            Ok(buf)
+        } else {
+            Err(())
+        }
     }
 }
 
@@ -130,15 +146,28 @@ pub struct TcPacket<'a>(pub &'a TcContext);
 impl TcPacket<'_> {
     /// Replaces a 32-bit IP address at `off`: IP header checksum and the L4 pseudo-header sum.
     #[inline(always)]
-    fn replace_addr(&self, pkt: &Ipv4Packet, off: usize, l4_check: usize, mangled: u64, to: u32) -> Result<(), ()> {
+    fn replace_addr(
+        &self,
+        pkt: &Ipv4Packet,
+        off: usize,
+        l4_check: usize,
+        mangled: u64,
+        to: u32,
+    ) -> Result<(), ()> {
         let ctx = self.0;
         let old: u32 = ctx.load(off).map_err(|_| ())?;
         if old == to {
             return Ok(());
         }
-        ctx.l4_csum_replace(l4_check, old as u64, to as u64, BPF_F_PSEUDO_HDR as u64 | mangled | 4)
+        ctx.l4_csum_replace(
+            l4_check,
+            old as u64,
+            to as u64,
+            BPF_F_PSEUDO_HDR as u64 | mangled | 4,
+        )
+        .map_err(|_| ())?;
+        ctx.l3_csum_replace(pkt.l3_off + 10, old as u64, to as u64, 4)
             .map_err(|_| ())?;
-        ctx.l3_csum_replace(pkt.l3_off + 10, old as u64, to as u64, 4).map_err(|_| ())?;
         ctx.store(off, &to, 0).map_err(|_| ())
     }
 
@@ -149,7 +178,8 @@ impl TcPacket<'_> {
         if old == to {
             return Ok(());
         }
-        ctx.l4_csum_replace(l4_check, old as u64, to as u64, mangled | 2).map_err(|_| ())?;
+        ctx.l4_csum_replace(l4_check, old as u64, to as u64, mangled | 2)
+            .map_err(|_| ())?;
         ctx.store(off, &to, 0).map_err(|_| ())
     }
 }
@@ -174,7 +204,11 @@ impl Packet for TcPacket<'_> {
     fn rewrite_tuple(&self, pkt: &Ipv4Packet, to: &Tuple) -> Result<(), ()> {
         let l4_check = pkt.l4_off + l4_csum_off(pkt.l4)?;
         // UDP checksum 0 means "none": the helper leaves it, and never writes a computed 0.
-        let mangled = if pkt.l4 == L4::Udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+        let mangled = if pkt.l4 == L4::Udp {
+            BPF_F_MARK_MANGLED_0 as u64
+        } else {
+            0
+        };
         self.replace_addr(pkt, pkt.l3_off + 12, l4_check, mangled, to.saddr)?;
         self.replace_addr(pkt, pkt.l3_off + 16, l4_check, mangled, to.daddr)?;
         self.replace_port(pkt.l4_off, l4_check, mangled, to.sport)?;
@@ -184,7 +218,11 @@ impl Packet for TcPacket<'_> {
     #[inline(always)]
     fn resize(&self, len: u32) -> Result<(), ()> {
         let rc = unsafe { bpf_skb_change_tail(self.0.skb.skb, len, 0) };
-        if rc == 0 { Ok(()) } else { Err(()) }
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
     }
 
     #[inline(always)]

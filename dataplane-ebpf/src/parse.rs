@@ -97,7 +97,11 @@ pub const MAX_L4_OFF: usize = 0x7f;
 impl Cursor {
     #[inline(always)]
     pub fn new(data: usize, data_end: usize) -> Self {
-        Cursor { start: data, off: 0, end: data_end }
+        Cursor {
+            start: data,
+            off: 0,
+            end: data_end,
+        }
     }
 
     /// Returns a pointer to a `T` at the cursor and moves past it, or `None` if the packet is
@@ -174,8 +178,14 @@ fn parse_l3(cur: &mut Cursor, frame_len: usize) -> Result<Ipv4Packet, Reason> {
     let l3_off = cur.offset();
     let ip = cur.take::<Ipv4Hdr>().ok_or(Reason::DropTruncatedIpv4)?;
     let (vihl, tot_len, frag_off, proto, saddr, daddr) = unsafe {
-        ((*ip).vihl, u16::from_be((*ip).tot_len) as usize, u16::from_be((*ip).frag_off),
-         (*ip).proto, (*ip).saddr, (*ip).daddr)
+        (
+            (*ip).vihl,
+            u16::from_be((*ip).tot_len) as usize,
+            u16::from_be((*ip).frag_off),
+            (*ip).proto,
+            (*ip).saddr,
+            (*ip).daddr,
+        )
     };
     let hdr_len = ((vihl & 0x0f) as usize) << 2;
     if vihl >> 4 != 4 || hdr_len < size_of::<Ipv4Hdr>() {
@@ -190,7 +200,11 @@ fn parse_l3(cur: &mut Cursor, frame_len: usize) -> Result<Ipv4Packet, Reason> {
         return Err(Reason::DropTruncatedIpv4);
     }
     cur.off = l4_off;
-    let l4 = if frag_off & 0x1fff != 0 { L4::Fragment } else { l4_kind(proto) };
+    let l4 = if frag_off & 0x1fff != 0 {
+        L4::Fragment
+    } else {
+        l4_kind(proto)
+    };
     Ok(Ipv4Packet {
         l3_off,
         l4_off: l3_off + hdr_len,

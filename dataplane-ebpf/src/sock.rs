@@ -40,7 +40,12 @@ fn service_key(sa: &bpf_sock_addr) -> Option<ServiceKey> {
         return None;
     }
     // user_port holds the port in network order in its low 16 bits.
-    Some(ServiceKey { addr: sa.user_ip4, port: sa.user_port as u16, proto, _pad: 0 })
+    Some(ServiceKey {
+        addr: sa.user_ip4,
+        port: sa.user_port as u16,
+        proto,
+        _pad: 0,
+    })
 }
 
 /// connect4 and sendmsg4: rewrites a service destination to a backend.
@@ -50,7 +55,9 @@ pub fn balance(ctx: &SockAddrContext, sticky_per_socket: bool) -> (Reason, i32) 
         return (Reason::SockPass, SOCK_ALLOW);
     }
     let sa = unsafe { &mut *ctx.sock_addr };
-    let Some(key) = service_key(sa) else { return (Reason::SockPass, SOCK_ALLOW) };
+    let Some(key) = service_key(sa) else {
+        return (Reason::SockPass, SOCK_ALLOW);
+    };
     let Some(svc) = (unsafe { crate::maps::SERVICES_V1.get(&key) }).copied() else {
         return (Reason::SockPass, SOCK_ALLOW);
     };
@@ -64,8 +71,21 @@ pub fn balance(ctx: &SockAddrContext, sticky_per_socket: bool) -> (Reason, i32) 
         Ok(b) => b,
         Err(reason) => return (reason, SOCK_DENY),
     };
-    let rev = SockRevNatKey { cookie, addr: backend.addr, port: backend.port, _pad: 0 };
-    let _ = SOCK_REVNAT_V1.insert(&rev, &SockRevNatValue { addr: key.addr, port: key.port, _pad: 0 }, 0);
+    let rev = SockRevNatKey {
+        cookie,
+        addr: backend.addr,
+        port: backend.port,
+        _pad: 0,
+    };
+    let _ = SOCK_REVNAT_V1.insert(
+        &rev,
+        &SockRevNatValue {
+            addr: key.addr,
+            port: key.port,
+            _pad: 0,
+        },
+        0,
+    );
     sa.user_ip4 = backend.addr;
     sa.user_port = backend.port as u32;
     (Reason::LbNewConnection, SOCK_ALLOW)
@@ -73,8 +93,16 @@ pub fn balance(ctx: &SockAddrContext, sticky_per_socket: bool) -> (Reason, i32) 
 
 /// Unconnected UDP sends to a service stay on one backend per socket (a flow, for the server).
 #[inline(always)]
-fn pick(key: &ServiceKey, svc: &dataplane_common::lb::ServiceValue, cookie: u64, sticky: bool) -> Result<BackendValue, Reason> {
-    let akey = SockAffinityKey { cookie, service: *key };
+fn pick(
+    key: &ServiceKey,
+    svc: &dataplane_common::lb::ServiceValue,
+    cookie: u64,
+    sticky: bool,
+) -> Result<BackendValue, Reason> {
+    let akey = SockAffinityKey {
+        cookie,
+        service: *key,
+    };
     if sticky {
         if let Some(b) = unsafe { SOCK_AFFINITY_V1.get(&akey) } {
             return Ok(*b);
@@ -96,7 +124,12 @@ pub fn reverse(ctx: &SockAddrContext) -> Reason {
     }
     let sa = unsafe { &mut *ctx.sock_addr };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let key = SockRevNatKey { cookie, addr: sa.user_ip4, port: sa.user_port as u16, _pad: 0 };
+    let key = SockRevNatKey {
+        cookie,
+        addr: sa.user_ip4,
+        port: sa.user_port as u16,
+        _pad: 0,
+    };
     match unsafe { SOCK_REVNAT_V1.get(&key) } {
         Some(v) => {
             sa.user_ip4 = v.addr;

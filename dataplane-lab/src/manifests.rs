@@ -35,13 +35,20 @@ impl ServiceManifest {
     }
 
     fn service_yaml(&self) -> String {
-        let kind = if self.node_port.is_some() { "NodePort" } else { "ClusterIP" };
+        let kind = if self.node_port.is_some() {
+            "NodePort"
+        } else {
+            "ClusterIP"
+        };
         let mut y = format!(
             "- apiVersion: v1\n  kind: Service\n  metadata:\n    name: {}\n    namespace: {}\n  spec:\n    type: {kind}\n    clusterIP: {}\n    clusterIPs: [\"{}\"]\n    ports:\n    - name: p\n      port: {}\n      protocol: {}\n      targetPort: {}\n",
             self.name, self.namespace, self.cluster_ip, self.cluster_ip, self.port, self.protocol, self.target_port
         );
         if let Some(np) = self.node_port {
-            let _ = writeln!(y, "      nodePort: {np}\n    externalTrafficPolicy: Cluster");
+            let _ = writeln!(
+                y,
+                "      nodePort: {np}\n    externalTrafficPolicy: Cluster"
+            );
         }
         y
     }

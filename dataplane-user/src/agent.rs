@@ -33,7 +33,9 @@ pub struct AgentConfig {
 }
 
 pub fn run(cfg: AgentConfig) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run_async(cfg))
 }
 
@@ -60,17 +62,29 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
     });
     let mut states = match &cfg.source {
         Some(source) => {
-            let local = LocalNode::detect(cfg.node_name.clone()).context("listing this node's addresses")?;
-            log::info!("service source {source:?}; NodePorts on {:?}", local.addresses);
+            let local = LocalNode::detect(cfg.node_name.clone())
+                .context("listing this node's addresses")?;
+            log::info!(
+                "service source {source:?}; NodePorts on {:?}",
+                local.addresses
+            );
             Some(k8s::start_with_stats(source.clone(), local, source_stats).await?)
         }
         None => None,
     };
-    let mut table = ServiceTable::from_ebpf(&datapath.ebpf, LocalContext { node_name: cfg.node_name.clone() })?;
+    let mut table = ServiceTable::from_ebpf(
+        &datapath.ebpf,
+        LocalContext {
+            node_name: cfg.node_name.clone(),
+        },
+    )?;
     let mut overlay = crate::overlay::OverlayTable::from_ebpf(&datapath.ebpf)?;
     log::info!(
         "node {}: datapath attached (uplink {}, {} pod interfaces), maps pinned in {}",
-        cfg.node_name, cfg.attach.uplink, cfg.attach.pod_ifaces.len(), cfg.pin_dir.display()
+        cfg.node_name,
+        cfg.attach.uplink,
+        cfg.attach.pod_ifaces.len(),
+        cfg.pin_dir.display()
     );
     // Tests and scripts wait for this line on stdout.
     println!("ready");
@@ -105,7 +119,10 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
     drop(table);
     drop(overlay);
     drop(datapath.ebpf);
-    log::info!("programs detached; maps stay pinned in {}", cfg.pin_dir.display());
+    log::info!(
+        "programs detached; maps stay pinned in {}",
+        cfg.pin_dir.display()
+    );
     Ok(())
 }
 
@@ -119,24 +136,38 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
     // Keep timeouts an operator (or a test) set on the pinned config across restarts.
     if let Ok(old) = loader::read_pinned_config(&cfg.pin_dir) {
         if old.timeout_tcp_established != 0 {
-            config = dataplane_common::ct::Config { masq_addr: config.masq_addr, netns_cookie: 0, ..old };
+            config = dataplane_common::ct::Config {
+                masq_addr: config.masq_addr,
+                netns_cookie: 0,
+                ..old
+            };
         }
     }
     if cfg.attach.cgroup.is_some() {
         config.netns_cookie = loader::netns_cookie()?;
     }
     loader::write_config(&mut datapath.ebpf, &config)?;
-    let overlay = cfg.overlay.to_config().context("reading the uplink's settings for the overlay")?;
+    let overlay = cfg
+        .overlay
+        .to_config()
+        .context("reading the uplink's settings for the overlay")?;
     crate::overlay::write_config(&crate::overlay::Maps::Object(&datapath.ebpf), &overlay)?;
     if cfg.overlay.mode != crate::overlay::OverlayMode::None {
-        log::info!("overlay {:?} from {} (VTEP MAC = {}'s)", cfg.overlay.mode, cfg.overlay.tunnel_ip, cfg.attach.uplink);
+        log::info!(
+            "overlay {:?} from {} (VTEP MAC = {}'s)",
+            cfg.overlay.mode,
+            cfg.overlay.tunnel_ip,
+            cfg.attach.uplink
+        );
     }
     datapath.attach(&cfg.attach).context("attaching programs")?;
     Ok(datapath)
 }
 
 /// Waits for the next state; pends forever without a source.
-async fn changed(states: &mut Option<tokio::sync::watch::Receiver<Arc<ClusterState>>>) -> Result<()> {
+async fn changed(
+    states: &mut Option<tokio::sync::watch::Receiver<Arc<ClusterState>>>,
+) -> Result<()> {
     match states {
         Some(rx) => rx.changed().await.map_err(Into::into),
         None => std::future::pending().await,
@@ -151,8 +182,12 @@ fn apply(table: &mut ServiceTable, state: &ClusterState, status: &AgentStatus) {
     match table.sync(&state.services) {
         Ok(report) => {
             status.last_apply_failed.store(false, Relaxed);
-            status.entries_written.fetch_add(report.written() as u64, Relaxed);
-            status.entries_deleted.fetch_add(report.deleted() as u64, Relaxed);
+            status
+                .entries_written
+                .fetch_add(report.written() as u64, Relaxed);
+            status
+                .entries_deleted
+                .fetch_add(report.deleted() as u64, Relaxed);
             if !report.is_empty() {
                 log::info!("applied {} service ports: {report}", state.services.len());
             }
@@ -163,7 +198,9 @@ fn apply(table: &mut ServiceTable, state: &ClusterState, status: &AgentStatus) {
             log::error!("applying services failed, keeping the previous state: {e:#}");
         }
     }
-    status.last_apply_micros.store(started.elapsed().as_micros() as u64, Relaxed);
+    status
+        .last_apply_micros
+        .store(started.elapsed().as_micros() as u64, Relaxed);
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -2,8 +2,8 @@
 //! back for operators (`dataplane stats`). The binary in main.rs is a thin CLI over this library,
 //! which the integration tests also use.
 
-pub mod k8s;
 pub mod agent;
+pub mod k8s;
 pub mod loader;
 pub mod metrics;
 pub mod model;

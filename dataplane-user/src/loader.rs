@@ -8,7 +8,8 @@ use aya::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
-        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, Xdp,
+        XdpMode,
     },
     Ebpf, EbpfLoader,
 };
@@ -63,15 +64,26 @@ pub fn load(pin_dir: &Path) -> Result<Datapath> {
         .load(EBPF_OBJECT)
         .context("loading the eBPF object (maps and BTF)")?;
     load_programs(&mut ebpf)?;
-    Ok(Datapath { ebpf, pin_dir: pin_dir.to_path_buf() })
+    Ok(Datapath {
+        ebpf,
+        pin_dir: pin_dir.to_path_buf(),
+    })
 }
 
 /// Program names in the object, with their kind.
 pub const XDP_PROGRAMS: &[&str] = &["xdp_uplink"];
-pub const TC_PROGRAMS: &[&str] =
-    &["tc_uplink_ingress", "tc_uplink_egress", "tc_pod_ingress", "tc_pod_egress"];
-pub const SOCK_PROGRAMS: &[&str] =
-    &["sock_connect4", "sock_sendmsg4", "sock_recvmsg4", "sock_getpeername4"];
+pub const TC_PROGRAMS: &[&str] = &[
+    "tc_uplink_ingress",
+    "tc_uplink_egress",
+    "tc_pod_ingress",
+    "tc_pod_egress",
+];
+pub const SOCK_PROGRAMS: &[&str] = &[
+    "sock_connect4",
+    "sock_sendmsg4",
+    "sock_recvmsg4",
+    "sock_getpeername4",
+];
 
 fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
     for name in XDP_PROGRAMS {
@@ -93,14 +105,20 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from object"))?;
-    prog.try_into().with_context(|| format!("program {name} has an unexpected type"))
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from object"))?;
+    prog.try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
 }
 
 /// Keeps the verifier log in the error: it is the only useful part of a rejection.
 fn verifier_error(name: &str, e: ProgramError) -> anyhow::Error {
     match e {
-        ProgramError::LoadError { io_error, verifier_log } => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             anyhow!("the kernel verifier rejected {name}: {io_error}\n{verifier_log}")
         }
         other => anyhow!("loading {name}: {other}"),
@@ -125,8 +143,16 @@ impl Datapath {
         let mut wanted = vec![link_pin(&self.pin_dir, "xdp_uplink", &cfg.uplink)];
         self.attach_xdp(&cfg.uplink, cfg.xdp_mode)?;
         let mut tc = vec![
-            ("tc_uplink_ingress", cfg.uplink.as_str(), TcAttachType::Ingress),
-            ("tc_uplink_egress", cfg.uplink.as_str(), TcAttachType::Egress),
+            (
+                "tc_uplink_ingress",
+                cfg.uplink.as_str(),
+                TcAttachType::Ingress,
+            ),
+            (
+                "tc_uplink_egress",
+                cfg.uplink.as_str(),
+                TcAttachType::Egress,
+            ),
         ];
         let pod_ifaces = cfg.current_pod_ifaces()?;
         for iface in &pod_ifaces {
@@ -166,8 +192,14 @@ impl Datapath {
         }
         for entry in std::fs::read_dir(self.pin_dir.join("links"))? {
             let path = entry?.path();
-            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            let Some((prog, iface)) = name.split_once('@') else { continue };
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let Some((prog, iface)) = name.split_once('@') else {
+                continue;
+            };
             if prog.starts_with("tc_pod_") && !ifaces.iter().any(|i| i == iface) {
                 log::info!("pod device {iface} is gone: dropping {name}");
                 std::fs::remove_file(&path)?;
@@ -201,7 +233,10 @@ impl Datapath {
                     return Ok(());
                 }
                 Err(e) => {
-                    log::warn!("pinned XDP link {} unusable ({e:#}); attaching anew", pin.display());
+                    log::warn!(
+                        "pinned XDP link {} unusable ({e:#}); attaching anew",
+                        pin.display()
+                    );
                     std::fs::remove_file(&pin)?;
                 }
             }
@@ -223,7 +258,8 @@ impl Datapath {
             Err(e) => return Err(e).with_context(|| format!("attaching xdp_uplink to {iface}")),
         };
         let link = FdLink::try_from(prog.take_link(id)?).context("XDP link is not a bpf_link")?;
-        link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
+        link.pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
         Ok(())
     }
 
@@ -241,16 +277,23 @@ impl Datapath {
                     return Ok(());
                 }
                 Err(e) => {
-                    log::warn!("pinned tc link {} unusable ({e:#}); attaching anew", pin.display());
+                    log::warn!(
+                        "pinned tc link {} unusable ({e:#}); attaching anew",
+                        pin.display()
+                    );
                     std::fs::remove_file(&pin)?;
                 }
             }
         }
         // tcx (kernel >= 6.6) needs no clsact qdisc; aya picks tcx on such kernels.
-        let id = prog.attach(iface, kind).with_context(|| format!("attaching {name} to {iface} {kind:?}"))?;
+        let id = prog
+            .attach(iface, kind)
+            .with_context(|| format!("attaching {name} to {iface} {kind:?}"))?;
         log::info!("{name} attached to {iface} ({kind:?})");
-        let link = FdLink::try_from(prog.take_link(id)?).context("tc link is not a bpf_link (tcx)")?;
-        link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
+        let link =
+            FdLink::try_from(prog.take_link(id)?).context("tc link is not a bpf_link (tcx)")?;
+        link.pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
         Ok(())
     }
 
@@ -261,15 +304,18 @@ impl Datapath {
     /// `AllowMultiple` passes BPF_F_ALLOW_MULTI and the kernel answers EINVAL.
     fn attach_sock(&mut self, cgroup: &Path) -> Result<()> {
         for name in SOCK_PROGRAMS {
-            let dir = std::fs::File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+            let dir = std::fs::File::open(cgroup)
+                .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
             prog.attach(dir, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} to cgroup {}", cgroup.display()))?;
         }
-        log::info!("socket-level balancing attached to cgroup {}", cgroup.display());
+        log::info!(
+            "socket-level balancing attached to cgroup {}",
+            cgroup.display()
+        );
         Ok(())
     }
-
 }
 
 /// Writes `CONFIG_V1` (node-wide settings) through an open datapath.
@@ -277,7 +323,8 @@ pub fn write_config(ebpf: &mut Ebpf, cfg: &dataplane_common::ct::Config) -> Resu
     let map = ebpf
         .map_mut(dataplane_common::map_names::CONFIG)
         .ok_or_else(|| anyhow!("CONFIG_V1 missing from object"))?;
-    let mut array: aya::maps::Array<_, dataplane_common::ct::Config> = aya::maps::Array::try_from(map)?;
+    let mut array: aya::maps::Array<_, dataplane_common::ct::Config> =
+        aya::maps::Array::try_from(map)?;
     array.set(0, *cfg, 0).context("writing CONFIG_V1")?;
     Ok(())
 }
@@ -285,7 +332,8 @@ pub fn write_config(ebpf: &mut Ebpf, cfg: &dataplane_common::ct::Config) -> Resu
 /// Writes `CONFIG_V1` through its pin (for tools and tests running beside `dataplane run`).
 pub fn write_pinned_config(pin_dir: &Path, cfg: &dataplane_common::ct::Config) -> Result<()> {
     let path = pin_dir.join(dataplane_common::map_names::CONFIG);
-    let data = aya::maps::MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let data = aya::maps::MapData::from_pin(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
     let mut array: aya::maps::Array<_, dataplane_common::ct::Config> =
         aya::maps::Array::try_from(aya::maps::Map::from_map_data(data)?)?;
     array.set(0, *cfg, 0).context("writing CONFIG_V1")?;
@@ -295,7 +343,8 @@ pub fn write_pinned_config(pin_dir: &Path, cfg: &dataplane_common::ct::Config) -
 /// Reads `CONFIG_V1` through its pin.
 pub fn read_pinned_config(pin_dir: &Path) -> Result<dataplane_common::ct::Config> {
     let path = pin_dir.join(dataplane_common::map_names::CONFIG);
-    let data = aya::maps::MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let data = aya::maps::MapData::from_pin(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
     let array: aya::maps::Array<_, dataplane_common::ct::Config> =
         aya::maps::Array::try_from(aya::maps::Map::from_map_data(data)?)?;
     Ok(array.get(&0, 0)?)
@@ -321,7 +370,10 @@ pub fn interface_ipv4s(iface: &str) -> Result<Vec<std::net::Ipv4Addr>> {
     while !cur.is_null() {
         let ifa = unsafe { &*cur };
         let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy();
-        if name == iface && !ifa.ifa_addr.is_null() && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET {
+        if name == iface
+            && !ifa.ifa_addr.is_null()
+            && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET
+        {
             let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
             found.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
         }
@@ -342,7 +394,13 @@ pub fn netns_cookie() -> Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = core::mem::size_of::<u64>() as libc::socklen_t;
     let rc = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len)
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
     };
     let err = std::io::Error::last_os_error();
     unsafe { libc::close(fd) };
@@ -365,7 +423,15 @@ pub fn cgroup2_root() -> Result<PathBuf> {
     let dir = PathBuf::from("/run/dataplane/cgroup2");
     std::fs::create_dir_all(&dir)?;
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
-    let rc = unsafe { libc::mount(c"none".as_ptr(), c.as_ptr(), c"cgroup2".as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            c"none".as_ptr(),
+            c.as_ptr(),
+            c"cgroup2".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("mounting cgroup2");
     }
@@ -391,7 +457,9 @@ pub fn interfaces_with_prefixes(prefixes: &[String]) -> Result<Vec<String>> {
         if entry.if_index == 0 || entry.if_name.is_null() {
             break;
         }
-        let name = unsafe { std::ffi::CStr::from_ptr(entry.if_name) }.to_string_lossy().into_owned();
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.if_name) }
+            .to_string_lossy()
+            .into_owned();
         if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
             out.push(name);
         }

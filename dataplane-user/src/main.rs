@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use dataplane::{agent, k8s, loader, pin, services, stats};
 
 #[derive(Parser)]
-#[command(name = "dataplane", version, about = "eBPF service load balancing and overlay for Kubernetes nodes")]
+#[command(
+    name = "dataplane",
+    version,
+    about = "eBPF service load balancing and overlay for Kubernetes nodes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -116,11 +120,17 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Services { pin_dir } => {
-            print!("{}", services::render_services(&services::list_services(&pin_dir)?));
+            print!(
+                "{}",
+                services::render_services(&services::list_services(&pin_dir)?)
+            );
             Ok(())
         }
         Command::Conntrack { pin_dir } => {
-            print!("{}", services::render_conntrack(&services::list_conntrack(&pin_dir)?));
+            print!(
+                "{}",
+                services::render_conntrack(&services::list_conntrack(&pin_dir)?)
+            );
             Ok(())
         }
         Command::Cleanup { pin_dir } => {
@@ -145,7 +155,9 @@ fn run(args: RunArgs) -> Result<()> {
     };
     let source = match (args.manifests, args.kubeconfig, args.kubernetes) {
         (Some(path), None, false) => Some(k8s::Source::Manifests(path)),
-        (None, Some(path), _) => Some(k8s::Source::Kubernetes { kubeconfig: Some(path) }),
+        (None, Some(path), _) => Some(k8s::Source::Kubernetes {
+            kubeconfig: Some(path),
+        }),
         (None, None, true) => Some(k8s::Source::Kubernetes { kubeconfig: None }),
         (None, None, false) => None,
         (Some(_), Some(_), _) | (Some(_), None, true) => {

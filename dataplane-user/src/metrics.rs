@@ -44,7 +44,9 @@ pub struct Metrics {
 
 /// Serves until the task is dropped.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     log::info!("metrics on http://{addr}/metrics, health on /healthz");
     loop {
         let (mut stream, _) = listener.accept().await?;
@@ -77,7 +79,10 @@ fn health(status: &AgentStatus) -> (&'static str, String) {
     if !status.attached.load(Relaxed) {
         ("503 Service Unavailable", "datapath not attached\n".into())
     } else if status.last_apply_failed.load(Relaxed) {
-        ("503 Service Unavailable", "last sync failed; datapath keeps its previous state\n".into())
+        (
+            "503 Service Unavailable",
+            "last sync failed; datapath keeps its previous state\n".into(),
+        )
     } else {
         ("200 OK", "ok\n".into())
     }
@@ -86,15 +91,42 @@ fn health(status: &AgentStatus) -> (&'static str, String) {
 fn render(m: &Metrics) -> Result<String> {
     let mut out = String::new();
     let st = stats::read_pinned(&m.pin_dir)?;
-    metric(&mut out, "dataplane_packets_total", "counter", "Packets per hook and verdict reason.");
+    metric(
+        &mut out,
+        "dataplane_packets_total",
+        "counter",
+        "Packets per hook and verdict reason.",
+    );
     for r in &st.rows {
-        let _ = writeln!(out, "dataplane_packets_total{{hook=\"{}\",reason=\"{}\"}} {}", r.hook.name(), r.reason.name(), r.packets);
+        let _ = writeln!(
+            out,
+            "dataplane_packets_total{{hook=\"{}\",reason=\"{}\"}} {}",
+            r.hook.name(),
+            r.reason.name(),
+            r.packets
+        );
     }
-    metric(&mut out, "dataplane_bytes_total", "counter", "Bytes per hook and verdict reason.");
+    metric(
+        &mut out,
+        "dataplane_bytes_total",
+        "counter",
+        "Bytes per hook and verdict reason.",
+    );
     for r in &st.rows {
-        let _ = writeln!(out, "dataplane_bytes_total{{hook=\"{}\",reason=\"{}\"}} {}", r.hook.name(), r.reason.name(), r.bytes);
+        let _ = writeln!(
+            out,
+            "dataplane_bytes_total{{hook=\"{}\",reason=\"{}\"}} {}",
+            r.hook.name(),
+            r.reason.name(),
+            r.bytes
+        );
     }
-    metric(&mut out, "dataplane_drops_total", "counter", "Dropped packets by reason, all hooks.");
+    metric(
+        &mut out,
+        "dataplane_drops_total",
+        "counter",
+        "Dropped packets by reason, all hooks.",
+    );
     let mut drops = std::collections::BTreeMap::new();
     for r in st.rows.iter().filter(|r| r.reason.is_drop()) {
         *drops.entry(r.reason.name()).or_insert(0u64) += r.packets;
@@ -106,14 +138,38 @@ fn render(m: &Metrics) -> Result<String> {
     render_agent(&mut out, &m.status);
     if let Some(src) = &m.source {
         let s = src.snapshot();
-        metric(&mut out, "dataplane_source_objects", "gauge", "Objects read by the last sync, by kind.");
-        for (kind, n) in [("Service", s.services), ("EndpointSlice", s.endpoint_slices), ("Node", s.nodes)] {
+        metric(
+            &mut out,
+            "dataplane_source_objects",
+            "gauge",
+            "Objects read by the last sync, by kind.",
+        );
+        for (kind, n) in [
+            ("Service", s.services),
+            ("EndpointSlice", s.endpoint_slices),
+            ("Node", s.nodes),
+        ] {
             let _ = writeln!(out, "dataplane_source_objects{{kind=\"{kind}\"}} {n}");
         }
-        gauge(&mut out, "dataplane_source_problems", "Invalid or unsupported object parts in the last sync.", s.problems);
-        counter(&mut out, "dataplane_source_errors_total", "API errors and unparsable manifest files.", s.errors);
+        gauge(
+            &mut out,
+            "dataplane_source_problems",
+            "Invalid or unsupported object parts in the last sync.",
+            s.problems,
+        );
+        counter(
+            &mut out,
+            "dataplane_source_errors_total",
+            "API errors and unparsable manifest files.",
+            s.errors,
+        );
         let secs = s.last_sync_micros as f64 / 1e6;
-        metric(&mut out, "dataplane_source_translate_seconds", "gauge", "Duration of the last translation.");
+        metric(
+            &mut out,
+            "dataplane_source_translate_seconds",
+            "gauge",
+            "Duration of the last translation.",
+        );
         let _ = writeln!(out, "dataplane_source_translate_seconds {secs}");
     }
     Ok(out)
@@ -122,37 +178,102 @@ fn render(m: &Metrics) -> Result<String> {
 /// Map occupancy and per-service traffic of the connections currently tracked.
 fn render_maps(out: &mut String, m: &Metrics) -> Result<()> {
     let svcs = services::list_services(&m.pin_dir)?;
-    gauge(out, "dataplane_service_frontends", "Entries in SERVICES_V1.", svcs.len() as u64);
+    gauge(
+        out,
+        "dataplane_service_frontends",
+        "Entries in SERVICES_V1.",
+        svcs.len() as u64,
+    );
     let slots: usize = svcs.iter().map(|s| s.backends.len()).sum();
-    gauge(out, "dataplane_backend_slots", "Live entries in BACKENDS_V1.", slots as u64);
+    gauge(
+        out,
+        "dataplane_backend_slots",
+        "Live entries in BACKENDS_V1.",
+        slots as u64,
+    );
     let ct = services::list_conntrack(&m.pin_dir)?;
-    gauge(out, "dataplane_conntrack_entries", "Entries in CT_V1 (two or four per connection).", ct.len() as u64);
+    gauge(
+        out,
+        "dataplane_conntrack_entries",
+        "Entries in CT_V1 (two or four per connection).",
+        ct.len() as u64,
+    );
     let mut per_frontend = std::collections::BTreeMap::<u32, (u64, u64)>::new();
     for row in &ct {
         let e = per_frontend.entry(row.frontend_id).or_default();
         e.0 += row.packets;
         e.1 += row.bytes;
     }
-    metric(out, "dataplane_service_packets", "gauge", "Packets of the currently tracked connections, per frontend.");
+    metric(
+        out,
+        "dataplane_service_packets",
+        "gauge",
+        "Packets of the currently tracked connections, per frontend.",
+    );
     let mut bytes_lines = String::new();
     for s in &svcs {
-        let (p, b) = per_frontend.get(&s.frontend_id).copied().unwrap_or_default();
+        let (p, b) = per_frontend
+            .get(&s.frontend_id)
+            .copied()
+            .unwrap_or_default();
         let proto = if s.proto == 6 { "tcp" } else { "udp" };
-        let _ = writeln!(out, "dataplane_service_packets{{frontend=\"{}\",protocol=\"{proto}\"}} {p}", s.frontend);
-        let _ = writeln!(bytes_lines, "dataplane_service_bytes{{frontend=\"{}\",protocol=\"{proto}\"}} {b}", s.frontend);
+        let _ = writeln!(
+            out,
+            "dataplane_service_packets{{frontend=\"{}\",protocol=\"{proto}\"}} {p}",
+            s.frontend
+        );
+        let _ = writeln!(
+            bytes_lines,
+            "dataplane_service_bytes{{frontend=\"{}\",protocol=\"{proto}\"}} {b}",
+            s.frontend
+        );
     }
-    metric(out, "dataplane_service_bytes", "gauge", "Bytes of the currently tracked connections, per frontend.");
+    metric(
+        out,
+        "dataplane_service_bytes",
+        "gauge",
+        "Bytes of the currently tracked connections, per frontend.",
+    );
     out.push_str(&bytes_lines);
     Ok(())
 }
 
 fn render_agent(out: &mut String, s: &AgentStatus) {
-    counter(out, "dataplane_syncs_total", "Control-plane states applied to the maps.", s.applies.load(Relaxed));
-    counter(out, "dataplane_sync_errors_total", "Applies that failed (previous state kept).", s.apply_errors.load(Relaxed));
-    counter(out, "dataplane_map_entries_written_total", "Map entries written by syncs.", s.entries_written.load(Relaxed));
-    counter(out, "dataplane_map_entries_deleted_total", "Map entries deleted by syncs.", s.entries_deleted.load(Relaxed));
-    metric(out, "dataplane_sync_duration_seconds", "gauge", "Duration of the last apply to the maps.");
-    let _ = writeln!(out, "dataplane_sync_duration_seconds {}", s.last_apply_micros.load(Relaxed) as f64 / 1e6);
+    counter(
+        out,
+        "dataplane_syncs_total",
+        "Control-plane states applied to the maps.",
+        s.applies.load(Relaxed),
+    );
+    counter(
+        out,
+        "dataplane_sync_errors_total",
+        "Applies that failed (previous state kept).",
+        s.apply_errors.load(Relaxed),
+    );
+    counter(
+        out,
+        "dataplane_map_entries_written_total",
+        "Map entries written by syncs.",
+        s.entries_written.load(Relaxed),
+    );
+    counter(
+        out,
+        "dataplane_map_entries_deleted_total",
+        "Map entries deleted by syncs.",
+        s.entries_deleted.load(Relaxed),
+    );
+    metric(
+        out,
+        "dataplane_sync_duration_seconds",
+        "gauge",
+        "Duration of the last apply to the maps.",
+    );
+    let _ = writeln!(
+        out,
+        "dataplane_sync_duration_seconds {}",
+        s.last_apply_micros.load(Relaxed) as f64 / 1e6
+    );
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str) {

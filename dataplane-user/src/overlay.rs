@@ -48,8 +48,8 @@ use aya::{
 use dataplane_common::{
     map_names,
     overlay::{
-        OverlayConfig, OverlayPeer, OverlayRoute, DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI, MODE_IPIP, MODE_NONE,
-        MODE_VXLAN, OVL_F_UDP_CSUM, ROUTE_F_LOCAL,
+        OverlayConfig, OverlayPeer, OverlayRoute, DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI, MODE_IPIP,
+        MODE_NONE, MODE_VXLAN, OVL_F_UDP_CSUM, ROUTE_F_LOCAL,
     },
 };
 
@@ -137,7 +137,9 @@ impl OverlaySettings {
         cfg.vtep_mac = netdev::mac(&self.uplink)?;
         let (min, max) = local_port_range()?;
         (cfg.src_port_min, cfg.src_port_max) = (min, max);
-        cfg.vxlan_ttl = read_sysctl("net/ipv4/ip_default_ttl")?.parse().context("ip_default_ttl")?;
+        cfg.vxlan_ttl = read_sysctl("net/ipv4/ip_default_ttl")?
+            .parse()
+            .context("ip_default_ttl")?;
         cfg.netns_cookie = crate::loader::netns_cookie()?;
         Ok(cfg)
     }
@@ -145,7 +147,10 @@ impl OverlaySettings {
 
 fn read_sysctl(key: &str) -> Result<String> {
     let path = format!("/proc/sys/{key}");
-    Ok(std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?.trim().to_string())
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path}"))?
+        .trim()
+        .to_string())
 }
 
 /// `net.ipv4.ip_local_port_range` of this network namespace (what `udp_flow_src_port` uses).
@@ -170,17 +175,26 @@ impl Maps<'_> {
             Maps::Pinned(dir) => {
                 let path = dir.join(name);
                 MapData::from_pin(&path).with_context(|| {
-                    format!("opening {} (is the datapath loaded with this pin dir?)", path.display())
+                    format!(
+                        "opening {} (is the datapath loaded with this pin dir?)",
+                        path.display()
+                    )
                 })?
             }
             Maps::Object(ebpf) => {
-                let map = ebpf.map(name).ok_or_else(|| anyhow!("map {name} is not in the eBPF object"))?;
+                let map = ebpf
+                    .map(name)
+                    .ok_or_else(|| anyhow!("map {name} is not in the eBPF object"))?;
                 let data = match map {
                     Map::HashMap(d) | Map::Array(d) | Map::LpmTrie(d) | Map::PerCpuArray(d) => d,
                     _ => bail!("map {name} has a type the overlay does not use"),
                 };
                 // A descriptor of our own: the table does not borrow the object.
-                let fd = data.fd().as_fd().try_clone_to_owned().with_context(|| format!("dup of {name}"))?;
+                let fd = data
+                    .fd()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .with_context(|| format!("dup of {name}"))?;
                 MapData::from_fd(fd).with_context(|| format!("reopening {name}"))?
             }
         };
@@ -191,14 +205,16 @@ impl Maps<'_> {
 /// Writes `OVERLAY_CONFIG_V1`.
 pub fn write_config(maps: &Maps<'_>, cfg: &OverlayConfig) -> Result<()> {
     let mut array: Array<MapData, OverlayConfig> =
-        Array::try_from(maps.open(map_names::OVERLAY_CONFIG)?).context("OVERLAY_CONFIG_V1 layout")?;
+        Array::try_from(maps.open(map_names::OVERLAY_CONFIG)?)
+            .context("OVERLAY_CONFIG_V1 layout")?;
     array.set(0, cfg, 0).context("writing OVERLAY_CONFIG_V1")
 }
 
 /// Reads `OVERLAY_CONFIG_V1`.
 pub fn read_config(maps: &Maps<'_>) -> Result<OverlayConfig> {
     let array: Array<MapData, OverlayConfig> =
-        Array::try_from(maps.open(map_names::OVERLAY_CONFIG)?).context("OVERLAY_CONFIG_V1 layout")?;
+        Array::try_from(maps.open(map_names::OVERLAY_CONFIG)?)
+            .context("OVERLAY_CONFIG_V1 layout")?;
     array.get(&0, 0).context("reading OVERLAY_CONFIG_V1")
 }
 
@@ -228,7 +244,10 @@ impl Cidr {
     pub fn new(addr: Ipv4Addr, len: u8) -> Cidr {
         let len = len.min(32);
         let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-        Cidr { addr: Ipv4Addr::from(u32::from(addr) & mask), len }
+        Cidr {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            len,
+        }
     }
 
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
@@ -258,7 +277,10 @@ pub struct Desired {
 impl Desired {
     /// Remote CIDRs: the kernel routes to install.
     pub fn remote_cidrs(&self) -> impl Iterator<Item = &Cidr> {
-        self.routes.iter().filter(|(_, r)| r.flags & ROUTE_F_LOCAL == 0).map(|(c, _)| c)
+        self.routes
+            .iter()
+            .filter(|(_, r)| r.flags & ROUTE_F_LOCAL == 0)
+            .map(|(c, _)| c)
     }
 }
 
@@ -269,29 +291,50 @@ pub fn plan(nodes: &[NodeInfo], local_node: &str, mode: OverlayMode) -> Desired 
     let mut out = Desired::default();
     let local = nodes.iter().find(|n| n.name == local_node);
     if local.is_none() {
-        log::warn!("overlay: node {local_node} is not in the node list; its own pod CIDRs are unknown");
+        log::warn!(
+            "overlay: node {local_node} is not in the node list; its own pod CIDRs are unknown"
+        );
     }
     let mut sorted: Vec<&NodeInfo> = nodes.iter().filter(|n| n.name != local_node).collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(node) = local {
-        let cidrs: Vec<Cidr> = node.pod_cidrs.iter().map(|&(a, l)| Cidr::new(a, l)).collect();
+        let cidrs: Vec<Cidr> = node
+            .pod_cidrs
+            .iter()
+            .map(|&(a, l)| Cidr::new(a, l))
+            .collect();
         for cidr in &cidrs {
-            let route = OverlayRoute { node_addr: u32::from(node.address).to_be(), vtep_mac: [0; 6], flags: ROUTE_F_LOCAL };
+            let route = OverlayRoute {
+                node_addr: u32::from(node.address).to_be(),
+                vtep_mac: [0; 6],
+                flags: ROUTE_F_LOCAL,
+            };
             out.routes.insert(*cidr, route);
         }
         out.overlay_addr = match (mode, node.ipip_tunnel_addr) {
             (OverlayMode::Ipip, Some(addr)) => Some(addr),
             _ => cidrs.first().map(|c| c.addr),
         };
-        if let Some(addr) = out.overlay_addr.filter(|a| !cidrs.iter().any(|c| c.contains(*a))) {
-            let route = OverlayRoute { node_addr: u32::from(node.address).to_be(), vtep_mac: [0; 6], flags: ROUTE_F_LOCAL };
+        if let Some(addr) = out
+            .overlay_addr
+            .filter(|a| !cidrs.iter().any(|c| c.contains(*a)))
+        {
+            let route = OverlayRoute {
+                node_addr: u32::from(node.address).to_be(),
+                vtep_mac: [0; 6],
+                flags: ROUTE_F_LOCAL,
+            };
             out.routes.insert(Cidr::new(addr, 32), route);
         }
     }
     let local_addr = local.map(|n| n.address);
     for node in sorted {
         if Some(node.address) == local_addr {
-            log::warn!("overlay: node {} has this node's address {}; skipped", node.name, node.address);
+            log::warn!(
+                "overlay: node {} has this node's address {}; skipped",
+                node.name,
+                node.address
+            );
             continue;
         }
         let route = OverlayRoute {
@@ -299,14 +342,24 @@ pub fn plan(nodes: &[NodeInfo], local_node: &str, mode: OverlayMode) -> Desired 
             vtep_mac: node.vtep_mac.unwrap_or([0; 6]),
             flags: 0,
         };
-        let mut cidrs: Vec<Cidr> = node.pod_cidrs.iter().map(|&(a, l)| Cidr::new(a, l)).collect();
-        if let Some(tunnel) = node.ipip_tunnel_addr.filter(|a| !cidrs.iter().any(|c| c.contains(*a))) {
+        let mut cidrs: Vec<Cidr> = node
+            .pod_cidrs
+            .iter()
+            .map(|&(a, l)| Cidr::new(a, l))
+            .collect();
+        if let Some(tunnel) = node
+            .ipip_tunnel_addr
+            .filter(|a| !cidrs.iter().any(|c| c.contains(*a)))
+        {
             cidrs.push(Cidr::new(tunnel, 32));
         }
         let mut owned = 0;
         for cidr in cidrs {
             match out.routes.get(&cidr) {
-                Some(_) => log::warn!("overlay: {cidr} of node {} is already routed elsewhere; skipped", node.name),
+                Some(_) => log::warn!(
+                    "overlay: {cidr} of node {} is already routed elsewhere; skipped",
+                    node.name
+                ),
                 None => {
                     out.routes.insert(cidr, route);
                     owned += 1;
@@ -340,7 +393,11 @@ impl fmt::Display for SyncReport {
         write!(
             f,
             "routes +{} -{}, peers +{} -{}, kernel changes {}",
-            self.routes_written, self.routes_deleted, self.peers_written, self.peers_deleted, self.kernel_changes
+            self.routes_written,
+            self.routes_deleted,
+            self.peers_written,
+            self.peers_deleted,
+            self.kernel_changes
         )
     }
 }
@@ -371,13 +428,18 @@ impl OverlayTable {
     fn open(maps: Maps<'_>) -> Result<Self> {
         let config = read_config(&maps)?;
         let routes: LpmTrie<MapData, u32, OverlayRoute> =
-            LpmTrie::try_from(maps.open(map_names::OVERLAY_ROUTES)?).context("OVERLAY_ROUTES_V1 layout")?;
+            LpmTrie::try_from(maps.open(map_names::OVERLAY_ROUTES)?)
+                .context("OVERLAY_ROUTES_V1 layout")?;
         let peers: HashMap<MapData, u32, OverlayPeer> =
-            HashMap::try_from(maps.open(map_names::OVERLAY_PEERS)?).context("OVERLAY_PEERS_V1 layout")?;
+            HashMap::try_from(maps.open(map_names::OVERLAY_PEERS)?)
+                .context("OVERLAY_PEERS_V1 layout")?;
         let mut mirror_routes = BTreeMap::new();
         for entry in routes.iter() {
             let (key, value) = entry.context("reading OVERLAY_ROUTES_V1")?;
-            let cidr = Cidr::new(Ipv4Addr::from(u32::from_be(key.data())), key.prefix_len() as u8);
+            let cidr = Cidr::new(
+                Ipv4Addr::from(u32::from_be(key.data())),
+                key.prefix_len() as u8,
+            );
             mirror_routes.insert(cidr, value);
         }
         let mut mirror_peers = BTreeMap::new();
@@ -385,7 +447,14 @@ impl OverlayTable {
             let (addr, value) = entry.context("reading OVERLAY_PEERS_V1")?;
             mirror_peers.insert(Ipv4Addr::from(u32::from_be(addr)), value);
         }
-        Ok(OverlayTable { config, routes, peers, mirror_routes, mirror_peers, kernel_synced: None })
+        Ok(OverlayTable {
+            config,
+            routes,
+            peers,
+            mirror_routes,
+            mirror_peers,
+            kernel_synced: None,
+        })
     }
 
     /// The node's tunnel settings, as the agent wrote them.
@@ -421,7 +490,10 @@ impl OverlayTable {
             let mut report = self.write_maps(&desired)?;
             report += self.delete_stale(&desired)?;
             // Routes a previous run with an overlay left behind, if this is the agent's namespace.
-            if cookie == self.config.netns_cookie && self.config.uplink_ifindex != 0 && self.kernel_synced.is_none() {
+            if cookie == self.config.netns_cookie
+                && self.config.uplink_ifindex != 0
+                && self.kernel_synced.is_none()
+            {
                 report.kernel_changes = kernel::sync(&self.config, &Desired::default())?;
                 self.kernel_synced = Some(Desired::default());
             }
@@ -435,7 +507,10 @@ impl OverlayTable {
             );
         }
         let tunnel = Ipv4Addr::from(u32::from_be(self.config.tunnel_addr));
-        if let Some(local) = nodes.iter().find(|n| n.name == local_node && n.address != tunnel) {
+        if let Some(local) = nodes
+            .iter()
+            .find(|n| n.name == local_node && n.address != tunnel)
+        {
             log::warn!(
                 "overlay: this node tunnels from {tunnel} but its Node publishes {}: the other nodes \
                  accept tunnel packets only from the published address (set --tunnel-ip {})",
@@ -468,14 +543,18 @@ impl OverlayTable {
         let mut report = SyncReport::default();
         for (addr, peer) in &desired.peers {
             if self.mirror_peers.get(addr) != Some(peer) {
-                self.peers.insert(u32::from(*addr).to_be(), *peer, 0).with_context(|| format!("adding peer {addr}"))?;
+                self.peers
+                    .insert(u32::from(*addr).to_be(), *peer, 0)
+                    .with_context(|| format!("adding peer {addr}"))?;
                 self.mirror_peers.insert(*addr, *peer);
                 report.peers_written += 1;
             }
         }
         for (cidr, route) in &desired.routes {
             if self.mirror_routes.get(cidr) != Some(route) {
-                self.routes.insert(&cidr.key(), *route, 0).with_context(|| format!("adding route {cidr}"))?;
+                self.routes
+                    .insert(&cidr.key(), *route, 0)
+                    .with_context(|| format!("adding route {cidr}"))?;
                 self.mirror_routes.insert(*cidr, *route);
                 report.routes_written += 1;
             }
@@ -485,15 +564,29 @@ impl OverlayTable {
 
     fn delete_stale(&mut self, desired: &Desired) -> Result<SyncReport> {
         let mut report = SyncReport::default();
-        let stale: Vec<Cidr> = self.mirror_routes.keys().filter(|c| !desired.routes.contains_key(c)).copied().collect();
+        let stale: Vec<Cidr> = self
+            .mirror_routes
+            .keys()
+            .filter(|c| !desired.routes.contains_key(c))
+            .copied()
+            .collect();
         for cidr in stale {
-            self.routes.remove(&cidr.key()).with_context(|| format!("removing route {cidr}"))?;
+            self.routes
+                .remove(&cidr.key())
+                .with_context(|| format!("removing route {cidr}"))?;
             self.mirror_routes.remove(&cidr);
             report.routes_deleted += 1;
         }
-        let stale: Vec<Ipv4Addr> = self.mirror_peers.keys().filter(|a| !desired.peers.contains_key(a)).copied().collect();
+        let stale: Vec<Ipv4Addr> = self
+            .mirror_peers
+            .keys()
+            .filter(|a| !desired.peers.contains_key(a))
+            .copied()
+            .collect();
         for addr in stale {
-            self.peers.remove(&u32::from(addr).to_be()).with_context(|| format!("removing peer {addr}"))?;
+            self.peers
+                .remove(&u32::from(addr).to_be())
+                .with_context(|| format!("removing peer {addr}"))?;
             self.mirror_peers.remove(&addr);
             report.peers_deleted += 1;
         }
@@ -525,7 +618,10 @@ pub mod netdev {
         if name.is_empty() || name.len() >= 16 {
             bail!("invalid interface name {name:?}");
         }
-        let mut req = IfReq { name: [0; 16], data: [0; 24] };
+        let mut req = IfReq {
+            name: [0; 16],
+            data: [0; 24],
+        };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         Ok(req)
     }
@@ -549,7 +645,9 @@ pub mod netdev {
     pub fn index(name: &str) -> Result<u32> {
         let c = std::ffi::CString::new(name)?;
         match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-            0 => Err(std::io::Error::last_os_error()).with_context(|| format!("no interface {name}")),
+            0 => {
+                Err(std::io::Error::last_os_error()).with_context(|| format!("no interface {name}"))
+            }
             i => Ok(i),
         }
     }
@@ -559,9 +657,12 @@ pub mod netdev {
         let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
         let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
         if p.is_null() {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("no interface with index {index}"));
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("no interface with index {index}"));
         }
-        Ok(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+        Ok(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned())
     }
 
     /// MAC address of `name`.
@@ -585,13 +686,24 @@ mod kernel {
     use super::*;
 
     fn mac_text(mac: &[u8; 6]) -> String {
-        mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        mac.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     fn ip_json(args: &[&str]) -> Result<serde_json::Value> {
-        let out = Command::new("ip").arg("-j").args(args).output().context("running ip (iproute2)")?;
+        let out = Command::new("ip")
+            .arg("-j")
+            .args(args)
+            .output()
+            .context("running ip (iproute2)")?;
         if !out.status.success() {
-            bail!("ip -j {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "ip -j {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         let text = String::from_utf8_lossy(&out.stdout);
         if text.trim().is_empty() {
@@ -618,7 +730,11 @@ mod kernel {
         drop(stdin);
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            bail!("ip -batch failed: {}\ncommands:\n{}", String::from_utf8_lossy(&out.stderr).trim(), commands.join("\n"));
+            bail!(
+                "ip -batch failed: {}\ncommands:\n{}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                commands.join("\n")
+            );
         }
         Ok(())
     }
@@ -642,9 +758,19 @@ mod kernel {
         let json = ip_json(&["route", "show", "proto", &proto, "dev", uplink])?;
         let mut out = BTreeMap::new();
         for r in json.as_array().into_iter().flatten() {
-            let Some(cidr) = r["dst"].as_str().and_then(parse_cidr) else { continue };
-            let mtu = r["metrics"].as_array().into_iter().flatten().find_map(|m| m["mtu"].as_u64());
-            let onlink = r["flags"].as_array().into_iter().flatten().any(|f| f == "onlink");
+            let Some(cidr) = r["dst"].as_str().and_then(parse_cidr) else {
+                continue;
+            };
+            let mtu = r["metrics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find_map(|m| m["mtu"].as_u64());
+            let onlink = r["flags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|f| f == "onlink");
             out.insert(
                 cidr,
                 KernelRoute {
@@ -688,14 +814,18 @@ mod kernel {
     pub(super) fn sync(cfg: &OverlayConfig, desired: &Desired) -> Result<usize> {
         let uplink = netdev::name(cfg.uplink_ifindex)?;
         let overhead = cfg.overhead();
-        let mtu = netdev::mtu(&uplink)?.checked_sub(overhead).ok_or_else(|| anyhow!("{uplink}: MTU below the overlay overhead"))?;
+        let mtu = netdev::mtu(&uplink)?
+            .checked_sub(overhead)
+            .ok_or_else(|| anyhow!("{uplink}: MTU below the overlay overhead"))?;
         let mut add = Vec::new();
         let mut del = Vec::new();
 
         let addresses = current_addresses()?;
         if let Some(addr) = desired.overlay_addr {
             if !addresses.contains(&addr) {
-                add.push(format!("address add {addr}/32 dev lo label {ADDRESS_LABEL}"));
+                add.push(format!(
+                    "address add {addr}/32 dev lo label {ADDRESS_LABEL}"
+                ));
             }
         }
 
@@ -706,7 +836,9 @@ mod kernel {
         for cidr in &wanted {
             let gw = cidr.addr;
             if !neighbours.contains(&gw) {
-                add.push(format!("neigh replace {gw} lladdr {mac} dev {uplink} nud permanent"));
+                add.push(format!(
+                    "neigh replace {gw} lladdr {mac} dev {uplink} nud permanent"
+                ));
             }
             let want = KernelRoute {
                 gateway: Some(gw.to_string()),
@@ -715,7 +847,10 @@ mod kernel {
                 onlink: true,
             };
             if routes.get(cidr) != Some(&want) {
-                let src = desired.overlay_addr.map(|a| format!(" src {a}")).unwrap_or_default();
+                let src = desired
+                    .overlay_addr
+                    .map(|a| format!(" src {a}"))
+                    .unwrap_or_default();
                 add.push(format!(
                     "route replace {cidr} via {gw} dev {uplink} onlink proto {ROUTE_PROTO}{src} mtu {mtu}"
                 ));
@@ -729,7 +864,10 @@ mod kernel {
             del.push(format!("neigh del {gw} dev {uplink}"));
         }
         // Last: the kernel drops the routes using an address as source with the address.
-        for addr in addresses.iter().filter(|a| Some(**a) != desired.overlay_addr) {
+        for addr in addresses
+            .iter()
+            .filter(|a| Some(**a) != desired.overlay_addr)
+        {
             del.push(format!("address del {addr}/32 dev lo"));
         }
         // Traffic from the underlay to a remote pod (NodePort, external clients) leaves through
@@ -740,7 +878,8 @@ mod kernel {
             for dev in ["all", uplink.as_str()] {
                 let key = format!("net/ipv4/conf/{dev}/send_redirects");
                 if read_sysctl(&key)? != "0" {
-                    std::fs::write(format!("/proc/sys/{key}"), "0").with_context(|| format!("writing {key}"))?;
+                    std::fs::write(format!("/proc/sys/{key}"), "0")
+                        .with_context(|| format!("writing {key}"))?;
                     changes += 1;
                 }
             }
@@ -780,10 +919,19 @@ mod tests {
         ];
         let d = plan(&nodes, "node1", OverlayMode::Vxlan);
         assert_eq!(d.overlay_addr, Some(ip("10.244.1.0")));
-        assert_eq!(d.routes[&Cidr::new(ip("10.244.1.0"), 24)].flags, ROUTE_F_LOCAL);
+        assert_eq!(
+            d.routes[&Cidr::new(ip("10.244.1.0"), 24)].flags,
+            ROUTE_F_LOCAL
+        );
         let r3 = d.routes[&Cidr::new(ip("10.244.3.0"), 24)];
-        assert_eq!((r3.node_addr, r3.vtep_mac, r3.flags), (u32::from(ip("198.18.0.13")).to_be(), [2, 0, 0, 0, 0, 3], 0));
-        assert_eq!(d.peers.keys().copied().collect::<Vec<_>>(), [ip("198.18.0.12"), ip("198.18.0.13")]);
+        assert_eq!(
+            (r3.node_addr, r3.vtep_mac, r3.flags),
+            (u32::from(ip("198.18.0.13")).to_be(), [2, 0, 0, 0, 0, 3], 0)
+        );
+        assert_eq!(
+            d.peers.keys().copied().collect::<Vec<_>>(),
+            [ip("198.18.0.12"), ip("198.18.0.13")]
+        );
         assert_eq!(d.remote_cidrs().count(), 2);
     }
 
@@ -796,11 +944,17 @@ mod tests {
         let thief = node("node0", "198.18.0.10", "10.244.1.0", 9);
         let d = plan(&[n1, n2, thief], "node1", OverlayMode::Ipip);
         assert_eq!(d.overlay_addr, Some(ip("10.245.0.1")));
-        assert_eq!(d.routes[&Cidr::new(ip("10.245.0.1"), 32)].flags, ROUTE_F_LOCAL);
+        assert_eq!(
+            d.routes[&Cidr::new(ip("10.245.0.1"), 32)].flags,
+            ROUTE_F_LOCAL
+        );
         // node2's tunnel address is inside its CIDR: no extra route.
         assert!(!d.routes.contains_key(&Cidr::new(ip("10.244.2.1"), 32)));
         // node0 claims node1's CIDR: the local node keeps it; node0 stays a peer.
-        assert_eq!(d.routes[&Cidr::new(ip("10.244.1.0"), 24)].flags, ROUTE_F_LOCAL);
+        assert_eq!(
+            d.routes[&Cidr::new(ip("10.244.1.0"), 24)].flags,
+            ROUTE_F_LOCAL
+        );
         assert_eq!(d.peers[&ip("198.18.0.10")].cidrs, 0);
     }
 

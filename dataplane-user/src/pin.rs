@@ -16,7 +16,9 @@ use dataplane_common::{
         MAX_FRONTENDS, MAX_SOCK_ENTRIES,
     },
     map_names,
-    overlay::{OverlayConfig, OverlayPeer, OverlayRoute, RouteKey, MAX_OVERLAY_PEERS, MAX_OVERLAY_ROUTES},
+    overlay::{
+        OverlayConfig, OverlayPeer, OverlayRoute, RouteKey, MAX_OVERLAY_PEERS, MAX_OVERLAY_ROUTES,
+    },
     StatsValue, STATS_ENTRIES,
 };
 
@@ -50,15 +52,39 @@ pub fn expected_layouts() -> Vec<MapLayout> {
     vec![
         layout::<u32, StatsValue>(map_names::STATS, BPF_MAP_TYPE_PERCPU_ARRAY, STATS_ENTRIES),
         layout::<ServiceKey, ServiceValue>(map_names::SERVICES, BPF_MAP_TYPE_HASH, MAX_FRONTENDS),
-        layout::<BackendKey, BackendValue>(map_names::BACKENDS, BPF_MAP_TYPE_HASH, MAX_BACKEND_SLOTS),
+        layout::<BackendKey, BackendValue>(
+            map_names::BACKENDS,
+            BPF_MAP_TYPE_HASH,
+            MAX_BACKEND_SLOTS,
+        ),
         layout::<CtKey, CtValue>(map_names::CT, BPF_MAP_TYPE_LRU_HASH, CT_MAX_ENTRIES),
-        layout::<AffinityKey, AffinityValue>(map_names::AFFINITY, BPF_MAP_TYPE_LRU_HASH, MAX_AFFINITY),
+        layout::<AffinityKey, AffinityValue>(
+            map_names::AFFINITY,
+            BPF_MAP_TYPE_LRU_HASH,
+            MAX_AFFINITY,
+        ),
         layout::<u32, Config>(map_names::CONFIG, BPF_MAP_TYPE_ARRAY, 1),
-        layout::<SockAffinityKey, BackendValue>(map_names::SOCK_AFFINITY, BPF_MAP_TYPE_LRU_HASH, MAX_SOCK_ENTRIES),
-        layout::<SockRevNatKey, SockRevNatValue>(map_names::SOCK_REVNAT, BPF_MAP_TYPE_LRU_HASH, MAX_SOCK_ENTRIES),
+        layout::<SockAffinityKey, BackendValue>(
+            map_names::SOCK_AFFINITY,
+            BPF_MAP_TYPE_LRU_HASH,
+            MAX_SOCK_ENTRIES,
+        ),
+        layout::<SockRevNatKey, SockRevNatValue>(
+            map_names::SOCK_REVNAT,
+            BPF_MAP_TYPE_LRU_HASH,
+            MAX_SOCK_ENTRIES,
+        ),
         layout::<u32, OverlayConfig>(map_names::OVERLAY_CONFIG, BPF_MAP_TYPE_ARRAY, 1),
-        layout::<RouteKey, OverlayRoute>(map_names::OVERLAY_ROUTES, BPF_MAP_TYPE_LPM_TRIE, MAX_OVERLAY_ROUTES),
-        layout::<u32, OverlayPeer>(map_names::OVERLAY_PEERS, BPF_MAP_TYPE_HASH, MAX_OVERLAY_PEERS),
+        layout::<RouteKey, OverlayRoute>(
+            map_names::OVERLAY_ROUTES,
+            BPF_MAP_TYPE_LPM_TRIE,
+            MAX_OVERLAY_ROUTES,
+        ),
+        layout::<u32, OverlayPeer>(
+            map_names::OVERLAY_PEERS,
+            BPF_MAP_TYPE_HASH,
+            MAX_OVERLAY_PEERS,
+        ),
         layout::<u32, u32>(map_names::OVERLAY_IPID, BPF_MAP_TYPE_PERCPU_ARRAY, 1),
     ]
 }
@@ -87,7 +113,15 @@ fn ensure_bpffs_mounted(dir: &Path) -> Result<()> {
     }
     log::info!("mounting bpffs at {BPFFS_ROOT}");
     let (src, fstype, target) = (c"bpf", c"bpf", c"/sys/fs/bpf");
-    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, core::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            core::ptr::null(),
+        )
+    };
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("mounting bpffs at /sys/fs/bpf");
     }
@@ -112,10 +146,23 @@ pub fn check_pinned_layouts(dir: &Path) -> Result<()> {
         if !path.exists() {
             continue;
         }
-        let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-        let info = map.info().with_context(|| format!("reading info of {}", path.display()))?;
-        let have = (info.key_size(), info.value_size(), info.max_entries(), info.map_type().map(|t| t as u32).unwrap_or(u32::MAX));
-        let expect = (want.key_size, want.value_size, want.max_entries, want.map_type);
+        let map =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let info = map
+            .info()
+            .with_context(|| format!("reading info of {}", path.display()))?;
+        let have = (
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
+        );
+        let expect = (
+            want.key_size,
+            want.value_size,
+            want.max_entries,
+            want.map_type,
+        );
         if have != expect {
             bail!(
                 "pinned map {} has layout (key {}, value {}, entries {}, type {}) but this build \
@@ -125,7 +172,10 @@ pub fn check_pinned_layouts(dir: &Path) -> Result<()> {
         }
     }
     for other in foreign_versions(dir)? {
-        log::warn!("ignoring {}: another layout version than this build uses", other.display());
+        log::warn!(
+            "ignoring {}: another layout version than this build uses",
+            other.display()
+        );
     }
     Ok(())
 }
@@ -136,8 +186,12 @@ fn foreign_versions(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        let Some((base, version)) = name.rsplit_once("_V") else { continue };
-        let ours = known.iter().any(|k| k.rsplit_once("_V").map(|(b, _)| b) == Some(base));
+        let Some((base, version)) = name.rsplit_once("_V") else {
+            continue;
+        };
+        let ours = known
+            .iter()
+            .any(|k| k.rsplit_once("_V").map(|(b, _)| b) == Some(base));
         if ours && version.chars().all(|c| c.is_ascii_digit()) && !known.contains(&name.as_str()) {
             out.push(dir.join(name));
         }

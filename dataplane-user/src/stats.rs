@@ -24,20 +24,31 @@ pub struct Stats {
 impl Stats {
     /// Packets counted for (hook, reason); 0 if none.
     pub fn packets(&self, hook: Hook, reason: Reason) -> u64 {
-        self.rows.iter().find(|r| r.hook == hook && r.reason == reason).map_or(0, |r| r.packets)
+        self.rows
+            .iter()
+            .find(|r| r.hook == hook && r.reason == reason)
+            .map_or(0, |r| r.packets)
     }
 
     /// Packets counted on a hook, all reasons.
     pub fn hook_packets(&self, hook: Hook) -> u64 {
-        self.rows.iter().filter(|r| r.hook == hook).map(|r| r.packets).sum()
+        self.rows
+            .iter()
+            .filter(|r| r.hook == hook)
+            .map(|r| r.packets)
+            .sum()
     }
 }
 
 /// Reads the stats map pinned under `pin_dir`.
 pub fn read_pinned(pin_dir: &Path) -> Result<Stats> {
     let path = pin_dir.join(map_names::STATS);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening {} (is `dataplane run` pinned there?)", path.display()))?;
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening {} (is `dataplane run` pinned there?)",
+            path.display()
+        )
+    })?;
     let map = Map::from_map_data(data)?;
     let array: PerCpuArray<_, StatsValue> = PerCpuArray::try_from(map)?;
     read(&array)
@@ -49,10 +60,16 @@ pub fn read<T: std::borrow::Borrow<MapData>>(array: &PerCpuArray<T, StatsValue>)
     for hook in Hook::ALL {
         for reason in Reason::ALL {
             let per_cpu = array.get(&stats_index(hook, reason), 0)?;
-            let (packets, bytes) =
-                per_cpu.iter().fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
+            let (packets, bytes) = per_cpu
+                .iter()
+                .fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
             if packets > 0 {
-                rows.push(StatRow { hook, reason, packets, bytes });
+                rows.push(StatRow {
+                    hook,
+                    reason,
+                    packets,
+                    bytes,
+                });
             }
         }
     }
@@ -61,12 +78,18 @@ pub fn read<T: std::borrow::Borrow<MapData>>(array: &PerCpuArray<T, StatsValue>)
 
 /// Human-readable table, one line per non-zero counter.
 pub fn render(stats: &Stats) -> String {
-    let mut out = format!("{:<20} {:<22} {:>12} {:>14}\n", "HOOK", "REASON", "PACKETS", "BYTES");
+    let mut out = format!(
+        "{:<20} {:<22} {:>12} {:>14}\n",
+        "HOOK", "REASON", "PACKETS", "BYTES"
+    );
     for r in &stats.rows {
         let verdict = if r.reason.is_drop() { "DROP" } else { "PASS" };
         out += &format!(
             "{:<20} {:<22} {:>12} {:>14}  {verdict}\n",
-            r.hook.name(), r.reason.name(), r.packets, r.bytes
+            r.hook.name(),
+            r.reason.name(),
+            r.packets,
+            r.bytes
         );
     }
     out

@@ -8,7 +8,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::Result;
 use dataplane::{
-    model::{Backend, Frontend, FrontendKind, Protocol, ServicePort, ServicePortName, TrafficPolicy},
+    model::{
+        Backend, Frontend, FrontendKind, Protocol, ServicePort, ServicePortName, TrafficPolicy,
+    },
     services::{LocalContext, ServiceTable},
     stats::Stats,
 };
@@ -37,7 +39,9 @@ impl Cluster {
     /// its own notion of which backends are local).
     pub fn sync(&self, services: &[ServicePort]) -> Result<()> {
         for node in &self.nodes {
-            let local = LocalContext { node_name: node.node_name().to_string() };
+            let local = LocalContext {
+                node_name: node.node_name().to_string(),
+            };
             let mut table = ServiceTable::open_pinned(node.pin_dir(), local)?;
             table.sync(services)?;
         }
@@ -48,7 +52,9 @@ impl Cluster {
     /// own addresses, as kube-proxy's nodeport-addresses).
     pub fn sync_each(&self, services: impl Fn(usize) -> Vec<ServicePort>) -> Result<()> {
         for (i, node) in self.nodes.iter().enumerate() {
-            let local = LocalContext { node_name: node.node_name().to_string() };
+            let local = LocalContext {
+                node_name: node.node_name().to_string(),
+            };
             let mut table = ServiceTable::open_pinned(node.pin_dir(), local)?;
             table.sync(&services(i))?;
         }
@@ -61,7 +67,11 @@ impl Cluster {
 }
 
 pub fn port_name(name: &str) -> ServicePortName {
-    ServicePortName { namespace: "default".into(), name: name.into(), port: String::new() }
+    ServicePortName {
+        namespace: "default".into(),
+        name: name.into(),
+        port: String::new(),
+    }
 }
 
 /// A ready backend on `pod` at `port`.
@@ -77,10 +87,20 @@ pub fn backend(pod: &Pod, port: u16) -> Backend {
 }
 
 /// A ClusterIP service port `vip:port/proto` -> `backends`.
-pub fn cluster_ip(name: &str, vip: SocketAddrV4, protocol: Protocol, backends: Vec<Backend>) -> ServicePort {
+pub fn cluster_ip(
+    name: &str,
+    vip: SocketAddrV4,
+    protocol: Protocol,
+    backends: Vec<Backend>,
+) -> ServicePort {
     ServicePort {
         name: port_name(name),
-        frontends: vec![Frontend { ip: *vip.ip(), port: vip.port(), protocol, kind: FrontendKind::ClusterIp }],
+        frontends: vec![Frontend {
+            ip: *vip.ip(),
+            port: vip.port(),
+            protocol,
+            kind: FrontendKind::ClusterIp,
+        }],
         backends,
         external_policy: TrafficPolicy::Cluster,
         internal_policy: TrafficPolicy::Cluster,
@@ -92,7 +112,12 @@ pub fn cluster_ip(name: &str, vip: SocketAddrV4, protocol: Protocol, backends: V
 pub fn with_node_port(mut svc: ServicePort, node_ips: &[Ipv4Addr], node_port: u16) -> ServicePort {
     let protocol = svc.frontends[0].protocol;
     for ip in node_ips {
-        svc.frontends.push(Frontend { ip: *ip, port: node_port, protocol, kind: FrontendKind::NodePort });
+        svc.frontends.push(Frontend {
+            ip: *ip,
+            port: node_port,
+            protocol,
+            kind: FrontendKind::NodePort,
+        });
     }
     svc
 }

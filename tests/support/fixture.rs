@@ -57,8 +57,10 @@ pub struct Harness {
 
 static HARNESS: LazyLock<Mutex<Harness>> = LazyLock::new(|| {
     super::require_root();
-    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/dpl-{}-fixtures", std::process::id()));
-    let mut datapath = loader::load(&pin_dir).unwrap_or_else(|e| panic!("loading the programs: {e:#}"));
+    let pin_dir =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/dpl-{}-fixtures", std::process::id()));
+    let mut datapath =
+        loader::load(&pin_dir).unwrap_or_else(|e| panic!("loading the programs: {e:#}"));
     let cfg = dataplane_common::ct::Config::with_masq_addr(u32::from(MASQ_ADDR).to_be());
     loader::write_config(&mut datapath.ebpf, &cfg).expect("writing CONFIG_V1");
     // The process holds the maps; the pins would only be leftovers.
@@ -78,7 +80,10 @@ pub fn program_name(hook: Hook) -> &'static str {
         Hook::TcUplinkEgress => "tc_uplink_egress",
         Hook::TcPodIngress => "tc_pod_ingress",
         Hook::TcPodEgress => "tc_pod_egress",
-        other => panic!("{} sees socket calls, not packets: no packet fixtures", other.name()),
+        other => panic!(
+            "{} sees socket calls, not packets: no packet fixtures",
+            other.name()
+        ),
     }
 }
 
@@ -91,7 +96,11 @@ pub struct Outcome {
 
 impl Harness {
     pub fn stats(&self) -> Stats {
-        let map = self.datapath.ebpf.map(map_names::STATS).expect("STATS_V1 map");
+        let map = self
+            .datapath
+            .ebpf
+            .map(map_names::STATS)
+            .expect("STATS_V1 map");
         let array: PerCpuArray<_, StatsValue> = PerCpuArray::try_from(map).expect("STATS_V1 type");
         stats::read(&array).expect("reading STATS_V1")
     }
@@ -107,25 +116,52 @@ impl Harness {
         let before = self.stats();
         let mut out = vec![0u8; input.len() + 512];
         let name = program_name(hook);
-        let prog = self.datapath.ebpf.program_mut(name).expect("program in object");
-        let opts = TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ctx_in: ctx, ..Default::default() };
+        let prog = self
+            .datapath
+            .ebpf
+            .program_mut(name)
+            .expect("program in object");
+        let opts = TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ctx_in: ctx,
+            ..Default::default()
+        };
         let (ret, size) = if hook == Hook::XdpUplink {
             let p: &mut Xdp = prog.try_into().unwrap();
-            let r = p.test_run(opts).unwrap_or_else(|e| panic!("test_run {name} with {} bytes: {:?}", input.len(), std::error::Error::source(&e)));
+            let r = p.test_run(opts).unwrap_or_else(|e| {
+                panic!(
+                    "test_run {name} with {} bytes: {:?}",
+                    input.len(),
+                    std::error::Error::source(&e)
+                )
+            });
             (r.return_value, r.data_size_out)
         } else {
             let p: &mut SchedClassifier = prog.try_into().unwrap();
-            let r = p.test_run(opts).unwrap_or_else(|e| panic!("test_run {name} with {} bytes: {:?}", input.len(), std::error::Error::source(&e)));
+            let r = p.test_run(opts).unwrap_or_else(|e| {
+                panic!(
+                    "test_run {name} with {} bytes: {:?}",
+                    input.len(),
+                    std::error::Error::source(&e)
+                )
+            });
             (r.return_value, r.data_size_out)
         };
         out.truncate(size as usize);
         let verdict = decode_verdict(hook, ret);
-        Outcome { verdict, output: out, stats_delta: delta(&before, &self.stats()) }
+        Outcome {
+            verdict,
+            output: out,
+            stats_delta: delta(&before, &self.stats()),
+        }
     }
 
     /// Makes the service maps hold exactly `services` (through the typed API, like the agent).
     pub fn sync_services(&mut self, services: &[dataplane::model::ServicePort]) {
-        let local = dataplane::services::LocalContext { node_name: "node1".into() };
+        let local = dataplane::services::LocalContext {
+            node_name: "node1".into(),
+        };
         let mut table = dataplane::services::ServiceTable::from_ebpf(&self.datapath.ebpf, local)
             .expect("opening the service maps");
         table.sync(services).expect("syncing services");
@@ -134,9 +170,21 @@ impl Harness {
     /// Runs a fixture and asserts verdict, output and that exactly its counter moved by one.
     pub fn check(&mut self, f: &Fixture) {
         let o = self.run(f.hook, &f.input);
-        assert_eq!(o.verdict, f.verdict, "{} on {}: verdict", f.name, f.hook.name());
+        assert_eq!(
+            o.verdict,
+            f.verdict,
+            "{} on {}: verdict",
+            f.name,
+            f.hook.name()
+        );
         let want = vec![(f.hook, f.reason, 1, f.input.len() as u64)];
-        assert_eq!(o.stats_delta, want, "{} on {}: counters", f.name, f.hook.name());
+        assert_eq!(
+            o.stats_delta,
+            want,
+            "{} on {}: counters",
+            f.name,
+            f.hook.name()
+        );
         match &f.output {
             Output::Unchanged => assert_frames_eq(f.name, &o.output, &f.input),
             Output::Exactly(bytes) => assert_frames_eq(f.name, &o.output, bytes),
@@ -167,7 +215,10 @@ fn decode_verdict(hook: Hook, ret: u32) -> Verdict {
 fn delta(before: &Stats, after: &Stats) -> Vec<(Hook, Reason, u64, u64)> {
     let mut out = Vec::new();
     for row in &after.rows {
-        let old = before.rows.iter().find(|r| r.hook == row.hook && r.reason == row.reason);
+        let old = before
+            .rows
+            .iter()
+            .find(|r| r.hook == row.hook && r.reason == row.reason);
         let (p, b) = old.map_or((0, 0), |o| (o.packets, o.bytes));
         if row.packets != p {
             out.push((row.hook, row.reason, row.packets - p, row.bytes - b));

@@ -19,7 +19,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TARGET: &str = "bpfel-unknown-none";
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn target_dir() -> PathBuf {
@@ -45,7 +48,9 @@ extern "C" {
 /// Runs a command, failing with its full command line if it cannot start or exits non-zero.
 fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed ({status})");
     }
@@ -54,9 +59,14 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 fn output(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
-    let out = cmd.output().with_context(|| format!("cannot start {shown}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {shown}"))?;
     if !out.status.success() {
-        bail!("{shown} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{shown} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -83,32 +93,51 @@ fn nightly() -> Result<Nightly> {
     let commit = field("commit-hash:")?;
     let llvm = field("LLVM version:")?;
     let llvm_major = llvm.split('.').next().unwrap_or_default().to_string();
-    let sysroot = PathBuf::from(output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim());
-    Ok(Nightly { sysroot, commit: commit.chars().take(12).collect(), llvm_major })
+    let sysroot = PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    );
+    Ok(Nightly {
+        sysroot,
+        commit: commit.chars().take(12).collect(),
+        llvm_major,
+    })
 }
 
 fn ensure_rust_src(n: &Nightly) -> Result<()> {
-    let marker = n.sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml");
+    let marker = n
+        .sysroot
+        .join("lib/rustlib/src/rust/library/core/Cargo.toml");
     if marker.exists() {
         return Ok(());
     }
     eprintln!("xtask: installing rust-src for the nightly toolchain");
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-        .context("rust-src is missing; install it with `rustup component add rust-src --toolchain nightly`")
+        .context(
+        "rust-src is missing; install it with `rustup component add rust-src --toolchain nightly`",
+    )
 }
 
 fn cache_dir() -> PathBuf {
-    env::var_os("DATAPLANE_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let home = env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
-        home.join(".cache/dataplane")
-    })
+    env::var_os("DATAPLANE_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/root"));
+            home.join(".cache/dataplane")
+        })
 }
 
 /// Returns the directory holding a working bpf-linker for this nightly, building it if needed.
 fn ensure_bpf_linker(n: &Nightly) -> Result<PathBuf> {
     let root = cache_dir().join(format!("bpf-linker-{BPF_LINKER_VERSION}-{}", n.commit));
     let bin = root.join("bin/bpf-linker");
-    if bin.exists() && Command::new(&bin).arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if bin.exists()
+        && Command::new(&bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
         return Ok(root.join("bin"));
     }
     let libllvm = find_libllvm(&n.sysroot)?;
@@ -125,7 +154,12 @@ fn ensure_bpf_linker(n: &Nightly) -> Result<PathBuf> {
     // rpath: the linker must find the nightly's libLLVM at run time without LD_LIBRARY_PATH.
     let rpath = format!("-Clink-arg=-Wl,-rpath,{}", n.sysroot.join("lib").display());
     run(Command::new("cargo")
-        .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--no-default-features"])
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--no-default-features",
+        ])
         .args(["--features", &format!("llvm-{}", n.llvm_major), "--root"])
         .arg(&root)
         .env("LLVM_PREFIX", &prefix)
@@ -135,19 +169,29 @@ fn ensure_bpf_linker(n: &Nightly) -> Result<PathBuf> {
         "building bpf-linker failed; it needs a C toolchain (build-essential) and the nightly's \
          libLLVM (rustup component rustc for nightly)",
     )?;
-    output(Command::new(&bin).arg("--version")).context("the freshly built bpf-linker does not run")?;
+    output(Command::new(&bin).arg("--version"))
+        .context("the freshly built bpf-linker does not run")?;
     Ok(root.join("bin"))
 }
 
 fn find_libllvm(sysroot: &Path) -> Result<PathBuf> {
     for entry in fs::read_dir(sysroot.join("lib"))? {
         let path = entry?.path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        if name.starts_with("libLLVM.so.") || (name.starts_with("libLLVM-") && name.ends_with(".so")) {
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if name.starts_with("libLLVM.so.")
+            || (name.starts_with("libLLVM-") && name.ends_with(".so"))
+        {
             return Ok(path);
         }
     }
-    bail!("no libLLVM in {}/lib: the nightly toolchain is incomplete", sysroot.display())
+    bail!(
+        "no libLLVM in {}/lib: the nightly toolchain is incomplete",
+        sysroot.display()
+    )
 }
 
 /// Builds the eBPF object and leaves it, with its source fingerprint, where build.rs embeds it.
@@ -157,15 +201,28 @@ pub fn build_ebpf() -> Result<PathBuf> {
     let linker_dir = ensure_bpf_linker(&n)?;
     let ws = workspace_root();
     let build_dir = target_dir().join("ebpf-build");
-    let path = format!("{}:{}", linker_dir.display(), env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        linker_dir.display(),
+        env::var("PATH").unwrap_or_default()
+    );
     run(Command::new("cargo")
         .current_dir(&ws)
-        .args(["+nightly", "build", "--package", "dataplane-ebpf", "--release"])
+        .args([
+            "+nightly",
+            "build",
+            "--package",
+            "dataplane-ebpf",
+            "--release",
+        ])
         .args(["--target", EBPF_TARGET, "-Z", "build-std=core"])
         .env("CARGO_TARGET_DIR", &build_dir)
         .env("PATH", path)
         // BTF (for bpftool and CO-RE) needs debug info and the linker's --btf.
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf")
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        )
         .env_remove("RUSTFLAGS"))
     .context("building the eBPF programs")?;
     let built = build_dir.join(EBPF_TARGET).join("release/dataplane-ebpf");
@@ -184,12 +241,19 @@ pub fn build_ebpf() -> Result<PathBuf> {
 fn check_object(path: &Path) -> Result<()> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     const EM_BPF: u16 = 247;
-    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || u16::from_le_bytes([bytes[18], bytes[19]]) != EM_BPF {
+    if bytes.len() < 64
+        || &bytes[..4] != b"\x7fELF"
+        || u16::from_le_bytes([bytes[18], bytes[19]]) != EM_BPF
+    {
         bail!("{} is not a BPF ELF object", path.display());
     }
     for needle in [&b"xdp\0"[..], b"classifier\0", b".BTF\0", b"STATS_V1"] {
         if !bytes.windows(needle.len()).any(|w| w == needle) {
-            bail!("{} lacks {:?}: the build produced an incomplete object", path.display(), String::from_utf8_lossy(needle));
+            bail!(
+                "{} lacks {:?}: the build produced an incomplete object",
+                path.display(),
+                String::from_utf8_lossy(needle)
+            );
         }
     }
     Ok(())
@@ -209,5 +273,7 @@ pub fn cargo_build_user(release: bool) -> Result<PathBuf> {
         args.push("--release");
     }
     cargo(&args, &[])?;
-    Ok(target_dir().join(if release { "release" } else { "debug" }).join("dataplane"))
+    Ok(target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("dataplane"))
 }

@@ -52,7 +52,10 @@ fn main() -> Result<()> {
         Command::Test { args } => {
             ebpf::require_root("the tests load eBPF programs and create network namespaces")?;
             ebpf::build_ebpf()?;
-            ebpf::cargo(&["test", "--workspace", "--exclude", "dataplane-ebpf"], &args)
+            ebpf::cargo(
+                &["test", "--workspace", "--exclude", "dataplane-ebpf"],
+                &args,
+            )
         }
         Command::Lab(args) => {
             ebpf::require_root("the lab creates network namespaces and loads eBPF programs")?;
@@ -87,7 +90,9 @@ fn bench(dataplane_bin: &std::path::Path, quick: bool, extra: &[String]) -> Resu
     }
     cmd.args(extra);
     let shown = format!("{cmd:?}");
-    let mut child = cmd.spawn().with_context(|| format!("cannot start {shown}"))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {shown}"))?;
     // Ctrl-C reaches the whole process group: the benchmark tears its labs down and exits;
     // wait for it rather than returning the prompt first (ignored only after the spawn, so the
     // benchmark does not inherit the ignored disposition).

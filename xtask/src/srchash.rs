@@ -4,13 +4,17 @@
 //! ships silently.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     path::{Path, PathBuf},
 };
 
 /// Paths, relative to the workspace root, whose content determines the eBPF object.
-pub const EBPF_INPUTS: &[&str] = &["dataplane-ebpf", "dataplane-common", "Cargo.toml", "Cargo.lock"];
+pub const EBPF_INPUTS: &[&str] = &[
+    "dataplane-ebpf",
+    "dataplane-common",
+    "Cargo.toml",
+    "Cargo.lock",
+];
 
 /// FNV-1a 64 over (relative path, length, content) of every input file, in sorted order.
 pub fn ebpf_sources_hash(workspace: &Path) -> io::Result<String> {
@@ -23,7 +27,11 @@ pub fn ebpf_sources_hash(workspace: &Path) -> io::Result<String> {
     for file in files {
         let rel = file.strip_prefix(workspace).unwrap_or(&file);
         let content = fs::read(&file)?;
-        for chunk in [rel.to_string_lossy().as_bytes(), &(content.len() as u64).to_le_bytes(), &content] {
+        for chunk in [
+            rel.to_string_lossy().as_bytes(),
+            &(content.len() as u64).to_le_bytes(),
+            &content,
+        ] {
             for b in chunk {
                 h ^= *b as u64;
                 h = h.wrapping_mul(0x0100_0000_01b3);

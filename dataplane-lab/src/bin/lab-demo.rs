@@ -148,7 +148,10 @@ fn write_manifests(lab: &Lab) -> Result<PathBuf> {
     let endpoints: Vec<Endpoint> = lab
         .pods()
         .filter(|p| !(p.node_index == 1 && p.ip == lab.pod(0, 0).ip))
-        .map(|p| Endpoint { ip: p.ip, node: format!("node{}", p.node_index) })
+        .map(|p| Endpoint {
+            ip: p.ip,
+            node: format!("node{}", p.node_index),
+        })
         .collect();
     let svc = |name: &str, ip, port, target_port, protocol: &str, node_port| ServiceManifest {
         namespace: "default".into(),
@@ -160,8 +163,14 @@ fn write_manifests(lab: &Lab) -> Result<PathBuf> {
         node_port,
         endpoints: endpoints.clone(),
     };
-    std::fs::write(dir.join("web.yaml"), svc("web", WEB_VIP, 80, TCP_PORT, "TCP", Some(NODE_PORT)).to_yaml())?;
-    std::fs::write(dir.join("dns.yaml"), svc("dns", DNS_VIP, 53, UDP_PORT, "UDP", None).to_yaml())?;
+    std::fs::write(
+        dir.join("web.yaml"),
+        svc("web", WEB_VIP, 80, TCP_PORT, "TCP", Some(NODE_PORT)).to_yaml(),
+    )?;
+    std::fs::write(
+        dir.join("dns.yaml"),
+        svc("dns", DNS_VIP, 53, UDP_PORT, "UDP", None).to_yaml(),
+    )?;
     Ok(dir)
 }
 
@@ -256,7 +265,10 @@ fn expect_reply(
 
 fn step_start_dataplane(demo: &mut Demo) -> Result<()> {
     let manifests = write_manifests(&demo.lab)?;
-    println!("   services from {} (web.yaml, dns.yaml)", manifests.display());
+    println!(
+        "   services from {} (web.yaml, dns.yaml)",
+        manifests.display()
+    );
     demo.manifests = Some(manifests.clone());
     for i in 0..demo.lab.nodes().len() {
         let extra = run_args(&demo.args, &manifests);
@@ -303,13 +315,21 @@ fn spread(client: &Host, dst: SocketAddrV4, udp: bool, n: usize) -> Result<Strin
     let mut peers = std::collections::BTreeSet::new();
     for i in 0..n {
         let line = format!("request {i}");
-        let reply = if udp { client.udp_request(dst, &line, TIMEOUT)? } else { client.tcp_request(dst, &line, TIMEOUT)? };
+        let reply = if udp {
+            client.udp_request(dst, &line, TIMEOUT)?
+        } else {
+            client.tcp_request(dst, &line, TIMEOUT)?
+        };
         *counts.entry(reply.server).or_insert(0) += 1;
         peers.insert(*reply.peer.ip());
     }
     let spread: Vec<String> = counts.iter().map(|(s, c)| format!("{s} {c}")).collect();
     let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
-    Ok(format!("{} (backends saw {})", spread.join(", "), peers.join(", ")))
+    Ok(format!(
+        "{} (backends saw {})",
+        spread.join(", "),
+        peers.join(", ")
+    ))
 }
 
 fn step_pod_to_clusterip(demo: &mut Demo) -> Result<()> {
@@ -317,17 +337,30 @@ fn step_pod_to_clusterip(demo: &mut Demo) -> Result<()> {
     // The agents read the manifests at start; give a slow machine a moment.
     std::thread::sleep(Duration::from_millis(500));
     let web = SocketAddrV4::new(WEB_VIP, 80);
-    demo.check(&format!("{} -> tcp {web} x30", client.name), spread(&client, web, false, 30));
+    demo.check(
+        &format!("{} -> tcp {web} x30", client.name),
+        spread(&client, web, false, 30),
+    );
     let dns = SocketAddrV4::new(DNS_VIP, 53);
-    demo.check(&format!("{} -> udp {dns} x15", client.name), spread(&client, dns, true, 15));
+    demo.check(
+        &format!("{} -> udp {dns} x15", client.name),
+        spread(&client, dns, true, 15),
+    );
     Ok(())
 }
 
 fn step_external_to_nodeport(demo: &mut Demo) -> Result<()> {
-    let ext = demo.lab.external().context("the lab has no external client")?.clone();
+    let ext = demo
+        .lab
+        .external()
+        .context("the lab has no external client")?
+        .clone();
     for node in 0..demo.lab.nodes().len() {
         let dst = SocketAddrV4::new(demo.lab.node(node).underlay_ip, NODE_PORT);
-        demo.check(&format!("{} -> tcp {dst} x12", ext.name), spread(&ext, dst, false, 12));
+        demo.check(
+            &format!("{} -> tcp {dst} x12", ext.name),
+            spread(&ext, dst, false, 12),
+        );
     }
     Ok(())
 }
@@ -335,7 +368,10 @@ fn step_external_to_nodeport(demo: &mut Demo) -> Result<()> {
 fn step_node_to_clusterip(demo: &mut Demo) -> Result<()> {
     let node = demo.lab.node(0).host();
     let web = SocketAddrV4::new(WEB_VIP, 80);
-    demo.check(&format!("{} -> tcp {web} x12", node.name), spread(&node, web, false, 12));
+    demo.check(
+        &format!("{} -> tcp {web} x12", node.name),
+        spread(&node, web, false, 12),
+    );
     Ok(())
 }
 
@@ -492,7 +528,10 @@ fn stop_agents(lab: &Lab, bin: &Path, agents: Vec<Agent>) -> bool {
             }
             (Ok(s), cleanup, _) => {
                 ok = false;
-                println!("   FAIL  {what}: {s}, cleanup {:?}; its log ends:\n{log}", cleanup.err());
+                println!(
+                    "   FAIL  {what}: {s}, cleanup {:?}; its log ends:\n{log}",
+                    cleanup.err()
+                );
             }
             (Err(e), _, _) => {
                 ok = false;

@@ -38,8 +38,8 @@ const RELIST_DELAY: Duration = Duration::from_secs(1);
 pub(crate) async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
     let config = match kubeconfig {
         Some(path) => {
-            let kubeconfig =
-                Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            let kubeconfig = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
             Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                 .await
                 .with_context(|| format!("using kubeconfig {}", path.display()))?
@@ -61,14 +61,24 @@ pub(crate) struct Stores {
 
 impl Stores {
     /// Starts one watcher task per kind; each notifies `changes` when its store changed.
-    pub fn spawn(client: &Client, changes: &Arc<Notify>, stats: &Arc<SourceStats>) -> (Stores, Vec<JoinHandle<()>>) {
+    pub fn spawn(
+        client: &Client,
+        changes: &Arc<Notify>,
+        stats: &Arc<SourceStats>,
+    ) -> (Stores, Vec<JoinHandle<()>>) {
         // The same selector kube-proxy's informers use: Services of another proxy, and the
         // slices of headless Services, are not ours.
         let selector = format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}");
         let proxied = watcher::Config::default().labels(&selector);
-        let (services, a) = spawn_watcher(Api::all(client.clone()), proxied.clone(), changes, stats);
+        let (services, a) =
+            spawn_watcher(Api::all(client.clone()), proxied.clone(), changes, stats);
         let (endpoint_slices, b) = spawn_watcher(Api::all(client.clone()), proxied, changes, stats);
-        let (nodes, c) = spawn_watcher(Api::all(client.clone()), watcher::Config::default(), changes, stats);
+        let (nodes, c) = spawn_watcher(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            changes,
+            stats,
+        );
         (
             Stores {
                 services,
@@ -128,7 +138,9 @@ async fn watch<K>(
 {
     let kind = K::kind(&());
     loop {
-        let mut events = watcher::watcher(api.clone(), config.clone()).default_backoff().boxed();
+        let mut events = watcher::watcher(api.clone(), config.clone())
+            .default_backoff()
+            .boxed();
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) => apply(&mut writer, event, &changes),
@@ -156,7 +168,9 @@ where
 {
     // managedFields are most of an object's size and never read: do not keep them.
     match &mut event {
-        Event::Apply(obj) | Event::Delete(obj) | Event::InitApply(obj) => obj.meta_mut().managed_fields = None,
+        Event::Apply(obj) | Event::Delete(obj) | Event::InitApply(obj) => {
+            obj.meta_mut().managed_fields = None
+        }
         Event::Init | Event::InitDone => {}
     }
     writer.apply_watcher_event(&event);

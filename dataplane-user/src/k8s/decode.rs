@@ -70,9 +70,8 @@ pub fn documents(text: &str, format: Format) -> Result<Vec<Value>, SyntaxError> 
             .into_iter::<Value>()
             .collect::<Result<_, _>>()
             .map_err(|e| SyntaxError(e.to_string())),
-        Format::Yaml => {
-            serde_saphyr::from_multiple_with_options(text, yaml_options()).map_err(|e| SyntaxError(e.to_string()))
-        }
+        Format::Yaml => serde_saphyr::from_multiple_with_options(text, yaml_options())
+            .map_err(|e| SyntaxError(e.to_string())),
     }
 }
 
@@ -103,13 +102,18 @@ fn decode_value(value: Value, item_type: Option<(&str, &str)>, out: &mut Decoded
     };
     match (api_version.as_str(), kind.as_str()) {
         ("v1", "Service") => push_typed(value, "Service", out, |o| &mut o.services),
-        ("discovery.k8s.io/v1", "EndpointSlice") => push_typed(value, "EndpointSlice", out, |o| &mut o.endpoint_slices),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            push_typed(value, "EndpointSlice", out, |o| &mut o.endpoint_slices)
+        }
         ("v1", "Node") => push_typed(value, "Node", out, |o| &mut o.nodes),
         (_, list) if list.ends_with("List") && value.get("items").is_some() => {
             decode_list(value, &api_version, list, out)
         }
         _ => {
-            log::debug!("manifests: ignoring {api_version} {kind} {}", raw_name(&value));
+            log::debug!(
+                "manifests: ignoring {api_version} {kind} {}",
+                raw_name(&value)
+            );
             out.ignored += 1;
         }
     }
@@ -144,7 +148,11 @@ fn push_typed<K: DeserializeOwned>(
         Ok(object) => list(&mut out.objects).push(Arc::new(object)),
         Err(error) => {
             let path = error.path().to_string();
-            let field = if path == "." { "(object)".to_owned() } else { path };
+            let field = if path == "." {
+                "(object)".to_owned()
+            } else {
+                path
+            };
             out.problems.push(subject.invalid(field, error.inner()));
         }
     }
@@ -152,13 +160,20 @@ fn push_typed<K: DeserializeOwned>(
 
 /// "namespace/name" (or "name" for cluster-scoped Nodes) of an undecoded object, for messages.
 fn raw_name(value: &Value) -> String {
-    let meta = |key: &str| value.get("metadata").and_then(|m| m.get(key)).and_then(Value::as_str);
+    let meta = |key: &str| {
+        value
+            .get("metadata")
+            .and_then(|m| m.get(key))
+            .and_then(Value::as_str)
+    };
     let name = meta("name").unwrap_or("<unnamed>");
     if value.get("kind").and_then(Value::as_str) == Some("Node") {
         return name.to_owned();
     }
     format!(
         "{}/{name}",
-        meta("namespace").filter(|ns| !ns.is_empty()).unwrap_or("default")
+        meta("namespace")
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or("default")
     )
 }

@@ -38,7 +38,10 @@ impl EndpointIndex {
         for slice in slices {
             let subject = Subject::new("EndpointSlice", namespaced_name(&slice.metadata));
             if !seen.insert(subject.object.clone()) {
-                problems.push(subject.invalid("metadata.name", "duplicate EndpointSlice, the first one is used"));
+                problems.push(subject.invalid(
+                    "metadata.name",
+                    "duplicate EndpointSlice, the first one is used",
+                ));
                 continue;
             }
             // Slices without the label belong to no Service (kube-proxy ignores them too).
@@ -68,7 +71,13 @@ impl EndpointIndex {
 
     /// The backends of one service port, sorted by address. An address:port listed in several
     /// slices appears once; like kube-proxy, the copy on `local_node` wins if there is one.
-    pub fn backends(&self, namespace: &str, service: &str, port: &PortKey, local_node: &str) -> Vec<Backend> {
+    pub fn backends(
+        &self,
+        namespace: &str,
+        service: &str,
+        port: &PortKey,
+        local_node: &str,
+    ) -> Vec<Backend> {
         let Some(all) = self
             .services
             .get(&(namespace.to_owned(), service.to_owned()))
@@ -105,14 +114,19 @@ fn read_slice(
     match slice.address_type.as_str() {
         "IPv4" => {}
         "IPv6" => {
-            notes.push(subject.unsupported("addressType", "IPv6 endpoints skipped: the datapath serves IPv4 only"));
+            notes.push(subject.unsupported(
+                "addressType",
+                "IPv6 endpoints skipped: the datapath serves IPv4 only",
+            ));
             return Ok(Vec::new());
         }
         // kube-proxy ignores FQDN slices: there is no address to forward to.
         "FQDN" => return Ok(Vec::new()),
         // k8s-openapi decodes a missing required string as "".
         "" => return Err(subject.invalid("addressType", "missing")),
-        other => return Err(subject.invalid("addressType", format!("unknown address type {other:?}"))),
+        other => {
+            return Err(subject.invalid("addressType", format!("unknown address type {other:?}")))
+        }
     }
     let ports = slice_ports(slice, subject)?;
     let targets: Vec<Target> = slice
@@ -139,7 +153,8 @@ fn slice_ports(slice: &EndpointSlice, subject: &Subject) -> Result<Vec<(PortKey,
         };
         // A port without a number means "all ports", which no Service uses: nothing to match.
         let Some(number) = port.port else { continue };
-        let number = parse::port(number).map_err(|m| subject.invalid(format!("ports[{i}].port"), m))?;
+        let number =
+            parse::port(number).map_err(|m| subject.invalid(format!("ports[{i}].port"), m))?;
         ports.push(((port.name.clone().unwrap_or_default(), protocol), number));
     }
     Ok(ports)

@@ -60,6 +60,8 @@ mod tests {
         assert_eq!(local.name, "n1");
         assert!(local.addresses.iter().all(|ip| !ip.is_loopback()));
         // The raw list does include loopback on any Linux host: the filter is doing the work.
-        assert!(interface_ipv4_addresses().unwrap().contains(&Ipv4Addr::LOCALHOST));
+        assert!(interface_ipv4_addresses()
+            .unwrap()
+            .contains(&Ipv4Addr::LOCALHOST));
     }
 }

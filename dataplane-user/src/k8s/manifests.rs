@@ -87,16 +87,27 @@ impl ManifestSet {
             }
         };
         let before = self.files.len();
-        self.files.retain(|path, _| listed.iter().any(|(p, _)| p == path));
+        self.files
+            .retain(|path, _| listed.iter().any(|(p, _)| p == path));
         let mut changed = self.files.len() != before;
         for (path, fingerprint) in listed {
-            if self.files.get(&path).is_some_and(|f| f.fingerprint == fingerprint) {
+            if self
+                .files
+                .get(&path)
+                .is_some_and(|f| f.fingerprint == fingerprint)
+            {
                 continue;
             }
             changed = true;
             let last_good = self.files.remove(&path).and_then(|f| f.last_good);
             let last_good = self.read(&path, last_good);
-            self.files.insert(path, ManifestFile { fingerprint, last_good });
+            self.files.insert(
+                path,
+                ManifestFile {
+                    fingerprint,
+                    last_good,
+                },
+            );
         }
         changed
     }
@@ -146,7 +157,11 @@ impl ManifestSet {
             .and_then(|text| decode(&text, format).map_err(|e| e.to_string()));
         match result {
             Ok(decoded) => {
-                log::debug!("manifests: {}: {} objects", path.display(), decoded.objects.len());
+                log::debug!(
+                    "manifests: {}: {} objects",
+                    path.display(),
+                    decoded.objects.len()
+                );
                 Some(decoded)
             }
             Err(error) => {

@@ -45,11 +45,15 @@ use tokio::{
 pub use decode::{decode, documents, Decoded, Format, SyntaxError};
 pub use endpoints::SERVICE_NAME_LABEL;
 pub use manifests::POLL_INTERVAL;
-pub use nodes::{CALICO_IPIP_TUNNEL_ADDR, CALICO_IPV4_ADDRESS, FLANNEL_BACKEND_DATA, FLANNEL_PUBLIC_IP};
+pub use nodes::{
+    CALICO_IPIP_TUNNEL_ADDR, CALICO_IPV4_ADDRESS, FLANNEL_BACKEND_DATA, FLANNEL_PUBLIC_IP,
+};
 pub use objects::Objects;
 pub use problem::{Problem, ProblemLog, Severity};
 pub use sync::{SourceStats, SourceStatsSnapshot, MAX_DELAY, QUIET};
-pub use translate::{translate, LocalNode, DEFAULT_AFFINITY_TIMEOUT_SECS, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
+pub use translate::{
+    translate, LocalNode, DEFAULT_AFFINITY_TIMEOUT_SECS, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL,
+};
 
 use crate::model::ClusterState;
 use sync::Publisher;
@@ -119,12 +123,19 @@ async fn start_manifests(
     let poller = AbortOnDrop(tokio::spawn(manifests::poll(set.clone(), changes.clone())));
     tokio::spawn(async move {
         let _poller = poller;
-        publisher.run(changes, || manifests::lock(&set).snapshot()).await;
+        publisher
+            .run(changes, || manifests::lock(&set).snapshot())
+            .await;
     });
     Ok(())
 }
 
-fn start_kubernetes(client: kube::Client, publisher: Publisher, changes: Arc<Notify>, stats: Arc<SourceStats>) {
+fn start_kubernetes(
+    client: kube::Client,
+    publisher: Publisher,
+    changes: Arc<Notify>,
+    stats: Arc<SourceStats>,
+) {
     let (stores, watchers) = apiserver::Stores::spawn(&client, &changes, &stats);
     tokio::spawn(async move {
         let _watchers: Vec<_> = watchers.into_iter().map(AbortOnDrop).collect();

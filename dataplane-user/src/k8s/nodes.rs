@@ -26,9 +26,16 @@ pub(crate) fn translate_nodes(nodes: &[Arc<Node>], problems: &mut Vec<Problem>) 
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for node in nodes {
-        let subject = Subject::new("Node", node.metadata.name.clone().unwrap_or_else(|| "<unnamed>".into()));
+        let subject = Subject::new(
+            "Node",
+            node.metadata
+                .name
+                .clone()
+                .unwrap_or_else(|| "<unnamed>".into()),
+        );
         if !seen.insert(subject.object.clone()) {
-            problems.push(subject.invalid("metadata.name", "duplicate Node, the first one is used"));
+            problems
+                .push(subject.invalid("metadata.name", "duplicate Node, the first one is used"));
             continue;
         }
         match translate_node(node, &subject) {
@@ -62,41 +69,63 @@ fn translate_node(node: &Node, subject: &Subject) -> Result<(NodeInfo, Vec<Probl
     let notes = if ipv6.is_empty() {
         Vec::new()
     } else {
-        vec![subject.unsupported(ipv6.join(", "), "IPv6 skipped: the overlay serves IPv4 only")]
+        vec![subject.unsupported(
+            ipv6.join(", "),
+            "IPv6 skipped: the overlay serves IPv4 only",
+        )]
     };
     Ok((info, notes))
 }
 
 /// The tunnel endpoint: flannel's public-ip, else calico's IPv4Address, else the first IPv4
 /// InternalIP. Every one present must be valid, used or not.
-fn node_address(node: &Node, subject: &Subject, ipv6: &mut Vec<String>) -> Result<Ipv4Addr, Problem> {
+fn node_address(
+    node: &Node,
+    subject: &Subject,
+    ipv6: &mut Vec<String>,
+) -> Result<Ipv4Addr, Problem> {
     let flannel = annotated_ipv4(node, FLANNEL_PUBLIC_IP, subject)?;
     let calico = match annotation(&node.metadata, CALICO_IPV4_ADDRESS) {
         None => None,
         Some(text) => match parse::address_with_prefix(text) {
             Ok(Family::V4((ip, _))) => Some(ip),
             Ok(Family::V6) => {
-                return Err(subject.invalid(annotation_field(CALICO_IPV4_ADDRESS), format!("{text:?} is not IPv4")))
+                return Err(subject.invalid(
+                    annotation_field(CALICO_IPV4_ADDRESS),
+                    format!("{text:?} is not IPv4"),
+                ))
             }
-            Err(message) => return Err(subject.invalid(annotation_field(CALICO_IPV4_ADDRESS), message)),
+            Err(message) => {
+                return Err(subject.invalid(annotation_field(CALICO_IPV4_ADDRESS), message))
+            }
         },
     };
     let internal = internal_ip(node, subject, ipv6)?;
-    flannel
-        .or(calico)
-        .or(internal)
-        .ok_or_else(|| subject.invalid("status.addresses", "no IPv4 InternalIP (and no address annotation)"))
+    flannel.or(calico).or(internal).ok_or_else(|| {
+        subject.invalid(
+            "status.addresses",
+            "no IPv4 InternalIP (and no address annotation)",
+        )
+    })
 }
 
 /// The first IPv4 address of type InternalIP in status.addresses.
-fn internal_ip(node: &Node, subject: &Subject, ipv6: &mut Vec<String>) -> Result<Option<Ipv4Addr>, Problem> {
+fn internal_ip(
+    node: &Node,
+    subject: &Subject,
+    ipv6: &mut Vec<String>,
+) -> Result<Option<Ipv4Addr>, Problem> {
     let addresses = node
         .status
         .as_ref()
         .and_then(|s| s.addresses.as_deref())
         .unwrap_or_default();
     let mut first = None;
-    for (i, address) in addresses.iter().enumerate().filter(|(_, a)| a.type_ == "InternalIP") {
+    for (i, address) in addresses
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.type_ == "InternalIP")
+    {
         let field = format!("status.addresses[{i}].address");
         match parse::ip(&address.address) {
             Ok(Family::V4(ip)) => first = first.or(Some(ip)),
@@ -108,7 +137,11 @@ fn internal_ip(node: &Node, subject: &Subject, ipv6: &mut Vec<String>) -> Result
 }
 
 /// spec.podCIDRs (dual-stack) or spec.podCIDR: the IPv4 ones.
-fn pod_cidrs(node: &Node, subject: &Subject, ipv6: &mut Vec<String>) -> Result<Vec<(Ipv4Addr, u8)>, Problem> {
+fn pod_cidrs(
+    node: &Node,
+    subject: &Subject,
+    ipv6: &mut Vec<String>,
+) -> Result<Vec<(Ipv4Addr, u8)>, Problem> {
     let spec = node.spec.as_ref();
     let fields: Vec<(String, &str)> = match spec.and_then(|s| s.pod_cidrs.as_deref()) {
         Some(cidrs) if !cidrs.is_empty() => cidrs
@@ -139,14 +172,17 @@ fn vtep_mac(node: &Node, subject: &Subject) -> Result<Option<[u8; 6]>, Problem> 
         return Ok(None);
     };
     let field = annotation_field(FLANNEL_BACKEND_DATA);
-    let data: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| subject.invalid(&field, format!("not JSON: {e}")))?;
+    let data: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| subject.invalid(&field, format!("not JSON: {e}")))?;
     match data.get("VtepMAC") {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(mac)) => parse::mac(mac)
             .map(Some)
             .map_err(|m| subject.invalid(format!("{field}.VtepMAC"), m)),
-        Some(other) => Err(subject.invalid(format!("{field}.VtepMAC"), format!("{other} is not a MAC address"))),
+        Some(other) => Err(subject.invalid(
+            format!("{field}.VtepMAC"),
+            format!("{other} is not a MAC address"),
+        )),
     }
 }
 

@@ -25,7 +25,8 @@ impl Objects {
     /// Appends `other`'s objects (e.g. the next manifest file's).
     pub fn extend(&mut self, other: &Objects) {
         self.services.extend(other.services.iter().cloned());
-        self.endpoint_slices.extend(other.endpoint_slices.iter().cloned());
+        self.endpoint_slices
+            .extend(other.endpoint_slices.iter().cloned());
         self.nodes.extend(other.nodes.iter().cloned());
     }
 
@@ -43,7 +44,11 @@ impl Objects {
 /// "namespace/name" of a namespaced object, as logs and problems name it. A missing namespace
 /// means "default" (what `kubectl apply` would use); a missing name shows as "<unnamed>".
 pub(crate) fn namespaced_name(meta: &ObjectMeta) -> String {
-    format!("{}/{}", namespace(meta), meta.name.as_deref().unwrap_or("<unnamed>"))
+    format!(
+        "{}/{}",
+        namespace(meta),
+        meta.name.as_deref().unwrap_or("<unnamed>")
+    )
 }
 
 /// metadata.namespace, defaulting to "default".

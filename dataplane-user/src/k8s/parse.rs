@@ -115,14 +115,23 @@ mod tests {
             cidr("10.244.1.0/24"),
             Ok(Family::V4((Ipv4Addr::new(10, 244, 1, 0), 24)))
         );
-        assert_eq!(cidr("0.0.0.0/0"), Ok(Family::V4((Ipv4Addr::UNSPECIFIED, 0))));
+        assert_eq!(
+            cidr("0.0.0.0/0"),
+            Ok(Family::V4((Ipv4Addr::UNSPECIFIED, 0)))
+        );
         assert_eq!(
             cidr("10.244.1.7/32"),
             Ok(Family::V4((Ipv4Addr::new(10, 244, 1, 7), 32)))
         );
         assert_eq!(cidr("fd00:10:244::/64"), Ok(Family::V6));
         assert!(cidr("10.244.1.1/24").unwrap_err().contains("host bits"));
-        for bad in ["10.244.1.0", "10.244.1.0/33", "10.244.1.0/x", "/24", "fd00::/129"] {
+        for bad in [
+            "10.244.1.0",
+            "10.244.1.0/33",
+            "10.244.1.0/x",
+            "/24",
+            "fd00::/129",
+        ] {
             assert!(cidr(bad).is_err(), "{bad}");
         }
         assert_eq!(
@@ -139,14 +148,20 @@ mod tests {
             assert!(port(bad).is_err());
         }
         assert_eq!(protocol(None), Ok(PortProtocol::Supported(Protocol::Tcp)));
-        assert_eq!(protocol(Some("UDP")), Ok(PortProtocol::Supported(Protocol::Udp)));
+        assert_eq!(
+            protocol(Some("UDP")),
+            Ok(PortProtocol::Supported(Protocol::Udp))
+        );
         assert_eq!(protocol(Some("SCTP")), Ok(PortProtocol::Sctp));
         assert!(protocol(Some("tcp")).is_err());
     }
 
     #[test]
     fn macs() {
-        assert_eq!(mac("aa:bb:cc:dd:ee:0f"), Ok([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x0f]));
+        assert_eq!(
+            mac("aa:bb:cc:dd:ee:0f"),
+            Ok([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x0f])
+        );
         for bad in [
             "aa:bb:cc:dd:ee",
             "aa:bb:cc:dd:ee:ff:00",

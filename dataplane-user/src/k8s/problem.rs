@@ -62,7 +62,11 @@ impl Subject {
 
     /// The object is invalid because of `field`; the caller skips the whole object.
     pub fn invalid(&self, field: impl Into<String>, message: impl fmt::Display) -> Problem {
-        self.problem(Severity::Invalid, field, format!("{message}; object skipped"))
+        self.problem(
+            Severity::Invalid,
+            field,
+            format!("{message}; object skipped"),
+        )
     }
 
     /// `field` holds something valid but unsupported; the caller skips only that part.
@@ -70,7 +74,12 @@ impl Subject {
         self.problem(Severity::Unsupported, field, message)
     }
 
-    fn problem(&self, severity: Severity, field: impl Into<String>, message: impl Into<String>) -> Problem {
+    fn problem(
+        &self,
+        severity: Severity,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Problem {
         Problem {
             kind: self.kind,
             object: self.object.clone(),
@@ -111,7 +120,8 @@ mod tests {
 
     #[test]
     fn display_names_kind_object_and_field() {
-        let p = Subject::new("Service", "ns/web").invalid("spec.ports[1].port", "70000 is out of range");
+        let p = Subject::new("Service", "ns/web")
+            .invalid("spec.ports[1].port", "70000 is out of range");
         assert_eq!(
             p.to_string(),
             "invalid Service ns/web: spec.ports[1].port: 70000 is out of range; object skipped"

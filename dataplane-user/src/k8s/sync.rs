@@ -107,7 +107,11 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(local: LocalNode, tx: watch::Sender<Arc<ClusterState>>, stats: Arc<SourceStats>) -> Self {
+    pub fn new(
+        local: LocalNode,
+        tx: watch::Sender<Arc<ClusterState>>,
+        stats: Arc<SourceStats>,
+    ) -> Self {
         Publisher {
             local,
             tx,
@@ -232,7 +236,10 @@ mod tests {
         );
         rx.mark_unchanged();
         publisher.sync(Snapshot::default());
-        assert!(!rx.has_changed().unwrap(), "an equal state is not published again");
+        assert!(
+            !rx.has_changed().unwrap(),
+            "an equal state is not published again"
+        );
         let s = stats.snapshot();
         assert_eq!((s.syncs, s.updates), (2, 1));
     }

@@ -28,7 +28,9 @@ use super::{
     parse::{self, Family, PortProtocol},
     problem::{Problem, Subject},
 };
-use crate::model::{ClusterState, Frontend, FrontendKind, Protocol, ServicePort, ServicePortName, TrafficPolicy};
+use crate::model::{
+    ClusterState, Frontend, FrontendKind, Protocol, ServicePort, ServicePortName, TrafficPolicy,
+};
 
 /// Services (and their slices) with this label belong to another proxy: kube-proxy's informers
 /// select `!service.kubernetes.io/service-proxy-name`, and so do ours.
@@ -73,7 +75,8 @@ fn translate_services(
     for service in services {
         let subject = Subject::new("Service", namespaced_name(&service.metadata));
         if !seen.insert(subject.object.clone()) {
-            problems.push(subject.invalid("metadata.name", "duplicate Service, the first one is used"));
+            problems
+                .push(subject.invalid("metadata.name", "duplicate Service, the first one is used"));
             continue;
         }
         match translate_service(service, &subject, endpoints, local) {
@@ -124,7 +127,10 @@ fn translate_service(
         policies,
     };
     Ok((
-        ports.iter().map(|port| service.port(port, endpoints, local)).collect(),
+        ports
+            .iter()
+            .map(|port| service.port(port, endpoints, local))
+            .collect(),
         notes,
     ))
 }
@@ -165,7 +171,10 @@ fn ipv6_note(subject: &Subject, fields: &[String]) -> Vec<Problem> {
     if fields.is_empty() {
         return Vec::new();
     }
-    vec![subject.unsupported(fields.join(", "), "IPv6 skipped: the datapath serves IPv4 only")]
+    vec![subject.unsupported(
+        fields.join(", "),
+        "IPv6 skipped: the datapath serves IPv4 only",
+    )]
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,8 +220,14 @@ impl FrontendIps {
             Some((_, ip)) if ip.is_empty() || *ip == "None" => return Ok(None),
             Some(_) => {}
         }
-        let cluster = ipv4_addresses(cluster_ips, subject, ipv6)?.into_iter().next();
-        let external = ipv4_addresses(indexed("spec.externalIPs", spec.external_ips.as_deref()), subject, ipv6)?;
+        let cluster = ipv4_addresses(cluster_ips, subject, ipv6)?
+            .into_iter()
+            .next();
+        let external = ipv4_addresses(
+            indexed("spec.externalIPs", spec.external_ips.as_deref()),
+            subject,
+            ipv6,
+        )?;
         let load_balancer = ipv4_addresses(load_balancer_ips(service), subject, ipv6)?;
         // An IPv6-only Service: the IPv4 proxier has no cluster IP for it and skips it whole.
         Ok(cluster.map(|cluster| FrontendIps {
@@ -281,7 +296,12 @@ fn load_balancer_ips(service: &Service) -> Vec<(String, &str)> {
         .iter()
         .enumerate()
         .filter(|(_, ing)| ing.ip_mode.as_deref() != Some("Proxy"))
-        .filter_map(|(i, ing)| Some((format!("status.loadBalancer.ingress[{i}].ip"), ing.ip.as_deref()?)))
+        .filter_map(|(i, ing)| {
+            Some((
+                format!("status.loadBalancer.ingress[{i}].ip"),
+                ing.ip.as_deref()?,
+            ))
+        })
         .collect()
 }
 
@@ -320,7 +340,11 @@ struct Policies {
 }
 
 impl Policies {
-    fn read(spec: &ServiceSpec, service_type: ServiceType, subject: &Subject) -> Result<Self, Problem> {
+    fn read(
+        spec: &ServiceSpec,
+        service_type: ServiceType,
+        subject: &Subject,
+    ) -> Result<Self, Problem> {
         let external = traffic_policy(
             spec.external_traffic_policy.as_deref(),
             "spec.externalTrafficPolicy",
@@ -333,8 +357,13 @@ impl Policies {
         )?;
         // kube-proxy's ExternalPolicyLocal: only a Service reachable from outside has an
         // external policy at all.
-        let external_reach = matches!(service_type, ServiceType::NodePort | ServiceType::LoadBalancer)
-            || spec.external_ips.as_ref().is_some_and(|ips| !ips.is_empty());
+        let external_reach = matches!(
+            service_type,
+            ServiceType::NodePort | ServiceType::LoadBalancer
+        ) || spec
+            .external_ips
+            .as_ref()
+            .is_some_and(|ips| !ips.is_empty());
         Ok(Policies {
             external: if external_reach {
                 external
@@ -347,11 +376,18 @@ impl Policies {
     }
 }
 
-fn traffic_policy(value: Option<&str>, field: &str, subject: &Subject) -> Result<TrafficPolicy, Problem> {
+fn traffic_policy(
+    value: Option<&str>,
+    field: &str,
+    subject: &Subject,
+) -> Result<TrafficPolicy, Problem> {
     match value.unwrap_or("Cluster") {
         "Cluster" => Ok(TrafficPolicy::Cluster),
         "Local" => Ok(TrafficPolicy::Local),
-        other => Err(subject.invalid(field, format!("unknown traffic policy {other:?} (Cluster or Local)"))),
+        other => Err(subject.invalid(
+            field,
+            format!("unknown traffic policy {other:?} (Cluster or Local)"),
+        )),
     }
 }
 
@@ -390,10 +426,16 @@ struct PortSpec {
 }
 
 /// spec.ports: the supported ports plus notes for the SCTP ones.
-fn read_ports(spec: &ServiceSpec, subject: &Subject) -> Result<(Vec<PortSpec>, Vec<Problem>), Problem> {
+fn read_ports(
+    spec: &ServiceSpec,
+    subject: &Subject,
+) -> Result<(Vec<PortSpec>, Vec<Problem>), Problem> {
     let ports = spec.ports.as_deref().unwrap_or_default();
     if ports.is_empty() {
-        return Err(subject.invalid("spec.ports", "a Service with a cluster IP needs at least one port"));
+        return Err(subject.invalid(
+            "spec.ports",
+            "a Service with a cluster IP needs at least one port",
+        ));
     }
     let mut names = HashSet::new();
     let mut numbers = HashSet::new();
@@ -412,14 +454,18 @@ fn read_ports(spec: &ServiceSpec, subject: &Subject) -> Result<(Vec<PortSpec>, V
         let protocol = match parse::protocol(p.protocol.as_deref()) {
             Ok(PortProtocol::Supported(protocol)) => protocol,
             Ok(PortProtocol::Sctp) => {
-                notes
-                    .push(subject.unsupported(field("protocol"), "SCTP port skipped: the datapath serves TCP and UDP"));
+                notes.push(subject.unsupported(
+                    field("protocol"),
+                    "SCTP port skipped: the datapath serves TCP and UDP",
+                ));
                 continue;
             }
             Err(message) => return Err(subject.invalid(field("protocol"), message)),
         };
         if !numbers.insert((port, protocol)) {
-            return Err(subject.invalid(field("port"), format!("duplicate port {port}/{protocol:?}")));
+            return Err(
+                subject.invalid(field("port"), format!("duplicate port {port}/{protocol:?}"))
+            );
         }
         out.push(PortSpec {
             name,

@@ -6,7 +6,8 @@ use serde_json::Value;
 
 use super::{decode, translate, Format, LocalNode, Objects, Problem, Severity};
 use crate::model::{
-    Backend, ClusterState, Frontend, FrontendKind, NodeInfo, Protocol, ServicePort, ServicePortName, TrafficPolicy,
+    Backend, ClusterState, Frontend, FrontendKind, NodeInfo, Protocol, ServicePort,
+    ServicePortName, TrafficPolicy,
 };
 
 /// shared/seeds/k8s-service-iptables-chains.txt as kubectl prints it.
@@ -52,7 +53,12 @@ fn name(namespace: &str, service: &str, port: &str) -> ServicePortName {
     }
 }
 
-fn port<'a>(state: &'a ClusterState, namespace: &str, service: &str, port: &str) -> &'a ServicePort {
+fn port<'a>(
+    state: &'a ClusterState,
+    namespace: &str,
+    service: &str,
+    port: &str,
+) -> &'a ServicePort {
     let want = name(namespace, service, port);
     state
         .services
@@ -167,7 +173,10 @@ fn output_does_not_depend_on_input_order() {
     backward.services.reverse();
     backward.endpoint_slices.reverse();
     backward.nodes.reverse();
-    assert_eq!(translate(&forward, &local()), translate(&backward, &local()));
+    assert_eq!(
+        translate(&forward, &local()),
+        translate(&backward, &local())
+    );
 }
 
 const MULTI_PORT: &str = r#"
@@ -227,7 +236,11 @@ fn multi_port_service_matches_slice_ports_by_name_and_protocol() {
         }]
     );
     // Sorted by port name.
-    let names: Vec<_> = state.services.iter().map(|s| s.name.port.as_str()).collect();
+    let names: Vec<_> = state
+        .services
+        .iter()
+        .map(|s| s.name.port.as_str())
+        .collect();
     assert_eq!(names, ["dns", "dns-tcp", "http", "metrics"]);
 }
 
@@ -441,7 +454,12 @@ fn dual_stack_objects_keep_ipv4_and_note_ipv6_once_per_object() {
     assert_eq!(
         summary,
         [
-            (Severity::Unsupported, "EndpointSlice", "net/dual-v6", "addressType"),
+            (
+                Severity::Unsupported,
+                "EndpointSlice",
+                "net/dual-v6",
+                "addressType"
+            ),
             (
                 Severity::Unsupported,
                 "Node",
@@ -454,8 +472,18 @@ fn dual_stack_objects_keep_ipv4_and_note_ipv6_once_per_object() {
                 "net/dual",
                 "spec.clusterIPs[1], spec.externalIPs[1], status.loadBalancer.ingress[1].ip"
             ),
-            (Severity::Unsupported, "Service", "net/v6-first", "spec.clusterIPs[0]"),
-            (Severity::Unsupported, "Service", "net/v6-only", "spec.clusterIPs[0]"),
+            (
+                Severity::Unsupported,
+                "Service",
+                "net/v6-first",
+                "spec.clusterIPs[0]"
+            ),
+            (
+                Severity::Unsupported,
+                "Service",
+                "net/v6-only",
+                "spec.clusterIPs[0]"
+            ),
         ]
     );
 }
@@ -524,7 +552,11 @@ fn traffic_policies_and_affinity() {
     let state = clean(POLICIES);
     let policies = |svc: &str| {
         let p = port(&state, "p", svc, "");
-        (p.external_policy, p.internal_policy, p.affinity_timeout_secs)
+        (
+            p.external_policy,
+            p.internal_policy,
+            p.affinity_timeout_secs,
+        )
     };
     use TrafficPolicy::{Cluster, Local};
     assert_eq!(policies("local-np"), (Local, Local, None));
@@ -565,7 +597,15 @@ fn endpoint_conditions_use_the_api_defaults() {
     let flags: Vec<_> = port(&state, "c", "rolling", "")
         .backends
         .iter()
-        .map(|b| (b.ip.octets()[3], b.ready, b.serving, b.terminating, b.node_name.clone()))
+        .map(|b| {
+            (
+                b.ip.octets()[3],
+                b.ready,
+                b.serving,
+                b.terminating,
+                b.node_name.clone(),
+            )
+        })
         .collect();
     assert_eq!(
         flags,
@@ -686,7 +726,11 @@ spec:
 "#;
     let (state, problems) = run(yaml);
     assert_eq!(
-        state.services.iter().map(|s| s.name.port.as_str()).collect::<Vec<_>>(),
+        state
+            .services
+            .iter()
+            .map(|s| s.name.port.as_str())
+            .collect::<Vec<_>>(),
         ["tcp"]
     );
     assert_eq!(problems.len(), 1);
@@ -935,7 +979,10 @@ fn every_invalid_object_is_named_with_its_field_and_the_rest_still_applies() {
     for case in BAD_CASES {
         let yaml = format!("{SEED}\n---{}\n", case.yaml);
         let (state, problems) = run(&yaml);
-        let context = format!("case {}/{} {}: {problems:#?}", case.kind, case.object, case.field);
+        let context = format!(
+            "case {}/{} {}: {problems:#?}",
+            case.kind, case.object, case.field
+        );
         assert_eq!(problems.len(), 1, "{context}");
         let problem = &problems[0];
         assert_eq!(
@@ -951,7 +998,10 @@ fn every_invalid_object_is_named_with_its_field_and_the_rest_still_applies() {
         assert!(problem.message.contains(case.says), "{context}");
         // The log line names the object and the field.
         let line = problem.to_string();
-        assert!(line.contains(case.object) && line.contains(case.field), "{line}");
+        assert!(
+            line.contains(case.object) && line.contains(case.field),
+            "{line}"
+        );
         // The invalid object added nothing and removed nothing.
         assert_eq!(state, baseline, "{context}");
     }
@@ -1001,7 +1051,11 @@ fn collect_paths(value: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<Stri
     }
     let children: Vec<(String, &Value)> = match value {
         Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), v)).collect(),
-        Value::Array(items) => items.iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v))
+            .collect(),
         _ => return,
     };
     for (key, child) in children {

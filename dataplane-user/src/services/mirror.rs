@@ -91,7 +91,9 @@ impl Mirror {
     /// The backends present in `value`'s set, in slot order (all of them unless
     /// [`Self::set_is_complete`] says otherwise).
     pub fn set_backends(&self, value: &ServiceValue) -> Vec<BackendValue> {
-        slots(value).filter_map(|k| self.backends.get(&k).copied()).collect()
+        slots(value)
+            .filter_map(|k| self.backends.get(&k).copied())
+            .collect()
     }
 
     /// Whether every slot `(set_id, 0..count)` of `value` is present.
@@ -110,7 +112,10 @@ impl Mirror {
 
     /// Frontend ids to hand out, in order: released ones (oldest first), then never used ones.
     pub fn frontend_id_candidates(&self) -> impl Iterator<Item = u32> + '_ {
-        self.free_frontend_ids.iter().copied().chain(self.next_frontend_id..)
+        self.free_frontend_ids
+            .iter()
+            .copied()
+            .chain(self.next_frontend_id..)
     }
 
     /// `BACKENDS_V1` slots no service reads: what a writer interrupted between writing a new
@@ -224,27 +229,51 @@ mod tests {
     use super::*;
 
     fn key(n: u32) -> ServiceKey {
-        ServiceKey { addr: n, port: 80u16.to_be(), proto: 6, _pad: 0 }
+        ServiceKey {
+            addr: n,
+            port: 80u16.to_be(),
+            proto: 6,
+            _pad: 0,
+        }
     }
 
     fn value(frontend_id: u32, set_id: u32, count: u32) -> ServiceValue {
-        ServiceValue { frontend_id, set_id, count, ..Default::default() }
+        ServiceValue {
+            frontend_id,
+            set_id,
+            count,
+            ..Default::default()
+        }
     }
 
     fn slot(set_id: u32, slot: u32) -> (BackendKey, BackendValue) {
-        (BackendKey { set_id, slot }, BackendValue { addr: slot + 1, port: 1, flags: 0 })
+        (
+            BackendKey { set_id, slot },
+            BackendValue {
+                addr: slot + 1,
+                port: 1,
+                flags: 0,
+            },
+        )
     }
 
     #[test]
     fn adoption_rebuilds_ids_from_a_dump() {
-        let services =
-            [(key(1), value(1, 7, 2)), (key(2), value(4, 9, 1)), (key(3), value(2, 3, 0))];
+        let services = [
+            (key(1), value(1, 7, 2)),
+            (key(2), value(4, 9, 1)),
+            (key(3), value(2, 3, 0)),
+        ];
         // Set 9 is complete, set 7 too; set 12 is an orphan left by an interrupted writer.
         let backends = [slot(7, 0), slot(7, 1), slot(9, 0), slot(12, 0), slot(9, 5)];
         let m = Mirror::adopt(services, backends);
         assert_eq!(m.next_set_id(), 13, "max set id seen (slots included) + 1");
         let fids: Vec<u32> = m.frontend_id_candidates().take(3).collect();
-        assert_eq!(fids, [3, 5, 6], "gaps below the highest id first, then new ids");
+        assert_eq!(
+            fids,
+            [3, 5, 6],
+            "gaps below the highest id first, then new ids"
+        );
         for id in [3, 7, 9, 12] {
             assert!(m.set_id_in_use(id), "{id}");
         }
@@ -252,7 +281,13 @@ mod tests {
         assert!(m.set_is_complete(&value(1, 7, 2)));
         assert_eq!(
             m.orphan_slots(),
-            [BackendKey { set_id: 9, slot: 5 }, BackendKey { set_id: 12, slot: 0 }]
+            [
+                BackendKey { set_id: 9, slot: 5 },
+                BackendKey {
+                    set_id: 12,
+                    slot: 0
+                }
+            ]
         );
     }
 
@@ -271,9 +306,15 @@ mod tests {
         }
         m.apply(&MapOp::DeleteService(key(2)));
         m.apply(&MapOp::DeleteService(key(1)));
-        assert_eq!(m.frontend_id_candidates().take(3).collect::<Vec<_>>(), [2, 1, 4]);
+        assert_eq!(
+            m.frontend_id_candidates().take(3).collect::<Vec<_>>(),
+            [2, 1, 4]
+        );
         m.apply(&MapOp::PutService(key(9), value(2, 20, 0)));
-        assert_eq!(m.frontend_id_candidates().take(2).collect::<Vec<_>>(), [1, 4]);
+        assert_eq!(
+            m.frontend_id_candidates().take(2).collect::<Vec<_>>(),
+            [1, 4]
+        );
     }
 
     #[test]

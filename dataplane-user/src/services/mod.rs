@@ -314,8 +314,16 @@ impl<S: MapStore> ServiceTable<S> {
         let mut report = UpdateReport::default();
         let mut stale = std::mem::take(&mut self.pending_purge);
         for op in &ops {
-            if let MapOp::PurgeFlows { frontend_id, backends } = op {
-                stale.extend(backends.iter().map(|&(addr, port)| (*frontend_id, addr, port)));
+            if let MapOp::PurgeFlows {
+                frontend_id,
+                backends,
+            } = op
+            {
+                stale.extend(
+                    backends
+                        .iter()
+                        .map(|&(addr, port)| (*frontend_id, addr, port)),
+                );
                 continue;
             }
             if let Err(e) = apply(&mut self.store, op) {

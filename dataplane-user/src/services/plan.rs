@@ -66,11 +66,17 @@ pub(crate) fn plan(current: &Mirror, desired: &Desired) -> Vec<MapOp> {
 /// Deletes the slots no service reads (left by an interrupted writer). Safe at any time: no
 /// service value names them, so no reader can be on its way to them.
 pub(crate) fn collect_garbage(current: &Mirror) -> Vec<MapOp> {
-    current.orphan_slots().into_iter().map(MapOp::DeleteBackend).collect()
+    current
+        .orphan_slots()
+        .into_iter()
+        .map(MapOp::DeleteBackend)
+        .collect()
 }
 
 fn remove_frontend(current: &Mirror, key: &ServiceKey, ops: &mut Vec<MapOp>) {
-    let Some(old) = current.service(key) else { return };
+    let Some(old) = current.service(key) else {
+        return;
+    };
     ops.push(MapOp::DeleteService(*key));
     push_purge(old.frontend_id, &current.set_backends(old), &[], ops);
     ops.extend(slots(old).map(MapOp::DeleteBackend));
@@ -116,11 +122,17 @@ fn write_set(set_id: u32, backends: &[BackendValue], ops: &mut Vec<MapOp>) {
 /// whose only change is a flag still serves its connections).
 fn push_purge(frontend_id: u32, old: &[BackendValue], new: &[BackendValue], ops: &mut Vec<MapOp>) {
     let kept: HashSet<(u32, u16)> = new.iter().map(|b| (b.addr, b.port)).collect();
-    let mut gone: Vec<(u32, u16)> =
-        old.iter().map(|b| (b.addr, b.port)).filter(|b| !kept.contains(b)).collect();
+    let mut gone: Vec<(u32, u16)> = old
+        .iter()
+        .map(|b| (b.addr, b.port))
+        .filter(|b| !kept.contains(b))
+        .collect();
     gone.dedup();
     if !gone.is_empty() {
-        ops.push(MapOp::PurgeFlows { frontend_id, backends: gone });
+        ops.push(MapOp::PurgeFlows {
+            frontend_id,
+            backends: gone,
+        });
     }
 }
 
@@ -142,7 +154,9 @@ impl<'a> Allocator<'a> {
     }
 
     fn frontend_id(&mut self) -> u32 {
-        self.frontend_ids.next().expect("the candidate list is unbounded")
+        self.frontend_ids
+            .next()
+            .expect("the candidate list is unbounded")
     }
 
     /// A set id that is neither 0 nor in use, increasing (wrapping) from the last handed out:
@@ -174,7 +188,11 @@ mod tests {
     }
 
     fn be(n: u8) -> BackendValue {
-        BackendValue { addr: u32::from_ne_bytes([10, 244, 0, n]), port: 8080u16.to_be(), flags: 0 }
+        BackendValue {
+            addr: u32::from_ne_bytes([10, 244, 0, n]),
+            port: 8080u16.to_be(),
+            flags: 0,
+        }
     }
 
     fn spec(backends: &[u8]) -> FrontendSpec {
@@ -189,7 +207,10 @@ mod tests {
     type Case<'a> = &'a [(u8, Option<&'a [u8]>)];
 
     fn desired(entries: Case) -> Desired {
-        entries.iter().map(|&(k, b)| (key(k), b.map(spec))).collect()
+        entries
+            .iter()
+            .map(|&(k, b)| (key(k), b.map(spec)))
+            .collect()
     }
 
     fn apply_all(m: &mut Mirror, ops: &[MapOp]) {
@@ -213,10 +234,16 @@ mod tests {
             let mut m = start.clone();
             apply_all(&mut m, &ops[..n]);
             for (k, v) in m.services() {
-                assert!(m.set_is_complete(v), "after {n} ops, {k:?} names an incomplete set");
+                assert!(
+                    m.set_is_complete(v),
+                    "after {n} ops, {k:?} names an incomplete set"
+                );
                 let now = m.set_backends(v);
                 let old = start.service(k).map(|o| start.set_backends(o));
-                let new = d.get(k).and_then(|s| s.as_ref()).map(|s| s.backends.clone());
+                let new = d
+                    .get(k)
+                    .and_then(|s| s.as_ref())
+                    .map(|s| s.backends.clone());
                 assert!(
                     Some(&now) == old.as_ref() || Some(&now) == new.as_ref(),
                     "after {n} ops, {k:?} serves {now:?}: neither old {old:?} nor new {new:?}"
@@ -235,7 +262,12 @@ mod tests {
             &[(3, Some(&[7, 8]))],                                     // endpoints appear
             &[(1, None), (2, None)],                                   // frontends removed
             &[(4, Some(&[1, 2])), (5, Some(&[]))],                     // frontends added
-            &[(1, Some(&[2])), (2, None), (4, Some(&[4, 9])), (3, Some(&[3]))], // everything
+            &[
+                (1, Some(&[2])),
+                (2, None),
+                (4, Some(&[4, 9])),
+                (3, Some(&[3])),
+            ], // everything
         ];
         for case in cases {
             assert_every_prefix_is_consistent(&start, &desired(case));
@@ -248,11 +280,22 @@ mod tests {
         let old = *start.service(&key(1)).unwrap();
         let ops = plan(&start, &desired(&[(1, Some(&[1, 2, 5]))]));
         let new_set = start.next_set_id();
-        let new = ServiceValue { set_id: new_set, ..old };
+        let new = ServiceValue {
+            set_id: new_set,
+            ..old
+        };
         let mut expect: Vec<MapOp> = [1, 2, 5]
             .iter()
             .zip(0..)
-            .map(|(&b, slot)| MapOp::PutBackend(BackendKey { set_id: new_set, slot }, be(b)))
+            .map(|(&b, slot)| {
+                MapOp::PutBackend(
+                    BackendKey {
+                        set_id: new_set,
+                        slot,
+                    },
+                    be(b),
+                )
+            })
             .collect();
         expect.push(MapOp::PutService(key(1), new));
         expect.push(MapOp::PurgeFlows {
@@ -276,7 +319,10 @@ mod tests {
                     frontend_id: old.frontend_id,
                     backends: vec![(be(4).addr, be(4).port)]
                 },
-                MapOp::DeleteBackend(BackendKey { set_id: old.set_id, slot: 0 }),
+                MapOp::DeleteBackend(BackendKey {
+                    set_id: old.set_id,
+                    slot: 0
+                }),
             ]
         );
     }
@@ -306,7 +352,11 @@ mod tests {
                 }
             }
         }
-        assert_eq!(ops.len(), 4, "1 slot + switch + 1 old slot + purge: {ops:?}");
+        assert_eq!(
+            ops.len(),
+            4,
+            "1 slot + switch + 1 old slot + purge: {ops:?}"
+        );
     }
 
     #[test]
@@ -342,7 +392,11 @@ mod tests {
             if backends.is_empty() && ops.is_empty() {
                 continue; // the second empty update is a no-op
             }
-            assert!(now.set_id != 0 && seen_sets.insert(now.set_id), "set {} reused", now.set_id);
+            assert!(
+                now.set_id != 0 && seen_sets.insert(now.set_id),
+                "set {} reused",
+                now.set_id
+            );
         }
         // A removed frontend's id is not handed out in the plan that removes it, then is.
         let gone = m.service(&key(2)).unwrap().frontend_id;
@@ -357,8 +411,19 @@ mod tests {
     #[test]
     fn set_ids_skip_zero_and_ids_in_use_when_wrapping() {
         // A dump whose highest set id is u32::MAX, with 1 and 2 still in use.
-        let v = |fid, set_id| ServiceValue { frontend_id: fid, set_id, ..Default::default() };
-        let m = Mirror::adopt([(key(1), v(1, u32::MAX)), (key(2), v(2, 1)), (key(3), v(3, 2))], []);
+        let v = |fid, set_id| ServiceValue {
+            frontend_id: fid,
+            set_id,
+            ..Default::default()
+        };
+        let m = Mirror::adopt(
+            [
+                (key(1), v(1, u32::MAX)),
+                (key(2), v(2, 1)),
+                (key(3), v(3, 2)),
+            ],
+            [],
+        );
         let ops = plan(&m, &desired(&[(4, Some(&[]))]));
         assert_eq!(ops, [MapOp::PutService(key(4), v(4, 3))]);
     }
@@ -373,18 +438,35 @@ mod tests {
             .collect();
         let adopted = Mirror::adopt(dump_services, dump_backends);
         assert_eq!(adopted.next_set_id(), start.next_set_id());
-        let d = desired(&[(1, Some(&[1, 2, 3])), (2, Some(&[4])), (3, Some(&[])), (4, Some(&[1]))]);
+        let d = desired(&[
+            (1, Some(&[1, 2, 3])),
+            (2, Some(&[4])),
+            (3, Some(&[])),
+            (4, Some(&[1])),
+        ]);
         assert_eq!(plan(&adopted, &d), plan(&start, &d));
     }
 
     #[test]
     fn incomplete_adopted_set_is_replaced_and_orphans_collected() {
-        let v = ServiceValue { frontend_id: 1, set_id: 5, count: 2, ..Default::default() };
+        let v = ServiceValue {
+            frontend_id: 1,
+            set_id: 5,
+            count: 2,
+            ..Default::default()
+        };
         // Slot 1 of set 5 is missing; set 6 was written but never switched to.
         let orphan = (BackendKey { set_id: 6, slot: 0 }, be(9));
-        let m = Mirror::adopt([(key(1), v)], [(BackendKey { set_id: 5, slot: 0 }, be(1)), orphan]);
+        let m = Mirror::adopt(
+            [(key(1), v)],
+            [(BackendKey { set_id: 5, slot: 0 }, be(1)), orphan],
+        );
         let ops = plan(&m, &desired(&[(1, Some(&[1]))]));
-        let switched = ServiceValue { set_id: 7, count: 1, ..v };
+        let switched = ServiceValue {
+            set_id: 7,
+            count: 1,
+            ..v
+        };
         assert!(ops.contains(&MapOp::PutService(key(1), switched)));
         assert_eq!(collect_garbage(&m), [MapOp::DeleteBackend(orphan.0)]);
     }

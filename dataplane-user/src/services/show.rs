@@ -93,7 +93,10 @@ pub fn list_services(source: &(impl MapSource + ?Sized)) -> Result<Vec<ServiceRo
     entries.sort_by_key(|(k, _)| key_order(k));
     // Slots are read right after their service value: a set lives at least as long as the
     // values naming it, so only an update racing this listing can make one disappear.
-    Ok(entries.iter().map(|(k, v)| service_row(k, v, |slot| backends.get(slot, 0).ok())).collect())
+    Ok(entries
+        .iter()
+        .map(|(k, v)| service_row(k, v, |slot| backends.get(slot, 0).ok()))
+        .collect())
 }
 
 /// Decodes one frontend, looking its slots up with `slot`.
@@ -113,7 +116,10 @@ fn service_row(
         missing_slots: value.count - found.len() as u32,
         backends: found
             .iter()
-            .map(|b| BackendRow { addr: sock(b.addr, b.port), local: b.flags & BE_F_LOCAL != 0 })
+            .map(|b| BackendRow {
+                addr: sock(b.addr, b.port),
+                local: b.flags & BE_F_LOCAL != 0,
+            })
             .collect(),
     }
 }
@@ -124,10 +130,20 @@ pub fn list_conntrack(source: &(impl MapSource + ?Sized)) -> Result<Vec<CtRow>> 
     // A config never written is all zeros: no timeouts to show.
     let config = read_config(source).ok().filter(|c| c.timeout_udp != 0);
     let now = monotonic_ns();
-    let mut rows: Vec<CtRow> =
-        dump(&ct, map_names::CT)?.iter().map(|(k, v)| ct_row(k, v, now, config.as_ref())).collect();
+    let mut rows: Vec<CtRow> = dump(&ct, map_names::CT)?
+        .iter()
+        .map(|(k, v)| ct_row(k, v, now, config.as_ref()))
+        .collect();
     rows.sort_by_key(|r| {
-        (r.frontend_id, r.direction, r.proto, *r.src.ip(), r.src.port(), *r.dst.ip(), r.dst.port())
+        (
+            r.frontend_id,
+            r.direction,
+            r.proto,
+            *r.src.ip(),
+            r.src.port(),
+            *r.dst.ip(),
+            r.dst.port(),
+        )
     });
     Ok(rows)
 }
@@ -161,7 +177,10 @@ fn ct_row(key: &CtKey, value: &CtValue, now_ns: u64, config: Option<&Config>) ->
 
 /// The clock bpf_ktime_get_ns() reads.
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime only writes the timespec we own.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     assert_eq!(rc, 0, "CLOCK_MONOTONIC is always available");
@@ -189,11 +208,17 @@ pub fn render_services(rows: &[ServiceRow]) -> String {
             out += "    reject (no endpoints)\n";
         }
         for b in &r.backends {
-            out += &format!("    -> {}{}\n", b.addr, if b.local { "  local" } else { "" });
+            out += &format!(
+                "    -> {}{}\n",
+                b.addr,
+                if b.local { "  local" } else { "" }
+            );
         }
         if r.missing_slots > 0 {
-            out +=
-                &format!("    ({} slots missing: an update raced this listing)\n", r.missing_slots);
+            out += &format!(
+                "    ({} slots missing: an update raced this listing)\n",
+                r.missing_slots
+            );
         }
     }
     out
@@ -201,8 +226,12 @@ pub fn render_services(rows: &[ServiceRow]) -> String {
 
 /// "cluster" or "external", then the other flags.
 fn flag_names(flags: u32, affinity_timeout_secs: u32) -> String {
-    let mut names =
-        vec![if flags & SVC_F_EXTERNAL != 0 { "external" } else { "cluster" }.to_string()];
+    let mut names = vec![if flags & SVC_F_EXTERNAL != 0 {
+        "external"
+    } else {
+        "cluster"
+    }
+    .to_string()];
     if flags & SVC_F_MASQUERADE != 0 {
         names.push("masquerade".into());
     }
@@ -306,7 +335,11 @@ mod tests {
     use crate::services::spec::ip_to_be;
 
     fn be(ip: [u8; 4], port: u16, flags: u16) -> BackendValue {
-        BackendValue { addr: ip_to_be(ip.into()), port: port.to_be(), flags }
+        BackendValue {
+            addr: ip_to_be(ip.into()),
+            port: port.to_be(),
+            flags,
+        }
     }
 
     #[test]
@@ -317,10 +350,21 @@ mod tests {
             proto: 6,
             _pad: 0,
         };
-        let value = ServiceValue { frontend_id: 1, set_id: 4, count: 2, ..Default::default() };
+        let value = ServiceValue {
+            frontend_id: 1,
+            set_id: 4,
+            count: 2,
+            ..Default::default()
+        };
         let slots = HashMap::from([
-            (BackendKey { set_id: 4, slot: 0 }, be([10, 244, 1, 19], 8080, BE_F_LOCAL)),
-            (BackendKey { set_id: 4, slot: 1 }, be([10, 244, 2, 15], 8080, 0)),
+            (
+                BackendKey { set_id: 4, slot: 0 },
+                be([10, 244, 1, 19], 8080, BE_F_LOCAL),
+            ),
+            (
+                BackendKey { set_id: 4, slot: 1 },
+                be([10, 244, 2, 15], 8080, 0),
+            ),
         ]);
         let row = service_row(&key, &value, |k| slots.get(k).copied());
         assert_eq!(row.frontend.to_string(), "10.109.117.159:80");
@@ -378,7 +422,10 @@ mod tests {
         assert_eq!(row.nat_dst.to_string(), "10.244.2.15:8080");
         let text = render_conntrack(&[row]);
         assert!(
-            text.lines().nth(1).unwrap().starts_with("tcp   orig       10.244.1.5:40000"),
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("tcp   orig       10.244.1.5:40000"),
             "{text}"
         );
         assert!(
@@ -387,7 +434,10 @@ mod tests {
         );
 
         let udp = CtKey { proto: 17, ..key };
-        let reply = CtValue { flags: CT_F_REPLY | CT_F_SNAT, ..value };
+        let reply = CtValue {
+            flags: CT_F_REPLY | CT_F_SNAT,
+            ..value
+        };
         let row = ct_row(&udp, &reply, 200_000_000_000, Some(&config));
         assert_eq!(
             (row.direction, row.snat, row.state),
@@ -395,7 +445,11 @@ mod tests {
         );
         assert_eq!(row.expires_in, Some(Duration::ZERO));
         assert!(render_conntrack(&[row]).contains("expired"));
-        assert_eq!(ct_row(&udp, &value, 0, None).age, Duration::ZERO, "clock before creation");
+        assert_eq!(
+            ct_row(&udp, &value, 0, None).age,
+            Duration::ZERO,
+            "clock before creation"
+        );
     }
 
     #[test]

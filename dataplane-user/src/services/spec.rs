@@ -52,7 +52,11 @@ pub(crate) fn frontend_specs(
     for fe in &frontends {
         let key = service_key(fe);
         if out.contains_key(&key) {
-            log::warn!("{}: frontend {} listed twice; keeping the first", svc.name, show_key(&key));
+            log::warn!(
+                "{}: frontend {} listed twice; keeping the first",
+                svc.name,
+                show_key(&key)
+            );
             continue;
         }
         out.insert(key, frontend_spec(svc, fe.kind, local));
@@ -68,7 +72,11 @@ pub(crate) fn frontend_spec(
 ) -> FrontendSpec {
     let external = kind != FrontendKind::ClusterIp;
     // kube-proxy: internalTrafficPolicy for the ClusterIP, externalTrafficPolicy for the rest.
-    let policy = if external { svc.external_policy } else { svc.internal_policy };
+    let policy = if external {
+        svc.external_policy
+    } else {
+        svc.internal_policy
+    };
     let eligible = eligible_backends(&svc.backends, policy, local);
     FrontendSpec {
         flags: frontend_flags(external, policy, svc.affinity_timeout_secs.is_some()),
@@ -88,11 +96,19 @@ pub(crate) fn eligible_backends<'a>(
     local: &LocalContext,
 ) -> Vec<&'a Backend> {
     let in_scope = |b: &&Backend| policy == TrafficPolicy::Cluster || is_local(b, local);
-    let ready: Vec<&Backend> = backends.iter().filter(in_scope).filter(|b| b.ready).collect();
+    let ready: Vec<&Backend> = backends
+        .iter()
+        .filter(in_scope)
+        .filter(|b| b.ready)
+        .collect();
     if !ready.is_empty() {
         return ready;
     }
-    backends.iter().filter(in_scope).filter(|b| b.serving && b.terminating).collect()
+    backends
+        .iter()
+        .filter(in_scope)
+        .filter(|b| b.serving && b.terminating)
+        .collect()
 }
 
 /// `SVC_F_*` flags of a frontend.
@@ -191,7 +207,9 @@ mod tests {
     use crate::model::{Protocol, ServicePortName};
 
     fn local() -> LocalContext {
-        LocalContext { node_name: "node-a".into() }
+        LocalContext {
+            node_name: "node-a".into(),
+        }
     }
 
     fn ep(ip: [u8; 4], node: &str, ready: bool, serving: bool, terminating: bool) -> Backend {
@@ -225,7 +243,12 @@ mod tests {
     }
 
     fn fe(kind: FrontendKind) -> Frontend {
-        Frontend { ip: Ipv4Addr::new(10, 96, 0, 10), port: 80, protocol: Protocol::Tcp, kind }
+        Frontend {
+            ip: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            protocol: Protocol::Tcp,
+            kind,
+        }
     }
 
     #[test]
@@ -280,17 +303,34 @@ mod tests {
         let mut s = svc(vec![], vec![]);
         let flags = |s: &ServicePort, k| frontend_spec(s, k, &local()).flags;
         assert_eq!(flags(&s, FrontendKind::ClusterIp), 0);
-        for kind in [FrontendKind::NodePort, FrontendKind::ExternalIp, FrontendKind::LoadBalancer] {
-            assert_eq!(flags(&s, kind), SVC_F_EXTERNAL | SVC_F_MASQUERADE, "{kind:?}");
+        for kind in [
+            FrontendKind::NodePort,
+            FrontendKind::ExternalIp,
+            FrontendKind::LoadBalancer,
+        ] {
+            assert_eq!(
+                flags(&s, kind),
+                SVC_F_EXTERNAL | SVC_F_MASQUERADE,
+                "{kind:?}"
+            );
         }
         s.external_policy = TrafficPolicy::Local;
         assert_eq!(flags(&s, FrontendKind::ClusterIp), 0);
-        assert_eq!(flags(&s, FrontendKind::NodePort), SVC_F_EXTERNAL | SVC_F_LOCAL_ONLY);
+        assert_eq!(
+            flags(&s, FrontendKind::NodePort),
+            SVC_F_EXTERNAL | SVC_F_LOCAL_ONLY
+        );
         s.internal_policy = TrafficPolicy::Local;
         s.affinity_timeout_secs = Some(10_800);
-        assert_eq!(flags(&s, FrontendKind::ClusterIp), SVC_F_LOCAL_ONLY | SVC_F_AFFINITY);
+        assert_eq!(
+            flags(&s, FrontendKind::ClusterIp),
+            SVC_F_LOCAL_ONLY | SVC_F_AFFINITY
+        );
         let spec = frontend_spec(&s, FrontendKind::LoadBalancer, &local());
-        assert_eq!(spec.flags, SVC_F_EXTERNAL | SVC_F_LOCAL_ONLY | SVC_F_AFFINITY);
+        assert_eq!(
+            spec.flags,
+            SVC_F_EXTERNAL | SVC_F_LOCAL_ONLY | SVC_F_AFFINITY
+        );
         assert_eq!(spec.affinity_timeout_secs, 10_800);
     }
 
@@ -299,8 +339,15 @@ mod tests {
         let mut s = svc(vec![], vec![ep([10, 0, 0, 2], "node-b", true, true, false)]);
         s.external_policy = TrafficPolicy::Local;
         // ClusterIP: internal policy (Cluster) keeps the remote endpoint; NodePort does not.
-        assert_eq!(frontend_spec(&s, FrontendKind::ClusterIp, &local()).backends.len(), 1);
-        assert!(frontend_spec(&s, FrontendKind::NodePort, &local()).backends.is_empty());
+        assert_eq!(
+            frontend_spec(&s, FrontendKind::ClusterIp, &local())
+                .backends
+                .len(),
+            1
+        );
+        assert!(frontend_spec(&s, FrontendKind::NodePort, &local())
+            .backends
+            .is_empty());
     }
 
     #[test]
@@ -316,7 +363,11 @@ mod tests {
         let a = frontend_spec(&svc(vec![], eps), FrontendKind::ClusterIp, &local());
         let b = frontend_spec(&svc(vec![], reversed), FrontendKind::ClusterIp, &local());
         assert_eq!(a, b, "the set must not depend on input order");
-        let got: Vec<_> = a.backends.iter().map(|b| (sock(b.addr, b.port), b.flags)).collect();
+        let got: Vec<_> = a
+            .backends
+            .iter()
+            .map(|b| (sock(b.addr, b.port), b.flags))
+            .collect();
         assert_eq!(
             got,
             [
@@ -338,9 +389,16 @@ mod tests {
 
     #[test]
     fn duplicate_frontends_are_kept_once() {
-        let s = svc(vec![fe(FrontendKind::ExternalIp), fe(FrontendKind::ClusterIp)], vec![]);
+        let s = svc(
+            vec![fe(FrontendKind::ExternalIp), fe(FrontendKind::ClusterIp)],
+            vec![],
+        );
         let specs = frontend_specs(&s, &local());
         assert_eq!(specs.len(), 1);
-        assert_eq!(specs.values().next().unwrap().flags, 0, "the ClusterIP kind wins");
+        assert_eq!(
+            specs.values().next().unwrap().flags,
+            0,
+            "the ClusterIP kind wins"
+        );
     }
 }

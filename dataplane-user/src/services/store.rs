@@ -35,7 +35,10 @@ impl MapSource for Path {
     fn open_map(&self, name: &str) -> Result<MapData> {
         let path = self.join(name);
         MapData::from_pin(&path).with_context(|| {
-            format!("opening {} (is the datapath loaded with this pin dir?)", path.display())
+            format!(
+                "opening {} (is the datapath loaded with this pin dir?)",
+                path.display()
+            )
         })
     }
 }
@@ -48,15 +51,20 @@ impl MapSource for PathBuf {
 
 impl MapSource for Ebpf {
     fn open_map(&self, name: &str) -> Result<MapData> {
-        let map = self.map(name).ok_or_else(|| anyhow!("map {name} is not in the eBPF object"))?;
+        let map = self
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} is not in the eBPF object"))?;
         let data = match map {
             Map::HashMap(d) | Map::LruHashMap(d) | Map::Array(d) => d,
             _ => bail!("map {name} has a type the service API does not use"),
         };
         // A second descriptor on the same kernel map: the object keeps its maps, and a table
         // opened from it does not borrow it.
-        let fd =
-            data.fd().as_fd().try_clone_to_owned().with_context(|| format!("dup of {name}"))?;
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .with_context(|| format!("dup of {name}"))?;
         MapData::from_fd(fd).with_context(|| format!("reopening {name}"))
     }
 }
@@ -88,7 +96,9 @@ pub fn write_config(source: &(impl MapSource + ?Sized), config: &Config) -> Resu
 
 /// Reads the node-wide settings back.
 pub fn read_config(source: &(impl MapSource + ?Sized)) -> Result<Config> {
-    open_config(source)?.get(&0, 0).context("reading CONFIG_V1[0]")
+    open_config(source)?
+        .get(&0, 0)
+        .context("reading CONFIG_V1[0]")
 }
 
 fn open_config(source: &(impl MapSource + ?Sized)) -> Result<Array<MapData, Config>> {
@@ -136,7 +146,8 @@ impl StaleBackends {
 
     /// Whether a sessionAffinity entry sends its client to a stale backend.
     pub fn matches_affinity(&self, key: &AffinityKey, value: &AffinityValue) -> bool {
-        self.0.contains(&(key.frontend_id, value.backend.addr, value.backend.port))
+        self.0
+            .contains(&(key.frontend_id, value.backend.addr, value.backend.port))
     }
 }
 
@@ -195,33 +206,45 @@ impl MapStore for KernelMaps {
     }
 
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
-        self.services.insert(key, value, 0).context("updating SERVICES_V1")
+        self.services
+            .insert(key, value, 0)
+            .context("updating SERVICES_V1")
     }
 
     fn delete_service(&mut self, key: &ServiceKey) -> Result<()> {
-        remove(&mut self.services, key).map(drop).context("deleting from SERVICES_V1")
+        remove(&mut self.services, key)
+            .map(drop)
+            .context("deleting from SERVICES_V1")
     }
 
     fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<()> {
-        self.backends.insert(key, value, 0).context("updating BACKENDS_V1")
+        self.backends
+            .insert(key, value, 0)
+            .context("updating BACKENDS_V1")
     }
 
     fn delete_backend(&mut self, key: &BackendKey) -> Result<()> {
-        remove(&mut self.backends, key).map(drop).context("deleting from BACKENDS_V1")
+        remove(&mut self.backends, key)
+            .map(drop)
+            .context("deleting from BACKENDS_V1")
     }
 
     fn purge_flows(&mut self, stale: &StaleBackends) -> Result<(usize, usize)> {
         let ct = purge(&mut self.ct, CT_MAX_ENTRIES, |k, v| stale.matches_ct(k, v))
             .context("purging CT_V1")?;
-        let affinity = purge(&mut self.affinity, MAX_AFFINITY, |k, v| stale.matches_affinity(k, v))
-            .context("purging AFFINITY_V1")?;
+        let affinity = purge(&mut self.affinity, MAX_AFFINITY, |k, v| {
+            stale.matches_affinity(k, v)
+        })
+        .context("purging AFFINITY_V1")?;
         Ok((ct, affinity))
     }
 }
 
 /// Every entry of a map (entries deleted while iterating are skipped).
 pub(crate) fn dump<K: Pod, V: Pod>(map: &Hash<K, V>, name: &str) -> Result<Vec<(K, V)>> {
-    map.iter().collect::<Result<_, _>>().with_context(|| format!("reading {name}"))
+    map.iter()
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {name}"))
 }
 
 /// Deletes the entries `stale` matches. Keys are collected first and deleted after the scan:
@@ -343,7 +366,14 @@ mod tests {
     }
 
     fn forward(proto: u8, backend: (u32, u16), frontend_id: u32) -> (CtKey, CtValue) {
-        let key = CtKey { saddr: 1, daddr: 2, sport: 3, dport: 4, proto, _pad: [0; 3] };
+        let key = CtKey {
+            saddr: 1,
+            daddr: 2,
+            sport: 3,
+            dport: 4,
+            proto,
+            _pad: [0; 3],
+        };
         let value = CtValue {
             nat_daddr: backend.0,
             nat_dport: backend.1,
@@ -354,9 +384,19 @@ mod tests {
     }
 
     fn reply(proto: u8, backend: (u32, u16), frontend_id: u32) -> (CtKey, CtValue) {
-        let key =
-            CtKey { saddr: backend.0, sport: backend.1, daddr: 1, dport: 3, proto, _pad: [0; 3] };
-        let value = CtValue { frontend_id, flags: CT_F_REPLY, ..Default::default() };
+        let key = CtKey {
+            saddr: backend.0,
+            sport: backend.1,
+            daddr: 1,
+            dport: 3,
+            proto,
+            _pad: [0; 3],
+        };
+        let value = CtValue {
+            frontend_id,
+            flags: CT_F_REPLY,
+            ..Default::default()
+        };
         (key, value)
     }
 
@@ -381,8 +421,21 @@ mod tests {
     fn affinity_entries_to_removed_backends_match() {
         let s = stale();
         let entry = |fe, (addr, port)| {
-            let backend = BackendValue { addr, port, flags: 0 };
-            (AffinityKey { client: 9, frontend_id: fe }, AffinityValue { backend, last_used_ns: 1 })
+            let backend = BackendValue {
+                addr,
+                port,
+                flags: 0,
+            };
+            (
+                AffinityKey {
+                    client: 9,
+                    frontend_id: fe,
+                },
+                AffinityValue {
+                    backend,
+                    last_used_ns: 1,
+                },
+            )
         };
         assert!(s.matches_affinity(&entry(FE, GONE).0, &entry(FE, GONE).1));
         assert!(!s.matches_affinity(&entry(FE, KEPT).0, &entry(FE, KEPT).1));
@@ -392,7 +445,11 @@ mod tests {
     #[test]
     fn mem_maps_purge_counts() {
         let mut m = MemMaps::default();
-        m.ct.extend([forward(17, GONE, FE), reply(17, GONE, FE), forward(6, GONE, FE)]);
+        m.ct.extend([
+            forward(17, GONE, FE),
+            reply(17, GONE, FE),
+            forward(6, GONE, FE),
+        ]);
         assert_eq!(m.purge_flows(&stale()).unwrap(), (2, 0));
         assert_eq!(m.ct.len(), 1);
     }

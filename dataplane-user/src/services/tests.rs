@@ -11,11 +11,17 @@ use super::{spec::ip_to_be, *};
 use crate::model::{Backend, Frontend, FrontendKind, Protocol, TrafficPolicy};
 
 fn local() -> LocalContext {
-    LocalContext { node_name: "worker-1".into() }
+    LocalContext {
+        node_name: "worker-1".into(),
+    }
 }
 
 fn name(ns: &str, name: &str) -> ServicePortName {
-    ServicePortName { namespace: ns.into(), name: name.into(), port: String::new() }
+    ServicePortName {
+        namespace: ns.into(),
+        name: name.into(),
+        port: String::new(),
+    }
 }
 
 fn endpoint(ip: [u8; 4], port: u16, node: &str) -> Backend {
@@ -30,7 +36,12 @@ fn endpoint(ip: [u8; 4], port: u16, node: &str) -> Backend {
 }
 
 fn frontend(ip: [u8; 4], port: u16, protocol: Protocol) -> Frontend {
-    Frontend { ip: Ipv4Addr::from(ip), port, protocol, kind: FrontendKind::ClusterIp }
+    Frontend {
+        ip: Ipv4Addr::from(ip),
+        port,
+        protocol,
+        kind: FrontendKind::ClusterIp,
+    }
 }
 
 /// The seed's test001/app-svc-clusterip.
@@ -55,7 +66,9 @@ fn many(count: u8) -> Vec<ServicePort> {
         .map(|i| ServicePort {
             name: name("ns", &format!("svc-{i}")),
             frontends: vec![frontend([10, 96, 1, i], 80, Protocol::Tcp)],
-            backends: (1..=3).map(|j| endpoint([10, 244, i, j], 8080, "worker-2")).collect(),
+            backends: (1..=3)
+                .map(|j| endpoint([10, 244, i, j], 8080, "worker-2"))
+                .collect(),
             ..app_svc(Protocol::Tcp)
         })
         .collect()
@@ -66,7 +79,11 @@ fn table() -> ServiceTable<MemMaps> {
 }
 
 fn be(ip: [u8; 4], port: u16, flags: u16) -> BackendValue {
-    BackendValue { addr: ip_to_be(ip.into()), port: port.to_be(), flags }
+    BackendValue {
+        addr: ip_to_be(ip.into()),
+        port: port.to_be(),
+        flags,
+    }
 }
 
 fn key_of(svc: &ServicePort) -> dataplane_common::lb::ServiceKey {
@@ -76,7 +93,14 @@ fn key_of(svc: &ServicePort) -> dataplane_common::lb::ServiceKey {
 /// The backends the maps serve for `svc`'s first frontend, asserting the set is complete.
 fn served(t: &ServiceTable<MemMaps>, svc: &ServicePort) -> Vec<BackendValue> {
     let v = t.store().services[&key_of(svc)];
-    (0..v.count).map(|slot| t.store().backends[&BackendKey { set_id: v.set_id, slot }]).collect()
+    (0..v.count)
+        .map(|slot| {
+            t.store().backends[&BackendKey {
+                set_id: v.set_id,
+                slot,
+            }]
+        })
+        .collect()
 }
 
 #[test]
@@ -86,7 +110,11 @@ fn seed_service_becomes_exact_entries() {
     let report = t.upsert(&svc).unwrap();
     assert_eq!(
         report,
-        UpdateReport { services_written: 1, backends_written: 3, ..Default::default() }
+        UpdateReport {
+            services_written: 1,
+            backends_written: 3,
+            ..Default::default()
+        }
     );
     let m = t.store();
     assert_eq!(
@@ -129,7 +157,10 @@ fn one_changed_endpoint_rewrites_only_its_frontend() {
     let mut t = table();
     let mut svcs = many(20);
     t.sync(&svcs).unwrap();
-    let before: Vec<ServiceValue> = svcs.iter().map(|s| t.store().services[&key_of(s)]).collect();
+    let before: Vec<ServiceValue> = svcs
+        .iter()
+        .map(|s| t.store().services[&key_of(s)])
+        .collect();
     svcs[7].backends[1].ip = Ipv4Addr::new(10, 244, 99, 9);
     let report = t.sync(&svcs).unwrap();
     assert_eq!(
@@ -144,7 +175,10 @@ fn one_changed_endpoint_rewrites_only_its_frontend() {
     for (i, s) in svcs.iter().enumerate() {
         let now = t.store().services[&key_of(s)];
         if i == 7 {
-            assert_eq!(now.frontend_id, before[i].frontend_id, "frontend id is stable");
+            assert_eq!(
+                now.frontend_id, before[i].frontend_id,
+                "frontend id is stable"
+            );
             assert_ne!(now.set_id, before[i].set_id, "a new set for the new list");
         } else {
             assert_eq!(now, before[i]);
@@ -164,7 +198,10 @@ fn sync_removes_missing_services_and_remove_forgets_one() {
     assert_eq!((report.services_deleted, report.backends_deleted), (1, 3));
     assert_eq!(t.len(), 2);
     assert_eq!(t.store().backends.len(), 6);
-    assert!(t.remove(&svcs[0].name).unwrap().is_empty(), "removing twice is a no-op");
+    assert!(
+        t.remove(&svcs[0].name).unwrap().is_empty(),
+        "removing twice is a no-op"
+    );
 }
 
 #[test]
@@ -179,7 +216,14 @@ fn upsert_drops_frontends_the_service_no_longer_lists() {
     assert_eq!(t.len(), 2);
     svc.frontends.truncate(1);
     let report = t.upsert(&svc).unwrap();
-    assert_eq!((report.services_deleted, report.backends_deleted, report.written()), (1, 3, 0));
+    assert_eq!(
+        (
+            report.services_deleted,
+            report.backends_deleted,
+            report.written()
+        ),
+        (1, 3, 0)
+    );
     assert_eq!(t.len(), 1);
 }
 
@@ -187,7 +231,11 @@ fn upsert_drops_frontends_the_service_no_longer_lists() {
 fn a_frontend_claimed_by_another_service_is_left_to_it() {
     let mut t = table();
     let a = app_svc(Protocol::Tcp);
-    let b = ServicePort { name: name("other", "thief"), backends: vec![], ..a.clone() };
+    let b = ServicePort {
+        name: name("other", "thief"),
+        backends: vec![],
+        ..a.clone()
+    };
     t.upsert(&a).unwrap();
     assert!(t.upsert(&b).unwrap().is_empty());
     assert_eq!(served(&t, &a).len(), 3);
@@ -254,11 +302,21 @@ fn removed_backend_loses_udp_flows_and_affinity_others_keep_theirs() {
     tcp_key.proto = 6;
     m.ct.insert(tcp_key, tcp);
     for (client, backend) in [(1, gone), (2, kept)] {
-        let key = AffinityKey { client, frontend_id: fid };
-        m.affinity.insert(key, AffinityValue { backend, last_used_ns: 1 });
+        let key = AffinityKey {
+            client,
+            frontend_id: fid,
+        };
+        m.affinity.insert(
+            key,
+            AffinityValue {
+                backend,
+                last_used_ns: 1,
+            },
+        );
     }
 
-    svc.backends.retain(|b| b.ip != Ipv4Addr::new(10, 244, 2, 15));
+    svc.backends
+        .retain(|b| b.ip != Ipv4Addr::new(10, 244, 2, 15));
     let report = t.upsert(&svc).unwrap();
     assert_eq!((report.conntrack_deleted, report.affinity_deleted), (2, 1));
     let m = t.store();
@@ -266,9 +324,20 @@ fn removed_backend_loses_udp_flows_and_affinity_others_keep_theirs() {
     let to_gone = |k: &CtKey, v: &CtValue| {
         v.frontend_id == fid && (v.nat_daddr == gone.addr || k.saddr == gone.addr)
     };
-    let left: Vec<u8> = m.ct.iter().filter(|(k, v)| to_gone(k, v)).map(|(k, _)| k.proto).collect();
-    assert_eq!(left, [6], "only the TCP connection to the removed backend is left");
-    assert_eq!(m.affinity.values().map(|v| v.backend).collect::<Vec<_>>(), [kept]);
+    let left: Vec<u8> =
+        m.ct.iter()
+            .filter(|(k, v)| to_gone(k, v))
+            .map(|(k, _)| k.proto)
+            .collect();
+    assert_eq!(
+        left,
+        [6],
+        "only the TCP connection to the removed backend is left"
+    );
+    assert_eq!(
+        m.affinity.values().map(|v| v.backend).collect::<Vec<_>>(),
+        [kept]
+    );
 
     // Removing the frontend purges the rest of its UDP flows.
     let report = t.remove(&svc.name).unwrap();
@@ -289,7 +358,10 @@ fn adoption_continues_where_the_previous_writer_stopped() {
     let mut adopted = ServiceTable::with_store(dump, local()).unwrap();
     assert_eq!(adopted.len(), 9);
     let report = adopted.sync(&[&svcs[..2], &svcs[3..]].concat()).unwrap();
-    assert!(report.is_empty(), "the adopted state already is the desired one: {report}");
+    assert!(
+        report.is_empty(),
+        "the adopted state already is the desired one: {report}"
+    );
     // A new frontend reuses the freed frontend id and takes a set id after every old one.
     let report = adopted.upsert(&svcs[2]).unwrap();
     assert_eq!(report.written(), 4);
@@ -297,7 +369,12 @@ fn adoption_continues_where_the_previous_writer_stopped() {
     assert_eq!(v.frontend_id, 3);
     assert!(v.set_id > *old_sets.last().unwrap());
     // Frontend ids are unique.
-    let mut fids: Vec<u32> = adopted.store().services.values().map(|v| v.frontend_id).collect();
+    let mut fids: Vec<u32> = adopted
+        .store()
+        .services
+        .values()
+        .map(|v| v.frontend_id)
+        .collect();
     fids.sort();
     fids.dedup();
     assert_eq!(fids.len(), 10);
@@ -306,11 +383,17 @@ fn adoption_continues_where_the_previous_writer_stopped() {
 #[test]
 fn sync_after_adoption_removes_unknown_frontends_and_orphan_slots() {
     let mut maps = MemMaps::default();
-    let orphan = BackendKey { set_id: 40, slot: 0 };
+    let orphan = BackendKey {
+        set_id: 40,
+        slot: 0,
+    };
     maps.backends.insert(orphan, be([10, 0, 0, 1], 80, 0));
     let mut t = ServiceTable::with_store(maps, local()).unwrap();
     t.upsert(&app_svc(Protocol::Tcp)).unwrap();
-    assert_eq!(t.store().services[&key_of(&app_svc(Protocol::Tcp))].set_id, 41);
+    assert_eq!(
+        t.store().services[&key_of(&app_svc(Protocol::Tcp))].set_id,
+        41
+    );
     let report = t.sync(&[]).unwrap();
     assert_eq!((report.services_deleted, report.backends_deleted), (1, 4));
     assert!(t.store().backends.is_empty());
@@ -328,15 +411,24 @@ fn a_failed_write_leaves_a_consistent_table_and_the_next_update_finishes() {
     t.store_mut().writes_before_failure = Some(3);
     let fid = t.store().services[&key_of(&svcs[0])].frontend_id;
     let dropped = be([10, 244, 0, 3], 8080, 0);
-    t.store_mut().ct.extend(udp_flow([10, 244, 1, 5], fid, dropped));
+    t.store_mut()
+        .ct
+        .extend(udp_flow([10, 244, 1, 5], fid, dropped));
     assert!(t.sync(&svcs).is_err());
     assert_eq!(served(&t, &svcs[0]).len(), 2, "switched before the failure");
     assert_eq!(served(&t, &svcs[1]).len(), 3, "still the complete old set");
     t.store_mut().writes_before_failure = None;
     let report = t.sync(&svcs).unwrap();
-    assert_eq!(report.conntrack_deleted, 2, "the first frontend's purge was retried");
+    assert_eq!(
+        report.conntrack_deleted, 2,
+        "the first frontend's purge was retried"
+    );
     for s in &svcs {
         assert_eq!(served(&t, s).len(), 2);
     }
-    assert_eq!(t.store().backends.len(), 8, "old sets and the first frontend's old slots are gone");
+    assert_eq!(
+        t.store().backends.len(),
+        8,
+        "old sets and the first frontend's old slots are gone"
+    );
 }
