@@ -183,7 +183,8 @@ fn flow(
         sport,
         dport: vip.port,
         proto,
-        _pad: [0; 3],
+        phase: 0,
+        _pad: [0; 2],
     };
     let base = CtValue {
         frontend_id,
@@ -206,7 +207,8 @@ fn flow(
         sport: to.port,
         dport: sport,
         proto,
-        _pad: [0; 3],
+        phase: 1,
+        _pad: [0; 2],
     };
     let rep = CtValue {
         nat_saddr: vip.addr,

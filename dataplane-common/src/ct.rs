@@ -1,17 +1,32 @@
-//! Connection tracking (`CT_V1`, an LRU hash) and the datapath configuration (`CONFIG_V1`).
+//! Connection tracking (`CT_V2`, an LRU hash) and the datapath configuration (`CONFIG_V2`).
 //!
-//! Entries are keyed by the 5-tuple *as it is on the wire* when a packet reaches a hook, and hold
-//! the rewrite to apply to such packets. As in netfilter, destination rewrites happen at ingress
-//! (before the kernel routes the packet) and source rewrites at egress (after routing). A
-//! balanced connection (client C, frontend F, backend B) has two entries:
+//! Entries are keyed by the 5-tuple *as it is on the wire* when a packet reaches a hook, plus
+//! the phase of that hook, and hold the rewrite to apply to such packets. As in netfilter,
+//! destination rewrites happen at ingress (before the kernel routes the packet) and source
+//! rewrites at egress (after routing). A balanced connection (client C, frontend F, backend B)
+//! has two entries:
 //! - ingress, original `C -> F`: rewrite to `C -> B` (DNAT);
-//! - egress (`CT_F_EGRESS`), reply `B -> C`: rewrite to `F -> C` (un-DNAT).
+//! - egress, reply `B -> C`: rewrite to `F -> C` (un-DNAT).
 //! A masqueraded connection (node address:port M) has two more:
 //! - egress, original `C -> B`: rewrite to `M -> B` (SNAT);
 //! - ingress, reply `B -> M`: rewrite to `B -> C` (un-SNAT).
+//! A connection the node itself opens to a service (per-packet host path, e.g. a connected UDP
+//! socket) is translated at the uplink's egress (`N -> F` to `N -> B`) and its replies at
+//! ingress (`B -> N` to `F -> N`).
+//!
+//! When the reply tuple a new connection needs is held by another live connection, the client's
+//! source port is remapped (netfilter's NAT clash resolution): the DNAT entry then also
+//! rewrites the source port, `C:p -> F` to `C:p' -> B`.
+//!
+//! The entries of one connection form a ring: [`next_key`] of an entry is the key of the entry
+//! the same connection's packets meet next (forward ingress -> forward egress -> reply ingress
+//! -> reply egress -> forward ingress, skipping the ones a connection does not have). The
+//! datapath walks it to share TCP close state and liveness between directions, the agent's GC to
+//! remove a connection whole.
+//!
 //! Addresses and ports are in network byte order.
 
-/// `CT_V1` key: a 5-tuple as seen on the wire.
+/// `CT_V2` key: a 5-tuple as seen on the wire, and the phase of the hooks it applies at.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
@@ -20,10 +35,26 @@ pub struct CtKey {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// `PHASE_INGRESS` or `PHASE_EGRESS`.
+    pub phase: u8,
+    pub _pad: [u8; 2],
 }
 
-/// `CT_V1` value.
+/// Entry applies at ingress hooks (XDP on the uplink, tc ingress of pod devices), before the
+/// kernel routes the packet.
+pub const PHASE_INGRESS: u8 = 0;
+/// Entry applies at egress hooks (tc egress of the uplink and pod devices), after routing.
+///
+/// Like netfilter (DNAT in PREROUTING, SNAT in POSTROUTING), source rewrites happen after
+/// routing: done at ingress, a source that is one of the node's own addresses (masquerade, a
+/// NodePort reply) makes the stack drop the packet as a martian.
+pub const PHASE_EGRESS: u8 = 1;
+
+/// `CT_V2` value.
+///
+/// Several CPUs may handle packets of one connection at once (both directions, RSS): `packets`,
+/// `bytes` and `seen` are only changed with atomic read-modify-write instructions; `last_seen_ns`
+/// is a plain aligned 64-bit store (racing writers store nearly the same time, either is right).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtValue {
@@ -37,29 +68,35 @@ pub struct CtValue {
     pub frontend_id: u32,
     /// bpf_ktime_get_ns() at creation.
     pub created_ns: u64,
-    /// bpf_ktime_get_ns() of the last packet in this direction.
+    /// bpf_ktime_get_ns() of the last packet in this direction (refreshed at most every
+    /// `CT_REFRESH_NS`), or of the last time a packet of the other direction found it.
     pub last_seen_ns: u64,
-    /// Packets and bytes in this direction.
+    /// Packets and bytes in this direction (atomic adds).
     pub packets: u64,
     pub bytes: u64,
-    /// `CT_F_*` flags.
+    /// Low byte: TCP flags seen in this direction; above it `SEEN_*` bits shared by every entry
+    /// of the connection (atomic ORs).
+    pub seen: u32,
+    /// `CT_F_*` flags, fixed at creation.
     pub flags: u8,
-    /// TCP flags seen in this direction (OR of every segment's flags byte).
-    pub tcp_flags_seen: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 3],
 }
 
 /// This entry is the reply direction of its connection.
 pub const CT_F_REPLY: u8 = 1 << 0;
-/// The connection is source-NATed (masquerade).
+/// The connection is source-NATed: masqueraded, or its client port remapped.
 pub const CT_F_SNAT: u8 = 1 << 1;
-/// The entry applies at egress hooks (tc egress of the uplink and pod devices), after the
-/// kernel routed the packet; entries without it apply at ingress hooks (XDP, tc pod ingress).
-///
-/// Like netfilter (DNAT in PREROUTING, SNAT in POSTROUTING), source rewrites happen after
-/// routing: done at ingress, a source that is one of the node's own addresses (masquerade, a
-/// NodePort reply) makes the stack drop the packet as a martian.
-pub const CT_F_EGRESS: u8 = 1 << 2;
+/// The connection was opened by the node itself (translated at the uplink's egress).
+pub const CT_F_HOST: u8 = 1 << 2;
+
+/// `seen`: a FIN was sent in the connection's original direction.
+pub const SEEN_FIN_ORIG: u32 = 1 << 8;
+/// `seen`: a FIN was sent in the reply direction.
+pub const SEEN_FIN_REPLY: u32 = 1 << 9;
+/// `seen`: an RST was sent (either direction).
+pub const SEEN_RST: u32 = 1 << 10;
+/// `seen` bits that the datapath copies to every entry of the connection.
+pub const SEEN_SHARED: u32 = SEEN_FIN_ORIG | SEEN_FIN_REPLY | SEEN_RST;
 
 /// TCP flag bits as in the header's flags byte.
 pub const TCP_FIN: u8 = 0x01;
@@ -67,37 +104,121 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// Entries of `CT_V1` (two per NATed connection).
-pub const CT_MAX_ENTRIES: u32 = 262_144;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 
-/// Connection state as derived from the TCP flags seen, for timeouts and display.
+/// Entries of `CT_V2` (two or four per NATed connection).
+pub const CT_MAX_ENTRIES: u32 = 262_144;
+/// An entry's `last_seen_ns` is rewritten at most this often (a store per packet would bounce
+/// the entry's cache line between CPUs for nothing).
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+pub const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Connection state as derived from the flags seen, for timeouts and display.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CtState {
-    /// Only a SYN so far in this direction.
+    /// No ACK in this direction yet: a SYN only (or a SYN-ACK not yet acknowledged).
     SynSent,
     Established,
-    /// FIN or RST seen.
-    Closing,
+    /// One direction sent its FIN, the other may go on sending (`shutdown(SHUT_WR)`):
+    /// netfilter's FIN_WAIT/CLOSE_WAIT.
+    HalfClosed,
+    /// Both directions sent FIN, or an RST was seen: the tuple lingers briefly for the last
+    /// ACKs and retransmissions, then it and its masquerade port are free.
+    Closed,
     /// UDP, ICMP: no states.
     Stateless,
 }
 
-/// What a CT entry's flags say about the connection. Pure, shared by datapath and `dataplane
-/// conntrack`.
-pub const fn ct_state(proto: u8, tcp_flags_seen: u8) -> CtState {
-    if proto != 6 {
+/// What an entry's `seen` bits say about the connection. Pure, shared by datapath, GC and
+/// `dataplane conntrack`.
+pub const fn ct_state(proto: u8, seen: u32) -> CtState {
+    if proto != IPPROTO_TCP {
         return CtState::Stateless;
     }
-    if tcp_flags_seen & (TCP_FIN | TCP_RST) != 0 {
-        CtState::Closing
-    } else if tcp_flags_seen & TCP_ACK != 0 {
+    let both_fins = SEEN_FIN_ORIG | SEEN_FIN_REPLY;
+    if seen & SEEN_RST != 0 || seen & both_fins == both_fins {
+        CtState::Closed
+    } else if seen & both_fins != 0 {
+        CtState::HalfClosed
+    } else if seen & TCP_ACK as u32 != 0 {
         CtState::Established
     } else {
         CtState::SynSent
     }
 }
 
-/// `CONFIG_V1` (single-entry array): node-wide settings written by the loader at start.
+/// The `seen` bits a packet with TCP flags `tcp_flags` adds to an entry of direction `reply`.
+pub const fn seen_bits(tcp_flags: u8, reply: bool) -> u32 {
+    let mut bits = tcp_flags as u32;
+    if tcp_flags & TCP_FIN != 0 {
+        bits |= if reply { SEEN_FIN_REPLY } else { SEEN_FIN_ORIG };
+    }
+    if tcp_flags & TCP_RST != 0 {
+        bits |= SEEN_RST;
+    }
+    bits
+}
+
+/// The key of the entry the connection's packets meet after the one at `key` (see the module
+/// doc): an ingress entry of a masqueraded connection is followed by the egress entry of the
+/// packet it produced; any other entry by the entry of the other phase that the reply of the
+/// packet it produced meets.
+pub const fn next_key(key: &CtKey, value: &CtValue) -> CtKey {
+    if key.phase == PHASE_INGRESS && value.flags & CT_F_MASQ != 0 {
+        CtKey {
+            saddr: value.nat_saddr,
+            daddr: value.nat_daddr,
+            sport: value.nat_sport,
+            dport: value.nat_dport,
+            proto: key.proto,
+            phase: PHASE_EGRESS,
+            _pad: [0; 2],
+        }
+    } else {
+        CtKey {
+            saddr: value.nat_daddr,
+            daddr: value.nat_saddr,
+            sport: value.nat_dport,
+            dport: value.nat_sport,
+            proto: key.proto,
+            phase: if key.phase == PHASE_INGRESS {
+                PHASE_EGRESS
+            } else {
+                PHASE_INGRESS
+            },
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// The connection is masqueraded (source address rewritten to the node's at egress): it has
+/// the two extra entries of the module doc, and its ingress entries lead to an egress entry of
+/// the tuple they produce.
+pub const CT_F_MASQ: u8 = 1 << 3;
+
+/// Whether an entry has been idle longer than its state allows, by its own clock.
+pub const fn idle_expired(value: &CtValue, proto: u8, now_ns: u64, cfg: &Config) -> bool {
+    let idle = now_ns.saturating_sub(value.last_seen_ns);
+    let state = ct_state(proto, value.seen);
+    idle > cfg.timeout_secs(state, proto) as u64 * NS_PER_SEC
+}
+
+/// How long after its last packet a closed connection's tuple (both FINs, or an RST) may be
+/// taken by a new connection that needs it, before its linger (`timeout_tcp_closed`) is over.
+/// netfilter lets a new connection take a TIME_WAIT/CLOSE tuple at once (nf_nat_used_tuple
+/// harder); two seconds still let the last ACK and a retransmitted FIN find their entry (and
+/// `last_seen_ns` is refreshed only every `CT_REFRESH_NS`).
+pub const CLOSED_REUSE_NS: u64 = 2 * NS_PER_SEC;
+
+/// Whether a new connection may take the entry's tuple: timed out, or closed a little while.
+pub const fn reusable(value: &CtValue, proto: u8, now_ns: u64, cfg: &Config) -> bool {
+    idle_expired(value, proto, now_ns, cfg)
+        || (matches!(ct_state(proto, value.seen), CtState::Closed)
+            && now_ns.saturating_sub(value.last_seen_ns) > CLOSED_REUSE_NS)
+}
+
+/// `CONFIG_V2` (single-entry array): node-wide settings written by the agent at start.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -109,11 +230,13 @@ pub struct Config {
     /// Idle timeouts in seconds, by state.
     pub timeout_tcp_syn: u32,
     pub timeout_tcp_established: u32,
-    pub timeout_tcp_closing: u32,
+    pub timeout_tcp_half_closed: u32,
+    pub timeout_tcp_closed: u32,
     pub timeout_udp: u32,
     pub timeout_other: u32,
-    /// `CFG_F_*` flags.
+    /// `CFG_F_*` flags (none defined yet; 0).
     pub flags: u32,
+    pub _pad: u32,
     /// Cookie of the node's network namespace: socket-level balancing applies only to sockets
     /// of this namespace (0 = socket-level balancing off). Lets several nodes share a kernel
     /// (the lab) and leaves pods, which have their own namespaces and the tc path, alone.
@@ -121,8 +244,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults modelled on the kernel's and Cilium's: SYN 60 s, established 6 h, closing 10 s,
-    /// UDP 60 s (nf_conntrack_udp_timeout_stream is 120 s, plain 30 s).
+    /// Defaults as kube-proxy sets the kernel's conntrack (`--conntrack-tcp-timeout-established`
+    /// 24 h, `--conntrack-tcp-timeout-close-wait` 1 h) and the kernel's own for the rest:
+    /// SYN_SENT 120 s, CLOSE 10 s (the linger after both FINs or an RST; a new SYN on the tuple
+    /// reuses it at once, as netfilter does), UDP 120 s (nf_conntrack_udp_timeout_stream: a
+    /// resolver's connected socket must keep its backend between queries).
     pub const fn with_masq_addr(masq_addr: u32) -> Config {
         Config {
             masq_addr,
@@ -131,12 +257,14 @@ impl Config {
             // ports per backend address:port, like kube-proxy's --random-fully draws widely.
             snat_port_min: 1_024,
             snat_port_max: 32_767,
-            timeout_tcp_syn: 60,
-            timeout_tcp_established: 21_600,
-            timeout_tcp_closing: 10,
-            timeout_udp: 60,
+            timeout_tcp_syn: 120,
+            timeout_tcp_established: 86_400,
+            timeout_tcp_half_closed: 3_600,
+            timeout_tcp_closed: 10,
+            timeout_udp: 120,
             timeout_other: 30,
             flags: 0,
+            _pad: 0,
             netns_cookie: 0,
         }
     }
@@ -146,8 +274,9 @@ impl Config {
         match state {
             CtState::SynSent => self.timeout_tcp_syn,
             CtState::Established => self.timeout_tcp_established,
-            CtState::Closing => self.timeout_tcp_closing,
-            CtState::Stateless if proto == 17 => self.timeout_udp,
+            CtState::HalfClosed => self.timeout_tcp_half_closed,
+            CtState::Closed => self.timeout_tcp_closed,
+            CtState::Stateless if proto == IPPROTO_UDP => self.timeout_udp,
             CtState::Stateless => self.timeout_other,
         }
     }
@@ -169,15 +298,85 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
         assert_eq!(core::mem::size_of::<CtValue>(), 56);
-        assert_eq!(core::mem::size_of::<Config>(), 40);
+        assert_eq!(core::mem::size_of::<Config>(), 48);
     }
 
     #[test]
-    fn tcp_states_follow_flags() {
-        assert_eq!(ct_state(6, TCP_SYN), CtState::SynSent);
-        assert_eq!(ct_state(6, TCP_SYN | TCP_ACK), CtState::Established);
-        assert_eq!(ct_state(6, TCP_SYN | TCP_ACK | TCP_FIN), CtState::Closing);
-        assert_eq!(ct_state(6, TCP_RST), CtState::Closing);
+    fn tcp_states_need_both_fins_or_a_reset_to_close() {
+        let syn = seen_bits(TCP_SYN, false);
+        assert_eq!(ct_state(6, syn), CtState::SynSent);
+        let est = syn | seen_bits(TCP_ACK, false);
+        assert_eq!(ct_state(6, est), CtState::Established);
+        let half = est | seen_bits(TCP_FIN | TCP_ACK, false);
+        assert_eq!(ct_state(6, half), CtState::HalfClosed);
+        // The other direction's FIN arrives through the ring as SEEN_FIN_REPLY.
+        assert_eq!(ct_state(6, half | SEEN_FIN_REPLY), CtState::Closed);
+        assert_eq!(ct_state(6, est | seen_bits(TCP_RST, true)), CtState::Closed);
         assert_eq!(ct_state(17, 0), CtState::Stateless);
+    }
+
+    fn entry(nat: (u32, u16, u32, u16), flags: u8) -> CtValue {
+        CtValue {
+            nat_saddr: nat.0,
+            nat_sport: nat.1,
+            nat_daddr: nat.2,
+            nat_dport: nat.3,
+            flags,
+            ..CtValue::default()
+        }
+    }
+
+    fn key(t: (u32, u16, u32, u16), phase: u8) -> CtKey {
+        CtKey {
+            saddr: t.0,
+            sport: t.1,
+            daddr: t.2,
+            dport: t.3,
+            proto: 6,
+            phase,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The four entries `create` writes for a masqueraded connection with a remapped client
+    /// port, and the two of a plain one, each lead to the next and back to the first.
+    #[test]
+    fn rings_close() {
+        let (c, cp, cp2, f, fp, b, bp, m, mp) = (1, 10, 11, 2, 20, 3, 30, 4, 40);
+        let masq = CT_F_SNAT | CT_F_MASQ;
+        let ring = [
+            (key((c, cp, f, fp), PHASE_INGRESS), entry((c, cp2, b, bp), masq)),
+            (key((c, cp2, b, bp), PHASE_EGRESS), entry((m, mp, b, bp), masq)),
+            (
+                key((b, bp, m, mp), PHASE_INGRESS),
+                entry((b, bp, c, cp2), masq | CT_F_REPLY),
+            ),
+            (
+                key((b, bp, c, cp2), PHASE_EGRESS),
+                entry((f, fp, c, cp), masq | CT_F_REPLY),
+            ),
+        ];
+        for i in 0..4 {
+            assert_eq!(next_key(&ring[i].0, &ring[i].1), ring[(i + 1) % 4].0, "hop {i}");
+        }
+        let plain = [
+            (key((c, cp, f, fp), PHASE_INGRESS), entry((c, cp, b, bp), 0)),
+            (key((b, bp, c, cp), PHASE_EGRESS), entry((f, fp, c, cp), CT_F_REPLY)),
+        ];
+        for i in 0..2 {
+            assert_eq!(next_key(&plain[i].0, &plain[i].1), plain[(i + 1) % 2].0);
+        }
+        // The node's own connection: egress first, reply at ingress.
+        let (n, np) = (5, 50);
+        let host = [
+            (key((n, np, f, fp), PHASE_EGRESS), entry((n, np, b, bp), CT_F_HOST)),
+            (
+                key((b, bp, n, np), PHASE_INGRESS),
+                entry((f, fp, n, np), CT_F_HOST | CT_F_REPLY),
+            ),
+        ];
+        for i in 0..2 {
+            assert_eq!(next_key(&host[i].0, &host[i].1), host[(i + 1) % 2].0);
+        }
     }
 }

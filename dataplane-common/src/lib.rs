@@ -22,11 +22,11 @@ pub mod map_names {
     /// Backend set slots -> backend.
     pub const BACKENDS: &str = "BACKENDS_V1";
     /// Connection tracking (LRU).
-    pub const CT: &str = "CT_V1";
+    pub const CT: &str = "CT_V2";
     /// sessionAffinity ClientIP (LRU).
     pub const AFFINITY: &str = "AFFINITY_V1";
     /// Node-wide settings.
-    pub const CONFIG: &str = "CONFIG_V1";
+    pub const CONFIG: &str = "CONFIG_V2";
     /// Socket-level balancing: per-socket backend for unconnected UDP (LRU).
     pub const SOCK_AFFINITY: &str = "SOCK_AFFINITY_V1";
     /// Socket-level balancing: (socket, backend) -> service address (LRU).

@@ -140,6 +140,9 @@ pub enum Reason {
     DropOverlayTooBig = 29,
     /// Overlay: encapsulation failed (no underlay route to the node, a helper refused).
     DropOverlayEncapFailed = 30,
+    /// The node's own packet to a service, translated at the uplink's egress, has no route to
+    /// its backend from here (a host-network backend on this node itself, or no route).
+    DropNoRoute = 31,
 }
 
 /// Number of columns reserved per hook in the stats table (room for reasons added later).
@@ -149,7 +152,7 @@ pub const MAX_REASONS: u32 = 32;
 pub const STATS_ENTRIES: u32 = NUM_HOOKS * MAX_REASONS;
 
 impl Reason {
-    pub const ALL: [Reason; 31] = [
+    pub const ALL: [Reason; 32] = [
         Reason::PassNotIpv4,
         Reason::PassTcp,
         Reason::PassUdp,
@@ -181,6 +184,7 @@ impl Reason {
         Reason::DropOverlayMalformed,
         Reason::DropOverlayTooBig,
         Reason::DropOverlayEncapFailed,
+        Reason::DropNoRoute,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -216,6 +220,7 @@ impl Reason {
             Reason::DropOverlayMalformed => "drop-overlay-malformed",
             Reason::DropOverlayTooBig => "drop-overlay-too-big",
             Reason::DropOverlayEncapFailed => "drop-overlay-encap-failed",
+            Reason::DropNoRoute => "drop-no-route",
         }
     }
 
@@ -237,6 +242,7 @@ impl Reason {
                 | Reason::DropOverlayMalformed
                 | Reason::DropOverlayTooBig
                 | Reason::DropOverlayEncapFailed
+                | Reason::DropNoRoute
         )
     }
 

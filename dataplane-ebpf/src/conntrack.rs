@@ -1,29 +1,33 @@
-//! Connection tracking: per-direction entries in `CT_V1` holding the rewrite for that direction.
+//! Connection tracking: per-direction entries in `CT_V2` holding the rewrite for that direction
+//! (layout and the ring of a connection's entries: `dataplane_common::ct`).
+
+use core::intrinsics::{atomic_or, atomic_xadd, AtomicOrdering::Relaxed};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_get_prandom_u32,
+    helpers::{bpf_get_prandom_u32, bpf_loop},
 };
 use dataplane_common::{
     ct::{
-        ct_state, Config, CtKey, CtState, CtValue, CT_F_EGRESS, CT_F_REPLY, CT_F_SNAT, TCP_ACK,
-        TCP_SYN,
+        ct_state, idle_expired, next_key, reusable, seen_bits, Config, CtKey, CtState, CtValue, CT_F_HOST,
+        CT_F_MASQ, CT_F_REPLY, CT_F_SNAT, CT_REFRESH_NS, IPPROTO_TCP, PHASE_EGRESS,
+        PHASE_INGRESS, SEEN_SHARED, TCP_ACK, TCP_SYN,
     },
     lb::{BackendValue, ServiceValue, SVC_F_MASQUERADE},
     Reason,
 };
 
 use crate::{
-    maps::{CONFIG_V1, CT_V1},
+    maps::{CONFIG_V2, CT_V2},
     packet::Tuple,
     parse::Ipv4Packet,
 };
 
-const NS_PER_SEC: u64 = 1_000_000_000;
-/// Masquerade ports probed (from a random start) before giving up; bounded for the verifier.
-/// 32 keeps refusals rare until the range is nearly full (the benchmark refused half of 100k
-/// NodePort flows with 8 probes over a 4,536-port range).
-const SNAT_PROBES: u32 = 32;
+/// Source ports probed (from a random start) before giving up; bounded for the verifier.
+/// 32 keeps refusals rare until the range is nearly full.
+const PORT_PROBES: u32 = 32;
+/// A connection has at most four entries: a ring walk visits at most three others.
+const RING_HOPS: usize = 3;
 
 /// A tracked packet: the tuple to rewrite it to, and which direction it travels.
 pub struct Hit {
@@ -31,71 +35,202 @@ pub struct Hit {
     pub reply: bool,
 }
 
-#[inline(always)]
-pub fn key_of(pkt: &Ipv4Packet) -> CtKey {
-    CtKey {
-        saddr: pkt.saddr,
-        daddr: pkt.daddr,
-        sport: pkt.sport,
-        dport: pkt.dport,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    }
-}
-
-/// The loader writes the config before attaching; a zeroed default keeps an unconfigured map
-/// from being misread as huge timeouts.
-#[inline(always)]
-pub fn config() -> Config {
-    match CONFIG_V1.get(0) {
-        Some(c) => *c,
-        None => Config::with_masq_addr(0),
-    }
-}
-
-#[inline(always)]
-fn expired(v: &CtValue, proto: u8, now: u64, cfg: &Config) -> bool {
-    let state = ct_state(proto, v.tcp_flags_seen);
-    now.saturating_sub(v.last_seen_ns) > cfg.timeout_secs(state, proto) as u64 * NS_PER_SEC
-}
-
-/// Which hooks an entry is for (see `CT_F_EGRESS`).
+/// Which hooks an entry is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Ingress,
     Egress,
 }
 
-/// Looks the packet up; refreshes and returns the entry's rewrite on a hit. Entries of the other
-/// phase, expired entries and a new SYN on a closing connection (port reuse) count as misses.
+impl Phase {
+    #[inline(always)]
+    pub fn code(self) -> u8 {
+        match self {
+            Phase::Ingress => PHASE_INGRESS,
+            Phase::Egress => PHASE_EGRESS,
+        }
+    }
+}
+
+#[inline(always)]
+pub fn key(saddr: u32, sport: u16, daddr: u32, dport: u16, proto: u8, phase: Phase) -> CtKey {
+    CtKey {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto,
+        phase: phase.code(),
+        _pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+pub fn key_of(pkt: &Ipv4Packet, phase: Phase) -> CtKey {
+    key(pkt.saddr, pkt.sport, pkt.daddr, pkt.dport, pkt.proto, phase)
+}
+
+/// Used only if the config array could not be read (it always has its one element).
+static DEFAULT_CONFIG: Config = Config::with_masq_addr(0);
+
+/// The node's settings, by reference: a 48-byte copy per use would crowd the 512-byte stack.
+#[inline(always)]
+pub fn config() -> &'static Config {
+    CONFIG_V2.get(0).unwrap_or(&DEFAULT_CONFIG)
+}
+
+/// One branch instead of six field comparisons: ring walks are unrolled, and every branch in
+/// them multiplies the states the verifier explores.
+#[inline(always)]
+fn same_key(a: &CtKey, b: &CtKey) -> bool {
+    // SAFETY: CtKey is 16 bytes of plain integers, 4-byte aligned; read as two u64 halves.
+    let (a, b) = unsafe {
+        (
+            core::ptr::read_unaligned(a as *const CtKey as *const [u64; 2]),
+            core::ptr::read_unaligned(b as *const CtKey as *const [u64; 2]),
+        )
+    };
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) == 0
+}
+
+/// Whether the connection of the entry (`start`, `value`) is still alive in another entry:
+/// `Some(alive)` if its entries form a ring that leads back to `start`, `None` if the walk
+/// meets a missing entry or another connection's (a stale entry whose tuple was reused): such
+/// an entry has no live siblings, and its walk must not be followed to remove anything.
+///
+/// With `for_reuse`, a sibling counts as alive unless a new connection may take it
+/// ([`reusable`]); otherwise unless it timed out.
+#[inline(always)]
+fn siblings_alive(
+    start: &CtKey,
+    value: &CtValue,
+    now: u64,
+    cfg: &Config,
+    for_reuse: bool,
+) -> Option<bool> {
+    let mut alive = false;
+    let mut k = next_key(start, value);
+    for _ in 0..RING_HOPS {
+        if same_key(&k, start) {
+            return Some(alive);
+        }
+        let v = unsafe { CT_V2.get(&k) }?;
+        alive |= if for_reuse {
+            !reusable(v, k.proto, now, cfg)
+        } else {
+            !idle_expired(v, k.proto, now, cfg)
+        };
+        k = next_key(&k, v);
+    }
+    same_key(&k, start).then_some(alive)
+}
+
+/// Removes an entry and, if `whole` (the walk closed), the rest of its connection.
+#[inline(always)]
+fn remove_connection(start: &CtKey, value: &CtValue, whole: bool) {
+    if whole {
+        let mut k = next_key(start, value);
+        for _ in 0..RING_HOPS {
+            if same_key(&k, start) {
+                break;
+            }
+            let Some(v) = (unsafe { CT_V2.get(&k) }) else {
+                break;
+            };
+            let next = next_key(&k, v);
+            let _ = CT_V2.remove(&k);
+            k = next;
+        }
+    }
+    let _ = CT_V2.remove(start);
+}
+
+/// ORs `bits` into the entry at `v` and every other entry of its connection, so both
+/// directions agree on FINs and RSTs (the state needs both FINs to close).
+#[inline(always)]
+fn share_seen(start: &CtKey, v: *mut CtValue, bits: u32) {
+    let mut k = next_key(start, unsafe { &*v });
+    for _ in 0..RING_HOPS {
+        if same_key(&k, start) {
+            return;
+        }
+        let Some(p) = CT_V2.get_ptr_mut(&k) else {
+            return;
+        };
+        or_seen(p, bits);
+        k = next_key(&k, unsafe { &*p });
+    }
+}
+
+#[inline(always)]
+fn or_seen(v: *mut CtValue, bits: u32) {
+    // SAFETY: map values are 8-byte aligned and live while the program runs; other CPUs only
+    // touch this word with atomic instructions too. The intrinsics, not core's atomic types:
+    // the BPF target has no compare-and-swap, so core offers no fetch_* there, but LLVM lowers
+    // these to BPF_ATOMIC instructions (the result is unused: no BPF_FETCH needed).
+    unsafe { atomic_or::<u32, u32, { Relaxed }>(core::ptr::addr_of_mut!((*v).seen), bits) };
+}
+
+#[inline(always)]
+fn count(v: *mut CtValue, len: u32) {
+    // SAFETY: as in `or_seen`.
+    unsafe {
+        atomic_xadd::<u64, u64, { Relaxed }>(core::ptr::addr_of_mut!((*v).packets), 1);
+        atomic_xadd::<u64, u64, { Relaxed }>(core::ptr::addr_of_mut!((*v).bytes), len as u64);
+    }
+}
+
+/// Looks the packet up; refreshes and returns the entry's rewrite on a hit. A new SYN on a
+/// closed connection (port reuse) and an entry whose whole connection timed out count as
+/// misses (and are removed).
 #[inline(always)]
 pub fn lookup(pkt: &Ipv4Packet, len: u32, now: u64, phase: Phase) -> Option<Hit> {
-    let key = key_of(pkt);
-    let v = CT_V1.get_ptr_mut(&key)?;
-    let v = unsafe { &mut *v };
-    if (v.flags & CT_F_EGRESS != 0) != (phase == Phase::Egress) {
-        return None;
-    }
+    let key = key_of(pkt, phase);
+    let v = CT_V2.get_ptr_mut(&key)?;
+    // Shared reads of an entry other CPUs may be updating: only the atomically updated words
+    // change under us, and any value read from them is a valid one.
+    let cur = unsafe { &*v };
     let cfg = config();
     let syn_only = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let reopened = syn_only && ct_state(pkt.proto, v.tcp_flags_seen) == CtState::Closing;
-    if reopened || expired(v, pkt.proto, now, &cfg) {
-        let _ = CT_V1.remove(&key);
+    if pkt.proto == IPPROTO_TCP && syn_only && ct_state(pkt.proto, cur.seen) == CtState::Closed {
+        let whole = siblings_alive(&key, cur, now, cfg, true).is_some();
+        remove_connection(&key, cur, whole);
         return None;
     }
-    v.last_seen_ns = now;
-    v.packets += 1;
-    v.bytes += len as u64;
-    v.tcp_flags_seen |= pkt.tcp_flags;
-    Some(Hit {
-        to: Tuple {
-            saddr: v.nat_saddr,
-            daddr: v.nat_daddr,
-            sport: v.nat_sport,
-            dport: v.nat_dport,
-        },
-        reply: v.flags & CT_F_REPLY != 0,
-    })
+    if idle_expired(cur, pkt.proto, now, cfg) {
+        // Idle in this direction, but the connection may be busy in the other one (a one-way
+        // UDP stream, a download): it lives as long as any of its entries does.
+        match siblings_alive(&key, cur, now, cfg, false) {
+            Some(true) => {}
+            ring => {
+                remove_connection(&key, cur, ring.is_some());
+                return None;
+            }
+        }
+    }
+    let last_seen = cur.last_seen_ns;
+    let seen = cur.seen;
+    let reply = cur.flags & CT_F_REPLY != 0;
+    let to = Tuple {
+        saddr: cur.nat_saddr,
+        daddr: cur.nat_daddr,
+        sport: cur.nat_sport,
+        dport: cur.nat_dport,
+    };
+    if now.saturating_sub(last_seen) > CT_REFRESH_NS {
+        unsafe { (*v).last_seen_ns = now };
+    }
+    count(v, len);
+    if pkt.proto == IPPROTO_TCP {
+        let bits = seen_bits(pkt.tcp_flags, reply);
+        if bits & !seen != 0 {
+            or_seen(v, bits);
+            if bits & SEEN_SHARED & !seen != 0 {
+                share_seen(&key, v, bits & SEEN_SHARED);
+            }
+        }
+    }
+    Some(Hit { to, reply })
 }
 
 #[inline(always)]
@@ -110,35 +245,124 @@ fn entry(to: Tuple, frontend_id: u32, flags: u8, now: u64) -> CtValue {
         last_seen_ns: now,
         packets: 0,
         bytes: 0,
+        seen: 0,
         flags,
-        tcp_flags_seen: 0,
-        _pad: [0; 6],
-    }
-}
-
-#[inline(always)]
-fn key(saddr: u32, sport: u16, daddr: u32, dport: u16, proto: u8) -> CtKey {
-    CtKey {
-        saddr,
-        daddr,
-        sport,
-        dport,
-        proto,
         _pad: [0; 3],
     }
 }
 
+/// Points `v` at another rewrite (one value is reused for every entry `create` writes: four
+/// 56-byte values would crowd the 512-byte stack).
+#[inline(always)]
+fn retarget(v: &mut CtValue, to: Tuple, flags: u8) {
+    v.nat_saddr = to.saddr;
+    v.nat_daddr = to.daddr;
+    v.nat_sport = to.sport;
+    v.nat_dport = to.dport;
+    v.flags = flags;
+}
+
 #[inline(always)]
 fn insert(k: &CtKey, v: &CtValue) -> Result<(), Reason> {
-    CT_V1
+    CT_V2
         .insert(k, v, BPF_ANY as u64)
         .map_err(|_| Reason::DropCtInsertFailed)
 }
 
-/// Tracks a new connection from the packet's client to `backend` and returns the tuple the
-/// packet must carry now (at ingress: DNAT only). Masquerades (source NAT to the node address,
-/// a free port from the SNAT range) for masquerading frontends and for hairpin (a pod reaching
-/// itself through a service would otherwise see a packet from its own address and drop it).
+/// A port of the masquerade range, from a random draw.
+#[inline(always)]
+fn range_port(cfg: &Config, draw: u32) -> u16 {
+    let span = (cfg.snat_port_max as u32).saturating_sub(cfg.snat_port_min as u32) + 1;
+    (cfg.snat_port_min as u32 + draw % span) as u16
+}
+
+/// A port search in progress (the state `probe_port` iterations share through bpf_loop).
+#[repr(C)]
+struct Claim {
+    /// The key to claim; its destination port is what the search varies.
+    key: CtKey,
+    /// The entry to insert under it.
+    value: CtValue,
+    now: u64,
+    /// Random start in the masquerade range.
+    draw: u32,
+    /// Port tried first (network order), 0 = none.
+    keep: u16,
+    /// The port claimed, or the stale one found.
+    port: u16,
+    outcome: u32,
+}
+
+const CLAIM_NONE: u32 = 0;
+const CLAIM_TAKEN: u32 = 1;
+const CLAIM_STALE: u32 = 2;
+
+/// One probe of the port search. A bpf_loop callback: the verifier checks it once, where an
+/// unrolled or bounded loop of 32 probes inside every caller multiplied its states past the
+/// 1M-instruction limit.
+#[inline(never)]
+extern "C" fn probe_port(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    let c = unsafe { &mut *(ctx as *mut Claim) };
+    let port = if i == 0 && c.keep != 0 {
+        c.keep
+    } else {
+        range_port(config(), c.draw.wrapping_add(i as u32)).to_be()
+    };
+    c.key.dport = port;
+    if CT_V2.insert(&c.key, &c.value, BPF_NOEXIST as u64).is_ok() {
+        c.port = port;
+        c.outcome = CLAIM_TAKEN;
+        return 1;
+    }
+    if let Some(old) = unsafe { CT_V2.get(&c.key) } {
+        if reusable(old, c.key.proto, c.now, config()) {
+            c.port = port;
+            c.outcome = CLAIM_STALE;
+            return 1;
+        }
+    }
+    0
+}
+
+/// Claims `c.key` with its destination port set to `keep` or, if that tuple belongs to a live
+/// connection, to a free port of the masquerade range. Inserting with BPF_NOEXIST is both the
+/// uniqueness check and the reservation, so two CPUs never get the same port. An entry of a
+/// timed-out (or closed, see [`reusable`]) connection found on the way is reclaimed with the rest
+/// of its connection, so the search treats expired tuples as free. Returns the port, network order.
+#[inline(always)]
+fn claim(c: &mut Claim, keep: u16) -> Option<u16> {
+    c.keep = keep;
+    c.draw = unsafe { bpf_get_prandom_u32() };
+    c.outcome = CLAIM_NONE;
+    unsafe {
+        bpf_loop(
+            PORT_PROBES,
+            probe_port as *mut core::ffi::c_void,
+            c as *mut Claim as *mut core::ffi::c_void,
+            0,
+        )
+    };
+    match c.outcome {
+        CLAIM_TAKEN => return Some(c.port),
+        CLAIM_STALE => {}
+        _ => return None,
+    }
+    c.key.dport = c.port;
+    let old = unsafe { CT_V2.get(&c.key)? };
+    let ring = siblings_alive(&c.key, old, c.now, config(), true);
+    if ring == Some(true) {
+        return None;
+    }
+    remove_connection(&c.key, old, ring.is_some());
+    CT_V2.insert(&c.key, &c.value, BPF_NOEXIST as u64).ok()?;
+    Some(c.port)
+}
+
+/// Tracks a new connection from the packet's client to `backend`, seen at an ingress hook, and
+/// returns the tuple the packet must carry now (DNAT, and the client port if it had to be
+/// remapped). Masquerades (source NAT to the node address, a free port from the SNAT range, at
+/// egress) for masquerading frontends and for hairpin (a pod reaching itself through a service
+/// would otherwise see a packet from its own address and drop it).
 #[inline(always)]
 pub fn create(
     pkt: &Ipv4Packet,
@@ -147,106 +371,131 @@ pub fn create(
     len: u32,
     now: u64,
 ) -> Result<Tuple, Reason> {
-    let snat = svc.flags & SVC_F_MASQUERADE != 0 || backend.addr == pkt.saddr;
-    let (c, cp, f, fp, b, bp) = (
+    let masq_addr = config().masq_addr;
+    let masq = svc.flags & SVC_F_MASQUERADE != 0 || backend.addr == pkt.saddr;
+    let (c, cp, f, fp, b, bp, proto) = (
         pkt.saddr,
         pkt.sport,
         pkt.daddr,
         pkt.dport,
         backend.addr,
         backend.port,
+        pkt.proto,
     );
-    let dnat = Tuple {
-        saddr: c,
-        daddr: b,
-        sport: cp,
-        dport: bp,
-    };
-    // Replies leave as frontend -> client.
+    let masq_flags = if masq { CT_F_MASQ | CT_F_SNAT } else { 0 };
+    // Replies leave as frontend -> client. Their tuple (backend -> client port) is claimed
+    // first: if another live connection holds it, the client port is remapped.
     let restored = Tuple {
         saddr: f,
         daddr: c,
         sport: fp,
         dport: cp,
     };
-    let id = svc.frontend_id;
-    let proto = pkt.proto;
-    let snat_flag = if snat { CT_F_SNAT } else { 0 };
-    if snat {
-        let cfg = config();
-        let unsnat = entry(
-            Tuple {
-                saddr: b,
-                daddr: c,
-                sport: bp,
-                dport: cp,
-            },
-            id,
-            CT_F_REPLY | CT_F_SNAT,
-            now,
-        );
-        let mp = insert_snat_reply(pkt, backend, &cfg, &unsnat)?;
-        let masq = Tuple {
-            saddr: cfg.masq_addr,
+    // One value is reused for every entry written here: four 56-byte values would crowd the
+    // 512-byte stack.
+    let mut w = Claim {
+        key: key(b, bp, c, 0, proto, Phase::Egress),
+        value: entry(restored, svc.frontend_id, CT_F_REPLY | masq_flags, now),
+        now,
+        draw: 0,
+        keep: 0,
+        port: 0,
+        outcome: CLAIM_NONE,
+    };
+    let cp2 = claim(&mut w, cp).ok_or(Reason::DropSnatPortsExhausted)?;
+    let remap = if cp2 != cp { CT_F_SNAT } else { 0 };
+    let dnat = Tuple {
+        saddr: c,
+        daddr: b,
+        sport: cp2,
+        dport: bp,
+    };
+    if masq {
+        let back = Tuple {
+            saddr: b,
+            daddr: c,
+            sport: bp,
+            dport: cp2,
+        };
+        let reply_key = w.key;
+        retarget(&mut w.value, back, CT_F_REPLY | masq_flags);
+        w.key = key(b, bp, masq_addr, 0, proto, Phase::Ingress);
+        let Some(mp) = claim(&mut w, 0) else {
+            let _ = CT_V2.remove(&reply_key);
+            return Err(Reason::DropSnatPortsExhausted);
+        };
+        let masqueraded = Tuple {
+            saddr: masq_addr,
             daddr: b,
             sport: mp,
             dport: bp,
         };
-        insert(
-            &key(c, cp, b, bp, proto),
-            &entry(masq, id, CT_F_SNAT | CT_F_EGRESS, now),
-        )?;
+        retarget(&mut w.value, masqueraded, masq_flags);
+        insert(&key(c, cp2, b, bp, proto, Phase::Egress), &w.value)?;
     }
-    // Replies are restored after routing, so a frontend that is one of the node's own addresses
-    // (NodePort) never appears as the source of a packet the stack has to route.
-    insert(
-        &key(b, bp, c, cp, proto),
-        &entry(restored, id, CT_F_REPLY | CT_F_EGRESS | snat_flag, now),
-    )?;
-    insert_forward(pkt, dnat, id, snat_flag, len, now)?;
+    retarget(&mut w.value, dnat, masq_flags | remap);
+    insert_forward(pkt, Phase::Ingress, &mut w.value, len)?;
     Ok(dnat)
+}
+
+/// Tracks a connection the node itself opens to a service, seen at the uplink's egress (the
+/// socket is connected to the frontend; every packet is translated, so the connection moves
+/// when its backend goes away, as under kube-proxy). Replies are restored at ingress.
+#[inline(always)]
+pub fn create_host(
+    pkt: &Ipv4Packet,
+    svc: &ServiceValue,
+    backend: &BackendValue,
+    len: u32,
+    now: u64,
+) -> Result<Tuple, Reason> {
+    let (n, np, f, fp, b, bp, proto) = (
+        pkt.saddr,
+        pkt.sport,
+        pkt.daddr,
+        pkt.dport,
+        backend.addr,
+        backend.port,
+        pkt.proto,
+    );
+    let restored = Tuple {
+        saddr: f,
+        daddr: n,
+        sport: fp,
+        dport: np,
+    };
+    let mut w = Claim {
+        key: key(b, bp, n, 0, proto, Phase::Ingress),
+        value: entry(restored, svc.frontend_id, CT_F_HOST | CT_F_REPLY, now),
+        now,
+        draw: 0,
+        keep: 0,
+        port: 0,
+        outcome: CLAIM_NONE,
+    };
+    let np2 = claim(&mut w, np).ok_or(Reason::DropSnatPortsExhausted)?;
+    let remap = if np2 != np { CT_F_SNAT } else { 0 };
+    let to = Tuple {
+        saddr: n,
+        daddr: b,
+        sport: np2,
+        dport: bp,
+    };
+    retarget(&mut w.value, to, CT_F_HOST | remap);
+    insert_forward(pkt, Phase::Egress, &mut w.value, len)?;
+    Ok(to)
 }
 
 /// The original-direction entry, counting the packet that created it.
 #[inline(always)]
 fn insert_forward(
     pkt: &Ipv4Packet,
-    to: Tuple,
-    id: u32,
-    flags: u8,
+    phase: Phase,
+    v: &mut CtValue,
     len: u32,
-    now: u64,
 ) -> Result<(), Reason> {
-    let mut v = entry(to, id, flags, now);
     v.packets = 1;
     v.bytes = len as u64;
-    v.tcp_flags_seen = pkt.tcp_flags;
-    insert(&key_of(pkt), &v)
-}
-
-/// Claims a masquerade port: the reply key (backend -> masq address:port) must not exist yet, so
-/// inserting it with BPF_NOEXIST is both the uniqueness check and the reservation.
-#[inline(always)]
-fn insert_snat_reply(
-    pkt: &Ipv4Packet,
-    backend: &BackendValue,
-    cfg: &Config,
-    reply_val: &CtValue,
-) -> Result<u16, Reason> {
-    let span = (cfg.snat_port_max as u32).saturating_sub(cfg.snat_port_min as u32) + 1;
-    let start = unsafe { bpf_get_prandom_u32() };
-    for i in 0..SNAT_PROBES {
-        let port = (cfg.snat_port_min as u32 + (start.wrapping_add(i) % span)) as u16;
-        let k = key(
-            backend.addr,
-            backend.port,
-            cfg.masq_addr,
-            port.to_be(),
-            pkt.proto,
-        );
-        if CT_V1.insert(&k, reply_val, BPF_NOEXIST as u64).is_ok() {
-            return Ok(port.to_be());
-        }
-    }
-    Err(Reason::DropSnatPortsExhausted)
+    v.seen = seen_bits(pkt.tcp_flags, false);
+    insert(&key_of(pkt, phase), v)
 }

@@ -20,6 +20,9 @@ pub enum Action {
     Drop,
     /// Send back out of the interface it arrived on (XDP_TX; tc: redirect to the same device).
     Bounce,
+    /// At an egress hook: the destination was rewritten after the kernel routed the packet
+    /// (the node's own connection to a service): route it again.
+    Reroute,
 }
 
 #[inline(always)]
@@ -44,14 +47,15 @@ fn translate_tracked<P: Packet>(
     if p.rewrite_tuple(pkt, &hit.to).is_err() {
         return Some((Reason::DropRewriteFailed, Action::Drop));
     }
-    Some((
-        if hit.reply {
-            Reason::NatReply
-        } else {
-            Reason::NatForward
-        },
-        Action::Pass,
-    ))
+    if hit.reply {
+        return Some((Reason::NatReply, Action::Pass));
+    }
+    let action = if phase == Phase::Egress && hit.to.daddr != pkt.daddr {
+        Action::Reroute
+    } else {
+        Action::Pass
+    };
+    Some((Reason::NatForward, action))
 }
 
 /// ICMP errors about translated connections are translated back; other ICMP passes.
@@ -66,9 +70,12 @@ fn icmp_errors<P: Packet>(p: &P, pkt: &Ipv4Packet, phase: Phase) -> (Reason, Act
 
 /// Egress hooks, after the kernel routed the packet: source rewrites of masqueraded connections
 /// (SNAT, and un-DNAT of their replies), and ICMP errors the node's stack emits about translated
-/// connections (e.g. fragmentation needed while forwarding to a backend).
+/// connections (e.g. fragmentation needed while forwarding to a backend). With `host_services`
+/// (the uplink), also the node's own packets to services that socket-level balancing left alone
+/// (UDP to ClusterIPs, everything with socket-level balancing off): balanced and tracked here,
+/// as kube-proxy's OUTPUT chain does.
 #[inline(always)]
-pub fn egress<P: Packet>(p: &P) -> (Reason, Action) {
+pub fn egress<P: Packet>(p: &P, host_services: bool) -> (Reason, Action) {
     let len = p.frame_len();
     let pkt = match parse::parse_ipv4(p.data(), p.data_end(), len as usize) {
         Ok(pkt) => pkt,
@@ -82,8 +89,49 @@ pub fn egress<P: Packet>(p: &P) -> (Reason, Action) {
         if let Some(verdict) = translate_tracked(p, &pkt, len, now, Phase::Egress) {
             return verdict;
         }
+        if host_services {
+            if let Some(svc) = lb::lookup_service(&pkt) {
+                return host_connection(p, &pkt, &svc, len, now);
+            }
+        }
     }
     (parse::pass_reason(pkt.l4), Action::Pass)
+}
+
+#[inline(always)]
+fn host_connection<P: Packet>(
+    p: &P,
+    pkt: &Ipv4Packet,
+    svc: &ServiceValue,
+    len: u32,
+    now: u64,
+) -> (Reason, Action) {
+    if svc.count == 0 {
+        return no_endpoints(p, pkt, svc);
+    }
+    let created = lb::select_backend(svc, pkt.saddr, now)
+        .and_then(|backend| conntrack::create_host(pkt, svc, &backend, len, now))
+        .and_then(|to| {
+            p.rewrite_tuple(pkt, &to)
+                .map_err(|_| Reason::DropRewriteFailed)
+        });
+    match created {
+        Ok(()) => (Reason::LbNewConnection, Action::Reroute),
+        Err(reason) => (reason, Action::Drop),
+    }
+}
+
+/// A frontend without endpoints: kube-proxy drops external traffic under
+/// externalTrafficPolicy Local, and rejects the rest.
+#[inline(always)]
+fn no_endpoints<P: Packet>(p: &P, pkt: &Ipv4Packet, svc: &ServiceValue) -> (Reason, Action) {
+    if svc.flags & (SVC_F_EXTERNAL | SVC_F_LOCAL_ONLY) == SVC_F_EXTERNAL | SVC_F_LOCAL_ONLY {
+        return (Reason::DropNoLocalEndpoints, Action::Drop);
+    }
+    match icmp::reject_port_unreachable(p, pkt) {
+        Ok(()) => (Reason::RejectNoEndpoints, Action::Bounce),
+        Err(()) => (Reason::DropRejectFailed, Action::Drop),
+    }
 }
 
 /// Classify only: hooks with nothing to translate yet.
@@ -119,13 +167,7 @@ pub fn service_ingress<P: Packet>(p: &P) -> (Reason, Action) {
         return (parse::pass_reason(pkt.l4), Action::Pass);
     };
     if svc.count == 0 {
-        if svc.flags & (SVC_F_EXTERNAL | SVC_F_LOCAL_ONLY) == SVC_F_EXTERNAL | SVC_F_LOCAL_ONLY {
-            return (Reason::DropNoLocalEndpoints, Action::Drop);
-        }
-        return match icmp::reject_port_unreachable(p, &pkt) {
-            Ok(()) => (Reason::RejectNoEndpoints, Action::Bounce),
-            Err(()) => (Reason::DropRejectFailed, Action::Drop),
-        };
+        return no_endpoints(p, &pkt, &svc);
     }
     match new_connection(p, &pkt, &svc, len, now) {
         Ok(()) => (Reason::LbNewConnection, Action::Pass),

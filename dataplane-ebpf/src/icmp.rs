@@ -125,22 +125,12 @@ fn try_translate_error<P: Packet>(p: &P, pkt: &Ipv4Packet, phase: Phase) -> Resu
         return Ok(false);
     }
     let (qs, qd, qsp, qdp) = (be32(&q, 12), be32(&q, 16), be16(&q, 20), be16(&q, 22));
-    let key = dataplane_common::ct::CtKey {
-        saddr: qd,
-        daddr: qs,
-        sport: qdp,
-        dport: qsp,
-        proto,
-        _pad: [0; 3],
-    };
-    let Some(t) = (unsafe { crate::maps::CT_V1.get(&key) }).copied() else {
-        return Ok(false);
-    };
     // Same phase rule as for the connection's own packets (masqueraded connections are undone in
     // two steps: un-SNAT at ingress, un-DNAT at egress).
-    if (t.flags & dataplane_common::ct::CT_F_EGRESS != 0) != (phase == Phase::Egress) {
+    let key = crate::conntrack::key(qd, qdp, qs, qsp, proto, phase);
+    let Some(t) = (unsafe { crate::maps::CT_V2.get(&key) }).copied() else {
         return Ok(false);
-    }
+    };
     // Quote as the sender sent it: from the rewrite's destination, to the rewrite's source.
     let (ns, nd, nsp, ndp) = (t.nat_daddr, t.nat_saddr, t.nat_dport, t.nat_sport);
 

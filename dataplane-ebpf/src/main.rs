@@ -2,6 +2,9 @@
 //! verdict in `STATS_V1` and returns the hook's action code.
 #![no_std]
 #![no_main]
+// BPF atomic instructions for conntrack counters and flags (see conntrack::or_seen).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod conntrack;
 mod datapath;
@@ -11,11 +14,12 @@ mod maps;
 mod overlay;
 mod packet;
 mod parse;
+mod route;
 mod sock;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{xdp_action, BPF_F_INGRESS, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_redirect,
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
@@ -30,6 +34,8 @@ fn xdp_action(action: Action) -> u32 {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
         Action::Bounce => xdp_action::XDP_TX,
+        // Only egress hooks reroute.
+        Action::Reroute => xdp_action::XDP_PASS,
     }
 }
 
@@ -40,6 +46,8 @@ fn tc_action(ctx: &TcContext, action: Action) -> i32 {
         Action::Drop => TC_ACT_SHOT,
         // Egress of the device the frame came in on: back to the pod that sent it.
         Action::Bounce => unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 },
+        // Only the uplink's egress reroutes (tc_uplink_egress).
+        Action::Reroute => TC_ACT_OK,
     }
 }
 
@@ -75,7 +83,7 @@ fn tc_egress(ctx: &TcContext, hook: Hook) -> i32 {
     linearize(ctx);
     let p = TcPacket(ctx);
     let len = p.frame_len();
-    let (reason, action) = datapath::egress(&p);
+    let (reason, action) = datapath::egress(&p, false);
     stats::count(hook, reason, len);
     tc_action(ctx, action)
 }
@@ -112,23 +120,45 @@ pub fn tc_uplink_ingress(ctx: TcContext) -> i32 {
     tc_observe(&ctx, Hook::TcUplinkIngress)
 }
 
-/// tc egress on the uplink: ICMP errors the node emits about translated connections, and the
-/// overlay's encapsulation.
+/// tc egress on the uplink: ICMP errors the node emits about translated connections, the node's
+/// own packets to services (balanced here), and the overlay's encapsulation.
 #[classifier]
 pub fn tc_uplink_egress(ctx: TcContext) -> i32 {
     linearize(&ctx);
     let p = TcPacket(&ctx);
     let len = p.frame_len();
-    let (reason, action) = datapath::egress(&p);
+    let (reason, action) = datapath::egress(&p, true);
     stats::count(Hook::TcUplinkEgress, reason, len);
-    // Packets for another node's pod CIDR are encapsulated (counted a second time as such).
-    if action == Action::Pass {
-        if let Some((reason, act)) = overlay::encap(&ctx) {
-            stats::count(Hook::TcUplinkEgress, reason, len);
-            return act;
+    match action {
+        Action::Pass | Action::Reroute => {}
+        // A reject for the node's own packet: into the node's stack, not out to the wire.
+        Action::Bounce => {
+            return unsafe { bpf_redirect((*ctx.skb.skb).ifindex, BPF_F_INGRESS as u64) as i32 }
         }
+        Action::Drop => return TC_ACT_SHOT,
     }
-    tc_action(&ctx, action)
+    // Packets for another node's pod CIDR are encapsulated (counted a second time as such).
+    if let Some((reason, act)) = overlay::encap(&ctx) {
+        stats::count(Hook::TcUplinkEgress, reason, len);
+        return act;
+    }
+    if action == Action::Reroute {
+        return reroute(&ctx, len);
+    }
+    TC_ACT_OK
+}
+
+#[inline(always)]
+fn reroute(ctx: &TcContext, len: u32) -> i32 {
+    let p = TcPacket(ctx);
+    let routed = match parse::parse_ipv4(p.data(), p.data_end(), len as usize) {
+        Ok(pkt) => route::reroute(ctx, pkt.saddr, pkt.daddr, pkt.proto),
+        Err(reason) => Err(reason),
+    };
+    routed.unwrap_or_else(|reason| {
+        stats::count(Hook::TcUplinkEgress, reason, len);
+        TC_ACT_SHOT
+    })
 }
 
 /// tc ingress on a pod-facing host device: connections from pods to services start here.

@@ -27,19 +27,20 @@ pub static SERVICES_V1: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_
 #[map(name = "BACKENDS_V1")]
 pub static BACKENDS_V1: HashMap<BackendKey, BackendValue> = HashMap::pinned(MAX_BACKEND_SLOTS, 0);
 
-/// Connection tracking, one entry per direction of a NATed connection (LRU: a full table evicts
-/// the least recently used entries, never the active ones first).
-#[map(name = "CT_V1")]
-pub static CT_V1: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CT_MAX_ENTRIES, 0);
+/// Connection tracking, one entry per direction and phase of a NATed connection (LRU: a full
+/// table evicts the least recently used entries, never the active ones first; the agent's GC
+/// removes timed-out connections whole).
+#[map(name = "CT_V2")]
+pub static CT_V2: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CT_MAX_ENTRIES, 0);
 
 /// sessionAffinity ClientIP: (client, frontend) -> last backend.
 #[map(name = "AFFINITY_V1")]
 pub static AFFINITY_V1: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(MAX_AFFINITY, 0);
 
-/// Node-wide settings (index 0), written by the loader at start.
-#[map(name = "CONFIG_V1")]
-pub static CONFIG_V1: Array<Config> = Array::pinned(1, 0);
+/// Node-wide settings (index 0), written by the agent at start.
+#[map(name = "CONFIG_V2")]
+pub static CONFIG_V2: Array<Config> = Array::pinned(1, 0);
 
 /// Socket-level balancing: the backend an unconnected UDP socket was given per service.
 #[map(name = "SOCK_AFFINITY_V1")]

@@ -10,7 +10,9 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use dataplane_common::{
-    lb::{BackendValue, ServiceKey, SockAffinityKey, SockRevNatKey, SockRevNatValue},
+    lb::{
+        BackendValue, ServiceKey, SockAffinityKey, SockRevNatKey, SockRevNatValue, SVC_F_EXTERNAL,
+    },
     Reason,
 };
 
@@ -61,6 +63,13 @@ pub fn balance(ctx: &SockAddrContext, sticky_per_socket: bool) -> (Reason, i32) 
     let Some(svc) = (unsafe { crate::maps::SERVICES_V1.get(&key) }).copied() else {
         return (Reason::SockPass, SOCK_ALLOW);
     };
+    if key.proto == IPPROTO_UDP && svc.flags & SVC_F_EXTERNAL == 0 && svc.count != 0 {
+        // UDP to a ClusterIP is translated per packet at the uplink's egress instead
+        // (conntrack::create_host): a connected socket's sends never reach sendmsg4 again, so
+        // a backend chosen here would outlive its removal (resolvers keep their socket).
+        // NodePorts are the node's own addresses, routed over loopback past every tc hook.
+        return (Reason::SockPass, SOCK_ALLOW);
+    }
     if svc.count == 0 {
         // kube-proxy's REJECT, at the syscall: connect()/sendmsg() fail with ECONNREFUSED.
         unsafe { bpf_set_retval(-ECONNREFUSED) };

@@ -36,6 +36,13 @@ pub const UNDERLAY_PREFIX_LEN: u8 = 24;
 /// exists (as on real nodes) but traffic to unknown destinations dies inside the lab.
 pub const UNDERLAY_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
+/// The gateway's MAC, a permanent neighbour entry on every underlay host: a real gateway
+/// answers ARP, so packets routed to it reach the uplink's tc egress (where the node's own
+/// packets to services are translated and rerouted) instead of waiting for an answer that
+/// never comes. Nobody has this locally administered address: frames sent to it are flooded
+/// on the lab's switch and dropped by every host, so they still die inside the lab.
+pub const UNDERLAY_GATEWAY_MAC: &str = "02:00:c6:12:00:01";
+
 /// Underlay address of the external client.
 pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 
@@ -385,6 +392,20 @@ impl Lab {
             ],
         )?;
         let gw = UNDERLAY_GATEWAY.to_string();
+        ip(
+            ns,
+            &[
+                "neigh",
+                "replace",
+                &gw,
+                "lladdr",
+                UNDERLAY_GATEWAY_MAC,
+                "nud",
+                "permanent",
+                "dev",
+                "eth0",
+            ],
+        )?;
         ip(ns, &["route", "add", "default", "via", &gw, "dev", "eth0"])?;
         Ok(())
     }

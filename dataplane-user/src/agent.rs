@@ -25,11 +25,38 @@ pub struct AgentConfig {
     pub pin_dir: PathBuf,
     pub attach: loader::AttachConfig,
     pub masquerade_ip: Option<Ipv4Addr>,
+    /// Conntrack timeouts given on the command line (others: the pinned config's, or defaults).
+    pub timeouts: TimeoutOverrides,
+    /// First pause of the conntrack GC.
+    pub gc_interval: std::time::Duration,
     /// Where services come from; None: the maps are managed by someone else (tests, tools).
     pub source: Option<Source>,
     pub metrics_addr: Option<SocketAddr>,
     /// Tunnel settings (`--overlay` and friends).
     pub overlay: crate::overlay::OverlaySettings,
+}
+
+/// Conntrack timeouts in seconds (`--conntrack-*` flags).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TimeoutOverrides {
+    pub tcp_established: Option<u32>,
+    pub tcp_close_wait: Option<u32>,
+    pub tcp_closed: Option<u32>,
+    pub udp: Option<u32>,
+}
+
+impl TimeoutOverrides {
+    fn apply(&self, c: &mut dataplane_common::ct::Config) {
+        let set = |field: &mut u32, v: Option<u32>| {
+            if let Some(v) = v {
+                *field = v;
+            }
+        };
+        set(&mut c.timeout_tcp_established, self.tcp_established);
+        set(&mut c.timeout_tcp_half_closed, self.tcp_close_wait);
+        set(&mut c.timeout_tcp_closed, self.tcp_closed);
+        set(&mut c.timeout_udp, self.udp);
+    }
 }
 
 pub fn run(cfg: AgentConfig) -> Result<()> {
@@ -48,11 +75,18 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
     status.attached.store(true, Relaxed);
 
     let source_stats = Arc::new(SourceStats::default());
+    let gc_stats = Arc::new(crate::conntrack_gc::GcStats::default());
+    let _gc = AbortOnDrop(tokio::spawn(crate::conntrack_gc::run(
+        cfg.pin_dir.clone(),
+        cfg.gc_interval,
+        gc_stats.clone(),
+    )));
     let _metrics = cfg.metrics_addr.map(|addr| {
         let m = Arc::new(Metrics {
             pin_dir: cfg.pin_dir.clone(),
             status: status.clone(),
             source: cfg.source.as_ref().map(|_| source_stats.clone()),
+            gc: gc_stats.clone(),
         });
         AbortOnDrop(tokio::spawn(async move {
             if let Err(e) = metrics::serve(addr, m).await {
@@ -143,6 +177,7 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
             };
         }
     }
+    cfg.timeouts.apply(&mut config);
     if cfg.attach.cgroup.is_some() {
         config.netns_cookie = loader::netns_cookie()?;
     }

@@ -70,6 +70,23 @@ struct RunArgs {
     /// Source address for masqueraded connections (default: the uplink's first IPv4 address).
     #[arg(long)]
     masquerade_ip: Option<std::net::Ipv4Addr>,
+    /// Idle timeout of established TCP connections, seconds (kube-proxy's
+    /// --conntrack-tcp-timeout-established; default 86400, or what the pinned config holds).
+    #[arg(long, value_name = "SECS")]
+    conntrack_tcp_timeout_established: Option<u32>,
+    /// Idle timeout of a TCP connection one side has closed (FIN), seconds (kube-proxy's
+    /// --conntrack-tcp-timeout-close-wait; default 3600).
+    #[arg(long, value_name = "SECS")]
+    conntrack_tcp_timeout_close_wait: Option<u32>,
+    /// Linger of a TCP connection after both FINs or an RST, seconds (default 10).
+    #[arg(long, value_name = "SECS")]
+    conntrack_tcp_timeout_closed: Option<u32>,
+    /// Idle timeout of UDP flows, seconds (default 120, the kernel's udp_timeout_stream).
+    #[arg(long, value_name = "SECS")]
+    conntrack_udp_timeout: Option<u32>,
+    /// First pause of the conntrack GC, seconds; it then adapts to the table's fill (2 s to 5 min).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    conntrack_gc_interval: u64,
     /// Socket-level balancing of the node's own traffic to services (cgroup v2 connect4,
     /// sendmsg4, recvmsg4, getpeername4), as Cilium does.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -189,6 +206,13 @@ fn run(args: RunArgs) -> Result<()> {
             cgroup,
         },
         masquerade_ip: args.masquerade_ip,
+        timeouts: agent::TimeoutOverrides {
+            tcp_established: args.conntrack_tcp_timeout_established,
+            tcp_close_wait: args.conntrack_tcp_timeout_close_wait,
+            tcp_closed: args.conntrack_tcp_timeout_closed,
+            udp: args.conntrack_udp_timeout,
+        },
+        gc_interval: std::time::Duration::from_secs(args.conntrack_gc_interval.max(1)),
         source,
         metrics_addr: args.metrics_addr,
         overlay,

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub pin_dir: PathBuf,
     pub status: Arc<AgentStatus>,
     pub source: Option<Arc<SourceStats>>,
+    pub gc: Arc<crate::conntrack_gc::GcStats>,
 }
 
 /// Serves until the task is dropped.
@@ -195,9 +196,21 @@ fn render_maps(out: &mut String, m: &Metrics) -> Result<()> {
     gauge(
         out,
         "dataplane_conntrack_entries",
-        "Entries in CT_V1 (two or four per connection).",
+        "Entries in CT_V2 (two or four per connection).",
         ct.len() as u64,
     );
+    metric(
+        out,
+        "dataplane_conntrack_fill_ratio",
+        "gauge",
+        "Entries in CT_V2 over its capacity (the GC warns above 0.9).",
+    );
+    let _ = writeln!(
+        out,
+        "dataplane_conntrack_fill_ratio {}",
+        ct.len() as f64 / dataplane_common::ct::CT_MAX_ENTRIES as f64
+    );
+    render_gc(out, &m.gc);
     let mut per_frontend = std::collections::BTreeMap::<u32, (u64, u64)>::new();
     for row in &ct {
         let e = per_frontend.entry(row.frontend_id).or_default();
@@ -236,6 +249,38 @@ fn render_maps(out: &mut String, m: &Metrics) -> Result<()> {
     );
     out.push_str(&bytes_lines);
     Ok(())
+}
+
+fn render_gc(out: &mut String, gc: &crate::conntrack_gc::GcStats) {
+    counter(
+        out,
+        "dataplane_conntrack_gc_runs_total",
+        "Conntrack GC sweeps.",
+        gc.runs.load(Relaxed),
+    );
+    counter(
+        out,
+        "dataplane_conntrack_gc_deleted_total",
+        "CT_V2 entries of timed-out connections removed by the GC.",
+        gc.deleted.load(Relaxed),
+    );
+    counter(
+        out,
+        "dataplane_conntrack_gc_errors_total",
+        "Conntrack GC sweeps that failed.",
+        gc.errors.load(Relaxed),
+    );
+    metric(
+        out,
+        "dataplane_conntrack_gc_interval_seconds",
+        "gauge",
+        "Pause before the next GC sweep (adapts to the table's fill).",
+    );
+    let _ = writeln!(
+        out,
+        "dataplane_conntrack_gc_interval_seconds {}",
+        gc.interval_millis.load(Relaxed) as f64 / 1e3
+    );
 }
 
 fn render_agent(out: &mut String, s: &AgentStatus) {

@@ -26,11 +26,16 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(spec: &LabSpec) -> Result<Cluster> {
+        Self::start_with(spec, &[])
+    }
+
+    /// Like [`Cluster::start`], with extra `dataplane run` arguments on every node.
+    pub fn start_with(spec: &LabSpec, extra_args: &[&str]) -> Result<Cluster> {
         crate::support::require_root();
         let lab = CheckedLab::build(spec)?;
         let mut nodes = Vec::new();
         for i in 0..lab.nodes().len() {
-            nodes.push(DataplaneNode::start(&lab, i, &[])?);
+            nodes.push(DataplaneNode::start(&lab, i, extra_args)?);
         }
         Ok(Cluster { nodes, lab })
     }

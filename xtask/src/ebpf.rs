@@ -221,7 +221,7 @@ pub fn build_ebpf() -> Result<PathBuf> {
         // BTF (for bpftool and CO-RE) needs debug info and the linker's --btf.
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f-Ctarget-cpu=v3",
         )
         .env_remove("RUSTFLAGS"))
     .context("building the eBPF programs")?;

@@ -30,7 +30,7 @@
 
 mod mirror;
 mod plan;
-mod show;
+pub mod show;
 mod spec;
 mod store;
 #[cfg(test)]

@@ -80,7 +80,7 @@ pub struct CtRow {
     /// Packets and bytes in this direction.
     pub packets: u64,
     pub bytes: u64,
-    /// Idle time left before the state's timeout (`CONFIG_V1`) expires the entry; `None`
+    /// Idle time left before the state's timeout (`CONFIG_V2`) expires the entry; `None`
     /// without a written config.
     pub expires_in: Option<Duration>,
 }
@@ -150,7 +150,7 @@ pub fn list_conntrack(source: &(impl MapSource + ?Sized)) -> Result<Vec<CtRow>> 
 
 /// Decodes one conntrack entry at monotonic time `now_ns`.
 fn ct_row(key: &CtKey, value: &CtValue, now_ns: u64, config: Option<&Config>) -> CtRow {
-    let state = ct_state(key.proto, value.tcp_flags_seen);
+    let state = ct_state(key.proto, value.seen);
     let idle = Duration::from_nanos(now_ns.saturating_sub(value.last_seen_ns));
     let timeout = config.map(|c| Duration::from_secs(c.timeout_secs(state, key.proto).into()));
     CtRow {
@@ -176,7 +176,7 @@ fn ct_row(key: &CtKey, value: &CtValue, now_ns: u64, config: Option<&Config>) ->
 }
 
 /// The clock bpf_ktime_get_ns() reads.
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -309,7 +309,8 @@ fn state_name(state: CtState) -> &'static str {
     match state {
         CtState::SynSent => "syn-sent",
         CtState::Established => "established",
-        CtState::Closing => "closing",
+        CtState::HalfClosed => "half-closed",
+        CtState::Closed => "closed",
         CtState::Stateless => "-",
     }
 }
@@ -396,7 +397,8 @@ mod tests {
             sport: 40_000u16.to_be(),
             dport: 80u16.to_be(),
             proto: 6,
-            _pad: [0; 3],
+            phase: 0,
+            _pad: [0; 2],
         };
         let value = CtValue {
             nat_saddr: key.saddr,
@@ -409,8 +411,8 @@ mod tests {
             packets: 10,
             bytes: 1_500,
             flags: 0,
-            tcp_flags_seen: TCP_SYN | TCP_ACK,
-            _pad: [0; 6],
+            seen: (TCP_SYN | TCP_ACK) as u32,
+            _pad: [0; 3],
         };
         let config = Config::with_masq_addr(0);
         let row = ct_row(&key, &value, 100_000_000_000, Some(&config));
@@ -418,7 +420,7 @@ mod tests {
         assert_eq!(row.state, CtState::Established);
         assert_eq!(row.age, Duration::from_secs(99));
         assert_eq!(row.idle, Duration::from_secs(9));
-        assert_eq!(row.expires_in, Some(Duration::from_secs(21_600 - 9)));
+        assert_eq!(row.expires_in, Some(Duration::from_secs(86_400 - 9)));
         assert_eq!(row.nat_dst.to_string(), "10.244.2.15:8080");
         let text = render_conntrack(&[row]);
         assert!(
@@ -429,7 +431,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("established") && text.contains("1m39s") && text.contains("5h59m"),
+            text.contains("established") && text.contains("1m39s") && text.contains("23h59m"),
             "{text}"
         );
 

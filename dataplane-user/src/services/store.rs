@@ -372,7 +372,8 @@ mod tests {
             sport: 3,
             dport: 4,
             proto,
-            _pad: [0; 3],
+            phase: 0,
+            _pad: [0; 2],
         };
         let value = CtValue {
             nat_daddr: backend.0,
@@ -390,7 +391,8 @@ mod tests {
             daddr: 1,
             dport: 3,
             proto,
-            _pad: [0; 3],
+            phase: 1,
+            _pad: [0; 2],
         };
         let value = CtValue {
             frontend_id,

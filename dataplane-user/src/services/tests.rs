@@ -253,7 +253,8 @@ fn udp_flow(client: [u8; 4], fid: u32, backend: BackendValue) -> [(CtKey, CtValu
         sport: cport,
         dport: 80u16.to_be(),
         proto: 17,
-        _pad: [0; 3],
+        phase: 0,
+        _pad: [0; 2],
     };
     let fwd = CtValue {
         nat_saddr: client,
@@ -269,7 +270,8 @@ fn udp_flow(client: [u8; 4], fid: u32, backend: BackendValue) -> [(CtKey, CtValu
         daddr: client,
         dport: cport,
         proto: 17,
-        _pad: [0; 3],
+        phase: 1,
+        _pad: [0; 2],
     };
     let rep = CtValue {
         nat_saddr: fwd_key.daddr,
