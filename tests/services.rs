@@ -706,7 +706,7 @@ fn fragmentation_needed_from_the_node_reaches_the_client_socket() {
     );
 }
 
-/// Fills CT_V1 far past its size (as a SYN flood of new connections would) while a long-lived
+/// Fills CT_V2 far past its size (as a SYN flood of new connections would) while a long-lived
 /// connection keeps talking: the LRU table evicts idle entries, the active connection survives,
 /// and new connections are still tracked.
 #[test]

@@ -411,7 +411,7 @@ fn seed_service_entries_updates_removal_and_adoption() {
     assert_eq!(text.lines().count(), 5, "{text}");
     assert!(text.contains("10.244.1.7:40000"), "{text}");
 
-    // CONFIG_V1 through the pin dir and through the loaded object.
+    // CONFIG_V2 through the pin dir and through the loaded object.
     let mut cfg = Config::with_masq_addr(be_ip([192, 168, 0, 10]));
     services::write_config(dir, &cfg).unwrap();
     assert_eq!(services::read_config(&datapath).unwrap(), cfg);

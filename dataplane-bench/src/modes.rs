@@ -331,7 +331,7 @@ impl ModeLab {
     }
 
     /// Empties this mode's connection tracking: the kernel's (conntrack -F) for netfilter
-    /// modes, CT_V1 for the dataplane.
+    /// modes, CT_V2 for the dataplane.
     pub fn flush_conntrack(&self) -> Result<()> {
         if self.mode.uses_netfilter() {
             netns::run_in(&self.node1.ns, &["conntrack", "-F"])
@@ -349,12 +349,12 @@ impl ModeLab {
             let map = dp
                 .ebpf
                 .map(map_names::CT)
-                .ok_or_else(|| anyhow!("CT_V1 missing"))?;
+                .ok_or_else(|| anyhow!("CT_V2 missing"))?;
             let fd = match map {
                 aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => {
                     d.fd().as_fd().as_raw_fd()
                 }
-                _ => bail!("CT_V1 has an unexpected type"),
+                _ => bail!("CT_V2 has an unexpected type"),
             };
             crate::rawbpf::drain_hash(fd, 16, 56)?;
         }

@@ -233,7 +233,7 @@ pub fn load_xdp(insns: &[Insn], name: &str) -> Result<OwnedFd> {
 pub fn drain_hash(fd: RawFd, key_size: usize, value_size: usize) -> Result<usize> {
     const CHUNK: u32 = 8192;
     let mut keys = vec![0u8; key_size * CHUNK as usize];
-    // Per-CPU maps would need value_size * ncpus; CT_V1 is a plain LRU hash.
+    // Per-CPU maps would need value_size * ncpus; CT_V2 is a plain LRU hash.
     let mut values = vec![0u8; value_size * CHUNK as usize];
     let mut total = 0usize;
     loop {

@@ -123,9 +123,12 @@ pub enum CtState {
     /// One direction sent its FIN, the other may go on sending (`shutdown(SHUT_WR)`):
     /// netfilter's FIN_WAIT/CLOSE_WAIT.
     HalfClosed,
-    /// Both directions sent FIN, or an RST was seen: the tuple lingers briefly for the last
-    /// ACKs and retransmissions, then it and its masquerade port are free.
+    /// Both directions sent FIN: netfilter's TIME_WAIT. The tuple lingers as long as the
+    /// closing side's TIME_WAIT socket may (a backend that closed first keeps one for 60 s, and
+    /// a new connection from the same address:port would meet it).
     Closed,
+    /// An RST was seen: no TIME_WAIT socket is left, the tuple is free after a short linger.
+    Reset,
     /// UDP, ICMP: no states.
     Stateless,
 }
@@ -137,7 +140,9 @@ pub const fn ct_state(proto: u8, seen: u32) -> CtState {
         return CtState::Stateless;
     }
     let both_fins = SEEN_FIN_ORIG | SEEN_FIN_REPLY;
-    if seen & SEEN_RST != 0 || seen & both_fins == both_fins {
+    if seen & SEEN_RST != 0 {
+        CtState::Reset
+    } else if seen & both_fins == both_fins {
         CtState::Closed
     } else if seen & both_fins != 0 {
         CtState::HalfClosed
@@ -204,19 +209,66 @@ pub const fn idle_expired(value: &CtValue, proto: u8, now_ns: u64, cfg: &Config)
     idle > cfg.timeout_secs(state, proto) as u64 * NS_PER_SEC
 }
 
-/// How long after its last packet a closed connection's tuple (both FINs, or an RST) may be
-/// taken by a new connection that needs it, before its linger (`timeout_tcp_closed`) is over.
-/// netfilter lets a new connection take a TIME_WAIT/CLOSE tuple at once (nf_nat_used_tuple
-/// harder); two seconds still let the last ACK and a retransmitted FIN find their entry (and
-/// `last_seen_ns` is refreshed only every `CT_REFRESH_NS`).
+/// A closed connection's tuple is not taken by a new connection for this long after its last
+/// packet: the last ACK and a retransmitted FIN still find their entry (`last_seen_ns` is
+/// refreshed only every `CT_REFRESH_NS`).
 pub const CLOSED_REUSE_NS: u64 = 2 * NS_PER_SEC;
+/// After this long a TIME_WAIT socket the tuple's previous connection left (Linux keeps them
+/// 60 s) is gone: a new connection can take the tuple without meeting it. Taken sooner, the
+/// new SYN meets the old socket, whose PAWS check rejects it half the time (timestamps are
+/// offset per connection), and the client retries a second later.
+pub const TIME_WAIT_SAFE_NS: u64 = 61 * NS_PER_SEC;
 
-/// Whether a new connection may take the entry's tuple: timed out, or closed a little while.
-pub const fn reusable(value: &CtValue, proto: u8, now_ns: u64, cfg: &Config) -> bool {
-    idle_expired(value, proto, now_ns, cfg)
-        || (matches!(ct_state(proto, value.seen), CtState::Closed)
-            && now_ns.saturating_sub(value.last_seen_ns) > CLOSED_REUSE_NS)
+/// Whether a new connection may take an entry's tuple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reuse {
+    /// The entry's connection is alive.
+    No,
+    /// Only if no free tuple is found: closed a little while, but a TIME_WAIT socket of it may
+    /// still exist at the closing side.
+    LastResort,
+    /// As good as free: timed out, reset, or closed long enough ago.
+    Free,
 }
+
+/// How freely a new connection may take the entry's tuple (netfilter lets a new connection
+/// take a TIME_WAIT tuple when it needs it: nf_nat_used_tuple_harder).
+pub const fn reuse(value: &CtValue, proto: u8, now_ns: u64, cfg: &Config) -> Reuse {
+    if idle_expired(value, proto, now_ns, cfg) {
+        return Reuse::Free;
+    }
+    let idle = now_ns.saturating_sub(value.last_seen_ns);
+    match ct_state(proto, value.seen) {
+        CtState::Reset if idle > CLOSED_REUSE_NS => Reuse::Free,
+        CtState::Closed if idle > TIME_WAIT_SAFE_NS => Reuse::Free,
+        CtState::Closed if idle > CLOSED_REUSE_NS => Reuse::LastResort,
+        _ => Reuse::No,
+    }
+}
+
+/// `FRAGS_V1` key: the datagram a fragment belongs to, as the fragment is on the wire when it
+/// reaches a hook (before that hook translates it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    /// IPv4 identification, network order.
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// `FRAGS_V1` value: the ports the datagram's first fragment carried (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Entries of `FRAGS_V1` (LRU: datagrams in flight, like Cilium's IPV4_FRAG_DATAGRAMS).
+pub const MAX_FRAG_DATAGRAMS: u32 = 8_192;
 
 /// `CONFIG_V2` (single-entry array): node-wide settings written by the agent at start.
 #[repr(C)]
@@ -232,11 +284,11 @@ pub struct Config {
     pub timeout_tcp_established: u32,
     pub timeout_tcp_half_closed: u32,
     pub timeout_tcp_closed: u32,
+    pub timeout_tcp_reset: u32,
     pub timeout_udp: u32,
     pub timeout_other: u32,
     /// `CFG_F_*` flags (none defined yet; 0).
     pub flags: u32,
-    pub _pad: u32,
     /// Cookie of the node's network namespace: socket-level balancing applies only to sockets
     /// of this namespace (0 = socket-level balancing off). Lets several nodes share a kernel
     /// (the lab) and leaves pods, which have their own namespaces and the tc path, alone.
@@ -246,8 +298,8 @@ pub struct Config {
 impl Config {
     /// Defaults as kube-proxy sets the kernel's conntrack (`--conntrack-tcp-timeout-established`
     /// 24 h, `--conntrack-tcp-timeout-close-wait` 1 h) and the kernel's own for the rest:
-    /// SYN_SENT 120 s, CLOSE 10 s (the linger after both FINs or an RST; a new SYN on the tuple
-    /// reuses it at once, as netfilter does), UDP 120 s (nf_conntrack_udp_timeout_stream: a
+    /// SYN_SENT 120 s, TIME_WAIT 120 s (after both FINs), CLOSE 10 s (after an RST; a new SYN
+    /// on a closed tuple reuses it at once, as netfilter does), UDP 120 s (nf_conntrack_udp_timeout_stream: a
     /// resolver's connected socket must keep its backend between queries).
     pub const fn with_masq_addr(masq_addr: u32) -> Config {
         Config {
@@ -260,11 +312,11 @@ impl Config {
             timeout_tcp_syn: 120,
             timeout_tcp_established: 86_400,
             timeout_tcp_half_closed: 3_600,
-            timeout_tcp_closed: 10,
+            timeout_tcp_closed: 120,
+            timeout_tcp_reset: 10,
             timeout_udp: 120,
             timeout_other: 30,
             flags: 0,
-            _pad: 0,
             netns_cookie: 0,
         }
     }
@@ -276,6 +328,7 @@ impl Config {
             CtState::Established => self.timeout_tcp_established,
             CtState::HalfClosed => self.timeout_tcp_half_closed,
             CtState::Closed => self.timeout_tcp_closed,
+            CtState::Reset => self.timeout_tcp_reset,
             CtState::Stateless if proto == IPPROTO_UDP => self.timeout_udp,
             CtState::Stateless => self.timeout_other,
         }
@@ -288,6 +341,8 @@ mod pod {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
 }
 
 #[cfg(test)]
@@ -311,7 +366,7 @@ mod tests {
         assert_eq!(ct_state(6, half), CtState::HalfClosed);
         // The other direction's FIN arrives through the ring as SEEN_FIN_REPLY.
         assert_eq!(ct_state(6, half | SEEN_FIN_REPLY), CtState::Closed);
-        assert_eq!(ct_state(6, est | seen_bits(TCP_RST, true)), CtState::Closed);
+        assert_eq!(ct_state(6, est | seen_bits(TCP_RST, true)), CtState::Reset);
         assert_eq!(ct_state(17, 0), CtState::Stateless);
     }
 
@@ -345,8 +400,14 @@ mod tests {
         let (c, cp, cp2, f, fp, b, bp, m, mp) = (1, 10, 11, 2, 20, 3, 30, 4, 40);
         let masq = CT_F_SNAT | CT_F_MASQ;
         let ring = [
-            (key((c, cp, f, fp), PHASE_INGRESS), entry((c, cp2, b, bp), masq)),
-            (key((c, cp2, b, bp), PHASE_EGRESS), entry((m, mp, b, bp), masq)),
+            (
+                key((c, cp, f, fp), PHASE_INGRESS),
+                entry((c, cp2, b, bp), masq),
+            ),
+            (
+                key((c, cp2, b, bp), PHASE_EGRESS),
+                entry((m, mp, b, bp), masq),
+            ),
             (
                 key((b, bp, m, mp), PHASE_INGRESS),
                 entry((b, bp, c, cp2), masq | CT_F_REPLY),
@@ -357,11 +418,18 @@ mod tests {
             ),
         ];
         for i in 0..4 {
-            assert_eq!(next_key(&ring[i].0, &ring[i].1), ring[(i + 1) % 4].0, "hop {i}");
+            assert_eq!(
+                next_key(&ring[i].0, &ring[i].1),
+                ring[(i + 1) % 4].0,
+                "hop {i}"
+            );
         }
         let plain = [
             (key((c, cp, f, fp), PHASE_INGRESS), entry((c, cp, b, bp), 0)),
-            (key((b, bp, c, cp), PHASE_EGRESS), entry((f, fp, c, cp), CT_F_REPLY)),
+            (
+                key((b, bp, c, cp), PHASE_EGRESS),
+                entry((f, fp, c, cp), CT_F_REPLY),
+            ),
         ];
         for i in 0..2 {
             assert_eq!(next_key(&plain[i].0, &plain[i].1), plain[(i + 1) % 2].0);
@@ -369,7 +437,10 @@ mod tests {
         // The node's own connection: egress first, reply at ingress.
         let (n, np) = (5, 50);
         let host = [
-            (key((n, np, f, fp), PHASE_EGRESS), entry((n, np, b, bp), CT_F_HOST)),
+            (
+                key((n, np, f, fp), PHASE_EGRESS),
+                entry((n, np, b, bp), CT_F_HOST),
+            ),
             (
                 key((b, bp, n, np), PHASE_INGRESS),
                 entry((f, fp, n, np), CT_F_HOST | CT_F_REPLY),

@@ -25,6 +25,8 @@ pub mod map_names {
     pub const CT: &str = "CT_V2";
     /// sessionAffinity ClientIP (LRU).
     pub const AFFINITY: &str = "AFFINITY_V1";
+    /// Fragmented datagrams in flight: (addresses, IP id, protocol) -> the first fragment's ports.
+    pub const FRAGS: &str = "FRAGS_V1";
     /// Node-wide settings.
     pub const CONFIG: &str = "CONFIG_V2";
     /// Socket-level balancing: per-socket backend for unconnected UDP (LRU).
@@ -32,7 +34,7 @@ pub mod map_names {
     /// Socket-level balancing: (socket, backend) -> service address (LRU).
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT_V1";
     /// Overlay: this node's tunnel settings.
-    pub const OVERLAY_CONFIG: &str = "OVERLAY_CONFIG_V1";
+    pub const OVERLAY_CONFIG: &str = "OVERLAY_CONFIG_V2";
     /// Overlay: pod CIDR (LPM) -> node tunnel endpoint and VTEP MAC.
     pub const OVERLAY_ROUTES: &str = "OVERLAY_ROUTES_V1";
     /// Overlay: nodes tunnel packets are accepted from.

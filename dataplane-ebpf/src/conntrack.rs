@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     ct::{
-        ct_state, idle_expired, next_key, reusable, seen_bits, Config, CtKey, CtState, CtValue, CT_F_HOST,
-        CT_F_MASQ, CT_F_REPLY, CT_F_SNAT, CT_REFRESH_NS, IPPROTO_TCP, PHASE_EGRESS,
+        ct_state, idle_expired, next_key, reuse, seen_bits, Config, CtKey, CtState, CtValue, Reuse,
+        CT_F_HOST, CT_F_MASQ, CT_F_REPLY, CT_F_SNAT, CT_REFRESH_NS, IPPROTO_TCP, PHASE_EGRESS,
         PHASE_INGRESS, SEEN_SHARED, TCP_ACK, TCP_SYN,
     },
     lb::{BackendValue, ServiceValue, SVC_F_MASQUERADE},
@@ -98,8 +98,8 @@ fn same_key(a: &CtKey, b: &CtKey) -> bool {
 /// meets a missing entry or another connection's (a stale entry whose tuple was reused): such
 /// an entry has no live siblings, and its walk must not be followed to remove anything.
 ///
-/// With `for_reuse`, a sibling counts as alive unless a new connection may take it
-/// ([`reusable`]); otherwise unless it timed out.
+/// With `for_reuse`, a sibling counts as alive unless a new connection may take it ([`reuse`]);
+/// otherwise unless it timed out.
 #[inline(always)]
 fn siblings_alive(
     start: &CtKey,
@@ -115,8 +115,11 @@ fn siblings_alive(
             return Some(alive);
         }
         let v = unsafe { CT_V2.get(&k) }?;
+        // For reuse, the entry found qualified by its own clock; its siblings only need to
+        // belong to the same finished connection (the last ACK may have refreshed one later).
         alive |= if for_reuse {
-            !reusable(v, k.proto, now, cfg)
+            reuse(v, k.proto, now, cfg) == Reuse::No
+                && !matches!(ct_state(k.proto, v.seen), CtState::Closed | CtState::Reset)
         } else {
             !idle_expired(v, k.proto, now, cfg)
         };
@@ -192,7 +195,8 @@ pub fn lookup(pkt: &Ipv4Packet, len: u32, now: u64, phase: Phase) -> Option<Hit>
     let cur = unsafe { &*v };
     let cfg = config();
     let syn_only = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if pkt.proto == IPPROTO_TCP && syn_only && ct_state(pkt.proto, cur.seen) == CtState::Closed {
+    let state = ct_state(pkt.proto, cur.seen);
+    if syn_only && (state == CtState::Closed || state == CtState::Reset) {
         let whole = siblings_alive(&key, cur, now, cfg, true).is_some();
         remove_connection(&key, cur, whole);
         return None;
@@ -290,6 +294,8 @@ struct Claim {
     keep: u16,
     /// The port claimed, or the stale one found.
     port: u16,
+    /// A closed connection's port, taken if no better one turns up (0 = none).
+    last_resort: u16,
     outcome: u32,
 }
 
@@ -315,10 +321,14 @@ extern "C" fn probe_port(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
         return 1;
     }
     if let Some(old) = unsafe { CT_V2.get(&c.key) } {
-        if reusable(old, c.key.proto, c.now, config()) {
-            c.port = port;
-            c.outcome = CLAIM_STALE;
-            return 1;
+        match reuse(old, c.key.proto, c.now, config()) {
+            Reuse::Free => {
+                c.port = port;
+                c.outcome = CLAIM_STALE;
+                return 1;
+            }
+            Reuse::LastResort if c.last_resort == 0 => c.last_resort = port,
+            _ => {}
         }
     }
     0
@@ -327,13 +337,21 @@ extern "C" fn probe_port(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
 /// Claims `c.key` with its destination port set to `keep` or, if that tuple belongs to a live
 /// connection, to a free port of the masquerade range. Inserting with BPF_NOEXIST is both the
 /// uniqueness check and the reservation, so two CPUs never get the same port. An entry of a
-/// timed-out (or closed, see [`reusable`]) connection found on the way is reclaimed with the rest
+/// timed-out (or closed, see [`reuse`]) connection found on the way is reclaimed with the rest
 /// of its connection, so the search treats expired tuples as free. Returns the port, network order.
 #[inline(always)]
 fn claim(c: &mut Claim, keep: u16) -> Option<u16> {
+    // A second round with a fresh draw when the first one's candidate was taken by another CPU
+    // or turned out to belong to a live connection.
+    claim_round(c, keep).or_else(|| claim_round(c, 0))
+}
+
+#[inline(always)]
+fn claim_round(c: &mut Claim, keep: u16) -> Option<u16> {
     c.keep = keep;
     c.draw = unsafe { bpf_get_prandom_u32() };
     c.outcome = CLAIM_NONE;
+    c.last_resort = 0;
     unsafe {
         bpf_loop(
             PORT_PROBES,
@@ -345,6 +363,7 @@ fn claim(c: &mut Claim, keep: u16) -> Option<u16> {
     match c.outcome {
         CLAIM_TAKEN => return Some(c.port),
         CLAIM_STALE => {}
+        _ if c.last_resort != 0 => c.port = c.last_resort,
         _ => return None,
     }
     c.key.dport = c.port;
@@ -400,6 +419,7 @@ pub fn create(
         draw: 0,
         keep: 0,
         port: 0,
+        last_resort: 0,
         outcome: CLAIM_NONE,
     };
     let cp2 = claim(&mut w, cp).ok_or(Reason::DropSnatPortsExhausted)?;
@@ -471,6 +491,7 @@ pub fn create_host(
         draw: 0,
         keep: 0,
         port: 0,
+        last_resort: 0,
         outcome: CLAIM_NONE,
     };
     let np2 = claim(&mut w, np).ok_or(Reason::DropSnatPortsExhausted)?;
@@ -488,12 +509,7 @@ pub fn create_host(
 
 /// The original-direction entry, counting the packet that created it.
 #[inline(always)]
-fn insert_forward(
-    pkt: &Ipv4Packet,
-    phase: Phase,
-    v: &mut CtValue,
-    len: u32,
-) -> Result<(), Reason> {
+fn insert_forward(pkt: &Ipv4Packet, phase: Phase, v: &mut CtValue, len: u32) -> Result<(), Reason> {
     v.packets = 1;
     v.bytes = len as u64;
     v.seen = seen_bits(pkt.tcp_flags, false);

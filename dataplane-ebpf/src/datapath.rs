@@ -8,7 +8,7 @@ use dataplane_common::{
 
 use crate::{
     conntrack::{self, Phase},
-    icmp, lb,
+    frag, icmp, lb,
     packet::Packet,
     parse::{self, Ipv4Packet, L4},
 };
@@ -58,6 +58,36 @@ fn translate_tracked<P: Packet>(
     Some((Reason::NatForward, action))
 }
 
+/// A fragment after the first: the translation of its datagram's connection, addresses only
+/// (the ports and the transport checksum are in the first fragment).
+#[inline(always)]
+fn later_fragment<P: Packet>(
+    p: &P,
+    mut pkt: Ipv4Packet,
+    len: u32,
+    phase: Phase,
+) -> (Reason, Action) {
+    if !frag::recall(&mut pkt) {
+        return (Reason::PassFragment, Action::Pass);
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(hit) = conntrack::lookup(&pkt, len, now, phase) else {
+        return (Reason::PassFragment, Action::Pass);
+    };
+    if p.rewrite_addrs(&pkt, hit.to.saddr, hit.to.daddr).is_err() {
+        return (Reason::DropRewriteFailed, Action::Drop);
+    }
+    if hit.reply {
+        return (Reason::NatReply, Action::Pass);
+    }
+    let action = if phase == Phase::Egress && hit.to.daddr != pkt.daddr {
+        Action::Reroute
+    } else {
+        Action::Pass
+    };
+    (Reason::NatForward, action)
+}
+
 /// ICMP errors about translated connections are translated back; other ICMP passes.
 #[inline(always)]
 fn icmp_errors<P: Packet>(p: &P, pkt: &Ipv4Packet, phase: Phase) -> (Reason, Action) {
@@ -84,7 +114,11 @@ pub fn egress<P: Packet>(p: &P, host_services: bool) -> (Reason, Action) {
     if pkt.l4 == L4::Icmp {
         return icmp_errors(p, &pkt, Phase::Egress);
     }
+    if pkt.l4 == L4::Fragment {
+        return later_fragment(p, pkt, len, Phase::Egress);
+    }
     if pkt.l4 == L4::Tcp || pkt.l4 == L4::Udp {
+        frag::remember(&pkt);
         let now = unsafe { bpf_ktime_get_ns() };
         if let Some(verdict) = translate_tracked(p, &pkt, len, now, Phase::Egress) {
             return verdict;
@@ -155,10 +189,13 @@ pub fn service_ingress<P: Packet>(p: &P) -> (Reason, Action) {
     if pkt.l4 == L4::Icmp {
         return icmp_errors(p, &pkt, Phase::Ingress);
     }
-    // Non-first fragments carry no ports: passed untranslated (see the issue note on fragments).
+    if pkt.l4 == L4::Fragment {
+        return later_fragment(p, pkt, len, Phase::Ingress);
+    }
     if pkt.l4 != L4::Tcp && pkt.l4 != L4::Udp {
         return (parse::pass_reason(pkt.l4), Action::Pass);
     }
+    frag::remember(&pkt);
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(verdict) = translate_tracked(p, &pkt, len, now, Phase::Ingress) {
         return verdict;

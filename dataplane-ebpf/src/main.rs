@@ -8,6 +8,7 @@
 
 mod conntrack;
 mod datapath;
+mod frag;
 mod icmp;
 mod lb;
 mod maps;

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
-    ct::{Config, CtKey, CtValue, CT_MAX_ENTRIES},
+    ct::{Config, CtKey, CtValue, FragKey, FragValue, CT_MAX_ENTRIES, MAX_FRAG_DATAGRAMS},
     lb::{
         AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
         SockAffinityKey, SockRevNatKey, SockRevNatValue, MAX_AFFINITY, MAX_BACKEND_SLOTS,
@@ -33,6 +33,11 @@ pub static BACKENDS_V1: HashMap<BackendKey, BackendValue> = HashMap::pinned(MAX_
 #[map(name = "CT_V2")]
 pub static CT_V2: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CT_MAX_ENTRIES, 0);
 
+/// Fragmented datagrams in flight: the ports of each datagram's first fragment, so the
+/// fragments after it (which carry none) get the same connection's translation.
+#[map(name = "FRAGS_V1")]
+pub static FRAGS_V1: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(MAX_FRAG_DATAGRAMS, 0);
+
 /// sessionAffinity ClientIP: (client, frontend) -> last backend.
 #[map(name = "AFFINITY_V1")]
 pub static AFFINITY_V1: LruHashMap<AffinityKey, AffinityValue> =
@@ -53,8 +58,8 @@ pub static SOCK_REVNAT_V1: LruHashMap<SockRevNatKey, SockRevNatValue> =
     LruHashMap::pinned(MAX_SOCK_ENTRIES, 0);
 
 /// Overlay: this node's tunnel settings (index 0), written by the agent at start.
-#[map(name = "OVERLAY_CONFIG_V1")]
-pub static OVERLAY_CONFIG_V1: Array<OverlayConfig> = Array::pinned(1, 0);
+#[map(name = "OVERLAY_CONFIG_V2")]
+pub static OVERLAY_CONFIG_V2: Array<OverlayConfig> = Array::pinned(1, 0);
 
 /// Overlay: pod CIDRs (longest prefix match, key = prefix length + network-order address) ->
 /// the node they live on. Written by the agent (`OverlayTable`).

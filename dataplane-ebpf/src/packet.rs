@@ -27,6 +27,9 @@ pub trait Packet {
     fn frame_len(&self) -> u32;
     /// Rewrites IPv4 addresses and TCP/UDP ports to `to`, updating every checksum.
     fn rewrite_tuple(&self, pkt: &Ipv4Packet, to: &Tuple) -> Result<(), ()>;
+    /// Rewrites the IPv4 addresses only (a non-first fragment: its transport checksum, in the
+    /// first fragment, was updated with the first fragment's rewrite).
+    fn rewrite_addrs(&self, pkt: &Ipv4Packet, saddr: u32, daddr: u32) -> Result<(), ()>;
     /// Grows or shrinks the frame to `len` bytes.
     fn resize(&self, len: u32) -> Result<(), ()>;
     /// Writes `N` bytes at `offset`.
@@ -94,6 +97,23 @@ impl Packet for XdpPacket<'_> {
             (*ip).check = ipc;
             *ports = [to.sport, to.dport];
             *check = c;
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn rewrite_addrs(&self, pkt: &Ipv4Packet, saddr: u32, daddr: u32) -> Result<(), ()> {
+        let ip = self.data() + (pkt.l3_off & MAX_L4_OFF);
+        if ip + core::mem::size_of::<Ipv4Hdr>() > self.data_end() {
+            return Err(());
+        }
+        let ip = ip as *mut Ipv4Hdr;
+        unsafe {
+            let mut c = csum::replace4((*ip).check, (*ip).saddr, saddr);
+            c = csum::replace4(c, (*ip).daddr, daddr);
+            (*ip).saddr = saddr;
+            (*ip).daddr = daddr;
+            (*ip).check = c;
         }
         Ok(())
     }
@@ -213,6 +233,20 @@ impl Packet for TcPacket<'_> {
         self.replace_addr(pkt, pkt.l3_off + 16, l4_check, mangled, to.daddr)?;
         self.replace_port(pkt.l4_off, l4_check, mangled, to.sport)?;
         self.replace_port(pkt.l4_off + 2, l4_check, mangled, to.dport)
+    }
+
+    #[inline(always)]
+    fn rewrite_addrs(&self, pkt: &Ipv4Packet, saddr: u32, daddr: u32) -> Result<(), ()> {
+        for (off, to) in [(pkt.l3_off + 12, saddr), (pkt.l3_off + 16, daddr)] {
+            let ctx = self.0;
+            let old: u32 = ctx.load(off).map_err(|_| ())?;
+            if old != to {
+                ctx.l3_csum_replace(pkt.l3_off + 10, old as u64, to as u64, 4)
+                    .map_err(|_| ())?;
+                ctx.store(off, &to, 0).map_err(|_| ())?;
+            }
+        }
+        Ok(())
     }
 
     #[inline(always)]

@@ -150,6 +150,12 @@ pub struct Ipv4Packet {
     pub dport: u16,
     /// TCP flags byte (0 for other protocols).
     pub tcp_flags: u8,
+    /// IPv4 identification (network order): with the addresses and protocol it names the
+    /// datagram a fragment belongs to.
+    pub ip_id: u16,
+    /// A first fragment (offset 0, more fragments follow): its ports are remembered for the
+    /// fragments that follow without them.
+    pub first_fragment: bool,
 }
 
 /// Skips the Ethernet header and up to two VLAN tags; returns the EtherType that follows.
@@ -177,7 +183,7 @@ fn parse_l2(cur: &mut Cursor) -> Result<u16, Reason> {
 fn parse_l3(cur: &mut Cursor, frame_len: usize) -> Result<Ipv4Packet, Reason> {
     let l3_off = cur.offset();
     let ip = cur.take::<Ipv4Hdr>().ok_or(Reason::DropTruncatedIpv4)?;
-    let (vihl, tot_len, frag_off, proto, saddr, daddr) = unsafe {
+    let (vihl, tot_len, frag_off, proto, saddr, daddr, ip_id) = unsafe {
         (
             (*ip).vihl,
             u16::from_be((*ip).tot_len) as usize,
@@ -185,6 +191,7 @@ fn parse_l3(cur: &mut Cursor, frame_len: usize) -> Result<Ipv4Packet, Reason> {
             (*ip).proto,
             (*ip).saddr,
             (*ip).daddr,
+            (*ip).id,
         )
     };
     let hdr_len = ((vihl & 0x0f) as usize) << 2;
@@ -215,8 +222,13 @@ fn parse_l3(cur: &mut Cursor, frame_len: usize) -> Result<Ipv4Packet, Reason> {
         sport: 0,
         dport: 0,
         tcp_flags: 0,
+        ip_id,
+        first_fragment: frag_off & 0x3fff == IP_MF,
     })
 }
+
+/// More-fragments flag of the IPv4 header's flags/offset word (host order).
+const IP_MF: u16 = 0x2000;
 
 #[inline(always)]
 fn l4_kind(proto: u8) -> L4 {

@@ -111,8 +111,7 @@ pub fn next_interval(prev: Duration, entries: usize, deleted: usize, max_entries
 pub fn sweep(pin_dir: &Path) -> Result<(usize, usize)> {
     let cfg = loader::read_pinned_config(pin_dir)?;
     let path = pin_dir.join(map_names::CT);
-    let data =
-        MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     let mut ct: BpfHash<MapData, CtKey, CtValue> = BpfHash::try_from(Map::LruHashMap(data))?;
     // Bounded: datapath inserts and evictions during the walk can restart get_next_key.
     let mut entries = Vec::new();
@@ -140,7 +139,9 @@ pub async fn run(pin_dir: PathBuf, first: Duration, stats: Arc<GcStats>) {
     let mut interval = first;
     let mut warned = false;
     loop {
-        stats.interval_millis.store(interval.as_millis() as u64, Relaxed);
+        stats
+            .interval_millis
+            .store(interval.as_millis() as u64, Relaxed);
         tokio::time::sleep(interval).await;
         let dir = pin_dir.clone();
         let started = Instant::now();
@@ -175,7 +176,9 @@ pub async fn run(pin_dir: PathBuf, first: Duration, stats: Arc<GcStats>) {
         }
         warned = fill > WARN_FILL;
         if deleted > 0 {
-            log::debug!("conntrack GC: {deleted} entries of timed-out connections removed, {left} left");
+            log::debug!(
+                "conntrack GC: {deleted} entries of timed-out connections removed, {left} left"
+            );
         }
         interval = next_interval(interval, left, deleted, CT_MAX_ENTRIES);
     }
@@ -219,8 +222,14 @@ mod tests {
         let (f, b, m) = (base + 2, base + 3, base + 4);
         let fl = CT_F_MASQ | CT_F_SNAT;
         vec![
-            (key((c, 10, f, 20), PHASE_INGRESS), val((c, 10, b, 30), fl, last_seen[0])),
-            (key((c, 10, b, 30), PHASE_EGRESS), val((m, 40, b, 30), fl, last_seen[1])),
+            (
+                key((c, 10, f, 20), PHASE_INGRESS),
+                val((c, 10, b, 30), fl, last_seen[0]),
+            ),
+            (
+                key((c, 10, b, 30), PHASE_EGRESS),
+                val((m, 40, b, 30), fl, last_seen[1]),
+            ),
             (
                 key((b, 30, m, 40), PHASE_INGRESS),
                 val((b, 30, c, 10), fl | CT_F_REPLY, last_seen[2]),
@@ -272,7 +281,10 @@ mod tests {
         assert_eq!(next_interval(s, 200_000, 0, 262_144), s / 2);
         assert_eq!(next_interval(s, 1_000, 50_000, 262_144), s / 2);
         assert_eq!(next_interval(s, 100, 0, 262_144), s * 2);
-        assert_eq!(next_interval(MIN_INTERVAL, 250_000, 0, 262_144), MIN_INTERVAL);
+        assert_eq!(
+            next_interval(MIN_INTERVAL, 250_000, 0, 262_144),
+            MIN_INTERVAL
+        );
         assert_eq!(next_interval(MAX_INTERVAL, 0, 0, 262_144), MAX_INTERVAL);
     }
 }

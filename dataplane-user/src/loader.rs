@@ -299,7 +299,7 @@ impl Datapath {
 
     /// Socket-level balancing hooks. Other agents (other lab nodes on this kernel, or other
     /// tools) may have their own programs on the same cgroup; ours only act on sockets of this
-    /// node's network namespace (CONFIG_V1.netns_cookie). On kernels >= 5.7 aya attaches with a
+    /// node's network namespace (CONFIG_V2.netns_cookie). On kernels >= 5.7 aya attaches with a
     /// bpf_link, which is always multi-attach and takes no flags: `Single` passes 0, whereas
     /// `AllowMultiple` passes BPF_F_ALLOW_MULTI and the kernel answers EINVAL.
     fn attach_sock(&mut self, cgroup: &Path) -> Result<()> {
@@ -318,29 +318,29 @@ impl Datapath {
     }
 }
 
-/// Writes `CONFIG_V1` (node-wide settings) through an open datapath.
+/// Writes `CONFIG_V2` (node-wide settings) through an open datapath.
 pub fn write_config(ebpf: &mut Ebpf, cfg: &dataplane_common::ct::Config) -> Result<()> {
     let map = ebpf
         .map_mut(dataplane_common::map_names::CONFIG)
-        .ok_or_else(|| anyhow!("CONFIG_V1 missing from object"))?;
+        .ok_or_else(|| anyhow!("CONFIG_V2 missing from object"))?;
     let mut array: aya::maps::Array<_, dataplane_common::ct::Config> =
         aya::maps::Array::try_from(map)?;
-    array.set(0, *cfg, 0).context("writing CONFIG_V1")?;
+    array.set(0, *cfg, 0).context("writing CONFIG_V2")?;
     Ok(())
 }
 
-/// Writes `CONFIG_V1` through its pin (for tools and tests running beside `dataplane run`).
+/// Writes `CONFIG_V2` through its pin (for tools and tests running beside `dataplane run`).
 pub fn write_pinned_config(pin_dir: &Path, cfg: &dataplane_common::ct::Config) -> Result<()> {
     let path = pin_dir.join(dataplane_common::map_names::CONFIG);
     let data = aya::maps::MapData::from_pin(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     let mut array: aya::maps::Array<_, dataplane_common::ct::Config> =
         aya::maps::Array::try_from(aya::maps::Map::from_map_data(data)?)?;
-    array.set(0, *cfg, 0).context("writing CONFIG_V1")?;
+    array.set(0, *cfg, 0).context("writing CONFIG_V2")?;
     Ok(())
 }
 
-/// Reads `CONFIG_V1` through its pin.
+/// Reads `CONFIG_V2` through its pin.
 pub fn read_pinned_config(pin_dir: &Path) -> Result<dataplane_common::ct::Config> {
     let path = pin_dir.join(dataplane_common::map_names::CONFIG);
     let data = aya::maps::MapData::from_pin(&path)

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::maps::MapData;
 use dataplane_common::{
-    ct::{Config, CtKey, CtValue, CT_MAX_ENTRIES},
+    ct::{Config, CtKey, CtValue, FragKey, FragValue, CT_MAX_ENTRIES, MAX_FRAG_DATAGRAMS},
     lb::{
         AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
         SockAffinityKey, SockRevNatKey, SockRevNatValue, MAX_AFFINITY, MAX_BACKEND_SLOTS,
@@ -58,6 +58,7 @@ pub fn expected_layouts() -> Vec<MapLayout> {
             MAX_BACKEND_SLOTS,
         ),
         layout::<CtKey, CtValue>(map_names::CT, BPF_MAP_TYPE_LRU_HASH, CT_MAX_ENTRIES),
+        layout::<FragKey, FragValue>(map_names::FRAGS, BPF_MAP_TYPE_LRU_HASH, MAX_FRAG_DATAGRAMS),
         layout::<AffinityKey, AffinityValue>(
             map_names::AFFINITY,
             BPF_MAP_TYPE_LRU_HASH,

@@ -1,5 +1,5 @@
 //! The typed API over the service load-balancing maps (`SERVICES_V1`, `BACKENDS_V1`,
-//! `AFFINITY_V1`, `CT_V1`, `CONFIG_V1`; layouts in `dataplane_common::{lb, ct}`). Nothing else
+//! `AFFINITY_V1`, `CT_V2`, `CONFIG_V2`; layouts in `dataplane_common::{lb, ct}`). Nothing else
 //! writes them: the control plane and the tests both go through [`ServiceTable`].
 //!
 //! A [`ServiceTable`] turns [`ServicePort`]s into map entries with kube-proxy's semantics,
@@ -306,7 +306,7 @@ impl<S: MapStore> ServiceTable<S> {
     }
 
     /// Applies `ops` in order, mirroring each one the kernel accepted. Flow purges are deferred
-    /// to the end and done in one scan of `CT_V1` and `AFFINITY_V1` (each is still after the
+    /// to the end and done in one scan of `CT_V2` and `AFFINITY_V1` (each is still after the
     /// switch that planned it). On a failed write the maps keep a consistent state (the prefix
     /// of a plan is consistent), the mirror matches them, and the purges of the switches that
     /// happened are retried by the next update.

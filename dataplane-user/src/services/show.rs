@@ -310,7 +310,8 @@ fn state_name(state: CtState) -> &'static str {
         CtState::SynSent => "syn-sent",
         CtState::Established => "established",
         CtState::HalfClosed => "half-closed",
-        CtState::Closed => "closed",
+        CtState::Closed => "time-wait",
+        CtState::Reset => "closed",
         CtState::Stateless => "-",
     }
 }

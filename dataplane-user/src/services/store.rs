@@ -88,22 +88,22 @@ pub(crate) fn open_hash<K: Pod, V: Pod>(
         .with_context(|| format!("{name} does not have the layout this build expects"))
 }
 
-/// Writes the node-wide settings (`CONFIG_V1`, a single-entry array, index 0).
+/// Writes the node-wide settings (`CONFIG_V2`, a single-entry array, index 0).
 pub fn write_config(source: &(impl MapSource + ?Sized), config: &Config) -> Result<()> {
     let mut array = open_config(source)?;
-    array.set(0, config, 0).context("writing CONFIG_V1[0]")
+    array.set(0, config, 0).context("writing CONFIG_V2[0]")
 }
 
 /// Reads the node-wide settings back.
 pub fn read_config(source: &(impl MapSource + ?Sized)) -> Result<Config> {
     open_config(source)?
         .get(&0, 0)
-        .context("reading CONFIG_V1[0]")
+        .context("reading CONFIG_V2[0]")
 }
 
 fn open_config(source: &(impl MapSource + ?Sized)) -> Result<Array<MapData, Config>> {
     let map = Map::from_map_data(source.open_map(map_names::CONFIG)?)?;
-    Array::try_from(map).context("CONFIG_V1 does not have the layout this build expects")
+    Array::try_from(map).context("CONFIG_V2 does not have the layout this build expects")
 }
 
 /// Backends that left a frontend: `(frontend_id, address, port)`, network order. Flows the
@@ -172,7 +172,7 @@ pub trait MapStore {
     fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<()>;
     /// Deletes a `BACKENDS_V1` slot.
     fn delete_backend(&mut self, key: &BackendKey) -> Result<()>;
-    /// Deletes the `CT_V1` and `AFFINITY_V1` entries `stale` matches; returns how many of each.
+    /// Deletes the `CT_V2` and `AFFINITY_V1` entries `stale` matches; returns how many of each.
     fn purge_flows(&mut self, stale: &StaleBackends) -> Result<(usize, usize)>;
 }
 
@@ -185,7 +185,7 @@ pub struct KernelMaps {
 }
 
 impl KernelMaps {
-    /// Opens `SERVICES_V1`, `BACKENDS_V1`, `AFFINITY_V1` and `CT_V1`, checking their layouts.
+    /// Opens `SERVICES_V1`, `BACKENDS_V1`, `AFFINITY_V1` and `CT_V2`, checking their layouts.
     pub fn open(source: &(impl MapSource + ?Sized)) -> Result<KernelMaps> {
         Ok(KernelMaps {
             services: open_hash(source, map_names::SERVICES)?,
@@ -231,7 +231,7 @@ impl MapStore for KernelMaps {
 
     fn purge_flows(&mut self, stale: &StaleBackends) -> Result<(usize, usize)> {
         let ct = purge(&mut self.ct, CT_MAX_ENTRIES, |k, v| stale.matches_ct(k, v))
-            .context("purging CT_V1")?;
+            .context("purging CT_V2")?;
         let affinity = purge(&mut self.affinity, MAX_AFFINITY, |k, v| {
             stale.matches_affinity(k, v)
         })
@@ -291,7 +291,7 @@ pub struct MemMaps {
     pub services: HashMap<ServiceKey, ServiceValue>,
     /// `BACKENDS_V1`.
     pub backends: HashMap<BackendKey, BackendValue>,
-    /// `CT_V1` (seed flows here to test purges).
+    /// `CT_V2` (seed flows here to test purges).
     pub ct: HashMap<CtKey, CtValue>,
     /// `AFFINITY_V1`.
     pub affinity: HashMap<AffinityKey, AffinityValue>,
