@@ -34,7 +34,7 @@ pub mod map_names {
     /// Socket-level balancing: (socket, backend) -> service address (LRU).
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT_V1";
     /// Overlay: this node's tunnel settings.
-    pub const OVERLAY_CONFIG: &str = "OVERLAY_CONFIG_V2";
+    pub const OVERLAY_CONFIG: &str = "OVERLAY_CONFIG_V1";
     /// Overlay: pod CIDR (LPM) -> node tunnel endpoint and VTEP MAC.
     pub const OVERLAY_ROUTES: &str = "OVERLAY_ROUTES_V1";
     /// Overlay: nodes tunnel packets are accepted from.

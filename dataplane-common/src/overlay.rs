@@ -1,4 +1,4 @@
-//! Overlay maps (`OVERLAY_CONFIG_V2`, `OVERLAY_ROUTES_V1`, `OVERLAY_PEERS_V1`, `OVERLAY_IPID_V1`)
+//! Overlay maps (`OVERLAY_CONFIG_V1`, `OVERLAY_ROUTES_V1`, `OVERLAY_PEERS_V1`, `OVERLAY_IPID_V1`)
 //! and the header arithmetic of VXLAN and IPIP encapsulation, pure so host tests cover it.
 //!
 //! What goes on the wire is what the kernel's own devices send as flannel and calico configure
@@ -42,7 +42,7 @@ pub const IPPROTO_UDP: u8 = 17;
 /// packets without a transport checksum), the checksum is 0, which RFC 7348 allows.
 pub const OVL_F_UDP_CSUM: u32 = 1 << 0;
 
-/// `OVERLAY_CONFIG_V2` (single-entry array): this node's tunnel settings, written by the agent at
+/// `OVERLAY_CONFIG_V1` (single-entry array): this node's tunnel settings, written by the agent at
 /// start.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

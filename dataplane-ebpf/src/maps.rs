@@ -58,8 +58,8 @@ pub static SOCK_REVNAT_V1: LruHashMap<SockRevNatKey, SockRevNatValue> =
     LruHashMap::pinned(MAX_SOCK_ENTRIES, 0);
 
 /// Overlay: this node's tunnel settings (index 0), written by the agent at start.
-#[map(name = "OVERLAY_CONFIG_V2")]
-pub static OVERLAY_CONFIG_V2: Array<OverlayConfig> = Array::pinned(1, 0);
+#[map(name = "OVERLAY_CONFIG_V1")]
+pub static OVERLAY_CONFIG_V1: Array<OverlayConfig> = Array::pinned(1, 0);
 
 /// Overlay: pod CIDRs (longest prefix match, key = prefix length + network-order address) ->
 /// the node they live on. Written by the agent (`OverlayTable`).

@@ -40,7 +40,7 @@ use dataplane_common::{
     Reason,
 };
 
-use crate::maps::{OVERLAY_CONFIG_V2, OVERLAY_IPID_V1, OVERLAY_PEERS_V1, OVERLAY_ROUTES_V1};
+use crate::maps::{OVERLAY_CONFIG_V1, OVERLAY_IPID_V1, OVERLAY_PEERS_V1, OVERLAY_ROUTES_V1};
 
 const AF_INET: u8 = 2;
 const ETH_HLEN: usize = 14;
@@ -55,7 +55,7 @@ fn route_of(addr: u32) -> Option<OverlayRoute> {
 
 #[inline(always)]
 fn config() -> Option<OverlayConfig> {
-    let cfg = *OVERLAY_CONFIG_V2.get(0)?;
+    let cfg = *OVERLAY_CONFIG_V1.get(0)?;
     if cfg.mode == MODE_VXLAN || cfg.mode == MODE_IPIP {
         Some(cfg)
     } else {

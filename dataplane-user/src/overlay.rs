@@ -1,4 +1,4 @@
-//! The overlay's control side: this node's tunnel settings (`OVERLAY_CONFIG_V2`), the typed
+//! The overlay's control side: this node's tunnel settings (`OVERLAY_CONFIG_V1`), the typed
 //! [`OverlayTable`] over the pod-CIDR routes (`OVERLAY_ROUTES_V1`) and the known nodes
 //! (`OVERLAY_PEERS_V1`), and the kernel routes that lead the node's traffic to the datapath.
 //!
@@ -120,7 +120,7 @@ impl OverlaySettings {
         }
     }
 
-    /// The `OVERLAY_CONFIG_V2` value, with what the kernel knows about the uplink and the
+    /// The `OVERLAY_CONFIG_V1` value, with what the kernel knows about the uplink and the
     /// calling thread's network namespace (the agent's): ifindex, MAC (the VTEP MAC), local
     /// port range (outer UDP source ports) and default TTL.
     pub fn to_config(&self) -> Result<OverlayConfig> {
@@ -202,20 +202,20 @@ impl Maps<'_> {
     }
 }
 
-/// Writes `OVERLAY_CONFIG_V2`.
+/// Writes `OVERLAY_CONFIG_V1`.
 pub fn write_config(maps: &Maps<'_>, cfg: &OverlayConfig) -> Result<()> {
     let mut array: Array<MapData, OverlayConfig> =
         Array::try_from(maps.open(map_names::OVERLAY_CONFIG)?)
-            .context("OVERLAY_CONFIG_V2 layout")?;
-    array.set(0, cfg, 0).context("writing OVERLAY_CONFIG_V2")
+            .context("OVERLAY_CONFIG_V1 layout")?;
+    array.set(0, cfg, 0).context("writing OVERLAY_CONFIG_V1")
 }
 
-/// Reads `OVERLAY_CONFIG_V2`.
+/// Reads `OVERLAY_CONFIG_V1`.
 pub fn read_config(maps: &Maps<'_>) -> Result<OverlayConfig> {
     let array: Array<MapData, OverlayConfig> =
         Array::try_from(maps.open(map_names::OVERLAY_CONFIG)?)
-            .context("OVERLAY_CONFIG_V2 layout")?;
-    array.get(&0, 0).context("reading OVERLAY_CONFIG_V2")
+            .context("OVERLAY_CONFIG_V1 layout")?;
+    array.get(&0, 0).context("reading OVERLAY_CONFIG_V1")
 }
 
 /// Removes the kernel routes, neighbours and overlay address the agent of `pin_dir` installed
