@@ -335,3 +335,141 @@ fn pod_devices_are_attached_as_they_appear_and_detached_as_they_go() {
     child.stop().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// (link id, program id) of each pinned cgroup link of `pin`, by program.
+fn cgroup_links(pin: &Path) -> Vec<(String, u32, u32)> {
+    dataplane::loader::SOCK_PROGRAMS
+        .iter()
+        .map(|name| {
+            let path = dataplane::loader::sock_link_pin(pin, name);
+            let fd = dataplane::bpf_link::obj_get(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let info = dataplane::bpf_link::link_info(std::os::fd::AsFd::as_fd(&fd)).unwrap();
+            assert_eq!(
+                info.link_type,
+                dataplane::bpf_link::BPF_LINK_TYPE_CGROUP,
+                "{name}"
+            );
+            (name.to_string(), info.id, info.prog_id)
+        })
+        .collect()
+}
+
+/// The node's own connections to a ClusterIP are balanced by the cgroup socket hooks. Their
+/// links are pinned like the XDP/tc ones: a SIGKILLed agent leaves them attached, so node ->
+/// ClusterIP connections keep working with no agent and across its restart (which swaps its
+/// programs into the same links), and `dataplane cleanup` removes them.
+#[test]
+fn socket_lb_survives_sigkill_and_cleanup_detaches_it() {
+    support::require_root();
+    let lab = CheckedLab::build(&LabSpec {
+        nodes: 1,
+        pods_per_node: 2,
+        cni: Cni::Flannel,
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = tempdir(&lab);
+    let backends = [lab.pod(0, 0), lab.pod(0, 1)];
+    let _srv: Vec<_> = backends
+        .iter()
+        .map(|p| p.host().tcp_echo_server(8080).unwrap())
+        .collect();
+    write(
+        &dir,
+        "web.yaml",
+        &web(backends.iter().map(|p| endpoint(p)).collect()).to_yaml(),
+    );
+    let args = ["--manifests", dir.to_str().unwrap()];
+    let pin = lab.pin_dir(0).unwrap();
+    let node = DataplaneNode::start(&lab, 0, &args).unwrap();
+    let host = lab.node(0).host();
+    let vip = SocketAddrV4::new(VIP, 80);
+    eventually("node -> ClusterIP", || {
+        host.tcp_request(vip, "hello", T).is_ok()
+    });
+    let before = cgroup_links(&pin);
+    let mut conn = host.tcp_connect(vip, T).unwrap();
+    let server = conn.request("before").unwrap().server;
+
+    // New connections from the node, every 50 ms, from before the kill until after the restart.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let (host, stop) = (host.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match host.tcp_request(vip, "probe", T) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(format!("{e:#}")),
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    node.kill().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        cgroup_links(&pin),
+        before,
+        "the cgroup links outlive a SIGKILLed agent"
+    );
+    assert_eq!(conn.request("while dead").unwrap().server, server);
+    let node = DataplaneNode::start(&lab, 0, &args).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = prober.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "node -> ClusterIP failed {} times (of {}): {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert!(ok >= 20, "only {ok} probes ran");
+    assert_eq!(conn.request("after").unwrap().server, server);
+
+    // Adopted: the same links, now running the new agent's programs.
+    let after = cgroup_links(&pin);
+    for ((name, link, old_prog), (_, new_link, new_prog)) in before.iter().zip(&after) {
+        assert_eq!(
+            link, new_link,
+            "{name}: a new link instead of the pinned one"
+        );
+        assert_ne!(old_prog, new_prog, "{name}: the old program still runs");
+    }
+
+    node.stop().unwrap();
+    let out =
+        support::node::dataplane_cli(&["cleanup", "--pin-dir", pin.to_str().unwrap()]).unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    let links = netns::run(&[support::node::bpftool(), "link", "show"]).unwrap();
+    let cgroup = dataplane::loader::cgroup2_root().unwrap();
+    let attached = netns::run(&[
+        support::node::bpftool(),
+        "cgroup",
+        "show",
+        cgroup.to_str().unwrap(),
+    ])
+    .unwrap();
+    for (name, link, prog) in &after {
+        assert!(
+            !links.lines().any(|l| l.starts_with(&format!("{link}: "))),
+            "{name}: link {link} still exists after cleanup:\n{links}"
+        );
+        assert!(
+            !attached
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(&prog.to_string())),
+            "{name}: program {prog} still attached to {}:\n{attached}",
+            cgroup.display()
+        );
+    }
+    assert!(
+        host.tcp_request(vip, "after cleanup", Duration::from_secs(1))
+            .is_err(),
+        "node -> ClusterIP still balanced after cleanup"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

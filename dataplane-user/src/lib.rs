@@ -3,6 +3,7 @@
 //! which the integration tests also use.
 
 pub mod agent;
+pub mod bpf_link;
 pub mod k8s;
 pub mod loader;
 pub mod metrics;
