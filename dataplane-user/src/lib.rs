@@ -11,6 +11,7 @@ pub mod model;
 pub mod overlay;
 pub mod pin;
 pub mod services;
+pub mod sockdiag;
 pub mod stats;
 
 /// The eBPF object built by `cargo xtask build-ebpf` (checked fresh by build.rs).
