@@ -42,9 +42,13 @@ fn web(endpoints: Vec<Endpoint>) -> ServiceManifest {
 }
 
 /// Retries `f` until it returns true or 10 s pass (the source polls files every second).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+fn eventually(what: &str, f: impl FnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(10), f)
+}
+
+fn eventually_within(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
+    while start.elapsed() < limit {
         if f() {
             return;
         }
@@ -334,4 +338,367 @@ fn pod_devices_are_attached_as_they_appear_and_detached_as_they_go() {
     assert!(links("veth0"), "other pods untouched");
     child.stop().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// (link id, program id) of each pinned cgroup link of `pin`, by program.
+fn cgroup_links(pin: &Path) -> Vec<(String, u32, u32)> {
+    dataplane::loader::SOCK_PROGRAMS
+        .iter()
+        .map(|name| {
+            let path = dataplane::loader::sock_link_pin(pin, name);
+            let fd = dataplane::bpf_link::obj_get(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let info = dataplane::bpf_link::link_info(std::os::fd::AsFd::as_fd(&fd)).unwrap();
+            assert_eq!(
+                info.link_type,
+                dataplane::bpf_link::BPF_LINK_TYPE_CGROUP,
+                "{name}"
+            );
+            (name.to_string(), info.id, info.prog_id)
+        })
+        .collect()
+}
+
+/// The node's own connections to a ClusterIP are balanced by the cgroup socket hooks. Their
+/// links are pinned like the XDP/tc ones: a SIGKILLed agent leaves them attached, so node ->
+/// ClusterIP connections keep working with no agent and across its restart (which swaps its
+/// programs into the same links), and `dataplane cleanup` removes them.
+#[test]
+fn socket_lb_survives_sigkill_and_cleanup_detaches_it() {
+    support::require_root();
+    let lab = CheckedLab::build(&LabSpec {
+        nodes: 1,
+        pods_per_node: 2,
+        cni: Cni::Flannel,
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = tempdir(&lab);
+    let backends = [lab.pod(0, 0), lab.pod(0, 1)];
+    let _srv: Vec<_> = backends
+        .iter()
+        .map(|p| p.host().tcp_echo_server(8080).unwrap())
+        .collect();
+    write(
+        &dir,
+        "web.yaml",
+        &web(backends.iter().map(|p| endpoint(p)).collect()).to_yaml(),
+    );
+    let args = ["--manifests", dir.to_str().unwrap()];
+    let pin = lab.pin_dir(0).unwrap();
+    let node = DataplaneNode::start(&lab, 0, &args).unwrap();
+    let host = lab.node(0).host();
+    let vip = SocketAddrV4::new(VIP, 80);
+    eventually("node -> ClusterIP", || {
+        host.tcp_request(vip, "hello", T).is_ok()
+    });
+    let before = cgroup_links(&pin);
+    let mut conn = host.tcp_connect(vip, T).unwrap();
+    let server = conn.request("before").unwrap().server;
+
+    // New connections from the node, every 50 ms, from before the kill until after the restart.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let (host, stop) = (host.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match host.tcp_request(vip, "probe", T) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(format!("{e:#}")),
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    node.kill().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        cgroup_links(&pin),
+        before,
+        "the cgroup links outlive a SIGKILLed agent"
+    );
+    assert_eq!(conn.request("while dead").unwrap().server, server);
+    let node = DataplaneNode::start(&lab, 0, &args).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = prober.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "node -> ClusterIP failed {} times (of {}): {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert!(ok >= 20, "only {ok} probes ran");
+    assert_eq!(conn.request("after").unwrap().server, server);
+
+    // Adopted: the same links, now running the new agent's programs.
+    let after = cgroup_links(&pin);
+    for ((name, link, old_prog), (_, new_link, new_prog)) in before.iter().zip(&after) {
+        assert_eq!(
+            link, new_link,
+            "{name}: a new link instead of the pinned one"
+        );
+        assert_ne!(old_prog, new_prog, "{name}: the old program still runs");
+    }
+
+    node.stop().unwrap();
+    let out =
+        support::node::dataplane_cli(&["cleanup", "--pin-dir", pin.to_str().unwrap()]).unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    let links = netns::run(&[support::node::bpftool(), "link", "show"]).unwrap();
+    let cgroup = dataplane::loader::cgroup2_root().unwrap();
+    let attached = netns::run(&[
+        support::node::bpftool(),
+        "cgroup",
+        "show",
+        cgroup.to_str().unwrap(),
+    ])
+    .unwrap();
+    for (name, link, prog) in &after {
+        assert!(
+            !links.lines().any(|l| l.starts_with(&format!("{link}: "))),
+            "{name}: link {link} still exists after cleanup:\n{links}"
+        );
+        assert!(
+            !attached
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(&prog.to_string())),
+            "{name}: program {prog} still attached to {}:\n{attached}",
+            cgroup.display()
+        );
+    }
+    assert!(
+        host.tcp_request(vip, "after cleanup", Duration::from_secs(1))
+            .is_err(),
+        "node -> ClusterIP still balanced after cleanup"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Opens node -> ClusterIP connections until one reaches each of `want` (by server name).
+fn connections_to(
+    host: &dataplane_lab::lab::Host,
+    vip: SocketAddrV4,
+    want: &[&str],
+) -> Vec<dataplane_lab::traffic::TcpConn> {
+    let mut found: Vec<Option<dataplane_lab::traffic::TcpConn>> =
+        want.iter().map(|_| None).collect();
+    for i in 0..100 {
+        let mut conn = host.tcp_connect(vip, T).unwrap();
+        let server = conn.request(&format!("c{i}")).unwrap().server;
+        if let Some(at) = want.iter().position(|w| *w == server) {
+            if found[at].is_none() {
+                found[at] = Some(conn);
+            }
+        }
+        if found.iter().all(Option::is_some) {
+            return found.into_iter().map(Option::unwrap).collect();
+        }
+    }
+    panic!("100 connections did not reach every one of {want:?}");
+}
+
+/// A node TCP connection that socket-level balancing sent to a backend which then leaves the
+/// EndpointSlice fails fast (the agent aborts it with SOCK_DESTROY: ECONNABORTED), although the
+/// backend's server is still up and would answer; a connection to the remaining backend, and a
+/// pod's connection to the removed one (not the node's socket), stay up.
+#[test]
+fn node_sockets_to_a_removed_backend_are_destroyed() {
+    support::require_root();
+    let lab = CheckedLab::build(&LabSpec {
+        nodes: 1,
+        pods_per_node: 3,
+        cni: Cni::Flannel,
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = tempdir(&lab);
+    let (b1, b2, client) = (lab.pod(0, 0), lab.pod(0, 1), lab.pod(0, 2));
+    let _s1 = b1.host().tcp_echo_server(8080).unwrap();
+    let _s2 = b2.host().tcp_echo_server(8080).unwrap();
+    write(
+        &dir,
+        "web.yaml",
+        &web(vec![endpoint(b1), endpoint(b2)]).to_yaml(),
+    );
+    let node = DataplaneNode::start(&lab, 0, &["--manifests", dir.to_str().unwrap()]).unwrap();
+    let host = lab.node(0).host();
+    let vip = SocketAddrV4::new(VIP, 80);
+    eventually("node -> ClusterIP", || {
+        host.tcp_request(vip, "hello", T).is_ok()
+    });
+    let mut conns = connections_to(&host, vip, &[&b1.name, &b2.name]);
+    let mut pod_conns = connections_to(&client.host(), vip, &[&b1.name]);
+    for c in conns.iter_mut().chain(pod_conns.iter_mut()) {
+        c.set_timeout(Duration::from_secs(1));
+    }
+
+    write(&dir, "web.yaml", &web(vec![endpoint(b2)]).to_yaml());
+    let removed = Instant::now();
+    let err = loop {
+        match conns[0].request("still there?") {
+            Err(e) => break format!("{e:#}"),
+            Ok(r) => assert_eq!(r.server, b1.name),
+        }
+        // The manifest poll (1 s) and the apply come first.
+        assert!(
+            removed.elapsed() < Duration::from_secs(5),
+            "the connection to the removed backend still works after {:?}; agent log:\n{}",
+            removed.elapsed(),
+            node.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        err.contains("abort"),
+        "expected ECONNABORTED from the destroyed socket, got: {err}"
+    );
+    assert_eq!(conns[1].request("kept").unwrap().server, b2.name);
+    assert_eq!(
+        pod_conns[0].request("pod kept").unwrap().server,
+        b1.name,
+        "a pod's connection is not the node's to destroy"
+    );
+    assert!(
+        node.stderr().contains("destroyed 1 node TCP sockets"),
+        "{}",
+        node.stderr()
+    );
+    node.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn api(endpoints: Vec<Endpoint>) -> ServiceManifest {
+    ServiceManifest {
+        name: "api".into(),
+        cluster_ip: Ipv4Addr::new(10, 96, 0, 11),
+        node_port: None,
+        ..web(endpoints)
+    }
+}
+
+/// A service the kernel refuses to write (BACKENDS_V1 is full: this test fills it behind the
+/// agent's back, leaving one free slot) keeps its previous state, is named in the log, in
+/// /metrics and in /readyz, while /healthz stays 200 and another service is applied; once
+/// there is room the agent's retry applies it without any new event from the source.
+#[test]
+fn a_service_that_cannot_be_written_does_not_block_the_others() {
+    use dataplane_common::lb::{BackendKey, BackendValue};
+    support::require_root();
+    let lab = CheckedLab::build(&LabSpec {
+        nodes: 1,
+        pods_per_node: 2,
+        cni: Cni::Flannel,
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = tempdir(&lab);
+    let (b1, b2) = (lab.pod(0, 0), lab.pod(0, 1));
+    let _s1 = b1.host().tcp_echo_server(8080).unwrap();
+    let _s2 = b2.host().tcp_echo_server(8080).unwrap();
+    write(&dir, "web.yaml", &web(vec![endpoint(b1)]).to_yaml());
+    let args = [
+        "--manifests",
+        dir.to_str().unwrap(),
+        "--metrics-addr",
+        "127.0.0.1:9464",
+    ];
+    let node = DataplaneNode::start(&lab, 0, &args).unwrap();
+    let host = lab.node(0).host();
+    let vip = SocketAddrV4::new(VIP, 80);
+    let api_vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 80);
+    let ns = lab.node(0).ns.clone();
+    eventually("web is served and ready", || {
+        host.tcp_request(vip, "hello", T).is_ok() && http_get(&ns, "/readyz").0 == 200
+    });
+
+    // Fill BACKENDS_V1 with slots of set ids the agent never uses, then free one.
+    let pin = lab.pin_dir(0).unwrap();
+    let data =
+        aya::maps::MapData::from_pin(pin.join(dataplane_common::map_names::BACKENDS)).unwrap();
+    let mut backends: aya::maps::HashMap<_, BackendKey, BackendValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
+    let junk = |slot| BackendKey {
+        set_id: 0xdead_0000,
+        slot,
+    };
+    let mut filled = 0;
+    while backends
+        .insert(junk(filled), BackendValue::default(), 0)
+        .is_ok()
+    {
+        filled += 1;
+        assert!(filled < 2_000_000, "BACKENDS_V1 never filled up");
+    }
+    backends.remove(&junk(0)).unwrap();
+
+    // web (two slots) cannot be written; api (one slot, sorted first) can.
+    write(
+        &dir,
+        "web.yaml",
+        &web(vec![endpoint(b1), endpoint(b2)]).to_yaml(),
+    );
+    write(&dir, "api.yaml", &api(vec![endpoint(b2)]).to_yaml());
+    eventually("api is applied", || {
+        host.tcp_request(api_vip, "api", T)
+            .is_ok_and(|r| r.server == b2.name)
+    });
+    eventually("web's failure is reported", || {
+        node.stderr().contains("service default/web:p not applied")
+    });
+    assert!(
+        node.stderr().contains("BACKENDS_V1 is full"),
+        "{}",
+        node.stderr()
+    );
+    assert_eq!(
+        servers_seen_from(&host, vip, 20),
+        BTreeSet::from([b1.name.clone()]),
+        "web keeps its complete previous state"
+    );
+    let (code, body) = http_get(&ns, "/healthz");
+    assert_eq!(
+        (code, body.trim()),
+        (200, "ok"),
+        "a failed apply is not a liveness failure"
+    );
+    let (code, body) = http_get(&ns, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("default/web:p"), "{body}");
+    let (_, metrics) = http_get(&ns, "/metrics");
+    for needle in [
+        "dataplane_services_failed 1",
+        "dataplane_service_failed{service=\"default/web:p\"} 1",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "/metrics lacks {needle}:\n{metrics}"
+        );
+    }
+
+    // Room again: the retry (backoff 1, 2, 4 ... s) applies web with no new event.
+    for slot in 1..100 {
+        backends.remove(&junk(slot)).unwrap();
+    }
+    // The backoff may have reached 16 s by now.
+    eventually_within("the retry applies web", Duration::from_secs(40), || {
+        servers_seen_from(&host, vip, 20).len() == 2
+    });
+    eventually("ready again", || http_get(&ns, "/readyz").0 == 200);
+    node.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn servers_seen_from(
+    host: &dataplane_lab::lab::Host,
+    vip: SocketAddrV4,
+    n: usize,
+) -> BTreeSet<String> {
+    (0..n)
+        .filter_map(|i| host.tcp_request(vip, &format!("r{i}"), T).ok())
+        .map(|r| r.server)
+        .collect()
 }

@@ -230,7 +230,7 @@ fn pin_dir_is_on_the_hosts_bpffs_and_cgroups_are_mounted() {
 }
 
 #[test]
-fn probes_hit_healthz_on_the_metrics_port() {
+fn probes_hit_healthz_and_readyz_on_the_metrics_port() {
     let ds = daemonset();
     let c = container(&ds);
     let metrics_port: i32 = flag_value(&ds, "--metrics-addr")
@@ -250,16 +250,26 @@ fn probes_hit_healthz_on_the_metrics_port() {
                 .container_port
         }
     };
-    for (which, probe) in [
-        ("liveness", &c.liveness_probe),
-        ("readiness", &c.readiness_probe),
+    // Liveness must not fail on a service the agent cannot write (a restart would not help);
+    // readiness does.
+    for (which, probe, path) in [
+        (
+            "liveness",
+            &c.liveness_probe,
+            dataplane::metrics::LIVENESS_PATH,
+        ),
+        (
+            "readiness",
+            &c.readiness_probe,
+            dataplane::metrics::READINESS_PATH,
+        ),
     ] {
         let probe: &Probe = probe.as_ref().unwrap_or_else(|| panic!("no {which} probe"));
         let get = probe
             .http_get
             .as_ref()
             .unwrap_or_else(|| panic!("{which} probe is not httpGet"));
-        assert_eq!(get.path.as_deref(), Some("/healthz"), "{which}");
+        assert_eq!(get.path.as_deref(), Some(path), "{which}");
         assert_eq!(resolve(&get.port), metrics_port, "{which} probe port");
     }
 }

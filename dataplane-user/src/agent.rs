@@ -5,7 +5,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{atomic::Ordering::Relaxed, Arc},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -17,7 +17,13 @@ use crate::{
     metrics::{self, AgentStatus, Metrics},
     model::ClusterState,
     services::{LocalContext, ServiceTable},
+    sockdiag::SockDestroyer,
 };
+
+/// First and longest wait before re-applying a state some service ports of which failed
+/// (doubling in between; a new state from the source is applied at once regardless).
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Everything `dataplane run` was told on its command line.
 pub struct AgentConfig {
@@ -71,6 +77,8 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let status = Arc::new(AgentStatus::default());
+    status.has_source.store(cfg.source.is_some(), Relaxed);
+    status.beat();
     let mut datapath = load_and_attach(&cfg)?;
     status.attached.store(true, Relaxed);
 
@@ -113,6 +121,11 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
         },
     )?;
     let mut overlay = crate::overlay::OverlayTable::from_ebpf(&datapath.ebpf)?;
+    // Only sockets the cgroup hooks connected can need destroying.
+    let destroyer = match cfg.attach.cgroup {
+        Some(_) => Some(SockDestroyer::open(&datapath.ebpf)?),
+        None => None,
+    };
     log::info!(
         "node {}: datapath attached (uplink {}, {} pod interfaces), maps pinned in {}",
         cfg.node_name,
@@ -122,9 +135,22 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
     );
     // Tests and scripts wait for this line on stdout.
     println!("ready");
-    let mut pod_poll = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut pod_poll = tokio::time::interval(Duration::from_secs(1));
+    // Liveness: /healthz fails when this loop stops turning.
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    let mut last_state: Option<Arc<ClusterState>> = None;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut backoff = RETRY_MIN;
     loop {
         tokio::select! {
+            _ = heartbeat.tick() => status.beat(),
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                retry_at = None;
+                if let Some(state) = last_state.clone() {
+                    let complete = apply(&mut table, &state, &status, destroyer.as_ref());
+                    schedule_retry(complete, &mut retry_at, &mut backoff);
+                }
+            }
             _ = pod_poll.tick(), if !cfg.attach.pod_iface_prefixes.is_empty() => {
                 match cfg.attach.current_pod_ifaces().and_then(|ifaces| datapath.sync_pod_ifaces(&ifaces)) {
                     Ok(added) if !added.is_empty() => log::info!("attached to new pod devices {added:?}"),
@@ -141,7 +167,9 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
                     continue;
                 }
                 let state = states.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
-                apply(&mut table, &state, &status);
+                let complete = apply(&mut table, &state, &status, destroyer.as_ref());
+                schedule_retry(complete, &mut retry_at, &mut backoff);
+                last_state = Some(state.clone());
                 if state.nodes.iter().any(|n| n.name == cfg.node_name) {
                     if let Err(e) = overlay.sync(&state.nodes, &cfg.node_name) {
                         log::error!("applying the overlay failed, keeping the previous state: {e:#}");
@@ -209,33 +237,76 @@ async fn changed(
     }
 }
 
-/// Applies one state. On failure the previous state stays in the maps (the table only records
-/// what the kernel accepted) and the next state retries.
-fn apply(table: &mut ServiceTable, state: &ClusterState, status: &AgentStatus) {
+/// After an apply: a complete one resets the backoff; an incomplete one schedules a retry.
+fn schedule_retry(
+    complete: bool,
+    retry_at: &mut Option<tokio::time::Instant>,
+    backoff: &mut Duration,
+) {
+    if complete {
+        *retry_at = None;
+        *backoff = RETRY_MIN;
+    } else {
+        *retry_at = Some(tokio::time::Instant::now() + *backoff);
+        *backoff = (*backoff * 2).min(RETRY_MAX);
+    }
+}
+
+/// Applies one state, service port by service port: one that fails (or does not fit in the
+/// maps) keeps its previous state and is logged by name, every other one is applied. Returns
+/// whether everything was applied (if not, the caller retries with backoff). Then destroys the
+/// node's TCP sockets that socket-level balancing connected to backends that are gone.
+fn apply(
+    table: &mut ServiceTable,
+    state: &ClusterState,
+    status: &AgentStatus,
+    destroyer: Option<&SockDestroyer>,
+) -> bool {
     let started = Instant::now();
     status.applies.fetch_add(1, Relaxed);
-    match table.sync(&state.services) {
-        Ok(report) => {
-            status.last_apply_failed.store(false, Relaxed);
-            status
-                .entries_written
-                .fetch_add(report.written() as u64, Relaxed);
-            status
-                .entries_deleted
-                .fetch_add(report.deleted() as u64, Relaxed);
-            if !report.is_empty() {
-                log::info!("applied {} service ports: {report}", state.services.len());
+    let outcome = table.sync_report(&state.services);
+    let report = &outcome.report;
+    status
+        .entries_written
+        .fetch_add(report.written() as u64, Relaxed);
+    status
+        .entries_deleted
+        .fetch_add(report.deleted() as u64, Relaxed);
+    if !report.is_empty() {
+        log::info!("applied {} service ports: {report}", state.services.len());
+    }
+    for f in &outcome.failed {
+        log::error!(
+            "service {} not applied (keeps its previous state; retrying): {}",
+            f.service,
+            f.error
+        );
+    }
+    for p in &outcome.over_capacity {
+        log::error!("{p}; every service port that fits is applied");
+    }
+    for e in &outcome.cleanup_errors {
+        log::warn!("{e}");
+    }
+    let complete = outcome.is_complete();
+    if !complete {
+        status.apply_errors.fetch_add(1, Relaxed);
+    }
+    status.record_outcome(&outcome);
+    if let (Some(d), false) = (destroyer, outcome.removed_backends.is_empty()) {
+        match d.destroy(&outcome.removed_backends) {
+            Ok(0) => {}
+            Ok(n) => {
+                status.sockets_destroyed.fetch_add(n as u64, Relaxed);
+                log::info!("destroyed {n} node TCP sockets connected to removed backends");
             }
-        }
-        Err(e) => {
-            status.last_apply_failed.store(true, Relaxed);
-            status.apply_errors.fetch_add(1, Relaxed);
-            log::error!("applying services failed, keeping the previous state: {e:#}");
+            Err(e) => log::warn!("destroying sockets of removed backends: {e:#}"),
         }
     }
     status
         .last_apply_micros
         .store(started.elapsed().as_micros() as u64, Relaxed);
+    complete
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

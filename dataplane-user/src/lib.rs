@@ -3,6 +3,7 @@
 //! which the integration tests also use.
 
 pub mod agent;
+pub mod bpf_link;
 pub mod conntrack_gc;
 pub mod k8s;
 pub mod loader;
@@ -11,6 +12,7 @@ pub mod model;
 pub mod overlay;
 pub mod pin;
 pub mod services;
+pub mod sockdiag;
 pub mod stats;
 
 /// The eBPF object built by `cargo xtask build-ebpf` (checked fresh by build.rs).

@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use std::os::fd::AsFd as _;
+
+use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
@@ -14,7 +16,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-use crate::{pin, EBPF_OBJECT};
+use crate::{bpf_link, pin, EBPF_OBJECT};
 
 /// Which XDP attach mode to ask the kernel for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -83,6 +85,13 @@ pub const SOCK_PROGRAMS: &[&str] = &[
     "sock_sendmsg4",
     "sock_recvmsg4",
     "sock_getpeername4",
+];
+/// The socket programs with the attach type their cgroup link must have.
+const SOCK_PROGRAMS_ATTACH: &[(&str, u32)] = &[
+    ("sock_connect4", bpf_link::BPF_CGROUP_INET4_CONNECT),
+    ("sock_sendmsg4", bpf_link::BPF_CGROUP_UDP4_SENDMSG),
+    ("sock_recvmsg4", bpf_link::BPF_CGROUP_UDP4_RECVMSG),
+    ("sock_getpeername4", bpf_link::BPF_CGROUP_INET4_GETPEERNAME),
 ];
 
 fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
@@ -163,10 +172,16 @@ impl Datapath {
             self.attach_tc(name, iface, kind)?;
             wanted.push(link_pin(&self.pin_dir, name, iface));
         }
-        self.remove_stale_links(&wanted)?;
         if let Some(cgroup) = &cfg.cgroup {
             self.attach_sock(cgroup)?;
+            wanted.extend(
+                SOCK_PROGRAMS
+                    .iter()
+                    .map(|p| sock_link_pin(&self.pin_dir, p)),
+            );
         }
+        // Also drops the cgroup links when socket-level balancing was turned off.
+        self.remove_stale_links(&wanted)?;
         Ok(())
     }
 
@@ -302,13 +317,45 @@ impl Datapath {
     /// node's network namespace (CONFIG_V2.netns_cookie). On kernels >= 5.7 aya attaches with a
     /// bpf_link, which is always multi-attach and takes no flags: `Single` passes 0, whereas
     /// `AllowMultiple` passes BPF_F_ALLOW_MULTI and the kernel answers EINVAL.
+    ///
+    /// Like the XDP and tc links, the cgroup links are pinned (`links/<program>@cgroup`), so the
+    /// node's own connections to services keep being balanced while no agent runs (upgrade,
+    /// crash, SIGKILL). A restarted agent opens the pin and swaps its program in with
+    /// BPF_LINK_UPDATE (aya 0.14 cannot adopt a cgroup link: see `bpf_link`), so the hook is
+    /// never empty. A pin for another cgroup or attach type (a changed `--cgroup-path`) is
+    /// replaced: the new link is created before the old pin is removed, so there is no gap.
     fn attach_sock(&mut self, cgroup: &Path) -> Result<()> {
-        for name in SOCK_PROGRAMS {
+        let cgroup_id = bpf_link::cgroup_id(cgroup)
+            .with_context(|| format!("reading the id of cgroup {}", cgroup.display()))?;
+        for &(name, attach_type) in SOCK_PROGRAMS_ATTACH {
+            let pin = sock_link_pin(&self.pin_dir, name);
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            let prog_fd = prog.fd()?.as_fd().try_clone_to_owned()?;
+            if pin.exists() {
+                match adopt_cgroup_link(&pin, cgroup_id, attach_type, prog_fd.as_fd()) {
+                    Ok(()) => {
+                        log::info!("{name} swapped into the pinned cgroup link");
+                        continue;
+                    }
+                    Err(e) => log::warn!(
+                        "pinned cgroup link {} not adoptable ({e:#}); replacing it",
+                        pin.display()
+                    ),
+                }
+            }
             let dir = std::fs::File::open(cgroup)
                 .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
-            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            prog.attach(dir, CgroupAttachMode::Single)
+            let id = prog
+                .attach(dir, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} to cgroup {}", cgroup.display()))?;
+            let link = FdLink::try_from(prog.take_link(id)?)
+                .context("cgroup link is not a bpf_link (kernel < 5.7?)")?;
+            if pin.exists() {
+                // The new link already runs; dropping the old pin detaches the old one.
+                std::fs::remove_file(&pin)?;
+            }
+            link.pin(&pin)
+                .with_context(|| format!("pinning {}", pin.display()))?;
         }
         log::info!(
             "socket-level balancing attached to cgroup {}",
@@ -316,6 +363,36 @@ impl Datapath {
         );
         Ok(())
     }
+}
+
+/// Where the cgroup link of a socket program is pinned.
+pub fn sock_link_pin(pin_dir: &Path, program: &str) -> PathBuf {
+    link_pin(pin_dir, program, "cgroup")
+}
+
+/// Swaps `prog` into the link pinned at `pin` if that link is a cgroup link of `attach_type` on
+/// the cgroup `cgroup_id`.
+fn adopt_cgroup_link(
+    pin: &Path,
+    cgroup_id: u64,
+    attach_type: u32,
+    prog: std::os::fd::BorrowedFd<'_>,
+) -> Result<()> {
+    let link = bpf_link::obj_get(pin).context("BPF_OBJ_GET")?;
+    let info = bpf_link::link_info(link.as_fd()).context("BPF_OBJ_GET_INFO_BY_FD")?;
+    if info.link_type != bpf_link::BPF_LINK_TYPE_CGROUP
+        || info.cgroup_id != cgroup_id
+        || info.attach_type != attach_type
+    {
+        bail!(
+            "it is link type {} on cgroup {} attach type {}, wanted cgroup link on {cgroup_id} \
+             attach type {attach_type}",
+            info.link_type,
+            info.cgroup_id,
+            info.attach_type
+        );
+    }
+    bpf_link::link_update(link.as_fd(), prog).context("BPF_LINK_UPDATE")
 }
 
 /// Writes `CONFIG_V2` (node-wide settings) through an open datapath.

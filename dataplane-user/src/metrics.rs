@@ -1,6 +1,11 @@
-//! `/metrics` (Prometheus text format) and `/healthz` on `--metrics-addr`.
+//! `/metrics` (Prometheus text format), `/healthz` (liveness) and `/readyz` (readiness) on
+//! `--metrics-addr`.
 //!
-//! A deliberately small HTTP/1.1 responder: two fixed paths, one request per connection, no
+//! Liveness and readiness differ as kubelet probes need them to: a service the agent cannot
+//! write is a readiness problem (the node is not fully programmed), never a liveness one —
+//! restarting the agent would not fix a full map, and the datapath keeps serving meanwhile.
+//!
+//! A deliberately small HTTP/1.1 responder: three fixed paths, one request per connection, no
 //! keep-alive. Every scrape reads the pinned maps afresh, so the numbers are the kernel's.
 
 use std::{
@@ -9,8 +14,9 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-        Arc,
+        Arc, Mutex,
     },
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result};
@@ -26,8 +32,22 @@ use crate::{k8s::SourceStats, services, stats};
 pub struct AgentStatus {
     /// Programs loaded and attached.
     pub attached: AtomicBool,
-    /// The last apply of a control-plane state failed (the maps keep the previous state).
-    pub last_apply_failed: AtomicBool,
+    /// A service source is configured (without one, nothing is to be synced).
+    pub has_source: AtomicBool,
+    /// A state from the source has been applied at least once.
+    pub synced: AtomicBool,
+    /// When the agent loop last turned, milliseconds since the Unix epoch.
+    pub heartbeat_ms: AtomicU64,
+    /// Service ports the last apply could not write (`service: error`), retried with backoff.
+    pub failed_services: Mutex<Vec<String>>,
+    /// Service ports left out of the last apply because a map would overflow.
+    pub over_capacity: AtomicU64,
+    /// Deferred cleanups of the last apply that failed (retried).
+    pub cleanup_errors: AtomicU64,
+    /// Service-port writes that failed, summed over applies.
+    pub service_failures: AtomicU64,
+    /// Node TCP sockets destroyed because their backend was removed.
+    pub sockets_destroyed: AtomicU64,
     pub applies: AtomicU64,
     pub apply_errors: AtomicU64,
     pub last_apply_micros: AtomicU64,
@@ -35,6 +55,46 @@ pub struct AgentStatus {
     pub entries_written: AtomicU64,
     pub entries_deleted: AtomicU64,
 }
+
+impl AgentStatus {
+    /// The agent loop is turning.
+    pub fn beat(&self) {
+        self.heartbeat_ms.store(now_ms(), Relaxed);
+    }
+
+    /// Records what an apply left undone, for readiness and metrics.
+    pub fn record_outcome(&self, outcome: &services::SyncOutcome) {
+        self.synced.store(true, Relaxed);
+        self.service_failures
+            .fetch_add(outcome.failed.len() as u64, Relaxed);
+        let skipped: usize = outcome.over_capacity.iter().map(|p| p.skipped.len()).sum();
+        self.over_capacity.store(skipped as u64, Relaxed);
+        self.cleanup_errors
+            .store(outcome.cleanup_errors.len() as u64, Relaxed);
+        *self
+            .failed_services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = outcome
+            .failed
+            .iter()
+            .map(|f| format!("{}: {}", f.service, f.error))
+            .collect();
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Liveness: the loop runs and the datapath is attached.
+pub const LIVENESS_PATH: &str = "/healthz";
+/// Readiness: live, synced at least once, nothing pending.
+pub const READINESS_PATH: &str = "/readyz";
+
+/// The agent loop turns every second; this long without a turn means it is stuck.
+const STUCK_MS: u64 = 30_000;
 
 pub struct Metrics {
     pub pin_dir: PathBuf,
@@ -48,7 +108,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
-    log::info!("metrics on http://{addr}/metrics, health on /healthz");
+    log::info!("metrics on http://{addr}/metrics, liveness on /healthz, readiness on /readyz");
     loop {
         let (mut stream, _) = listener.accept().await?;
         let metrics = metrics.clone();
@@ -62,8 +122,12 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
                     Ok(text) => ("200 OK", text),
                     Err(e) => ("500 Internal Server Error", format!("{e:#}\n")),
                 },
-                "/healthz" => health(&metrics.status),
-                _ => ("404 Not Found", "try /metrics or /healthz\n".into()),
+                LIVENESS_PATH => health(&metrics.status),
+                READINESS_PATH => readiness(&metrics.status),
+                _ => (
+                    "404 Not Found",
+                    "try /metrics, /healthz or /readyz\n".into(),
+                ),
             };
             let head = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -75,18 +139,55 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
     }
 }
 
-/// Healthy: programs attached and the last control-plane state applied.
+/// Live: programs attached and the agent loop turning. Failed applies do not count here.
 fn health(status: &AgentStatus) -> (&'static str, String) {
+    let since = now_ms().saturating_sub(status.heartbeat_ms.load(Relaxed));
     if !status.attached.load(Relaxed) {
         ("503 Service Unavailable", "datapath not attached\n".into())
-    } else if status.last_apply_failed.load(Relaxed) {
+    } else if since > STUCK_MS {
         (
             "503 Service Unavailable",
-            "last sync failed; datapath keeps its previous state\n".into(),
+            format!("agent loop stuck for {} s\n", since / 1000),
         )
     } else {
         ("200 OK", "ok\n".into())
     }
+}
+
+/// Ready: live, the source's state applied at least once, and nothing of it pending (no
+/// service port failed or left out for capacity, no cleanup owed).
+fn readiness(status: &AgentStatus) -> (&'static str, String) {
+    let live = health(status);
+    if !live.0.starts_with("200") {
+        return live;
+    }
+    if status.has_source.load(Relaxed) && !status.synced.load(Relaxed) {
+        return (
+            "503 Service Unavailable",
+            "no state from the service source applied yet\n".into(),
+        );
+    }
+    let failed = status
+        .failed_services
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let skipped = status.over_capacity.load(Relaxed);
+    let cleanups = status.cleanup_errors.load(Relaxed);
+    if failed.is_empty() && skipped == 0 && cleanups == 0 {
+        return ("200 OK", "ok\n".into());
+    }
+    let mut body = String::new();
+    for f in &failed {
+        let _ = writeln!(body, "not applied: {f}");
+    }
+    if skipped > 0 {
+        let _ = writeln!(body, "{skipped} service port(s) left out: a map is full");
+    }
+    if cleanups > 0 {
+        let _ = writeln!(body, "{cleanups} cleanup(s) pending");
+    }
+    ("503 Service Unavailable", body)
 }
 
 fn render(m: &Metrics) -> Result<String> {
@@ -284,6 +385,49 @@ fn render_gc(out: &mut String, gc: &crate::conntrack_gc::GcStats) {
 }
 
 fn render_agent(out: &mut String, s: &AgentStatus) {
+    let failed = s
+        .failed_services
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    gauge(
+        out,
+        "dataplane_services_failed",
+        "Service ports the last apply could not write (kept as before, retried with backoff).",
+        failed.len() as u64,
+    );
+    metric(
+        out,
+        "dataplane_service_failed",
+        "gauge",
+        "1 per service port the last apply could not write.",
+    );
+    for f in &failed {
+        let name = f.split(": ").next().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "dataplane_service_failed{{service=\"{}\"}} 1",
+            name.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+    }
+    gauge(
+        out,
+        "dataplane_services_over_capacity",
+        "Service ports left out of the last apply because SERVICES_V1 or BACKENDS_V1 would overflow.",
+        s.over_capacity.load(Relaxed),
+    );
+    counter(
+        out,
+        "dataplane_service_sync_failures_total",
+        "Service-port writes that failed, summed over applies.",
+        s.service_failures.load(Relaxed),
+    );
+    counter(
+        out,
+        "dataplane_sockets_destroyed_total",
+        "Node TCP sockets destroyed (SOCK_DESTROY) because their backend left the service.",
+        s.sockets_destroyed.load(Relaxed),
+    );
     counter(
         out,
         "dataplane_syncs_total",
@@ -293,7 +437,7 @@ fn render_agent(out: &mut String, s: &AgentStatus) {
     counter(
         out,
         "dataplane_sync_errors_total",
-        "Applies that failed (previous state kept).",
+        "Applies that left something undone (those service ports keep their previous state).",
         s.apply_errors.load(Relaxed),
     );
     counter(

@@ -200,8 +200,9 @@ fn foreign_versions(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Removes the pinned links (which detaches the programs from their hooks), then every map this
-/// build pins, then the directory if it is empty.
+/// Removes the pinned links (which detaches the programs from their hooks: XDP, tcx and the
+/// cgroup socket hooks, `links/<program>@cgroup`), then every map this build pins, then the
+/// directory if it is empty.
 pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let links = dir.join("links");

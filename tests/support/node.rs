@@ -135,6 +135,19 @@ impl DataplaneNode {
             .with_context(|| format!("{}: reading the pinned stats", self.node_name))
     }
 
+    /// SIGKILL (a crash, an OOM kill): the process gets no chance to clean anything up.
+    pub fn kill(mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        // SAFETY: plain syscall on our own unreaped child.
+        unsafe { libc::kill(child.pid() as i32, libc::SIGKILL) };
+        match child.wait_timeout(STOP_TIMEOUT)? {
+            Some(_) => Ok(()),
+            None => bail!("{}: `dataplane run` survived SIGKILL", self.node_name),
+        }
+    }
+
     /// SIGTERM, and expect a clean exit (status 0) within a few seconds.
     pub fn stop(mut self) -> Result<()> {
         self.stop_inner()

@@ -106,6 +106,11 @@ impl Mirror {
         self.set_refs.contains_key(&id) || self.set_slots.contains_key(&id)
     }
 
+    /// Whether a service value names set `id`.
+    pub fn set_referenced(&self, id: u32) -> bool {
+        self.set_refs.contains_key(&id)
+    }
+
     pub fn next_set_id(&self) -> u32 {
         self.next_set_id
     }

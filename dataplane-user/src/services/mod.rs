@@ -28,6 +28,7 @@
 //! frontend; until then [`ServiceTable::remove`] only knows frontends upserted since opening.
 //! Readers ([`list_services`], [`list_conntrack`], the datapath) may run at any time.
 
+mod apply;
 mod mirror;
 mod plan;
 pub mod show;
@@ -48,12 +49,13 @@ use dataplane_common::lb::{ServiceKey, ServiceValue};
 
 use self::{
     mirror::Mirror,
-    plan::{collect_garbage, plan, Desired, MapOp},
+    plan::{plan, Desired, MapOp},
     spec::{frontend_specs, show_key},
 };
 use crate::model::{ServicePort, ServicePortName};
 
 pub use self::{
+    apply::{CapacityProblem, RemovedBackend, ServiceFailure, SyncOutcome},
     show::{
         list_conntrack, list_services, render_conntrack, render_services, BackendRow, CtDirection,
         CtRow, ServiceRow,
@@ -223,32 +225,14 @@ impl<S: MapStore> ServiceTable<S> {
     /// Makes the maps hold exactly `desired`: changed frontends are updated, missing ones
     /// removed, unchanged ones not touched at all; slots left by an interrupted writer are
     /// deleted. Two service ports claiming one frontend: the first by name keeps it (logged).
+    /// Service ports are applied one by one ([`ServiceTable::sync_report`]): an error names
+    /// those that failed or did not fit, and every other one is applied.
     pub fn sync(&mut self, desired: &[ServicePort]) -> Result<UpdateReport> {
-        let mut sorted: Vec<&ServicePort> = desired.iter().collect();
-        sorted.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut target = Desired::new();
-        let mut owners = HashMap::new();
-        for svc in sorted {
-            for (key, spec) in frontend_specs(svc, &self.local) {
-                if let Some(owner) = owners.get(&key) {
-                    log::warn!(
-                        "{}: frontend {} already serves {owner}; skipped",
-                        svc.name,
-                        show_key(&key)
-                    );
-                    continue;
-                }
-                owners.insert(key, svc.name.clone());
-                target.insert(key, Some(spec));
-            }
+        let outcome = self.sync_report(desired);
+        match outcome.error() {
+            Some(e) => Err(e),
+            None => Ok(outcome.report),
         }
-        for (key, _) in self.mirror.services() {
-            target.entry(*key).or_insert(None);
-        }
-        self.set_owners(owners);
-        let mut ops = collect_garbage(&self.mirror);
-        ops.extend(plan(&self.mirror, &target));
-        self.execute(ops)
     }
 
     /// The `SERVICES_V1` value of a frontend, as this table last wrote or adopted it.
@@ -305,33 +289,19 @@ impl<S: MapStore> ServiceTable<S> {
         self.owners = owners;
     }
 
-    /// Applies `ops` in order, mirroring each one the kernel accepted. Flow purges are deferred
-    /// to the end and done in one scan of `CT_V2` and `AFFINITY_V1` (each is still after the
-    /// switch that planned it). On a failed write the maps keep a consistent state (the prefix
-    /// of a plan is consistent), the mirror matches them, and the purges of the switches that
-    /// happened are retried by the next update.
+    /// Applies the plan of one service port's frontends as one transaction (see `apply`),
+    /// then purges the flows of backends that left them, with the purges an earlier update
+    /// still owes.
     fn execute(&mut self, ops: Vec<MapOp>) -> Result<UpdateReport> {
-        let mut report = UpdateReport::default();
+        let done = self.apply_unit(ops)?;
+        let mut report = done.report;
         let mut stale = std::mem::take(&mut self.pending_purge);
-        for op in &ops {
-            if let MapOp::PurgeFlows {
-                frontend_id,
-                backends,
-            } = op
-            {
-                stale.extend(
-                    backends
-                        .iter()
-                        .map(|&(addr, port)| (*frontend_id, addr, port)),
-                );
-                continue;
-            }
-            if let Err(e) = apply(&mut self.store, op) {
-                self.pending_purge = stale;
-                return Err(e);
-            }
-            self.mirror.apply(op);
-            report.record(op);
+        for (frontend_id, backends) in done.purges {
+            stale.extend(
+                backends
+                    .iter()
+                    .map(|&(addr, port)| (frontend_id, addr, port)),
+            );
         }
         if !stale.is_empty() {
             match self.store.purge_flows(&stale) {
@@ -344,6 +314,9 @@ impl<S: MapStore> ServiceTable<S> {
                     return Err(e);
                 }
             }
+        }
+        if let Some(e) = done.cleanup_error {
+            log::warn!("{e}");
         }
         if !report.is_empty() {
             log::debug!("service maps updated: {report}");

@@ -17,7 +17,7 @@ use dataplane_common::{
     ct::{Config, CtKey, CtValue, CT_F_REPLY, CT_MAX_ENTRIES},
     lb::{
         AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
-        MAX_AFFINITY,
+        MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_FRONTENDS,
     },
     map_names,
 };
@@ -174,6 +174,10 @@ pub trait MapStore {
     fn delete_backend(&mut self, key: &BackendKey) -> Result<()>;
     /// Deletes the `CT_V2` and `AFFINITY_V1` entries `stale` matches; returns how many of each.
     fn purge_flows(&mut self, stale: &StaleBackends) -> Result<(usize, usize)>;
+    /// Entries `SERVICES_V1` and `BACKENDS_V1` can hold: what a sync must fit in.
+    fn capacity(&self) -> (usize, usize) {
+        (MAX_FRONTENDS as usize, MAX_BACKEND_SLOTS as usize)
+    }
 }
 
 /// The datapath's maps in the kernel.
@@ -208,6 +212,7 @@ impl MapStore for KernelMaps {
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
         self.services
             .insert(key, value, 0)
+            .map_err(|e| full(e, map_names::SERVICES, MAX_FRONTENDS))
             .context("updating SERVICES_V1")
     }
 
@@ -220,6 +225,7 @@ impl MapStore for KernelMaps {
     fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<()> {
         self.backends
             .insert(key, value, 0)
+            .map_err(|e| full(e, map_names::BACKENDS, MAX_BACKEND_SLOTS))
             .context("updating BACKENDS_V1")
     }
 
@@ -237,6 +243,18 @@ impl MapStore for KernelMaps {
         })
         .context("purging AFFINITY_V1")?;
         Ok((ct, affinity))
+    }
+}
+
+/// A hash map refuses a new key with E2BIG when it holds max_entries: say so in words.
+fn full(e: MapError, name: &str, limit: u32) -> anyhow::Error {
+    match &e {
+        MapError::SyscallError(SyscallError { io_error, .. })
+            if io_error.raw_os_error() == Some(libc::E2BIG) =>
+        {
+            anyhow!("{name} is full ({limit} entries)")
+        }
+        _ => e.into(),
     }
 }
 
@@ -297,6 +315,13 @@ pub struct MemMaps {
     pub affinity: HashMap<AffinityKey, AffinityValue>,
     /// When `Some(n)`, the `n+1`-th next service/backend write fails (error-path tests).
     pub writes_before_failure: Option<usize>,
+    /// Writes of backend slots with these addresses (network order) fail: one broken service.
+    pub poisoned_backends: HashSet<u32>,
+    /// Writes of these `SERVICES_V1` keys fail.
+    pub poisoned_frontends: HashSet<ServiceKey>,
+    /// `(SERVICES_V1, BACKENDS_V1)` sizes: new keys beyond them fail as the kernel's E2BIG
+    /// does, and [`MapStore::capacity`] reports them. `None`: the real maps' sizes, unenforced.
+    pub capacity: Option<(usize, usize)>,
 }
 
 impl MemMaps {
@@ -321,6 +346,14 @@ impl MapStore for MemMaps {
 
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
         self.write()?;
+        if self.poisoned_frontends.contains(key) {
+            bail!("injected write failure of frontend {key:?}");
+        }
+        if let Some((max, _)) = self.capacity {
+            if self.services.len() >= max && !self.services.contains_key(key) {
+                bail!("{} is full ({max} entries)", map_names::SERVICES);
+            }
+        }
         self.services.insert(*key, *value);
         Ok(())
     }
@@ -333,6 +366,17 @@ impl MapStore for MemMaps {
 
     fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<()> {
         self.write()?;
+        if self.poisoned_backends.contains(&value.addr) {
+            bail!(
+                "injected write failure of backend {:?}",
+                value.addr.to_ne_bytes()
+            );
+        }
+        if let Some((_, max)) = self.capacity {
+            if self.backends.len() >= max && !self.backends.contains_key(key) {
+                bail!("{} is full ({max} entries)", map_names::BACKENDS);
+            }
+        }
         self.backends.insert(*key, *value);
         Ok(())
     }
@@ -348,6 +392,11 @@ impl MapStore for MemMaps {
         self.ct.retain(|k, v| !stale.matches_ct(k, v));
         self.affinity.retain(|k, v| !stale.matches_affinity(k, v));
         Ok((ct - self.ct.len(), affinity - self.affinity.len()))
+    }
+
+    fn capacity(&self) -> (usize, usize) {
+        self.capacity
+            .unwrap_or((MAX_FRONTENDS as usize, MAX_BACKEND_SLOTS as usize))
     }
 }
 
