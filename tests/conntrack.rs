@@ -523,3 +523,59 @@ fn fragmented_udp_datagrams_are_translated_both_ways() {
     );
     assert!(stats.packets(Hook::TcPodEgress, Reason::NatReply) >= 5);
 }
+
+/// NodePort traffic under load (ab against nginx behind a masqueraded NodePort) while the
+/// agent on the node is SIGKILLed and started again: the pinned links keep the programs
+/// attached and the restarted agent adopts the maps, conntrack included; no request fails.
+#[test]
+fn nodeport_load_survives_sigkill_of_the_agent() {
+    let mut c = Cluster::start(&LabSpec {
+        pods_per_node: 1,
+        ..spec()
+    })
+    .unwrap();
+    let b = c.lab.pod(1, 0);
+    let (_nginx, _dir) = nginx(&b.host(), 8080);
+    let node1 = c.lab.node(0).underlay_ip;
+    c.sync_each(|_| {
+        let svc = cluster_ip(
+            "web",
+            SocketAddrV4::new(VIP, 80),
+            Protocol::Tcp,
+            vec![backend(b, 8080)],
+        );
+        vec![with_node_port(svc, &[node1], 30080)]
+    })
+    .unwrap();
+    let ext = c.lab.external().unwrap();
+    let url = format!("http://{node1}:30080/");
+    // Keep-alive connections and new ones alike: half the clients reuse their connection.
+    let mut ab = Child::spawn(
+        &ext.ns,
+        &[
+            "ab", "-q", "-t", "8", "-n", "1000000", "-c", "8", "-s", "5", &url,
+        ],
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    c.nodes.remove(0).kill().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let restarted = support::node::DataplaneNode::start(&c.lab, 0, &[]).unwrap();
+    c.nodes.insert(0, restarted);
+    let status = ab.wait_timeout(Duration::from_secs(60)).unwrap();
+    let out = ab.stdout();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "ab: {out}\n{}",
+        ab.stderr()
+    );
+    let field = |name: &str| -> u64 {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name:?} in ab's output:\n{out}"))
+    };
+    assert!(field("Complete requests:") > 1_000, "{out}");
+    assert_eq!(field("Failed requests:"), 0, "{out}");
+}
