@@ -60,6 +60,7 @@ pub struct Datapath {
 /// program into the kernel. A verifier rejection is returned with the verifier's log.
 pub fn load(pin_dir: &Path) -> Result<Datapath> {
     pin::prepare_pin_dir(pin_dir)?;
+    pin::remove_retired_maps(pin_dir)?;
     pin::check_pinned_layouts(pin_dir)?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)

@@ -203,8 +203,31 @@ fn foreign_versions(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Removes the pinned links (which detaches the programs from their hooks: XDP, tcx and the
 /// cgroup socket hooks, `links/<program>@cgroup`), then every map this build pins, then the
 /// directory if it is empty.
-pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
+/// Maps of layouts this build replaced (`CT_V1` by `CT_V2`, `CONFIG_V1` by `CONFIG_V2`): no
+/// program of this build uses them. Their state is not carried over: connections translated
+/// through `CT_V1` lose it at the upgrade (new connections are unaffected).
+pub const RETIRED_MAPS: &[&str] = &["CT_V1", "CONFIG_V1"];
+
+/// Removes pins of retired layouts, saying so: they would only hold kernel memory.
+pub fn remove_retired_maps(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
+    for name in RETIRED_MAPS {
+        let path = dir.join(name);
+        if path.exists() {
+            log::warn!(
+                "{} is a map of an older layout that this version replaced; removing it (its \
+                 entries are not carried over)",
+                path.display()
+            );
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = remove_retired_maps(dir)?;
     let links = dir.join("links");
     if links.is_dir() {
         for entry in fs::read_dir(&links)? {

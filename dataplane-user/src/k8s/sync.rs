@@ -158,8 +158,9 @@ impl Publisher {
                 snapshot.objects.len(),
                 problems.len()
             );
-            self.tx.send_replace(Arc::new(state));
+            // Counted before it is visible: a reader woken by the send sees it counted.
             self.stats.updates.fetch_add(1, Relaxed);
+            self.tx.send_replace(Arc::new(state));
             self.published = true;
         }
     }

@@ -441,7 +441,7 @@ mod tests {
             flags: CT_F_REPLY | CT_F_SNAT,
             ..value
         };
-        let row = ct_row(&udp, &reply, 200_000_000_000, Some(&config));
+        let row = ct_row(&udp, &reply, 300_000_000_000, Some(&config));
         assert_eq!(
             (row.direction, row.snat, row.state),
             (CtDirection::Reply, true, CtState::Stateless)
