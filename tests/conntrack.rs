@@ -132,77 +132,13 @@ fn a_hundred_thousand_short_connections_through_one_masqueraded_backend() {
     .unwrap();
     let ext = c.lab.external().unwrap();
     let url = format!("http://{node1}:30080/");
-    let _cap = std::env::var("DEBUG_CAP").ok().map(|f| {
-        (
-            Child::spawn(
-                &b.ns,
-                &["tcpdump", "-i", "eth0", "-n", "-w", &f, "-s", "96", "tcp"],
-            )
-            .unwrap(),
-            Child::spawn(
-                &ext.ns,
-                &[
-                    "tcpdump",
-                    "-i",
-                    "eth0",
-                    "-n",
-                    "-w",
-                    &format!("{f}.ext"),
-                    "-s",
-                    "96",
-                    "tcp",
-                ],
-            )
-            .unwrap(),
-        )
-    });
-    std::thread::sleep(Duration::from_millis(500));
     let out = netns::run_in(
         &ext.ns,
         &[
-            "ab",
-            "-q",
-            "-n",
-            &std::env::var("AB_N").unwrap_or("100000".into()),
-            "-c",
-            "32",
-            "-s",
-            "5",
-            "-r",
-            &url,
+            "ab", "-q", "-n", "100000", "-c", "32", "-s", "5", "-r", &url,
         ],
     )
     .expect("ab (apt-get install apache2-utils) must be installed and finish");
-    if std::env::var("DEBUG_NSTAT").is_ok() {
-        for ns in [&ext.ns, &b.ns, &c.lab.node(0).ns, &c.lab.node(1).ns] {
-            let n = netns::run_in(ns, &["nstat", "-az"]).unwrap();
-            let keep: Vec<&str> = n
-                .lines()
-                .filter(|l| {
-                    let v: u64 = l
-                        .split_whitespace()
-                        .nth(1)
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    v > 0 && !l.contains("Ip6") && !l.contains("Icmp6") && !l.contains("Udp6")
-                })
-                .collect();
-            eprintln!("NSTAT {ns}:\n{}", keep.join("\n"));
-        }
-        let pin = c.nodes[0].pin_dir().to_str().unwrap().to_string();
-        eprintln!(
-            "{}",
-            support::node::dataplane_cli(&["stats", "--pin-dir", &pin])
-                .unwrap()
-                .stdout
-        );
-        eprintln!(
-            "{}",
-            support::node::dataplane_cli(&["conntrack", "--pin-dir", &pin])
-                .unwrap()
-                .stdout
-        );
-    }
     let field = |name: &str| -> u64 {
         out.lines()
             .find(|l| l.starts_with(name))
