@@ -103,6 +103,54 @@ mod tempdir {
     }
 }
 
+/// A number from ApacheBench's report (`Complete requests:      100000`).
+fn ab_field(out: &str, name: &str) -> u64 {
+    out.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name:?} in ab's output:\n{out}"))
+}
+
+/// A 2-node lab whose NodePort 30080 on node1 (masqueraded) has one endpoint, nginx on
+/// node2's pod: every connection from the external client is masqueraded to node2.
+struct NodePortToNginx {
+    // Dropped first: nginx stops before the lab goes.
+    _nginx: (Child, tempdir::Dir),
+    cluster: Cluster,
+}
+
+impl NodePortToNginx {
+    fn start() -> Self {
+        let c = Cluster::start(&LabSpec {
+            pods_per_node: 1,
+            ..spec()
+        })
+        .unwrap();
+        let b = c.lab.pod(1, 0);
+        let nginx = nginx(&b.host(), 8080);
+        let node1 = c.lab.node(0).underlay_ip;
+        c.sync_each(|_| {
+            let svc = cluster_ip(
+                "web",
+                SocketAddrV4::new(VIP, 80),
+                Protocol::Tcp,
+                vec![backend(b, 8080)],
+            );
+            vec![with_node_port(svc, &[node1], 30080)]
+        })
+        .unwrap();
+        NodePortToNginx {
+            _nginx: nginx,
+            cluster: c,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}:30080/", self.cluster.lab.node(0).underlay_ip)
+    }
+}
+
 fn ct_entries(pin: &Path) -> usize {
     services::list_conntrack(pin).unwrap().len()
 }
@@ -112,26 +160,9 @@ fn ct_entries(pin: &Path) -> usize {
 /// although the masquerade range holds 31,744 ports: closed connections give theirs back.
 #[test]
 fn a_hundred_thousand_short_connections_through_one_masqueraded_backend() {
-    let c = Cluster::start(&LabSpec {
-        pods_per_node: 1,
-        ..spec()
-    })
-    .unwrap();
-    let b = c.lab.pod(1, 0);
-    let (_nginx, _dir) = nginx(&b.host(), 8080);
-    let node1 = c.lab.node(0).underlay_ip;
-    c.sync_each(|_| {
-        let svc = cluster_ip(
-            "web",
-            SocketAddrV4::new(VIP, 80),
-            Protocol::Tcp,
-            vec![backend(b, 8080)],
-        );
-        vec![with_node_port(svc, &[node1], 30080)]
-    })
-    .unwrap();
+    let web = NodePortToNginx::start();
+    let (c, url) = (&web.cluster, web.url());
     let ext = c.lab.external().unwrap();
-    let url = format!("http://{node1}:30080/");
     let out = netns::run_in(
         &ext.ns,
         &[
@@ -139,13 +170,7 @@ fn a_hundred_thousand_short_connections_through_one_masqueraded_backend() {
         ],
     )
     .expect("ab (apt-get install apache2-utils) must be installed and finish");
-    let field = |name: &str| -> u64 {
-        out.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(2))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name:?} in ab's output:\n{out}"))
-    };
+    let field = |name: &str| ab_field(&out, name);
     assert_eq!(field("Complete requests:"), 100_000, "{out}");
     // Above ~530 connections/s through one backend and one masquerade address, a reused port
     // meets the backend's TIME_WAIT socket of its previous connection (31,744 ports / 60 s) and
@@ -465,26 +490,10 @@ fn fragmented_udp_datagrams_are_translated_both_ways() {
 /// attached and the restarted agent adopts the maps, conntrack included; no request fails.
 #[test]
 fn nodeport_load_survives_sigkill_of_the_agent() {
-    let mut c = Cluster::start(&LabSpec {
-        pods_per_node: 1,
-        ..spec()
-    })
-    .unwrap();
-    let b = c.lab.pod(1, 0);
-    let (_nginx, _dir) = nginx(&b.host(), 8080);
-    let node1 = c.lab.node(0).underlay_ip;
-    c.sync_each(|_| {
-        let svc = cluster_ip(
-            "web",
-            SocketAddrV4::new(VIP, 80),
-            Protocol::Tcp,
-            vec![backend(b, 8080)],
-        );
-        vec![with_node_port(svc, &[node1], 30080)]
-    })
-    .unwrap();
-    let ext = c.lab.external().unwrap();
-    let url = format!("http://{node1}:30080/");
+    let mut web = NodePortToNginx::start();
+    let url = web.url();
+    let c = &mut web.cluster;
+    let ext = c.lab.external().unwrap().clone();
     // Keep-alive connections and new ones alike: half the clients reuse their connection.
     let mut ab = Child::spawn(
         &ext.ns,
@@ -505,13 +514,7 @@ fn nodeport_load_survives_sigkill_of_the_agent() {
         "ab: {out}\n{}",
         ab.stderr()
     );
-    let field = |name: &str| -> u64 {
-        out.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(2))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name:?} in ab's output:\n{out}"))
-    };
+    let field = |name: &str| ab_field(&out, name);
     assert!(field("Complete requests:") > 1_000, "{out}");
     assert_eq!(field("Failed requests:"), 0, "{out}");
 }
