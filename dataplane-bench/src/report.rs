@@ -667,7 +667,7 @@ fn method(m: &mut String, r: &Results) {
         m,
         "**Modes.** `no-nat`: plain forwarding, packets already addressed to a backend (the floor: what any implementation \
          costs at least). `iptables-legacy` / `iptables-nft`: kube-proxy's iptables rule shape (as in \
-         shared/seeds/k8s-service-iptables-chains.txt: per service two KUBE-SERVICES rules, a KUBE-SVC chain choosing among 10 \
+         docs/seeds/k8s-service-iptables-chains.txt: per service two KUBE-SERVICES rules, a KUBE-SVC chain choosing among 10 \
          KUBE-SEP chains with `-m statistic --mode random --probability 1/(n-i)`, each KUBE-SEP with KUBE-MARK-MASQ for its own \
          address and a DNAT; KUBE-NODEPORTS behind the last KUBE-SERVICES rule (`-m addrtype --dst-type LOCAL`); \
          KUBE-POSTROUTING masquerade; kube-proxy's filter chains), loaded with `iptables-restore` of the respective backend. \

@@ -1,7 +1,7 @@
 //! kube-proxy's rule sets for the benchmark's services, as text for `iptables-restore` and
 //! `nft -f`.
 //!
-//! iptables: the shape of shared/seeds/k8s-service-iptables-chains.txt (kube-proxy's iptables
+//! iptables: the shape of docs/seeds/k8s-service-iptables-chains.txt (kube-proxy's iptables
 //! mode): per service port, two KUBE-SERVICES rules (`! -s <pod cidr> ... -j KUBE-MARK-MASQ`,
 //! then the jump to KUBE-SVC-*), a KUBE-SVC-* chain choosing an endpoint with
 //! `-m statistic --mode random --probability 1/(n-i)`, one KUBE-SEP-* chain per endpoint

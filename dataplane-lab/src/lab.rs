@@ -12,7 +12,7 @@
 //! threads and processes never collide, and leftovers of killed runs can be recognised (their
 //! pid is dead) and removed by the next lab. Nodes get the details of a real node that change
 //! datapath behaviour (default route, ip_forward, hairpin, proxy ARP): see
-//! shared/notes/lab-realism.md.
+//! docs/lab-realism.md.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

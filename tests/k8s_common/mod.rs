@@ -13,7 +13,7 @@ use std::{
 use dataplane::{k8s::LocalNode, model::ClusterState};
 use tokio::sync::watch;
 
-/// The seed cluster of shared/seeds/k8s-service-iptables-chains.txt as `kubectl -o yaml` prints it.
+/// The seed cluster of docs/seeds/k8s-service-iptables-chains.txt as `kubectl -o yaml` prints it.
 pub const SEED: &str = include_str!("../../dataplane-user/src/k8s/testdata/seed.yaml");
 
 /// Node k8s-2 of the seed cluster.

@@ -71,6 +71,11 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+fn which(cmd: &str) -> bool {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path).any(|d| d.join(cmd).is_file())
+}
+
 /// What `rustc +nightly -vV` says about the nightly.
 struct Nightly {
     sysroot: PathBuf,
@@ -196,7 +201,24 @@ fn find_libllvm(sysroot: &Path) -> Result<PathBuf> {
 
 /// Builds the eBPF object and leaves it, with its source fingerprint, where build.rs embeds it.
 pub fn build_ebpf() -> Result<PathBuf> {
-    let n = nightly()?;
+    let n = match nightly() {
+        Ok(n) => n,
+        // A fresh machine with rustup but no nightly: get the one the eBPF build needs.
+        Err(e) if which("rustup") => {
+            eprintln!("xtask: {e:#}\nxtask: installing a nightly toolchain with rustup");
+            run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))?;
+            nightly()?
+        }
+        Err(e) => return Err(e),
+    };
     ensure_rust_src(&n)?;
     let linker_dir = ensure_bpf_linker(&n)?;
     let ws = workspace_root();

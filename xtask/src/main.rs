@@ -2,6 +2,7 @@
 
 mod ebpf;
 mod lab;
+mod prereq;
 mod srchash;
 
 use anyhow::Result;
@@ -51,6 +52,7 @@ fn main() -> Result<()> {
         }
         Command::Test { args } => {
             ebpf::require_root("the tests load eBPF programs and create network namespaces")?;
+            prereq::ensure(true)?;
             ebpf::build_ebpf()?;
             ebpf::cargo(
                 &["test", "--workspace", "--exclude", "dataplane-ebpf"],
@@ -59,12 +61,14 @@ fn main() -> Result<()> {
         }
         Command::Lab(args) => {
             ebpf::require_root("the lab creates network namespaces and loads eBPF programs")?;
+            prereq::ensure(true)?;
             ebpf::build_ebpf()?;
             let bin = ebpf::cargo_build_user(false)?;
             lab::run(&bin, &args)
         }
         Command::Bench { quick, bench_args } => {
             ebpf::require_root("the benchmark creates network namespaces and loads eBPF programs")?;
+            prereq::ensure(true)?;
             ebpf::build_ebpf()?;
             let bin = ebpf::cargo_build_user(true)?;
             bench(&bin, quick, &bench_args)

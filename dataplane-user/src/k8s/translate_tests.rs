@@ -10,7 +10,7 @@ use crate::model::{
     ServicePortName, TrafficPolicy,
 };
 
-/// shared/seeds/k8s-service-iptables-chains.txt as kubectl prints it.
+/// docs/seeds/k8s-service-iptables-chains.txt as kubectl prints it.
 const SEED: &str = include_str!("testdata/seed.yaml");
 
 fn ip(text: &str) -> Ipv4Addr {
