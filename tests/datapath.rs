@@ -704,6 +704,28 @@ fn a_run_that_exits_fails_start_with_its_stderr() {
     lab.teardown();
 }
 
+/// flannel's bridge given as a pod device is refused at start, naming what to attach instead
+/// (replies of a backend on the same bridge would never be un-NATed).
+#[test]
+fn a_bridge_as_pod_device_is_refused() {
+    support::require_root();
+    let lab = CheckedLab::build(&LabSpec {
+        nodes: 1,
+        pods_per_node: 1,
+        cni: Cni::Flannel,
+        external_client: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let err = match DataplaneNode::start(&lab, 0, &["--pod-ifaces", "cni0"]) {
+        Ok(_) => panic!("started with the cni0 bridge as a pod device"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("cni0 is a bridge"), "{err}");
+    assert!(err.contains("--pod-iface-prefix veth"), "{err}");
+    lab.teardown();
+}
+
 /// The teardown check itself: a namespace with the lab's prefix that survives the lab (here one
 /// created behind its back) makes the test fail.
 #[test]

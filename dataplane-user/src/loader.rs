@@ -135,6 +135,25 @@ fn verifier_error(name: &str, e: ProgramError) -> anyhow::Error {
     }
 }
 
+/// A bridge (flannel's cni0) is not a pod device: replies of a backend on the same bridge are
+/// bridged straight to the client pod and never pass the bridge's own tc hooks, so they would
+/// never be un-NATed. Its ports (the pods' host-side veths) are.
+fn refuse_bridge(iface: &str) -> Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(["-d", "-o", "link", "show", "dev", iface])
+        .output()
+        .context("running `ip -d link show`")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.split_whitespace().any(|w| w == "bridge") {
+        anyhow::bail!(
+            "{iface} is a bridge: attach to its ports instead (the pods' host-side veths, e.g. \
+             --pod-iface-prefix veth); replies between pods on the bridge never pass {iface}'s \
+             own hooks and would reach clients untranslated"
+        );
+    }
+    Ok(())
+}
+
 /// Where a hook's link is pinned: `<pin dir>/links/<program>@<interface>`.
 pub fn link_pin(pin_dir: &Path, program: &str, iface: &str) -> PathBuf {
     pin_dir.join("links").join(format!("{program}@{iface}"))
@@ -165,6 +184,9 @@ impl Datapath {
             ),
         ];
         let pod_ifaces = cfg.current_pod_ifaces()?;
+        for iface in &pod_ifaces {
+            refuse_bridge(iface)?;
+        }
         for iface in &pod_ifaces {
             tc.push(("tc_pod_ingress", iface, TcAttachType::Ingress));
             tc.push(("tc_pod_egress", iface, TcAttachType::Egress));

@@ -112,6 +112,18 @@ fn ensure_bpffs_mounted(dir: &Path) -> Result<()> {
     if !dir.starts_with(root) || !root.is_dir() || is_bpffs(root)? {
         return Ok(());
     }
+    // A fresh node has no bpffs; but so has a private mount namespace whose /sys was remounted
+    // (`ip netns exec`), and there the pins die with this process, unseen from the host.
+    let private_mounts =
+        std::fs::read_link("/proc/self/ns/mnt").ok() != std::fs::read_link("/proc/1/ns/mnt").ok();
+    if private_mounts {
+        log::warn!(
+            "no bpffs at {BPFFS_ROOT} in this mount namespace (not the host's: `ip netns exec` \
+             remounts /sys): the one mounted now is private, so the maps and links pinned there \
+             vanish when this process exits and `dataplane stats`/`cleanup` elsewhere do not see \
+             them; run the agent with `nsenter --net=/run/netns/NAME dataplane run ...` instead"
+        );
+    }
     log::info!("mounting bpffs at {BPFFS_ROOT}");
     let (src, fstype, target) = (c"bpf", c"bpf", c"/sys/fs/bpf");
     let rc = unsafe {
