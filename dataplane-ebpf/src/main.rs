@@ -106,10 +106,48 @@ pub fn xdp_uplink(ctx: XdpContext) -> u32 {
     xdp_action(action)
 }
 
-/// tc ingress on the uplink (after XDP).
+/// 1 when `xdp_uplink` is attached to the uplink (it runs the service pipeline there), 0 when
+/// the agent attached no XDP and `tc_uplink_ingress` runs it instead. Set by the loader
+/// (`EbpfLoader::set_global`) before the programs load.
+#[no_mangle]
+static UPLINK_XDP: u32 = 1;
+
+#[inline(always)]
+fn uplink_xdp() -> bool {
+    // Volatile: the value is patched into .rodata at load time; the compiler must not fold it.
+    unsafe { core::ptr::read_volatile(&UPLINK_XDP) != 0 }
+}
+
+#[inline(always)]
+fn tc_service_ingress(ctx: &TcContext, hook: Hook) -> i32 {
+    linearize(ctx);
+    let p = TcPacket(ctx);
+    let len = p.frame_len();
+    let (reason, action) = datapath::service_ingress(&p);
+    stats::count(hook, reason, len);
+    tc_action(ctx, action)
+}
+
+/// tc ingress on the uplink (after XDP, and after GRO): opens tunnel packets XDP left closed,
+/// and runs the service pipeline on them (and on everything when no XDP is attached).
 #[classifier]
 pub fn tc_uplink_ingress(ctx: TcContext) -> i32 {
-    tc_observe(&ctx, Hook::TcUplinkIngress)
+    match overlay::decap_tc(&ctx) {
+        overlay::Decap::NotTunnel => {}
+        overlay::Decap::Decapsulated(outer_len) => {
+            stats::count(Hook::TcUplinkIngress, Reason::OverlayDecap, outer_len);
+            return tc_service_ingress(&ctx, Hook::TcUplinkIngress);
+        }
+        overlay::Decap::Drop(reason) => {
+            stats::count(Hook::TcUplinkIngress, reason, ctx.len());
+            return TC_ACT_SHOT;
+        }
+    }
+    if uplink_xdp() {
+        tc_observe(&ctx, Hook::TcUplinkIngress)
+    } else {
+        tc_service_ingress(&ctx, Hook::TcUplinkIngress)
+    }
 }
 
 /// tc egress on the uplink: ICMP errors the node emits about translated connections, and the
@@ -134,12 +172,7 @@ pub fn tc_uplink_egress(ctx: TcContext) -> i32 {
 /// tc ingress on a pod-facing host device: connections from pods to services start here.
 #[classifier]
 pub fn tc_pod_ingress(ctx: TcContext) -> i32 {
-    linearize(&ctx);
-    let p = TcPacket(&ctx);
-    let len = p.frame_len();
-    let (reason, action) = datapath::service_ingress(&p);
-    stats::count(Hook::TcPodIngress, reason, len);
-    tc_action(&ctx, action)
+    tc_service_ingress(&ctx, Hook::TcPodIngress)
 }
 
 /// tc egress on a pod-facing host device (traffic to the pod): ICMP errors the node emits
