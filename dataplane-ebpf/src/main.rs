@@ -43,16 +43,33 @@ fn tc_action(ctx: &TcContext, action: Action) -> i32 {
     }
 }
 
-/// Headers may sit in paged skb data (GRO, veth); make the parse window linear first.
+/// Headers may sit in paged skb data (GRO, veth); make what the parser reads linear first.
+///
+/// Only what it reads: a pull copies payload out of the frags into the head, reallocating it
+/// when it is shared, and every TCP segment a local socket sends is a clone whose head holds
+/// just its headers (66 bytes with timestamps). Pulling the whole 128-byte window for each of
+/// them was a head copy per GSO burst on every hook it crossed. TCP and UDP need their fixed
+/// header; anything else (ICMP errors carry the headers they quote) gets the whole window.
 #[inline(always)]
 fn linearize(ctx: &TcContext) {
     let len = ctx.len();
-    let want = if len < parse::PARSE_WINDOW {
-        len
-    } else {
-        parse::PARSE_WINDOW
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    if linear >= len || linear >= parse::PARSE_WINDOW {
+        return;
+    }
+    let need = match ctx.load::<[u8; 24]>(0) {
+        Ok(h) if h[12] == 0x08 && h[13] == 0x00 => {
+            let l4 = 14 + ((h[14] & 0x0f) as u32) * 4;
+            match h[23] {
+                6 => l4 + 20,
+                17 => l4 + 8,
+                _ => parse::PARSE_WINDOW,
+            }
+        }
+        _ => parse::PARSE_WINDOW,
     };
-    if ((ctx.data_end() - ctx.data()) as u32) < want {
+    let want = if len < need { len } else { need };
+    if linear < want {
         let _ = ctx.pull_data(want);
     }
 }
