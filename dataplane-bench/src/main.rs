@@ -169,6 +169,7 @@ fn run(args: &Args) -> Result<bool> {
             old.tunnel_status = results.tunnel_status;
             old.tunnel_profile = results.tunnel_profile;
             old.tunnel_profile_ipip = results.tunnel_profile_ipip;
+            old.tunnel_profile_hostgw = results.tunnel_profile_hostgw;
             old.loadavg.extend(results.loadavg.drain(..));
             results = old;
         }
@@ -370,10 +371,10 @@ fn tunnel_phase(
     }
     for (i, l) in labs.iter().enumerate().filter(|(_, l)| l.mode.is_ebpf()) {
         let p = overlay::profile(l, pass, templates, frames_for(budget, est[i]), args.cpu)?;
-        if l.mode == overlay::TunnelMode::EbpfVxlan {
-            results.tunnel_profile = Some(p);
-        } else {
-            results.tunnel_profile_ipip = Some(p);
+        match l.mode {
+            overlay::TunnelMode::EbpfVxlan => results.tunnel_profile = Some(p),
+            overlay::TunnelMode::EbpfIpip => results.tunnel_profile_ipip = Some(p),
+            _ => results.tunnel_profile_hostgw = Some(p),
         }
     }
     results.tunnel_status = "measured".into();

@@ -30,17 +30,29 @@ pub enum TunnelMode {
     /// `dataplane run --overlay ipip` on both nodes (no kernel ipip device exists here to
     /// compare with: compared with VXLAN and host-gw).
     EbpfIpip,
+    /// `dataplane run --overlay none --xdp-mode off` with host-gw routes: the same programs on
+    /// the same hooks without a tunnel, so the overlay rows' program costs minus this row's are
+    /// what encapsulation and decapsulation themselves cost.
+    EbpfHostGw,
 }
 
 impl TunnelMode {
-    pub const ALL: [TunnelMode; 4] = [
+    pub const ALL: [TunnelMode; 5] = [
         TunnelMode::HostGw,
         TunnelMode::KernelVxlan,
         TunnelMode::EbpfVxlan,
         TunnelMode::EbpfIpip,
+        TunnelMode::EbpfHostGw,
     ];
 
     pub fn is_ebpf(self) -> bool {
+        matches!(
+            self,
+            TunnelMode::EbpfVxlan | TunnelMode::EbpfIpip | TunnelMode::EbpfHostGw
+        )
+    }
+
+    fn tunnels(self) -> bool {
         matches!(self, TunnelMode::EbpfVxlan | TunnelMode::EbpfIpip)
     }
 
@@ -50,6 +62,7 @@ impl TunnelMode {
             TunnelMode::KernelVxlan => "kernel vxlan (flannel.1)",
             TunnelMode::EbpfVxlan => "ebpf vxlan",
             TunnelMode::EbpfIpip => "ebpf ipip",
+            TunnelMode::EbpfHostGw => "ebpf host-gw (no tunnel)",
         }
     }
 }
@@ -89,7 +102,7 @@ impl TunnelLab {
             cni: Cni::Calico,
             external_client: false,
             // Without the tunnel nothing crosses: no pod routes between the nodes.
-            underlay_routes: mode == TunnelMode::HostGw,
+            underlay_routes: matches!(mode, TunnelMode::HostGw | TunnelMode::EbpfHostGw),
             ..Default::default()
         };
         let lab =
@@ -213,14 +226,14 @@ impl TunnelLab {
                     }
                 }
             }
-            TunnelMode::EbpfVxlan | TunnelMode::EbpfIpip => {
+            TunnelMode::EbpfVxlan | TunnelMode::EbpfIpip | TunnelMode::EbpfHostGw => {
                 let Some(bin) = dataplane_bin else {
                     bail!("DATAPLANE_BIN is not set: cannot run `dataplane run --overlay`")
                 };
-                let overlay = if mode == TunnelMode::EbpfIpip {
-                    "ipip"
-                } else {
-                    "vxlan"
+                let overlay = match mode {
+                    TunnelMode::EbpfIpip => "ipip",
+                    TunnelMode::EbpfVxlan => "vxlan",
+                    _ => "none",
                 };
                 let nodes = [node1, node2];
                 let infos: Vec<NodeInfo> = nodes
@@ -250,6 +263,8 @@ impl TunnelLab {
                         &pin_s,
                         "--overlay",
                         overlay,
+                        "--xdp-mode",
+                        if mode.tunnels() { "auto" } else { "off" },
                         "--socket-lb",
                         "false",
                         "--pod-ifaces",
@@ -259,11 +274,13 @@ impl TunnelLab {
                     wait_ready(&mut child, Duration::from_secs(30))
                         .with_context(|| format!("`dataplane run` on {}", n.name))?;
                     t.agents.push(child);
-                    let (pin2, name, infos2) = (pin.clone(), n.name.clone(), infos.clone());
-                    in_netns(&n.ns, move || {
-                        OverlayTable::open_pinned(&pin2)?.sync(&infos2, &name)
-                    })?
-                    .with_context(|| format!("overlay sync on {}", n.name))?;
+                    if mode.tunnels() {
+                        let (pin2, name, infos2) = (pin.clone(), n.name.clone(), infos.clone());
+                        in_netns(&n.ns, move || {
+                            OverlayTable::open_pinned(&pin2)?.sync(&infos2, &name)
+                        })?
+                        .with_context(|| format!("overlay sync on {}", n.name))?;
+                    }
                     t.pin_dirs.push(pin);
                 }
             }
@@ -474,7 +491,7 @@ pub fn run(
     });
     let mut problems = Vec::new();
     crate::measure::check_delivery(&mut problems, sent, &deltas, &total);
-    if let (Some(a0), Some(b0)) = s0 {
+    if let (Some(a0), Some(b0), true) = (s0.0, s0.1, t.mode.tunnels()) {
         let (a1, b1) = (t.stats(0)?.expect("stats"), t.stats(1)?.expect("stats"));
         let enc = a1.packets(Hook::TcUplinkEgress, Reason::OverlayEncap)
             - a0.packets(Hook::TcUplinkEgress, Reason::OverlayEncap);
