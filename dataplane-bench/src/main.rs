@@ -157,6 +157,7 @@ fn run(args: &Args) -> Result<bool> {
         let pass = Arc::new(Injector::load(&templates, None, "bench_inj_pass")?);
         let mut results = Results::new(args.quick, reps, &[], budget, overlay);
         tunnel_phase(args, &pass, &templates, reps, budget, &mut results)?;
+        results.elapsed_secs = started.elapsed().as_secs_f64();
         // The other sections keep the last full run's samples (results.json), so the report
         // stays whole.
         let prev = args.out_dir.join("results.json");
@@ -173,7 +174,6 @@ fn run(args: &Args) -> Result<bool> {
             old.loadavg.extend(results.loadavg.drain(..));
             results = old;
         }
-        results.elapsed_secs = started.elapsed().as_secs_f64();
         results.loadavg.push(report::loadavg());
         report::write_json(&args.out_dir, &results)?;
         return report::write_markdown(&args.markdown, &args.out_dir, &results);

@@ -810,7 +810,8 @@ fn tunnel_section(m: &mut String, r: &Results) {
          uplink with an overlay; the nodes given to OverlayTable::sync); `ebpf host-gw` runs `dataplane run --overlay none \
          --xdp-mode off` on host-gw routes: the same programs on the same hooks without a tunnel, the baseline that \
          isolates what encapsulation and decapsulation add to the programs. There is no kernel ipip device in this \
-         kernel, so IPIP is compared with VXLAN and host-gw.\n"
+         kernel, so IPIP is compared with VXLAN and host-gw. (`cargo xtask bench -- --only overlay` measures this \
+         section alone and merges it into the last full run's results.json; the other sections keep their samples.)\n"
     );
     let _ = writeln!(
         m,
@@ -944,7 +945,20 @@ fn overlay_findings(m: &mut String) {
          and comes out right (tests/overlay.rs: a pod veth with TSO/GSO off, content-checked 10 MB transfers).\n\
          - **Per-packet pulls**: every hook pulled a 128-byte parse window into the skb head; a TCP burst from a \
          socket is a clone with 66 bytes of headers in its head, so each pull copied payload into a reallocated head. \
-         The hooks now pull only the headers the parser reads (TCP/UDP fixed header; the full window for the rest).\n"
+         The hooks now pull only the headers the parser reads (TCP/UDP fixed header; the full window for the rest).\n\n\
+         **What is still missing for the targets.** Bulk TCP went from 0.19× flannel.1 to parity (VXLAN within the noise \
+         of flannel.1, IPIP a little above), not to 1.1×. `ebpf host-gw` runs the same programs on the same hooks \
+         without a tunnel and matches host-gw, so the pod hooks' service pipeline costs nothing measurable at bulk \
+         rates; the remaining gap is the tunnel programs themselves, paid once per burst and once per ACK (the table's \
+         encapsulation and decapsulation parts, against a kernel vxlan device that runs no BPF at all). What would cut \
+         them: the outer next hop from a per-node neighbour cache the agent keeps in `OVERLAY_ROUTES_V1` instead of a \
+         `bpf_fib_lookup` per packet; a flow hash of the inner 5-tuple instead of `bpf_get_hash_recalc` (the flow \
+         dissector, for packets that carry no hash: every injected frame here, forwarded traffic often); the outer UDP \
+         checksum of small packets left to checksum offload instead of summed in the program. Per 64-byte packet the \
+         dataplane also pays the service pipeline on the pod hooks (tc_pod_ingress + tc_pod_egress) that flannel.1's lab \
+         does not run: a pre-filter that lets pod packets not for a service skip the conntrack and service lookups \
+         (issue 14 item 3, not done here: those files are being rewritten in parallel) is what takes VXLAN from about \
+         0.98× to under 0.9× of flannel.1's cost per packet.\n"
     );
 }
 
