@@ -425,6 +425,38 @@ fn icmp_echo(ip: &packet::Ipv4Packet) -> Option<bool> {
 // 1. VXLAN between two nodes of ours
 // ---------------------------------------------------------------------------------------------
 
+/// Where the uplink has native XDP (forced here; `auto` attaches none to a veth uplink with an
+/// overlay), XDP opens tunnel packets and tc ingress sees only inner packets; IPIP and VXLAN
+/// both, with bulk transfers in both directions.
+#[test]
+fn with_native_xdp_tunnel_packets_are_opened_in_xdp() {
+    for (mode, mtu) in [("vxlan", 1450), ("ipip", 1480)] {
+        let o = Overlay::start(
+            &spec(Cni::Calico, mtu),
+            &[0, 1],
+            &["--overlay", mode, "--xdp-mode", "native"],
+            |_| {},
+        );
+        o.sync_all();
+        for k in 0..2 {
+            let link = sh(&o.node(k).ns, &["ip", "-d", "link", "show", "eth0"]);
+            assert!(link.contains("prog/xdp"), "{mode}: {link}");
+        }
+        let (p1, p2) = (o.lab.pod(0, 0).host(), o.lab.pod(1, 0).host());
+        echo_both(&p1, &p2, 7401, p1.ip);
+        bulk(&p1, &p2, 7402, 2 << 20, 2 << 20);
+        for k in 0..2 {
+            let s = o.stats(k);
+            assert!(
+                s.packets(Hook::XdpUplink, Reason::OverlayDecap) >= 20
+                    && s.packets(Hook::TcUplinkIngress, Reason::OverlayDecap) == 0,
+                "{mode} node{}: {s:?}",
+                k + 1
+            );
+        }
+    }
+}
+
 #[test]
 fn vxlan_carries_pod_node_and_service_traffic_between_our_nodes() {
     let o = Overlay::start(
