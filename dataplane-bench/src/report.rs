@@ -894,9 +894,13 @@ fn tunnel_section(m: &mut String, r: &Results) {
              veth: parse, conntrack and service lookups that miss; tc_pod_egress towards the receiving pod), which the \
              kernel-vxlan lab (no kube-proxy at all) does not pay.\n"
         );
-        for p in [&r.tunnel_profile, &r.tunnel_profile_ipip]
-            .into_iter()
-            .flatten()
+        for p in [
+            &r.tunnel_profile,
+            &r.tunnel_profile_ipip,
+            &r.tunnel_profile_hostgw,
+        ]
+        .into_iter()
+        .flatten()
         {
             profile_line(m, p);
         }
