@@ -1053,6 +1053,53 @@ mod overlay {
         }
     }
 
+    /// tc ingress of the uplink: what opens tunnel packets when no XDP is attached (a veth
+    /// uplink) and whatever XDP left closed. Same frame out as XDP's.
+    #[test]
+    fn decapsulation_at_tc_ingress_yields_the_same_inner_frame() {
+        for mode in [MODE_VXLAN, MODE_IPIP] {
+            let inner = reply();
+            let input = tunnel(mode, NODE2, NODE1, 1, &inner);
+            let mut h = harness();
+            let out = with_overlay(&mut h, mode, |h| h.run(Hook::TcUplinkIngress, &input));
+            assert_eq!(out.verdict, Verdict::Pass, "mode {mode}");
+            let mut want = inner.clone();
+            want[0..6].copy_from_slice(&NODE1_MAC);
+            want[6..12].copy_from_slice(&NODE2_MAC);
+            assert_frames_eq(&out.output, &want);
+            assert_eq!(
+                out.stats_delta,
+                vec![
+                    (
+                        Hook::TcUplinkIngress,
+                        Reason::PassIcmp,
+                        1,
+                        want.len() as u64
+                    ),
+                    (
+                        Hook::TcUplinkIngress,
+                        Reason::OverlayDecap,
+                        1,
+                        input.len() as u64
+                    )
+                ],
+                "mode {mode}"
+            );
+            // A tunnel packet whose outer length does not match its inner packet's (one header
+            // in front of several packets: a UDP GRO train) is refused, not half-opened.
+            let mut train = input.clone();
+            let off = if mode == MODE_VXLAN {
+                34 + 30 + 2
+            } else {
+                34 + 2
+            };
+            let tot = u16::from_be_bytes([train[off], train[off + 1]]) - 8;
+            train[off..off + 2].copy_from_slice(&tot.to_be_bytes());
+            let out = with_overlay(&mut h, mode, |h| h.run(Hook::TcUplinkIngress, &train));
+            assert_eq!(out.verdict, Verdict::Drop, "mode {mode}");
+        }
+    }
+
     #[test]
     fn decapsulation_refuses_what_is_not_for_this_node() {
         let inner = reply();

@@ -63,6 +63,13 @@ pub struct Args {
     /// The report.
     #[arg(long, default_value = "BENCHMARKS.md")]
     markdown: PathBuf,
+    /// Run only one part: `overlay` (section (f): pod → pod through the tunnels, packets and
+    /// bulk TCP). The report then has only that section measured.
+    #[arg(long)]
+    only: Option<String>,
+    /// Seconds of each iperf3 run in (f) (default 3; --quick: 2).
+    #[arg(long)]
+    iperf_secs: Option<u32>,
     /// Measure nothing: regenerate the report and plot from this results.json.
     #[arg(long)]
     report_only: Option<PathBuf>,
@@ -139,6 +146,38 @@ fn run(args: &Args) -> Result<bool> {
         None => Mode::ALL.to_vec(),
     };
     let overlay = report::overlay_status();
+    let only_overlay = match args.only.as_deref() {
+        None => false,
+        Some("overlay") => true,
+        Some(o) => bail!("--only {o}: the only part that runs alone is `overlay`"),
+    };
+    if only_overlay {
+        let mut templates = Templates::new(scenario::TEMPLATE_CAPACITY)?;
+        scenario::build_templates(1, |i, f| templates.set(i, f));
+        let pass = Arc::new(Injector::load(&templates, None, "bench_inj_pass")?);
+        let mut results = Results::new(args.quick, reps, &[], budget, overlay);
+        tunnel_phase(args, &pass, &templates, reps, budget, &mut results)?;
+        results.elapsed_secs = started.elapsed().as_secs_f64();
+        // The other sections keep the last full run's samples (results.json), so the report
+        // stays whole.
+        let prev = args.out_dir.join("results.json");
+        if let Some(mut old) = std::fs::read_to_string(&prev)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Results>(&t).ok())
+        {
+            old.tunnel = results.tunnel;
+            old.tunnel_tcp = results.tunnel_tcp;
+            old.tunnel_status = results.tunnel_status;
+            old.tunnel_profile = results.tunnel_profile;
+            old.tunnel_profile_ipip = results.tunnel_profile_ipip;
+            old.tunnel_profile_hostgw = results.tunnel_profile_hostgw;
+            old.loadavg.extend(results.loadavg.drain(..));
+            results = old;
+        }
+        results.loadavg.push(report::loadavg());
+        report::write_json(&args.out_dir, &results)?;
+        return report::write_markdown(&args.markdown, &args.out_dir, &results);
+    }
 
     let mut templates = Templates::new(scenario::TEMPLATE_CAPACITY)?;
     let pass = Arc::new(Injector::load(&templates, None, "bench_inj_pass")?);
@@ -279,7 +318,7 @@ fn tunnel_phase(
         results.tunnel_status = format!("skipped: overlay support {}", results.overlay);
         return Ok(());
     }
-    eprintln!("bench: (f) VXLAN labs");
+    eprintln!("bench: (f) tunnel labs");
     let mut labs = Vec::new();
     for m in overlay::TunnelMode::ALL {
         check_interrupted()?;
@@ -316,18 +355,27 @@ fn tunnel_phase(
             results.tunnel.push(s);
         }
     }
-    if let Some(l) = labs
-        .iter()
-        .find(|l| l.mode == overlay::TunnelMode::EbpfVxlan)
-    {
-        let i = labs.iter().position(|x| x.mode == l.mode).unwrap();
-        results.tunnel_profile = Some(overlay::profile(
-            l,
-            pass,
-            templates,
-            frames_for(budget, est[i]),
-            args.cpu,
-        )?);
+    // Bulk TCP, interleaved the same way (BPF run-time statistics stay off: they would add
+    // their own ~100 ns to every program run).
+    let secs = args.iperf_secs.unwrap_or(if args.quick { 2 } else { 3 });
+    let tcp_reps = reps.min(if args.quick { 3 } else { 5 });
+    eprintln!("bench: (f) bulk TCP, {tcp_reps} x {secs} s per tunnel");
+    for rep in 0..tcp_reps {
+        for k in 0..labs.len() {
+            let i = (k + rep) % labs.len();
+            check_interrupted()?;
+            let s = overlay::throughput(&labs[i], secs, rep)?;
+            eprintln!("bench: (f) {} {:.2} Gbit/s", s.row, s.gbit_per_s);
+            results.tunnel_tcp.push(s);
+        }
+    }
+    for (i, l) in labs.iter().enumerate().filter(|(_, l)| l.mode.is_ebpf()) {
+        let p = overlay::profile(l, pass, templates, frames_for(budget, est[i]), args.cpu)?;
+        match l.mode {
+            overlay::TunnelMode::EbpfVxlan => results.tunnel_profile = Some(p),
+            overlay::TunnelMode::EbpfIpip => results.tunnel_profile_ipip = Some(p),
+            _ => results.tunnel_profile_hostgw = Some(p),
+        }
     }
     results.tunnel_status = "measured".into();
     Ok(())

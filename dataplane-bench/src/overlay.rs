@@ -27,20 +27,42 @@ pub enum TunnelMode {
     KernelVxlan,
     /// `dataplane run --overlay vxlan` on both nodes.
     EbpfVxlan,
+    /// `dataplane run --overlay ipip` on both nodes (no kernel ipip device exists here to
+    /// compare with: compared with VXLAN and host-gw).
+    EbpfIpip,
+    /// `dataplane run --overlay none --xdp-mode off` with host-gw routes: the same programs on
+    /// the same hooks without a tunnel, so the overlay rows' program costs minus this row's are
+    /// what encapsulation and decapsulation themselves cost.
+    EbpfHostGw,
 }
 
 impl TunnelMode {
-    pub const ALL: [TunnelMode; 3] = [
+    pub const ALL: [TunnelMode; 5] = [
         TunnelMode::HostGw,
         TunnelMode::KernelVxlan,
         TunnelMode::EbpfVxlan,
+        TunnelMode::EbpfIpip,
+        TunnelMode::EbpfHostGw,
     ];
+
+    pub fn is_ebpf(self) -> bool {
+        matches!(
+            self,
+            TunnelMode::EbpfVxlan | TunnelMode::EbpfIpip | TunnelMode::EbpfHostGw
+        )
+    }
+
+    fn tunnels(self) -> bool {
+        matches!(self, TunnelMode::EbpfVxlan | TunnelMode::EbpfIpip)
+    }
 
     pub fn key(self) -> &'static str {
         match self {
             TunnelMode::HostGw => "host-gw (no tunnel)",
             TunnelMode::KernelVxlan => "kernel vxlan (flannel.1)",
             TunnelMode::EbpfVxlan => "ebpf vxlan",
+            TunnelMode::EbpfIpip => "ebpf ipip",
+            TunnelMode::EbpfHostGw => "ebpf host-gw (no tunnel)",
         }
     }
 }
@@ -80,7 +102,7 @@ impl TunnelLab {
             cni: Cni::Calico,
             external_client: false,
             // Without the tunnel nothing crosses: no pod routes between the nodes.
-            underlay_routes: mode == TunnelMode::HostGw,
+            underlay_routes: matches!(mode, TunnelMode::HostGw | TunnelMode::EbpfHostGw),
             ..Default::default()
         };
         let lab =
@@ -204,9 +226,14 @@ impl TunnelLab {
                     }
                 }
             }
-            TunnelMode::EbpfVxlan => {
+            TunnelMode::EbpfVxlan | TunnelMode::EbpfIpip | TunnelMode::EbpfHostGw => {
                 let Some(bin) = dataplane_bin else {
-                    bail!("DATAPLANE_BIN is not set: cannot run `dataplane run --overlay vxlan`")
+                    bail!("DATAPLANE_BIN is not set: cannot run `dataplane run --overlay`")
+                };
+                let overlay = match mode {
+                    TunnelMode::EbpfIpip => "ipip",
+                    TunnelMode::EbpfVxlan => "vxlan",
+                    _ => "none",
                 };
                 let nodes = [node1, node2];
                 let infos: Vec<NodeInfo> = nodes
@@ -235,7 +262,9 @@ impl TunnelLab {
                         "--pin-dir",
                         &pin_s,
                         "--overlay",
-                        "vxlan",
+                        overlay,
+                        "--xdp-mode",
+                        if mode.tunnels() { "auto" } else { "off" },
                         "--socket-lb",
                         "false",
                         "--pod-ifaces",
@@ -245,11 +274,13 @@ impl TunnelLab {
                     wait_ready(&mut child, Duration::from_secs(30))
                         .with_context(|| format!("`dataplane run` on {}", n.name))?;
                     t.agents.push(child);
-                    let (pin2, name, infos2) = (pin.clone(), n.name.clone(), infos.clone());
-                    in_netns(&n.ns, move || {
-                        OverlayTable::open_pinned(&pin2)?.sync(&infos2, &name)
-                    })?
-                    .with_context(|| format!("overlay sync on {}", n.name))?;
+                    if mode.tunnels() {
+                        let (pin2, name, infos2) = (pin.clone(), n.name.clone(), infos.clone());
+                        in_netns(&n.ns, move || {
+                            OverlayTable::open_pinned(&pin2)?.sync(&infos2, &name)
+                        })?
+                        .with_context(|| format!("overlay sync on {}", n.name))?;
+                    }
                     t.pin_dirs.push(pin);
                 }
             }
@@ -308,6 +339,59 @@ impl TunnelLab {
         }
         Ok(m)
     }
+}
+
+/// One bulk TCP measurement: iperf3, node1's first pod to node2's first pod.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct ThroughputSample {
+    pub row: String,
+    pub rep: usize,
+    pub secs: u32,
+    pub gbit_per_s: f64,
+    pub retransmits: u64,
+    pub problems: Vec<String>,
+}
+
+/// Bulk TCP pod → pod across the nodes with iperf3 (one stream, `secs` seconds): what the
+/// tunnel does to GSO/GRO, checksum offload and per-burst costs, which 64-byte frames cannot
+/// show.
+pub fn throughput(t: &TunnelLab, secs: u32, rep: usize) -> Result<ThroughputSample> {
+    let (client, server) = (&t.lab.pod(0, 0), &t.lab.pod(1, 0));
+    let port = "5201";
+    let mut srv = t
+        .lab
+        .spawn_in(&server.ns, &["iperf3", "-s", "-1", "-p", port])
+        .context("starting iperf3 -s (apt-get install iperf3)")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let dst = server.ip.to_string();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", client.ns))
+        .args(["--", "iperf3", "-c", &dst, "-p", port, "-J", "-t"])
+        .arg(secs.to_string())
+        .output()
+        .context("running iperf3 -c")?;
+    let _ = srv.try_wait();
+    let _ = srv.stop();
+    let mut problems = Vec::new();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0);
+    if !out.status.success() || bps <= 0.0 {
+        problems.push(format!(
+            "iperf3 failed ({}): {}",
+            out.status,
+            v["error"].as_str().unwrap_or("no result")
+        ));
+    }
+    Ok(ThroughputSample {
+        row: t.mode.key().to_string(),
+        rep,
+        secs,
+        gbit_per_s: bps / 1e9,
+        retransmits: v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+        problems,
+    })
 }
 
 /// The ebpf vxlan lab's programs, per packet (untimed pass with BPF run-time stats on).
@@ -407,12 +491,16 @@ pub fn run(
     });
     let mut problems = Vec::new();
     crate::measure::check_delivery(&mut problems, sent, &deltas, &total);
-    if let (Some(a0), Some(b0)) = s0 {
+    if let (Some(a0), Some(b0), true) = (s0.0, s0.1, t.mode.tunnels()) {
         let (a1, b1) = (t.stats(0)?.expect("stats"), t.stats(1)?.expect("stats"));
         let enc = a1.packets(Hook::TcUplinkEgress, Reason::OverlayEncap)
             - a0.packets(Hook::TcUplinkEgress, Reason::OverlayEncap);
-        let dec = b1.packets(Hook::XdpUplink, Reason::OverlayDecap)
-            - b0.packets(Hook::XdpUplink, Reason::OverlayDecap);
+        // Opened in XDP, or at tc ingress when the agent attached no XDP (a veth uplink).
+        let dec = |s: &dataplane::stats::Stats| {
+            s.packets(Hook::XdpUplink, Reason::OverlayDecap)
+                + s.packets(Hook::TcUplinkIngress, Reason::OverlayDecap)
+        };
+        let dec = dec(&b1) - dec(&b0);
         if enc != sent || dec != sent {
             problems.push(format!(
                 "node1 encapsulated {enc}, node2 decapsulated {dec} of {sent}"

@@ -52,16 +52,33 @@ fn tc_action(ctx: &TcContext, action: Action) -> i32 {
     }
 }
 
-/// Headers may sit in paged skb data (GRO, veth); make the parse window linear first.
+/// Headers may sit in paged skb data (GRO, veth); make what the parser reads linear first.
+///
+/// Only what it reads: a pull copies payload out of the frags into the head, reallocating it
+/// when it is shared, and every TCP segment a local socket sends is a clone whose head holds
+/// just its headers (66 bytes with timestamps). Pulling the whole 128-byte window for each of
+/// them was a head copy per GSO burst on every hook it crossed. TCP and UDP need their fixed
+/// header; anything else (ICMP errors carry the headers they quote) gets the whole window.
 #[inline(always)]
 fn linearize(ctx: &TcContext) {
     let len = ctx.len();
-    let want = if len < parse::PARSE_WINDOW {
-        len
-    } else {
-        parse::PARSE_WINDOW
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    if linear >= len || linear >= parse::PARSE_WINDOW {
+        return;
+    }
+    let need = match ctx.load::<[u8; 24]>(0) {
+        Ok(h) if h[12] == 0x08 && h[13] == 0x00 => {
+            let l4 = 14 + ((h[14] & 0x0f) as u32) * 4;
+            match h[23] {
+                6 => l4 + 20,
+                17 => l4 + 8,
+                _ => parse::PARSE_WINDOW,
+            }
+        }
+        _ => parse::PARSE_WINDOW,
     };
-    if ((ctx.data_end() - ctx.data()) as u32) < want {
+    let want = if len < need { len } else { need };
+    if linear < want {
         let _ = ctx.pull_data(want);
     }
 }
@@ -115,10 +132,48 @@ pub fn xdp_uplink(ctx: XdpContext) -> u32 {
     xdp_action(action)
 }
 
-/// tc ingress on the uplink (after XDP).
+/// 1 when `xdp_uplink` is attached to the uplink (it runs the service pipeline there), 0 when
+/// the agent attached no XDP and `tc_uplink_ingress` runs it instead. Set by the loader
+/// (`EbpfLoader::set_global`) before the programs load.
+#[no_mangle]
+static UPLINK_XDP: u32 = 1;
+
+#[inline(always)]
+fn uplink_xdp() -> bool {
+    // Volatile: the value is patched into .rodata at load time; the compiler must not fold it.
+    unsafe { core::ptr::read_volatile(&UPLINK_XDP) != 0 }
+}
+
+#[inline(always)]
+fn tc_service_ingress(ctx: &TcContext, hook: Hook) -> i32 {
+    linearize(ctx);
+    let p = TcPacket(ctx);
+    let len = p.frame_len();
+    let (reason, action) = datapath::service_ingress(&p);
+    stats::count(hook, reason, len);
+    tc_action(ctx, action)
+}
+
+/// tc ingress on the uplink (after XDP, and after GRO): opens tunnel packets XDP left closed,
+/// and runs the service pipeline on them (and on everything when no XDP is attached).
 #[classifier]
 pub fn tc_uplink_ingress(ctx: TcContext) -> i32 {
-    tc_observe(&ctx, Hook::TcUplinkIngress)
+    match overlay::decap_tc(&ctx) {
+        overlay::Decap::NotTunnel => {}
+        overlay::Decap::Decapsulated(outer_len) => {
+            stats::count(Hook::TcUplinkIngress, Reason::OverlayDecap, outer_len);
+            return tc_service_ingress(&ctx, Hook::TcUplinkIngress);
+        }
+        overlay::Decap::Drop(reason) => {
+            stats::count(Hook::TcUplinkIngress, reason, ctx.len());
+            return TC_ACT_SHOT;
+        }
+    }
+    if uplink_xdp() {
+        tc_observe(&ctx, Hook::TcUplinkIngress)
+    } else {
+        tc_service_ingress(&ctx, Hook::TcUplinkIngress)
+    }
 }
 
 /// tc egress on the uplink: ICMP errors the node emits about translated connections, the node's
@@ -165,12 +220,7 @@ fn reroute(ctx: &TcContext, len: u32) -> i32 {
 /// tc ingress on a pod-facing host device: connections from pods to services start here.
 #[classifier]
 pub fn tc_pod_ingress(ctx: TcContext) -> i32 {
-    linearize(&ctx);
-    let p = TcPacket(&ctx);
-    let len = p.frame_len();
-    let (reason, action) = datapath::service_ingress(&p);
-    stats::count(Hook::TcPodIngress, reason, len);
-    tc_action(&ctx, action)
+    tc_service_ingress(&ctx, Hook::TcPodIngress)
 }
 
 /// tc egress on a pod-facing host device (traffic to the pod): ICMP errors the node emits

@@ -10,8 +10,14 @@
 //!   `bpf_skb_adjust_room` (GSO packets keep being segmented correctly) and written as the
 //!   kernel devices write them (`dataplane_common::overlay`), and the outer next hop comes from
 //!   `bpf_fib_lookup` (or `bpf_redirect_neigh` when the neighbour is not resolved yet).
-//! - **Decapsulation** in XDP on the uplink ([`decap`]), before the service pipeline, so replies
-//!   of remote backends get their reverse NAT on the inner packet. Only tunnel packets addressed
+//! - **Decapsulation** at tc ingress of the uplink ([`decap_tc`]) or in XDP ([`decap`]), before
+//!   the service pipeline, so replies of remote backends get their reverse NAT on the inner
+//!   packet. tc is where it happens when the agent attaches no XDP (a veth uplink: native XDP
+//!   there makes the veth peer segment every GSO packet it sends, see BENCHMARKS.md (f)): a GSO
+//!   tunnel packet is opened whole, so a 64 KB TCP burst costs one decapsulation, not 45. On
+//!   an uplink with native XDP the XDP path opens them first (the NIC's GRO then merges the
+//!   inner TCP segments, which it cannot do for VXLAN without a tunnel socket), and tc only
+//!   sees what XDP left encapsulated. Only tunnel packets addressed
 //!   to this node's tunnel address, from a known node, carrying an inner packet for this node,
 //!   are opened; other tunnel packets are dropped with their reason (never relayed). The inner
 //!   frame gets the outer frame's MAC addresses, so the stack sees a frame sent to the uplink's
@@ -436,6 +442,123 @@ pub fn decap(ctx: &XdpContext) -> Decap {
         return Decap::Drop(Reason::DropOverlayMalformed);
     }
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, inner_off as i32) } != 0 {
+        return Decap::Drop(Reason::DropOverlayMalformed);
+    }
+    Decap::Decapsulated(frame_len)
+}
+
+/// [`decap_tc`]'s outer checks (the same as [`decap`]'s), on the first 34 bytes of the frame:
+/// `None` if it is not a tunnel packet of the configured mode, else whether this node accepts it.
+#[inline(always)]
+fn accept_outer(
+    cfg: &OverlayConfig,
+    outer: &[u8; 34],
+    udp_dport: Option<u16>,
+) -> Option<Result<(), Reason>> {
+    if outer[12] != 0x08 || outer[13] != 0x00 || outer[14] >> 4 != 4 {
+        return None;
+    }
+    let proto = outer[23];
+    if cfg.mode == MODE_VXLAN {
+        if proto != IPPROTO_UDP || udp_dport? != cfg.vxlan_port {
+            return None;
+        }
+    } else if proto != IPPROTO_IPIP {
+        return None;
+    }
+    if addr_at(outer, 30) != cfg.tunnel_addr {
+        return Some(Err(Reason::DropOverlayNotLocal));
+    }
+    if unsafe { OVERLAY_PEERS_V1.get(addr_at(outer, 26)) }.is_none() {
+        return Some(Err(Reason::DropOverlayUnknownPeer));
+    }
+    let frag = u16::from_be_bytes([outer[20], outer[21]]);
+    if outer[14] != 0x45 || frag & 0x3fff != 0 {
+        return Some(Err(Reason::DropOverlayMalformed));
+    }
+    Some(Ok(()))
+}
+
+/// tc ingress of the uplink: opens tunnel packets for this node that XDP did not open (see the
+/// module documentation), GSO packets included. The frame keeps its outer Ethernet header (sent
+/// to this uplink's MAC) in front of the inner IPv4 header.
+#[inline(always)]
+pub fn decap_tc(ctx: &TcContext) -> Decap {
+    let Some(cfg) = config() else {
+        return Decap::NotTunnel;
+    };
+    let Ok(outer) = ctx.load::<[u8; 34]>(0) else {
+        return Decap::NotTunnel;
+    };
+    let vxlan = cfg.mode == MODE_VXLAN;
+    // Outer IHL is checked to be 5 by accept_outer before anything relies on it.
+    let dport = if vxlan && outer[23] == IPPROTO_UDP {
+        match ctx.load::<[u8; 4]>(34) {
+            Ok(p) => Some(u16::from_ne_bytes([p[2], p[3]])),
+            Err(_) => return Decap::NotTunnel,
+        }
+    } else {
+        None
+    };
+    match accept_outer(&cfg, &outer, dport) {
+        None => return Decap::NotTunnel,
+        Some(Err(reason)) => return Decap::Drop(reason),
+        Some(Ok(())) => {}
+    }
+    let outer_tot = u16::from_be_bytes([outer[16], outer[17]]) as u32;
+    let (overhead, inner_tot, inner_daddr) = if vxlan {
+        let Ok(v) = ctx.load::<[u8; 50]>(34) else {
+            return Decap::Drop(Reason::DropOverlayMalformed);
+        };
+        let vni = ((v[12] as u32) << 16) | ((v[13] as u32) << 8) | v[14] as u32;
+        if v[8] & 0x08 == 0 || vni != cfg.vni || v[28] != 0x08 || v[29] != 0x00 || v[30] >> 4 != 4 {
+            return Decap::Drop(Reason::DropOverlayMalformed);
+        }
+        (
+            VXLAN_OVERHEAD,
+            u16::from_be_bytes([v[32], v[33]]) as u32,
+            addr_at(&v, 46),
+        )
+    } else {
+        let Ok(v) = ctx.load::<[u8; 20]>(34) else {
+            return Decap::Drop(Reason::DropOverlayMalformed);
+        };
+        if v[0] >> 4 != 4 {
+            return Decap::Drop(Reason::DropOverlayMalformed);
+        }
+        (
+            IPIP_OVERHEAD,
+            u16::from_be_bytes([v[2], v[3]]) as u32,
+            addr_at(&v, 16),
+        )
+    };
+    // One inner packet exactly filling the outer one. A GSO packet built by a sender's
+    // encapsulation (or by GRO of a tunnel the kernel knows, IPIP) is one inner TCP burst behind
+    // one outer header, both lengths covering the whole burst; a UDP GRO train of tunnel packets
+    // (rx-udp-gro-forwarding) is many, and popping the first header would corrupt it.
+    if inner_tot + overhead != outer_tot || ctx.len() < ETH_HLEN as u32 + outer_tot {
+        return Decap::Drop(Reason::DropOverlayMalformed);
+    }
+    match route_of(inner_daddr) {
+        Some(r) if r.flags & ROUTE_F_LOCAL != 0 => {}
+        _ => return Decap::Drop(Reason::DropOverlayNotLocal),
+    }
+    let frame_len = ctx.len();
+    // FIXED_GSO: gso_size already is the inner MSS (without it the kernel would raise it by the
+    // header length popped). The kernel keeps skb->encapsulation and the tunnel GSO type on a
+    // shrink (v6.18 has no BPF_F_ADJ_ROOM_DECAP_L4_UDP); segmentation of the result is driven
+    // by its IP/TCP headers, so a decapsulated burst that must be segmented (a pod device
+    // without TSO) still comes out right: tests/overlay.rs checks it. Without
+    // BPF_F_ADJ_ROOM_NO_CSUM_RESET the kernel drops a CHECKSUM_UNNECESSARY verdict, which was
+    // about the outer UDP checksum, not the inner packet's.
+    if ctx
+        .adjust_room(
+            -(overhead as i32),
+            BPF_ADJ_ROOM_MAC,
+            BPF_F_ADJ_ROOM_FIXED_GSO as u64,
+        )
+        .is_err()
+    {
         return Decap::Drop(Reason::DropOverlayMalformed);
     }
     Decap::Decapsulated(frame_len)

@@ -189,7 +189,13 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
 }
 
 fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
-    let mut datapath = loader::load(&cfg.pin_dir)?;
+    let mut attach = cfg.attach.clone();
+    attach.xdp_mode = attach.xdp_mode.resolve(
+        &attach.uplink,
+        cfg.overlay.mode != crate::overlay::OverlayMode::None,
+    );
+    let mut datapath =
+        loader::load_with(&cfg.pin_dir, attach.xdp_mode != loader::XdpAttachMode::Off)?;
     let masq = match cfg.masquerade_ip {
         Some(ip) => ip,
         None => loader::interface_ipv4(&cfg.attach.uplink)?,
@@ -223,7 +229,7 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
             cfg.attach.uplink
         );
     }
-    datapath.attach(&cfg.attach).context("attaching programs")?;
+    datapath.attach(&attach).context("attaching programs")?;
     Ok(datapath)
 }
 

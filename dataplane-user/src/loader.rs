@@ -22,9 +22,41 @@ use crate::{bpf_link, pin, EBPF_OBJECT};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpAttachMode {
     /// Native (driver) mode, falling back to generic if the driver has no XDP support.
+    ///
+    /// Except on a veth uplink with an overlay: there no XDP is attached (as `off`). Native XDP
+    /// on a veth makes its peer drop TSO/GSO, so every burst the other side sends arrives cut
+    /// into MTU-sized packets, each decapsulated and forwarded alone (0.2x the throughput of
+    /// tc decapsulation of the whole burst in the lab; BENCHMARKS.md (f)). XDP runs only the
+    /// service pipeline, which tc ingress runs as fast.
     Auto,
     Native,
     Generic,
+    /// No XDP: tc ingress of the uplink runs the service pipeline and opens tunnel packets.
+    Off,
+}
+
+impl XdpAttachMode {
+    /// The mode `auto` stands for on this uplink (see [`XdpAttachMode::Auto`]).
+    pub fn resolve(self, uplink: &str, overlay: bool) -> XdpAttachMode {
+        if self == XdpAttachMode::Auto && overlay && is_veth(uplink) {
+            log::info!(
+                "{uplink} is a veth: no XDP with an overlay (it would strip GSO from its peer); \
+                 tc ingress runs the uplink's pipeline"
+            );
+            return XdpAttachMode::Off;
+        }
+        self
+    }
+}
+
+/// Whether `iface` (in this thread's network namespace) is a veth. Asked through `ip`, as
+/// /sys/class/net may be another namespace's view.
+fn is_veth(iface: &str) -> bool {
+    std::process::Command::new("ip")
+        .args(["-d", "-o", "link", "show", "dev", iface])
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(" veth "))
+        .unwrap_or(false)
 }
 
 /// Where to attach, as given on the `dataplane run` command line.
@@ -59,11 +91,19 @@ pub struct Datapath {
 /// Loads the embedded object with its maps pinned (or adopted) under `pin_dir`, and loads every
 /// program into the kernel. A verifier rejection is returned with the verifier's log.
 pub fn load(pin_dir: &Path) -> Result<Datapath> {
+    load_with(pin_dir, true)
+}
+
+/// [`load`], telling the programs whether `xdp_uplink` will be attached (`false`:
+/// `tc_uplink_ingress` runs the service pipeline itself; attach with [`XdpAttachMode::Off`]).
+pub fn load_with(pin_dir: &Path, uplink_xdp: bool) -> Result<Datapath> {
     pin::prepare_pin_dir(pin_dir)?;
     pin::remove_retired_maps(pin_dir)?;
     pin::check_pinned_layouts(pin_dir)?;
+    let flag: u32 = uplink_xdp.into();
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
+        .override_global("UPLINK_XDP", &flag, true)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object (maps and BTF)")?;
     load_programs(&mut ebpf)?;
@@ -169,8 +209,12 @@ impl Datapath {
     /// no longer configured are removed, which detaches them.
     pub fn attach(&mut self, cfg: &AttachConfig) -> Result<()> {
         std::fs::create_dir_all(self.pin_dir.join("links"))?;
-        let mut wanted = vec![link_pin(&self.pin_dir, "xdp_uplink", &cfg.uplink)];
-        self.attach_xdp(&cfg.uplink, cfg.xdp_mode)?;
+        let mut wanted = Vec::new();
+        // `Off`: no XDP link is wanted, so a pinned one an earlier run left is removed below.
+        if cfg.xdp_mode != XdpAttachMode::Off {
+            wanted.push(link_pin(&self.pin_dir, "xdp_uplink", &cfg.uplink));
+            self.attach_xdp(&cfg.uplink, cfg.xdp_mode)?;
+        }
         let mut tc = vec![
             (
                 "tc_uplink_ingress",
