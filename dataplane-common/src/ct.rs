@@ -287,13 +287,17 @@ pub struct Config {
     pub timeout_tcp_reset: u32,
     pub timeout_udp: u32,
     pub timeout_other: u32,
-    /// `CFG_F_*` flags (none defined yet; 0).
+    /// `CFG_F_*` flags.
     pub flags: u32,
     /// Cookie of the node's network namespace: socket-level balancing applies only to sockets
     /// of this namespace (0 = socket-level balancing off). Lets several nodes share a kernel
     /// (the lab) and leaves pods, which have their own namespaces and the tc path, alone.
     pub netns_cookie: u64,
 }
+
+/// `Config::flags`: `LB_ADDRS_V1` is kept by the agent (service addresses by `ServiceTable`,
+/// the node's own at start), so pod hooks may pass packets whose addresses it does not list.
+pub const CFG_F_POD_FILTER: u32 = 1 << 0;
 
 impl Config {
     /// Defaults as kube-proxy sets the kernel's conntrack (`--conntrack-tcp-timeout-established`

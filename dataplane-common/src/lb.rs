@@ -126,6 +126,18 @@ pub const MAX_BACKEND_SLOTS: u32 = 1_048_576;
 /// Entries of `AFFINITY_V1`.
 pub const MAX_AFFINITY: u32 = 65_536;
 
+/// `LB_ADDRS_V1` (address, network order -> `ADDR_F_*`): every address a translated packet can
+/// carry at a pod hook. Pod hooks look a packet's addresses up here first and hand on, without
+/// the conntrack and service lookups, the packets none of whose addresses is listed: pod
+/// traffic that has nothing to do with a service.
+pub const MAX_LB_ADDRS: u32 = 131_072;
+/// A frontend address (ClusterIP, NodePort node address, externalIP, LB IP).
+pub const ADDR_F_FRONTEND: u32 = 1 << 0;
+/// A backend address.
+pub const ADDR_F_BACKEND: u32 = 1 << 1;
+/// One of the node's own addresses (masquerade source, the node's own connections).
+pub const ADDR_F_NODE: u32 = 1 << 2;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;

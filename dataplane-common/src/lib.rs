@@ -27,6 +27,8 @@ pub mod map_names {
     pub const AFFINITY: &str = "AFFINITY_V1";
     /// Fragmented datagrams in flight: (addresses, IP id, protocol) -> the first fragment's ports.
     pub const FRAGS: &str = "FRAGS_V1";
+    /// Addresses translated packets can carry at pod hooks (the pod hooks' pre-filter).
+    pub const LB_ADDRS: &str = "LB_ADDRS_V1";
     /// Node-wide settings.
     pub const CONFIG: &str = "CONFIG_V2";
     /// Socket-level balancing: per-socket backend for unconnected UDP (LRU).

@@ -11,6 +11,7 @@ use crate::{
     frag, icmp, lb,
     packet::Packet,
     parse::{self, Ipv4Packet, L4},
+    prefilter,
 };
 
 /// What the hook does with the frame after the pipeline ran.
@@ -114,6 +115,10 @@ pub fn egress<P: Packet>(p: &P, host_services: bool) -> (Reason, Action) {
     if pkt.l4 == L4::Icmp {
         return icmp_errors(p, &pkt, Phase::Egress);
     }
+    // The uplink (host_services) also sees the node's own packets to services.
+    if !host_services && prefilter::pod_egress_untouched(&pkt) {
+        return (parse::pass_reason(pkt.l4), Action::Pass);
+    }
     if pkt.l4 == L4::Fragment {
         return later_fragment(p, pkt, len, Phase::Egress);
     }
@@ -180,7 +185,7 @@ pub fn observe<P: Packet>(p: &P) -> Reason {
 /// Where connections enter the node (a pod's veth, the uplink): translate tracked packets in
 /// either direction, balance new connections to services, reject services without endpoints.
 #[inline(always)]
-pub fn service_ingress<P: Packet>(p: &P) -> (Reason, Action) {
+pub fn service_ingress<P: Packet>(p: &P, pod: bool) -> (Reason, Action) {
     let len = p.frame_len();
     let pkt = match parse::parse_ipv4(p.data(), p.data_end(), len as usize) {
         Ok(pkt) => pkt,
@@ -188,6 +193,9 @@ pub fn service_ingress<P: Packet>(p: &P) -> (Reason, Action) {
     };
     if pkt.l4 == L4::Icmp {
         return icmp_errors(p, &pkt, Phase::Ingress);
+    }
+    if pod && prefilter::pod_ingress_untouched(&pkt) {
+        return (parse::pass_reason(pkt.l4), Action::Pass);
     }
     if pkt.l4 == L4::Fragment {
         return later_fragment(p, pkt, len, Phase::Ingress);

@@ -15,6 +15,7 @@ mod maps;
 mod overlay;
 mod packet;
 mod parse;
+mod prefilter;
 mod route;
 mod sock;
 mod stats;
@@ -127,7 +128,7 @@ pub fn xdp_uplink(ctx: XdpContext) -> u32 {
     }
     let p = XdpPacket(&ctx);
     let len = p.frame_len();
-    let (reason, action) = datapath::service_ingress(&p);
+    let (reason, action) = datapath::service_ingress(&p, false);
     stats::count(Hook::XdpUplink, reason, len);
     xdp_action(action)
 }
@@ -146,10 +147,11 @@ fn uplink_xdp() -> bool {
 
 #[inline(always)]
 fn tc_service_ingress(ctx: &TcContext, hook: Hook) -> i32 {
+    let pod = hook == Hook::TcPodIngress;
     linearize(ctx);
     let p = TcPacket(ctx);
     let len = p.frame_len();
-    let (reason, action) = datapath::service_ingress(&p);
+    let (reason, action) = datapath::service_ingress(&p, pod);
     stats::count(hook, reason, len);
     tc_action(ctx, action)
 }

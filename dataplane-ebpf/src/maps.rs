@@ -9,7 +9,7 @@ use dataplane_common::{
     lb::{
         AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
         SockAffinityKey, SockRevNatKey, SockRevNatValue, MAX_AFFINITY, MAX_BACKEND_SLOTS,
-        MAX_FRONTENDS, MAX_SOCK_ENTRIES,
+        MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES,
     },
     overlay::{OverlayConfig, OverlayPeer, OverlayRoute, MAX_OVERLAY_PEERS, MAX_OVERLAY_ROUTES},
     StatsValue, STATS_ENTRIES,
@@ -37,6 +37,11 @@ pub static CT_V2: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CT_MAX_ENTRIES
 /// fragments after it (which carry none) get the same connection's translation.
 #[map(name = "FRAGS_V1")]
 pub static FRAGS_V1: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(MAX_FRAG_DATAGRAMS, 0);
+
+/// Every address a translated packet can carry at a pod hook (frontends, backends, the node's
+/// own), with `ADDR_F_*` flags: the pod hooks' pre-filter. Written by the agent.
+#[map(name = "LB_ADDRS_V1")]
+pub static LB_ADDRS_V1: HashMap<u32, u32> = HashMap::pinned(MAX_LB_ADDRS, 0);
 
 /// sessionAffinity ClientIP: (client, frontend) -> last backend.
 #[map(name = "AFFINITY_V1")]

@@ -120,6 +120,7 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
             node_name: cfg.node_name.clone(),
         },
     )?;
+    enable_pod_filter(&mut table, &datapath.ebpf)?;
     let mut overlay = crate::overlay::OverlayTable::from_ebpf(&datapath.ebpf)?;
     // Only sockets the cgroup hooks connected can need destroying.
     let destroyer = match cfg.attach.cgroup {
@@ -231,6 +232,25 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
     }
     datapath.attach(&attach).context("attaching programs")?;
     Ok(datapath)
+}
+
+/// Lists the node's own addresses in LB_ADDRS_V1 and then turns the pod hooks' pre-filter on
+/// (`CFG_F_POD_FILTER`): from then on pod packets whose addresses are no service's, backend's or
+/// the node's skip the conntrack and service lookups. ServiceTable keeps the service part.
+/// Addresses the node gains later are not added (the filter then sends their replies the full
+/// way only if they are also a service's): a restart picks them up.
+fn enable_pod_filter(table: &mut ServiceTable, ebpf: &aya::Ebpf) -> Result<()> {
+    let mut config = crate::services::read_config(ebpf)?;
+    let mut addrs: Vec<u32> = loader::local_ipv4s()?
+        .into_iter()
+        .map(|a| u32::from(a).to_be())
+        .collect();
+    addrs.push(config.masq_addr);
+    table
+        .set_node_addrs(&addrs)
+        .context("listing the node's addresses in LB_ADDRS_V1")?;
+    config.flags |= dataplane_common::ct::CFG_F_POD_FILTER;
+    crate::services::write_config(ebpf, &config)
 }
 
 /// Waits for the next state; pends forever without a source.

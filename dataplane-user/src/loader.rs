@@ -505,6 +505,20 @@ pub fn interface_ipv4(iface: &str) -> Result<std::net::Ipv4Addr> {
 
 /// Every IPv4 address of `iface` in this network namespace, in the kernel's order.
 pub fn interface_ipv4s(iface: &str) -> Result<Vec<std::net::Ipv4Addr>> {
+    Ok(ipv4_addrs()?
+        .into_iter()
+        .filter(|(name, _)| name == iface)
+        .map(|(_, a)| a)
+        .collect())
+}
+
+/// Every IPv4 address of this network namespace.
+pub fn local_ipv4s() -> Result<Vec<std::net::Ipv4Addr>> {
+    Ok(ipv4_addrs()?.into_iter().map(|(_, a)| a).collect())
+}
+
+/// (interface, address) for every IPv4 address of this network namespace.
+fn ipv4_addrs() -> Result<Vec<(String, std::net::Ipv4Addr)>> {
     let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
     if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
         return Err(std::io::Error::last_os_error()).context("getifaddrs");
@@ -514,12 +528,12 @@ pub fn interface_ipv4s(iface: &str) -> Result<Vec<std::net::Ipv4Addr>> {
     while !cur.is_null() {
         let ifa = unsafe { &*cur };
         let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy();
-        if name == iface
-            && !ifa.ifa_addr.is_null()
-            && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET
-        {
+        if !ifa.ifa_addr.is_null() && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET {
             let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-            found.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            found.push((
+                name.into_owned(),
+                std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+            ));
         }
         cur = ifa.ifa_next;
     }

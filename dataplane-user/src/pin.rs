@@ -13,7 +13,7 @@ use dataplane_common::{
     lb::{
         AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
         SockAffinityKey, SockRevNatKey, SockRevNatValue, MAX_AFFINITY, MAX_BACKEND_SLOTS,
-        MAX_FRONTENDS, MAX_SOCK_ENTRIES,
+        MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES,
     },
     map_names,
     overlay::{
@@ -58,6 +58,7 @@ pub fn expected_layouts() -> Vec<MapLayout> {
             MAX_BACKEND_SLOTS,
         ),
         layout::<CtKey, CtValue>(map_names::CT, BPF_MAP_TYPE_LRU_HASH, CT_MAX_ENTRIES),
+        layout::<u32, u32>(map_names::LB_ADDRS, BPF_MAP_TYPE_HASH, MAX_LB_ADDRS),
         layout::<FragKey, FragValue>(map_names::FRAGS, BPF_MAP_TYPE_LRU_HASH, MAX_FRAG_DATAGRAMS),
         layout::<AffinityKey, AffinityValue>(
             map_names::AFFINITY,

@@ -242,6 +242,9 @@ impl<S: MapStore> ServiceTable<S> {
                 }
             }
         }
+        if let Err(e) = self.retire_addrs() {
+            out.cleanup_errors.push(format!("{e:#}"));
+        }
         out
     }
 
@@ -350,6 +353,7 @@ impl<S: MapStore> ServiceTable<S> {
     /// service's frontends are as they were (unless the rollback itself failed, which is
     /// logged) and the mirror matches the maps.
     pub(super) fn apply_unit(&mut self, ops: Vec<MapOp>) -> Result<UnitDone> {
+        self.announce_addrs(&ops)?;
         let mut done = UnitDone::default();
         let (mut new_slots, mut switches, mut old_slots) = (Vec::new(), Vec::new(), Vec::new());
         for op in ops {

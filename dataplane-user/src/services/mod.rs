@@ -43,9 +43,11 @@ use std::{
     path::Path,
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use aya::Ebpf;
-use dataplane_common::lb::{ServiceKey, ServiceValue};
+use dataplane_common::lb::{
+    ServiceKey, ServiceValue, ADDR_F_BACKEND, ADDR_F_FRONTEND, ADDR_F_NODE,
+};
 
 use self::{
     mirror::Mirror,
@@ -145,6 +147,9 @@ pub struct ServiceTable<S: MapStore = KernelMaps> {
     by_name: HashMap<ServicePortName, HashSet<ServiceKey>>,
     /// Purges of an update that failed after its switches; retried by the next update.
     pending_purge: StaleBackends,
+    /// What `LB_ADDRS_V1` holds (the pod hooks' pre-filter): every frontend and backend
+    /// address in the maps, and the node's own addresses the agent put there.
+    addrs: HashMap<u32, u32>,
 }
 
 impl ServiceTable<KernelMaps> {
@@ -176,6 +181,7 @@ impl<S: MapStore> ServiceTable<S> {
                 mirror.backends_len()
             );
         }
+        let addrs = store.dump_addrs()?.into_iter().collect();
         Ok(ServiceTable {
             store,
             local,
@@ -183,7 +189,69 @@ impl<S: MapStore> ServiceTable<S> {
             owners: HashMap::new(),
             by_name: HashMap::new(),
             pending_purge: StaleBackends::default(),
+            addrs,
         })
+    }
+
+    /// Lists the addresses `ops` are about to put in the maps in `LB_ADDRS_V1` first: a pod hook
+    /// passes untranslated every packet whose addresses the set lacks, so an address must be
+    /// there before the service or backend that uses it.
+    fn announce_addrs(&mut self, ops: &[MapOp]) -> Result<()> {
+        for op in ops {
+            let (addr, flag) = match op {
+                MapOp::PutBackend(_, v) => (v.addr, ADDR_F_BACKEND),
+                MapOp::PutService(k, _) => (k.addr, ADDR_F_FRONTEND),
+                _ => continue,
+            };
+            let old = self.addrs.get(&addr).copied().unwrap_or(0);
+            if old & flag == 0 {
+                self.store.put_addr(addr, old | flag)?;
+                self.addrs.insert(addr, old | flag);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes out of `LB_ADDRS_V1` the service roles no frontend or backend in the maps has any
+    /// more (after the writes that removed them; the node's own addresses stay).
+    fn retire_addrs(&mut self) -> Result<()> {
+        let mut want: HashMap<u32, u32> = HashMap::new();
+        for (key, value) in self.mirror.services() {
+            *want.entry(key.addr).or_default() |= ADDR_F_FRONTEND;
+            for b in self.mirror.set_backends(value) {
+                *want.entry(b.addr).or_default() |= ADDR_F_BACKEND;
+            }
+        }
+        let current: Vec<(u32, u32)> = self.addrs.iter().map(|(a, f)| (*a, *f)).collect();
+        for (addr, old) in current {
+            let new = want.get(&addr).copied().unwrap_or(0) | (old & ADDR_F_NODE);
+            if new == old {
+                continue;
+            }
+            if new == 0 {
+                self.store
+                    .delete_addr(addr)
+                    .context("retiring a service address from LB_ADDRS_V1")?;
+                self.addrs.remove(&addr);
+            } else {
+                self.store.put_addr(addr, new)?;
+                self.addrs.insert(addr, new);
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists the node's own addresses in `LB_ADDRS_V1` (replies of masqueraded connections and
+    /// of the node's own connections to services go to them; the agent calls this at start).
+    pub fn set_node_addrs(&mut self, node: &[u32]) -> Result<()> {
+        for addr in node {
+            let old = self.addrs.get(addr).copied().unwrap_or(0);
+            if old & ADDR_F_NODE == 0 {
+                self.store.put_addr(*addr, old | ADDR_F_NODE)?;
+                self.addrs.insert(*addr, old | ADDR_F_NODE);
+            }
+        }
+        Ok(())
     }
 
     /// Creates or updates every frontend of `svc`, and removes frontends it had and no longer
@@ -294,6 +362,9 @@ impl<S: MapStore> ServiceTable<S> {
     /// still owes.
     fn execute(&mut self, ops: Vec<MapOp>) -> Result<UpdateReport> {
         let done = self.apply_unit(ops)?;
+        if let Err(e) = self.retire_addrs() {
+            log::warn!("{e:#}");
+        }
         let mut report = done.report;
         let mut stale = std::mem::take(&mut self.pending_purge);
         for (frontend_id, backends) in done.purges {

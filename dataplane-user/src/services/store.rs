@@ -178,10 +178,17 @@ pub trait MapStore {
     fn capacity(&self) -> (usize, usize) {
         (MAX_FRONTENDS as usize, MAX_BACKEND_SLOTS as usize)
     }
+    /// Every `LB_ADDRS_V1` entry (address, `ADDR_F_*`).
+    fn dump_addrs(&self) -> Result<Vec<(u32, u32)>>;
+    /// Creates or replaces an `LB_ADDRS_V1` entry.
+    fn put_addr(&mut self, addr: u32, flags: u32) -> Result<()>;
+    /// Deletes an `LB_ADDRS_V1` entry.
+    fn delete_addr(&mut self, addr: u32) -> Result<()>;
 }
 
 /// The datapath's maps in the kernel.
 pub struct KernelMaps {
+    addrs: Hash<u32, u32>,
     services: Hash<ServiceKey, ServiceValue>,
     backends: Hash<BackendKey, BackendValue>,
     affinity: Hash<AffinityKey, AffinityValue>,
@@ -192,6 +199,7 @@ impl KernelMaps {
     /// Opens `SERVICES_V1`, `BACKENDS_V1`, `AFFINITY_V1` and `CT_V2`, checking their layouts.
     pub fn open(source: &(impl MapSource + ?Sized)) -> Result<KernelMaps> {
         Ok(KernelMaps {
+            addrs: open_hash(source, map_names::LB_ADDRS)?,
             services: open_hash(source, map_names::SERVICES)?,
             backends: open_hash(source, map_names::BACKENDS)?,
             affinity: open_hash(source, map_names::AFFINITY)?,
@@ -201,6 +209,22 @@ impl KernelMaps {
 }
 
 impl MapStore for KernelMaps {
+    fn dump_addrs(&self) -> Result<Vec<(u32, u32)>> {
+        dump(&self.addrs, map_names::LB_ADDRS)
+    }
+
+    fn put_addr(&mut self, addr: u32, flags: u32) -> Result<()> {
+        self.addrs
+            .insert(addr, flags, 0)
+            .with_context(|| format!("writing {}", map_names::LB_ADDRS))
+    }
+
+    fn delete_addr(&mut self, addr: u32) -> Result<()> {
+        remove(&mut self.addrs, &addr)
+            .map(|_| ())
+            .with_context(|| format!("deleting from {}", map_names::LB_ADDRS))
+    }
+
     fn dump_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
         dump(&self.services, map_names::SERVICES)
     }
@@ -313,6 +337,8 @@ pub struct MemMaps {
     pub ct: HashMap<CtKey, CtValue>,
     /// `AFFINITY_V1`.
     pub affinity: HashMap<AffinityKey, AffinityValue>,
+    /// `LB_ADDRS_V1`.
+    pub addrs: HashMap<u32, u32>,
     /// When `Some(n)`, the `n+1`-th next service/backend write fails (error-path tests).
     pub writes_before_failure: Option<usize>,
     /// Writes of backend slots with these addresses (network order) fail: one broken service.
@@ -336,6 +362,21 @@ impl MemMaps {
 }
 
 impl MapStore for MemMaps {
+    fn dump_addrs(&self) -> Result<Vec<(u32, u32)>> {
+        Ok(self.addrs.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    // Not counted by `writes_before_failure`: the failure tests aim at service writes.
+    fn put_addr(&mut self, addr: u32, flags: u32) -> Result<()> {
+        self.addrs.insert(addr, flags);
+        Ok(())
+    }
+
+    fn delete_addr(&mut self, addr: u32) -> Result<()> {
+        self.addrs.remove(&addr);
+        Ok(())
+    }
+
     fn dump_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
         Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
     }
