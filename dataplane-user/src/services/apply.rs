@@ -242,9 +242,6 @@ impl<S: MapStore> ServiceTable<S> {
                 }
             }
         }
-        if let Err(e) = self.retire_addrs() {
-            out.cleanup_errors.push(format!("{e:#}"));
-        }
         out
     }
 

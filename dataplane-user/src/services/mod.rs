@@ -43,7 +43,7 @@ use std::{
     path::Path,
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use aya::Ebpf;
 use dataplane_common::lb::{
     ServiceKey, ServiceValue, ADDR_F_BACKEND, ADDR_F_FRONTEND, ADDR_F_NODE,
@@ -148,7 +148,11 @@ pub struct ServiceTable<S: MapStore = KernelMaps> {
     /// Purges of an update that failed after its switches; retried by the next update.
     pending_purge: StaleBackends,
     /// What `LB_ADDRS_V1` holds (the pod hooks' pre-filter): every frontend and backend
-    /// address in the maps, and the node's own addresses the agent put there.
+    /// address the maps ever held, and the node's own addresses the agent put there. Addresses
+    /// are never retired: connections a removed service or backend still carries (TCP drains,
+    /// as under kube-proxy) keep needing their translation at the pod hooks, and a stale
+    /// address only costs its packets the full path. The set is bounded by the cluster's pod
+    /// and service address ranges; `dataplane cleanup` empties it.
     addrs: HashMap<u32, u32>,
 }
 
@@ -207,35 +211,6 @@ impl<S: MapStore> ServiceTable<S> {
             if old & flag == 0 {
                 self.store.put_addr(addr, old | flag)?;
                 self.addrs.insert(addr, old | flag);
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes out of `LB_ADDRS_V1` the service roles no frontend or backend in the maps has any
-    /// more (after the writes that removed them; the node's own addresses stay).
-    fn retire_addrs(&mut self) -> Result<()> {
-        let mut want: HashMap<u32, u32> = HashMap::new();
-        for (key, value) in self.mirror.services() {
-            *want.entry(key.addr).or_default() |= ADDR_F_FRONTEND;
-            for b in self.mirror.set_backends(value) {
-                *want.entry(b.addr).or_default() |= ADDR_F_BACKEND;
-            }
-        }
-        let current: Vec<(u32, u32)> = self.addrs.iter().map(|(a, f)| (*a, *f)).collect();
-        for (addr, old) in current {
-            let new = want.get(&addr).copied().unwrap_or(0) | (old & ADDR_F_NODE);
-            if new == old {
-                continue;
-            }
-            if new == 0 {
-                self.store
-                    .delete_addr(addr)
-                    .context("retiring a service address from LB_ADDRS_V1")?;
-                self.addrs.remove(&addr);
-            } else {
-                self.store.put_addr(addr, new)?;
-                self.addrs.insert(addr, new);
             }
         }
         Ok(())
@@ -362,9 +337,6 @@ impl<S: MapStore> ServiceTable<S> {
     /// still owes.
     fn execute(&mut self, ops: Vec<MapOp>) -> Result<UpdateReport> {
         let done = self.apply_unit(ops)?;
-        if let Err(e) = self.retire_addrs() {
-            log::warn!("{e:#}");
-        }
         let mut report = done.report;
         let mut stale = std::mem::take(&mut self.pending_purge);
         for (frontend_id, backends) in done.purges {

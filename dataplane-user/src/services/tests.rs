@@ -624,3 +624,30 @@ fn removed_backends_are_those_gone_from_the_endpoints_not_terminating_ones() {
     let gone: Vec<_> = out.removed_backends.iter().map(|r| r.addr).collect();
     assert_eq!(gone, [ip_to_be(Ipv4Addr::new(10, 244, 1, 19))]);
 }
+
+/// The pod hooks' pre-filter: every frontend and backend address is in LB_ADDRS_V1 with its
+/// role, and stays there after the service goes (its connections still drain through the pod
+/// hooks); the node's addresses keep their own flag.
+#[test]
+fn frontend_and_backend_addresses_are_listed_and_kept() {
+    use dataplane_common::lb::{ADDR_F_BACKEND, ADDR_F_FRONTEND, ADDR_F_NODE};
+    let mut t = table();
+    let node = ip_to_be(Ipv4Addr::new(198, 18, 0, 11));
+    t.set_node_addrs(&[node]).unwrap();
+    let svc = app_svc(Protocol::Tcp);
+    t.sync(std::slice::from_ref(&svc)).unwrap();
+    let addrs = &t.store().addrs;
+    let vip = key_of(&svc).addr;
+    assert_eq!(addrs[&vip] & ADDR_F_FRONTEND, ADDR_F_FRONTEND);
+    for b in served(&t, &svc) {
+        assert_eq!(addrs[&b.addr] & ADDR_F_BACKEND, ADDR_F_BACKEND, "{b:?}");
+    }
+    assert_eq!(addrs[&node], ADDR_F_NODE);
+    let listed = addrs.len();
+    t.sync(&[]).unwrap();
+    assert_eq!(
+        t.store().addrs.len(),
+        listed,
+        "kept for draining connections"
+    );
+}
