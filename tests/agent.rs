@@ -74,7 +74,10 @@ fn http_get(ns: &str, path: &'static str) -> (u16, String) {
         let mut s = TcpStream::connect_timeout(&"127.0.0.1:9464".parse().unwrap(), T)
             .expect("metrics endpoint");
         s.set_read_timeout(Some(T)).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        // One write: `write!` sends each formatted piece in its own segment, and the agent's
+        // metrics responder answers from its first read (the hostile-input issue replaces it).
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
         let code = text
@@ -246,7 +249,7 @@ fn restart_keeps_connections_and_the_datapath_running() {
     );
     assert_eq!(conn.request("while stopped").unwrap().server, server);
     assert_eq!(
-        servers_seen(&lab, 15).len(),
+        servers_seen(&lab, 40).len(),
         3,
         "new connections during the restart"
     );
@@ -265,7 +268,7 @@ fn restart_keeps_connections_and_the_datapath_running() {
             "the connection moved"
         );
     }
-    assert_eq!(servers_seen(&lab, 15).len(), 3);
+    assert_eq!(servers_seen(&lab, 40).len(), 3);
 
     // `dataplane cleanup` is what takes the datapath down.
     node1.stop().unwrap();
