@@ -1509,7 +1509,8 @@ fn findings(m: &mut String, r: &Results) {
              address:port, {} for the 10 backends here). Of {} new NodePort flows to one service, none expiring, it \
              masqueraded {} and refused {} (`drop-snat-ports-exhausted`); over all of this run's new NodePort flows (100,000 \
              per sample in chunks of {}, the table never emptied within a sample) it refused {} of {}. Closed \
-             connections give their port back (both FINs or an RST, then a 2 s linger; expired ones too), and \
+             connections give their port back (after an RST at once, after both FINs once the backend's TIME_WAIT \
+             is over, or sooner when no free port is left; expired ones too), and \
              `tests/conntrack.rs` runs 100,000 real short TCP connections (ab against nginx) through one masqueraded \
              backend with none refused. {}\n",
             ns(ports as f64),
