@@ -19,7 +19,7 @@ use cluster::{backend, cluster_ip, with_node_port, Cluster};
 use dataplane::{loader, model::Protocol, services};
 use dataplane_common::{ct::CT_MAX_ENTRIES, Hook, Reason};
 use dataplane_lab::{
-    lab::{Child, Cni, Host, LabSpec},
+    lab::{Child, Cni, Host, LabSpec, Pod},
     netns,
 };
 
@@ -129,17 +129,7 @@ impl NodePortToNginx {
         .unwrap();
         let b = c.lab.pod(1, 0);
         let nginx = nginx(&b.host(), 8080);
-        let node1 = c.lab.node(0).underlay_ip;
-        c.sync_each(|_| {
-            let svc = cluster_ip(
-                "web",
-                SocketAddrV4::new(VIP, 80),
-                Protocol::Tcp,
-                vec![backend(b, 8080)],
-            );
-            vec![with_node_port(svc, &[node1], 30080)]
-        })
-        .unwrap();
+        web_with_node_port(&c, b);
         NodePortToNginx {
             _nginx: nginx,
             cluster: c,
@@ -149,6 +139,23 @@ impl NodePortToNginx {
     fn url(&self) -> String {
         format!("http://{}:30080/", self.cluster.lab.node(0).underlay_ip)
     }
+}
+
+/// Service `web`: VIP:80 and NodePort 30080 on node1 (masqueraded), one endpoint `b`:8080.
+/// Returns node1's address.
+fn web_with_node_port(c: &Cluster, b: &Pod) -> Ipv4Addr {
+    let node1 = c.lab.node(0).underlay_ip;
+    c.sync_each(|_| {
+        let svc = cluster_ip(
+            "web",
+            SocketAddrV4::new(VIP, 80),
+            Protocol::Tcp,
+            vec![backend(b, 8080)],
+        );
+        vec![with_node_port(svc, &[node1], 30080)]
+    })
+    .unwrap();
+    node1
 }
 
 fn ct_entries(pin: &Path) -> usize {
@@ -274,17 +281,7 @@ fn a_nodeport_and_its_own_clusterip_from_one_client_port() {
     let c = Cluster::start(&spec()).unwrap();
     let b = c.lab.pod(1, 0);
     let _srv = b.host().tcp_echo_server(8080).unwrap();
-    let node1 = c.lab.node(0).underlay_ip;
-    c.sync_each(|_| {
-        let svc = cluster_ip(
-            "web",
-            SocketAddrV4::new(VIP, 80),
-            Protocol::Tcp,
-            vec![backend(b, 8080)],
-        );
-        vec![with_node_port(svc, &[node1], 30080)]
-    })
-    .unwrap();
+    let node1 = web_with_node_port(&c, b);
     let client = c.lab.pod(0, 0);
     let local = SocketAddrV4::new(client.ip, 41001);
     let mut np = bound_tcp(&client.ns, local, SocketAddrV4::new(node1, 30080));
