@@ -43,4 +43,5 @@ pub mod map_names {
     pub const OVERLAY_PEERS: &str = "OVERLAY_PEERS_V1";
     /// Overlay: per-CPU IPv4 ID counter of outer headers.
     pub const OVERLAY_IPID: &str = "OVERLAY_IPID_V1";
+    pub const OVERLAY_NEXTHOP: &str = "OVERLAY_NEXTHOP_V1";
 }

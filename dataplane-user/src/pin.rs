@@ -17,7 +17,8 @@ use dataplane_common::{
     },
     map_names,
     overlay::{
-        OverlayConfig, OverlayPeer, OverlayRoute, RouteKey, MAX_OVERLAY_PEERS, MAX_OVERLAY_ROUTES,
+        OverlayConfig, OverlayNextHop, OverlayPeer, OverlayRoute, RouteKey, MAX_OVERLAY_NEXTHOPS,
+        MAX_OVERLAY_PEERS, MAX_OVERLAY_ROUTES,
     },
     StatsValue, STATS_ENTRIES,
 };
@@ -88,6 +89,11 @@ pub fn expected_layouts() -> Vec<MapLayout> {
             MAX_OVERLAY_PEERS,
         ),
         layout::<u32, u32>(map_names::OVERLAY_IPID, BPF_MAP_TYPE_PERCPU_ARRAY, 1),
+        layout::<u32, OverlayNextHop>(
+            map_names::OVERLAY_NEXTHOP,
+            BPF_MAP_TYPE_LRU_HASH,
+            MAX_OVERLAY_NEXTHOPS,
+        ),
     ]
 }
 
