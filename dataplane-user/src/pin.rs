@@ -307,6 +307,24 @@ mod object_tests {
     }
 
     #[test]
+    fn every_map_has_a_section_in_bpf_maps_md() {
+        let doc = include_str!("../../bpf-maps.md");
+        for l in expected_layouts() {
+            let heading = |level: &str| format!("\n{level} {}\n", l.name);
+            assert!(
+                doc.contains(&heading("##")) || doc.contains(&heading("###")),
+                "bpf-maps.md has no section for {}",
+                l.name
+            );
+            assert!(
+                doc.contains(&format!("[`{}`]", l.name)),
+                "bpf-maps.md's table lacks {}",
+                l.name
+            );
+        }
+    }
+
+    #[test]
     fn every_program_of_the_object_is_in_the_hook_table() {
         let obj = object();
         let in_object: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
