@@ -8,6 +8,7 @@
 pub mod csum;
 pub mod ct;
 pub mod lb;
+pub mod monitor;
 pub mod overlay;
 pub mod programs;
 pub mod stats;
@@ -45,4 +46,7 @@ pub mod map_names {
     /// Overlay: per-CPU IPv4 ID counter of outer headers.
     pub const OVERLAY_IPID: &str = "OVERLAY_IPID_V1";
     pub const OVERLAY_NEXTHOP: &str = "OVERLAY_NEXTHOP_V1";
+    pub const MONITOR: &str = "MONITOR_V1";
+    pub const MONITOR_TOKENS: &str = "MONITOR_TOKENS_V1";
+    pub const EVENTS: &str = "EVENTS_V1";
 }

@@ -12,6 +12,7 @@ mod frag;
 mod icmp;
 mod lb;
 mod maps;
+mod monitor;
 mod overlay;
 mod packet;
 mod parse;
@@ -85,11 +86,24 @@ fn linearize(ctx: &TcContext) {
 }
 
 #[inline(always)]
+fn tc_ifindex(ctx: &TcContext) -> u32 {
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+#[inline(always)]
+fn xdp_ifindex(ctx: &XdpContext) -> u32 {
+    unsafe { (*ctx.ctx).ingress_ifindex }
+}
+
+#[inline(always)]
 fn tc_observe(ctx: &TcContext, hook: Hook) -> i32 {
     linearize(ctx);
     let p = TcPacket(ctx);
+    let len = p.frame_len();
+    monitor::snapshot(&p, len);
     let reason: Reason = datapath::observe(&p);
-    stats::count(hook, reason, p.frame_len());
+    stats::count(hook, reason, len);
+    monitor::emit(&p, hook, reason, tc_ifindex(ctx), len);
     if reason.is_drop() {
         TC_ACT_SHOT
     } else {
@@ -102,8 +116,10 @@ fn tc_egress(ctx: &TcContext, hook: Hook) -> i32 {
     linearize(ctx);
     let p = TcPacket(ctx);
     let len = p.frame_len();
+    monitor::snapshot(&p, len);
     let (reason, action) = datapath::egress(&p, false);
     stats::count(hook, reason, len);
+    monitor::emit(&p, hook, reason, tc_ifindex(ctx), len);
     tc_action(ctx, action)
 }
 
@@ -118,18 +134,22 @@ pub fn xdp_uplink(ctx: XdpContext) -> u32 {
             stats::count(Hook::XdpUplink, Reason::OverlayDecap, outer_len)
         }
         overlay::Decap::Drop(reason) => {
-            stats::count(
-                Hook::XdpUplink,
-                reason,
-                (ctx.data_end() - ctx.data()) as u32,
-            );
+            // black_box: the length must be computed here, as a scalar; left to LLVM, the
+            // subtraction is sunk past the helper calls below and a 32-bit half of the packet
+            // pointer is spilled instead, which the verifier refuses.
+            let len = core::hint::black_box((ctx.data_end() - ctx.data()) as u32);
+            stats::count(Hook::XdpUplink, reason, len);
+            let p = XdpPacket(&ctx);
+            monitor::emit(&p, Hook::XdpUplink, reason, xdp_ifindex(&ctx), len);
             return xdp_action::XDP_DROP;
         }
     }
     let p = XdpPacket(&ctx);
-    let len = p.frame_len();
+    let len = core::hint::black_box(p.frame_len());
+    monitor::snapshot(&p, len);
     let (reason, action) = datapath::service_ingress(&p);
     stats::count(Hook::XdpUplink, reason, len);
+    monitor::emit(&p, Hook::XdpUplink, reason, xdp_ifindex(&ctx), len);
     xdp_action(action)
 }
 
@@ -150,8 +170,10 @@ fn tc_service_ingress(ctx: &TcContext, hook: Hook) -> i32 {
     linearize(ctx);
     let p = TcPacket(ctx);
     let len = p.frame_len();
+    monitor::snapshot(&p, len);
     let (reason, action) = datapath::service_ingress(&p);
     stats::count(hook, reason, len);
+    monitor::emit(&p, hook, reason, tc_ifindex(ctx), len);
     tc_action(ctx, action)
 }
 
@@ -166,7 +188,10 @@ pub fn tc_uplink_ingress(ctx: TcContext) -> i32 {
             return tc_service_ingress(&ctx, Hook::TcUplinkIngress);
         }
         overlay::Decap::Drop(reason) => {
-            stats::count(Hook::TcUplinkIngress, reason, ctx.len());
+            let len = ctx.len();
+            stats::count(Hook::TcUplinkIngress, reason, len);
+            let p = TcPacket(&ctx);
+            monitor::emit(&p, Hook::TcUplinkIngress, reason, tc_ifindex(&ctx), len);
             return TC_ACT_SHOT;
         }
     }
@@ -184,8 +209,10 @@ pub fn tc_uplink_egress(ctx: TcContext) -> i32 {
     linearize(&ctx);
     let p = TcPacket(&ctx);
     let len = p.frame_len();
+    monitor::snapshot(&p, len);
     let (reason, action) = datapath::egress(&p, true);
     stats::count(Hook::TcUplinkEgress, reason, len);
+    monitor::emit(&p, Hook::TcUplinkEgress, reason, tc_ifindex(&ctx), len);
     match action {
         Action::Pass | Action::Reroute => {}
         // A reject for the node's own packet: into the node's stack, not out to the wire.
@@ -197,6 +224,13 @@ pub fn tc_uplink_egress(ctx: TcContext) -> i32 {
     // Packets for another node's pod CIDR are encapsulated (counted a second time as such).
     if let Some((reason, act)) = overlay::encap(&ctx) {
         stats::count(Hook::TcUplinkEgress, reason, len);
+        monitor::emit(
+            &p,
+            Hook::TcUplinkEgress,
+            reason,
+            tc_ifindex(&ctx),
+            ctx.len(),
+        );
         return act;
     }
     if action == Action::Reroute {

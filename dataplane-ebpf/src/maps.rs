@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use dataplane_common::{
     ct::{Config, CtKey, CtValue, FragKey, FragValue, CT_MAX_ENTRIES, MAX_FRAG_DATAGRAMS},
@@ -11,12 +11,25 @@ use dataplane_common::{
         SockAffinityKey, SockRevNatKey, SockRevNatValue, MAX_AFFINITY, MAX_BACKEND_SLOTS,
         MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES,
     },
+    monitor::{MonitorTokens, EVENTS_RING_BYTES},
     overlay::{
         OverlayConfig, OverlayNextHop, OverlayPeer, OverlayRoute, MAX_OVERLAY_NEXTHOPS,
         MAX_OVERLAY_PEERS, MAX_OVERLAY_ROUTES,
     },
     StatsValue, STATS_ENTRIES,
 };
+
+/// Monitor: which verdicts produce events (`MON_F_*`, index 0), written by `dataplane monitor`.
+#[map(name = "MONITOR_V1")]
+pub static MONITOR_V1: Array<u32> = Array::pinned(1, 0);
+
+/// Monitor: the per-CPU token bucket that rate-limits events, and what it refused.
+#[map(name = "MONITOR_TOKENS_V1")]
+pub static MONITOR_TOKENS_V1: PerCpuArray<MonitorTokens> = PerCpuArray::pinned(1, 0);
+
+/// Monitor: the events (`MonitorEvent`), read by `dataplane monitor`.
+#[map(name = "EVENTS_V1")]
+pub static EVENTS_V1: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
 /// Packets and bytes per (hook, verdict reason), per CPU. Index: `stats_index(hook, reason)`.
 #[map(name = "STATS_V2")]

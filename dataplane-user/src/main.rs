@@ -37,6 +37,33 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+    /// Show packets as the datapath counts them: drops (or, with --all, every verdict), with
+    /// hook, reason, device and the tuple before and after translation, until Ctrl-C.
+    Monitor {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Every verdict of the packet hooks, not only drops (rate-limited per CPU).
+        #[arg(long)]
+        all: bool,
+        /// Only drops (the default; kept for `cilium monitor -t drop` habits).
+        #[arg(long, conflicts_with = "all")]
+        drops: bool,
+        /// Only packets from or to this address (before or after translation).
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+        /// Only packets to this service frontend, ADDR:PORT.
+        #[arg(long)]
+        service: Option<std::net::SocketAddrV4>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: MonitorFormat,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        duration: Option<u64>,
+    },
     /// Remove the maps this build pins under the pin dir.
     Cleanup {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -45,6 +72,39 @@ enum Command {
 }
 
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/dataplane";
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MonitorFormat {
+    Text,
+    Json,
+}
+
+static MONITOR_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn stop_monitor(_: libc::c_int) {
+    MONITOR_STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn monitor(pin_dir: &std::path::Path, opts: &dataplane::monitor::Options) -> Result<()> {
+    // SAFETY: async-signal-safe handlers that only store to an atomic.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            stop_monitor as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            stop_monitor as *const () as libc::sighandler_t,
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    let s = dataplane::monitor::run(pin_dir, opts, &MONITOR_STOP, &mut out)?;
+    eprintln!(
+        "{} events shown, {} lost to the rate limit or a full ring",
+        s.printed, s.lost
+    );
+    Ok(())
+}
 
 #[derive(clap::Args)]
 struct RunArgs {
@@ -132,6 +192,26 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Monitor {
+            pin_dir,
+            all,
+            drops: _,
+            ip,
+            service,
+            output,
+            count,
+            duration,
+        } => {
+            let opts = dataplane::monitor::Options {
+                all,
+                ip,
+                frontend: service,
+                json: matches!(output, MonitorFormat::Json),
+                count,
+                duration: duration.map(std::time::Duration::from_secs),
+            };
+            monitor(&pin_dir, &opts)
+        }
         Command::Stats { pin_dir } => {
             print!("{}", stats::render(&stats::read_pinned(&pin_dir)?));
             Ok(())

@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::maps::MapData;
+use dataplane_common::monitor::{MonitorTokens, EVENTS_RING_BYTES};
 use dataplane_common::{
     ct::{Config, CtKey, CtValue, FragKey, FragValue, CT_MAX_ENTRIES, MAX_FRAG_DATAGRAMS},
     lb::{
@@ -28,6 +29,7 @@ const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
+const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 
 fn layout<K, V>(name: &'static str, map_type: u32, max_entries: u32) -> MapLayout {
     MapLayout {
@@ -94,6 +96,16 @@ pub fn expected_layouts() -> Vec<MapLayout> {
             BPF_MAP_TYPE_LRU_HASH,
             MAX_OVERLAY_NEXTHOPS,
         ),
+        layout::<u32, u32>(map_names::MONITOR, BPF_MAP_TYPE_ARRAY, 1),
+        layout::<u32, MonitorTokens>(map_names::MONITOR_TOKENS, BPF_MAP_TYPE_PERCPU_ARRAY, 1),
+        // A ring buffer has no key or value; its size is max_entries.
+        MapLayout {
+            name: map_names::EVENTS,
+            map_type: BPF_MAP_TYPE_RINGBUF,
+            key_size: 0,
+            value_size: 0,
+            max_entries: EVENTS_RING_BYTES,
+        },
     ]
 }
 

@@ -1,0 +1,212 @@
+//! `dataplane monitor`: with the real agent in a lab node, malformed frames sent from the
+//! external client onto the node's uplink each give one decoded drop event (hook, reason,
+//! device, addresses); well-formed traffic gives none; `--all` shows translations with the
+//! tuple before and after; and once the monitor exits the programs emit nothing.
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, Map, MapData};
+use dataplane::overlay::netdev;
+use dataplane_common::map_names;
+use dataplane_lab::{
+    lab::LabSpec,
+    netns,
+    packet::{Frame, TcpFlags},
+};
+use support::node::{CheckedLab, DataplaneNode, DATAPLANE_BIN};
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0e, 0x01];
+
+/// `dataplane monitor` in the node's network namespace (device names are resolved there).
+fn start_monitor(ns: &str, pin: &str, args: &[&str]) -> Child {
+    let netns_path = format!("--net=/run/netns/{ns}");
+    Command::new("nsenter")
+        .args([
+            netns_path.as_str(),
+            DATAPLANE_BIN,
+            "monitor",
+            "--pin-dir",
+            pin,
+            "-o",
+            "json",
+        ])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting dataplane monitor")
+}
+
+fn monitor_flags(pin: &str) -> u32 {
+    let data = MapData::from_pin(format!("{pin}/{}", map_names::MONITOR)).unwrap();
+    let a: Array<_, u32> = Array::try_from(Map::Array(data)).unwrap();
+    a.get(&0, 0).unwrap()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends raw frames out of `eth0` of namespace `ns`.
+fn inject(ns: &str, frames: Vec<Vec<u8>>) {
+    netns::in_netns(ns, move || {
+        // SAFETY: plain socket syscall; the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = netdev::index("eth0").unwrap() as i32;
+        sll.sll_halen = 6;
+        for f in frames {
+            // SAFETY: f and sll outlive the call; lengths are theirs.
+            let rc = unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            assert_eq!(rc, f.len() as isize, "{}", std::io::Error::last_os_error());
+        }
+    })
+    .unwrap();
+}
+
+/// Reads the monitor's JSON lines until it exits.
+fn events(child: Child) -> Vec<serde_json::Value> {
+    let out = child.wait_with_output().expect("waiting for the monitor");
+    assert!(
+        out.status.success(),
+        "monitor: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    BufReader::new(&out.stdout[..])
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).expect("a JSON event per line"))
+        .collect()
+}
+
+#[test]
+fn drops_are_shown_one_event_per_packet_and_nothing_once_the_monitor_exits() {
+    support::require_root();
+    let lab = CheckedLab::build(&LabSpec {
+        nodes: 1,
+        pods_per_node: 1,
+        external_client: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let node = DataplaneNode::start(&lab, 0, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+    let pin = node.pin_dir().to_string_lossy().into_owned();
+    let n = lab.node(0);
+    let external = lab.external().expect("external client");
+    let node_mac = netns::in_netns(&n.ns, || netdev::mac("eth0"))
+        .unwrap()
+        .unwrap();
+    let syn = || {
+        Frame::eth(CLIENT_MAC, node_mac)
+            .ipv4(external.ip, n.underlay_ip)
+            .tcp(40000, 80)
+            .flags(TcpFlags::SYN)
+            .payload(b"x")
+    };
+    // A bad IPv4 header is sent by a pod: tc ingress of its host-side veth sees it before any
+    // bridge (the underlay switch is a bridge, and a host with br_netfilter loaded drops such
+    // frames there, before they would reach the node).
+    let pod = &n.pods[0];
+    let ihl4 = Frame::eth(CLIENT_MAC, node_mac)
+        .ipv4(pod.ip, n.underlay_ip)
+        .tcp(40000, 80)
+        .flags(TcpFlags::SYN)
+        .ihl(4)
+        .build();
+    let mut tcp_cut = syn().total_len(20 + 10).build();
+    tcp_cut.truncate(14 + 20 + 10);
+
+    assert_eq!(
+        monitor_flags(&pin),
+        0,
+        "events are off while no monitor runs"
+    );
+    let monitor = start_monitor(&n.ns, &pin, &["--drops", "--duration", "3"]);
+    wait_for("the monitor to turn events on", || monitor_flags(&pin) != 0);
+    inject(&pod.ns, vec![ihl4.clone(), ihl4.clone(), ihl4.clone()]);
+    inject(&external.ns, vec![tcp_cut.clone(), tcp_cut.clone()]);
+    // Well-formed traffic is not a drop: no event.
+    external.ping(n.underlay_ip, 2).unwrap();
+    let seen = events(monitor);
+    assert_eq!(
+        monitor_flags(&pin),
+        0,
+        "the monitor turned events off on exit"
+    );
+
+    let count = |reason: &str| seen.iter().filter(|e| e["reason"] == reason).count();
+    assert_eq!(count("drop-bad-ipv4"), 3, "{seen:#?}");
+    assert_eq!(count("drop-truncated-l4"), 2, "{seen:#?}");
+    assert_eq!(seen.len(), 5, "only the dropped frames: {seen:#?}");
+    let node_ip = n.underlay_ip.to_string();
+    for e in &seen {
+        assert_eq!(e["verdict"], "DROP");
+        let dst = e["after"]["dst"].as_str().unwrap();
+        assert_eq!(dst.split(':').next(), Some(node_ip.as_str()), "{e}");
+        let at = (e["hook"].as_str().unwrap(), e["iface"].as_str().unwrap());
+        if e["reason"] == "drop-bad-ipv4" {
+            // The header is bad: its addresses are shown, no ports are read behind it.
+            assert_eq!(at, ("tc-pod-ingress", pod.host_iface.as_str()), "{e}");
+            assert_eq!(e["after"]["src"], format!("{}:0", pod.ip), "{e}");
+        } else {
+            assert_eq!(at, ("xdp-uplink", "eth0"), "{e}");
+            assert_eq!(e["after"]["src"], format!("{}:40000", external.ip), "{e}");
+        }
+    }
+
+    // Drops with no monitor attached: counted, not emitted (the next monitor starts with an
+    // empty ring, so it sees only what happens while it runs).
+    inject(&pod.ns, vec![ihl4.clone()]);
+    let monitor = start_monitor(&n.ns, &pin, &["--all", "--duration", "2"]);
+    wait_for("the monitor to turn events on", || monitor_flags(&pin) != 0);
+    external.ping(n.underlay_ip, 1).unwrap();
+    let seen = events(monitor);
+    assert!(
+        seen.iter().all(|e| e["reason"] != "drop-bad-ipv4"),
+        "{seen:#?}"
+    );
+    let icmp: Vec<_> = seen.iter().filter(|e| e["proto"] == "icmp").collect();
+    assert!(
+        !icmp.is_empty(),
+        "--all shows passed packets too: {seen:#?}"
+    );
+    for e in &icmp {
+        assert_eq!(e["verdict"], "PASS");
+        assert!(
+            !e["before"].is_null(),
+            "--all carries the tuple before the hook: {e}"
+        );
+        assert_eq!(
+            e["before"], e["after"],
+            "nothing translated a ping to the node: {e}"
+        );
+    }
+    let from_client = format!("{}:0", external.ip);
+    assert!(
+        icmp.iter().any(|e| e["after"]["src"] == from_client),
+        "{icmp:#?}"
+    );
+    node.stop().unwrap_or_else(|e| panic!("{e:#}"));
+    lab.teardown();
+}
