@@ -261,6 +261,7 @@ fn one_backend(ip: Ipv4Addr, port: u16) -> Vec<Backend> {
         ready: true,
         serving: true,
         terminating: false,
+        hints: Default::default(),
     }]
 }
 
@@ -331,6 +332,49 @@ fn external_traffic_policy_local_without_local_endpoints_drops_like_kube_proxy()
             syn.len() as u64
         )]
     );
+}
+
+/// kube-proxy's two answers for a frontend with nothing eligible on this node (iptables
+/// proxier, "has no local endpoints" DROP vs "has no endpoints" REJECT): a Local policy drops
+/// when the service has endpoints elsewhere, and rejects when it has none anywhere, for the
+/// internal policy as for the external one.
+#[test]
+fn local_policies_drop_with_remote_endpoints_and_reject_without_any() {
+    let mut h = harness();
+    let mut itp_local = cluster::cluster_ip(
+        "itp-local",
+        SocketAddrV4::new(VIP, 84),
+        Protocol::Tcp,
+        one_backend(BACKEND, 8080),
+    );
+    itp_local.internal_policy = TrafficPolicy::Local;
+    let mut etp_local_empty = cluster::cluster_ip(
+        "etp-empty",
+        SocketAddrV4::new(VIP, 85),
+        Protocol::Tcp,
+        vec![],
+    );
+    etp_local_empty.external_policy = TrafficPolicy::Local;
+    let etp_local_empty = cluster::with_node_port(etp_local_empty, &[NODE_IP], 30082);
+    let mut all = services();
+    all.extend([itp_local, etp_local_empty]);
+    h.sync_services(&all);
+    h.check(&Fixture {
+        name: "itp local, remote endpoint only: drop",
+        hook: Hook::TcPodIngress,
+        input: tcp(CLIENT, 45101, VIP, 84, TcpFlags::SYN).build(),
+        verdict: Verdict::Drop,
+        reason: Reason::DropNoLocalEndpoints,
+        output: Output::Ignored,
+    });
+    h.check(&Fixture {
+        name: "etp local, no endpoint anywhere: reject",
+        hook: Hook::XdpUplink,
+        input: tcp(EXTERNAL, 5557, NODE_IP, 30082, TcpFlags::SYN).build(),
+        verdict: Verdict::Tx,
+        reason: Reason::RejectNoEndpoints,
+        output: Output::Ignored,
+    });
 }
 
 fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: TcpFlags) -> Frame {

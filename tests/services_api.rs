@@ -80,6 +80,7 @@ fn endpoint(ip: Ipv4Addr, port: u16, node: &str) -> Backend {
         ready: true,
         serving: true,
         terminating: false,
+        hints: Default::default(),
     }
 }
 
@@ -105,6 +106,8 @@ fn app_svc(name: &str, protocol: Protocol) -> ServicePort {
         external_policy: TrafficPolicy::Cluster,
         internal_policy: TrafficPolicy::Cluster,
         affinity_timeout_secs: None,
+        health_check_node_port: None,
+        source_ranges: Vec::new(),
     }
 }
 
@@ -488,6 +491,8 @@ fn scale_service(i: u32) -> ServicePort {
         external_policy: TrafficPolicy::Cluster,
         internal_policy: TrafficPolicy::Cluster,
         affinity_timeout_secs: None,
+        health_check_node_port: None,
+        source_ranges: Vec::new(),
     }
 }
 

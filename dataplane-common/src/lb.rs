@@ -27,7 +27,8 @@ pub struct ServiceValue {
     pub frontend_id: u32,
     /// The backend set currently serving this frontend (`BACKENDS_V1` keys `(set_id, 0..count)`).
     pub set_id: u32,
-    /// Number of backends in the set; 0 = no endpoints: the datapath rejects (ICMP port unreachable).
+    /// Number of backends in the set; 0 = no endpoints: the datapath rejects (ICMP port
+    /// unreachable), or drops with `SVC_F_DROP_IF_EMPTY`.
     pub count: u32,
     /// `SVC_F_*` flags.
     pub flags: u32,
@@ -45,6 +46,10 @@ pub const SVC_F_AFFINITY: u32 = 1 << 1;
 pub const SVC_F_EXTERNAL: u32 = 1 << 2;
 /// Backends restricted to this node (externalTrafficPolicy or internalTrafficPolicy Local).
 pub const SVC_F_LOCAL_ONLY: u32 = 1 << 3;
+/// With `count` 0: the service has usable endpoints, just none this frontend may use here (a
+/// Local policy and none on this node): drop, as kube-proxy's "has no local endpoints" rule
+/// does. Without it, `count` 0 means no endpoint anywhere: reject, as kube-proxy's REJECT.
+pub const SVC_F_DROP_IF_EMPTY: u32 = 1 << 4;
 
 /// `BACKENDS_V1` key: slot `slot` of backend set `set_id`.
 #[repr(C)]

@@ -2,7 +2,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use dataplane_common::{
-    lb::{ServiceValue, SVC_F_EXTERNAL, SVC_F_LOCAL_ONLY},
+    lb::{ServiceValue, SVC_F_DROP_IF_EMPTY},
     Reason,
 };
 
@@ -160,11 +160,12 @@ fn host_connection<P: Packet>(
     }
 }
 
-/// A frontend without endpoints: kube-proxy drops external traffic under
-/// externalTrafficPolicy Local, and rejects the rest.
+/// A frontend without endpoints: kube-proxy drops traffic under a Local traffic policy when
+/// the service has endpoints on other nodes only (the agent sets `SVC_F_DROP_IF_EMPTY`), and
+/// rejects when it has none anywhere.
 #[inline(always)]
 fn no_endpoints<P: Packet>(p: &P, pkt: &Ipv4Packet, svc: &ServiceValue) -> (Reason, Action) {
-    if svc.flags & (SVC_F_EXTERNAL | SVC_F_LOCAL_ONLY) == SVC_F_EXTERNAL | SVC_F_LOCAL_ONLY {
+    if svc.flags & SVC_F_DROP_IF_EMPTY != 0 {
         return (Reason::DropNoLocalEndpoints, Action::Drop);
     }
     match icmp::reject_port_unreachable(p, pkt) {

@@ -88,6 +88,7 @@ pub fn backend(pod: &Pod, port: u16) -> Backend {
         ready: true,
         serving: true,
         terminating: false,
+        hints: Default::default(),
     }
 }
 
@@ -110,6 +111,8 @@ pub fn cluster_ip(
         external_policy: TrafficPolicy::Cluster,
         internal_policy: TrafficPolicy::Cluster,
         affinity_timeout_secs: None,
+        health_check_node_port: None,
+        source_ranges: Vec::new(),
     }
 }
 

@@ -36,6 +36,8 @@ mod spec;
 mod store;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod topology_tests;
 
 use std::{
     collections::{HashMap, HashSet},
