@@ -25,6 +25,9 @@ use crate::{
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// How often the node's addresses are re-read, so NodePorts follow them.
+const ADDRESS_POLL: Duration = Duration::from_secs(1);
+
 /// Everything `dataplane run` was told on its command line.
 pub struct AgentConfig {
     pub node_name: String,
@@ -38,6 +41,8 @@ pub struct AgentConfig {
     /// Where services come from; None: the maps are managed by someone else (tests, tools).
     pub source: Option<Source>,
     pub metrics_addr: Option<SocketAddr>,
+    /// `--nodeport-addresses`.
+    pub nodeport_addresses: k8s::NodePortAddresses,
     /// Tunnel settings (`--overlay` and friends).
     pub overlay: crate::overlay::OverlaySettings,
 }
@@ -104,13 +109,16 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
     });
     let mut states = match &cfg.source {
         Some(source) => {
-            let local = LocalNode::detect(cfg.node_name.clone())
-                .context("listing this node's addresses")?;
+            let local =
+                LocalNode::detect_with(cfg.node_name.clone(), cfg.nodeport_addresses.clone())
+                    .context("listing this node's addresses")?;
             log::info!(
-                "service source {source:?}; NodePorts on {:?}",
-                local.addresses
+                "service source {source:?}; node addresses {:?}, NodePorts on {:?}",
+                local.addresses,
+                cfg.nodeport_addresses
             );
-            Some(k8s::start_with_stats(source.clone(), local, source_stats).await?)
+            let local = local.follow(ADDRESS_POLL);
+            Some(k8s::start_following(source.clone(), local, source_stats).await?)
         }
         None => None,
     };

@@ -104,6 +104,11 @@ struct RunArgs {
     /// Watch the Kubernetes API server (in-cluster service account, or $KUBECONFIG).
     #[arg(long)]
     kubernetes: bool,
+    /// Which of the node's addresses NodePorts answer on, as kube-proxy's flag: a comma-separated
+    /// list of CIDRs ("192.168.0.0/16,10.0.0.0/8"), or "primary" (the Node object's InternalIP);
+    /// default every address. Followed at runtime: addresses added later get NodePorts.
+    #[arg(long, value_name = "CIDRS|primary", value_parser = parse_nodeport_addresses, default_value = "")]
+    nodeport_addresses: k8s::NodePortAddresses,
     /// Serve /metrics (Prometheus) and /healthz on this address, e.g. 0.0.0.0:9464.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -125,6 +130,10 @@ struct RunArgs {
     /// on (default: the uplink's first IPv4 address).
     #[arg(long)]
     tunnel_ip: Option<std::net::Ipv4Addr>,
+}
+
+fn parse_nodeport_addresses(text: &str) -> Result<k8s::NodePortAddresses, String> {
+    k8s::NodePortAddresses::parse(text)
 }
 
 fn main() -> Result<()> {
@@ -215,6 +224,7 @@ fn run(args: RunArgs) -> Result<()> {
         gc_interval: std::time::Duration::from_secs(args.conntrack_gc_interval.max(1)),
         source,
         metrics_addr: args.metrics_addr,
+        nodeport_addresses: args.nodeport_addresses,
         overlay,
     })
 }

@@ -1,6 +1,8 @@
 //! Finding this node's addresses, the NodePort frontends.
 
-use std::{io, net::Ipv4Addr};
+use std::{io, net::Ipv4Addr, time::Duration};
+
+use tokio::sync::watch;
 
 use super::{
     parse::{self, Family},
@@ -12,6 +14,14 @@ impl LocalNode {
     /// never reach the uplink hooks), as kube-proxy's default `--nodeport-addresses` takes
     /// every local address. Sorted, without duplicates.
     pub fn detect(name: impl Into<String>) -> io::Result<LocalNode> {
+        LocalNode::detect_with(name, NodePortAddresses::All)
+    }
+
+    /// [`LocalNode::detect`] with NodePorts on `nodeport_addresses`.
+    pub fn detect_with(
+        name: impl Into<String>,
+        nodeport_addresses: NodePortAddresses,
+    ) -> io::Result<LocalNode> {
         let mut addresses: Vec<Ipv4Addr> = interface_ipv4_addresses()?
             .into_iter()
             .filter(|ip| !ip.is_loopback())
@@ -21,8 +31,35 @@ impl LocalNode {
         Ok(LocalNode {
             name: name.into(),
             addresses,
-            nodeport_addresses: NodePortAddresses::All,
+            nodeport_addresses,
         })
+    }
+
+    /// Publishes this node's addresses now and whenever they change, re-read every
+    /// `interval`, so NodePorts follow addresses added or removed at runtime (kube-proxy's
+    /// nodeport-addresses follow the node's interfaces too). A failed read keeps the last
+    /// list. The task ends when every receiver is dropped.
+    pub fn follow(self, interval: Duration) -> watch::Receiver<LocalNode> {
+        let (tx, rx) = watch::channel(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tick.tick() => {}
+                }
+                let current = tx.borrow().clone();
+                match LocalNode::detect_with(current.name.clone(), current.nodeport_addresses) {
+                    Ok(now) if now.addresses != current.addresses => {
+                        log::info!("node addresses now {:?}", now.addresses);
+                        tx.send_replace(now);
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::warn!("listing this node's addresses: {e}"),
+                }
+            }
+        });
+        rx
     }
 }
 

@@ -103,6 +103,17 @@ pub async fn start_with_stats(
     local: LocalNode,
     stats: Arc<SourceStats>,
 ) -> Result<watch::Receiver<Arc<ClusterState>>> {
+    // The sender goes away at once: a fixed node.
+    start_following(source, watch::channel(local).1, stats).await
+}
+
+/// [`start_with_stats`] for a node whose addresses change: every new `local` (see
+/// [`LocalNode::follow`]) is translated again, so NodePorts follow the node's addresses.
+pub async fn start_following(
+    source: Source,
+    local: watch::Receiver<LocalNode>,
+    stats: Arc<SourceStats>,
+) -> Result<watch::Receiver<Arc<ClusterState>>> {
     let (tx, rx) = watch::channel(Arc::new(ClusterState::default()));
     let publisher = Publisher::new(local, tx, stats.clone());
     let changes = Arc::new(Notify::new());
