@@ -16,7 +16,7 @@ pub use stats::{Hook, Reason, StatsValue, MAX_REASONS, NUM_HOOKS, STATS_ENTRIES}
 /// Names of the pinned maps, as they appear under the pin directory.
 pub mod map_names {
     /// Per-CPU packet/byte counters per (hook, verdict reason).
-    pub const STATS: &str = "STATS_V1";
+    pub const STATS: &str = "STATS_V2";
     /// Service frontends -> backend set.
     pub const SERVICES: &str = "SERVICES_V1";
     /// Backend set slots -> backend.

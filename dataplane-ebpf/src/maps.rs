@@ -16,8 +16,8 @@ use dataplane_common::{
 };
 
 /// Packets and bytes per (hook, verdict reason), per CPU. Index: `stats_index(hook, reason)`.
-#[map(name = "STATS_V1")]
-pub static STATS_V1: PerCpuArray<StatsValue> = PerCpuArray::pinned(STATS_ENTRIES, 0);
+#[map(name = "STATS_V2")]
+pub static STATS_V2: PerCpuArray<StatsValue> = PerCpuArray::pinned(STATS_ENTRIES, 0);
 
 /// Service frontends (address:port:proto) -> current backend set. Written by the loader only.
 #[map(name = "SERVICES_V1")]
