@@ -276,3 +276,76 @@ fn node_ports_follow_the_node_addresses_at_runtime() {
     assert!(!served(Ipv4Addr::new(198, 18, 0, 212)));
     assert!(served(node2_ip));
 }
+
+/// `curl` from namespace `ns`: (status, body), or None if no HTTP answer came (refused, timed
+/// out).
+fn curl(ns: &str, url: &str) -> Option<(u16, String)> {
+    let out = netns::run_in(ns, &["curl", "-s", "-m", "3", "-w", "\n%{http_code}", url]).ok()?;
+    let (body, code) = out.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_owned()))
+}
+
+/// A LoadBalancer Service with externalTrafficPolicy Local, health-check port 32000, its
+/// endpoint on `pod`'s node.
+fn load_balancer_yaml(pod: &Pod) -> String {
+    let spec = "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\nstatus:\n  loadBalancer:\n    ingress: [{ip: 198.18.0.250}]\n";
+    service_yaml("lb", 80, spec, &[endpoint_yaml(pod, "")])
+}
+
+/// kube-proxy's health checks, asked by curl from the external client's namespace: the
+/// per-Service port answers 200 only on the node with a ready local endpoint, follows the
+/// endpoint when it moves and closes with the Service; the node's /healthz fails once the
+/// cluster autoscaler taints the Node (KEP-3836) while /livez stays up.
+#[test]
+fn health_check_node_ports_and_node_health_answer_like_kube_proxy() {
+    support::require_root();
+    let lab = CheckedLab::build(&LabSpec::default()).unwrap();
+    let dir = Manifests::new(&lab);
+    let nodes = [node_yaml("node1", "z", ""), node_yaml("node2", "z", "")].join("---\n");
+    dir.write("nodes.yaml", &nodes);
+    dir.write("lb.yaml", &load_balancer_yaml(lab.pod(0, 1)));
+    let args = ["--manifests", dir.path()];
+    let _agents: Vec<_> = (0..2)
+        .map(|i| DataplaneNode::start(&lab, i, &args).unwrap())
+        .collect();
+    let ext = &lab.external().unwrap().ns;
+    let url = |node: usize, port: u16, path: &str| {
+        format!("http://{}:{port}{path}", lab.node(node).underlay_ip)
+    };
+    let check = |node: usize| curl(ext, &url(node, 32000, "/")).map(|(c, _)| c);
+    eventually("node1 healthy for lb, node2 not", || {
+        check(0) == Some(200) && check(1) == Some(503)
+    });
+    let (_, body) = curl(ext, &url(0, 32000, "/")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["localEndpoints"], 1, "{body}");
+    assert_eq!(json["service"]["name"], "lb", "{body}");
+    assert_eq!(json["serviceProxyHealthy"], true, "{body}");
+
+    // The endpoint moves to node2: the answers follow.
+    dir.write("lb.yaml", &load_balancer_yaml(lab.pod(1, 0)));
+    eventually("node2 healthy, node1 not", || {
+        check(0) == Some(503) && check(1) == Some(200)
+    });
+
+    // The node-level server.
+    let (code, body) = curl(ext, &url(0, 10256, "/healthz")).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"nodeEligible\": true"), "{body}");
+    let taint = "spec:\n  taints: [{key: ToBeDeletedByClusterAutoscaler, value: \"1\", effect: NoSchedule}]\n";
+    let tainted = [node_yaml("node1", "z", taint), node_yaml("node2", "z", "")].join("---\n");
+    dir.write("nodes.yaml", &tainted);
+    eventually("node1's /healthz fails", || {
+        curl(ext, &url(0, 10256, "/healthz")).is_some_and(|(c, _)| c == 503)
+    });
+    let (code, body) = curl(ext, &url(0, 10256, "/healthz")).unwrap();
+    assert!(body.contains("\"nodeEligible\": false"), "{code} {body}");
+    assert_eq!(curl(ext, &url(0, 10256, "/livez")).unwrap().0, 200);
+    assert_eq!(curl(ext, &url(1, 10256, "/healthz")).unwrap().0, 200);
+
+    // The Service goes: its port closes on both nodes.
+    std::fs::remove_file(dir.0.join("lb.yaml")).unwrap();
+    eventually("port 32000 closed", || {
+        check(0).is_none() && check(1).is_none()
+    });
+}

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
+    health::{HealthState, ServiceHealthServers},
     k8s::{self, LocalNode, Source, SourceStats},
     loader,
     metrics::{self, AgentStatus, Metrics},
@@ -43,6 +44,8 @@ pub struct AgentConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// `--nodeport-addresses`.
     pub nodeport_addresses: k8s::NodePortAddresses,
+    /// `--healthz-bind-address`: kube-proxy's node health server; None disables it.
+    pub healthz_addr: Option<SocketAddr>,
     /// Tunnel settings (`--overlay` and friends).
     pub overlay: crate::overlay::OverlaySettings,
 }
@@ -107,6 +110,16 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
             }
         }))
     });
+    let health = Arc::new(HealthState::default());
+    let _node_health = cfg.healthz_addr.map(|addr| {
+        let health = health.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = crate::health::serve_node_health(addr, health).await {
+                log::error!("node health server: {e:#}");
+            }
+        }))
+    });
+    let mut service_health = ServiceHealthServers::new(health.clone());
     let mut states = match &cfg.source {
         Some(source) => {
             let local =
@@ -157,6 +170,7 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
                 retry_at = None;
                 if let Some(state) = last_state.clone() {
                     let complete = apply(&mut table, &state, &status, destroyer.as_ref());
+                    report_health(&health, &mut service_health, &state, complete, &cfg.node_name);
                     schedule_retry(complete, &mut retry_at, &mut backoff);
                 }
             }
@@ -176,7 +190,9 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
                     continue;
                 }
                 let state = states.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
+                health.queued(std::time::Instant::now());
                 let complete = apply(&mut table, &state, &status, destroyer.as_ref());
+                report_health(&health, &mut service_health, &state, complete, &cfg.node_name);
                 schedule_retry(complete, &mut retry_at, &mut backoff);
                 last_state = Some(state.clone());
                 if state.nodes.iter().any(|n| n.name == cfg.node_name) {
@@ -259,6 +275,23 @@ fn enable_pod_filter(table: &mut ServiceTable, ebpf: &aya::Ebpf) -> Result<()> {
         .context("listing the node's addresses in LB_ADDRS_V1")?;
     config.flags |= dataplane_common::ct::CFG_F_POD_FILTER;
     crate::services::write_config(ebpf, &config)
+}
+
+/// After an apply: the health servers answer from the state (a complete apply also clears the
+/// pending mark kube-proxy's health check times), and health-check ports open or close.
+fn report_health(
+    health: &HealthState,
+    servers: &mut ServiceHealthServers,
+    state: &ClusterState,
+    complete: bool,
+    node_name: &str,
+) {
+    if complete {
+        health.updated(&state.services, state.node_deleting, node_name);
+    } else {
+        health.observe(&state.services, state.node_deleting, node_name);
+    }
+    servers.sync(&state.services);
 }
 
 /// Waits for the next state; pends forever without a source.

@@ -109,6 +109,9 @@ struct RunArgs {
     /// default every address. Followed at runtime: addresses added later get NodePorts.
     #[arg(long, value_name = "CIDRS|primary", value_parser = parse_nodeport_addresses, default_value = "")]
     nodeport_addresses: k8s::NodePortAddresses,
+    /// kube-proxy's node health server (/healthz, /livez) on this address; empty disables it.
+    #[arg(long, value_name = "ADDR", default_value = dataplane::health::DEFAULT_HEALTHZ_ADDR)]
+    healthz_bind_address: String,
     /// Serve /metrics (Prometheus) and /healthz on this address, e.g. 0.0.0.0:9464.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -130,6 +133,13 @@ struct RunArgs {
     /// on (default: the uplink's first IPv4 address).
     #[arg(long)]
     tunnel_ip: Option<std::net::Ipv4Addr>,
+}
+
+fn parse_optional_addr(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    match text.trim() {
+        "" => Ok(None),
+        addr => addr.parse().map(Some).map_err(|e| format!("{addr:?}: {e}")),
+    }
 }
 
 fn parse_nodeport_addresses(text: &str) -> Result<k8s::NodePortAddresses, String> {
@@ -225,6 +235,8 @@ fn run(args: RunArgs) -> Result<()> {
         source,
         metrics_addr: args.metrics_addr,
         nodeport_addresses: args.nodeport_addresses,
+        healthz_addr: parse_optional_addr(&args.healthz_bind_address)
+            .map_err(|e| anyhow::anyhow!("--healthz-bind-address {e}"))?,
         overlay,
     })
 }
