@@ -562,6 +562,7 @@ fn vxlan_carries_pod_node_and_service_traffic_between_our_nodes() {
     for dp in &o.dp {
         let local = LocalContext {
             node_name: dp.node_name().to_string(),
+            ..Default::default()
         };
         ServiceTable::open_pinned(dp.pin_dir(), local)
             .unwrap()
@@ -616,6 +617,7 @@ fn vxlan_carries_pod_node_and_service_traffic_between_our_nodes() {
     for dp in &o.dp {
         let local = LocalContext {
             node_name: dp.node_name().to_string(),
+            ..Default::default()
         };
         ServiceTable::open_pinned(dp.pin_dir(), local)
             .unwrap()

@@ -69,6 +69,7 @@ impl Drop for PinDir {
 fn local() -> LocalContext {
     LocalContext {
         node_name: "k8s-2".into(),
+        ..Default::default()
     }
 }
 

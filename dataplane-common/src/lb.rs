@@ -50,6 +50,10 @@ pub const SVC_F_LOCAL_ONLY: u32 = 1 << 3;
 /// Local policy and none on this node): drop, as kube-proxy's "has no local endpoints" rule
 /// does. Without it, `count` 0 means no endpoint anywhere: reject, as kube-proxy's REJECT.
 pub const SVC_F_DROP_IF_EMPTY: u32 = 1 << 4;
+/// loadBalancerSourceRanges: new connections only from clients `SOURCE_RANGES_V1` lists for
+/// this frontend id; others are dropped (`drop-source-range`). Frontends without it skip the
+/// lookup.
+pub const SVC_F_SOURCE_RANGES: u32 = 1 << 5;
 
 /// `BACKENDS_V1` key: slot `slot` of backend set `set_id`.
 #[repr(C)]
@@ -143,8 +147,29 @@ pub const ADDR_F_BACKEND: u32 = 1 << 1;
 /// One of the node's own addresses (masquerade source, the node's own connections).
 pub const ADDR_F_NODE: u32 = 1 << 2;
 
+/// `SOURCE_RANGES_V1` key data (after the LPM trie's u32 prefix length): a frontend and a client
+/// prefix. The prefix length covers `frontend_id` whole (32 bits) plus the CIDR's length, so one
+/// trie holds every frontend's ranges and a lookup with length 64 matches only its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRangeKey {
+    /// `ServiceValue::frontend_id`, native order (matched exactly).
+    pub frontend_id: u32,
+    /// Client network, network order.
+    pub addr: u32,
+}
+
+/// The LPM prefix length of a (frontend, CIDR of `len` bits) entry.
+pub const fn source_range_prefix_len(len: u8) -> u32 {
+    32 + len as u32
+}
+
+/// Entries of `SOURCE_RANGES_V1` (all frontends' ranges together).
+pub const MAX_SOURCE_RANGES: u32 = 65_536;
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for SourceRangeKey {}
     use super::*;
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceValue {}

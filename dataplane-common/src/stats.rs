@@ -177,6 +177,9 @@ reasons! {
     /// The node's own packet to a service, translated at the uplink's egress, has no route to
     /// its backend from here (a host-network backend on this node itself, or no route).
     DropNoRoute = 31, "drop-no-route", drop;
+    /// A new connection to a frontend with loadBalancerSourceRanges from a client outside them
+    /// (kube-proxy's KUBE-PROXY-FIREWALL drop).
+    DropSourceRange = 32, "drop-source-range", drop;
 }
 
 /// Number of columns reserved per hook in the stats table (room for reasons added later).

@@ -145,6 +145,9 @@ fn host_connection<P: Packet>(
     len: u32,
     now: u64,
 ) -> (Reason, Action) {
+    if !lb::source_allowed(svc, pkt.saddr) {
+        return (Reason::DropSourceRange, Action::Drop);
+    }
     if svc.count == 0 {
         return no_endpoints(p, pkt, svc);
     }
@@ -212,6 +215,10 @@ pub fn service_ingress<P: Packet>(p: &P, pod: bool) -> (Reason, Action) {
     let Some(svc) = lb::lookup_service(&pkt) else {
         return (parse::pass_reason(pkt.l4), Action::Pass);
     };
+    // Before the reject: kube-proxy's firewall chain runs before its no-endpoints rule.
+    if !lb::source_allowed(&svc, pkt.saddr) {
+        return (Reason::DropSourceRange, Action::Drop);
+    }
     if svc.count == 0 {
         return no_endpoints(p, &pkt, &svc);
     }

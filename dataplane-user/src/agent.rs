@@ -17,7 +17,7 @@ use crate::{
     loader,
     metrics::{self, AgentStatus, Metrics},
     model::ClusterState,
-    services::{LocalContext, ServiceTable},
+    services::{LocalContext, ServiceTable, SourceRanges},
     sockdiag::SockDestroyer,
 };
 
@@ -46,6 +46,8 @@ pub struct AgentConfig {
     pub nodeport_addresses: k8s::NodePortAddresses,
     /// `--healthz-bind-address`: kube-proxy's node health server; None disables it.
     pub healthz_addr: Option<SocketAddr>,
+    /// `--lb-source-ranges-node-ports`: loadBalancerSourceRanges restrict NodePorts too.
+    pub source_ranges_on_node_ports: bool,
     /// Tunnel settings (`--overlay` and friends).
     pub overlay: crate::overlay::OverlaySettings,
 }
@@ -139,8 +141,10 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
         &datapath.ebpf,
         LocalContext {
             node_name: cfg.node_name.clone(),
+            source_ranges_on_node_ports: cfg.source_ranges_on_node_ports,
         },
     )?;
+    let mut ranges = SourceRanges::open(&datapath.ebpf)?;
     enable_pod_filter(&mut table, &datapath.ebpf)?;
     let mut overlay = crate::overlay::OverlayTable::from_ebpf(&datapath.ebpf)?;
     // Only sockets the cgroup hooks connected can need destroying.
@@ -169,7 +173,7 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                 retry_at = None;
                 if let Some(state) = last_state.clone() {
-                    let complete = apply(&mut table, &state, &status, destroyer.as_ref());
+                    let complete = apply(&mut table, &mut ranges, &state, &status, destroyer.as_ref());
                     report_health(&health, &mut service_health, &state, complete, &cfg.node_name);
                     schedule_retry(complete, &mut retry_at, &mut backoff);
                 }
@@ -191,7 +195,7 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
                 }
                 let state = states.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
                 health.queued(std::time::Instant::now());
-                let complete = apply(&mut table, &state, &status, destroyer.as_ref());
+                let complete = apply(&mut table, &mut ranges, &state, &status, destroyer.as_ref());
                 report_health(&health, &mut service_health, &state, complete, &cfg.node_name);
                 schedule_retry(complete, &mut retry_at, &mut backoff);
                 last_state = Some(state.clone());
@@ -325,6 +329,7 @@ fn schedule_retry(
 /// node's TCP sockets that socket-level balancing connected to backends that are gone.
 fn apply(
     table: &mut ServiceTable,
+    ranges: &mut SourceRanges,
     state: &ClusterState,
     status: &AgentStatus,
     destroyer: Option<&SockDestroyer>,
@@ -355,7 +360,18 @@ fn apply(
     for e in &outcome.cleanup_errors {
         log::warn!("{e}");
     }
-    let complete = outcome.is_complete();
+    let ranges_ok = match ranges.sync(&state.services, table) {
+        Ok((0, 0)) => true,
+        Ok((added, removed)) => {
+            log::info!("source ranges: {added} added, {removed} removed");
+            true
+        }
+        Err(e) => {
+            log::error!("source ranges not fully applied (retrying): {e:#}");
+            false
+        }
+    };
+    let complete = outcome.is_complete() && ranges_ok;
     if !complete {
         status.apply_errors.fetch_add(1, Relaxed);
     }

@@ -112,6 +112,11 @@ struct RunArgs {
     /// kube-proxy's node health server (/healthz, /livez) on this address; empty disables it.
     #[arg(long, value_name = "ADDR", default_value = dataplane::health::DEFAULT_HEALTHZ_ADDR)]
     healthz_bind_address: String,
+    /// Apply loadBalancerSourceRanges to the Service's NodePorts too, not only to its
+    /// load-balancer IPs (kube-proxy restricts the IPs only; Cilium offers this as
+    /// bpf-lb-source-range-all-types).
+    #[arg(long)]
+    lb_source_ranges_node_ports: bool,
     /// Serve /metrics (Prometheus) and /healthz on this address, e.g. 0.0.0.0:9464.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -237,6 +242,7 @@ fn run(args: RunArgs) -> Result<()> {
         nodeport_addresses: args.nodeport_addresses,
         healthz_addr: parse_optional_addr(&args.healthz_bind_address)
             .map_err(|e| anyhow::anyhow!("--healthz-bind-address {e}"))?,
+        source_ranges_on_node_ports: args.lb_source_ranges_node_ports,
         overlay,
     })
 }

@@ -46,6 +46,7 @@ impl Cluster {
         for node in &self.nodes {
             let local = LocalContext {
                 node_name: node.node_name().to_string(),
+                ..Default::default()
             };
             let mut table = ServiceTable::open_pinned(node.pin_dir(), local)?;
             table.sync(services)?;
@@ -59,6 +60,7 @@ impl Cluster {
         for (i, node) in self.nodes.iter().enumerate() {
             let local = LocalContext {
                 node_name: node.node_name().to_string(),
+                ..Default::default()
             };
             let mut table = ServiceTable::open_pinned(node.pin_dir(), local)?;
             table.sync(&services(i))?;

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use k8s_openapi::api::core::v1::ServiceSpec;
 
 use super::{
+    local::in_cidr,
     parse::{self, Family},
     problem::{Problem, Subject},
     translate::{Policies, ServiceType},
@@ -38,6 +39,25 @@ impl LoadBalancerSpec {
             health_check_node_port: health_check_node_port(spec, policies, subject)?,
             source_ranges: source_ranges(spec, subject, ipv6)?,
         })
+    }
+}
+
+impl LoadBalancerSpec {
+    /// The clients the load-balancer frontends accept: the ranges, plus (kube-proxy's
+    /// allowFromNode) the load-balancer IPs themselves when a range holds one of this node's
+    /// addresses: a VIP-like load balancer configured on the node makes the node's own
+    /// requests arrive from the VIP.
+    pub fn allowed_sources(&self, lb_ips: &[Ipv4Addr], node: &[Ipv4Addr]) -> Vec<(Ipv4Addr, u8)> {
+        let mut out = self.source_ranges.clone();
+        let from_node = node
+            .iter()
+            .any(|ip| out.iter().any(|range| in_cidr(*ip, *range)));
+        if from_node {
+            out.extend(lb_ips.iter().map(|ip| (*ip, 32)));
+            out.sort();
+            out.dedup();
+        }
+        out
     }
 }
 

@@ -130,11 +130,22 @@ fn health_check_node_port_and_source_ranges_of_a_load_balancer() {
         lb.source_ranges,
         [
             (ip("10.0.0.0"), 8),
+            (ip("192.0.2.10"), 32),
             (ip("198.51.100.0"), 24),
             (ip("203.0.113.7"), 32)
         ],
-        "sorted, host bits cleared like ParseCIDRSloppy, blanks trimmed"
+        "sorted, host bits cleared like ParseCIDRSloppy, blanks trimmed; 10.0.0.0/8 holds the \
+         node's 10.0.5.1, so the LB IP itself is allowed too (kube-proxy's allowFromNode)"
     );
+    // Without a node address in any range, the LB IP is not added.
+    let far = LocalNode {
+        addresses: vec![ip("192.168.100.1")],
+        ..local()
+    };
+    let (state, _) = run_at(LB, &far);
+    assert!(!service(&state, "lb")
+        .source_ranges
+        .contains(&(ip("192.0.2.10"), 32)));
     assert_eq!(problems.len(), 1, "{problems:#?}");
     assert!(
         problems[0]

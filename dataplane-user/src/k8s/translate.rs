@@ -197,7 +197,9 @@ impl Validated<'_> {
             internal_policy: self.policies.internal,
             affinity_timeout_secs: self.policies.affinity_timeout_secs,
             health_check_node_port: self.load_balancer.health_check_node_port,
-            source_ranges: self.load_balancer.source_ranges.clone(),
+            source_ranges: self
+                .load_balancer
+                .allowed_sources(&self.ips.load_balancer, &local.addresses),
         }
     }
 }

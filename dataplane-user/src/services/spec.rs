@@ -8,7 +8,7 @@ use std::{
 
 use dataplane_common::lb::{
     BackendValue, ServiceKey, ServiceValue, BE_F_LOCAL, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY,
-    SVC_F_EXTERNAL, SVC_F_LOCAL_ONLY, SVC_F_MASQUERADE,
+    SVC_F_EXTERNAL, SVC_F_LOCAL_ONLY, SVC_F_MASQUERADE, SVC_F_SOURCE_RANGES,
 };
 
 use super::LocalContext;
@@ -82,6 +82,9 @@ pub(crate) fn frontend_spec(
     if eligible.is_empty() && has_usable_endpoints(&svc.backends) {
         flags |= SVC_F_DROP_IF_EMPTY;
     }
+    if has_source_ranges(svc, kind, local) {
+        flags |= SVC_F_SOURCE_RANGES;
+    }
     FrontendSpec {
         flags,
         affinity_timeout_secs: svc.affinity_timeout_secs.unwrap_or(0),
@@ -120,6 +123,18 @@ pub(crate) fn eligible_backends<'a>(
         .into_iter()
         .filter(|b| b.serving && b.terminating)
         .collect()
+}
+
+/// Whether the frontend of `svc` reached as `kind` is restricted to its loadBalancerSourceRanges:
+/// the load-balancer IPs (kube-proxy), and the NodePorts too if the node says so.
+pub(crate) fn has_source_ranges(
+    svc: &ServicePort,
+    kind: FrontendKind,
+    local: &LocalContext,
+) -> bool {
+    !svc.source_ranges.is_empty()
+        && (kind == FrontendKind::LoadBalancer
+            || (kind == FrontendKind::NodePort && local.source_ranges_on_node_ports))
 }
 
 /// kube-proxy's hasAnyEndpoints: an endpoint some node may use (ready, or serving and
@@ -266,6 +281,7 @@ mod tests {
     fn local() -> LocalContext {
         LocalContext {
             node_name: "node-a".into(),
+            ..Default::default()
         }
     }
 

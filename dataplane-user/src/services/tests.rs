@@ -13,6 +13,7 @@ use crate::model::{Backend, Frontend, FrontendKind, Protocol, TrafficPolicy};
 fn local() -> LocalContext {
     LocalContext {
         node_name: "worker-1".into(),
+        ..Default::default()
     }
 }
 

@@ -99,6 +99,7 @@ struct Case {
 fn chosen(backends: &[Backend], policy: TrafficPolicy) -> Vec<u8> {
     let local = LocalContext {
         node_name: NODE.into(),
+        ..Default::default()
     };
     let mut out: Vec<u8> = eligible_backends(backends, policy, &local)
         .iter()
