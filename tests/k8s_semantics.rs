@@ -349,3 +349,112 @@ fn health_check_node_ports_and_node_health_answer_like_kube_proxy() {
         check(0).is_none() && check(1).is_none()
     });
 }
+
+/// loadBalancerSourceRanges with real packets: curl from the external namespace, once from a
+/// listed source address and once from an unlisted one, to the LB IP (routed to node1 or
+/// node2) and to the NodePorts. node2 runs with --lb-source-ranges-node-ports.
+#[test]
+fn load_balancer_source_ranges_allow_listed_clients_and_drop_others() {
+    use dataplane_common::{Hook, Reason};
+    support::require_root();
+    let lab = CheckedLab::build(&LabSpec::default()).unwrap();
+    let dir = Manifests::new(&lab);
+    let backend = lab.pod(0, 1);
+    let _server = backend.host().http_server(8080).unwrap();
+    let lb_ip = Ipv4Addr::new(198, 18, 5, 10);
+    let spec = format!(
+        "  type: LoadBalancer\n  loadBalancerSourceRanges: [198.18.0.100/32]\nstatus:\n  loadBalancer:\n    ingress: [{{ip: {lb_ip}}}]\n"
+    );
+    dir.write(
+        "lb.yaml",
+        &service_yaml("lb", 80, &spec, &[endpoint_yaml(backend, "")]),
+    );
+    let node1 = DataplaneNode::start(&lab, 0, &["--manifests", dir.path()]).unwrap();
+    let node2 = DataplaneNode::start(
+        &lab,
+        1,
+        &["--manifests", dir.path(), "--lb-source-ranges-node-ports"],
+    )
+    .unwrap();
+    let ext = lab.external().unwrap();
+    netns::ip(&ext.ns, &["addr", "add", "198.18.0.101/24", "dev", "eth0"]).unwrap();
+    let route_lb_to = |node: usize| {
+        let via = lab.node(node).underlay_ip.to_string();
+        netns::ip(
+            &ext.ns,
+            &["route", "replace", "198.18.5.10/32", "via", &via],
+        )
+        .unwrap();
+    };
+    let get = |from: &str, dst: Ipv4Addr, port: u16| -> Option<String> {
+        let url = format!("http://{dst}:{port}/");
+        netns::run_in(
+            &ext.ns,
+            &["curl", "-s", "-m", "2", "--interface", from, &url],
+        )
+        .ok()
+        .map(|body| body.trim().to_owned())
+    };
+    let (listed, unlisted) = ("198.18.0.100", "198.18.0.101");
+    route_lb_to(0);
+    eventually("the listed client reaches the LB IP", || {
+        get(listed, lb_ip, 80).as_deref() == Some(backend.name.as_str())
+    });
+    let before = node1
+        .stats()
+        .unwrap()
+        .packets(Hook::XdpUplink, Reason::DropSourceRange);
+    assert_eq!(
+        get(unlisted, lb_ip, 80),
+        None,
+        "an unlisted client is dropped"
+    );
+    let after = node1
+        .stats()
+        .unwrap()
+        .packets(Hook::XdpUplink, Reason::DropSourceRange);
+    assert!(
+        after > before,
+        "counted as drop-source-range ({before} -> {after})"
+    );
+    // kube-proxy leaves the NodePort open to everyone...
+    let node1_ip = lab.node(0).underlay_ip;
+    assert_eq!(
+        get(unlisted, node1_ip, 30080).as_deref(),
+        Some(backend.name.as_str())
+    );
+    // ...node2 was told to restrict it too; its LB IP is restricted either way.
+    let node2_ip = lab.node(1).underlay_ip;
+    assert_eq!(
+        get(listed, node2_ip, 30080).as_deref(),
+        Some(backend.name.as_str())
+    );
+    assert_eq!(get(unlisted, node2_ip, 30080), None);
+    route_lb_to(1);
+    assert_eq!(
+        get(listed, lb_ip, 80).as_deref(),
+        Some(backend.name.as_str())
+    );
+    assert_eq!(get(unlisted, lb_ip, 80), None);
+    assert!(
+        node2
+            .stats()
+            .unwrap()
+            .packets(Hook::XdpUplink, Reason::DropSourceRange)
+            >= 2
+    );
+
+    // Ranges widened: the other client gets in without a restart.
+    dir.write(
+        "lb.yaml",
+        &service_yaml(
+            "lb",
+            80,
+            &spec.replace("198.18.0.100/32", "198.18.0.96/27"),
+            &[endpoint_yaml(backend, "")],
+        ),
+    );
+    eventually("the widened range admits .101", || {
+        get(unlisted, lb_ip, 80).as_deref() == Some(backend.name.as_str())
+    });
+}
