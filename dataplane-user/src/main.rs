@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load and attach the datapath, pin its maps, and run until SIGINT/SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the per-hook, per-verdict packet counters from the pinned stats map.
     Stats {
         /// Directory the maps are pinned in (as given to `run`).
@@ -155,7 +155,7 @@ fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Stats { pin_dir } => {
             print!("{}", stats::render(&stats::read_pinned(&pin_dir)?));
             Ok(())

@@ -335,3 +335,93 @@ fn topology_mode_needs_a_ready_endpoint() {
     let b = ready(3, &["zone-a"]).unready().backend(Some("zone-a"));
     assert_eq!(Topology::from_hints(&[b]), Topology::Any);
 }
+
+/// Every combination of the two traffic policies with (local ready, local terminating only,
+/// remote only, none), as kube-proxy's iptables/nftables proxiers program them
+/// (TestInternalTrafficPolicy, TestTerminatingEndpointsTrafficPolicyLocal/Cluster,
+/// TestNoEndpointsReject, TestOnlyLocal*): the backends a frontend uses, and whether an empty
+/// choice drops ("has no local endpoints") or rejects ("has no endpoints").
+#[test]
+fn traffic_policy_matrix_matches_kube_proxy() {
+    use super::spec::frontend_spec;
+    use crate::model::{FrontendKind, ServicePort, ServicePortName};
+    use dataplane_common::lb::SVC_F_DROP_IF_EMPTY;
+
+    #[derive(Debug, PartialEq)]
+    enum Empty {
+        Drop,
+        Reject,
+    }
+    let scenarios: [(&str, Vec<Ep>); 4] = [
+        ("local ready", vec![ready(1, &[]).local(), ready(2, &[])]),
+        (
+            "local terminating only",
+            vec![ready(1, &[]).terminating().local(), ready(2, &[])],
+        ),
+        ("remote only", vec![ready(2, &[])]),
+        ("none", vec![]),
+    ];
+    // (scenario, policy) -> what kube-proxy uses.
+    let expect = |scenario: &str, policy: TrafficPolicy| -> Result<Vec<u8>, Empty> {
+        match (scenario, policy) {
+            ("local ready", TrafficPolicy::Cluster) => Ok(vec![1, 2]),
+            ("local ready", TrafficPolicy::Local) => Ok(vec![1]),
+            ("local terminating only", TrafficPolicy::Cluster) => Ok(vec![2]),
+            ("local terminating only", TrafficPolicy::Local) => Ok(vec![1]),
+            ("remote only", TrafficPolicy::Cluster) => Ok(vec![2]),
+            ("remote only", TrafficPolicy::Local) => Err(Empty::Drop),
+            (_, _) => Err(Empty::Reject),
+        }
+    };
+    let local = LocalContext {
+        node_name: NODE.into(),
+        ..Default::default()
+    };
+    for (scenario, endpoints) in &scenarios {
+        for internal in [TrafficPolicy::Cluster, TrafficPolicy::Local] {
+            for external in [TrafficPolicy::Cluster, TrafficPolicy::Local] {
+                let svc = ServicePort {
+                    name: ServicePortName {
+                        namespace: "ns".into(),
+                        name: "svc".into(),
+                        port: String::new(),
+                    },
+                    frontends: vec![],
+                    backends: endpoints.iter().map(|e| e.backend(None)).collect(),
+                    external_policy: external,
+                    internal_policy: internal,
+                    affinity_timeout_secs: None,
+                    health_check_node_port: None,
+                    source_ranges: vec![],
+                };
+                for (kind, policy) in [
+                    (FrontendKind::ClusterIp, internal),
+                    (FrontendKind::NodePort, external),
+                    (FrontendKind::LoadBalancer, external),
+                ] {
+                    let spec = frontend_spec(&svc, kind, &local);
+                    let got = if spec.backends.is_empty() {
+                        Err(if spec.flags & SVC_F_DROP_IF_EMPTY != 0 {
+                            Empty::Drop
+                        } else {
+                            Empty::Reject
+                        })
+                    } else {
+                        let mut ns: Vec<u8> = spec
+                            .backends
+                            .iter()
+                            .map(|b| super::spec::ip_from_be(b.addr).octets()[3])
+                            .collect();
+                        ns.sort();
+                        Ok(ns)
+                    };
+                    assert_eq!(
+                        got,
+                        expect(scenario, policy),
+                        "{scenario}, iTP {internal:?}, eTP {external:?}, {kind:?}"
+                    );
+                }
+            }
+        }
+    }
+}
