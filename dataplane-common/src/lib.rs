@@ -9,6 +9,7 @@ pub mod csum;
 pub mod ct;
 pub mod lb;
 pub mod overlay;
+pub mod programs;
 pub mod stats;
 
 pub use stats::{Hook, Reason, StatsValue, MAX_REASONS, NUM_HOOKS, STATS_ENTRIES};
@@ -45,4 +46,5 @@ pub mod map_names {
     pub const OVERLAY_PEERS: &str = "OVERLAY_PEERS_V1";
     /// Overlay: per-CPU IPv4 ID counter of outer headers.
     pub const OVERLAY_IPID: &str = "OVERLAY_IPID_V1";
+    pub const OVERLAY_NEXTHOP: &str = "OVERLAY_NEXTHOP_V1";
 }
