@@ -243,7 +243,7 @@ mod cluster;
 
 use std::net::SocketAddrV4;
 
-use dataplane::model::{Backend, Protocol, TrafficPolicy};
+use dataplane::model::{Backend, FrontendKind, Protocol, TrafficPolicy};
 use dataplane_lab::packet::{icmp_quote, parse, IcmpKind};
 use support::fixture::MASQ_ADDR;
 
@@ -261,6 +261,7 @@ fn one_backend(ip: Ipv4Addr, port: u16) -> Vec<Backend> {
         ready: true,
         serving: true,
         terminating: false,
+        hints: Default::default(),
     }]
 }
 
@@ -331,6 +332,110 @@ fn external_traffic_policy_local_without_local_endpoints_drops_like_kube_proxy()
             syn.len() as u64
         )]
     );
+}
+
+/// kube-proxy's two answers for a frontend with nothing eligible on this node (iptables
+/// proxier, "has no local endpoints" DROP vs "has no endpoints" REJECT): a Local policy drops
+/// when the service has endpoints elsewhere, and rejects when it has none anywhere, for the
+/// internal policy as for the external one.
+#[test]
+fn local_policies_drop_with_remote_endpoints_and_reject_without_any() {
+    let mut h = harness();
+    let mut itp_local = cluster::cluster_ip(
+        "itp-local",
+        SocketAddrV4::new(VIP, 84),
+        Protocol::Tcp,
+        one_backend(BACKEND, 8080),
+    );
+    itp_local.internal_policy = TrafficPolicy::Local;
+    let mut etp_local_empty = cluster::cluster_ip(
+        "etp-empty",
+        SocketAddrV4::new(VIP, 85),
+        Protocol::Tcp,
+        vec![],
+    );
+    etp_local_empty.external_policy = TrafficPolicy::Local;
+    let etp_local_empty = cluster::with_node_port(etp_local_empty, &[NODE_IP], 30082);
+    let mut all = services();
+    all.extend([itp_local, etp_local_empty]);
+    h.sync_services(&all);
+    h.check(&Fixture {
+        name: "itp local, remote endpoint only: drop",
+        hook: Hook::TcPodIngress,
+        input: tcp(CLIENT, 45101, VIP, 84, TcpFlags::SYN).build(),
+        verdict: Verdict::Drop,
+        reason: Reason::DropNoLocalEndpoints,
+        output: Output::Ignored,
+    });
+    h.check(&Fixture {
+        name: "etp local, no endpoint anywhere: reject",
+        hook: Hook::XdpUplink,
+        input: tcp(EXTERNAL, 5557, NODE_IP, 30082, TcpFlags::SYN).build(),
+        verdict: Verdict::Tx,
+        reason: Reason::RejectNoEndpoints,
+        output: Output::Ignored,
+    });
+}
+
+/// loadBalancerSourceRanges: the LB IP accepts new connections only from the listed ranges
+/// (one LPM lookup, for flagged frontends only), drops the others with drop-source-range even
+/// when it has no endpoints (kube-proxy's firewall runs before its reject); the Service's
+/// NodePort stays open (kube-proxy restricts the load-balancer IPs only).
+#[test]
+fn load_balancer_source_ranges_allow_listed_clients_and_drop_the_rest() {
+    const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+    const OUTSIDER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
+    let mut h = harness();
+    let ranged = |name: &str, port: u16, node_port: u16, backends: Vec<Backend>| {
+        let mut svc =
+            cluster::cluster_ip(name, SocketAddrV4::new(VIP, port), Protocol::Tcp, backends);
+        svc.frontends.push(dataplane::model::Frontend {
+            ip: LB_IP,
+            port,
+            protocol: Protocol::Tcp,
+            kind: FrontendKind::LoadBalancer,
+        });
+        // EXTERNAL (198.18.0.100) is inside, OUTSIDER is not.
+        svc.source_ranges = vec![(Ipv4Addr::new(198, 18, 0, 96), 27)];
+        cluster::with_node_port(svc, &[NODE_IP], node_port)
+    };
+    let mut all = services();
+    all.push(ranged("lb", 86, 30086, one_backend(BACKEND, 8080)));
+    all.push(ranged("lb-empty", 87, 30087, vec![]));
+    h.sync_services(&all);
+    let syn = |src, dst, dport| tcp(src, 5600, dst, dport, TcpFlags::SYN).build();
+    h.check(&Fixture {
+        name: "LB IP from a listed client",
+        hook: Hook::XdpUplink,
+        input: syn(EXTERNAL, LB_IP, 86),
+        verdict: Verdict::Pass,
+        reason: Reason::LbNewConnection,
+        output: Output::Ignored,
+    });
+    h.check(&Fixture {
+        name: "LB IP from an unlisted client",
+        hook: Hook::XdpUplink,
+        input: syn(OUTSIDER, LB_IP, 86),
+        verdict: Verdict::Drop,
+        reason: Reason::DropSourceRange,
+        output: Output::Ignored,
+    });
+    h.check(&Fixture {
+        name: "LB IP without endpoints, unlisted client: dropped, not rejected",
+        hook: Hook::XdpUplink,
+        input: syn(OUTSIDER, LB_IP, 87),
+        verdict: Verdict::Drop,
+        reason: Reason::DropSourceRange,
+        output: Output::Ignored,
+    });
+    h.check(&Fixture {
+        name: "the NodePort is not restricted",
+        hook: Hook::XdpUplink,
+        input: syn(OUTSIDER, NODE_IP, 30086),
+        verdict: Verdict::Pass,
+        reason: Reason::LbNewConnection,
+        output: Output::Ignored,
+    });
 }
 
 fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: TcpFlags) -> Frame {

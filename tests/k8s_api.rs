@@ -810,3 +810,53 @@ async fn a_bad_kubeconfig_is_a_startup_error() {
     .unwrap_err();
     assert!(format!("{error:#}").contains("kubeconfig"), "{error:#}");
 }
+
+/// Issue 11 through watch events: this node's zone label, endpoint hints and the cluster
+/// autoscaler's deletion taint (KEP-3836) all reach the published state without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_label_hints_and_deletion_taint_follow_watch_events() {
+    use dataplane::model::Hint;
+    let Harness {
+        api, mut rx, _dir, ..
+    } = harness(&cluster_yaml()).await;
+    let zone_of = |s: &ClusterState| -> Vec<Hint> {
+        s.services
+            .iter()
+            .find(|p| p.name.name == "app-svc-clusterip")
+            .map(|p| p.backends.iter().map(|b| b.hints.zone).collect())
+            .unwrap_or_default()
+    };
+    // The controller hints the first endpoint for zone-a, the others for zone-b.
+    let mut slice = api.get("EndpointSlice", "test001/app-svc-clusterip-x7k2p");
+    for (i, ep) in slice["endpoints"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+    {
+        let zone = if i == 0 { "zone-a" } else { "zone-b" };
+        ep["hints"] = json!({"forZones": [{"name": zone}]});
+    }
+    api.apply(slice);
+    // This node (k8s-2) has no zone label yet: every hint is for another zone.
+    wait_for(&mut rx, 10, "the hints", |s| {
+        zone_of(s).iter().all(|h| *h == Hint::Elsewhere) && !zone_of(s).is_empty()
+    })
+    .await;
+    let mut node = api.get("Node", "k8s-2");
+    node["metadata"]["labels"]["topology.kubernetes.io/zone"] = json!("zone-b");
+    api.apply(node.clone());
+    let state = wait_for(&mut rx, 10, "the zone label", |s| {
+        zone_of(s).contains(&Hint::Here)
+    })
+    .await;
+    assert_eq!(
+        zone_of(&state).iter().filter(|h| **h == Hint::Here).count(),
+        zone_of(&state).len() - 1
+    );
+    assert!(!state.node_deleting);
+    node["spec"]["taints"] =
+        json!([{"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}]);
+    api.apply(node);
+    wait_for(&mut rx, 10, "the deletion taint", |s| s.node_deleting).await;
+}

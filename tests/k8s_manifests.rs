@@ -206,3 +206,56 @@ async fn the_source_stops_when_every_receiver_is_dropped() {
         "nobody listens: no more syncs"
     );
 }
+
+/// `--nodeport-addresses` at runtime through the manifests source: a new address of the node
+/// (what `LocalNode::follow` publishes) re-translates at once, with no manifest change.
+#[tokio::test]
+async fn a_new_node_address_gets_node_ports_without_a_manifest_change() {
+    use dataplane::{k8s::NodePortAddresses, model::FrontendKind};
+    let dir = TempDir::new("manifest-addresses");
+    dir.write("cluster.yaml", SEED);
+    let mut node = local();
+    node.nodeport_addresses = NodePortAddresses::parse("192.168.100.0/24").unwrap();
+    let (tx, addresses) = tokio::sync::watch::channel(node.clone());
+    let mut rx = k8s::start_following(
+        Source::Manifests(dir.path().into()),
+        addresses,
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let node_ports = |s: &dataplane::model::ClusterState| -> Vec<String> {
+        s.services
+            .iter()
+            .find(|p| p.name.name == "app-svc-nodeport")
+            .map(|p| {
+                p.frontends
+                    .iter()
+                    .filter(|f| f.kind == FrontendKind::NodePort)
+                    .map(|f| f.ip.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    wait_for(&mut rx, 5, "the seed", |s| {
+        node_ports(s) == ["192.168.100.102"]
+    })
+    .await;
+    // An address inside the CIDR appears, one outside too: only the first gets the NodePort.
+    node.addresses.extend([
+        "192.168.100.200".parse::<std::net::Ipv4Addr>().unwrap(),
+        "10.9.9.9".parse().unwrap(),
+    ]);
+    tx.send_replace(node.clone());
+    wait_for(&mut rx, 5, "the new address", |s| {
+        node_ports(s) == ["192.168.100.102", "192.168.100.200"]
+    })
+    .await;
+    // It goes again.
+    node.addresses.retain(|ip| ip.octets()[3] != 200);
+    tx.send_replace(node);
+    wait_for(&mut rx, 5, "the address to go", |s| {
+        node_ports(s) == ["192.168.100.102"]
+    })
+    .await;
+}

@@ -563,6 +563,7 @@ fn vxlan_carries_pod_node_and_service_traffic_between_our_nodes() {
     for dp in &o.dp {
         let local = LocalContext {
             node_name: dp.node_name().to_string(),
+            ..Default::default()
         };
         ServiceTable::open_pinned(dp.pin_dir(), local)
             .unwrap()
@@ -617,6 +618,7 @@ fn vxlan_carries_pod_node_and_service_traffic_between_our_nodes() {
     for dp in &o.dp {
         let local = LocalContext {
             node_name: dp.node_name().to_string(),
+            ..Default::default()
         };
         ServiceTable::open_pinned(dp.pin_dir(), local)
             .unwrap()

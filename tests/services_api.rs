@@ -69,6 +69,7 @@ impl Drop for PinDir {
 fn local() -> LocalContext {
     LocalContext {
         node_name: "k8s-2".into(),
+        ..Default::default()
     }
 }
 
@@ -80,6 +81,7 @@ fn endpoint(ip: Ipv4Addr, port: u16, node: &str) -> Backend {
         ready: true,
         serving: true,
         terminating: false,
+        hints: Default::default(),
     }
 }
 
@@ -105,6 +107,8 @@ fn app_svc(name: &str, protocol: Protocol) -> ServicePort {
         external_policy: TrafficPolicy::Cluster,
         internal_policy: TrafficPolicy::Cluster,
         affinity_timeout_secs: None,
+        health_check_node_port: None,
+        source_ranges: Vec::new(),
     }
 }
 
@@ -488,6 +492,8 @@ fn scale_service(i: u32) -> ServicePort {
         external_policy: TrafficPolicy::Cluster,
         internal_policy: TrafficPolicy::Cluster,
         affinity_timeout_secs: None,
+        health_check_node_port: None,
+        source_ranges: Vec::new(),
     }
 }
 

@@ -423,6 +423,7 @@ fn load_phase(
             dataplane::services::MemMaps::default(),
             dataplane::services::LocalContext {
                 node_name: "node1".into(),
+                ..Default::default()
             },
         )?;
         let t0 = Instant::now();

@@ -245,6 +245,7 @@ impl ModeLab {
             &dp.ebpf,
             LocalContext {
                 node_name: "node1".into(),
+                ..Default::default()
             },
         )?);
         self.datapath = Some(dp);

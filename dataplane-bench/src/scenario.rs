@@ -140,11 +140,14 @@ pub fn to_model(s: &Svc) -> ServicePort {
                 ready: true,
                 serving: true,
                 terminating: false,
+                hints: Default::default(),
             })
             .collect(),
         external_policy: TrafficPolicy::Cluster,
         internal_policy: TrafficPolicy::Cluster,
         affinity_timeout_secs: None,
+        health_check_node_port: None,
+        source_ranges: Vec::new(),
     }
 }
 

@@ -27,7 +27,8 @@ pub struct ServiceValue {
     pub frontend_id: u32,
     /// The backend set currently serving this frontend (`BACKENDS_V1` keys `(set_id, 0..count)`).
     pub set_id: u32,
-    /// Number of backends in the set; 0 = no endpoints: the datapath rejects (ICMP port unreachable).
+    /// Number of backends in the set; 0 = no endpoints: the datapath rejects (ICMP port
+    /// unreachable), or drops with `SVC_F_DROP_IF_EMPTY`.
     pub count: u32,
     /// `SVC_F_*` flags.
     pub flags: u32,
@@ -45,6 +46,14 @@ pub const SVC_F_AFFINITY: u32 = 1 << 1;
 pub const SVC_F_EXTERNAL: u32 = 1 << 2;
 /// Backends restricted to this node (externalTrafficPolicy or internalTrafficPolicy Local).
 pub const SVC_F_LOCAL_ONLY: u32 = 1 << 3;
+/// With `count` 0: the service has usable endpoints, just none this frontend may use here (a
+/// Local policy and none on this node): drop, as kube-proxy's "has no local endpoints" rule
+/// does. Without it, `count` 0 means no endpoint anywhere: reject, as kube-proxy's REJECT.
+pub const SVC_F_DROP_IF_EMPTY: u32 = 1 << 4;
+/// loadBalancerSourceRanges: new connections only from clients `SOURCE_RANGES_V1` lists for
+/// this frontend id; others are dropped (`drop-source-range`). Frontends without it skip the
+/// lookup.
+pub const SVC_F_SOURCE_RANGES: u32 = 1 << 5;
 
 /// `BACKENDS_V1` key: slot `slot` of backend set `set_id`.
 #[repr(C)]
@@ -138,8 +147,29 @@ pub const ADDR_F_BACKEND: u32 = 1 << 1;
 /// One of the node's own addresses (masquerade source, the node's own connections).
 pub const ADDR_F_NODE: u32 = 1 << 2;
 
+/// `SOURCE_RANGES_V1` key data (after the LPM trie's u32 prefix length): a frontend and a client
+/// prefix. The prefix length covers `frontend_id` whole (32 bits) plus the CIDR's length, so one
+/// trie holds every frontend's ranges and a lookup with length 64 matches only its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRangeKey {
+    /// `ServiceValue::frontend_id`, native order (matched exactly).
+    pub frontend_id: u32,
+    /// Client network, network order.
+    pub addr: u32,
+}
+
+/// The LPM prefix length of a (frontend, CIDR of `len` bits) entry.
+pub const fn source_range_prefix_len(len: u8) -> u32 {
+    32 + len as u32
+}
+
+/// Entries of `SOURCE_RANGES_V1` (all frontends' ranges together).
+pub const MAX_SOURCE_RANGES: u32 = 65_536;
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for SourceRangeKey {}
     use super::*;
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceValue {}

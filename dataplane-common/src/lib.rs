@@ -33,6 +33,8 @@ pub mod map_names {
     pub const LB_ADDRS: &str = "LB_ADDRS_V1";
     /// Node-wide settings.
     pub const CONFIG: &str = "CONFIG_V2";
+    /// loadBalancerSourceRanges: (frontend id, client prefix) LPM trie.
+    pub const SOURCE_RANGES: &str = "SOURCE_RANGES_V1";
     /// Socket-level balancing: per-socket backend for unconnected UDP (LRU).
     pub const SOCK_AFFINITY: &str = "SOCK_AFFINITY_V1";
     /// Socket-level balancing: (socket, backend) -> service address (LRU).

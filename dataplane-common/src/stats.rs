@@ -149,8 +149,9 @@ reasons! {
     SockPass = 21, "sock-pass", pass;
     /// Socket hook: the address was rewritten back from a backend to its service.
     SockRevNat = 22, "sock-revnat", pass;
-    /// External traffic to a frontend with externalTrafficPolicy Local and no local endpoint:
-    /// dropped, as kube-proxy does (a reject would tell a load balancer the node is healthy).
+    /// A frontend under a Local traffic policy (external or internal) with no endpoint on this
+    /// node while the service has endpoints elsewhere: dropped, as kube-proxy does (a reject
+    /// would tell a load balancer the node is healthy). With no endpoint anywhere it rejects.
     DropNoLocalEndpoints = 23, "drop-no-local-endpoints", drop;
     /// Overlay (tc egress of the uplink): a packet for a remote node's pod CIDR, encapsulated
     /// (VXLAN or IPIP) toward that node.
@@ -176,6 +177,9 @@ reasons! {
     /// The node's own packet to a service, translated at the uplink's egress, has no route to
     /// its backend from here (a host-network backend on this node itself, or no route).
     DropNoRoute = 31, "drop-no-route", drop;
+    /// A new connection to a frontend with loadBalancerSourceRanges from a client outside them
+    /// (kube-proxy's KUBE-PROXY-FIREWALL drop).
+    DropSourceRange = 32, "drop-source-range", drop;
 }
 
 /// Number of columns reserved per hook in the stats table (room for reasons added later).

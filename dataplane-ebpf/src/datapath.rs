@@ -2,7 +2,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use dataplane_common::{
-    lb::{ServiceValue, SVC_F_EXTERNAL, SVC_F_LOCAL_ONLY},
+    lb::{ServiceValue, SVC_F_DROP_IF_EMPTY},
     Reason,
 };
 
@@ -146,6 +146,9 @@ fn host_connection<P: Packet>(
     len: u32,
     now: u64,
 ) -> (Reason, Action) {
+    if !lb::source_allowed(svc, pkt.saddr) {
+        return (Reason::DropSourceRange, Action::Drop);
+    }
     if svc.count == 0 {
         return no_endpoints(p, pkt, svc);
     }
@@ -161,11 +164,12 @@ fn host_connection<P: Packet>(
     }
 }
 
-/// A frontend without endpoints: kube-proxy drops external traffic under
-/// externalTrafficPolicy Local, and rejects the rest.
+/// A frontend without endpoints: kube-proxy drops traffic under a Local traffic policy when
+/// the service has endpoints on other nodes only (the agent sets `SVC_F_DROP_IF_EMPTY`), and
+/// rejects when it has none anywhere.
 #[inline(always)]
 fn no_endpoints<P: Packet>(p: &P, pkt: &Ipv4Packet, svc: &ServiceValue) -> (Reason, Action) {
-    if svc.flags & (SVC_F_EXTERNAL | SVC_F_LOCAL_ONLY) == SVC_F_EXTERNAL | SVC_F_LOCAL_ONLY {
+    if svc.flags & SVC_F_DROP_IF_EMPTY != 0 {
         return (Reason::DropNoLocalEndpoints, Action::Drop);
     }
     match icmp::reject_port_unreachable(p, pkt) {
@@ -215,6 +219,10 @@ pub fn service_ingress<P: Packet>(p: &P) -> (Reason, Action) {
     let Some(svc) = lb::lookup_service(&pkt) else {
         return (parse::pass_reason(pkt.l4), Action::Pass);
     };
+    // Before the reject: kube-proxy's firewall chain runs before its no-endpoints rule.
+    if !lb::source_allowed(&svc, pkt.saddr) {
+        return (Reason::DropSourceRange, Action::Drop);
+    }
     if svc.count == 0 {
         return no_endpoints(p, &pkt, &svc);
     }

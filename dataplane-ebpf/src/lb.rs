@@ -1,16 +1,16 @@
 //! Service lookup and backend selection (what KUBE-SERVICES and KUBE-SVC-* do, in O(1)).
 
-use aya_ebpf::helpers::bpf_get_prandom_u32;
+use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::lpm_trie::Key};
 use dataplane_common::{
     lb::{
         AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
-        SVC_F_AFFINITY,
+        SourceRangeKey, SVC_F_AFFINITY, SVC_F_SOURCE_RANGES,
     },
     Reason,
 };
 
 use crate::{
-    maps::{AFFINITY_V1, BACKENDS_V1, SERVICES_V1},
+    maps::{AFFINITY_V1, BACKENDS_V1, SERVICES_V1, SOURCE_RANGES_V1},
     parse::Ipv4Packet,
 };
 
@@ -26,6 +26,23 @@ pub fn lookup_service(pkt: &Ipv4Packet) -> Option<ServiceValue> {
         _pad: 0,
     };
     unsafe { SERVICES_V1.get(&key) }.copied()
+}
+
+/// loadBalancerSourceRanges (kube-proxy's KUBE-PROXY-FIREWALL): may a new connection from
+/// `saddr` use `svc`? One LPM lookup, only for frontends the agent flagged.
+#[inline(always)]
+pub fn source_allowed(svc: &ServiceValue, saddr: u32) -> bool {
+    if svc.flags & SVC_F_SOURCE_RANGES == 0 {
+        return true;
+    }
+    let key = Key::new(
+        64,
+        SourceRangeKey {
+            frontend_id: svc.frontend_id,
+            addr: saddr,
+        },
+    );
+    SOURCE_RANGES_V1.get(key).is_some()
 }
 
 /// Picks a backend uniformly at random (kube-proxy's `statistic --mode random` chain, as one

@@ -8,8 +8,8 @@ use dataplane_common::{
     ct::{Config, CtKey, CtValue, FragKey, FragValue, CT_MAX_ENTRIES, MAX_FRAG_DATAGRAMS},
     lb::{
         AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
-        SockAffinityKey, SockRevNatKey, SockRevNatValue, MAX_AFFINITY, MAX_BACKEND_SLOTS,
-        MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES,
+        SockAffinityKey, SockRevNatKey, SockRevNatValue, SourceRangeKey, MAX_AFFINITY,
+        MAX_BACKEND_SLOTS, MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES, MAX_SOURCE_RANGES,
     },
     monitor::{MonitorTokens, EVENTS_RING_BYTES},
     overlay::{
@@ -58,6 +58,11 @@ pub static FRAGS_V1: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(MAX_FRA
 /// own), with `ADDR_F_*` flags: the pod hooks' pre-filter. Written by the agent.
 #[map(name = "LB_ADDRS_V1")]
 pub static LB_ADDRS_V1: HashMap<u32, u32> = HashMap::pinned(MAX_LB_ADDRS, 0);
+
+/// loadBalancerSourceRanges: (frontend id, client prefix) -> 1, for frontends flagged
+/// `SVC_F_SOURCE_RANGES`. Written by the agent (`SourceRanges`).
+#[map(name = "SOURCE_RANGES_V1")]
+pub static SOURCE_RANGES_V1: LpmTrie<SourceRangeKey, u32> = LpmTrie::pinned(MAX_SOURCE_RANGES, 0);
 
 /// sessionAffinity ClientIP: (client, frontend) -> last backend.
 #[map(name = "AFFINITY_V1")]

@@ -11,7 +11,8 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     lb::{
-        BackendValue, ServiceKey, SockAffinityKey, SockRevNatKey, SockRevNatValue, SVC_F_EXTERNAL,
+        BackendValue, ServiceKey, SockAffinityKey, SockRevNatKey, SockRevNatValue,
+        SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL,
     },
     Reason,
 };
@@ -68,6 +69,11 @@ pub fn balance(ctx: &SockAddrContext, sticky_per_socket: bool) -> (Reason, i32) 
         // (conntrack::create_host): a connected socket's sends never reach sendmsg4 again, so
         // a backend chosen here would outlive its removal (resolvers keep their socket).
         // NodePorts are the node's own addresses, routed over loopback past every tc hook.
+        return (Reason::SockPass, SOCK_ALLOW);
+    }
+    if svc.count == 0 && svc.flags & SVC_F_DROP_IF_EMPTY != 0 {
+        // kube-proxy's DROP (a Local policy, endpoints on other nodes only) is a packet drop:
+        // left untranslated, the packet meets the same rule at the uplink's egress.
         return (Reason::SockPass, SOCK_ALLOW);
     }
     if svc.count == 0 {

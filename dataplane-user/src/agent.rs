@@ -12,11 +12,12 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
+    health::{HealthState, ServiceHealthServers},
     k8s::{self, LocalNode, Source, SourceStats},
     loader,
     metrics::{self, AgentStatus, Metrics},
     model::ClusterState,
-    services::{LocalContext, ServiceTable},
+    services::{LocalContext, ServiceTable, SourceRanges},
     sockdiag::SockDestroyer,
 };
 
@@ -24,6 +25,9 @@ use crate::{
 /// (doubling in between; a new state from the source is applied at once regardless).
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How often the node's addresses are re-read, so NodePorts follow them.
+const ADDRESS_POLL: Duration = Duration::from_secs(1);
 
 /// Everything `dataplane run` was told on its command line.
 pub struct AgentConfig {
@@ -38,6 +42,12 @@ pub struct AgentConfig {
     /// Where services come from; None: the maps are managed by someone else (tests, tools).
     pub source: Option<Source>,
     pub metrics_addr: Option<SocketAddr>,
+    /// `--nodeport-addresses`.
+    pub nodeport_addresses: k8s::NodePortAddresses,
+    /// `--healthz-bind-address`: kube-proxy's node health server; None disables it.
+    pub healthz_addr: Option<SocketAddr>,
+    /// `--lb-source-ranges-node-ports`: loadBalancerSourceRanges restrict NodePorts too.
+    pub source_ranges_on_node_ports: bool,
     /// Tunnel settings (`--overlay` and friends).
     pub overlay: crate::overlay::OverlaySettings,
 }
@@ -102,15 +112,28 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
             }
         }))
     });
+    let health = Arc::new(HealthState::default());
+    let _node_health = cfg.healthz_addr.map(|addr| {
+        let health = health.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = crate::health::serve_node_health(addr, health).await {
+                log::error!("node health server: {e:#}");
+            }
+        }))
+    });
+    let mut service_health = ServiceHealthServers::new(health.clone());
     let mut states = match &cfg.source {
         Some(source) => {
-            let local = LocalNode::detect(cfg.node_name.clone())
-                .context("listing this node's addresses")?;
+            let local =
+                LocalNode::detect_with(cfg.node_name.clone(), cfg.nodeport_addresses.clone())
+                    .context("listing this node's addresses")?;
             log::info!(
-                "service source {source:?}; NodePorts on {:?}",
-                local.addresses
+                "service source {source:?}; node addresses {:?}, NodePorts on {:?}",
+                local.addresses,
+                cfg.nodeport_addresses
             );
-            Some(k8s::start_with_stats(source.clone(), local, source_stats).await?)
+            let local = local.follow(ADDRESS_POLL);
+            Some(k8s::start_following(source.clone(), local, source_stats).await?)
         }
         None => None,
     };
@@ -118,8 +141,10 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
         &datapath.ebpf,
         LocalContext {
             node_name: cfg.node_name.clone(),
+            source_ranges_on_node_ports: cfg.source_ranges_on_node_ports,
         },
     )?;
+    let mut ranges = SourceRanges::open(&datapath.ebpf)?;
     enable_pod_filter(&mut table, &datapath.ebpf)?;
     let mut overlay = crate::overlay::OverlayTable::from_ebpf(&datapath.ebpf)?;
     // Only sockets the cgroup hooks connected can need destroying.
@@ -148,7 +173,8 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                 retry_at = None;
                 if let Some(state) = last_state.clone() {
-                    let complete = apply(&mut table, &state, &status, destroyer.as_ref());
+                    let complete = apply(&mut table, &mut ranges, &state, &status, destroyer.as_ref());
+                    report_health(&health, &mut service_health, &state, complete, &cfg.node_name);
                     schedule_retry(complete, &mut retry_at, &mut backoff);
                 }
             }
@@ -168,7 +194,9 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
                     continue;
                 }
                 let state = states.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
-                let complete = apply(&mut table, &state, &status, destroyer.as_ref());
+                health.queued(std::time::Instant::now());
+                let complete = apply(&mut table, &mut ranges, &state, &status, destroyer.as_ref());
+                report_health(&health, &mut service_health, &state, complete, &cfg.node_name);
                 schedule_retry(complete, &mut retry_at, &mut backoff);
                 last_state = Some(state.clone());
                 if state.nodes.iter().any(|n| n.name == cfg.node_name) {
@@ -253,6 +281,23 @@ fn enable_pod_filter(table: &mut ServiceTable, ebpf: &aya::Ebpf) -> Result<()> {
     crate::services::write_config(ebpf, &config)
 }
 
+/// After an apply: the health servers answer from the state (a complete apply also clears the
+/// pending mark kube-proxy's health check times), and health-check ports open or close.
+fn report_health(
+    health: &HealthState,
+    servers: &mut ServiceHealthServers,
+    state: &ClusterState,
+    complete: bool,
+    node_name: &str,
+) {
+    if complete {
+        health.updated(&state.services, state.node_deleting, node_name);
+    } else {
+        health.observe(&state.services, state.node_deleting, node_name);
+    }
+    servers.sync(&state.services);
+}
+
 /// Waits for the next state; pends forever without a source.
 async fn changed(
     states: &mut Option<tokio::sync::watch::Receiver<Arc<ClusterState>>>,
@@ -284,6 +329,7 @@ fn schedule_retry(
 /// node's TCP sockets that socket-level balancing connected to backends that are gone.
 fn apply(
     table: &mut ServiceTable,
+    ranges: &mut SourceRanges,
     state: &ClusterState,
     status: &AgentStatus,
     destroyer: Option<&SockDestroyer>,
@@ -314,7 +360,18 @@ fn apply(
     for e in &outcome.cleanup_errors {
         log::warn!("{e}");
     }
-    let complete = outcome.is_complete();
+    let ranges_ok = match ranges.sync(&state.services, table) {
+        Ok((0, 0)) => true,
+        Ok((added, removed)) => {
+            log::info!("source ranges: {added} added, {removed} removed");
+            true
+        }
+        Err(e) => {
+            log::error!("source ranges not fully applied (retrying): {e:#}");
+            false
+        }
+    };
+    let complete = outcome.is_complete() && ranges_ok;
     if !complete {
         status.apply_errors.fetch_add(1, Relaxed);
     }

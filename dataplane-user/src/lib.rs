@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod bpf_link;
 pub mod conntrack_gc;
+pub mod health;
 pub mod k8s;
 pub mod loader;
 pub mod metrics;

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load and attach the datapath, pin its maps, and run until SIGINT/SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the per-hook, per-verdict packet counters from the pinned stats map.
     Stats {
         /// Directory the maps are pinned in (as given to `run`).
@@ -164,6 +164,19 @@ struct RunArgs {
     /// Watch the Kubernetes API server (in-cluster service account, or $KUBECONFIG).
     #[arg(long)]
     kubernetes: bool,
+    /// Which of the node's addresses NodePorts answer on, as kube-proxy's flag: a comma-separated
+    /// list of CIDRs ("192.168.0.0/16,10.0.0.0/8"), or "primary" (the Node object's InternalIP);
+    /// default every address. Followed at runtime: addresses added later get NodePorts.
+    #[arg(long, value_name = "CIDRS|primary", value_parser = parse_nodeport_addresses, default_value = "")]
+    nodeport_addresses: k8s::NodePortAddresses,
+    /// kube-proxy's node health server (/healthz, /livez) on this address; empty disables it.
+    #[arg(long, value_name = "ADDR", default_value = dataplane::health::DEFAULT_HEALTHZ_ADDR)]
+    healthz_bind_address: String,
+    /// Apply loadBalancerSourceRanges to the Service's NodePorts too, not only to its
+    /// load-balancer IPs (kube-proxy restricts the IPs only; Cilium offers this as
+    /// bpf-lb-source-range-all-types).
+    #[arg(long)]
+    lb_source_ranges_node_ports: bool,
     /// Serve /metrics (Prometheus) and /healthz on this address, e.g. 0.0.0.0:9464.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -187,11 +200,22 @@ struct RunArgs {
     tunnel_ip: Option<std::net::Ipv4Addr>,
 }
 
+fn parse_optional_addr(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    match text.trim() {
+        "" => Ok(None),
+        addr => addr.parse().map(Some).map_err(|e| format!("{addr:?}: {e}")),
+    }
+}
+
+fn parse_nodeport_addresses(text: &str) -> Result<k8s::NodePortAddresses, String> {
+    k8s::NodePortAddresses::parse(text)
+}
+
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Monitor {
             pin_dir,
             all,
@@ -295,6 +319,10 @@ fn run(args: RunArgs) -> Result<()> {
         gc_interval: std::time::Duration::from_secs(args.conntrack_gc_interval.max(1)),
         source,
         metrics_addr: args.metrics_addr,
+        nodeport_addresses: args.nodeport_addresses,
+        healthz_addr: parse_optional_addr(&args.healthz_bind_address)
+            .map_err(|e| anyhow::anyhow!("--healthz-bind-address {e}"))?,
+        source_ranges_on_node_ports: args.lb_source_ranges_node_ports,
         overlay,
     })
 }

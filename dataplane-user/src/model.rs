@@ -78,6 +78,28 @@ pub struct Backend {
     pub serving: bool,
     /// conditions.terminating (absent = false).
     pub terminating: bool,
+    /// What the endpoint's topology hints say about this node and its zone.
+    pub hints: Hints,
+}
+
+/// What one kind of EndpointSlice hint (`hints.forNodes` or `hints.forZones`) says about this
+/// node: the only facts kube-proxy's topology choice (pkg/proxy/topology.go) reads per endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Hint {
+    /// The endpoint has no hint of this kind.
+    #[default]
+    Absent,
+    /// It has hints, none naming this node (or this node's zone).
+    Elsewhere,
+    /// A hint names this node (or this node's zone).
+    Here,
+}
+
+/// An endpoint's `hints.forNodes` and `hints.forZones`, resolved against this node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Hints {
+    pub node: Hint,
+    pub zone: Hint,
 }
 
 /// Traffic policy: Cluster uses every eligible backend, Local only this node's.
@@ -98,6 +120,12 @@ pub struct ServicePort {
     pub internal_policy: TrafficPolicy,
     /// sessionAffinity ClientIP: timeoutSeconds (kube default 10800); None = no affinity.
     pub affinity_timeout_secs: Option<u32>,
+    /// spec.healthCheckNodePort (LoadBalancer with externalTrafficPolicy Local): where this
+    /// node answers load balancers' health checks for the service.
+    pub health_check_node_port: Option<u16>,
+    /// spec.loadBalancerSourceRanges (IPv4): the clients its load-balancer frontends accept;
+    /// empty = everyone.
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
 }
 
 /// A cluster node as the overlay needs it.
@@ -119,4 +147,7 @@ pub struct NodeInfo {
 pub struct ClusterState {
     pub services: Vec<ServicePort>,
     pub nodes: Vec<NodeInfo>,
+    /// This node's Node object has a deletion timestamp or the cluster autoscaler's
+    /// ToBeDeletedByClusterAutoscaler taint: the node-level health check fails (KEP-3836).
+    pub node_deleting: bool,
 }

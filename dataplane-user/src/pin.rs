@@ -7,14 +7,14 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::maps::MapData;
+use aya::maps::{lpm_trie, MapData};
 use dataplane_common::monitor::{MonitorTokens, EVENTS_RING_BYTES};
 use dataplane_common::{
     ct::{Config, CtKey, CtValue, FragKey, FragValue, CT_MAX_ENTRIES, MAX_FRAG_DATAGRAMS},
     lb::{
         AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
-        SockAffinityKey, SockRevNatKey, SockRevNatValue, MAX_AFFINITY, MAX_BACKEND_SLOTS,
-        MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES,
+        SockAffinityKey, SockRevNatKey, SockRevNatValue, SourceRangeKey, MAX_AFFINITY,
+        MAX_BACKEND_SLOTS, MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES, MAX_SOURCE_RANGES,
     },
     map_names,
     overlay::{
@@ -69,6 +69,11 @@ pub fn expected_layouts() -> Vec<MapLayout> {
             MAX_AFFINITY,
         ),
         layout::<u32, Config>(map_names::CONFIG, BPF_MAP_TYPE_ARRAY, 1),
+        layout::<lpm_trie::Key<SourceRangeKey>, u32>(
+            map_names::SOURCE_RANGES,
+            BPF_MAP_TYPE_LPM_TRIE,
+            MAX_SOURCE_RANGES,
+        ),
         layout::<SockAffinityKey, BackendValue>(
             map_names::SOCK_AFFINITY,
             BPF_MAP_TYPE_LRU_HASH,

@@ -21,6 +21,7 @@ pub fn local() -> LocalNode {
     LocalNode {
         name: "k8s-2".into(),
         addresses: vec![Ipv4Addr::new(192, 168, 100, 102)],
+        ..Default::default()
     }
 }
 

@@ -46,6 +46,7 @@ impl Cluster {
         for node in &self.nodes {
             let local = LocalContext {
                 node_name: node.node_name().to_string(),
+                ..Default::default()
             };
             let mut table = ServiceTable::open_pinned(node.pin_dir(), local)?;
             table.sync(services)?;
@@ -59,6 +60,7 @@ impl Cluster {
         for (i, node) in self.nodes.iter().enumerate() {
             let local = LocalContext {
                 node_name: node.node_name().to_string(),
+                ..Default::default()
             };
             let mut table = ServiceTable::open_pinned(node.pin_dir(), local)?;
             table.sync(&services(i))?;
@@ -88,6 +90,7 @@ pub fn backend(pod: &Pod, port: u16) -> Backend {
         ready: true,
         serving: true,
         terminating: false,
+        hints: Default::default(),
     }
 }
 
@@ -110,6 +113,8 @@ pub fn cluster_ip(
         external_policy: TrafficPolicy::Cluster,
         internal_policy: TrafficPolicy::Cluster,
         affinity_timeout_secs: None,
+        health_check_node_port: None,
+        source_ranges: Vec::new(),
     }
 }
 

@@ -157,10 +157,14 @@ impl Harness {
     pub fn sync_services(&mut self, services: &[dataplane::model::ServicePort]) {
         let local = dataplane::services::LocalContext {
             node_name: "node1".into(),
+            ..Default::default()
         };
         let mut table = dataplane::services::ServiceTable::from_ebpf(&self.datapath.ebpf, local)
             .expect("opening the service maps");
         table.sync(services).expect("syncing services");
+        dataplane::services::SourceRanges::open(&self.datapath.ebpf)
+            .and_then(|mut ranges| ranges.sync(services, &table))
+            .expect("syncing source ranges");
     }
 
     /// Runs a fixture and asserts verdict, output and that exactly its counter moved by one.

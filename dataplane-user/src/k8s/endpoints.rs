@@ -14,7 +14,14 @@ use super::{
     problem::{Problem, Subject},
     translate::not_proxied,
 };
-use crate::model::{Backend, Protocol};
+use crate::model::{Backend, Hint, Hints, Protocol};
+
+/// This node, as endpoint hints are resolved against it.
+pub(crate) struct Here<'a> {
+    pub node: &'a str,
+    /// topology.kubernetes.io/zone of this node's Node object.
+    pub zone: Option<&'a str>,
+}
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -32,7 +39,7 @@ pub(crate) struct EndpointIndex {
 
 impl EndpointIndex {
     /// Reads every slice; invalid ones are skipped with a problem.
-    pub fn build(slices: &[Arc<EndpointSlice>], problems: &mut Vec<Problem>) -> Self {
+    pub fn build(slices: &[Arc<EndpointSlice>], here: &Here, problems: &mut Vec<Problem>) -> Self {
         let mut index = EndpointIndex::default();
         let mut seen = HashSet::new();
         for slice in slices {
@@ -51,7 +58,7 @@ impl EndpointIndex {
             if not_proxied(&slice.metadata) {
                 continue;
             }
-            match read_slice(slice, &subject, problems) {
+            match read_slice(slice, &subject, here, problems) {
                 Ok(ports) => index.insert(namespace(&slice.metadata), service, ports),
                 Err(problem) => problems.push(problem),
             }
@@ -106,6 +113,7 @@ impl EndpointIndex {
 fn read_slice(
     slice: &EndpointSlice,
     subject: &Subject,
+    here: &Here,
     notes: &mut Vec<Problem>,
 ) -> Result<Vec<(PortKey, Vec<Backend>)>, Problem> {
     if slice.metadata.name.as_deref().is_none_or(str::is_empty) {
@@ -133,7 +141,7 @@ fn read_slice(
         .endpoints
         .iter()
         .enumerate()
-        .map(|(i, endpoint)| Target::read(endpoint, i, subject))
+        .map(|(i, endpoint)| Target::read(endpoint, i, subject, here))
         .collect::<Result<_, _>>()?;
     Ok(ports
         .into_iter()
@@ -167,10 +175,16 @@ struct Target {
     ready: bool,
     serving: bool,
     terminating: bool,
+    hints: Hints,
 }
 
 impl Target {
-    fn read(endpoint: &Endpoint, index: usize, subject: &Subject) -> Result<Target, Problem> {
+    fn read(
+        endpoint: &Endpoint,
+        index: usize,
+        subject: &Subject,
+        here: &Here,
+    ) -> Result<Target, Problem> {
         // kube-proxy uses the first address only; the API allows exactly one per endpoint.
         let field = format!("endpoints[{index}].addresses");
         let address = endpoint
@@ -188,6 +202,7 @@ impl Target {
             ready,
             serving: conditions.serving.unwrap_or(ready),
             terminating: conditions.terminating.unwrap_or(false),
+            hints: hints(endpoint, here),
         })
     }
 
@@ -199,6 +214,33 @@ impl Target {
             ready: self.ready,
             serving: self.serving,
             terminating: self.terminating,
+            hints: self.hints,
         }
+    }
+}
+
+/// hints.forNodes and hints.forZones against this node (kube-proxy's NodeHints/ZoneHints sets:
+/// an empty list is no hint). A node without a zone label matches no zone hint.
+fn hints(endpoint: &Endpoint, here: &Here) -> Hints {
+    let hints = endpoint.hints.as_ref();
+    let nodes = hints
+        .and_then(|h| h.for_nodes.as_deref())
+        .unwrap_or_default();
+    let zones = hints
+        .and_then(|h| h.for_zones.as_deref())
+        .unwrap_or_default();
+    Hints {
+        node: hint(nodes.iter().map(|n| n.name.as_str()), Some(here.node)),
+        zone: hint(zones.iter().map(|z| z.name.as_str()), here.zone),
+    }
+}
+
+fn hint<'a>(mut names: impl ExactSizeIterator<Item = &'a str>, this: Option<&str>) -> Hint {
+    if names.len() == 0 {
+        Hint::Absent
+    } else if this.is_some_and(|this| names.any(|n| n == this)) {
+        Hint::Here
+    } else {
+        Hint::Elsewhere
     }
 }

@@ -12,6 +12,7 @@
 mod apiserver;
 mod decode;
 mod endpoints;
+mod load_balancer;
 mod local;
 mod manifests;
 mod nodes;
@@ -19,8 +20,11 @@ mod objects;
 mod parse;
 mod problem;
 mod sync;
+mod this_node;
 mod translate;
 
+#[cfg(test)]
+mod semantics_tests;
 #[cfg(test)]
 mod translate_tests;
 
@@ -44,6 +48,7 @@ use tokio::{
 
 pub use decode::{decode, documents, Decoded, Format, SyntaxError};
 pub use endpoints::SERVICE_NAME_LABEL;
+pub use local::NodePortAddresses;
 pub use manifests::POLL_INTERVAL;
 pub use nodes::{
     CALICO_IPIP_TUNNEL_ADDR, CALICO_IPV4_ADDRESS, FLANNEL_BACKEND_DATA, FLANNEL_PUBLIC_IP,
@@ -51,6 +56,7 @@ pub use nodes::{
 pub use objects::Objects;
 pub use problem::{Problem, ProblemLog, Severity};
 pub use sync::{SourceStats, SourceStatsSnapshot, MAX_DELAY, QUIET};
+pub use this_node::{TO_BE_DELETED_TAINT, ZONE_LABEL};
 pub use translate::{
     translate, LocalNode, DEFAULT_AFFINITY_TIMEOUT_SECS, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL,
 };
@@ -95,6 +101,17 @@ pub async fn start(source: Source, local: LocalNode) -> Result<watch::Receiver<A
 pub async fn start_with_stats(
     source: Source,
     local: LocalNode,
+    stats: Arc<SourceStats>,
+) -> Result<watch::Receiver<Arc<ClusterState>>> {
+    // The sender goes away at once: a fixed node.
+    start_following(source, watch::channel(local).1, stats).await
+}
+
+/// [`start_with_stats`] for a node whose addresses change: every new `local` (see
+/// [`LocalNode::follow`]) is translated again, so NodePorts follow the node's addresses.
+pub async fn start_following(
+    source: Source,
+    local: watch::Receiver<LocalNode>,
     stats: Arc<SourceStats>,
 ) -> Result<watch::Receiver<Arc<ClusterState>>> {
     let (tx, rx) = watch::channel(Arc::new(ClusterState::default()));

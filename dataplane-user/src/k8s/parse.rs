@@ -56,6 +56,18 @@ pub(crate) fn cidr(text: &str) -> Result<Family<(Ipv4Addr, u8)>, String> {
     Ok(parsed)
 }
 
+/// A CIDR whose host bits may be set ("10.0.0.1/8" is 10.0.0.0/8), as kube-proxy's
+/// ParseCIDRSloppy reads loadBalancerSourceRanges and --nodeport-addresses.
+pub(crate) fn network(text: &str) -> Result<Family<(Ipv4Addr, u8)>, String> {
+    Ok(match address_with_prefix(text)? {
+        Family::V4((addr, prefix)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            Family::V4((Ipv4Addr::from(u32::from(addr) & mask), prefix))
+        }
+        Family::V6 => Family::V6,
+    })
+}
+
 /// A TCP/UDP port number: 1..=65535.
 pub(crate) fn port(value: i32) -> Result<u16, String> {
     u16::try_from(value)

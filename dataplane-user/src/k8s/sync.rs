@@ -99,7 +99,8 @@ pub(crate) struct Snapshot {
 
 /// Turns a source's snapshots into published states.
 pub(crate) struct Publisher {
-    local: LocalNode,
+    /// This node; a change (an address added or removed) re-translates.
+    local: watch::Receiver<LocalNode>,
     tx: watch::Sender<Arc<ClusterState>>,
     stats: Arc<SourceStats>,
     log: ProblemLog,
@@ -108,7 +109,7 @@ pub(crate) struct Publisher {
 
 impl Publisher {
     pub fn new(
-        local: LocalNode,
+        local: watch::Receiver<LocalNode>,
         tx: watch::Sender<Arc<ClusterState>>,
         stats: Arc<SourceStats>,
     ) -> Self {
@@ -134,6 +135,7 @@ impl Publisher {
             tokio::select! {
                 _ = self.tx.closed() => return,
                 _ = settle(&changes) => {}
+                _ = local_changed(&mut self.local) => {}
             }
         }
     }
@@ -142,7 +144,8 @@ impl Publisher {
     /// consumer waiting for `changed()` learns the source is up even when it is empty.
     fn sync(&mut self, snapshot: Snapshot) {
         let started = Instant::now();
-        let (state, mut problems) = translate(&snapshot.objects, &self.local);
+        let local = self.local.borrow_and_update().clone();
+        let (state, mut problems) = translate(&snapshot.objects, &local);
         problems.extend(snapshot.problems);
         problems.sort();
         problems.dedup();
@@ -163,6 +166,13 @@ impl Publisher {
             self.tx.send_replace(Arc::new(state));
             self.published = true;
         }
+    }
+}
+
+/// Resolves when `local` changes; pends forever once its sender is gone (a fixed node).
+async fn local_changed(local: &mut watch::Receiver<LocalNode>) {
+    if local.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -229,7 +239,8 @@ mod tests {
     async fn publishes_first_state_then_only_changes() {
         let (tx, mut rx) = watch::channel(Arc::new(ClusterState::default()));
         let stats = Arc::new(SourceStats::default());
-        let mut publisher = Publisher::new(LocalNode::default(), tx, stats.clone());
+        let (_local_tx, local) = watch::channel(LocalNode::default());
+        let mut publisher = Publisher::new(local, tx, stats.clone());
         publisher.sync(Snapshot::default());
         assert!(
             rx.has_changed().unwrap(),

@@ -22,11 +22,14 @@ use k8s_openapi::{
 };
 
 use super::{
-    endpoints::EndpointIndex,
+    endpoints::{EndpointIndex, Here},
+    load_balancer::LoadBalancerSpec,
+    local::NodePortAddresses,
     nodes,
     objects::{label, namespace, namespaced_name, Objects},
     parse::{self, Family, PortProtocol},
     problem::{Problem, Subject},
+    this_node::this_node,
 };
 use crate::model::{
     ClusterState, Frontend, FrontendKind, Protocol, ServicePort, ServicePortName, TrafficPolicy,
@@ -47,27 +50,53 @@ pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10800;
 pub struct LocalNode {
     /// The Node object's name; endpoints with this nodeName are local.
     pub name: String,
-    /// The addresses NodePorts answer on: like kube-proxy's default `--nodeport-addresses`,
-    /// every address of the node.
+    /// This host's addresses (loopback excepted), the candidates for NodePorts.
     pub addresses: Vec<Ipv4Addr>,
+    /// Which of them NodePorts answer on (`--nodeport-addresses`).
+    pub nodeport_addresses: NodePortAddresses,
 }
 
 /// Translates a consistent set of objects into the state the datapath should have, plus what
 /// was wrong with them. Sorted by name so equal inputs give equal outputs.
 pub fn translate(objects: &Objects, local: &LocalNode) -> (ClusterState, Vec<Problem>) {
     let mut problems = Vec::new();
-    let endpoints = EndpointIndex::build(&objects.endpoint_slices, &mut problems);
-    let services = translate_services(&objects.services, &endpoints, local, &mut problems);
+    let this = this_node(&objects.nodes, &local.name);
+    let here = Here {
+        node: &local.name,
+        zone: this.zone.as_deref(),
+    };
+    let endpoints = EndpointIndex::build(&objects.endpoint_slices, &here, &mut problems);
+    let node_ports = NodePortIps(
+        local
+            .nodeport_addresses
+            .select(&local.addresses, this.primary_ip),
+    );
+    let services = translate_services(
+        &objects.services,
+        &endpoints,
+        local,
+        &node_ports,
+        &mut problems,
+    );
     let nodes = nodes::translate_nodes(&objects.nodes, &mut problems);
     problems.sort();
     problems.dedup();
-    (ClusterState { services, nodes }, problems)
+    let state = ClusterState {
+        services,
+        nodes,
+        node_deleting: this.deleting,
+    };
+    (state, problems)
 }
+
+/// The addresses this sync's NodePorts answer on.
+struct NodePortIps(Vec<Ipv4Addr>);
 
 fn translate_services(
     services: &[Arc<Service>],
     endpoints: &EndpointIndex,
     local: &LocalNode,
+    node_ports: &NodePortIps,
     problems: &mut Vec<Problem>,
 ) -> Vec<ServicePort> {
     let mut seen = HashSet::new();
@@ -79,7 +108,7 @@ fn translate_services(
                 .push(subject.invalid("metadata.name", "duplicate Service, the first one is used"));
             continue;
         }
-        match translate_service(service, &subject, endpoints, local) {
+        match translate_service(service, &subject, endpoints, local, node_ports) {
             Ok((ports, notes)) => {
                 out.extend(ports);
                 problems.extend(notes);
@@ -97,6 +126,7 @@ fn translate_service(
     subject: &Subject,
     endpoints: &EndpointIndex,
     local: &LocalNode,
+    node_ports: &NodePortIps,
 ) -> Result<(Vec<ServicePort>, Vec<Problem>), Problem> {
     let name = match service.metadata.name.as_deref() {
         Some(name) if !name.is_empty() => name,
@@ -119,17 +149,19 @@ fn translate_service(
     };
     let policies = Policies::read(spec, service_type, subject)?;
     let (ports, mut notes) = read_ports(spec, subject)?;
+    let load_balancer = LoadBalancerSpec::read(spec, service_type, &policies, subject, &mut ipv6)?;
     notes.extend(ipv6_note(subject, &ipv6));
     let service = Validated {
         namespace: namespace(&service.metadata),
         name,
         ips,
         policies,
+        load_balancer,
     };
     Ok((
         ports
             .iter()
-            .map(|port| service.port(port, endpoints, local))
+            .map(|port| service.port(port, endpoints, local, node_ports))
             .collect(),
         notes,
     ))
@@ -141,10 +173,17 @@ struct Validated<'a> {
     name: &'a str,
     ips: FrontendIps,
     policies: Policies,
+    load_balancer: LoadBalancerSpec,
 }
 
 impl Validated<'_> {
-    fn port(&self, port: &PortSpec, endpoints: &EndpointIndex, local: &LocalNode) -> ServicePort {
+    fn port(
+        &self,
+        port: &PortSpec,
+        endpoints: &EndpointIndex,
+        local: &LocalNode,
+        node_ports: &NodePortIps,
+    ) -> ServicePort {
         let key = (port.name.clone(), port.protocol);
         ServicePort {
             name: ServicePortName {
@@ -152,11 +191,15 @@ impl Validated<'_> {
                 name: self.name.to_owned(),
                 port: port.name.clone(),
             },
-            frontends: self.ips.frontends(port, &local.addresses),
+            frontends: self.ips.frontends(port, &node_ports.0),
             backends: endpoints.backends(self.namespace, self.name, &key, &local.name),
             external_policy: self.policies.external,
             internal_policy: self.policies.internal,
             affinity_timeout_secs: self.policies.affinity_timeout_secs,
+            health_check_node_port: self.load_balancer.health_check_node_port,
+            source_ranges: self
+                .load_balancer
+                .allowed_sources(&self.ips.load_balancer, &local.addresses),
         }
     }
 }
@@ -178,7 +221,7 @@ fn ipv6_note(subject: &Subject, fields: &[String]) -> Vec<Problem> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ServiceType {
+pub(crate) enum ServiceType {
     ClusterIp,
     NodePort,
     LoadBalancer,
@@ -333,8 +376,8 @@ fn ipv4_addresses(
 }
 
 /// Traffic policies and affinity, shared by all ports of a Service.
-struct Policies {
-    external: TrafficPolicy,
+pub(crate) struct Policies {
+    pub external: TrafficPolicy,
     internal: TrafficPolicy,
     affinity_timeout_secs: Option<u32>,
 }

@@ -22,6 +22,7 @@ fn local() -> LocalNode {
     LocalNode {
         name: "k8s-2".into(),
         addresses: vec![ip("192.168.100.102")],
+        ..Default::default()
     }
 }
 
@@ -91,6 +92,7 @@ fn ready(address: &str, port: u16, node: &str) -> Backend {
         ready: true,
         serving: true,
         terminating: false,
+        hints: Default::default(),
     }
 }
 
@@ -124,6 +126,8 @@ fn seed_cluster_translates_exactly() {
                 external_policy: TrafficPolicy::Cluster,
                 internal_policy: TrafficPolicy::Cluster,
                 affinity_timeout_secs: None,
+                health_check_node_port: None,
+                source_ranges: Vec::new(),
             },
             ServicePort {
                 name: name("test001", "app-svc-nodeport", ""),
@@ -135,6 +139,8 @@ fn seed_cluster_translates_exactly() {
                 external_policy: TrafficPolicy::Cluster,
                 internal_policy: TrafficPolicy::Cluster,
                 affinity_timeout_secs: None,
+                health_check_node_port: None,
+                source_ranges: Vec::new(),
             },
         ],
         nodes: vec![
@@ -142,6 +148,7 @@ fn seed_cluster_translates_exactly() {
             flannel_node("k8s-2", "192.168.100.102", "10.244.1.0", 2),
             flannel_node("k8s-3", "192.168.100.103", "10.244.2.0", 3),
         ],
+        node_deleting: false,
     };
     assert_eq!(state, expected);
 }
@@ -151,6 +158,7 @@ fn node_port_answers_on_every_local_address() {
     let local = LocalNode {
         name: "k8s-1".into(),
         addresses: vec![ip("192.168.100.101"), ip("10.244.0.1"), ip("172.17.0.1")],
+        ..Default::default()
     };
     let (state, problems) = run_at(SEED, &local);
     assert!(problems.is_empty());

@@ -32,10 +32,13 @@ mod apply;
 mod mirror;
 mod plan;
 pub mod show;
+mod source_ranges;
 mod spec;
 mod store;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod topology_tests;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -62,15 +65,20 @@ pub use self::{
         list_conntrack, list_services, render_conntrack, render_services, BackendRow, CtDirection,
         CtRow, ServiceRow,
     },
+    source_ranges::{RangeEntry, SourceRanges},
     spec::service_key,
     store::{read_config, write_config, KernelMaps, MapSource, MapStore, MemMaps, StaleBackends},
 };
 
 /// This node, as the traffic policies need it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LocalContext {
     /// This node's name (as in the Node object): endpoints whose nodeName matches are local.
     pub node_name: String,
+    /// loadBalancerSourceRanges also restrict the Service's NodePorts, not only its
+    /// load-balancer IPs (`--lb-source-ranges-node-ports`, as Cilium's
+    /// `bpf-lb-source-range-all-types`). kube-proxy restricts the load-balancer IPs only.
+    pub source_ranges_on_node_ports: bool,
 }
 
 /// What one update did: entries written and deleted, per map. Unchanged frontends count zero.
@@ -296,6 +304,11 @@ impl<S: MapStore> ServiceTable<S> {
     /// The node the traffic policies are evaluated for.
     pub fn local(&self) -> &LocalContext {
         &self.local
+    }
+
+    /// The id the maps give the frontend `key`, if the table holds it.
+    pub fn frontend_id(&self, key: &ServiceKey) -> Option<u32> {
+        self.mirror.service(key).map(|v| v.frontend_id)
     }
 
     /// The underlying maps (the in-memory model's entries, in tests).

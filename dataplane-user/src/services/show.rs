@@ -8,7 +8,8 @@ use dataplane_common::{
     ct::{ct_state, Config, CtKey, CtState, CtValue, CT_F_REPLY, CT_F_SNAT},
     lb::{
         BackendKey, BackendValue, ServiceKey, ServiceValue, BE_F_LOCAL, SVC_F_AFFINITY,
-        SVC_F_EXTERNAL, SVC_F_LOCAL_ONLY, SVC_F_MASQUERADE,
+        SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_LOCAL_ONLY, SVC_F_MASQUERADE,
+        SVC_F_SOURCE_RANGES,
     },
     map_names,
 };
@@ -241,7 +242,18 @@ fn flag_names(flags: u32, affinity_timeout_secs: u32) -> String {
     if flags & SVC_F_AFFINITY != 0 {
         names.push(format!("affinity={affinity_timeout_secs}s"));
     }
-    let known = SVC_F_EXTERNAL | SVC_F_MASQUERADE | SVC_F_LOCAL_ONLY | SVC_F_AFFINITY;
+    if flags & SVC_F_DROP_IF_EMPTY != 0 {
+        names.push("drop-if-empty".into());
+    }
+    if flags & SVC_F_SOURCE_RANGES != 0 {
+        names.push("source-ranges".into());
+    }
+    let known = SVC_F_EXTERNAL
+        | SVC_F_MASQUERADE
+        | SVC_F_LOCAL_ONLY
+        | SVC_F_AFFINITY
+        | SVC_F_DROP_IF_EMPTY
+        | SVC_F_SOURCE_RANGES;
     if flags & !known != 0 {
         names.push(format!("{:#x}", flags & !known));
     }

@@ -7,12 +7,12 @@ use std::{
 };
 
 use dataplane_common::lb::{
-    BackendValue, ServiceKey, ServiceValue, BE_F_LOCAL, SVC_F_AFFINITY, SVC_F_EXTERNAL,
-    SVC_F_LOCAL_ONLY, SVC_F_MASQUERADE,
+    BackendValue, ServiceKey, ServiceValue, BE_F_LOCAL, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY,
+    SVC_F_EXTERNAL, SVC_F_LOCAL_ONLY, SVC_F_MASQUERADE, SVC_F_SOURCE_RANGES,
 };
 
 use super::LocalContext;
-use crate::model::{Backend, Frontend, FrontendKind, ServicePort, TrafficPolicy};
+use crate::model::{Backend, Frontend, FrontendKind, Hint, ServicePort, TrafficPolicy};
 
 /// What one frontend must look like in the maps, minus the ids the table allocates.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,37 +78,109 @@ pub(crate) fn frontend_spec(
         svc.internal_policy
     };
     let eligible = eligible_backends(&svc.backends, policy, local);
+    let mut flags = frontend_flags(external, policy, svc.affinity_timeout_secs.is_some());
+    if eligible.is_empty() && has_usable_endpoints(&svc.backends) {
+        flags |= SVC_F_DROP_IF_EMPTY;
+    }
+    if has_source_ranges(svc, kind, local) {
+        flags |= SVC_F_SOURCE_RANGES;
+    }
     FrontendSpec {
-        flags: frontend_flags(external, policy, svc.affinity_timeout_secs.is_some()),
+        flags,
         affinity_timeout_secs: svc.affinity_timeout_secs.unwrap_or(0),
         backends: backend_set(&eligible, local),
     }
 }
 
 /// The endpoints a frontend under `policy` sends new connections to, as kube-proxy's
-/// `CategorizeEndpoints` picks them: within the policy's scope (every endpoint for Cluster, this
-/// node's for Local), the ready ones; if none is ready, the serving-and-terminating ones
-/// (graceful termination, KEP-1669). The scope is applied first, so under Local a node whose
-/// local pods are all terminating still serves them instead of rejecting.
+/// `CategorizeEndpoints` (pkg/proxy/topology.go) picks them:
+/// - Cluster: the ready endpoints the topology hints leave for this node (see [`Topology`]);
+///   if none is ready anywhere, the serving-and-terminating ones (KEP-1669), hints ignored;
+/// - Local: this node's ready endpoints, else its serving-and-terminating ones; hints never
+///   apply (the policy already is the narrowest topology).
 pub(crate) fn eligible_backends<'a>(
     backends: &'a [Backend],
     policy: TrafficPolicy,
     local: &LocalContext,
 ) -> Vec<&'a Backend> {
-    let in_scope = |b: &&Backend| policy == TrafficPolicy::Cluster || is_local(b, local);
-    let ready: Vec<&Backend> = backends
+    let candidates: Vec<&Backend> = match policy {
+        TrafficPolicy::Cluster => backends.iter().collect(),
+        TrafficPolicy::Local => backends.iter().filter(|b| is_local(b, local)).collect(),
+    };
+    let topology = match policy {
+        TrafficPolicy::Cluster => Topology::from_hints(backends),
+        TrafficPolicy::Local => Topology::Any,
+    };
+    let ready: Vec<&Backend> = candidates
         .iter()
-        .filter(in_scope)
-        .filter(|b| b.ready)
+        .copied()
+        .filter(|b| b.ready && topology.admits(b))
         .collect();
     if !ready.is_empty() {
         return ready;
     }
-    backends
-        .iter()
-        .filter(in_scope)
+    candidates
+        .into_iter()
         .filter(|b| b.serving && b.terminating)
         .collect()
+}
+
+/// Whether the frontend of `svc` reached as `kind` is restricted to its loadBalancerSourceRanges:
+/// the load-balancer IPs (kube-proxy), and the NodePorts too if the node says so.
+pub(crate) fn has_source_ranges(
+    svc: &ServicePort,
+    kind: FrontendKind,
+    local: &LocalContext,
+) -> bool {
+    !svc.source_ranges.is_empty()
+        && (kind == FrontendKind::LoadBalancer
+            || (kind == FrontendKind::NodePort && local.source_ranges_on_node_ports))
+}
+
+/// kube-proxy's hasAnyEndpoints: an endpoint some node may use (ready, or serving and
+/// terminating). With none eligible here, this decides DROP (true) over REJECT (false).
+pub(crate) fn has_usable_endpoints(backends: &[Backend]) -> bool {
+    backends
+        .iter()
+        .any(|b| b.ready || (b.serving && b.terminating))
+}
+
+/// Which endpoints the topology hints leave to a Cluster-policy frontend on this node
+/// (kube-proxy's topologyModeFromHints): decided over the ready endpoints, PreferSameNode (GA
+/// in 1.35) first, then PreferSameZone; a mode is used only when every ready endpoint carries
+/// that kind of hint and at least one names this node (zone), so a node never loses all its
+/// endpoints to hints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Topology {
+    Any,
+    SameNode,
+    SameZone,
+}
+
+impl Topology {
+    pub fn from_hints(backends: &[Backend]) -> Topology {
+        let ready: Vec<&Backend> = backends.iter().filter(|b| b.ready).collect();
+        let usable = |hint: fn(&Backend) -> Hint| {
+            !ready.is_empty()
+                && ready.iter().all(|b| hint(b) != Hint::Absent)
+                && ready.iter().any(|b| hint(b) == Hint::Here)
+        };
+        if usable(|b| b.hints.node) {
+            Topology::SameNode
+        } else if usable(|b| b.hints.zone) {
+            Topology::SameZone
+        } else {
+            Topology::Any
+        }
+    }
+
+    fn admits(self, b: &Backend) -> bool {
+        match self {
+            Topology::Any => true,
+            Topology::SameNode => b.hints.node == Hint::Here,
+            Topology::SameZone => b.hints.zone == Hint::Here,
+        }
+    }
 }
 
 /// `SVC_F_*` flags of a frontend.
@@ -209,6 +281,7 @@ mod tests {
     fn local() -> LocalContext {
         LocalContext {
             node_name: "node-a".into(),
+            ..Default::default()
         }
     }
 
@@ -220,6 +293,7 @@ mod tests {
             ready,
             serving,
             terminating,
+            hints: Default::default(),
         }
     }
 
@@ -239,6 +313,8 @@ mod tests {
             external_policy: TrafficPolicy::Cluster,
             internal_policy: TrafficPolicy::Cluster,
             affinity_timeout_secs: None,
+            health_check_node_port: None,
+            source_ranges: Vec::new(),
         }
     }
 

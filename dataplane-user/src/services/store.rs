@@ -55,7 +55,7 @@ impl MapSource for Ebpf {
             .map(name)
             .ok_or_else(|| anyhow!("map {name} is not in the eBPF object"))?;
         let data = match map {
-            Map::HashMap(d) | Map::LruHashMap(d) | Map::Array(d) => d,
+            Map::HashMap(d) | Map::LruHashMap(d) | Map::Array(d) | Map::LpmTrie(d) => d,
             _ => bail!("map {name} has a type the service API does not use"),
         };
         // A second descriptor on the same kernel map: the object keeps its maps, and a table

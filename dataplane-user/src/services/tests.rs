@@ -13,6 +13,7 @@ use crate::model::{Backend, Frontend, FrontendKind, Protocol, TrafficPolicy};
 fn local() -> LocalContext {
     LocalContext {
         node_name: "worker-1".into(),
+        ..Default::default()
     }
 }
 
@@ -32,6 +33,7 @@ fn endpoint(ip: [u8; 4], port: u16, node: &str) -> Backend {
         ready: true,
         serving: true,
         terminating: false,
+        hints: Default::default(),
     }
 }
 
@@ -57,6 +59,8 @@ fn app_svc(protocol: Protocol) -> ServicePort {
         external_policy: TrafficPolicy::Cluster,
         internal_policy: TrafficPolicy::Cluster,
         affinity_timeout_secs: None,
+        health_check_node_port: None,
+        source_ranges: Vec::new(),
     }
 }
 
