@@ -692,6 +692,7 @@ mod overlay {
             pod_cidrs: vec![(cidr, 24)],
             vtep_mac: Some(vtep),
             ipip_tunnel_addr: None,
+            created: None,
         };
         vec![
             n("node1", NODE1, Ipv4Addr::new(10, 244, 1, 0), NODE1_MAC),

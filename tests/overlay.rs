@@ -135,6 +135,7 @@ fn node_info(n: &Node, vtep_mac: [u8; 6]) -> NodeInfo {
         pod_cidrs: vec![n.pod_cidr],
         vtep_mac: Some(vtep_mac),
         ipip_tunnel_addr: None,
+        created: None,
     }
 }
 

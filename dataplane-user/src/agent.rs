@@ -40,6 +40,8 @@ pub struct AgentConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Tunnel settings (`--overlay` and friends).
     pub overlay: crate::overlay::OverlaySettings,
+    /// `--service-cluster-ip-range`: no Node's pod CIDR may overlap these.
+    pub service_cidrs: Vec<crate::overlay::Cidr>,
 }
 
 /// Conntrack timeouts in seconds (`--conntrack-*` flags).
@@ -122,6 +124,7 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
     )?;
     enable_pod_filter(&mut table, &datapath.ebpf)?;
     let mut overlay = crate::overlay::OverlayTable::from_ebpf(&datapath.ebpf)?;
+    overlay.set_service_cidrs(cfg.service_cidrs.clone());
     // Only sockets the cgroup hooks connected can need destroying.
     let destroyer = match cfg.attach.cgroup {
         Some(_) => Some(SockDestroyer::open(&datapath.ebpf)?),

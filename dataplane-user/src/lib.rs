@@ -9,6 +9,7 @@ pub mod k8s;
 pub mod loader;
 pub mod metrics;
 pub mod model;
+pub mod node_validation;
 pub mod overlay;
 pub mod pin;
 pub mod services;

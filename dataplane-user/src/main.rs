@@ -121,6 +121,10 @@ struct RunArgs {
     /// (false: always 0, which RFC 7348 allows).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     vxlan_udp_csum: bool,
+    /// The cluster's service CIDRs (kube-apiserver's --service-cluster-ip-range, IPv4 parts;
+    /// comma-separated or repeated): a Node whose pod CIDR overlaps one is skipped.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',')]
+    service_cluster_ip_range: Vec<dataplane::overlay::Cidr>,
     /// Outer source address of tunnel packets, and the only address tunnel packets are accepted
     /// on (default: the uplink's first IPv4 address).
     #[arg(long)]
@@ -216,5 +220,6 @@ fn run(args: RunArgs) -> Result<()> {
         source,
         metrics_addr: args.metrics_addr,
         overlay,
+        service_cidrs: args.service_cluster_ip_range,
     })
 }
