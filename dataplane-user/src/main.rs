@@ -52,8 +52,16 @@ struct RunArgs {
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
     /// The underlay interface: XDP and tc ingress/egress are attached here.
-    #[arg(long)]
-    uplink: String,
+    #[arg(
+        long,
+        required_unless_present = "uplink_address",
+        conflicts_with = "uplink_address"
+    )]
+    uplink: Option<String>,
+    /// The uplink is the interface holding this address (the node's InternalIP, e.g.
+    /// `$(HOST_IP)` from the downward API's status.hostIP), instead of naming it.
+    #[arg(long, value_name = "IP")]
+    uplink_address: Option<std::net::Ipv4Addr>,
     /// Host-side pod devices (veths) to attach tc ingress/egress to.
     #[arg(long, num_args = 1..)]
     pod_ifaces: Vec<String>,
@@ -168,7 +176,14 @@ fn main() -> Result<()> {
     }
 }
 
-fn run(args: RunArgs) -> Result<()> {
+fn run(mut args: RunArgs) -> Result<()> {
+    let uplink = match (args.uplink.take(), args.uplink_address) {
+        (Some(name), _) => name,
+        (None, Some(addr)) => loader::interface_with_ipv4(addr)
+            .map_err(|e| anyhow::anyhow!("--uplink-address {addr}: {e:#}"))?,
+        (None, None) => anyhow::bail!("give --uplink or --uplink-address"),
+    };
+    log::info!("uplink {uplink}");
     let cgroup = match (args.socket_lb, args.cgroup_path.clone()) {
         (false, _) => None,
         (true, Some(dir)) => Some(dir),
@@ -190,20 +205,20 @@ fn run(args: RunArgs) -> Result<()> {
         let tunnel_ip = match (args.tunnel_ip, args.overlay) {
             (Some(ip), _) => ip,
             (None, OverlayMode::None) => std::net::Ipv4Addr::UNSPECIFIED,
-            (None, _) => loader::interface_ipv4(&args.uplink)?,
+            (None, _) => loader::interface_ipv4(&uplink)?,
         };
         OverlaySettings {
             vni: args.vxlan_vni,
             vxlan_port: args.vxlan_port,
             udp_checksum: args.vxlan_udp_csum,
-            ..OverlaySettings::new(args.overlay, &args.uplink, tunnel_ip)
+            ..OverlaySettings::new(args.overlay, &uplink, tunnel_ip)
         }
     };
     agent::run(agent::AgentConfig {
         node_name: args.node_name,
         pin_dir: args.pin_dir,
         attach: loader::AttachConfig {
-            uplink: args.uplink,
+            uplink,
             pod_ifaces: args.pod_ifaces,
             pod_iface_prefixes: args.pod_iface_prefix,
             xdp_mode: args.xdp_mode,

@@ -1034,9 +1034,17 @@ mod kernel {
             for dev in ["all", uplink.as_str()] {
                 let key = format!("net/ipv4/conf/{dev}/send_redirects");
                 if read_sysctl(&key)? != "0" {
-                    std::fs::write(format!("/proc/sys/{key}"), "0")
-                        .with_context(|| format!("writing {key}"))?;
-                    changes += 1;
+                    match std::fs::write(format!("/proc/sys/{key}"), "0") {
+                        Ok(()) => changes += 1,
+                        // An unprivileged container has /proc/sys read-only: the overlay works,
+                        // the kernel just also sends redirects (set it on the host).
+                        Err(e) => log::warn!(
+                            "overlay: cannot write {key} ({e}): set it to 0 on the host \
+                             (sysctl -w {}=0), else the node sends ICMP redirects toward the \
+                             overlay's placeholder gateways",
+                            key.replace('/', ".")
+                        ),
+                    }
                 }
             }
         }
