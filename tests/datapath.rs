@@ -333,8 +333,8 @@ fn check_stats_cli(node: &DataplaneNode) {
     }
 }
 
-/// `bpftool map dump pinned <pin>/STATS_V1` works and holds the same counters: the key is the
-/// u32 index `hook * 32 + reason`, each CPU's value two u64 (packets, bytes), little-endian.
+/// `bpftool map dump pinned <pin>/STATS_V2` works and holds the same counters: the key is the
+/// u32 index `hook * 64 + reason`, each CPU's value two u64 (packets, bytes), little-endian.
 fn check_bpftool_dump(node: &DataplaneNode) {
     let path = node.pin_dir().join(map_names::STATS);
     let path = path.to_string_lossy().into_owned();
@@ -566,7 +566,7 @@ fn restart_adopts_pinned_stats_and_cleanup_removes_them() {
     assert_eq!(
         map_id(&stats_pin),
         id,
-        "restart created a new STATS_V1 instead of adopting the pinned one"
+        "restart created a new STATS_V2 instead of adopting the pinned one"
     );
     let adopted = node.stats().unwrap();
     for row in &idle.rows {
@@ -608,11 +608,85 @@ fn restart_adopts_pinned_stats_and_cleanup_removes_them() {
     assert!(!pin_dir.exists(), "cleanup leaves the emptied pin dir");
     let out = dataplane_cli(&["stats", "--pin-dir", &pin]).unwrap();
     assert!(!out.status.success(), "stats without pins must fail");
-    assert!(out.stderr.contains("STATS_V1"), "{}", out.stderr);
+    assert!(out.stderr.contains("STATS_V2"), "{}", out.stderr);
     lab.teardown();
 }
 
-/// A pinned STATS_V1 of another layout is refused, left untouched, and named in the error
+/// An older agent's `STATS_V1` (32 reasons per hook) is still read by `dataplane stats`, with a
+/// note naming the layout, so an upgrade can be watched; `dataplane run` of this build removes
+/// the retired pin and counts in `STATS_V2`.
+#[test]
+fn stats_of_an_older_agent_are_read_then_retired() {
+    support::require_root();
+    let lab = CheckedLab::build(&LabSpec {
+        nodes: 1,
+        pods_per_node: 0,
+        external_client: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let pin_dir = lab.pin_dir(0).unwrap();
+    std::fs::create_dir_all(&pin_dir).unwrap();
+    let old_pin = pin_dir.join("STATS_V1");
+    let old = old_pin.to_string_lossy().into_owned();
+    let v1_entries = (Hook::ALL.len() * 32).to_string();
+    netns::run(&[
+        bpftool(),
+        "map",
+        "create",
+        &old,
+        "type",
+        "percpu_array",
+        "key",
+        "4",
+        "value",
+        "16",
+        "entries",
+        &v1_entries,
+        "name",
+        "STATS_V1",
+    ])
+    .unwrap();
+    // tc-pod-ingress (3) x pass-tcp (1) at the old width: index 3 * 32 + 1 = 97.
+    let mut update = vec![
+        bpftool(),
+        "map",
+        "update",
+        "pinned",
+        &old,
+        "key",
+        "97",
+        "0",
+        "0",
+        "0",
+    ];
+    update.push("value");
+    update.extend([
+        "7", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0",
+    ]);
+    netns::run(&update).unwrap();
+
+    let pin = pin_dir.to_string_lossy().into_owned();
+    let out = dataplane_cli(&["stats", "--pin-dir", &pin]).unwrap();
+    assert!(out.status.success(), "dataplane stats: {}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("STATS_V1 is the layout of an older agent"),
+        "{}",
+        out.stdout
+    );
+    let row = out.stdout.lines().find(|l| l.starts_with("tc-pod-ingress"));
+    let row = row.unwrap_or_else(|| panic!("no tc-pod-ingress row: {}", out.stdout));
+    assert!(row.contains("pass-tcp"), "{row}");
+
+    let node = DataplaneNode::start(&lab, 0, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(!old_pin.exists(), "the retired STATS_V1 pin was kept");
+    assert!(pin_dir.join(map_names::STATS).exists());
+    node.stop().unwrap_or_else(|e| panic!("{e:#}"));
+    lab.teardown();
+}
+
+/// A pinned STATS_V2 of another layout is refused, left untouched, and named in the error
 /// together with the way out (`dataplane cleanup`), which removes it so the next run starts.
 #[test]
 fn pinned_map_of_another_layout_is_refused() {
@@ -641,19 +715,19 @@ fn pinned_map_of_another_layout_is_refused() {
         "entries",
         &entries,
         "name",
-        "STATS_V1",
+        "STATS_V2",
     ])
     .unwrap();
     let foreign = map_id(&stats_pin);
 
     let err = match DataplaneNode::start(&lab, 0, &[]) {
-        Ok(_) => panic!("dataplane run started over a STATS_V1 with 8-byte values"),
+        Ok(_) => panic!("dataplane run started over a STATS_V2 with 8-byte values"),
         Err(e) => format!("{e:#}"),
     };
     assert!(err.contains("exited (exit status: "), "{err}");
     assert!(!err.contains("exit status: 0)"), "{err}");
     assert!(
-        err.contains("STATS_V1"),
+        err.contains("STATS_V2"),
         "error does not name the map: {err}"
     );
     assert!(

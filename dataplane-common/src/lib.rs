@@ -16,7 +16,7 @@ pub use stats::{Hook, Reason, StatsValue, MAX_REASONS, NUM_HOOKS, STATS_ENTRIES}
 /// Names of the pinned maps, as they appear under the pin directory.
 pub mod map_names {
     /// Per-CPU packet/byte counters per (hook, verdict reason).
-    pub const STATS: &str = "STATS_V1";
+    pub const STATS: &str = "STATS_V2";
     /// Service frontends -> backend set.
     pub const SERVICES: &str = "SERVICES_V1";
     /// Backend set slots -> backend.
@@ -43,4 +43,5 @@ pub mod map_names {
     pub const OVERLAY_PEERS: &str = "OVERLAY_PEERS_V1";
     /// Overlay: per-CPU IPv4 ID counter of outer headers.
     pub const OVERLAY_IPID: &str = "OVERLAY_IPID_V1";
+    pub const OVERLAY_NEXTHOP: &str = "OVERLAY_NEXTHOP_V1";
 }

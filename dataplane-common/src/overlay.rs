@@ -1,4 +1,5 @@
-//! Overlay maps (`OVERLAY_CONFIG_V1`, `OVERLAY_ROUTES_V1`, `OVERLAY_PEERS_V1`, `OVERLAY_IPID_V1`)
+//! Overlay maps (`OVERLAY_CONFIG_V1`, `OVERLAY_ROUTES_V1`, `OVERLAY_PEERS_V1`, `OVERLAY_IPID_V1`,
+//! `OVERLAY_NEXTHOP_V1`)
 //! and the header arithmetic of VXLAN and IPIP encapsulation, pure so host tests cover it.
 //!
 //! What goes on the wire is what the kernel's own devices send as flannel and calico configure
@@ -132,6 +133,32 @@ pub struct OverlayRoute {
 /// decapsulated packet may have.
 pub const ROUTE_F_LOCAL: u16 = 1 << 0;
 
+/// `OVERLAY_NEXTHOP_V1` value: the underlay next hop toward a node (key: its address), as
+/// `bpf_fib_lookup` last found it. The encapsulation keeps it per node and asks the FIB again
+/// once it is `NEXTHOP_TTL_NS` old, instead of one FIB and neighbour lookup per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OverlayNextHop {
+    /// Outer destination MAC (the underlay neighbour's).
+    pub dmac: [u8; 6],
+    /// Outer source MAC (the egress device's).
+    pub smac: [u8; 6],
+    /// Egress device.
+    pub ifindex: u32,
+    /// Largest outer packet the route toward the node takes (the route's or device's MTU).
+    pub mtu: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` after which the entry is looked up again.
+    pub expires_ns: u64,
+}
+
+/// How long a cached next hop is used before the FIB is asked again: the longest a changed
+/// underlay neighbour MAC or route is not seen by the encapsulation.
+pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
+
+/// `OVERLAY_NEXTHOP_V1` capacity: one entry per node (LRU: nodes gone are evicted).
+pub const MAX_OVERLAY_NEXTHOPS: u32 = MAX_OVERLAY_PEERS;
+
 /// `OVERLAY_PEERS_V1` value: a node tunnel packets are accepted from (key: its address).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -154,6 +181,20 @@ pub const fn udp_src_port(hash: u32, min: u16, max: u16) -> u16 {
     }
     let h = hash ^ (hash << 16);
     (((h as u64) * ((max - min) as u64)) >> 32) as u16 + min
+}
+
+/// A flow hash of the inner addresses, protocol and ports (network order as read), for the
+/// outer UDP source port of packets the stack gave no hash: the same flow always gets the same
+/// value, different flows spread (murmur3's finalizer over a cheap combination).
+#[inline(always)]
+pub const fn flow_hash(saddr: u32, daddr: u32, proto: u8, ports: u32) -> u32 {
+    let mut h = saddr ^ daddr.rotate_left(16) ^ ports.rotate_left(8) ^ proto as u32;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
 }
 
 /// The outer TOS byte: DSCP 0, the inner ECN bits (a congestion mark CE becomes ECT(0), as
@@ -284,6 +325,7 @@ mod pod {
     unsafe impl aya::Pod for RouteKey {}
     unsafe impl aya::Pod for OverlayRoute {}
     unsafe impl aya::Pod for OverlayPeer {}
+    unsafe impl aya::Pod for OverlayNextHop {}
 }
 
 #[cfg(test)]
@@ -360,6 +402,21 @@ mod tests {
         assert!(seen.len() >= 27, "ports cover the range: {seen:?}");
         assert_eq!(udp_src_port(0, 32_768, 60_999), 32_768);
         assert_eq!(udp_src_port(12345, 4000, 4000), 4000);
+    }
+
+    #[test]
+    fn flow_hash_is_stable_and_spreads_ports() {
+        let a = flow_hash(0x0a01_0002, 0x0a02_0002, 6, 0x1234_0050);
+        assert_eq!(a, flow_hash(0x0a01_0002, 0x0a02_0002, 6, 0x1234_0050));
+        let mut seen = std::collections::HashSet::new();
+        for sport in 0..4096u32 {
+            let h = flow_hash(0x0a01_0002, 0x0a02_0002, 6, (sport << 16) | 80);
+            seen.insert(udp_src_port(h, 32_768, 60_999) / 1024);
+        }
+        assert!(
+            seen.len() >= 27,
+            "source ports of one host pair cover the range: {seen:?}"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Per-hook, per-verdict-reason counters (the `STATS_V1` per-CPU array).
+//! Per-hook, per-verdict-reason counters (the `STATS_V2` per-CPU array).
 
 /// The attach point a packet was seen on. The value is the row of the stats table.
 #[repr(u32)]
@@ -64,200 +64,148 @@ impl Hook {
     }
 }
 
-/// Why a program returned the verdict it did. `Pass*` reasons hand the packet on unchanged,
-/// `Drop*` reasons drop it. The value is the column of the stats table; values are stable
-/// (they are part of the `STATS_V1` layout), new reasons are appended.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
+/// Why a program returned the verdict it did: the one list of reasons. Each line gives the
+/// variant, its column in the stats table (stable: part of the `STATS_V2` layout; new reasons
+/// are appended), the name `dataplane stats` and the metrics print, and whether the packet is
+/// dropped (`drop`) or handed on, possibly translated or answered (`pass`). The doc comment is
+/// the help text (`Reason::help`, metrics HELP, bpf-maps.md).
+macro_rules! reasons {
+    ($( $(#[doc = $doc:literal])* $variant:ident = $value:literal, $name:literal, $verdict:ident; )*) => {
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason {
+            $( $(#[doc = $doc])* $variant = $value, )*
+        }
+
+        /// Number of reasons defined (not the table's width, `MAX_REASONS`).
+        pub const NUM_REASONS: usize = [$($value),*].len();
+
+        impl Reason {
+            pub const ALL: [Reason; NUM_REASONS] = [$(Reason::$variant),*];
+
+            pub const fn name(self) -> &'static str {
+                match self { $(Reason::$variant => $name,)* }
+            }
+
+            pub const fn is_drop(self) -> bool {
+                match self { $(Reason::$variant => reasons!(@drop $verdict),)* }
+            }
+
+            /// The reason's doc comment; every source line starts with a space, so the lines run
+            /// together as one paragraph (trim it).
+            pub const fn help(self) -> &'static str {
+                match self { $(Reason::$variant => concat!($($doc),*),)* }
+            }
+        }
+    };
+    (@drop drop) => { true };
+    (@drop pass) => { false };
+}
+
+reasons! {
     /// Not IPv4 (ARP, IPv6, LLDP, ...): not ours, passed to the kernel untouched.
-    PassNotIpv4 = 0,
+    PassNotIpv4 = 0, "pass-not-ipv4", pass;
     /// IPv4 TCP that no rule applies to.
-    PassTcp = 1,
+    PassTcp = 1, "pass-tcp", pass;
     /// IPv4 UDP that no rule applies to.
-    PassUdp = 2,
+    PassUdp = 2, "pass-udp", pass;
     /// IPv4 ICMP that no rule applies to.
-    PassIcmp = 3,
+    PassIcmp = 3, "pass-icmp", pass;
     /// IPv4 with another protocol (GRE, SCTP, IPIP not addressed to us, ...).
-    PassOtherL4 = 4,
+    PassOtherL4 = 4, "pass-other-l4", pass;
     /// A non-first IPv4 fragment: it carries no L4 header, so no port-based rule can match it.
-    PassFragment = 5,
+    PassFragment = 5, "pass-fragment", pass;
     /// Frame shorter than its Ethernet or VLAN header.
-    DropTruncatedL2 = 6,
+    DropTruncatedL2 = 6, "drop-truncated-l2", drop;
     /// Frame shorter than the IPv4 header its IHL announces.
-    DropTruncatedIpv4 = 7,
+    DropTruncatedIpv4 = 7, "drop-truncated-ipv4", drop;
     /// IPv4 header invalid: version != 4, IHL < 5, or total length < header length or > frame.
-    DropBadIpv4 = 8,
+    DropBadIpv4 = 8, "drop-bad-ipv4", drop;
     /// First fragment or unfragmented packet too short for its TCP/UDP/ICMP header.
-    DropTruncatedL4 = 9,
+    DropTruncatedL4 = 9, "drop-truncated-l4", drop;
     /// More VLAN tags than the parser follows (two).
-    PassTooManyVlans = 10,
+    PassTooManyVlans = 10, "pass-too-many-vlans", pass;
     /// Original-direction packet of a tracked connection: translated to its backend.
-    NatForward = 11,
+    NatForward = 11, "nat-forward", pass;
     /// Reply-direction packet of a tracked connection: translated back to the frontend.
-    NatReply = 12,
+    NatReply = 12, "nat-reply", pass;
     /// First packet of a connection to a service: backend chosen, tracked and translated.
-    LbNewConnection = 13,
+    LbNewConnection = 13, "lb-new-connection", pass;
     /// Service without endpoints: answered with ICMP port unreachable (kube-proxy's REJECT).
-    RejectNoEndpoints = 14,
+    RejectNoEndpoints = 14, "reject-no-endpoints", pass;
     /// The chosen backend slot was missing (should not happen: sets are written before use).
-    DropNoBackend = 15,
+    DropNoBackend = 15, "drop-no-backend", drop;
     /// The conntrack table refused the new entries.
-    DropCtInsertFailed = 16,
+    DropCtInsertFailed = 16, "drop-ct-insert-failed", drop;
     /// No free masquerade source port for this backend.
-    DropSnatPortsExhausted = 17,
+    DropSnatPortsExhausted = 17, "drop-snat-ports-exhausted", drop;
     /// A packet rewrite helper failed.
-    DropRewriteFailed = 18,
+    DropRewriteFailed = 18, "drop-rewrite-failed", drop;
     /// An ICMP error about a NATed connection, translated so the client matches it.
-    IcmpErrorTranslated = 19,
+    IcmpErrorTranslated = 19, "icmp-error-translated", pass;
     /// A reject could not be built (IP options, resize failure): dropped instead.
-    DropRejectFailed = 20,
+    DropRejectFailed = 20, "drop-reject-failed", drop;
     /// Socket hook: not a service address, or a socket of another network namespace.
-    SockPass = 21,
+    SockPass = 21, "sock-pass", pass;
     /// Socket hook: the address was rewritten back from a backend to its service.
-    SockRevNat = 22,
+    SockRevNat = 22, "sock-revnat", pass;
     /// External traffic to a frontend with externalTrafficPolicy Local and no local endpoint:
     /// dropped, as kube-proxy does (a reject would tell a load balancer the node is healthy).
-    DropNoLocalEndpoints = 23,
+    DropNoLocalEndpoints = 23, "drop-no-local-endpoints", drop;
     /// Overlay (tc egress of the uplink): a packet for a remote node's pod CIDR, encapsulated
     /// (VXLAN or IPIP) toward that node.
-    OverlayEncap = 24,
+    OverlayEncap = 24, "overlay-encap", pass;
     /// Overlay (XDP on the uplink): a tunnel packet from a known node to this node's tunnel
     /// address, decapsulated; the inner packet then goes through the service pipeline and is
     /// counted again with its own reason.
-    OverlayDecap = 25,
+    OverlayDecap = 25, "overlay-decap", pass;
     /// Overlay: a tunnel packet (VXLAN port / IPIP) from an address that is not a known node.
-    DropOverlayUnknownPeer = 26,
+    DropOverlayUnknownPeer = 26, "drop-overlay-unknown-peer", drop;
     /// Overlay: a tunnel packet whose outer destination is not this node's tunnel address, or
     /// whose inner destination is not on this node (the node is never a relay).
-    DropOverlayNotLocal = 27,
+    DropOverlayNotLocal = 27, "drop-overlay-not-local", drop;
     /// Overlay: a tunnel packet with a wrong VNI or VXLAN flags, outer IP options or fragments,
     /// or an inner frame that is not IPv4 or is truncated.
-    DropOverlayMalformed = 28,
+    DropOverlayMalformed = 28, "drop-overlay-malformed", drop;
     /// Overlay: a packet that would exceed the underlay MTU once encapsulated and cannot be
     /// segmented (the kernel routes carry the tunnel MTU, so the stack normally answers such
     /// packets with ICMP fragmentation needed before they get here).
-    DropOverlayTooBig = 29,
+    DropOverlayTooBig = 29, "drop-overlay-too-big", drop;
     /// Overlay: encapsulation failed (no underlay route to the node, a helper refused).
-    DropOverlayEncapFailed = 30,
+    DropOverlayEncapFailed = 30, "drop-overlay-encap-failed", drop;
     /// The node's own packet to a service, translated at the uplink's egress, has no route to
     /// its backend from here (a host-network backend on this node itself, or no route).
-    DropNoRoute = 31,
+    DropNoRoute = 31, "drop-no-route", drop;
 }
 
 /// Number of columns reserved per hook in the stats table (room for reasons added later).
-pub const MAX_REASONS: u32 = 32;
+/// `STATS_V1` had 32; the layout version carries the width.
+pub const MAX_REASONS: u32 = 64;
 
-/// Entries in `STATS_V1`.
+/// Columns per hook in the retired `STATS_V1` (same reason values, narrower rows): still
+/// readable by `dataplane stats` against an agent that has not been upgraded yet.
+pub const MAX_REASONS_V1: u32 = 32;
+
+/// Entries in `STATS_V2`.
 pub const STATS_ENTRIES: u32 = NUM_HOOKS * MAX_REASONS;
 
 impl Reason {
-    pub const ALL: [Reason; 32] = [
-        Reason::PassNotIpv4,
-        Reason::PassTcp,
-        Reason::PassUdp,
-        Reason::PassIcmp,
-        Reason::PassOtherL4,
-        Reason::PassFragment,
-        Reason::DropTruncatedL2,
-        Reason::DropTruncatedIpv4,
-        Reason::DropBadIpv4,
-        Reason::DropTruncatedL4,
-        Reason::PassTooManyVlans,
-        Reason::NatForward,
-        Reason::NatReply,
-        Reason::LbNewConnection,
-        Reason::RejectNoEndpoints,
-        Reason::DropNoBackend,
-        Reason::DropCtInsertFailed,
-        Reason::DropSnatPortsExhausted,
-        Reason::DropRewriteFailed,
-        Reason::IcmpErrorTranslated,
-        Reason::DropRejectFailed,
-        Reason::SockPass,
-        Reason::SockRevNat,
-        Reason::DropNoLocalEndpoints,
-        Reason::OverlayEncap,
-        Reason::OverlayDecap,
-        Reason::DropOverlayUnknownPeer,
-        Reason::DropOverlayNotLocal,
-        Reason::DropOverlayMalformed,
-        Reason::DropOverlayTooBig,
-        Reason::DropOverlayEncapFailed,
-        Reason::DropNoRoute,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Reason::PassNotIpv4 => "pass-not-ipv4",
-            Reason::PassTcp => "pass-tcp",
-            Reason::PassUdp => "pass-udp",
-            Reason::PassIcmp => "pass-icmp",
-            Reason::PassOtherL4 => "pass-other-l4",
-            Reason::PassFragment => "pass-fragment",
-            Reason::DropTruncatedL2 => "drop-truncated-l2",
-            Reason::DropTruncatedIpv4 => "drop-truncated-ipv4",
-            Reason::DropBadIpv4 => "drop-bad-ipv4",
-            Reason::DropTruncatedL4 => "drop-truncated-l4",
-            Reason::PassTooManyVlans => "pass-too-many-vlans",
-            Reason::NatForward => "nat-forward",
-            Reason::NatReply => "nat-reply",
-            Reason::LbNewConnection => "lb-new-connection",
-            Reason::RejectNoEndpoints => "reject-no-endpoints",
-            Reason::DropNoBackend => "drop-no-backend",
-            Reason::DropCtInsertFailed => "drop-ct-insert-failed",
-            Reason::DropSnatPortsExhausted => "drop-snat-ports-exhausted",
-            Reason::DropRewriteFailed => "drop-rewrite-failed",
-            Reason::IcmpErrorTranslated => "icmp-error-translated",
-            Reason::DropRejectFailed => "drop-reject-failed",
-            Reason::SockPass => "sock-pass",
-            Reason::SockRevNat => "sock-revnat",
-            Reason::DropNoLocalEndpoints => "drop-no-local-endpoints",
-            Reason::OverlayEncap => "overlay-encap",
-            Reason::OverlayDecap => "overlay-decap",
-            Reason::DropOverlayUnknownPeer => "drop-overlay-unknown-peer",
-            Reason::DropOverlayNotLocal => "drop-overlay-not-local",
-            Reason::DropOverlayMalformed => "drop-overlay-malformed",
-            Reason::DropOverlayTooBig => "drop-overlay-too-big",
-            Reason::DropOverlayEncapFailed => "drop-overlay-encap-failed",
-            Reason::DropNoRoute => "drop-no-route",
-        }
-    }
-
-    pub const fn is_drop(self) -> bool {
-        matches!(
-            self,
-            Reason::DropTruncatedL2
-                | Reason::DropTruncatedIpv4
-                | Reason::DropBadIpv4
-                | Reason::DropTruncatedL4
-                | Reason::DropNoBackend
-                | Reason::DropCtInsertFailed
-                | Reason::DropSnatPortsExhausted
-                | Reason::DropRewriteFailed
-                | Reason::DropRejectFailed
-                | Reason::DropNoLocalEndpoints
-                | Reason::DropOverlayUnknownPeer
-                | Reason::DropOverlayNotLocal
-                | Reason::DropOverlayMalformed
-                | Reason::DropOverlayTooBig
-                | Reason::DropOverlayEncapFailed
-                | Reason::DropNoRoute
-        )
-    }
-
     pub fn from_u32(v: u32) -> Option<Reason> {
         Reason::ALL.iter().copied().find(|r| *r as u32 == v)
     }
+
+    pub fn from_name(name: &str) -> Option<Reason> {
+        Reason::ALL.iter().copied().find(|r| r.name() == name)
+    }
 }
 
-/// Index of the (hook, reason) counter in `STATS_V1`.
+/// Index of the (hook, reason) counter in `STATS_V2`.
 #[inline(always)]
 pub const fn stats_index(hook: Hook, reason: Reason) -> u32 {
     hook as u32 * MAX_REASONS + reason as u32
 }
 
-/// Value of one `STATS_V1` slot, per CPU. Layout: two native-endian u64.
+/// Value of one `STATS_V2` slot, per CPU. Layout: two native-endian u64.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsValue {
@@ -280,7 +228,26 @@ mod tests {
             assert_eq!(Reason::from_u32(r as u32), Some(r));
             assert!((r as u32) < MAX_REASONS);
         }
-        assert_eq!(stats_index(Hook::TcPodEgress, Reason::PassTcp), 4 * 32 + 1);
+        assert_eq!(stats_index(Hook::TcPodEgress, Reason::PassTcp), 4 * 64 + 1);
         assert_eq!(Hook::ALL.len() as u32, NUM_HOOKS);
+    }
+
+    #[test]
+    fn reasons_are_dense_named_and_documented() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(
+                *r as usize, i,
+                "{r:?}: values are columns, appended in order"
+            );
+            assert_eq!(Reason::from_name(r.name()), Some(*r));
+            assert!(!r.help().trim().is_empty(), "{r:?} has no help text");
+            let drop_named = r.name().starts_with("drop-");
+            assert_eq!(
+                r.is_drop(),
+                drop_named,
+                "{}: verdict and name disagree",
+                r.name()
+            );
+        }
     }
 }

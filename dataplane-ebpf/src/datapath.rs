@@ -115,8 +115,9 @@ pub fn egress<P: Packet>(p: &P, host_services: bool) -> (Reason, Action) {
     if pkt.l4 == L4::Icmp {
         return icmp_errors(p, &pkt, Phase::Egress);
     }
-    // The uplink (host_services) also sees the node's own packets to services.
-    if !host_services && prefilter::pod_egress_untouched(&pkt) {
+    // The node's own packets to services have a frontend as destination, so the filter holds
+    // for the uplink too: forwarded pod-to-pod traffic skips the lookups there as well.
+    if prefilter::egress_untouched(&pkt) {
         return (parse::pass_reason(pkt.l4), Action::Pass);
     }
     if pkt.l4 == L4::Fragment {

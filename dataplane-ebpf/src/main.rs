@@ -1,5 +1,5 @@
 //! Entry points only: one function per hook. Each runs its pipeline (datapath.rs), counts the
-//! verdict in `STATS_V1` and returns the hook's action code.
+//! verdict in `STATS_V2` and returns the hook's action code.
 #![no_std]
 #![no_main]
 // BPF atomic instructions for conntrack counters and flags (see conntrack::or_seen).

@@ -11,13 +11,16 @@ use dataplane_common::{
         SockAffinityKey, SockRevNatKey, SockRevNatValue, MAX_AFFINITY, MAX_BACKEND_SLOTS,
         MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES,
     },
-    overlay::{OverlayConfig, OverlayPeer, OverlayRoute, MAX_OVERLAY_PEERS, MAX_OVERLAY_ROUTES},
+    overlay::{
+        OverlayConfig, OverlayNextHop, OverlayPeer, OverlayRoute, MAX_OVERLAY_NEXTHOPS,
+        MAX_OVERLAY_PEERS, MAX_OVERLAY_ROUTES,
+    },
     StatsValue, STATS_ENTRIES,
 };
 
 /// Packets and bytes per (hook, verdict reason), per CPU. Index: `stats_index(hook, reason)`.
-#[map(name = "STATS_V1")]
-pub static STATS_V1: PerCpuArray<StatsValue> = PerCpuArray::pinned(STATS_ENTRIES, 0);
+#[map(name = "STATS_V2")]
+pub static STATS_V2: PerCpuArray<StatsValue> = PerCpuArray::pinned(STATS_ENTRIES, 0);
 
 /// Service frontends (address:port:proto) -> current backend set. Written by the loader only.
 #[map(name = "SERVICES_V1")]
@@ -74,6 +77,12 @@ pub static OVERLAY_ROUTES_V1: LpmTrie<u32, OverlayRoute> = LpmTrie::pinned(MAX_O
 /// Overlay: node addresses tunnel packets are accepted from. Written by the agent.
 #[map(name = "OVERLAY_PEERS_V1")]
 pub static OVERLAY_PEERS_V1: HashMap<u32, OverlayPeer> = HashMap::pinned(MAX_OVERLAY_PEERS, 0);
+
+/// Overlay: the underlay next hop toward each node, cached by the encapsulation for
+/// `NEXTHOP_TTL_NS` (one FIB lookup per node and second instead of one per packet).
+#[map(name = "OVERLAY_NEXTHOP_V1")]
+pub static OVERLAY_NEXTHOP_V1: LruHashMap<u32, OverlayNextHop> =
+    LruHashMap::pinned(MAX_OVERLAY_NEXTHOPS, 0);
 
 /// Overlay: IPv4 ID of the next outer header, per CPU (like the kernel's ident counters).
 #[map(name = "OVERLAY_IPID_V1")]

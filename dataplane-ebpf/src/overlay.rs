@@ -9,7 +9,10 @@
 //!   route is looked up again in `OVERLAY_ROUTES_V1`, headers are added with
 //!   `bpf_skb_adjust_room` (GSO packets keep being segmented correctly) and written as the
 //!   kernel devices write them (`dataplane_common::overlay`), and the outer next hop comes from
-//!   `bpf_fib_lookup` (or `bpf_redirect_neigh` when the neighbour is not resolved yet).
+//!   `OVERLAY_NEXTHOP_V1`, which caches `bpf_fib_lookup`'s answer per node for a second (or
+//!   `bpf_redirect_neigh` when the neighbour is not resolved yet). The outer UDP source port
+//!   comes from the packet's flow hash when the stack set one (sockets do), else from a hash
+//!   of the inner 5-tuple: never the flow dissector per packet.
 //! - **Decapsulation** at tc ingress of the uplink ([`decap_tc`]) or in XDP ([`decap`]), before
 //!   the service pipeline, so replies of remote backends get their reverse NAT on the inner
 //!   packet. tc is where it happens when the agent attaches no XDP (a veth uplink: native XDP
@@ -31,7 +34,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT,
     },
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_get_prandom_u32, bpf_redirect,
+        bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect,
         bpf_redirect_neigh, bpf_xdp_adjust_head, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     maps::lpm_trie::Key,
@@ -39,14 +42,17 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     overlay::{
-        ecn_encap, inner_pseudo_sum, ipv4_header, udp_src_port, vxlan_udp_checksum, InnerCsum,
-        OverlayConfig, OverlayRoute, IPIP_OVERHEAD, IPPROTO_IPIP, IPPROTO_UDP, MODE_IPIP,
-        MODE_VXLAN, OVL_F_UDP_CSUM, ROUTE_F_LOCAL, VXLAN_OVERHEAD,
+        ecn_encap, flow_hash, inner_pseudo_sum, ipv4_header, udp_src_port, vxlan_udp_checksum,
+        InnerCsum, OverlayConfig, OverlayNextHop, OverlayRoute, IPIP_OVERHEAD, IPPROTO_IPIP,
+        IPPROTO_UDP, MODE_IPIP, MODE_VXLAN, NEXTHOP_TTL_NS, OVL_F_UDP_CSUM, ROUTE_F_LOCAL,
+        VXLAN_OVERHEAD,
     },
     Reason,
 };
 
-use crate::maps::{OVERLAY_CONFIG_V1, OVERLAY_IPID_V1, OVERLAY_PEERS_V1, OVERLAY_ROUTES_V1};
+use crate::maps::{
+    OVERLAY_CONFIG_V1, OVERLAY_IPID_V1, OVERLAY_NEXTHOP_V1, OVERLAY_PEERS_V1, OVERLAY_ROUTES_V1,
+};
 
 const AF_INET: u8 = 2;
 const ETH_HLEN: usize = 14;
@@ -113,9 +119,9 @@ pub fn encap(ctx: &TcContext) -> Option<(Reason, i32)> {
     Some(encap_to(ctx, &cfg, &route, &ip))
 }
 
-/// Looks up the underlay route to `route.node_addr` from the tunnel address. `tot_len` (the
-/// largest outer packet that will leave, 0 = unchecked) makes the kernel check it against the
-/// path MTU.
+/// Looks up the underlay route to `route.node_addr` from the tunnel address. A non-zero
+/// `tot_len` makes the kernel check it against the route's MTU (and report the MTU when it
+/// does not fit).
 #[inline(always)]
 fn underlay_route(
     ctx: &TcContext,
@@ -144,6 +150,85 @@ fn underlay_route(
             BPF_FIB_LOOKUP_OUTPUT,
         )
     }
+}
+
+/// The underlay next hop toward a node. `resolved` false: the neighbour is not known yet (the
+/// kernel resolves it through `bpf_redirect_neigh`); such a hop is not cached.
+struct Hop {
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    ifindex: u32,
+    mtu: u32,
+    resolved: bool,
+}
+
+/// The next hop toward `route.node_addr`: from `OVERLAY_NEXTHOP_V1` while it is fresh, else
+/// from the FIB (cached again). Two FIB lookups on a refresh: the first, with the largest
+/// length, learns the route's MTU (the kernel answers FRAG_NEEDED with it), the second the
+/// MACs (the skb variant checks only the packet itself when `tot_len` is 0; FRAG_NEEDED then
+/// still carries the MACs, set before that check).
+#[inline(always)]
+fn next_hop(ctx: &TcContext, cfg: &OverlayConfig, route: &OverlayRoute, proto: u8) -> Option<Hop> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(h) = unsafe { OVERLAY_NEXTHOP_V1.get(&route.node_addr) } {
+        if h.expires_ns > now {
+            return Some(Hop {
+                dmac: h.dmac,
+                smac: h.smac,
+                ifindex: h.ifindex,
+                mtu: h.mtu,
+                resolved: true,
+            });
+        }
+    }
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let mut rc = underlay_route(ctx, cfg, route, proto, 0xffff, &mut fib);
+    let mut mtu = 0xffff;
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        mtu = unsafe { fib.__bindgen_anon_1.mtu_result } as u32;
+        rc = underlay_route(ctx, cfg, route, proto, 0, &mut fib);
+    }
+    let resolved =
+        rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64;
+    if !resolved && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return None;
+    }
+    if resolved {
+        let cached = OverlayNextHop {
+            dmac: fib.dmac,
+            smac: fib.smac,
+            ifindex: fib.ifindex,
+            mtu,
+            _pad: 0,
+            expires_ns: now + NEXTHOP_TTL_NS,
+        };
+        let _ = OVERLAY_NEXTHOP_V1.insert(&route.node_addr, &cached, 0);
+    }
+    Some(Hop {
+        dmac: fib.dmac,
+        smac: fib.smac,
+        ifindex: fib.ifindex,
+        mtu,
+        resolved,
+    })
+}
+
+/// The outer UDP source port's input: the skb's flow hash when the stack already has one (a
+/// socket's, or the receiving NIC's), else a hash of the inner addresses, protocol and (for
+/// unfragmented TCP/UDP) ports, so every packet of a flow takes the same underlay path, as
+/// the kernel's `udp_flow_src_port` does, without running the flow dissector.
+#[inline(always)]
+fn inner_flow_hash(ctx: &TcContext, ip: &[u8; 20], ihl: usize) -> u32 {
+    let h = unsafe { (*ctx.skb.skb).hash };
+    if h != 0 {
+        return h;
+    }
+    let unfragmented = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff == 0;
+    let ports = match ip[9] {
+        IPPROTO_TCP | IPPROTO_UDP if unfragmented => ctx.load::<u32>(ETH_HLEN + ihl).unwrap_or(0),
+        _ => 0,
+    };
+    flow_hash(addr_at(ip, 12), addr_at(ip, 16), ip[9], ports)
 }
 
 /// What the inner packet's checksum lets the outer UDP checksum skip (see
@@ -216,26 +301,23 @@ fn encap_to(
     } else {
         tot_len
     };
-    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    let mut rc = underlay_route(ctx, cfg, route, proto, largest + overhead, &mut fib);
+    let Some(hop) = next_hop(ctx, cfg, route, proto) else {
+        return (Reason::DropOverlayEncapFailed, TC_ACT_SHOT);
+    };
     // Segments that would not fit with the headers added: let the kernel shrink them instead
     // of keeping their size (the routes' MTU normally makes them fit already).
     let mut fixed_gso = true;
-    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+    if largest + overhead > hop.mtu {
         if !gso {
             return (Reason::DropOverlayTooBig, TC_ACT_SHOT);
         }
         fixed_gso = false;
-        rc = underlay_route(ctx, cfg, route, proto, 0, &mut fib);
     }
-    let resolved = rc == BPF_FIB_LKUP_RET_SUCCESS as i64;
-    if !resolved && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        return (Reason::DropOverlayEncapFailed, TC_ACT_SHOT);
-    }
+    let resolved = hop.resolved;
 
     // Everything that needs the inner headers, before they move.
     let hash = if vxlan {
-        unsafe { bpf_get_hash_recalc(skb) }
+        inner_flow_hash(ctx, ip, ihl)
     } else {
         0
     };
@@ -263,7 +345,7 @@ fn encap_to(
     }
     let outer_len = ctx.len() - ETH_HLEN as u32;
     let (dmac, smac) = if resolved {
-        (fib.dmac, fib.smac)
+        (hop.dmac, hop.smac)
     } else {
         ([0u8; 6], [0u8; 6])
     };
@@ -331,11 +413,11 @@ fn encap_to(
         // The kernel routes the outer packet itself (replacing the inner route the skb still
         // carries: a packet queued for resolution would otherwise leave with that route's
         // neighbour's MAC), resolves the next hop and fills in the outer Ethernet addresses.
-        unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
-    } else if fib.ifindex == ifindex {
+        unsafe { bpf_redirect_neigh(hop.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+    } else if hop.ifindex == ifindex {
         TC_ACT_OK
     } else {
-        unsafe { bpf_redirect(fib.ifindex, 0) as i32 }
+        unsafe { bpf_redirect(hop.ifindex, 0) as i32 }
     };
     (Reason::OverlayEncap, action)
 }

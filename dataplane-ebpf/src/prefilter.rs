@@ -1,10 +1,11 @@
-//! The pod hooks' pre-filter: most pod packets are pod-to-pod traffic that no service is
+//! The pre-filter of the pod hooks and the uplink's egress: most pod packets are pod-to-pod traffic that no service is
 //! involved in, and should not pay the conntrack and service lookups (a hash lookup in a
 //! 262,144-entry LRU map that misses, then another). One lookup per address in `LB_ADDRS_V1`
 //! tells: a packet can need translation at a pod ingress hook only if its destination is a
 //! frontend or one of the node's addresses (replies of masqueraded connections and of the
-//! node's own); at a pod egress hook only if its source or destination is a backend, a
-//! frontend or the node's. ICMP always takes the full path (errors quote other addresses).
+//! node's own); at a pod egress hook or the uplink's egress only if its source or destination
+//! is a backend, a frontend or the node's (DNATed packets go to a backend, un-DNATed replies
+//! come from a frontend, the node's own connections to services go to a frontend). ICMP always takes the full path (errors quote other addresses).
 
 use dataplane_common::{
     ct::CFG_F_POD_FILTER,
@@ -31,8 +32,8 @@ pub fn pod_ingress_untouched(pkt: &Ipv4Packet) -> bool {
     enabled() && flags(pkt.daddr) & (ADDR_F_FRONTEND | ADDR_F_NODE) == 0
 }
 
-/// A packet on its way to a pod that no rule can apply to.
+/// A packet on its way to a pod, or out of the uplink, that no rule can apply to.
 #[inline(always)]
-pub fn pod_egress_untouched(pkt: &Ipv4Packet) -> bool {
+pub fn egress_untouched(pkt: &Ipv4Packet) -> bool {
     enabled() && flags(pkt.saddr) == 0 && flags(pkt.daddr) == 0
 }

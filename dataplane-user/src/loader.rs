@@ -284,7 +284,7 @@ impl Datapath {
             };
             if prog.starts_with("tc_pod_") && !ifaces.iter().any(|i| i == iface) {
                 log::info!("pod device {iface} is gone: dropping {name}");
-                std::fs::remove_file(&path)?;
+                crate::bpf_link::remove_pinned_link(&path)?;
             }
         }
         Ok(added)
@@ -295,7 +295,7 @@ impl Datapath {
             let path = entry?.path();
             if !wanted.contains(&path) {
                 log::info!("detaching {} (no longer configured)", path.display());
-                std::fs::remove_file(&path)?;
+                crate::bpf_link::remove_pinned_link(&path)?;
             }
         }
         Ok(())
@@ -319,7 +319,7 @@ impl Datapath {
                         "pinned XDP link {} unusable ({e:#}); attaching anew",
                         pin.display()
                     );
-                    std::fs::remove_file(&pin)?;
+                    crate::bpf_link::remove_pinned_link(&pin)?;
                 }
             }
         }
@@ -363,7 +363,7 @@ impl Datapath {
                         "pinned tc link {} unusable ({e:#}); attaching anew",
                         pin.display()
                     );
-                    std::fs::remove_file(&pin)?;
+                    crate::bpf_link::remove_pinned_link(&pin)?;
                 }
             }
         }
@@ -418,8 +418,8 @@ impl Datapath {
             let link = FdLink::try_from(prog.take_link(id)?)
                 .context("cgroup link is not a bpf_link (kernel < 5.7?)")?;
             if pin.exists() {
-                // The new link already runs; dropping the old pin detaches the old one.
-                std::fs::remove_file(&pin)?;
+                // The new link already runs; the old one is detached.
+                crate::bpf_link::remove_pinned_link(&pin)?;
             }
             link.pin(&pin)
                 .with_context(|| format!("pinning {}", pin.display()))?;

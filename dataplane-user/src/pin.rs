@@ -17,7 +17,8 @@ use dataplane_common::{
     },
     map_names,
     overlay::{
-        OverlayConfig, OverlayPeer, OverlayRoute, RouteKey, MAX_OVERLAY_PEERS, MAX_OVERLAY_ROUTES,
+        OverlayConfig, OverlayNextHop, OverlayPeer, OverlayRoute, RouteKey, MAX_OVERLAY_NEXTHOPS,
+        MAX_OVERLAY_PEERS, MAX_OVERLAY_ROUTES,
     },
     StatsValue, STATS_ENTRIES,
 };
@@ -88,6 +89,11 @@ pub fn expected_layouts() -> Vec<MapLayout> {
             MAX_OVERLAY_PEERS,
         ),
         layout::<u32, u32>(map_names::OVERLAY_IPID, BPF_MAP_TYPE_PERCPU_ARRAY, 1),
+        layout::<u32, OverlayNextHop>(
+            map_names::OVERLAY_NEXTHOP,
+            BPF_MAP_TYPE_LRU_HASH,
+            MAX_OVERLAY_NEXTHOPS,
+        ),
     ]
 }
 
@@ -219,7 +225,7 @@ fn foreign_versions(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Maps of layouts this build replaced (`CT_V1` by `CT_V2`, `CONFIG_V1` by `CONFIG_V2`): no
 /// program of this build uses them. Their state is not carried over: connections translated
 /// through `CT_V1` lose it at the upgrade (new connections are unaffected).
-pub const RETIRED_MAPS: &[&str] = &["CT_V1", "CONFIG_V1"];
+pub const RETIRED_MAPS: &[&str] = &["CT_V1", "CONFIG_V1", "STATS_V1"];
 
 /// Removes pins of retired layouts, saying so: they would only hold kernel memory.
 pub fn remove_retired_maps(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -245,7 +251,8 @@ pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
     if links.is_dir() {
         for entry in fs::read_dir(&links)? {
             let path = entry?.path();
-            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            crate::bpf_link::remove_pinned_link(&path)
+                .with_context(|| format!("detaching and removing {}", path.display()))?;
             removed.push(path);
         }
         fs::remove_dir(&links).with_context(|| format!("removing {}", links.display()))?;

@@ -1,10 +1,12 @@
-//! Reading `STATS_V1` back: per-CPU values summed, decoded into hook and reason names.
+//! Reading `STATS_V2` back: per-CPU values summed, decoded into hook and reason names. A pin dir
+//! an older agent still runs from holds `STATS_V1` instead (same reasons, 32 columns per hook):
+//! read as such, with a note, so an upgrade can be watched with the new binary.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
-use dataplane_common::{map_names, stats::stats_index, Hook, Reason, StatsValue};
+use dataplane_common::{map_names, stats::MAX_REASONS_V1, Hook, Reason, StatsValue, MAX_REASONS};
 
 /// One non-zero counter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +21,8 @@ pub struct StatRow {
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub rows: Vec<StatRow>,
+    /// Set when the counters came from an older layout than this build's.
+    pub note: Option<String>,
 }
 
 impl Stats {
@@ -40,26 +44,47 @@ impl Stats {
     }
 }
 
-/// Reads the stats map pinned under `pin_dir`.
+/// Reads the stats map pinned under `pin_dir` (`STATS_V2`, or an older agent's `STATS_V1`).
 pub fn read_pinned(pin_dir: &Path) -> Result<Stats> {
     let path = pin_dir.join(map_names::STATS);
-    let data = MapData::from_pin(&path).with_context(|| {
+    let old = pin_dir.join("STATS_V1");
+    if !path.exists() && old.exists() {
+        let mut stats = read_width(&open(&old)?, MAX_REASONS_V1)?;
+        stats.note = Some(format!(
+            "{} is the layout of an older agent (32 reasons per hook); restart the agent with \
+             this build to get {}",
+            old.display(),
+            map_names::STATS
+        ));
+        return Ok(stats);
+    }
+    read(&open(&path)?)
+}
+
+fn open(path: &Path) -> Result<PerCpuArray<MapData, StatsValue>> {
+    let data = MapData::from_pin(path).with_context(|| {
         format!(
             "opening {} (is `dataplane run` pinned there?)",
             path.display()
         )
     })?;
-    let map = Map::from_map_data(data)?;
-    let array: PerCpuArray<_, StatsValue> = PerCpuArray::try_from(map)?;
-    read(&array)
+    Ok(PerCpuArray::try_from(Map::from_map_data(data)?)?)
 }
 
-/// Reads counters from an open stats map.
+/// Reads counters from an open `STATS_V2`.
 pub fn read<T: std::borrow::Borrow<MapData>>(array: &PerCpuArray<T, StatsValue>) -> Result<Stats> {
+    read_width(array, MAX_REASONS)
+}
+
+/// Reads a stats array whose rows are `width` reasons wide (reasons beyond it are not there).
+fn read_width<T: std::borrow::Borrow<MapData>>(
+    array: &PerCpuArray<T, StatsValue>,
+    width: u32,
+) -> Result<Stats> {
     let mut rows = Vec::new();
     for hook in Hook::ALL {
-        for reason in Reason::ALL {
-            let per_cpu = array.get(&stats_index(hook, reason), 0)?;
+        for reason in Reason::ALL.into_iter().filter(|r| (*r as u32) < width) {
+            let per_cpu = array.get(&(hook as u32 * width + reason as u32), 0)?;
             let (packets, bytes) = per_cpu
                 .iter()
                 .fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
@@ -73,12 +98,16 @@ pub fn read<T: std::borrow::Borrow<MapData>>(array: &PerCpuArray<T, StatsValue>)
             }
         }
     }
-    Ok(Stats { rows })
+    Ok(Stats { rows, note: None })
 }
 
 /// Human-readable table, one line per non-zero counter.
 pub fn render(stats: &Stats) -> String {
-    let mut out = format!(
+    let mut out = stats
+        .note
+        .as_ref()
+        .map_or(String::new(), |n| format!("note: {n}\n"));
+    out += &format!(
         "{:<20} {:<22} {:>12} {:>14}\n",
         "HOOK", "REASON", "PACKETS", "BYTES"
     );

@@ -100,9 +100,9 @@ impl Harness {
             .datapath
             .ebpf
             .map(map_names::STATS)
-            .expect("STATS_V1 map");
-        let array: PerCpuArray<_, StatsValue> = PerCpuArray::try_from(map).expect("STATS_V1 type");
-        stats::read(&array).expect("reading STATS_V1")
+            .expect("STATS_V2 map");
+        let array: PerCpuArray<_, StatsValue> = PerCpuArray::try_from(map).expect("STATS_V2 type");
+        stats::read(&array).expect("reading STATS_V2")
     }
 
     /// Runs `input` through the program of `hook` once.

@@ -139,7 +139,7 @@ impl DataplaneNode {
         self.child.as_ref().map(Child::stderr).unwrap_or_default()
     }
 
-    /// The counters, read in-process from the pinned `STATS_V1`.
+    /// The counters, read in-process from the pinned `STATS_V2`.
     pub fn stats(&self) -> Result<Stats> {
         dataplane::stats::read_pinned(&self.pin_dir)
             .with_context(|| format!("{}: reading the pinned stats", self.node_name))

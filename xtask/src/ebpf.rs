@@ -269,7 +269,7 @@ fn check_object(path: &Path) -> Result<()> {
     {
         bail!("{} is not a BPF ELF object", path.display());
     }
-    for needle in [&b"xdp\0"[..], b"classifier\0", b".BTF\0", b"STATS_V1"] {
+    for needle in [&b"xdp\0"[..], b"classifier\0", b".BTF\0", b"STATS_V2"] {
         if !bytes.windows(needle.len()).any(|w| w == needle) {
             bail!(
                 "{} lacks {:?}: the build produced an incomplete object",
