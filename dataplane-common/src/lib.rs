@@ -44,4 +44,6 @@ pub mod map_names {
     /// Overlay: per-CPU IPv4 ID counter of outer headers.
     pub const OVERLAY_IPID: &str = "OVERLAY_IPID_V1";
     pub const OVERLAY_NEXTHOP: &str = "OVERLAY_NEXTHOP_V1";
+    /// Per-CPU token bucket of the no-endpoint REJECT.
+    pub const REJECT_TOKENS: &str = "REJECT_TOKENS_V1";
 }

@@ -49,7 +49,7 @@ use dataplane_common::{
     map_names,
     overlay::{
         OverlayConfig, OverlayPeer, OverlayRoute, DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI, MODE_IPIP,
-        MODE_NONE, MODE_VXLAN, OVL_F_UDP_CSUM, ROUTE_F_LOCAL,
+        MODE_NONE, MODE_VXLAN, OVL_F_UDP_CSUM, ROUTE_F_LOCAL, ROUTE_F_NO_ENCAP,
     },
 };
 
@@ -283,7 +283,7 @@ impl Desired {
     pub fn remote_cidrs(&self) -> impl Iterator<Item = &Cidr> {
         self.routes
             .iter()
-            .filter(|(_, r)| r.flags & ROUTE_F_LOCAL == 0)
+            .filter(|(_, r)| r.flags & (ROUTE_F_LOCAL | ROUTE_F_NO_ENCAP) == 0)
             .map(|(c, _)| c)
     }
 }
@@ -474,32 +474,35 @@ impl OverlayTable {
         self.service_cidrs = cidrs;
     }
 
-    /// Drops from remote `nodes` the pod CIDRs the kernel already routes with a route the
+    /// Marks `ROUTE_F_NO_ENCAP` the remote CIDRs the kernel already routes with a route the
     /// agent did not create (connected, default, static, a routing daemon's): the agent never
-    /// replaces those, and a map entry alone would tunnel what the kernel sends elsewhere.
-    fn leave_foreign_routes(&mut self, nodes: &mut [NodeInfo], local_node: &str) -> Result<()> {
+    /// replaces those, and the datapath must not tunnel what the kernel sends elsewhere (tunnel
+    /// packets from that node are still accepted). Each is named as a problem of its Node.
+    fn leave_foreign_routes(&mut self, desired: &mut Desired, nodes: &[NodeInfo]) -> Result<()> {
         let foreign = kernel::foreign_routes()?;
-        let mut problems = Vec::new();
-        for node in nodes.iter_mut().filter(|n| n.name != local_node) {
-            node.pod_cidrs.retain(|&(a, l)| {
-                let cidr = Cidr::new(a, l);
-                let Some(route) = foreign.get(&cidr) else {
-                    return true;
-                };
-                problems.push(Problem {
-                    kind: "Node",
-                    object: node.name.clone(),
-                    field: "spec.podCIDRs".into(),
-                    message: format!(
-                        "the kernel routes {cidr} already ({route}) and the agent replaces only \
-                         its own routes; this range is not tunnelled"
-                    ),
-                    severity: crate::k8s::Severity::Invalid,
-                });
-                false
+        for (cidr, route) in desired.routes.iter_mut() {
+            let Some(kernel_route) = foreign.get(cidr) else {
+                continue;
+            };
+            if route.flags & ROUTE_F_LOCAL != 0 {
+                continue;
+            }
+            route.flags |= ROUTE_F_NO_ENCAP;
+            let owner = nodes
+                .iter()
+                .find(|n| u32::from(n.address).to_be() == route.node_addr)
+                .map_or("?", |n| n.name.as_str());
+            self.skipped.push(Problem {
+                kind: "Node",
+                object: owner.to_owned(),
+                field: "spec.podCIDRs".into(),
+                message: format!(
+                    "the kernel routes {cidr} already ({kernel_route}) and the agent replaces \
+                     only its own routes; this range is not tunnelled"
+                ),
+                severity: crate::k8s::Severity::Invalid,
             });
         }
-        self.skipped.extend(problems);
         Ok(())
     }
 
@@ -564,13 +567,12 @@ impl OverlayTable {
         } else {
             Vec::new()
         };
-        let mut nodes = self.validated(nodes, local_node, local);
+        let nodes = &self.validated(nodes, local_node, local);
+        let mut desired = plan(nodes, local_node, self.mode());
         if cookie == self.config.netns_cookie && self.mode() != OverlayMode::None {
-            self.leave_foreign_routes(&mut nodes, local_node)?;
+            self.leave_foreign_routes(&mut desired, nodes)?;
         }
         self.problem_log.report(&self.skipped);
-        let nodes = &nodes;
-        let desired = plan(nodes, local_node, self.mode());
         if self.mode() == OverlayMode::None {
             let mut report = self.write_maps(&desired)?;
             report += self.delete_stale(&desired)?;

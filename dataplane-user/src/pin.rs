@@ -11,9 +11,9 @@ use aya::maps::MapData;
 use dataplane_common::{
     ct::{Config, CtKey, CtValue, FragKey, FragValue, CT_MAX_ENTRIES, MAX_FRAG_DATAGRAMS},
     lb::{
-        AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
-        SockAffinityKey, SockRevNatKey, SockRevNatValue, MAX_AFFINITY, MAX_BACKEND_SLOTS,
-        MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES,
+        AffinityKey, AffinityValue, BackendKey, BackendValue, RejectBucket, ServiceKey,
+        ServiceValue, SockAffinityKey, SockRevNatKey, SockRevNatValue, MAX_AFFINITY,
+        MAX_BACKEND_SLOTS, MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES,
     },
     map_names,
     overlay::{
@@ -94,6 +94,7 @@ pub fn expected_layouts() -> Vec<MapLayout> {
             BPF_MAP_TYPE_LRU_HASH,
             MAX_OVERLAY_NEXTHOPS,
         ),
+        layout::<u32, RejectBucket>(map_names::REJECT_TOKENS, BPF_MAP_TYPE_PERCPU_ARRAY, 1),
     ]
 }
 
