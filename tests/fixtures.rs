@@ -633,7 +633,12 @@ fn rejects_beyond_the_token_bucket_are_dropped() {
     let mut seen = Vec::new();
     for _ in 0..5 {
         let o = h.run(Hook::XdpUplink, &syn);
-        assert_eq!(o.stats_delta.len(), 1, "one counter per packet: {:?}", o.stats_delta);
+        assert_eq!(
+            o.stats_delta.len(),
+            1,
+            "one counter per packet: {:?}",
+            o.stats_delta
+        );
         seen.push((o.verdict, o.stats_delta[0].1));
     }
     // A full bucket again for the other fixtures (all zero: refilled on the next packet).

@@ -33,7 +33,8 @@ const RUN_FLAGS: &[&str] = &[
     "--overlay",
     "--manifests",
     "--kubeconfig",
-    "--metrics-addr",
+    "--metrics-bind-address",
+    "--no-metrics",
 ];
 
 /// Flags being wired into the CLI right now: missing from `--help` is a warning, not a failure.
@@ -298,7 +299,7 @@ fn the_uplink_is_found_from_the_nodes_address() {
 fn probes_hit_healthz_and_readyz_on_the_metrics_port() {
     let ds = daemonset();
     let c = container(&ds);
-    let metrics_port: i32 = flag_value(&ds, "--metrics-addr")
+    let metrics_port: i32 = flag_value(&ds, "--metrics-bind-address")
         .rsplit(':')
         .next()
         .unwrap()

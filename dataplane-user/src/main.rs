@@ -17,6 +17,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of `run`'s arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Load and attach the datapath, pin its maps, and run until SIGINT/SIGTERM.
@@ -112,9 +114,18 @@ struct RunArgs {
     /// Watch the Kubernetes API server (in-cluster service account, or $KUBECONFIG).
     #[arg(long)]
     kubernetes: bool,
-    /// Serve /metrics (Prometheus) and /healthz on this address, e.g. 0.0.0.0:9464.
-    #[arg(long, value_name = "ADDR")]
-    metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve /metrics (OpenMetrics text), /healthz, /livez and /readyz on this address
+    /// (kube-proxy's flag and default); `--metrics-addr` is the older name of the same flag.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        alias = "metrics-addr",
+        default_value = dataplane::metrics::DEFAULT_METRICS_ADDR
+    )]
+    metrics_bind_address: std::net::SocketAddr,
+    /// Serve no metrics at all.
+    #[arg(long)]
+    no_metrics: bool,
     /// Carry traffic to other nodes' pod CIDRs in tunnels: vxlan (wire-compatible with
     /// flannel.1), ipip (with calico's tunl0), or none (the underlay routes pod CIDRs).
     #[arg(long, value_enum, default_value_t = dataplane::overlay::OverlayMode::None)]
@@ -233,7 +244,7 @@ fn run(mut args: RunArgs) -> Result<()> {
         },
         gc_interval: std::time::Duration::from_secs(args.conntrack_gc_interval.max(1)),
         source,
-        metrics_addr: args.metrics_addr,
+        metrics_addr: (!args.no_metrics).then_some(args.metrics_bind_address),
         overlay,
         service_cidrs: args.service_cluster_ip_range,
     })
