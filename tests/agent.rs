@@ -376,8 +376,7 @@ fn pod_devices_are_attached_as_they_appear_and_detached_as_they_go() {
 
 /// (link id, program id) of each pinned cgroup link of `pin`, by program.
 fn cgroup_links(pin: &Path) -> Vec<(String, u32, u32)> {
-    dataplane::loader::SOCK_PROGRAMS
-        .iter()
+    dataplane::loader::sock_programs()
         .map(|name| {
             let path = dataplane::loader::sock_link_pin(pin, name);
             let fd = dataplane::bpf_link::obj_get(&path)

@@ -401,6 +401,90 @@ fn clusterip_connection_is_dnated_tracked_and_reverse_natted() {
     }
 }
 
+/// Sets the pre-filter flag and the `LB_ADDRS_V1` entry of `addr` (None: not listed).
+fn set_prefilter(h: &mut support::fixture::Harness, on: bool, addr: Ipv4Addr, flags: Option<u32>) {
+    use dataplane_common::{ct::CFG_F_POD_FILTER, map_names};
+    let mut cfg = dataplane_common::ct::Config::with_masq_addr(u32::from(MASQ_ADDR).to_be());
+    if on {
+        cfg.flags |= CFG_F_POD_FILTER;
+    }
+    dataplane::loader::write_config(&mut h.datapath.ebpf, &cfg).unwrap();
+    let map = h.datapath.ebpf.map_mut(map_names::LB_ADDRS).unwrap();
+    let mut addrs: aya::maps::HashMap<_, u32, u32> = aya::maps::HashMap::try_from(map).unwrap();
+    let key = u32::from(addr).to_be();
+    match flags {
+        Some(f) => addrs.insert(key, f, 0).unwrap(),
+        None => {
+            let _ = addrs.remove(&key);
+        }
+    }
+}
+
+/// The pre-filter (`CFG_F_POD_FILTER`, which the agent turns on once `LB_ADDRS_V1` holds the
+/// node's addresses): on every packet hook, a packet whose addresses `LB_ADDRS_V1` does not list
+/// skips the conntrack and service lookups. Shown with entries taken out of `LB_ADDRS_V1` by
+/// hand (ServiceTable never leaves that state: it lists an address before any map entry uses
+/// it): a SYN to a frontend that is not listed passes untranslated on the ingress hooks, and
+/// the tracked reply of a backend that is not listed passes untranslated on the egress hooks;
+/// listed again, they are translated. With the filter off the same packets are translated.
+#[test]
+fn the_pre_filter_skips_lookups_for_unlisted_addresses_on_every_hook() {
+    use dataplane_common::lb::{ADDR_F_BACKEND, ADDR_F_FRONTEND};
+    let mut h = harness();
+    h.sync_services(&services());
+    set_prefilter(&mut h, true, VIP, None);
+    // (The fixture object runs the uplink's service pipeline in XDP; its tc ingress only
+    // observes. With --xdp-mode off, tc ingress runs the same pipeline: tests/overlay.rs.)
+    for (hook, sport) in [(Hook::TcPodIngress, 40101), (Hook::XdpUplink, 40102)] {
+        let syn = tcp(CLIENT, sport, VIP, 80, TcpFlags::SYN).build();
+        h.check(&Fixture {
+            name: "syn to an unlisted frontend, filter on",
+            hook,
+            input: syn.clone(),
+            verdict: Verdict::Pass,
+            reason: Reason::PassTcp,
+            output: Output::Unchanged,
+        });
+        set_prefilter(&mut h, true, VIP, Some(ADDR_F_FRONTEND));
+        let dnat = tcp(CLIENT, sport, BACKEND, 8080, TcpFlags::SYN).build();
+        h.check(&service_fixture(
+            "listed again",
+            hook,
+            syn,
+            Reason::LbNewConnection,
+            dnat,
+        ));
+        set_prefilter(&mut h, true, VIP, None);
+    }
+    // CLIENT is listed too (the hairpin service's backend): take both out.
+    set_prefilter(&mut h, true, CLIENT, None);
+    set_prefilter(&mut h, true, BACKEND, None);
+    for (egress, sport) in [(Hook::TcPodEgress, 40101), (Hook::TcUplinkEgress, 40102)] {
+        let reply = tcp(BACKEND, 8080, CLIENT, sport, TcpFlags::SYN | TcpFlags::ACK).build();
+        h.check(&Fixture {
+            name: "reply of an unlisted backend, filter on",
+            hook: egress,
+            input: reply.clone(),
+            verdict: Verdict::Pass,
+            reason: Reason::PassTcp,
+            output: Output::Unchanged,
+        });
+        set_prefilter(&mut h, false, BACKEND, None);
+        let reply_nat = tcp(VIP, 80, CLIENT, sport, TcpFlags::SYN | TcpFlags::ACK).build();
+        h.check(&service_fixture(
+            "filter off",
+            egress,
+            reply,
+            Reason::NatReply,
+            reply_nat,
+        ));
+        set_prefilter(&mut h, true, BACKEND, None);
+    }
+    set_prefilter(&mut h, false, VIP, Some(ADDR_F_FRONTEND));
+    set_prefilter(&mut h, false, BACKEND, Some(ADDR_F_BACKEND));
+    set_prefilter(&mut h, false, CLIENT, Some(ADDR_F_BACKEND));
+}
+
 #[test]
 fn udp_checksums_including_the_zero_checksum() {
     let mut h = harness();

@@ -9,6 +9,7 @@ pub mod csum;
 pub mod ct;
 pub mod lb;
 pub mod overlay;
+pub mod programs;
 pub mod stats;
 
 pub use stats::{Hook, Reason, StatsValue, MAX_REASONS, NUM_HOOKS, STATS_ENTRIES};

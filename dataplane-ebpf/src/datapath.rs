@@ -199,7 +199,7 @@ pub fn observe<P: Packet>(p: &P) -> Reason {
 /// Where connections enter the node (a pod's veth, the uplink): translate tracked packets in
 /// either direction, balance new connections to services, reject services without endpoints.
 #[inline(always)]
-pub fn service_ingress<P: Packet>(p: &P, pod: bool) -> (Reason, Action) {
+pub fn service_ingress<P: Packet>(p: &P) -> (Reason, Action) {
     let len = p.frame_len();
     let pkt = match parse::parse_ipv4(p.data(), p.data_end(), len as usize) {
         Ok(pkt) => pkt,
@@ -208,7 +208,10 @@ pub fn service_ingress<P: Packet>(p: &P, pod: bool) -> (Reason, Action) {
     if pkt.l4 == L4::Icmp {
         return icmp_errors(p, &pkt, Phase::Ingress);
     }
-    if pod && prefilter::pod_ingress_untouched(&pkt) {
+    // Same rule on the uplink: an ingress hook translates only packets to a frontend (new
+    // connections, NodePorts on the node's addresses) or to the node (replies of masqueraded
+    // and of the node's own connections); a decapsulated packet for a local pod is neither.
+    if prefilter::ingress_untouched(&pkt) {
         return (parse::pass_reason(pkt.l4), Action::Pass);
     }
     if pkt.l4 == L4::Fragment {

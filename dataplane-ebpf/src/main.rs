@@ -128,7 +128,7 @@ pub fn xdp_uplink(ctx: XdpContext) -> u32 {
     }
     let p = XdpPacket(&ctx);
     let len = p.frame_len();
-    let (reason, action) = datapath::service_ingress(&p, false);
+    let (reason, action) = datapath::service_ingress(&p);
     stats::count(Hook::XdpUplink, reason, len);
     xdp_action(action)
 }
@@ -147,11 +147,10 @@ fn uplink_xdp() -> bool {
 
 #[inline(always)]
 fn tc_service_ingress(ctx: &TcContext, hook: Hook) -> i32 {
-    let pod = hook == Hook::TcPodIngress;
     linearize(ctx);
     let p = TcPacket(ctx);
     let len = p.frame_len();
-    let (reason, action) = datapath::service_ingress(&p, pod);
+    let (reason, action) = datapath::service_ingress(&p);
     stats::count(hook, reason, len);
     tc_action(ctx, action)
 }

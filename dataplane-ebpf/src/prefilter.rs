@@ -1,7 +1,7 @@
-//! The pre-filter of the pod hooks and the uplink's egress: most pod packets are pod-to-pod traffic that no service is
+//! The pre-filter of every packet hook: most pod packets are pod-to-pod traffic that no service is
 //! involved in, and should not pay the conntrack and service lookups (a hash lookup in a
 //! 262,144-entry LRU map that misses, then another). One lookup per address in `LB_ADDRS_V1`
-//! tells: a packet can need translation at a pod ingress hook only if its destination is a
+//! tells: a packet can need translation at an ingress hook only if its destination is a
 //! frontend or one of the node's addresses (replies of masqueraded connections and of the
 //! node's own); at a pod egress hook or the uplink's egress only if its source or destination
 //! is a backend, a frontend or the node's (DNATed packets go to a backend, un-DNATed replies
@@ -26,9 +26,9 @@ fn enabled() -> bool {
     config().flags & CFG_F_POD_FILTER != 0
 }
 
-/// A packet entering from a pod that no rule can apply to.
+/// A packet entering from a pod or the uplink that no rule can apply to.
 #[inline(always)]
-pub fn pod_ingress_untouched(pkt: &Ipv4Packet) -> bool {
+pub fn ingress_untouched(pkt: &Ipv4Packet) -> bool {
     enabled() && flags(pkt.daddr) & (ADDR_F_FRONTEND | ADDR_F_NODE) == 0
 }
 

@@ -19,12 +19,6 @@ const BPF_LINK_DETACH: libc::c_long = 34;
 /// `enum bpf_link_type`: BPF_LINK_TYPE_CGROUP.
 pub const BPF_LINK_TYPE_CGROUP: u32 = 3;
 
-/// `enum bpf_attach_type` values of the socket-address hooks.
-pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
-pub const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
-pub const BPF_CGROUP_UDP4_RECVMSG: u32 = 19;
-pub const BPF_CGROUP_INET4_GETPEERNAME: u32 = 29;
-
 /// `union bpf_attr` is larger than any command's part of it; the kernel copies
 /// min(size, sizeof(attr)) and requires the rest of what we pass to be zero.
 #[repr(C, align(8))]

@@ -16,6 +16,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
+use dataplane_common::{
+    programs::{programs_where, Attach},
+    Hook,
+};
+
 use crate::{bpf_link, pin, EBPF_OBJECT};
 
 /// Which XDP attach mode to ask the kernel for.
@@ -113,38 +118,27 @@ pub fn load_with(pin_dir: &Path, uplink_xdp: bool) -> Result<Datapath> {
     })
 }
 
-/// Program names in the object, with their kind.
-pub const XDP_PROGRAMS: &[&str] = &["xdp_uplink"];
-pub const TC_PROGRAMS: &[&str] = &[
-    "tc_uplink_ingress",
-    "tc_uplink_egress",
-    "tc_pod_ingress",
-    "tc_pod_egress",
-];
-pub const SOCK_PROGRAMS: &[&str] = &[
-    "sock_connect4",
-    "sock_sendmsg4",
-    "sock_recvmsg4",
-    "sock_getpeername4",
-];
-/// The socket programs with the attach type their cgroup link must have.
-const SOCK_PROGRAMS_ATTACH: &[(&str, u32)] = &[
-    ("sock_connect4", bpf_link::BPF_CGROUP_INET4_CONNECT),
-    ("sock_sendmsg4", bpf_link::BPF_CGROUP_UDP4_SENDMSG),
-    ("sock_recvmsg4", bpf_link::BPF_CGROUP_UDP4_RECVMSG),
-    ("sock_getpeername4", bpf_link::BPF_CGROUP_INET4_GETPEERNAME),
-];
+/// Program names in the object, by kind (from the one program table, `Hook::program`).
+pub fn xdp_programs() -> impl Iterator<Item = &'static str> {
+    programs_where(|a| a == Attach::Xdp)
+}
+pub fn tc_programs() -> impl Iterator<Item = &'static str> {
+    programs_where(|a| matches!(a, Attach::TcIngress | Attach::TcEgress))
+}
+pub fn sock_programs() -> impl Iterator<Item = &'static str> {
+    programs_where(|a| matches!(a, Attach::Cgroup(_)))
+}
 
 fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
-    for name in XDP_PROGRAMS {
+    for name in xdp_programs() {
         let prog: &mut Xdp = program(ebpf, name)?;
         prog.load().map_err(|e| verifier_error(name, e))?;
     }
-    for name in TC_PROGRAMS {
+    for name in tc_programs() {
         let prog: &mut SchedClassifier = program(ebpf, name)?;
         prog.load().map_err(|e| verifier_error(name, e))?;
     }
-    for name in SOCK_PROGRAMS {
+    for name in sock_programs() {
         let prog: &mut CgroupSockAddr = program(ebpf, name)?;
         prog.load().map_err(|e| verifier_error(name, e))?;
     }
@@ -212,17 +206,21 @@ impl Datapath {
         let mut wanted = Vec::new();
         // `Off`: no XDP link is wanted, so a pinned one an earlier run left is removed below.
         if cfg.xdp_mode != XdpAttachMode::Off {
-            wanted.push(link_pin(&self.pin_dir, "xdp_uplink", &cfg.uplink));
+            wanted.push(link_pin(
+                &self.pin_dir,
+                Hook::XdpUplink.program(),
+                &cfg.uplink,
+            ));
             self.attach_xdp(&cfg.uplink, cfg.xdp_mode)?;
         }
         let mut tc = vec![
             (
-                "tc_uplink_ingress",
+                Hook::TcUplinkIngress.program(),
                 cfg.uplink.as_str(),
                 TcAttachType::Ingress,
             ),
             (
-                "tc_uplink_egress",
+                Hook::TcUplinkEgress.program(),
                 cfg.uplink.as_str(),
                 TcAttachType::Egress,
             ),
@@ -232,8 +230,8 @@ impl Datapath {
             refuse_bridge(iface)?;
         }
         for iface in &pod_ifaces {
-            tc.push(("tc_pod_ingress", iface, TcAttachType::Ingress));
-            tc.push(("tc_pod_egress", iface, TcAttachType::Egress));
+            tc.push((Hook::TcPodIngress.program(), iface, TcAttachType::Ingress));
+            tc.push((Hook::TcPodEgress.program(), iface, TcAttachType::Egress));
         }
         for (name, iface, kind) in tc {
             self.attach_tc(name, iface, kind)?;
@@ -241,11 +239,7 @@ impl Datapath {
         }
         if let Some(cgroup) = &cfg.cgroup {
             self.attach_sock(cgroup)?;
-            wanted.extend(
-                SOCK_PROGRAMS
-                    .iter()
-                    .map(|p| sock_link_pin(&self.pin_dir, p)),
-            );
+            wanted.extend(sock_programs().map(|p| sock_link_pin(&self.pin_dir, p)));
         }
         // Also drops the cgroup links when socket-level balancing was turned off.
         self.remove_stale_links(&wanted)?;
@@ -258,15 +252,17 @@ impl Datapath {
     pub fn sync_pod_ifaces(&mut self, ifaces: &[String]) -> Result<Vec<String>> {
         let mut added = Vec::new();
         for iface in ifaces {
-            if link_pin(&self.pin_dir, "tc_pod_ingress", iface).exists()
-                && link_pin(&self.pin_dir, "tc_pod_egress", iface).exists()
+            if link_pin(&self.pin_dir, Hook::TcPodIngress.program(), iface).exists()
+                && link_pin(&self.pin_dir, Hook::TcPodEgress.program(), iface).exists()
             {
                 continue;
             }
             // A veth can vanish between listing and attaching: skip it, the next poll decides.
             let attached = self
-                .attach_tc("tc_pod_ingress", iface, TcAttachType::Ingress)
-                .and_then(|_| self.attach_tc("tc_pod_egress", iface, TcAttachType::Egress));
+                .attach_tc(Hook::TcPodIngress.program(), iface, TcAttachType::Ingress)
+                .and_then(|_| {
+                    self.attach_tc(Hook::TcPodEgress.program(), iface, TcAttachType::Egress)
+                });
             match attached {
                 Ok(()) => added.push(iface.clone()),
                 Err(e) => log::warn!("pod device {iface}: {e:#}"),
@@ -302,8 +298,8 @@ impl Datapath {
     }
 
     fn attach_xdp(&mut self, iface: &str, mode: XdpAttachMode) -> Result<()> {
-        let pin = link_pin(&self.pin_dir, "xdp_uplink", iface);
-        let prog: &mut Xdp = program(&mut self.ebpf, "xdp_uplink")?;
+        let pin = link_pin(&self.pin_dir, Hook::XdpUplink.program(), iface);
+        let prog: &mut Xdp = program(&mut self.ebpf, Hook::XdpUplink.program())?;
         if pin.exists() {
             let adopted = PinnedLink::from_pin(&pin)
                 .map_err(anyhow::Error::from)
@@ -394,7 +390,10 @@ impl Datapath {
     fn attach_sock(&mut self, cgroup: &Path) -> Result<()> {
         let cgroup_id = bpf_link::cgroup_id(cgroup)
             .with_context(|| format!("reading the id of cgroup {}", cgroup.display()))?;
-        for &(name, attach_type) in SOCK_PROGRAMS_ATTACH {
+        for hook in Hook::ALL {
+            let (name, Attach::Cgroup(attach_type)) = (hook.program(), hook.attach()) else {
+                continue;
+            };
             let pin = sock_link_pin(&self.pin_dir, name);
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
             let prog_fd = prog.fd()?.as_fd().try_clone_to_owned()?;

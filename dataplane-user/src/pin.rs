@@ -270,3 +270,77 @@ pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     Ok(removed)
 }
+
+/// The built object against the tables the loader and the docs use: every map it defines has
+/// the layout `expected_layouts` says (so the agent and the programs agree on key and value
+/// sizes before anything is loaded) and every program is one of `Hook::program`'s.
+#[cfg(test)]
+mod object_tests {
+    use std::collections::BTreeSet;
+
+    use aya_obj::{Object, ProgramSection};
+    use dataplane_common::{programs::Attach, Hook};
+
+    use super::expected_layouts;
+
+    fn object() -> Object {
+        Object::parse(crate::EBPF_OBJECT).expect("parsing the built eBPF object")
+    }
+
+    #[test]
+    fn every_map_of_the_object_has_the_expected_layout() {
+        let obj = object();
+        let expected = expected_layouts();
+        let pinned: BTreeSet<&str> = obj
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        let listed: BTreeSet<&str> = expected.iter().map(|l| l.name).collect();
+        assert_eq!(pinned, listed, "maps in the object vs expected_layouts()");
+        for l in &expected {
+            let m = &obj.maps[l.name];
+            let got = (m.map_type(), m.key_size(), m.value_size(), m.max_entries());
+            let want = (l.map_type, l.key_size, l.value_size, l.max_entries);
+            assert_eq!(got, want, "{}: (type, key, value, entries)", l.name);
+        }
+    }
+
+    #[test]
+    fn every_map_has_a_section_in_bpf_maps_md() {
+        let doc = include_str!("../../bpf-maps.md");
+        for l in expected_layouts() {
+            let heading = |level: &str| format!("\n{level} {}\n", l.name);
+            assert!(
+                doc.contains(&heading("##")) || doc.contains(&heading("###")),
+                "bpf-maps.md has no section for {}",
+                l.name
+            );
+            assert!(
+                doc.contains(&format!("[`{}`]", l.name)),
+                "bpf-maps.md's table lacks {}",
+                l.name
+            );
+        }
+    }
+
+    #[test]
+    fn every_program_of_the_object_is_in_the_hook_table() {
+        let obj = object();
+        let in_object: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
+        let listed: BTreeSet<&str> = Hook::ALL.iter().map(|h| h.program()).collect();
+        assert_eq!(in_object, listed, "programs in the object vs Hook::program");
+        for hook in Hook::ALL {
+            let section = &obj.programs[hook.program()].section;
+            let kind_matches = match hook.attach() {
+                Attach::Xdp => matches!(section, ProgramSection::Xdp { .. }),
+                Attach::TcIngress | Attach::TcEgress => {
+                    matches!(section, ProgramSection::SchedClassifier)
+                }
+                Attach::Cgroup(_) => matches!(section, ProgramSection::CgroupSockAddr { .. }),
+            };
+            assert!(kind_matches, "{}: section {section:?}", hook.program());
+        }
+    }
+}

@@ -73,18 +73,14 @@ pub fn harness() -> MutexGuard<'static, Harness> {
     HARNESS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The program of a packet hook (socket hooks see calls, not frames).
 pub fn program_name(hook: Hook) -> &'static str {
-    match hook {
-        Hook::XdpUplink => "xdp_uplink",
-        Hook::TcUplinkIngress => "tc_uplink_ingress",
-        Hook::TcUplinkEgress => "tc_uplink_egress",
-        Hook::TcPodIngress => "tc_pod_ingress",
-        Hook::TcPodEgress => "tc_pod_egress",
-        other => panic!(
-            "{} sees socket calls, not packets: no packet fixtures",
-            other.name()
-        ),
-    }
+    assert!(
+        dataplane_common::programs::Target::CgroupRoot != hook.target(),
+        "{} sees socket calls, not packets: no packet fixtures",
+        hook.name()
+    );
+    hook.program()
 }
 
 /// The result of one test run.
