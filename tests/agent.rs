@@ -74,12 +74,14 @@ fn http_get(ns: &str, path: &'static str) -> (u16, String) {
         let mut s = TcpStream::connect_timeout(&"127.0.0.1:9464".parse().unwrap(), T)
             .expect("metrics endpoint");
         s.set_read_timeout(Some(T)).unwrap();
-        // One write: `write!` sends each formatted piece in its own segment, and the agent's
-        // metrics responder answers from its first read (the hostile-input issue replaces it).
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-            .unwrap();
+        // A connection the server closed at once (over its limit): no answer, code 0.
+        let _ = s.set_nodelay(true);
+        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let _ = s.write_all(request.as_bytes());
         let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
+        if s.read_to_string(&mut text).is_err() {
+            text.clear();
+        }
         let code = text
             .split_whitespace()
             .nth(1)
@@ -156,23 +158,52 @@ fn manifests_drive_the_services_and_metrics_report_them() {
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(servers_seen(&lab, 10), BTreeSet::from([b2.name.clone()]));
 
-    let (code, body) = http_get(&lab.node(0).ns, "/healthz");
-    assert_eq!((code, body.trim()), (200, "ok"));
-    let (code, metrics) = http_get(&lab.node(0).ns, "/metrics");
-    assert_eq!(code, 200);
-    for needle in [
+    for path in ["/healthz", "/livez"] {
+        let (code, body) = http_get(&lab.node(0).ns, path);
+        assert_eq!((code, body.trim()), (200, "ok"), "{path}");
+    }
+    // The text is a snapshot rebuilt every 2 s: wait for one taken after the broken file.
+    let needles = [
         "dataplane_service_frontends ",
         "dataplane_packets_total{hook=\"tc-pod-ingress\",reason=\"lb-new-connection\"}",
         "dataplane_conntrack_entries ",
         "dataplane_service_packets{frontend=\"10.96.0.10:80\",protocol=\"tcp\"}",
         "dataplane_source_objects{kind=\"Service\"} 1",
         "dataplane_syncs_total ",
-    ] {
-        assert!(
-            metrics.contains(needle),
-            "/metrics lacks {needle}:\n{metrics}"
-        );
-    }
+        "dataplane_map_fill_ratio{map=\"CT_V2\"}",
+        // kube-proxy's names.
+        "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.001\"}",
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds ",
+        "kubeproxy_sync_proxy_rules_service_changes_total ",
+        "kubeproxy_sync_proxy_rules_endpoint_changes_total ",
+        "# EOF",
+    ];
+    let mut metrics = String::new();
+    eventually("a snapshot with everything", || {
+        let (code, text) = http_get(&lab.node(0).ns, "/metrics");
+        metrics = text;
+        code == 200
+            && needles.iter().all(|n| metrics.contains(n))
+            && !metrics.contains("dataplane_source_errors_total 0\n")
+    });
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    // The Service appeared (1), then an edit removed an endpoint: two endpoint changes, one
+    // service change.
+    assert_eq!(
+        value("kubeproxy_sync_proxy_rules_service_changes_total "),
+        1.0
+    );
+    assert_eq!(
+        value("kubeproxy_sync_proxy_rules_endpoint_changes_total "),
+        2.0
+    );
+    assert!(value("kubeproxy_sync_proxy_rules_last_timestamp_seconds ") > 1.7e9);
     let errors: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("dataplane_source_errors_total "))
@@ -679,16 +710,12 @@ fn a_service_that_cannot_be_written_does_not_block_the_others() {
     let (code, body) = http_get(&ns, "/readyz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("default/web:p"), "{body}");
-    let (_, metrics) = http_get(&ns, "/metrics");
-    for needle in [
-        "dataplane_services_failed 1",
-        "dataplane_service_failed{service=\"default/web:p\"} 1",
-    ] {
-        assert!(
-            metrics.contains(needle),
-            "/metrics lacks {needle}:\n{metrics}"
-        );
-    }
+    // The metrics text is a snapshot rebuilt every 2 s.
+    eventually("/metrics names the failed service", || {
+        let (_, metrics) = http_get(&ns, "/metrics");
+        metrics.contains("dataplane_services_failed 1\n")
+            && metrics.contains("dataplane_service_failed{service=\"default/web:p\"} 1\n")
+    });
 
     // Room again: the retry (backoff 1, 2, 4 ... s) applies web with no new event.
     for slot in 1..100 {
@@ -712,4 +739,77 @@ fn servers_seen_from(
         .filter_map(|i| host.tcp_request(vip, &format!("r{i}"), T).ok())
         .map(|r| r.server)
         .collect()
+}
+
+/// The metrics server against hostile clients: connections that never send a request take the
+/// connection slots only until the header timeout, the connection beyond the limit is closed at
+/// once, and a flood of scrapes delays neither the health answers nor the agent's applies (the
+/// server and the snapshot run off the sync loop; a scrape never reads a map).
+#[test]
+fn the_metrics_server_withstands_idle_connections_and_scrape_floods() {
+    use dataplane::metrics::{HEADER_TIMEOUT, MAX_CONNECTIONS};
+    support::require_root();
+    let lab = CheckedLab::build(&LabSpec {
+        nodes: 1,
+        pods_per_node: 2,
+        cni: Cni::Flannel,
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = tempdir(&lab);
+    let (b1, b2) = (lab.pod(0, 0), lab.pod(0, 1));
+    let _s1 = b1.host().tcp_echo_server(8080).unwrap();
+    let _s2 = b2.host().tcp_echo_server(8080).unwrap();
+    write(&dir, "web.yaml", &web(vec![endpoint(b1)]).to_yaml());
+    let args = [
+        "--manifests",
+        dir.to_str().unwrap(),
+        "--metrics-bind-address",
+        "127.0.0.1:9464",
+    ];
+    let node = DataplaneNode::start(&lab, 0, &args).unwrap();
+    let ns = lab.node(0).ns.clone();
+    assert_eq!(http_get(&ns, "/healthz").0, 200);
+    // Slowloris: every slot taken by a connection that sends nothing.
+    let idle: Vec<TcpStream> = netns::in_netns(&ns, || {
+        (0..MAX_CONNECTIONS)
+            .map(|_| TcpStream::connect("127.0.0.1:9464").unwrap())
+            .collect()
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        http_get(&ns, "/healthz").0,
+        0,
+        "the connection beyond {MAX_CONNECTIONS} is closed unanswered"
+    );
+    // The header timeout frees the slots; the server answers again.
+    std::thread::sleep(HEADER_TIMEOUT + Duration::from_millis(500));
+    assert_eq!(http_get(&ns, "/healthz").0, 200);
+    drop(idle);
+    // A scrape flood while the source changes: the edit is applied as fast as ever.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood: Vec<_> = (0..4)
+        .map(|_| {
+            let (ns, stop) = (ns.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert_eq!(http_get(&ns, "/metrics").0, 200);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    write(&dir, "web.yaml", &web(vec![endpoint(b2)]).to_yaml());
+    eventually("the edit applies during the flood", || {
+        servers_seen(&lab, 10) == BTreeSet::from([b2.name.clone()])
+    });
+    assert_eq!(http_get(&ns, "/healthz").0, 200);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let scrapes: u32 = flood.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(scrapes > 20, "{scrapes} scrapes");
+    node.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -777,6 +777,71 @@ fn service_without_endpoints_answers_icmp_port_unreachable() {
     }
 }
 
+/// Sets `REJECT_TOKENS_V1` on every CPU: `tokens` left, credited up to `last_ns`.
+fn set_reject_bucket(h: &mut support::fixture::Harness, tokens: u64, last_ns: u64) {
+    use aya::maps::{PerCpuArray, PerCpuValues};
+    use dataplane_common::lb::RejectBucket;
+    let map = h
+        .datapath
+        .ebpf
+        .map_mut(dataplane_common::map_names::REJECT_TOKENS)
+        .unwrap();
+    let mut array: PerCpuArray<_, RejectBucket> = PerCpuArray::try_from(map).unwrap();
+    let cpus = aya::util::nr_cpus().unwrap();
+    let value = RejectBucket { tokens, last_ns };
+    array
+        .set(0, PerCpuValues::try_from(vec![value; cpus]).unwrap(), 0)
+        .unwrap();
+}
+
+/// CLOCK_MONOTONIC, what bpf_ktime_get_ns reads.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The no-endpoint REJECT goes back to a source that may be forged: beyond the per-CPU token
+/// bucket (1000/s, burst 50, like the kernel's ICMP limit) it is dropped with its own reason.
+#[test]
+fn rejects_beyond_the_token_bucket_are_dropped() {
+    let mut h = harness();
+    h.sync_services(&services());
+    // 3 tokens on every CPU, none credited for the next minute.
+    set_reject_bucket(&mut h, 3, monotonic_ns() + 60_000_000_000);
+    // One CPU: the bucket is per CPU.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    let syn = tcp(CLIENT, 43002, VIP, 81, TcpFlags::SYN).build();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let o = h.run(Hook::XdpUplink, &syn);
+        assert_eq!(
+            o.stats_delta.len(),
+            1,
+            "one counter per packet: {:?}",
+            o.stats_delta
+        );
+        seen.push((o.verdict, o.stats_delta[0].1));
+    }
+    // A full bucket again for the other fixtures (all zero: refilled on the next packet).
+    set_reject_bucket(&mut h, 0, 0);
+    let (tx, drop) = (
+        (Verdict::Tx, Reason::RejectNoEndpoints),
+        (Verdict::Drop, Reason::DropRejectRateLimited),
+    );
+    assert_eq!(seen, [tx, tx, tx, drop, drop]);
+    // Refilled: answered again.
+    let o = h.run(Hook::XdpUplink, &syn);
+    assert_eq!(o.verdict, Verdict::Tx);
+}
+
 #[test]
 fn icmp_errors_about_natted_connections_are_translated_back() {
     let mut h = harness();
@@ -881,6 +946,7 @@ mod overlay {
             pod_cidrs: vec![(cidr, 24)],
             vtep_mac: Some(vtep),
             ipip_tunnel_addr: None,
+            created: None,
         };
         vec![
             n("node1", NODE1, Ipv4Addr::new(10, 244, 1, 0), NODE1_MAC),
@@ -1289,6 +1355,67 @@ mod overlay {
         }
     }
 
+    /// A tunnel packet from a known node's address is opened only if its inner source is that
+    /// node's: in its pod CIDRs or its own address. Anyone on the underlay can forge the outer
+    /// source; the inner one must match it. XDP and tc ingress (a veth uplink) alike.
+    #[test]
+    fn decapsulation_refuses_spoofed_inner_sources() {
+        let from = |src: Ipv4Addr| {
+            Frame::eth(VTEP2, NODE1_MAC)
+                .ipv4(src, POD)
+                .udp(5353, 53)
+                .payload(b"spoof")
+                .build()
+        };
+        let spoofed = [
+            ("this node's own pod", POD),
+            ("another node's pod", FAR),
+            ("an outside address", Ipv4Addr::new(203, 0, 113, 9)),
+            ("this node's address", NODE1),
+            ("another node's address", NODE3),
+        ];
+        for mode in [MODE_VXLAN, MODE_IPIP] {
+            for hook in [Hook::XdpUplink, Hook::TcUplinkIngress] {
+                let mut h = harness();
+                for (name, src) in spoofed {
+                    let input = tunnel(mode, NODE2, NODE1, 1, &from(src));
+                    let out = with_overlay(&mut h, mode, |h| h.run(hook, &input));
+                    assert_eq!(out.verdict, Verdict::Drop, "{name}, mode {mode}, {hook:?}");
+                    assert_eq!(
+                        out.stats_delta,
+                        vec![(
+                            hook,
+                            Reason::DropOverlaySpoofedSource,
+                            1,
+                            input.len() as u64
+                        )],
+                        "{name}, mode {mode}, {hook:?}"
+                    );
+                }
+                // From node2's pods or node2 itself: opened.
+                for (name, src) in [("node2's pod", PEER), ("node2's address", NODE2)] {
+                    let input = tunnel(mode, NODE2, NODE1, 1, &from(src));
+                    let out = with_overlay(&mut h, mode, |h| h.run(hook, &input));
+                    assert_eq!(out.verdict, Verdict::Pass, "{name}, mode {mode}, {hook:?}");
+                    assert!(
+                        out.stats_delta.iter().any(|d| d.1 == Reason::OverlayDecap),
+                        "{name}: {:?}",
+                        out.stats_delta
+                    );
+                }
+                // A wrong VNI has its own reason at tc ingress too.
+                if mode == MODE_VXLAN {
+                    let input = tunnel(mode, NODE2, NODE1, 7, &from(PEER));
+                    let out = with_overlay(&mut h, mode, |h| h.run(hook, &input));
+                    assert_eq!(
+                        out.stats_delta,
+                        vec![(hook, Reason::DropOverlayWrongVni, 1, input.len() as u64)],
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn decapsulation_refuses_what_is_not_for_this_node() {
         let inner = reply();
@@ -1366,7 +1493,7 @@ mod overlay {
                 "wrong VNI",
                 MODE_VXLAN,
                 tunnel(MODE_VXLAN, NODE2, NODE1, 2, &inner),
-                Reason::DropOverlayMalformed,
+                Reason::DropOverlayWrongVni,
             ),
             (
                 "VXLAN flags without I",

@@ -21,6 +21,8 @@ const RUN_FLAGS: &[&str] = &[
     "--kubernetes",
     "--node-name",
     "--uplink",
+    "--uplink-address",
+    "--service-cluster-ip-range",
     "--pod-ifaces",
     "--pod-iface-prefix",
     "--pin-dir",
@@ -31,7 +33,8 @@ const RUN_FLAGS: &[&str] = &[
     "--overlay",
     "--manifests",
     "--kubeconfig",
-    "--metrics-addr",
+    "--metrics-bind-address",
+    "--no-metrics",
 ];
 
 /// Flags being wired into the CLI right now: missing from `--help` is a warning, not a failure.
@@ -219,21 +222,84 @@ fn pin_dir_is_on_the_hosts_bpffs_and_cgroups_are_mounted() {
         pin_dir.starts_with("/sys/fs/bpf/"),
         "--pin-dir {pin_dir} must be under the bpffs mount"
     );
-    assert_eq!(bpf.mount_propagation.as_deref(), Some("Bidirectional"));
-    // The API server rejects Bidirectional propagation in unprivileged containers.
-    assert_eq!(
-        c.security_context.as_ref().and_then(|s| s.privileged),
-        Some(true)
-    );
-    let (_, cgroup) = host_path_of("/sys/fs/cgroup");
+    // The API server accepts Bidirectional propagation only in privileged containers;
+    // HostToContainer sees the host's bpffs (and pins made there) without privilege.
+    assert_eq!(bpf.mount_propagation.as_deref(), Some("HostToContainer"));
+    assert_ne!(bpf.read_only, Some(true), "pins are written there");
+    let (cgroup_mount, cgroup) = host_path_of("/sys/fs/cgroup");
     assert_eq!(cgroup, "/sys/fs/cgroup");
+    assert_eq!(
+        cgroup_mount.read_only,
+        Some(true),
+        "the cgroup root is only opened to attach to"
+    );
+}
+
+#[test]
+fn the_container_is_unprivileged_with_exactly_the_capabilities_the_agent_uses() {
+    let ds = daemonset();
+    let c = container(&ds);
+    let sc = c.security_context.clone().expect("a securityContext");
+    assert_ne!(sc.privileged, Some(true), "no privileged container");
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let caps = sc.capabilities.expect("capabilities");
+    assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
+    // tests/least_privilege.rs runs the agent with exactly these (and shows PERFMON is needed);
+    // SYS_ADMIN would only mount a bpffs or cgroup2 the host lacks.
+    let mut add = caps.add.unwrap_or_default();
+    add.sort();
+    assert_eq!(add, ["BPF", "NET_ADMIN", "PERFMON"]);
+    let pod = ds.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    for volume in pod.volumes.unwrap_or_default() {
+        let path = volume.host_path.map(|h| h.path).unwrap_or_default();
+        assert!(
+            ["/sys/fs/bpf", "/sys/fs/cgroup"].contains(&path.as_str()),
+            "unexpected host path {path}"
+        );
+    }
+}
+
+#[test]
+fn the_image_tag_is_the_crate_version() {
+    let c = container(&daemonset());
+    let image = c.image.expect("an image");
+    let (_, tag) = image.rsplit_once(':').expect("a tagged image");
+    assert_eq!(tag, env!("CARGO_PKG_VERSION"), "{image}");
+    let dockerfile = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains(&format!("-t {image} ")),
+        "the Dockerfile's build command tags {image}"
+    );
+}
+
+#[test]
+fn the_uplink_is_found_from_the_nodes_address() {
+    let ds = daemonset();
+    assert!(
+        !args(&ds).iter().any(|a| a == "--uplink" || a == "eth0"),
+        "no interface name hard-coded: {:?}",
+        args(&ds)
+    );
+    assert_eq!(flag_value(&ds, "--uplink-address"), "$(HOST_IP)");
+    let env = container(&ds).env.unwrap_or_default();
+    let host_ip = env
+        .iter()
+        .find(|e| e.name == "HOST_IP")
+        .expect("HOST_IP env");
+    let field = host_ip
+        .value_from
+        .as_ref()
+        .and_then(|v| v.field_ref.as_ref())
+        .expect("HOST_IP from a fieldRef");
+    assert_eq!(field.field_path, "status.hostIP");
 }
 
 #[test]
 fn probes_hit_healthz_and_readyz_on_the_metrics_port() {
     let ds = daemonset();
     let c = container(&ds);
-    let metrics_port: i32 = flag_value(&ds, "--metrics-addr")
+    let metrics_port: i32 = flag_value(&ds, "--metrics-bind-address")
         .rsplit(':')
         .next()
         .unwrap()

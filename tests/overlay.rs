@@ -136,6 +136,7 @@ fn node_info(n: &Node, vtep_mac: [u8; 6]) -> NodeInfo {
         pod_cidrs: vec![n.pod_cidr],
         vtep_mac: Some(vtep_mac),
         ipip_tunnel_addr: None,
+        created: None,
     }
 }
 
@@ -1180,11 +1181,21 @@ fn vxlan_mtu_frag_needed_and_bulk_transfers() {
         text.contains("Frag needed") && text.contains("mtu = 1450"),
         "{text}"
     );
-    sh(
+    // One that fits is tunnelled, but node2 refuses it: its inner source (the external client)
+    // is not node1's (a pod of node1's or node1 itself), and accepting it would let anyone who
+    // forges node1's outer address inject packets from any address (hostile-input issue).
+    let spoofed = uplink_in(&o.stats(1), Reason::DropOverlaySpoofedSource);
+    netns::run_in(
         &ext,
         &[
             "ping", "-n", "-c", "2", "-W", "1", "-M", "do", "-s", "1422", &dst,
         ],
+    )
+    .unwrap_err();
+    assert_eq!(
+        uplink_in(&o.stats(1), Reason::DropOverlaySpoofedSource) - spoofed,
+        2,
+        "node2 drops the external source's packets node1 tunnelled"
     );
     let s = o.stats(0);
     assert_eq!(
@@ -1327,6 +1338,23 @@ fn decapsulation_accepts_only_tunnel_packets_for_this_node_from_known_nodes() {
         .unwrap();
     let node2 = o.node(1).underlay_ip;
     // A VXLAN frame from `outer_src` (with the external client's MAC) to node1's MAC.
+    let from = |inner_src: Ipv4Addr,
+                outer_src: Ipv4Addr,
+                outer_dst: Ipv4Addr,
+                vni: u32,
+                inner_dst: Ipv4Addr,
+                tag: &str| {
+        let inner = packet::Frame::eth([2, 0, 0, 0, 0, 9], n1_mac)
+            .ipv4(inner_src, inner_dst)
+            .udp(5555, 7401)
+            .payload(tag.as_bytes())
+            .build();
+        packet::Frame::eth(ext_mac, n1_mac)
+            .ipv4(outer_src, outer_dst)
+            .udp(40000, 8472)
+            .payload(&packet::vxlan(vni, &inner))
+            .build()
+    };
     let frame =
         |outer_src: Ipv4Addr, outer_dst: Ipv4Addr, vni: u32, inner_dst: Ipv4Addr, tag: &str| {
             let inner = packet::Frame::eth([2, 0, 0, 0, 0, 9], n1_mac)
@@ -1365,7 +1393,38 @@ fn decapsulation_accepts_only_tunnel_packets_for_this_node_from_known_nodes() {
         (
             "wrong vni",
             frame(node2, n1.underlay_ip, 2, pod.ip, "wrong vni"),
-            Reason::DropOverlayMalformed,
+            Reason::DropOverlayWrongVni,
+        ),
+        // node2's outer address forged by the external client, inner sources not node2's: a
+        // packet "from" anywhere to a pod (and the pod's answer reflected to the victim).
+        (
+            "spoofed outside source",
+            from(ext.ip, node2, n1.underlay_ip, 1, pod.ip, "spoofed outside"),
+            Reason::DropOverlaySpoofedSource,
+        ),
+        (
+            "spoofed local pod source",
+            from(
+                o.lab.pod(0, 1).ip,
+                node2,
+                n1.underlay_ip,
+                1,
+                pod.ip,
+                "spoofed local",
+            ),
+            Reason::DropOverlaySpoofedSource,
+        ),
+        (
+            "spoofed node1 source",
+            from(
+                n1.underlay_ip,
+                node2,
+                n1.underlay_ip,
+                1,
+                pod.ip,
+                "spoofed node1",
+            ),
+            Reason::DropOverlaySpoofedSource,
         ),
     ];
     for (name, f, reason) in cases {

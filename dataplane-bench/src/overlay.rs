@@ -245,6 +245,7 @@ impl TunnelLab {
                             pod_cidrs: vec![n.pod_cidr],
                             vtep_mac: Some(netutil::mac(&n.ns, "eth0")?),
                             ipip_tunnel_addr: None,
+                            created: None,
                         })
                     })
                     .collect::<Result<_>>()?;

@@ -51,4 +51,6 @@ pub mod map_names {
     pub const MONITOR: &str = "MONITOR_V1";
     pub const MONITOR_TOKENS: &str = "MONITOR_TOKENS_V1";
     pub const EVENTS: &str = "EVENTS_V1";
+    /// Per-CPU token bucket of the no-endpoint REJECT.
+    pub const REJECT_TOKENS: &str = "REJECT_TOKENS_V1";
 }

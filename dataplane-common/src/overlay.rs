@@ -132,6 +132,10 @@ pub struct OverlayRoute {
 /// The CIDR is this node's own: never encapsulated, and the only inner destinations a
 /// decapsulated packet may have.
 pub const ROUTE_F_LOCAL: u16 = 1 << 0;
+/// The kernel routes this remote CIDR with a route the agent did not create (static, another
+/// daemon's): its packets are not encapsulated (the kernel's route decides), but tunnel
+/// packets from its node with inner sources in it are still accepted.
+pub const ROUTE_F_NO_ENCAP: u16 = 1 << 1;
 
 /// `OVERLAY_NEXTHOP_V1` value: the underlay next hop toward a node (key: its address), as
 /// `bpf_fib_lookup` last found it. The encapsulation keeps it per node and asks the FIB again

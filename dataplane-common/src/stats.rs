@@ -165,7 +165,7 @@ reasons! {
     /// Overlay: a tunnel packet whose outer destination is not this node's tunnel address, or
     /// whose inner destination is not on this node (the node is never a relay).
     DropOverlayNotLocal = 27, "drop-overlay-not-local", drop;
-    /// Overlay: a tunnel packet with a wrong VNI or VXLAN flags, outer IP options or fragments,
+    /// Overlay: a tunnel packet with wrong VXLAN flags, outer IP options or fragments,
     /// or an inner frame that is not IPv4 or is truncated.
     DropOverlayMalformed = 28, "drop-overlay-malformed", drop;
     /// Overlay: a packet that would exceed the underlay MTU once encapsulated and cannot be
@@ -180,6 +180,16 @@ reasons! {
     /// A new connection to a frontend with loadBalancerSourceRanges from a client outside them
     /// (kube-proxy's KUBE-PROXY-FIREWALL drop).
     DropSourceRange = 32, "drop-source-range", drop;
+    /// Overlay: a tunnel packet from a known node whose inner source is neither in that node's
+    /// pod CIDRs nor the node's own address: spoofed (anyone on the underlay can forge a node's
+    /// outer address), dropped before it can reach a pod "from" any address.
+    DropOverlaySpoofedSource = 33, "drop-overlay-spoofed-source", drop;
+    /// Overlay: a VXLAN packet from a known node with a VNI other than this node's.
+    DropOverlayWrongVni = 34, "drop-overlay-wrong-vni", drop;
+    /// Service without endpoints, but this CPU's REJECT token bucket (1000/s, burst 50, like
+    /// the kernel's ICMP limit) is empty: dropped instead of answered, so forged sources cannot
+    /// turn the node into an ICMP reflector.
+    DropRejectRateLimited = 35, "drop-reject-rate-limited", drop;
 }
 
 /// Number of columns reserved per hook in the stats table (room for reasons added later).

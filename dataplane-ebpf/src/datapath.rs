@@ -172,10 +172,23 @@ fn no_endpoints<P: Packet>(p: &P, pkt: &Ipv4Packet, svc: &ServiceValue) -> (Reas
     if svc.flags & SVC_F_DROP_IF_EMPTY != 0 {
         return (Reason::DropNoLocalEndpoints, Action::Drop);
     }
+    if !reject_allowed() {
+        return (Reason::DropRejectRateLimited, Action::Drop);
+    }
     match icmp::reject_port_unreachable(p, pkt) {
         Ok(()) => (Reason::RejectNoEndpoints, Action::Bounce),
         Err(()) => (Reason::DropRejectFailed, Action::Drop),
     }
+}
+
+/// A token from this CPU's REJECT bucket (`REJECT_TOKENS_V1`).
+#[inline(always)]
+fn reject_allowed() -> bool {
+    let Some(bucket) = crate::maps::REJECT_TOKENS_V1.get_ptr_mut(0) else {
+        return false;
+    };
+    // Per-CPU entry: no other program touches it while this one runs on this CPU.
+    unsafe { (*bucket).take(bpf_ktime_get_ns()) }
 }
 
 /// Classify only: hooks with nothing to translate yet.

@@ -7,9 +7,10 @@ use aya_ebpf::{
 use dataplane_common::{
     ct::{Config, CtKey, CtValue, FragKey, FragValue, CT_MAX_ENTRIES, MAX_FRAG_DATAGRAMS},
     lb::{
-        AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
-        SockAffinityKey, SockRevNatKey, SockRevNatValue, SourceRangeKey, MAX_AFFINITY,
-        MAX_BACKEND_SLOTS, MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES, MAX_SOURCE_RANGES,
+        AffinityKey, AffinityValue, BackendKey, BackendValue, RejectBucket, ServiceKey,
+        ServiceValue, SockAffinityKey, SockRevNatKey, SockRevNatValue, SourceRangeKey,
+        MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES,
+        MAX_SOURCE_RANGES,
     },
     monitor::{MonitorTokens, EVENTS_RING_BYTES},
     overlay::{
@@ -82,6 +83,10 @@ pub static SOCK_AFFINITY_V1: LruHashMap<SockAffinityKey, BackendValue> =
 #[map(name = "SOCK_REVNAT_V1")]
 pub static SOCK_REVNAT_V1: LruHashMap<SockRevNatKey, SockRevNatValue> =
     LruHashMap::pinned(MAX_SOCK_ENTRIES, 0);
+
+/// The no-endpoint REJECT's token bucket (index 0), per CPU. Written by the programs only.
+#[map(name = "REJECT_TOKENS_V1")]
+pub static REJECT_TOKENS_V1: PerCpuArray<RejectBucket> = PerCpuArray::pinned(1, 0);
 
 /// Overlay: this node's tunnel settings (index 0), written by the agent at start.
 #[map(name = "OVERLAY_CONFIG_V1")]

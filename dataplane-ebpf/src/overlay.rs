@@ -45,7 +45,7 @@ use dataplane_common::{
         ecn_encap, flow_hash, inner_pseudo_sum, ipv4_header, udp_src_port, vxlan_udp_checksum,
         InnerCsum, OverlayConfig, OverlayNextHop, OverlayRoute, IPIP_OVERHEAD, IPPROTO_IPIP,
         IPPROTO_UDP, MODE_IPIP, MODE_VXLAN, NEXTHOP_TTL_NS, OVL_F_UDP_CSUM, ROUTE_F_LOCAL,
-        VXLAN_OVERHEAD,
+        ROUTE_F_NO_ENCAP, VXLAN_OVERHEAD,
     },
     Reason,
 };
@@ -113,7 +113,7 @@ pub fn encap(ctx: &TcContext) -> Option<(Reason, i32)> {
         return None;
     }
     let route = route_of(addr_at(&ip, 16))?;
-    if route.flags & ROUTE_F_LOCAL != 0 || route.node_addr == 0 {
+    if route.flags & (ROUTE_F_LOCAL | ROUTE_F_NO_ENCAP) != 0 || route.node_addr == 0 {
         return None;
     }
     Some(encap_to(ctx, &cfg, &route, &ip))
@@ -492,16 +492,15 @@ pub fn decap(ctx: &XdpContext) -> Decap {
     if outer[14] != 0x45 || frag & 0x3fff != 0 {
         return Decap::Drop(Reason::DropOverlayMalformed);
     }
-    let (inner_off, inner_daddr) = if vxlan {
+    let (inner_off, inner_saddr, inner_daddr) = if vxlan {
         // UDP (8) + VXLAN (8) + inner Ethernet (14) + inner IPv4 (20).
         let Some(v) = xdp_load::<50>(ctx, 34) else {
             return Decap::Drop(Reason::DropOverlayMalformed);
         };
-        let vni = ((v[12] as u32) << 16) | ((v[13] as u32) << 8) | v[14] as u32;
-        if v[8] & 0x08 == 0 || vni != cfg.vni || v[28] != 0x08 || v[29] != 0x00 || v[30] >> 4 != 4 {
-            return Decap::Drop(Reason::DropOverlayMalformed);
+        if let Err(reason) = check_vxlan(&cfg, &v) {
+            return Decap::Drop(reason);
         }
-        (34 + 16, addr_at(&v, 46))
+        (34 + 16, addr_at(&v, 42), addr_at(&v, 46))
     } else {
         let Some(v) = xdp_load::<20>(ctx, 34) else {
             return Decap::Drop(Reason::DropOverlayMalformed);
@@ -509,11 +508,10 @@ pub fn decap(ctx: &XdpContext) -> Decap {
         if v[0] >> 4 != 4 {
             return Decap::Drop(Reason::DropOverlayMalformed);
         }
-        (34 - ETH_HLEN, addr_at(&v, 16))
+        (34 - ETH_HLEN, addr_at(&v, 12), addr_at(&v, 16))
     };
-    match route_of(inner_daddr) {
-        Some(r) if r.flags & ROUTE_F_LOCAL != 0 => {}
-        _ => return Decap::Drop(Reason::DropOverlayNotLocal),
+    if let Err(reason) = check_inner(addr_at(&outer, 26), inner_saddr, inner_daddr) {
+        return Decap::Drop(reason);
     }
 
     // The inner frame takes the outer MAC addresses: sent to this uplink's own MAC.
@@ -527,6 +525,39 @@ pub fn decap(ctx: &XdpContext) -> Decap {
         return Decap::Drop(Reason::DropOverlayMalformed);
     }
     Decap::Decapsulated(frame_len)
+}
+
+/// The VXLAN header and inner Ethernet header (`v`: from the UDP header on): the I flag, an
+/// inner IPv4 frame, then the VNI.
+#[inline(always)]
+fn check_vxlan(cfg: &OverlayConfig, v: &[u8; 50]) -> Result<(), Reason> {
+    if v[8] & 0x08 == 0 || v[28] != 0x08 || v[29] != 0x00 || v[30] >> 4 != 4 {
+        return Err(Reason::DropOverlayMalformed);
+    }
+    let vni = ((v[12] as u32) << 16) | ((v[13] as u32) << 8) | v[14] as u32;
+    if vni != cfg.vni {
+        return Err(Reason::DropOverlayWrongVni);
+    }
+    Ok(())
+}
+
+/// The inner packet of a tunnel packet from node `outer_saddr`: for a pod (or address) of this
+/// node, and from that node (its own address, or an address in its pod CIDRs: one LPM lookup,
+/// the same trie that routes toward it). Anyone on the underlay can forge a known node's outer
+/// address; this keeps them from injecting packets "from" any address.
+#[inline(always)]
+fn check_inner(outer_saddr: u32, inner_saddr: u32, inner_daddr: u32) -> Result<(), Reason> {
+    match route_of(inner_daddr) {
+        Some(r) if r.flags & ROUTE_F_LOCAL != 0 => {}
+        _ => return Err(Reason::DropOverlayNotLocal),
+    }
+    if inner_saddr == outer_saddr {
+        return Ok(());
+    }
+    match route_of(inner_saddr) {
+        Some(r) if r.flags & ROUTE_F_LOCAL == 0 && r.node_addr == outer_saddr => Ok(()),
+        _ => Err(Reason::DropOverlaySpoofedSource),
+    }
 }
 
 /// [`decap_tc`]'s outer checks (the same as [`decap`]'s), on the first 34 bytes of the frame:
@@ -588,17 +619,17 @@ pub fn decap_tc(ctx: &TcContext) -> Decap {
         Some(Ok(())) => {}
     }
     let outer_tot = u16::from_be_bytes([outer[16], outer[17]]) as u32;
-    let (overhead, inner_tot, inner_daddr) = if vxlan {
+    let (overhead, inner_tot, inner_saddr, inner_daddr) = if vxlan {
         let Ok(v) = ctx.load::<[u8; 50]>(34) else {
             return Decap::Drop(Reason::DropOverlayMalformed);
         };
-        let vni = ((v[12] as u32) << 16) | ((v[13] as u32) << 8) | v[14] as u32;
-        if v[8] & 0x08 == 0 || vni != cfg.vni || v[28] != 0x08 || v[29] != 0x00 || v[30] >> 4 != 4 {
-            return Decap::Drop(Reason::DropOverlayMalformed);
+        if let Err(reason) = check_vxlan(&cfg, &v) {
+            return Decap::Drop(reason);
         }
         (
             VXLAN_OVERHEAD,
             u16::from_be_bytes([v[32], v[33]]) as u32,
+            addr_at(&v, 42),
             addr_at(&v, 46),
         )
     } else {
@@ -611,6 +642,7 @@ pub fn decap_tc(ctx: &TcContext) -> Decap {
         (
             IPIP_OVERHEAD,
             u16::from_be_bytes([v[2], v[3]]) as u32,
+            addr_at(&v, 12),
             addr_at(&v, 16),
         )
     };
@@ -621,9 +653,8 @@ pub fn decap_tc(ctx: &TcContext) -> Decap {
     if inner_tot + overhead != outer_tot || ctx.len() < ETH_HLEN as u32 + outer_tot {
         return Decap::Drop(Reason::DropOverlayMalformed);
     }
-    match route_of(inner_daddr) {
-        Some(r) if r.flags & ROUTE_F_LOCAL != 0 => {}
-        _ => return Decap::Drop(Reason::DropOverlayNotLocal),
+    if let Err(reason) = check_inner(addr_at(&outer, 26), inner_saddr, inner_daddr) {
+        return Decap::Drop(reason);
     }
     let frame_len = ctx.len();
     // FIXED_GSO: gso_size already is the inner MSS (without it the kernel would raise it by the

@@ -71,3 +71,23 @@ impl ServiceManifest {
         y
     }
 }
+
+/// A Node as the API server shows it for a flannel (vxlan) node: InternalIP `ip`, pod CIDR,
+/// and flannel's backend data with `vtep_mac`.
+pub fn flannel_node_yaml(
+    name: &str,
+    ip: Ipv4Addr,
+    cidr: (Ipv4Addr, u8),
+    vtep_mac: [u8; 6],
+) -> String {
+    let mac: Vec<String> = vtep_mac.iter().map(|b| format!("{b:02x}")).collect();
+    let (net, len) = cidr;
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  annotations:\n    \
+         flannel.alpha.coreos.com/backend-data: '{{\"VNI\":1,\"VtepMAC\":\"{mac}\"}}'\n    \
+         flannel.alpha.coreos.com/backend-type: vxlan\n    flannel.alpha.coreos.com/public-ip: {ip}\n\
+         spec:\n  podCIDR: {net}/{len}\n  podCIDRs:\n  - {net}/{len}\n\
+         status:\n  addresses:\n  - address: {ip}\n    type: InternalIP\n",
+        mac = mac.join(":"),
+    )
+}

@@ -2,6 +2,7 @@
 //! until SIGINT/SIGTERM.
 
 use std::{
+    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{atomic::Ordering::Relaxed, Arc},
@@ -16,7 +17,7 @@ use crate::{
     k8s::{self, LocalNode, Source, SourceStats},
     loader,
     metrics::{self, AgentStatus, Metrics},
-    model::ClusterState,
+    model::{ClusterState, ServicePort},
     services::{LocalContext, ServiceTable, SourceRanges},
     sockdiag::SockDestroyer,
 };
@@ -50,6 +51,8 @@ pub struct AgentConfig {
     pub source_ranges_on_node_ports: bool,
     /// Tunnel settings (`--overlay` and friends).
     pub overlay: crate::overlay::OverlaySettings,
+    /// `--service-cluster-ip-range`: no Node's pod CIDR may overlap these.
+    pub service_cidrs: Vec<crate::overlay::Cidr>,
 }
 
 /// Conntrack timeouts in seconds (`--conntrack-*` flags).
@@ -99,19 +102,18 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
         cfg.gc_interval,
         gc_stats.clone(),
     )));
-    let _metrics = cfg.metrics_addr.map(|addr| {
+    if let Some(addr) = cfg.metrics_addr {
         let m = Arc::new(Metrics {
             pin_dir: cfg.pin_dir.clone(),
             status: status.clone(),
             source: cfg.source.as_ref().map(|_| source_stats.clone()),
             gc: gc_stats.clone(),
         });
-        AbortOnDrop(tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, m).await {
-                log::error!("metrics endpoint: {e:#}");
-            }
-        }))
-    });
+        // Like kube-proxy: a metrics address that cannot be bound is logged, not fatal.
+        if let Err(e) = metrics::start(addr, m) {
+            log::error!("metrics endpoint: {e:#}");
+        }
+    }
     let health = Arc::new(HealthState::default());
     let _node_health = cfg.healthz_addr.map(|addr| {
         let health = health.clone();
@@ -147,6 +149,7 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
     let mut ranges = SourceRanges::open(&datapath.ebpf)?;
     enable_pod_filter(&mut table, &datapath.ebpf)?;
     let mut overlay = crate::overlay::OverlayTable::from_ebpf(&datapath.ebpf)?;
+    overlay.set_service_cidrs(cfg.service_cidrs.clone());
     // Only sockets the cgroup hooks connected can need destroying.
     let destroyer = match cfg.attach.cgroup {
         Some(_) => Some(SockDestroyer::open(&datapath.ebpf)?),
@@ -173,7 +176,7 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                 retry_at = None;
                 if let Some(state) = last_state.clone() {
-                    let complete = apply(&mut table, &mut ranges, &state, &status, destroyer.as_ref());
+                    let complete = apply(&mut table, &mut ranges, Some(&state), &state, &status, destroyer.as_ref());
                     report_health(&health, &mut service_health, &state, complete, &cfg.node_name);
                     schedule_retry(complete, &mut retry_at, &mut backoff);
                 }
@@ -195,7 +198,7 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
                 }
                 let state = states.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
                 health.queued(std::time::Instant::now());
-                let complete = apply(&mut table, &mut ranges, &state, &status, destroyer.as_ref());
+                let complete = apply(&mut table, &mut ranges, last_state.as_deref(), &state, &status, destroyer.as_ref());
                 report_health(&health, &mut service_health, &state, complete, &cfg.node_name);
                 schedule_retry(complete, &mut retry_at, &mut backoff);
                 last_state = Some(state.clone());
@@ -330,6 +333,7 @@ fn schedule_retry(
 fn apply(
     table: &mut ServiceTable,
     ranges: &mut SourceRanges,
+    previous: Option<&ClusterState>,
     state: &ClusterState,
     status: &AgentStatus,
     destroyer: Option<&SockDestroyer>,
@@ -375,6 +379,9 @@ fn apply(
     if !complete {
         status.apply_errors.fetch_add(1, Relaxed);
     }
+    let (services, endpoints) = changes(previous, &state.services);
+    status.service_changes.fetch_add(services, Relaxed);
+    status.endpoint_changes.fetch_add(endpoints, Relaxed);
     status.record_outcome(&outcome);
     if let (Some(d), false) = (destroyer, outcome.removed_backends.is_empty()) {
         match d.destroy(&outcome.removed_backends) {
@@ -386,10 +393,49 @@ fn apply(
             Err(e) => log::warn!("destroying sockets of removed backends: {e:#}"),
         }
     }
-    status
-        .last_apply_micros
-        .store(started.elapsed().as_micros() as u64, Relaxed);
+    status.record_apply(started.elapsed(), complete);
     complete
+}
+
+/// Services (namespace/name) whose frontends, policies or affinity differ between `before` and
+/// `after` (added and removed ones included), and those whose backends differ: kube-proxy's
+/// service and endpoint change counts.
+fn changes(before: Option<&ClusterState>, after: &[ServicePort]) -> (u64, u64) {
+    type Parts<'a> = (Vec<String>, Vec<String>);
+    fn index(ports: &[ServicePort]) -> BTreeMap<(&str, &str), Parts<'_>> {
+        let mut out: BTreeMap<(&str, &str), Parts<'_>> = BTreeMap::new();
+        for p in ports {
+            let e = out
+                .entry((p.name.namespace.as_str(), p.name.name.as_str()))
+                .or_default();
+            e.0.push(format!(
+                "{}:{:?}{:?}{:?}{:?}",
+                p.name.port,
+                p.frontends,
+                p.external_policy,
+                p.internal_policy,
+                p.affinity_timeout_secs
+            ));
+            e.1.push(format!("{}:{:?}", p.name.port, p.backends));
+        }
+        out
+    }
+    let old = index(before.map(|s| s.services.as_slice()).unwrap_or_default());
+    let new = index(after);
+    let (mut services, mut endpoints) = (0, 0);
+    for key in old
+        .keys()
+        .chain(new.keys().filter(|k| !old.contains_key(*k)))
+    {
+        let (a, b) = (old.get(key), new.get(key));
+        if a.map(|p| &p.0) != b.map(|p| &p.0) {
+            services += 1;
+        }
+        if a.map(|p| &p.1) != b.map(|p| &p.1) {
+            endpoints += 1;
+        }
+    }
+    (services, endpoints)
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -11,6 +11,7 @@ pub mod loader;
 pub mod metrics;
 pub mod model;
 pub mod monitor;
+pub mod node_validation;
 pub mod overlay;
 pub mod pin;
 pub mod services;

@@ -511,6 +511,19 @@ pub fn interface_ipv4s(iface: &str) -> Result<Vec<std::net::Ipv4Addr>> {
         .collect())
 }
 
+/// The interface holding `addr` (`--uplink-address`: the node's InternalIP from the downward
+/// API's status.hostIP names the uplink on any node, whatever its interface is called).
+pub fn interface_with_ipv4(addr: std::net::Ipv4Addr) -> Result<String> {
+    let all = ipv4_addrs()?;
+    all.iter()
+        .find(|(_, a)| *a == addr)
+        .map(|(name, _)| name.clone())
+        .ok_or_else(|| {
+            let have: Vec<String> = all.iter().map(|(n, a)| format!("{n} {a}")).collect();
+            anyhow!("no interface has {addr} (have: {})", have.join(", "))
+        })
+}
+
 /// Every IPv4 address of this network namespace.
 pub fn local_ipv4s() -> Result<Vec<std::net::Ipv4Addr>> {
     Ok(ipv4_addrs()?.into_iter().map(|(_, a)| a).collect())

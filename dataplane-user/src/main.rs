@@ -17,6 +17,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of `run`'s arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Load and attach the datapath, pin its maps, and run until SIGINT/SIGTERM.
@@ -112,8 +114,16 @@ struct RunArgs {
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
     /// The underlay interface: XDP and tc ingress/egress are attached here.
-    #[arg(long)]
-    uplink: String,
+    #[arg(
+        long,
+        required_unless_present = "uplink_address",
+        conflicts_with = "uplink_address"
+    )]
+    uplink: Option<String>,
+    /// The uplink is the interface holding this address (the node's InternalIP, e.g.
+    /// `$(HOST_IP)` from the downward API's status.hostIP), instead of naming it.
+    #[arg(long, value_name = "IP")]
+    uplink_address: Option<std::net::Ipv4Addr>,
     /// Host-side pod devices (veths) to attach tc ingress/egress to.
     #[arg(long, num_args = 1..)]
     pod_ifaces: Vec<String>,
@@ -177,9 +187,18 @@ struct RunArgs {
     /// bpf-lb-source-range-all-types).
     #[arg(long)]
     lb_source_ranges_node_ports: bool,
-    /// Serve /metrics (Prometheus) and /healthz on this address, e.g. 0.0.0.0:9464.
-    #[arg(long, value_name = "ADDR")]
-    metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve /metrics (OpenMetrics text), /healthz, /livez and /readyz on this address
+    /// (kube-proxy's flag and default); `--metrics-addr` is the older name of the same flag.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        alias = "metrics-addr",
+        default_value = dataplane::metrics::DEFAULT_METRICS_ADDR
+    )]
+    metrics_bind_address: std::net::SocketAddr,
+    /// Serve no metrics at all.
+    #[arg(long)]
+    no_metrics: bool,
     /// Carry traffic to other nodes' pod CIDRs in tunnels: vxlan (wire-compatible with
     /// flannel.1), ipip (with calico's tunl0), or none (the underlay routes pod CIDRs).
     #[arg(long, value_enum, default_value_t = dataplane::overlay::OverlayMode::None)]
@@ -194,6 +213,10 @@ struct RunArgs {
     /// (false: always 0, which RFC 7348 allows).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     vxlan_udp_csum: bool,
+    /// The cluster's service CIDRs (kube-apiserver's --service-cluster-ip-range, IPv4 parts;
+    /// comma-separated or repeated): a Node whose pod CIDR overlaps one is skipped.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',')]
+    service_cluster_ip_range: Vec<dataplane::overlay::Cidr>,
     /// Outer source address of tunnel packets, and the only address tunnel packets are accepted
     /// on (default: the uplink's first IPv4 address).
     #[arg(long)]
@@ -268,7 +291,14 @@ fn main() -> Result<()> {
     }
 }
 
-fn run(args: RunArgs) -> Result<()> {
+fn run(mut args: RunArgs) -> Result<()> {
+    let uplink = match (args.uplink.take(), args.uplink_address) {
+        (Some(name), _) => name,
+        (None, Some(addr)) => loader::interface_with_ipv4(addr)
+            .map_err(|e| anyhow::anyhow!("--uplink-address {addr}: {e:#}"))?,
+        (None, None) => anyhow::bail!("give --uplink or --uplink-address"),
+    };
+    log::info!("uplink {uplink}");
     let cgroup = match (args.socket_lb, args.cgroup_path.clone()) {
         (false, _) => None,
         (true, Some(dir)) => Some(dir),
@@ -290,20 +320,20 @@ fn run(args: RunArgs) -> Result<()> {
         let tunnel_ip = match (args.tunnel_ip, args.overlay) {
             (Some(ip), _) => ip,
             (None, OverlayMode::None) => std::net::Ipv4Addr::UNSPECIFIED,
-            (None, _) => loader::interface_ipv4(&args.uplink)?,
+            (None, _) => loader::interface_ipv4(&uplink)?,
         };
         OverlaySettings {
             vni: args.vxlan_vni,
             vxlan_port: args.vxlan_port,
             udp_checksum: args.vxlan_udp_csum,
-            ..OverlaySettings::new(args.overlay, &args.uplink, tunnel_ip)
+            ..OverlaySettings::new(args.overlay, &uplink, tunnel_ip)
         }
     };
     agent::run(agent::AgentConfig {
         node_name: args.node_name,
         pin_dir: args.pin_dir,
         attach: loader::AttachConfig {
-            uplink: args.uplink,
+            uplink,
             pod_ifaces: args.pod_ifaces,
             pod_iface_prefixes: args.pod_iface_prefix,
             xdp_mode: args.xdp_mode,
@@ -318,11 +348,12 @@ fn run(args: RunArgs) -> Result<()> {
         },
         gc_interval: std::time::Duration::from_secs(args.conntrack_gc_interval.max(1)),
         source,
-        metrics_addr: args.metrics_addr,
+        metrics_addr: (!args.no_metrics).then_some(args.metrics_bind_address),
         nodeport_addresses: args.nodeport_addresses,
         healthz_addr: parse_optional_addr(&args.healthz_bind_address)
             .map_err(|e| anyhow::anyhow!("--healthz-bind-address {e}"))?,
         source_ranges_on_node_ports: args.lb_source_ranges_node_ports,
         overlay,
+        service_cidrs: args.service_cluster_ip_range,
     })
 }

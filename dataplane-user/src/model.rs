@@ -140,6 +140,9 @@ pub struct NodeInfo {
     pub vtep_mac: Option<[u8; 6]>,
     /// projectcalico.org/IPv4IPIPTunnelAddr, if present.
     pub ipip_tunnel_addr: Option<Ipv4Addr>,
+    /// metadata.creationTimestamp, Unix seconds: of two Nodes claiming one range, the older
+    /// keeps it (see `node_validation`).
+    pub created: Option<i64>,
 }
 
 /// Everything a source knows at one point in time.

@@ -49,11 +49,15 @@ use dataplane_common::{
     map_names,
     overlay::{
         OverlayConfig, OverlayPeer, OverlayRoute, DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI, MODE_IPIP,
-        MODE_NONE, MODE_VXLAN, OVL_F_UDP_CSUM, ROUTE_F_LOCAL,
+        MODE_NONE, MODE_VXLAN, OVL_F_UDP_CSUM, ROUTE_F_LOCAL, ROUTE_F_NO_ENCAP,
     },
 };
 
-use crate::model::NodeInfo;
+use crate::{
+    k8s::{Problem, ProblemLog},
+    model::NodeInfo,
+    node_validation::{self, Reserved},
+};
 
 /// `proto` of the kernel routes the overlay installs (how `sync` finds its own routes again).
 pub const ROUTE_PROTO: u8 = 73;
@@ -279,7 +283,7 @@ impl Desired {
     pub fn remote_cidrs(&self) -> impl Iterator<Item = &Cidr> {
         self.routes
             .iter()
-            .filter(|(_, r)| r.flags & ROUTE_F_LOCAL == 0)
+            .filter(|(_, r)| r.flags & (ROUTE_F_LOCAL | ROUTE_F_NO_ENCAP) == 0)
             .map(|(c, _)| c)
     }
 }
@@ -412,6 +416,11 @@ pub struct OverlayTable {
     /// What the kernel was last made to hold: an unchanged node list (most updates are
     /// service updates) runs no `ip` at all.
     kernel_synced: Option<Desired>,
+    /// `--service-cidr`: no pod CIDR may overlap these.
+    service_cidrs: Vec<Cidr>,
+    /// Nodes the last sync skipped (see [`node_validation`]), each logged once.
+    skipped: Vec<Problem>,
+    problem_log: ProblemLog,
 }
 
 impl OverlayTable {
@@ -454,7 +463,75 @@ impl OverlayTable {
             mirror_routes,
             mirror_peers,
             kernel_synced: None,
+            service_cidrs: Vec::new(),
+            skipped: Vec::new(),
+            problem_log: ProblemLog::default(),
         })
+    }
+
+    /// The cluster's service CIDRs: a Node whose pod CIDR overlaps one is skipped.
+    pub fn set_service_cidrs(&mut self, cidrs: Vec<Cidr>) {
+        self.service_cidrs = cidrs;
+    }
+
+    /// Marks `ROUTE_F_NO_ENCAP` the remote CIDRs the kernel already routes with a route the
+    /// agent did not create (connected, default, static, a routing daemon's): the agent never
+    /// replaces those, and the datapath must not tunnel what the kernel sends elsewhere (tunnel
+    /// packets from that node are still accepted). Each is named as a problem of its Node.
+    fn leave_foreign_routes(&mut self, desired: &mut Desired, nodes: &[NodeInfo]) -> Result<()> {
+        let foreign = kernel::foreign_routes()?;
+        for (cidr, route) in desired.routes.iter_mut() {
+            let Some(kernel_route) = foreign.get(cidr) else {
+                continue;
+            };
+            if route.flags & ROUTE_F_LOCAL != 0 {
+                continue;
+            }
+            route.flags |= ROUTE_F_NO_ENCAP;
+            let owner = nodes
+                .iter()
+                .find(|n| u32::from(n.address).to_be() == route.node_addr)
+                .map_or("?", |n| n.name.as_str());
+            self.skipped.push(Problem {
+                kind: "Node",
+                object: owner.to_owned(),
+                field: "spec.podCIDRs".into(),
+                message: format!(
+                    "the kernel routes {cidr} already ({kernel_route}) and the agent replaces \
+                     only its own routes; this range is not tunnelled"
+                ),
+                severity: crate::k8s::Severity::Invalid,
+            });
+        }
+        Ok(())
+    }
+
+    /// The Nodes the last sync skipped, and why.
+    pub fn skipped(&self) -> &[Problem] {
+        &self.skipped
+    }
+
+    /// The nodes that pass [`node_validation::validate`] against the service CIDRs, `local`
+    /// (this node's addresses and underlay subnets, when known) and what the maps hold.
+    fn validated(
+        &mut self,
+        nodes: &[NodeInfo],
+        local_node: &str,
+        mut reserved: Vec<Reserved>,
+    ) -> Vec<NodeInfo> {
+        reserved.extend(
+            self.service_cidrs
+                .iter()
+                .map(|c| Reserved::new(*c, "a service CIDR")),
+        );
+        let held: BTreeMap<Cidr, Ipv4Addr> = self
+            .mirror_routes
+            .iter()
+            .map(|(c, r)| (*c, Ipv4Addr::from(u32::from_be(r.node_addr))))
+            .collect();
+        let (accepted, problems) = node_validation::validate(nodes, local_node, &reserved, &held);
+        self.skipped = problems;
+        accepted
     }
 
     /// The node's tunnel settings, as the agent wrote them.
@@ -484,8 +561,18 @@ impl OverlayTable {
     /// use them, stale kernel routes are removed before the map entries they used, so traffic
     /// to unchanged nodes never misses.
     pub fn sync(&mut self, nodes: &[NodeInfo], local_node: &str) -> Result<SyncReport> {
-        let desired = plan(nodes, local_node, self.mode());
         let cookie = crate::loader::netns_cookie()?;
+        let local = if cookie == self.config.netns_cookie && self.config.uplink_ifindex != 0 {
+            kernel::reserved(self.config.uplink_ifindex)?
+        } else {
+            Vec::new()
+        };
+        let nodes = &self.validated(nodes, local_node, local);
+        let mut desired = plan(nodes, local_node, self.mode());
+        if cookie == self.config.netns_cookie && self.mode() != OverlayMode::None {
+            self.leave_foreign_routes(&mut desired, nodes)?;
+        }
+        self.problem_log.report(&self.skipped);
         if self.mode() == OverlayMode::None {
             let mut report = self.write_maps(&desired)?;
             report += self.delete_stale(&desired)?;
@@ -533,6 +620,8 @@ impl OverlayTable {
     /// Like [`OverlayTable::sync`] for the maps only, leaving kernel routes alone: for tools and
     /// tests that route traffic to the uplink themselves.
     pub fn sync_maps(&mut self, nodes: &[NodeInfo], local_node: &str) -> Result<SyncReport> {
+        let nodes = &self.validated(nodes, local_node, Vec::new());
+        self.problem_log.report(&self.skipped);
         let desired = plan(nodes, local_node, self.mode());
         let mut report = self.write_maps(&desired)?;
         report += self.delete_stale(&desired)?;
@@ -809,6 +898,68 @@ mod kernel {
             .collect())
     }
 
+    /// What no pod CIDR may overlap, from this namespace's addresses: the uplink's subnets
+    /// (the underlay), and every other address of the node except the overlay's own on `lo`
+    /// (those only for other nodes' CIDRs: cni0 holds an address of the local pod CIDR).
+    pub(super) fn reserved(uplink_ifindex: u32) -> Result<Vec<Reserved>> {
+        let uplink = netdev::name(uplink_ifindex)?;
+        let json = ip_json(&["-4", "addr", "show"])?;
+        let mut out = Vec::new();
+        for link in json.as_array().into_iter().flatten() {
+            let dev = link["ifname"].as_str().unwrap_or_default();
+            for a in link["addr_info"].as_array().into_iter().flatten() {
+                let (Some(ip), Some(len)) = (
+                    a["local"].as_str().and_then(|t| t.parse::<Ipv4Addr>().ok()),
+                    a["prefixlen"].as_u64(),
+                ) else {
+                    continue;
+                };
+                if a["label"].as_str() == Some(ADDRESS_LABEL) {
+                    continue;
+                }
+                if dev == uplink {
+                    let subnet = Cidr::new(ip, len as u8);
+                    out.push(Reserved::new(
+                        subnet,
+                        format!("the underlay subnet of {dev}"),
+                    ));
+                } else {
+                    let what = format!("this node's address on {dev}");
+                    out.push(Reserved::remote_only(Cidr::new(ip, 32), what));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Destinations in the main table held by routes the agent did not create (connected,
+    /// default, static, another daemon's): `route replace` would overwrite them.
+    pub(super) fn foreign_routes() -> Result<BTreeMap<Cidr, String>> {
+        let json = ip_json(&["-4", "route", "show", "table", "main"])?;
+        let ours = ROUTE_PROTO.to_string();
+        let mut out = BTreeMap::new();
+        for r in json.as_array().into_iter().flatten() {
+            let proto = match &r["protocol"] {
+                serde_json::Value::String(p) => p.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => "boot".to_owned(),
+            };
+            if proto == ours {
+                continue;
+            }
+            let dst = match r["dst"].as_str() {
+                Some("default") => Some(Cidr::new(Ipv4Addr::UNSPECIFIED, 0)),
+                Some(text) => parse_cidr(text),
+                None => None,
+            };
+            if let Some(dst) = dst {
+                let dev = r["dev"].as_str().unwrap_or("?");
+                out.insert(dst, format!("proto {proto} dev {dev}"));
+            }
+        }
+        Ok(out)
+    }
+
     /// Makes the kernel hold the routes, neighbours and address of `desired`; returns the
     /// number of changes.
     pub(super) fn sync(cfg: &OverlayConfig, desired: &Desired) -> Result<usize> {
@@ -832,7 +983,14 @@ mod kernel {
         let neighbours = current_neighbours(&uplink)?;
         let routes = current_routes(&uplink)?;
         let mac = mac_text(&NEXTHOP_MAC);
-        let wanted: BTreeSet<Cidr> = desired.remote_cidrs().copied().collect();
+        // Never overwrite a route the agent did not create (the caller left such CIDRs out of
+        // `desired`; this re-check closes the window since).
+        let foreign = foreign_routes()?;
+        let wanted: BTreeSet<Cidr> = desired
+            .remote_cidrs()
+            .filter(|c| !foreign.contains_key(c))
+            .copied()
+            .collect();
         for cidr in &wanted {
             let gw = cidr.addr;
             if !neighbours.contains(&gw) {
@@ -878,9 +1036,17 @@ mod kernel {
             for dev in ["all", uplink.as_str()] {
                 let key = format!("net/ipv4/conf/{dev}/send_redirects");
                 if read_sysctl(&key)? != "0" {
-                    std::fs::write(format!("/proc/sys/{key}"), "0")
-                        .with_context(|| format!("writing {key}"))?;
-                    changes += 1;
+                    match std::fs::write(format!("/proc/sys/{key}"), "0") {
+                        Ok(()) => changes += 1,
+                        // An unprivileged container has /proc/sys read-only: the overlay works,
+                        // the kernel just also sends redirects (set it on the host).
+                        Err(e) => log::warn!(
+                            "overlay: cannot write {key} ({e}): set it to 0 on the host \
+                             (sysctl -w {}=0), else the node sends ICMP redirects toward the \
+                             overlay's placeholder gateways",
+                            key.replace('/', ".")
+                        ),
+                    }
                 }
             }
         }
@@ -907,6 +1073,7 @@ mod tests {
             pod_cidrs: vec![(ip(cidr), 24)],
             vtep_mac: Some([2, 0, 0, 0, 0, mac_last]),
             ipip_tunnel_addr: None,
+            created: None,
         }
     }
 

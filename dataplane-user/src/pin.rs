@@ -12,9 +12,10 @@ use dataplane_common::monitor::{MonitorTokens, EVENTS_RING_BYTES};
 use dataplane_common::{
     ct::{Config, CtKey, CtValue, FragKey, FragValue, CT_MAX_ENTRIES, MAX_FRAG_DATAGRAMS},
     lb::{
-        AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
-        SockAffinityKey, SockRevNatKey, SockRevNatValue, SourceRangeKey, MAX_AFFINITY,
-        MAX_BACKEND_SLOTS, MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES, MAX_SOURCE_RANGES,
+        AffinityKey, AffinityValue, BackendKey, BackendValue, RejectBucket, ServiceKey,
+        ServiceValue, SockAffinityKey, SockRevNatKey, SockRevNatValue, SourceRangeKey,
+        MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES,
+        MAX_SOURCE_RANGES,
     },
     map_names,
     overlay::{
@@ -111,6 +112,7 @@ pub fn expected_layouts() -> Vec<MapLayout> {
             value_size: 0,
             max_entries: EVENTS_RING_BYTES,
         },
+        layout::<u32, RejectBucket>(map_names::REJECT_TOKENS, BPF_MAP_TYPE_PERCPU_ARRAY, 1),
     ]
 }
 

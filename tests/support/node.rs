@@ -52,20 +52,30 @@ impl DataplaneNode {
         pin_dir: &Path,
         extra_args: &[&str],
     ) -> Result<Self> {
+        Self::start_wrapped(lab, node, pin_dir, &[], extra_args)
+    }
+
+    /// Like [`DataplaneNode::start_with_pin_dir`], run through `wrapper` (e.g. `setpriv` with a
+    /// reduced capability set): `wrapper... dataplane run ...`.
+    pub fn start_wrapped(
+        lab: &Lab,
+        node: usize,
+        pin_dir: &Path,
+        wrapper: &[&str],
+        extra_args: &[&str],
+    ) -> Result<Self> {
         let n = lab
             .nodes()
             .get(node)
             .ok_or_else(|| anyhow!("no node with 0-based index {node}"))?;
         let pin = pin_dir.to_string_lossy().into_owned();
         let ifaces = n.pod_ifaces();
-        let mut argv: Vec<&str> = vec![
-            DATAPLANE_BIN,
-            "run",
-            "--node-name",
-            &n.name,
-            "--uplink",
-            &n.uplink,
-        ];
+        let mut argv: Vec<&str> = wrapper.to_vec();
+        argv.extend([DATAPLANE_BIN, "run", "--node-name", &n.name]);
+        // The uplink by name unless the caller finds it by address.
+        if !extra_args.contains(&"--uplink-address") {
+            argv.extend(["--uplink", &n.uplink]);
+        }
         if !ifaces.is_empty() {
             argv.push("--pod-ifaces");
             argv.extend(ifaces.iter().map(String::as_str));

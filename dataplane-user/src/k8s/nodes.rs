@@ -65,6 +65,11 @@ fn translate_node(node: &Node, subject: &Subject) -> Result<(NodeInfo, Vec<Probl
         pod_cidrs,
         vtep_mac: vtep_mac(node, subject)?,
         ipip_tunnel_addr: annotated_ipv4(node, CALICO_IPIP_TUNNEL_ADDR, subject)?,
+        created: node
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
     };
     let notes = if ipv6.is_empty() {
         Vec::new()

@@ -111,6 +111,7 @@ fn flannel_node(name: &str, address: &str, cidr: &str, mac_last: u8) -> NodeInfo
         pod_cidrs: vec![(ip(cidr), 24)],
         vtep_mac: Some([0x6e, 0xd4, 0x3a, 0x1c, 0x9b, mac_last]),
         ipip_tunnel_addr: None,
+        created: None,
     }
 }
 
@@ -661,6 +662,7 @@ apiVersion: v1
 kind: Node
 metadata:
   name: calico-1
+  creationTimestamp: "2024-01-02T03:04:05Z"
   annotations:
     projectcalico.org/IPv4Address: 192.168.100.111/24
     projectcalico.org/IPv4IPIPTunnelAddr: 192.168.208.192
@@ -702,7 +704,8 @@ fn nodes_from_calico_flannel_and_plain_addresses() {
                 address: ip("192.168.100.77"),
                 pod_cidrs: vec![],
                 vtep_mac: None,
-                ipip_tunnel_addr: None
+                ipip_tunnel_addr: None,
+                created: None,
             },
             NodeInfo {
                 name: "calico-1".into(),
@@ -710,6 +713,7 @@ fn nodes_from_calico_flannel_and_plain_addresses() {
                 pod_cidrs: vec![(ip("10.244.5.0"), 24)],
                 vtep_mac: None,
                 ipip_tunnel_addr: Some(ip("192.168.208.192")),
+                created: Some(1704164645),
             },
             NodeInfo {
                 name: "hostgw-1".into(),
@@ -717,6 +721,7 @@ fn nodes_from_calico_flannel_and_plain_addresses() {
                 pod_cidrs: vec![(ip("10.244.6.0"), 24)],
                 vtep_mac: None,
                 ipip_tunnel_addr: None,
+                created: None,
             },
         ]
     );
