@@ -6,7 +6,6 @@ mod support;
 
 use std::{
     io::{BufRead, BufReader},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -55,35 +54,6 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Sends raw frames out of `eth0` of namespace `ns`.
-fn inject(ns: &str, frames: Vec<Vec<u8>>) {
-    netns::in_netns(ns, move || {
-        // SAFETY: plain socket syscall; the fd is owned below.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = netdev::index("eth0").unwrap() as i32;
-        sll.sll_halen = 6;
-        for f in frames {
-            // SAFETY: f and sll outlive the call; lengths are theirs.
-            let rc = unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    f.as_ptr().cast(),
-                    f.len(),
-                    0,
-                    (&sll as *const libc::sockaddr_ll).cast(),
-                    size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            assert_eq!(rc, f.len() as isize, "{}", std::io::Error::last_os_error());
-        }
-    })
-    .unwrap();
 }
 
 /// Reads the monitor's JSON lines until it exits.
@@ -144,8 +114,8 @@ fn drops_are_shown_one_event_per_packet_and_nothing_once_the_monitor_exits() {
     );
     let monitor = start_monitor(&n.ns, &pin, &["--drops", "--duration", "3"]);
     wait_for("the monitor to turn events on", || monitor_flags(&pin) != 0);
-    inject(&pod.ns, vec![ihl4.clone(), ihl4.clone(), ihl4.clone()]);
-    inject(&external.ns, vec![tcp_cut.clone(), tcp_cut.clone()]);
+    support::inject(&pod.ns, vec![ihl4.clone(), ihl4.clone(), ihl4.clone()]);
+    support::inject(&external.ns, vec![tcp_cut.clone(), tcp_cut.clone()]);
     // Well-formed traffic is not a drop: no event.
     external.ping(n.underlay_ip, 2).unwrap();
     let seen = events(monitor);
@@ -177,7 +147,7 @@ fn drops_are_shown_one_event_per_packet_and_nothing_once_the_monitor_exits() {
 
     // Drops with no monitor attached: counted, not emitted (the next monitor starts with an
     // empty ring, so it sees only what happens while it runs).
-    inject(&pod.ns, vec![ihl4.clone()]);
+    support::inject(&pod.ns, vec![ihl4.clone()]);
     let monitor = start_monitor(&n.ns, &pin, &["--all", "--duration", "2"]);
     wait_for("the monitor to turn events on", || monitor_flags(&pin) != 0);
     external.ping(n.underlay_ip, 1).unwrap();

@@ -1264,33 +1264,6 @@ fn vxlan_mtu_frag_needed_and_bulk_transfers() {
 // 5. What decapsulation refuses
 // ---------------------------------------------------------------------------------------------
 
-/// Sends raw Ethernet frames from namespace `ns` out of `eth0`.
-fn inject(ns: &str, frames: Vec<Vec<u8>>) {
-    netns::in_netns(ns, move || {
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        assert!(fd >= 0);
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = netdev::index("eth0").unwrap() as i32;
-        sll.sll_halen = 6;
-        for f in frames {
-            let rc = unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    f.as_ptr() as *const libc::c_void,
-                    f.len(),
-                    0,
-                    &sll as *const _ as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            assert_eq!(rc, f.len() as isize, "{}", std::io::Error::last_os_error());
-        }
-    })
-    .unwrap();
-}
-
 /// A UDP socket in `host` on `port` that records every datagram's payload.
 fn udp_sink(host: &Host, port: u16) -> (Arc<Mutex<Vec<String>>>, Arc<AtomicBool>) {
     let sock = netns::in_netns(&host.ns, move || {
@@ -1429,13 +1402,13 @@ fn decapsulation_accepts_only_tunnel_packets_for_this_node_from_known_nodes() {
     ];
     for (name, f, reason) in cases {
         let before = uplink_in(&o.stats(0), reason);
-        inject(&ext.ns, vec![f]);
+        support::inject(&ext.ns, vec![f]);
         std::thread::sleep(Duration::from_millis(200));
         let after = uplink_in(&o.stats(0), reason);
         assert_eq!(after - before, 1, "{name}: counted as {}", reason.name());
     }
     // The control: the same frame from a known node's address is delivered.
-    inject(
+    support::inject(
         &ext.ns,
         vec![frame(node2, n1.underlay_ip, 1, pod.ip, "from node2")],
     );

@@ -169,15 +169,9 @@ pub const MAX_SOURCE_RANGES: u32 = 65_536;
 
 /// `REJECT_TOKENS_V1` value (per-CPU array, one entry): the token bucket of the no-endpoint
 /// REJECT (ICMP port unreachable sent back with XDP_TX or a redirect, to a source that may be
-/// forged). Beyond it the packet is dropped (`drop-reject-rate-limited`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RejectBucket {
-    /// Tokens left, at most `REJECT_BURST`.
-    pub tokens: u64,
-    /// `bpf_ktime_get_ns` up to which tokens were credited.
-    pub last_ns: u64,
-}
+/// forged), at `REJECT_NS_PER_TOKEN` with `REJECT_BURST`. Beyond it the packet is dropped
+/// (`drop-reject-rate-limited`).
+pub type RejectBucket = crate::ratelimit::TokenBucket;
 
 /// One token per millisecond per CPU: the kernel's own ICMP limit (net.ipv4.icmp_msgs_per_sec
 /// 1000), per CPU so the bucket needs no lock.
@@ -185,37 +179,10 @@ pub const REJECT_NS_PER_TOKEN: u64 = 1_000_000;
 /// The kernel's net.ipv4.icmp_msgs_burst.
 pub const REJECT_BURST: u64 = 50;
 
-impl RejectBucket {
-    /// Credits the tokens earned since `last_ns` and takes one if there is one.
-    #[inline(always)]
-    pub fn take(&mut self, now: u64) -> bool {
-        let earned = now.saturating_sub(self.last_ns) / REJECT_NS_PER_TOKEN;
-        if earned > 0 {
-            self.tokens = if earned >= REJECT_BURST {
-                REJECT_BURST
-            } else {
-                let t = self.tokens + earned;
-                if t > REJECT_BURST {
-                    REJECT_BURST
-                } else {
-                    t
-                }
-            };
-            self.last_ns = now;
-        }
-        if self.tokens == 0 {
-            return false;
-        }
-        self.tokens -= 1;
-        true
-    }
-}
-
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for SourceRangeKey {}
     use super::*;
-    unsafe impl aya::Pod for RejectBucket {}
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for BackendKey {}

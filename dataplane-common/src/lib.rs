@@ -11,6 +11,7 @@ pub mod lb;
 pub mod monitor;
 pub mod overlay;
 pub mod programs;
+pub mod ratelimit;
 pub mod stats;
 
 pub use stats::{Hook, Reason, StatsValue, MAX_REASONS, NUM_HOOKS, STATS_ENTRIES};

@@ -73,10 +73,8 @@ pub const EV_F_BEFORE: u8 = 1 << 0;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MonitorTokens {
-    /// Tokens left (at most `MONITOR_BURST`).
-    pub tokens: u64,
-    /// When tokens were last added.
-    pub last_ns: u64,
+    /// `MONITOR_EVENTS_PER_SEC` with `MONITOR_BURST`.
+    pub bucket: crate::ratelimit::TokenBucket,
     /// Events refused by the limit or a full ring buffer.
     pub lost: u64,
     /// The tuple of the packet being processed on this CPU, when the hook started.

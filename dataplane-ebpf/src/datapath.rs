@@ -2,7 +2,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use dataplane_common::{
-    lb::{ServiceValue, SVC_F_DROP_IF_EMPTY},
+    lb::{ServiceValue, REJECT_BURST, REJECT_NS_PER_TOKEN, SVC_F_DROP_IF_EMPTY},
     Reason,
 };
 
@@ -188,7 +188,7 @@ fn reject_allowed() -> bool {
         return false;
     };
     // Per-CPU entry: no other program touches it while this one runs on this CPU.
-    unsafe { (*bucket).take(bpf_ktime_get_ns()) }
+    unsafe { (*bucket).take(bpf_ktime_get_ns(), REJECT_NS_PER_TOKEN, REJECT_BURST) }
 }
 
 /// Classify only: hooks with nothing to translate yet.

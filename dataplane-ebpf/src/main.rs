@@ -100,7 +100,7 @@ fn tc_observe(ctx: &TcContext, hook: Hook) -> i32 {
     linearize(ctx);
     let p = TcPacket(ctx);
     let len = p.frame_len();
-    monitor::snapshot(&p, len);
+    monitor::snapshot(&p);
     let reason: Reason = datapath::observe(&p);
     stats::count(hook, reason, len);
     monitor::emit(&p, hook, reason, tc_ifindex(ctx), len);
@@ -116,7 +116,7 @@ fn tc_egress(ctx: &TcContext, hook: Hook) -> i32 {
     linearize(ctx);
     let p = TcPacket(ctx);
     let len = p.frame_len();
-    monitor::snapshot(&p, len);
+    monitor::snapshot(&p);
     let (reason, action) = datapath::egress(&p, false);
     stats::count(hook, reason, len);
     monitor::emit(&p, hook, reason, tc_ifindex(ctx), len);
@@ -146,7 +146,7 @@ pub fn xdp_uplink(ctx: XdpContext) -> u32 {
     }
     let p = XdpPacket(&ctx);
     let len = core::hint::black_box(p.frame_len());
-    monitor::snapshot(&p, len);
+    monitor::snapshot(&p);
     let (reason, action) = datapath::service_ingress(&p);
     stats::count(Hook::XdpUplink, reason, len);
     monitor::emit(&p, Hook::XdpUplink, reason, xdp_ifindex(&ctx), len);
@@ -170,7 +170,7 @@ fn tc_service_ingress(ctx: &TcContext, hook: Hook) -> i32 {
     linearize(ctx);
     let p = TcPacket(ctx);
     let len = p.frame_len();
-    monitor::snapshot(&p, len);
+    monitor::snapshot(&p);
     let (reason, action) = datapath::service_ingress(&p);
     stats::count(hook, reason, len);
     monitor::emit(&p, hook, reason, tc_ifindex(ctx), len);
@@ -209,7 +209,7 @@ pub fn tc_uplink_egress(ctx: TcContext) -> i32 {
     linearize(&ctx);
     let p = TcPacket(&ctx);
     let len = p.frame_len();
-    monitor::snapshot(&p, len);
+    monitor::snapshot(&p);
     let (reason, action) = datapath::egress(&p, true);
     stats::count(Hook::TcUplinkEgress, reason, len);
     monitor::emit(&p, Hook::TcUplinkEgress, reason, tc_ifindex(&ctx), len);

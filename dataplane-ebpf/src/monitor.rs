@@ -5,8 +5,8 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use dataplane_common::{
     monitor::{
-        drop_mask, EventTuple, MonitorEvent, MonitorTokens, EV_F_BEFORE, MONITOR_BURST,
-        MONITOR_EVENTS_PER_SEC, MON_F_ALL, MON_F_DROPS,
+        drop_mask, EventTuple, MonitorEvent, EV_F_BEFORE, MONITOR_BURST, MONITOR_EVENTS_PER_SEC,
+        MON_F_ALL, MON_F_DROPS,
     },
     Hook, Reason,
 };
@@ -28,7 +28,7 @@ pub fn mode() -> u32 {
 /// count site made the verifier's state count explode (E2BIG); helper loads into the stack
 /// add no packet-pointer state.
 #[inline(always)]
-fn tuple<P: Packet>(p: &P, _len: u32) -> Option<(u8, EventTuple)> {
+fn tuple<P: Packet>(p: &P) -> Option<(u8, EventTuple)> {
     let h: [u8; 34] = p.load(0).ok()?;
     if h[12] != 0x08 || h[13] != 0x00 || h[14] >> 4 != 4 {
         return None;
@@ -53,7 +53,7 @@ fn tuple<P: Packet>(p: &P, _len: u32) -> Option<(u8, EventTuple)> {
 
 /// Keeps the packet's tuple before the pipeline rewrites it, when a monitor wants every verdict.
 #[inline(always)]
-pub fn snapshot<P: Packet>(p: &P, len: u32) {
+pub fn snapshot<P: Packet>(p: &P) {
     if mode() & MON_F_ALL == 0 {
         return;
     }
@@ -62,33 +62,13 @@ pub fn snapshot<P: Packet>(p: &P, len: u32) {
     };
     // SAFETY: per-CPU value; programs on this CPU do not run concurrently with this one.
     let cpu = unsafe { &mut *cpu };
-    match tuple(p, len) {
+    match tuple(p) {
         Some((_, t)) => {
             cpu.before = t;
             cpu.before_valid = 1;
         }
         None => cpu.before_valid = 0,
     }
-}
-
-/// One token from this CPU's bucket, or the event is counted as lost.
-#[inline(always)]
-fn take_token(b: &mut MonitorTokens, now: u64) -> bool {
-    let refill = (now.wrapping_sub(b.last_ns)) / (1_000_000_000 / MONITOR_EVENTS_PER_SEC);
-    if refill > 0 {
-        b.tokens = if b.tokens + refill > MONITOR_BURST {
-            MONITOR_BURST
-        } else {
-            b.tokens + refill
-        };
-        b.last_ns = now;
-    }
-    if b.tokens == 0 {
-        b.lost += 1;
-        return false;
-    }
-    b.tokens -= 1;
-    true
 }
 
 /// Reasons that drop (bit per reason).
@@ -120,10 +100,14 @@ pub fn emit<P: Packet>(p: &P, hook: Hook, reason: Reason, ifindex: u32, len: u32
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    if !take_token(cpu, now) {
+    if !cpu
+        .bucket
+        .take(now, 1_000_000_000 / MONITOR_EVENTS_PER_SEC, MONITOR_BURST)
+    {
+        cpu.lost += 1;
         return;
     }
-    let (proto, after) = tuple(p, len).unwrap_or_default();
+    let (proto, after) = tuple(p).unwrap_or_default();
     let mut ev = MonitorEvent {
         ktime_ns: now,
         hook: hook as u8,

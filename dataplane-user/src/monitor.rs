@@ -75,17 +75,7 @@ fn endpoint(addr: u32, port: u16) -> SocketAddrV4 {
 fn ifname(index: u32, cache: &mut HashMap<u32, String>) -> String {
     cache
         .entry(index)
-        .or_insert_with(|| {
-            let mut buf = [0u8; libc::IF_NAMESIZE];
-            // SAFETY: buf holds IF_NAMESIZE bytes, as if_indextoname requires.
-            let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr().cast()) };
-            if p.is_null() {
-                format!("if{index}")
-            } else {
-                let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-                String::from_utf8_lossy(&buf[..end]).into_owned()
-            }
-        })
+        .or_insert_with(|| crate::overlay::netdev::name(index).unwrap_or(format!("if{index}")))
         .clone()
 }
 
