@@ -5,8 +5,10 @@
 //! pinned map of another version refuses to misread it.
 #![no_std]
 
+pub mod config;
 pub mod csum;
 pub mod ct;
+pub mod ip;
 pub mod lb;
 pub mod monitor;
 pub mod overlay;

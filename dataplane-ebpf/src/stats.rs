@@ -1,8 +1,8 @@
-//! Counting verdicts per hook.
+//! Counting verdicts per hook (`STATS_V2`) and handing them to the monitor.
 
 use dataplane_common::{stats::stats_index, Hook, Reason};
 
-use crate::maps::STATS_V2;
+use crate::{maps::STATS_V2, monitor, net::Packet, verdict::Verdict};
 
 /// Adds one packet of `len` bytes to the (hook, reason) counter of this CPU.
 #[inline(always)]
@@ -13,5 +13,29 @@ pub fn count(hook: Hook, reason: Reason, len: u32) {
             (*slot).packets += 1;
             (*slot).bytes += len as u64;
         }
+    }
+}
+
+/// Where a verdict is counted: the hook, its device and the frame's length as the hook
+/// received it (computed once, before the pipeline, as a scalar: see `main.rs`).
+pub struct Recorder {
+    pub hook: Hook,
+    pub ifindex: u32,
+    pub len: u32,
+}
+
+impl Recorder {
+    /// Counts the verdict and sends its monitor event (if a monitor wants it).
+    #[inline(always)]
+    pub fn record<P: Packet>(&self, p: &P, v: Verdict) {
+        count(self.hook, v.reason, self.len);
+        monitor::emit(p, self.hook, v.reason, self.ifindex, self.len);
+    }
+
+    /// Counts a stage that has its own counter and no event (the decapsulation: the inner
+    /// packet's verdict follows).
+    #[inline(always)]
+    pub fn count(&self, reason: Reason) {
+        count(self.hook, reason, self.len);
     }
 }
