@@ -15,7 +15,7 @@ use dataplane_common::{
 use crate::{
     maps::{EVENTS_V1, MONITOR_TOKENS_V1, MONITOR_V1},
     net::{
-        hdr::{EthIpv4, ETH_HLEN, IPV4_HLEN},
+        hdr::{EthIpv4, L4Ports, ETH_HLEN, IPV4_HLEN},
         Packet,
     },
 };
@@ -42,16 +42,16 @@ fn tuple<P: Packet>(p: &P) -> Option<(u8, EventTuple)> {
         && !ip.is_later_fragment()
         && ihl >= IPV4_HLEN
     {
-        // Source and destination port.
-        p.load::<[u16; 2]>(ETH_HLEN + ihl).unwrap_or([0; 2])
+        p.load::<L4Ports>(ETH_HLEN + ihl)
     } else {
-        [0; 2]
+        None
     };
+    let (sport, dport) = ports.map_or((0, 0), |p| (p.source, p.dest));
     let t = EventTuple {
         saddr: ip.saddr,
         daddr: ip.daddr,
-        sport: ports[0],
-        dport: ports[1],
+        sport,
+        dport,
     };
     Some((ip.proto, t))
 }

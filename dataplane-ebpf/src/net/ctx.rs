@@ -41,6 +41,21 @@ pub trait Packet {
     /// the cursor cannot reach (past the linear data) or that must not add packet-pointer
     /// state to the verifier's (the monitor, rare paths).
     fn load<T: Copy>(&self, offset: usize) -> Option<T>;
+    /// A copy of the header `T` at `offset`: read straight from the linear data when it is
+    /// there (no helper call: the per-packet paths), else through [`load`](Self::load).
+    /// `offset` must be below [`MAX_L4_OFF`] plus the header (it is masked with it so the
+    /// verifier sees a bounded pointer).
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+        let at = self.data() + (offset & MAX_L4_OFF);
+        if offset <= MAX_L4_OFF && at + size_of::<T>() <= self.data_end() {
+            // SAFETY: inside the linear data (checked above). A plain read, not an unaligned
+            // one: BPF allows unaligned packet loads on this architecture, and read_unaligned
+            // would become byte loads. (The parser's header pointers are read the same way.)
+            return Some(unsafe { core::ptr::read(at as *const T) });
+        }
+        self.load(offset)
+    }
     /// Writes `v` at `offset`.
     fn store<T: Copy>(&self, offset: usize, v: &T) -> Result<(), Failed>;
     /// Grows or shrinks the frame to `len` bytes.
@@ -245,6 +260,43 @@ impl TcPacket<'_> {
         if linear < want {
             let _ = ctx.pull_data(want);
         }
+    }
+
+    /// Writes the header block `v` at the start of the frame: in place when the frame's head
+    /// is linear that far (the encapsulation's room is: `bpf_skb_adjust_room` made it there),
+    /// with 8-byte stores and no helper call, else with the store helper.
+    #[inline(always)]
+    pub fn write_front<T: Copy>(&self, v: &T) -> Result<(), Failed> {
+        let n = size_of::<T>();
+        let (data, end) = (self.0.data(), self.0.data_end());
+        if data + n > end {
+            return self.store(0, v);
+        }
+        #[repr(C, align(8))]
+        struct Words<T>(T);
+        let src = Words(*v);
+        let words = &src as *const Words<T> as *const u8;
+        let mut i = 0;
+        // SAFETY: `data .. data + n` is linear packet data (checked above); the source is the
+        // 8-byte aligned stack copy. Unaligned packet stores are allowed on this architecture.
+        unsafe {
+            while i + 8 <= n {
+                core::ptr::write((data + i) as *mut u64, *(words.add(i) as *const u64));
+                i += 8;
+            }
+            if i + 4 <= n {
+                core::ptr::write((data + i) as *mut u32, *(words.add(i) as *const u32));
+                i += 4;
+            }
+            if i + 2 <= n {
+                core::ptr::write((data + i) as *mut u16, *(words.add(i) as *const u16));
+                i += 2;
+            }
+            if i < n {
+                core::ptr::write((data + i) as *mut u8, *words.add(i));
+            }
+        }
+        Ok(())
     }
 
     /// The device the hook runs on.

@@ -157,6 +157,22 @@ pub fn tcp_hdr_len(off_flags: u16) -> usize {
     ((u16::from_be(off_flags) >> 12) as usize) << 2
 }
 
+/// The first word of a TCP or UDP header: the ports, network order.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct L4Ports {
+    pub source: u16,
+    pub dest: u16,
+}
+
+impl L4Ports {
+    /// Both ports as one word, as they sit in memory (what the flow hash mixes).
+    #[inline(always)]
+    pub fn word(&self) -> u32 {
+        u32::from_ne_bytes(*bytes_of(self))
+    }
+}
+
 /// UDP header. Also the view of the first 8 bytes of any transport header an ICMP error quotes
 /// (ports first, for TCP as for UDP).
 #[repr(C)]

@@ -11,11 +11,15 @@ use dataplane_common::{
     Reason,
 };
 
-use super::{check_inner, config};
+use core::mem::size_of;
+
+use super::{check_inner, config, known_peer};
 use crate::{
-    maps::OVERLAY_PEERS_V1,
     net::{
-        hdr::{EthHdr, EthIpv4, Ipv4Hdr, VxlanInner, ETH_HLEN, IPV4_HLEN, IPV4_VIHL_NO_OPTIONS},
+        flow::Addr,
+        hdr::{
+            EthHdr, Ipv4Hdr, L4Ports, UdpHdr, VxlanHdr, ETH_HLEN, IPV4_HLEN, IPV4_VIHL_NO_OPTIONS,
+        },
         Packet, TcPacket, XdpPacket,
     },
     stats::Recorder,
@@ -36,14 +40,20 @@ struct Tunnel {
 
 /// Whether the frame is a tunnel packet of the configured mode (`Ok(None)`: no), and if so
 /// whether this node accepts it: for its tunnel address, from a known node, well-formed, the
-/// inner packet for this node and from that node (`Err`: the reason it does not).
+/// inner packet for this node and from that node (`Err`: the reason it does not). Headers are
+/// read in place where they are linear (they are, but for odd skbs).
 #[inline(always)]
 fn inspect<P: Packet>(p: &P, cfg: &OverlayConfig) -> Result<Option<Tunnel>, Reason> {
-    let Some(h) = p.load::<EthIpv4>(0) else {
+    let Some(eth) = p.read::<EthHdr>(0) else {
         return Ok(None);
     };
-    let (eth, outer) = (h.eth, h.ip);
-    if !eth.is_ipv4() || outer.version() != 4 {
+    if !eth.is_ipv4() {
+        return Ok(None);
+    }
+    let Some(outer) = p.read::<Ipv4Hdr>(ETH_HLEN) else {
+        return Ok(None);
+    };
+    if outer.version() != 4 {
         return Ok(None);
     }
     let vxlan = cfg.mode == MODE_VXLAN;
@@ -51,11 +61,10 @@ fn inspect<P: Packet>(p: &P, cfg: &OverlayConfig) -> Result<Option<Tunnel>, Reas
         if outer.proto != IPPROTO_UDP {
             return Ok(None);
         }
-        // Source and destination port.
-        let Some(ports) = p.load::<[u16; 2]>(ETH_HLEN + outer.hdr_len()) else {
+        let Some(ports) = p.read::<L4Ports>(ETH_HLEN + outer.hdr_len()) else {
             return Ok(None);
         };
-        if ports[1] != cfg.vxlan_port {
+        if ports.dest != cfg.vxlan_port {
             return Ok(None);
         }
     } else if outer.proto != IPPROTO_IPIP {
@@ -66,19 +75,45 @@ fn inspect<P: Packet>(p: &P, cfg: &OverlayConfig) -> Result<Option<Tunnel>, Reas
     if outer.daddr != cfg.tunnel_addr {
         return Err(Reason::DropOverlayNotLocal);
     }
-    if unsafe { OVERLAY_PEERS_V1.get(outer.saddr) }.is_none() {
-        return Err(Reason::DropOverlayUnknownPeer);
+    opened(p, cfg, &eth, &outer).map_err(|reason| refused(outer.saddr, reason))
+}
+
+/// The reason a tunnel packet from `outer_saddr` is refused: an unknown node first, as it is
+/// checked first in order. (Looked up here, on the refusal, because an accepted packet's inner
+/// source already proved its node: see [`check_inner`].)
+#[inline(always)]
+fn refused(outer_saddr: Addr, reason: Reason) -> Reason {
+    if reason != Reason::DropOverlayUnknownPeer && !known_peer(outer_saddr) {
+        return Reason::DropOverlayUnknownPeer;
     }
+    reason
+}
+
+/// The checks of a tunnel packet for this node: well-formed, the inner packet for a local
+/// address and from the sending node.
+#[inline(always)]
+fn opened<P: Packet>(
+    p: &P,
+    cfg: &OverlayConfig,
+    eth: &EthHdr,
+    outer: &Ipv4Hdr,
+) -> Result<Option<Tunnel>, Reason> {
     if outer.vihl != IPV4_VIHL_NO_OPTIONS || outer.is_fragment() {
         return Err(Reason::DropOverlayMalformed);
     }
     let inner_at = ETH_HLEN + IPV4_HLEN;
-    let (overhead, inner) = if vxlan {
-        let v = p
-            .load::<VxlanInner>(inner_at)
-            .ok_or(Reason::DropOverlayMalformed)?;
-        let (tun, ip) = (v.tun, v.ip);
-        let (vx, inner_eth) = (tun.vxlan, tun.eth);
+    let (overhead, inner) = if cfg.mode == MODE_VXLAN {
+        // UDP (its ports were read above), VXLAN, the inner Ethernet and IPv4 headers.
+        let vx_at = inner_at + size_of::<UdpHdr>();
+        let eth_at = vx_at + size_of::<VxlanHdr>();
+        let ip_at = eth_at + ETH_HLEN;
+        let (Some(vx), Some(inner_eth), Some(ip)) = (
+            p.read::<VxlanHdr>(vx_at),
+            p.read::<EthHdr>(eth_at),
+            p.read::<Ipv4Hdr>(ip_at),
+        ) else {
+            return Err(Reason::DropOverlayMalformed);
+        };
         if !vx.vni_valid() || !inner_eth.is_ipv4() || ip.version() != 4 {
             return Err(Reason::DropOverlayMalformed);
         }
@@ -88,7 +123,7 @@ fn inspect<P: Packet>(p: &P, cfg: &OverlayConfig) -> Result<Option<Tunnel>, Reas
         (VXLAN_OVERHEAD, ip)
     } else {
         let ip = p
-            .load::<Ipv4Hdr>(inner_at)
+            .read::<Ipv4Hdr>(inner_at)
             .ok_or(Reason::DropOverlayMalformed)?;
         if ip.version() != 4 {
             return Err(Reason::DropOverlayMalformed);
@@ -97,7 +132,7 @@ fn inspect<P: Packet>(p: &P, cfg: &OverlayConfig) -> Result<Option<Tunnel>, Reas
     };
     check_inner(outer.saddr, inner.saddr, inner.daddr)?;
     Ok(Some(Tunnel {
-        eth,
+        eth: *eth,
         overhead,
         outer_tot: outer.tot_len() as u32,
         inner_tot: inner.tot_len() as u32,

@@ -29,7 +29,7 @@ use crate::{
     maps::{OVERLAY_IPID_V1, OVERLAY_NEXTHOP_V1},
     net::{
         hdr::{
-            bytes_of, from_bytes, tcp_hdr_len, EthHdr, EthIpv4, IpipEncap, Ipv4Hdr, TcpHdr, UdpHdr,
+            bytes_of, from_bytes, tcp_hdr_len, EthHdr, IpipEncap, Ipv4Hdr, L4Ports, TcpHdr, UdpHdr,
             VxlanEncap, VxlanHdr, VxlanTunnel, ETH_HLEN, UDP_CHECK_OFF,
         },
         Packet, TcPacket,
@@ -63,12 +63,18 @@ pub fn encap(p: &TcPacket, prev: Verdict, rec: &Recorder) -> Verdict {
     let Some(cfg) = config() else {
         return prev;
     };
-    // Untagged IPv4: the uplink carries the node's own traffic, not trunks.
-    let Some(h) = p.load::<EthIpv4>(0) else {
+    // Untagged IPv4: the uplink carries the node's own traffic, not trunks. Read in place
+    // (the pipeline made the headers linear), not copied by a helper.
+    let Some(eth) = p.read::<EthHdr>(0) else {
         return prev;
     };
-    let (eth, ip) = (h.eth, h.ip);
-    if !eth.is_ipv4() || ip.version() != 4 {
+    if !eth.is_ipv4() {
+        return prev;
+    }
+    let Some(ip) = p.read::<Ipv4Hdr>(ETH_HLEN) else {
+        return prev;
+    };
+    if ip.version() != 4 {
         return prev;
     }
     let Some(route) = route_of(ip.daddr) else {
@@ -186,9 +192,9 @@ fn inner_flow_hash(p: &TcPacket, ip: &Ipv4Hdr) -> u32 {
     }
     // Both ports as one word, network order: what the hash mixes.
     let ports = match ip.proto {
-        IPPROTO_TCP | IPPROTO_UDP if !ip.is_fragment() => {
-            p.load::<u32>(ETH_HLEN + ip.hdr_len()).unwrap_or(0)
-        }
+        IPPROTO_TCP | IPPROTO_UDP if !ip.is_fragment() => p
+            .read::<L4Ports>(ETH_HLEN + ip.hdr_len())
+            .map_or(0, |ports| ports.word()),
         _ => 0,
     };
     flow_hash(ip.saddr, ip.daddr, ip.proto, ports)
@@ -205,7 +211,7 @@ fn inner_csum(p: &TcPacket, ip: &Ipv4Hdr) -> InnerCsum {
     let pseudo = InnerCsum::PseudoHeader(inner_pseudo_sum(ip.saddr, ip.daddr, ip.proto, l4_len));
     match ip.proto {
         IPPROTO_TCP => pseudo,
-        IPPROTO_UDP => match p.load::<u16>(ETH_HLEN + ip.hdr_len() + UDP_CHECK_OFF) {
+        IPPROTO_UDP => match p.read::<u16>(ETH_HLEN + ip.hdr_len() + UDP_CHECK_OFF) {
             Some(c) if c != 0 => pseudo,
             _ => InnerCsum::None,
         },
@@ -219,7 +225,7 @@ fn inner_csum(p: &TcPacket, ip: &Ipv4Hdr) -> InnerCsum {
 fn segment_headers(p: &TcPacket, ip: &Ipv4Hdr) -> u32 {
     let ihl = ip.hdr_len();
     match ip.proto {
-        IPPROTO_TCP => match p.load::<u16>(ETH_HLEN + ihl + offset_of!(TcpHdr, off_flags)) {
+        IPPROTO_TCP => match p.read::<u16>(ETH_HLEN + ihl + offset_of!(TcpHdr, off_flags)) {
             Some(off_flags) => (ihl + tcp_hdr_len(off_flags)) as u32,
             None => (ihl + 60) as u32,
         },
@@ -327,7 +333,7 @@ fn encap_to(
             ip: from_bytes(&outer_ip),
             tun,
         };
-        p.store(0, &h)
+        p.write_front(&h)
     } else {
         let outer_ip = ipv4_header(
             ecn_encap(ip.tos),
@@ -343,7 +349,7 @@ fn encap_to(
             eth,
             ip: from_bytes(&outer_ip),
         };
-        p.store(0, &h)
+        p.write_front(&h)
     };
     stored.map_err(|_| Reason::DropOverlayEncapFailed)?;
 

@@ -44,7 +44,7 @@ use dataplane_common::{
 };
 
 use crate::{
-    maps::{OVERLAY_CONFIG_V1, OVERLAY_ROUTES_V1},
+    maps::{OVERLAY_CONFIG_V1, OVERLAY_PEERS_V1, OVERLAY_ROUTES_V1},
     net::flow::Addr,
 };
 
@@ -65,10 +65,20 @@ fn config() -> Option<OverlayConfig> {
     }
 }
 
+/// Whether tunnel packets are accepted from `addr` (`OVERLAY_PEERS_V1`).
+#[inline(always)]
+fn known_peer(addr: Addr) -> bool {
+    unsafe { OVERLAY_PEERS_V1.get(addr) }.is_some()
+}
+
 /// The inner packet of a tunnel packet from node `outer_saddr`: for a pod (or address) of this
 /// node, and from that node (its own address, or an address in its pod CIDRs: one LPM lookup,
 /// the same trie that routes toward it). Anyone on the underlay can forge a known node's outer
 /// address; this keeps them from injecting packets "from" any address.
+///
+/// A route of the inner source to `outer_saddr` also proves that node known (the agent writes a
+/// node's routes and its `OVERLAY_PEERS_V1` entry together): only an inner source that is the
+/// node's own address needs the peer lookup.
 #[inline(always)]
 fn check_inner(outer_saddr: Addr, inner_saddr: Addr, inner_daddr: Addr) -> Result<(), Reason> {
     match route_of(inner_daddr) {
@@ -76,7 +86,11 @@ fn check_inner(outer_saddr: Addr, inner_saddr: Addr, inner_daddr: Addr) -> Resul
         _ => return Err(Reason::DropOverlayNotLocal),
     }
     if inner_saddr == outer_saddr {
-        return Ok(());
+        return if known_peer(outer_saddr) {
+            Ok(())
+        } else {
+            Err(Reason::DropOverlayUnknownPeer)
+        };
     }
     match route_of(inner_saddr) {
         Some(r) if r.flags & ROUTE_F_LOCAL == 0 && r.node_addr == outer_saddr => Ok(()),
