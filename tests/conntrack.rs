@@ -4,8 +4,6 @@
 //! changes. Real packets through the programs `dataplane run` attached in lab nodes; the soak
 //! uses ApacheBench against nginx.
 
-#[path = "support/cluster.rs"]
-mod cluster;
 mod support;
 
 use std::{
@@ -15,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cluster::{backend, cluster_ip, with_node_port, Cluster};
+use support::cluster::{backend, cluster_ip, with_node_port, Cluster};
 use dataplane::{loader, model::Protocol, services};
 use dataplane_common::{ct::CT_MAX_ENTRIES, Hook, Reason};
 use dataplane_lab::{

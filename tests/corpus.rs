@@ -16,10 +16,6 @@
 
 mod support;
 
-#[allow(dead_code)]
-#[path = "support/cluster.rs"]
-mod cluster;
-
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::maps::HashMap;
@@ -35,6 +31,7 @@ use dataplane_common::{
     Hook, Reason,
 };
 use dataplane_lab::packet::{self, fragment_ipv4, icmp_quote, Frame, TcpFlags};
+use support::cluster;
 use support::fixture::{harness, Harness, MASQ_ADDR};
 
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];

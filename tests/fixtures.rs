@@ -237,15 +237,11 @@ fn vlan_tags() {
 
 // ---- Service load balancing: DNAT, reverse NAT, masquerade, reject, ICMP errors ----------------
 
-#[path = "support/cluster.rs"]
-#[allow(dead_code)]
-mod cluster;
-
 use std::net::SocketAddrV4;
 
 use dataplane::model::{Backend, FrontendKind, Protocol, TrafficPolicy};
 use dataplane_lab::packet::{icmp_quote, parse, IcmpKind};
-use support::fixture::MASQ_ADDR;
+use support::{cluster, fixture::MASQ_ADDR};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 19);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 15);

@@ -4,7 +4,7 @@
 //! (410 Gone, as an ERROR event and as an HTTP status), dropped connections and an API server
 //! that is down for a while.
 
-mod k8s_common;
+mod support;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -22,7 +22,7 @@ use dataplane::{
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::{body::Frame, server::conn::http1, service::service_fn, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use k8s_common::{assert_quiet, backend_ips, local, wait_for, within, States, TempDir, SEED};
+use support::k8s::{assert_quiet, backend_ips, local, wait_for, within, States, TempDir, SEED};
 use serde_json::{json, Value};
 use tokio::{net::TcpListener, sync::broadcast, task::AbortHandle};
 

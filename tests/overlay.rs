@@ -7,9 +7,6 @@
 //! only a default route to an unused address, so any cross-node pod traffic that works went
 //! through the overlay.
 
-#[allow(dead_code)]
-#[path = "support/cluster.rs"]
-mod cluster;
 mod support;
 
 use std::{
@@ -37,6 +34,7 @@ use dataplane_lab::{
     netns,
     packet::{self, Parsed},
 };
+use support::cluster;
 use support::node::{CheckedLab, DataplaneNode};
 
 const T: Duration = Duration::from_secs(5);

@@ -1,8 +1,6 @@
 //! ClusterIP and NodePort load balancing in a lab cluster: real TCP and UDP through the
 //! programs attached by `dataplane run` on every node, services written through ServiceTable.
 
-#[path = "support/cluster.rs"]
-mod cluster;
 mod support;
 
 use std::{
@@ -12,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use cluster::{backend, cluster_ip, with_node_port, Cluster};
+use support::cluster::{backend, cluster_ip, with_node_port, Cluster};
 use dataplane::model::{Protocol, TrafficPolicy};
 use dataplane_common::{Hook, Reason};
 use dataplane_lab::lab::{Cni, LabSpec, Pod};

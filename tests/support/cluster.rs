@@ -1,6 +1,3 @@
-//! (Included with `#[path]` by the tests that need it, so other test binaries do not depend
-//! on the services API.)
-//!
 //! A lab with `dataplane run` on every node and the service maps filled through the typed
 //! `ServiceTable` API, the way the control plane fills them.
 

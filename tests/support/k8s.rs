@@ -1,7 +1,5 @@
 //! Helpers shared by the k8s_* integration tests.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::{
     future::Future,
     net::Ipv4Addr,
