@@ -13,13 +13,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::cluster::{backend, cluster_ip, with_node_port, Cluster};
 use dataplane::{loader, model::Protocol, services};
 use dataplane_common::{ct::CT_MAX_ENTRIES, Hook, Reason};
 use dataplane_lab::{
     lab::{Child, Cni, Host, LabSpec, Pod},
     netns,
 };
+use support::cluster::{backend, cluster_ip, with_node_port, Cluster};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const VIP2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);

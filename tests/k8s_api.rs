@@ -22,8 +22,8 @@ use dataplane::{
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::{body::Frame, server::conn::http1, service::service_fn, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use support::k8s::{assert_quiet, backend_ips, local, wait_for, within, States, TempDir, SEED};
 use serde_json::{json, Value};
+use support::k8s::{assert_quiet, backend_ips, local, wait_for, within, States, TempDir, SEED};
 use tokio::{net::TcpListener, sync::broadcast, task::AbortHandle};
 
 // ---------------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ use std::{
     time::Duration,
 };
 
-use support::cluster::{backend, cluster_ip, with_node_port, Cluster};
 use dataplane::model::{Protocol, TrafficPolicy};
 use dataplane_common::{Hook, Reason};
 use dataplane_lab::lab::{Cni, LabSpec, Pod};
+use support::cluster::{backend, cluster_ip, with_node_port, Cluster};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const T: Duration = Duration::from_secs(3);
