@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod fixture;
 pub mod k8s;
 pub mod node;
+pub mod overlay;
 
 /// Fails (never skips) when the tests cannot do what they must: they need root for BPF and
 /// network namespaces.
