@@ -1,111 +1,39 @@
 //! The overlay in the lab: VXLAN interop with the kernel's own vxlan device configured exactly as
-//! flannel configures it (flannel.1), both ways. Harness: tests/support/overlay.rs.
+//! flannel configures it (flannel.1, set up by `dataplane_lab::flannel`), both ways. Harness:
+//! tests/support/overlay.rs.
 
 mod support;
 
 use std::net::Ipv4Addr;
 
 use dataplane_common::{Hook, Reason};
-use dataplane_lab::lab::Cni;
-use support::node::CheckedLab;
+use dataplane_lab::{flannel, lab::Cni};
 use support::overlay::*;
 
-const FLANNEL_VTEP_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0, 0x02];
+/// node2's flannel.1 MAC.
+fn flannel_vtep() -> [u8; 6] {
+    flannel::vtep_mac(2)
+}
 
 // ---------------------------------------------------------------------------------------------
 // Interop with flannel.1
 // ---------------------------------------------------------------------------------------------
 
-/// node2 as flannel configures it: vxlan id 1 dstport 8472 nolearning, MTU 1450, its CIDR's
-/// first address, static ARP + FDB for node1's VTEP, the onlink route through flannel.1.
-fn configure_flannel(lab: &CheckedLab, node1_vtep: [u8; 6]) {
-    let (n1, n2) = (lab.node(0), lab.node(1));
-    let ns = n2.ns.as_str();
-    let local = n2.underlay_ip.to_string();
-    let vtep = mac_text(node1_vtep);
-    for argv in [
-        vec![
-            "ip",
-            "link",
-            "add",
-            "flannel.1",
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "dstport",
-            "8472",
-            "nolearning",
-            "local",
-            &local,
-            "dev",
-            "eth0",
-        ],
-        vec![
-            "ip",
-            "link",
-            "set",
-            "flannel.1",
-            "address",
-            &mac_text(FLANNEL_VTEP_MAC),
-            "mtu",
-            "1450",
-            "up",
-        ],
-        vec!["ip", "addr", "add", "10.244.2.0/32", "dev", "flannel.1"],
-        vec![
-            "ip",
-            "neigh",
-            "add",
-            "10.244.1.0",
-            "lladdr",
-            &vtep,
-            "dev",
-            "flannel.1",
-            "nud",
-            "permanent",
-        ],
-        vec![
-            "bridge",
-            "fdb",
-            "add",
-            &vtep,
-            "dev",
-            "flannel.1",
-            "dst",
-            &n1.underlay_ip.to_string(),
-            "self",
-            "permanent",
-        ],
-        vec![
-            "ip",
-            "route",
-            "add",
-            "10.244.1.0/24",
-            "via",
-            "10.244.1.0",
-            "dev",
-            "flannel.1",
-            "onlink",
-        ],
-    ] {
-        sh(ns, &argv);
-    }
-}
-
 #[test]
 fn vxlan_interoperates_with_flannel_1_both_ways() {
     let o = Overlay::start(
-        &spec(Cni::Flannel, 1450),
+        &spec(Cni::Flannel, flannel::MTU),
         &[0],
         &["--overlay", "vxlan"],
         |lab| {
-            configure_flannel(lab, uplink_mac(lab.node(0)));
+            // node2 as flannel configures it, node1's VTEP answering on its uplink's MAC.
+            let node1 = flannel::Peer::of(lab.node(0), uplink_mac(lab.node(0)));
+            flannel::configure(lab.node(1), flannel_vtep(), &[node1]).unwrap();
         },
     );
     let nodes = vec![
         node_info(o.node(0), uplink_mac(o.node(0))),
-        node_info(o.node(1), FLANNEL_VTEP_MAC),
+        node_info(o.node(1), flannel_vtep()),
     ];
     o.sync(0, &nodes);
     let (p1, p2) = (o.lab.pod(0, 0).host(), o.lab.pod(1, 0).host());
@@ -114,7 +42,7 @@ fn vxlan_interoperates_with_flannel_1_both_ways() {
     p1.ping(p2.ip, 2).unwrap();
     p2.ping(p1.ip, 2).unwrap();
     let frames = cap.finish();
-    let vx = vxlan_frames(&frames, 8472);
+    let vx = vxlan_frames(&frames, flannel::PORT);
     let ours: Vec<_> = vx
         .iter()
         .filter(|(f, _, _)| f.ipv4().unwrap().src == o.node(0).underlay_ip)
@@ -133,10 +61,10 @@ fn vxlan_interoperates_with_flannel_1_both_ways() {
     for (outer, vni, inner) in &ours {
         let (ip, udp) = (outer.ipv4().unwrap(), outer.udp().unwrap());
         assert_eq!(*vni, 1);
-        assert_eq!((ip.dst, udp.dport), (o.node(1).underlay_ip, 8472));
+        assert_eq!((ip.dst, udp.dport), (o.node(1).underlay_ip, flannel::PORT));
         assert_eq!(
             (inner.dst, inner.src),
-            (FLANNEL_VTEP_MAC, n1_mac),
+            (flannel_vtep(), n1_mac),
             "inner MACs: VTEP to VTEP"
         );
         assert_eq!(outer.src, n1_mac);

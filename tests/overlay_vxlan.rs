@@ -16,7 +16,10 @@ use dataplane::{
 };
 
 use dataplane_common::{map_names, overlay::OverlayNextHop, Hook, Reason};
-use dataplane_lab::lab::{Cni, Node};
+use dataplane_lab::{
+    flannel::mac_text,
+    lab::{Cni, Node},
+};
 use support::cluster;
 use support::node::{CheckedLab, DataplaneNode};
 use support::overlay::*;

@@ -154,13 +154,6 @@ pub fn uplink_mac(n: &Node) -> [u8; 6] {
         .unwrap()
 }
 
-pub fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 pub fn sh(ns: &str, argv: &[&str]) -> String {
     netns::run_in(ns, argv).unwrap_or_else(|e| panic!("{e:#}"))
 }
