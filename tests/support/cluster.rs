@@ -1,7 +1,10 @@
 //! A lab with `dataplane run` on every node and the service maps filled through the typed
 //! `ServiceTable` API, the way the control plane fills them.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    io::ErrorKind,
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
 use anyhow::Result;
 use dataplane::{
@@ -11,7 +14,10 @@ use dataplane::{
     services::{LocalContext, ServiceTable},
     stats::Stats,
 };
-use dataplane_lab::lab::{LabSpec, Pod};
+use dataplane_lab::{
+    lab::{Cni, LabSpec, Pod},
+    traffic::Server,
+};
 
 use crate::support::node::{CheckedLab, DataplaneNode};
 
@@ -91,6 +97,30 @@ pub fn backend(pod: &Pod, port: u16) -> Backend {
     }
 }
 
+/// `pods` as backends on `port`.
+pub fn backends(pods: &[&Pod], port: u16) -> Vec<Backend> {
+    pods.iter().map(|p| backend(p, port)).collect()
+}
+
+/// Echo servers on `port` in every pod of `pods`, one per protocol of `protos`; they stop when
+/// dropped (keep them declared after the cluster, so they stop before it).
+pub fn echo_servers(pods: &[&Pod], protos: &[Protocol], port: u16) -> Vec<Server> {
+    let mut servers = Vec::new();
+    for pod in pods {
+        for proto in protos {
+            let host = pod.host();
+            servers.push(
+                match proto {
+                    Protocol::Tcp => host.tcp_echo_server(port),
+                    Protocol::Udp => host.udp_echo_server(port),
+                }
+                .unwrap(),
+            );
+        }
+    }
+    servers
+}
+
 /// A ClusterIP service port `vip:port/proto` -> `backends`.
 pub fn cluster_ip(
     name: &str,
@@ -127,4 +157,53 @@ pub fn with_node_port(mut svc: ServicePort, node_ips: &[Ipv4Addr], node_port: u1
         });
     }
     svc
+}
+
+/// Two nodes with two pods each.
+pub fn two_nodes(cni: Cni) -> LabSpec {
+    LabSpec {
+        nodes: 2,
+        pods_per_node: 2,
+        cni,
+        ..Default::default()
+    }
+}
+
+/// node1-pod0 is the client; the other three pods serve.
+pub fn servers(c: &Cluster) -> Vec<&Pod> {
+    vec![c.lab.pod(0, 1), c.lab.pod(1, 0), c.lab.pod(1, 1)]
+}
+
+/// The scenario most tests here start from: a two-node cluster whose three server pods echo
+/// `protos` on `port`. Derefs to the cluster; the servers stop before it is torn down.
+pub struct Echo {
+    _servers: Vec<Server>,
+    pub cluster: Cluster,
+    /// The server pods as backends on `port`.
+    pub backends: Vec<Backend>,
+}
+
+impl std::ops::Deref for Echo {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+pub fn echo(cni: Cni, protos: &[Protocol], port: u16) -> Echo {
+    let cluster = Cluster::start(&two_nodes(cni)).unwrap();
+    let pods = servers(&cluster);
+    let (_servers, backends) = (echo_servers(&pods, protos, port), backends(&pods, port));
+    Echo {
+        _servers,
+        cluster,
+        backends,
+    }
+}
+
+/// The I/O error kind behind `err`, if any.
+pub fn io_kind(err: &anyhow::Error) -> Option<ErrorKind> {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .map(|e| e.kind())
 }
