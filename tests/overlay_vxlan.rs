@@ -16,10 +16,7 @@ use dataplane::{
 };
 
 use dataplane_common::{map_names, overlay::OverlayNextHop, Hook, Reason};
-use dataplane_lab::{
-    flannel::mac_text,
-    lab::{Cni, Node},
-};
+use dataplane_lab::{flannel::mac_text, lab::Cni, manifests};
 use support::cluster;
 use support::node::{CheckedLab, DataplaneNode};
 use support::overlay::*;
@@ -362,21 +359,6 @@ fn vxlan_outer_source_is_the_tunnel_address_on_a_node_with_two_addresses() {
 // The agent drives the overlay from Node objects
 // ---------------------------------------------------------------------------------------------
 
-/// A Node as the API server shows it for a flannel (vxlan) node.
-fn node_yaml(n: &Node, vtep: [u8; 6]) -> String {
-    let (net, len) = n.pod_cidr;
-    format!(
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  annotations:\n    \
-         flannel.alpha.coreos.com/backend-data: '{{\"VNI\":1,\"VtepMAC\":\"{mac}\"}}'\n    \
-         flannel.alpha.coreos.com/backend-type: vxlan\n    flannel.alpha.coreos.com/public-ip: {ip}\n\
-         spec:\n  podCIDR: {net}/{len}\n  podCIDRs:\n  - {net}/{len}\n\
-         status:\n  addresses:\n  - address: {ip}\n    type: InternalIP\n",
-        name = n.name,
-        mac = mac_text(vtep),
-        ip = n.underlay_ip,
-    )
-}
-
 #[test]
 fn the_agent_builds_the_overlay_from_node_objects() {
     support::require_root();
@@ -387,7 +369,7 @@ fn the_agent_builds_the_overlay_from_node_objects() {
     let docs: Vec<String> = lab
         .nodes()
         .iter()
-        .map(|n| node_yaml(n, uplink_mac(n)))
+        .map(|n| manifests::flannel_node_yaml(&n.name, n.underlay_ip, n.pod_cidr, uplink_mac(n)))
         .collect();
     std::fs::write(dir.join("nodes.yaml"), docs.join("---\n")).unwrap();
     let args = ["--overlay", "vxlan", "--manifests", dir.to_str().unwrap()];
