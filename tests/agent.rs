@@ -11,11 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dataplane::model::Protocol;
 use dataplane_lab::{
     lab::{Cni, Lab, LabSpec, Pod},
     manifests::{Endpoint, ServiceManifest},
     netns,
 };
+use support::cluster::echo_servers;
 use support::node::{CheckedLab, DataplaneNode};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -107,18 +109,9 @@ fn write(dir: &Path, file: &str, text: &str) {
 
 #[test]
 fn manifests_drive_the_services_and_metrics_report_them() {
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 2,
-        pods_per_node: 2,
-        cni: Cni::Flannel,
-        ..Default::default()
-    })
-    .unwrap();
-    let dir = tempdir(&lab);
+    let (lab, dir) = lab_with_manifests(2, 2);
     let (b1, b2) = (lab.pod(0, 1), lab.pod(1, 0));
-    let _s1 = b1.host().tcp_echo_server(8080).unwrap();
-    let _s2 = b2.host().tcp_echo_server(8080).unwrap();
+    let _srv = echo_servers(&[b1, b2], &[Protocol::Tcp], 8080);
     write(
         &dir,
         "web.yaml",
@@ -225,6 +218,21 @@ fn manifests_drive_the_services_and_metrics_report_them() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A flannel lab of `nodes` nodes with `pods` pods each, and an empty manifest directory for
+/// its agents.
+fn lab_with_manifests(nodes: usize, pods: usize) -> (CheckedLab, std::path::PathBuf) {
+    support::require_root();
+    let lab = CheckedLab::build(&LabSpec {
+        nodes,
+        pods_per_node: pods,
+        cni: Cni::Flannel,
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = tempdir(&lab);
+    (lab, dir)
+}
+
 fn tempdir(lab: &Lab) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("{}manifests", lab.prefix()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -241,15 +249,7 @@ fn xdp_prog_id(lab: &Lab, node: usize) -> Option<u32> {
 
 #[test]
 fn restart_keeps_connections_and_the_datapath_running() {
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 2,
-        pods_per_node: 2,
-        cni: Cni::Flannel,
-        ..Default::default()
-    })
-    .unwrap();
-    let dir = tempdir(&lab);
+    let (lab, dir) = lab_with_manifests(2, 2);
     let backends = [lab.pod(0, 1), lab.pod(1, 0), lab.pod(1, 1)];
     let _srv: Vec<_> = backends
         .iter()
@@ -313,15 +313,7 @@ fn restart_keeps_connections_and_the_datapath_running() {
 
 #[test]
 fn pod_devices_are_attached_as_they_appear_and_detached_as_they_go() {
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 1,
-        pods_per_node: 2,
-        cni: Cni::Flannel,
-        ..Default::default()
-    })
-    .unwrap();
-    let dir = tempdir(&lab);
+    let (lab, dir) = lab_with_manifests(1, 2);
     let b = lab.pod(0, 1);
     let _srv = b.host().tcp_echo_server(8080).unwrap();
     write(&dir, "web.yaml", &web(vec![endpoint(b)]).to_yaml());
@@ -398,15 +390,7 @@ fn cgroup_links(pin: &Path) -> Vec<(String, u32, u32)> {
 /// programs into the same links), and `dataplane cleanup` removes them.
 #[test]
 fn socket_lb_survives_sigkill_and_cleanup_detaches_it() {
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 1,
-        pods_per_node: 2,
-        cni: Cni::Flannel,
-        ..Default::default()
-    })
-    .unwrap();
-    let dir = tempdir(&lab);
+    let (lab, dir) = lab_with_manifests(1, 2);
     let backends = [lab.pod(0, 0), lab.pod(0, 1)];
     let _srv: Vec<_> = backends
         .iter()
@@ -549,18 +533,9 @@ fn connections_to(
 /// pod's connection to the removed one (not the node's socket), stay up.
 #[test]
 fn node_sockets_to_a_removed_backend_are_destroyed() {
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 1,
-        pods_per_node: 3,
-        cni: Cni::Flannel,
-        ..Default::default()
-    })
-    .unwrap();
-    let dir = tempdir(&lab);
+    let (lab, dir) = lab_with_manifests(1, 3);
     let (b1, b2, client) = (lab.pod(0, 0), lab.pod(0, 1), lab.pod(0, 2));
-    let _s1 = b1.host().tcp_echo_server(8080).unwrap();
-    let _s2 = b2.host().tcp_echo_server(8080).unwrap();
+    let _srv = echo_servers(&[b1, b2], &[Protocol::Tcp], 8080);
     write(
         &dir,
         "web.yaml",
@@ -629,18 +604,9 @@ fn api(endpoints: Vec<Endpoint>) -> ServiceManifest {
 #[test]
 fn a_service_that_cannot_be_written_does_not_block_the_others() {
     use dataplane_common::lb::{BackendKey, BackendValue};
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 1,
-        pods_per_node: 2,
-        cni: Cni::Flannel,
-        ..Default::default()
-    })
-    .unwrap();
-    let dir = tempdir(&lab);
+    let (lab, dir) = lab_with_manifests(1, 2);
     let (b1, b2) = (lab.pod(0, 0), lab.pod(0, 1));
-    let _s1 = b1.host().tcp_echo_server(8080).unwrap();
-    let _s2 = b2.host().tcp_echo_server(8080).unwrap();
+    let _srv = echo_servers(&[b1, b2], &[Protocol::Tcp], 8080);
     write(&dir, "web.yaml", &web(vec![endpoint(b1)]).to_yaml());
     let args = [
         "--manifests",
@@ -748,18 +714,9 @@ fn servers_seen_from(
 #[test]
 fn the_metrics_server_withstands_idle_connections_and_scrape_floods() {
     use dataplane::metrics::{HEADER_TIMEOUT, MAX_CONNECTIONS};
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 1,
-        pods_per_node: 2,
-        cni: Cni::Flannel,
-        ..Default::default()
-    })
-    .unwrap();
-    let dir = tempdir(&lab);
+    let (lab, dir) = lab_with_manifests(1, 2);
     let (b1, b2) = (lab.pod(0, 0), lab.pod(0, 1));
-    let _s1 = b1.host().tcp_echo_server(8080).unwrap();
-    let _s2 = b2.host().tcp_echo_server(8080).unwrap();
+    let _srv = echo_servers(&[b1, b2], &[Protocol::Tcp], 8080);
     write(&dir, "web.yaml", &web(vec![endpoint(b1)]).to_yaml());
     let args = [
         "--manifests",

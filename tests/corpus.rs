@@ -20,7 +20,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::maps::HashMap;
 use dataplane::{
-    model::{Backend, NodeInfo, Protocol},
+    model::{NodeInfo, Protocol},
     overlay::{write_config, Maps, OverlayTable},
 };
 use dataplane_common::{
@@ -65,17 +65,7 @@ impl Rng {
 }
 
 fn services() -> Vec<dataplane::model::ServicePort> {
-    let backend = |ip, port| {
-        vec![Backend {
-            ip,
-            port,
-            node_name: Some("node2".into()),
-            ready: true,
-            serving: true,
-            terminating: false,
-            hints: Default::default(),
-        }]
-    };
+    let backend = |ip, port| vec![cluster::backend_at(ip, port, "node2")];
     let web = cluster::cluster_ip(
         "web",
         SocketAddrV4::new(VIP, 80),

@@ -84,12 +84,17 @@ pub fn port_name(name: &str) -> ServicePortName {
     }
 }
 
-/// A ready backend on `pod` at `port`.
+/// `pod` as a ready backend on `port`.
 pub fn backend(pod: &Pod, port: u16) -> Backend {
+    backend_at(pod.ip, port, &format!("node{}", pod.node_index))
+}
+
+/// A ready, serving backend at `ip:port` on node `node`.
+pub fn backend_at(ip: Ipv4Addr, port: u16, node: &str) -> Backend {
     Backend {
-        ip: pod.ip,
+        ip,
         port,
-        node_name: Some(format!("node{}", pod.node_index)),
+        node_name: Some(node.into()),
         ready: true,
         serving: true,
         terminating: false,
