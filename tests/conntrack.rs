@@ -344,15 +344,8 @@ fn gc_removes_timed_out_connections_whole() {
     cfg.timeout_udp = 2;
     loader::write_pinned_config(&pin, &cfg).unwrap();
     let b = c.lab.pod(1, 0);
-    let _u = b.host().udp_echo_server(5353).unwrap();
     let vip = SocketAddrV4::new(VIP, 53);
-    c.sync(&[cluster_ip(
-        "dns",
-        vip,
-        Protocol::Udp,
-        vec![backend(b, 5353)],
-    )])
-    .unwrap();
+    let _u = c.serve_dns(b, vip);
     let client = c.lab.pod(0, 0).host();
     for i in 0..50 {
         client.udp_request(vip, &format!("q{i}"), T).unwrap();

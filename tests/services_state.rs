@@ -92,15 +92,8 @@ fn backend_churn_moves_udp_flows_and_sends_no_new_connections_to_removed_backend
 fn conntrack_lists_entries_and_expires_idle_ones() {
     let c = Cluster::start(&two_nodes(Cni::Flannel)).unwrap();
     let b = c.lab.pod(1, 0);
-    let _u = b.host().udp_echo_server(5353).unwrap();
     let vip = SocketAddrV4::new(VIP, 53);
-    c.sync(&[cluster_ip(
-        "dns",
-        vip,
-        Protocol::Udp,
-        vec![backend(b, 5353)],
-    )])
-    .unwrap();
+    let _u = c.serve_dns(b, vip);
     let pin = c.nodes[0].pin_dir().to_path_buf();
     let mut cfg = loader::read_pinned_config(&pin).unwrap();
     cfg.timeout_udp = 1;
@@ -174,15 +167,8 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client_socket() {
 fn fragmentation_needed_from_the_node_reaches_the_client_socket() {
     let c = Cluster::start(&two_nodes(Cni::Flannel)).unwrap();
     let b = c.lab.pod(1, 0);
-    let _u = b.host().udp_echo_server(5353).unwrap();
     let vip = SocketAddrV4::new(VIP, 53);
-    c.sync(&[cluster_ip(
-        "dns",
-        vip,
-        Protocol::Udp,
-        vec![backend(b, 5353)],
-    )])
-    .unwrap();
+    let _u = c.serve_dns(b, vip);
     // A smaller MTU on node1's uplink: forwarding a 1478-byte DF datagram to the remote backend
     // makes node1 send "fragmentation needed, MTU 1400" quoting the DNATed datagram.
     netns::run_in(

@@ -71,6 +71,20 @@ impl Cluster {
         Ok(())
     }
 
+    /// A UDP echo server on `pod`:5353 behind the ClusterIP service "dns" at `vip`; the
+    /// server stops when the returned handle is dropped.
+    pub fn serve_dns(&self, pod: &Pod, vip: SocketAddrV4) -> Server {
+        let server = pod.host().udp_echo_server(5353).unwrap();
+        self.sync(&[cluster_ip(
+            "dns",
+            vip,
+            Protocol::Udp,
+            vec![backend(pod, 5353)],
+        )])
+        .unwrap();
+        server
+    }
+
     pub fn stats(&self, node: usize) -> Stats {
         self.nodes[node].stats().expect("reading stats")
     }
