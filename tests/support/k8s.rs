@@ -1,5 +1,7 @@
 //! Helpers shared by the k8s_* integration tests.
 
+pub mod api;
+
 use std::{
     future::Future,
     net::Ipv4Addr,
