@@ -3,6 +3,7 @@
 //! written through `ServiceTable` (`cluster`) and the k8s source helpers (`k8s`).
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod cluster;
 pub mod fixture;
 pub mod k8s;
