@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod datapath;
 pub mod fixture;
 pub mod k8s;
 pub mod node;
