@@ -112,14 +112,7 @@ fn restart_adopts_pinned_stats_and_cleanup_removes_them() {
 /// the retired pin and counts in `STATS_V2`.
 #[test]
 fn stats_of_an_older_agent_are_read_then_retired() {
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 1,
-        pods_per_node: 0,
-        external_client: false,
-        ..Default::default()
-    })
-    .unwrap();
+    let lab = one_bare_node();
     let pin_dir = lab.pin_dir(0).unwrap();
     std::fs::create_dir_all(&pin_dir).unwrap();
     let old_pin = pin_dir.join("STATS_V1");
@@ -185,14 +178,7 @@ fn stats_of_an_older_agent_are_read_then_retired() {
 /// together with the way out (`dataplane cleanup`), which removes it so the next run starts.
 #[test]
 fn pinned_map_of_another_layout_is_refused() {
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 1,
-        pods_per_node: 0,
-        external_client: false,
-        ..Default::default()
-    })
-    .unwrap();
+    let lab = one_bare_node();
     let pin_dir = lab.pin_dir(0).unwrap();
     let stats_pin = pin_dir.join(map_names::STATS);
     let entries = STATS_ENTRIES.to_string();
@@ -253,14 +239,7 @@ fn pinned_map_of_another_layout_is_refused() {
 /// process's stderr: the path a verifier rejection takes to fail a test loudly.
 #[test]
 fn a_run_that_exits_fails_start_with_its_stderr() {
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 1,
-        pods_per_node: 0,
-        external_client: false,
-        ..Default::default()
-    })
-    .unwrap();
+    let lab = one_bare_node();
     let err = match DataplaneNode::start(&lab, 0, &["--xdp-mode", "no-such-mode"]) {
         Ok(_) => panic!("started with an invalid --xdp-mode"),
         Err(e) => format!("{e:#}"),
@@ -299,14 +278,7 @@ fn a_bridge_as_pod_device_is_refused() {
 /// created behind its back) makes the test fail.
 #[test]
 fn a_namespace_left_behind_fails_the_teardown_check() {
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 1,
-        pods_per_node: 0,
-        external_client: false,
-        ..Default::default()
-    })
-    .unwrap();
+    let lab = one_bare_node();
     let stray = format!("{}stray", lab.prefix());
     netns::add_ns(&stray).unwrap();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lab.teardown()));

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use aya::maps::MapData;
 use aya::programs::tc::{SchedClassifier, TcAttachType};
-use dataplane_lab::lab::Lab;
+use dataplane_lab::lab::{Lab, LabSpec};
 use dataplane_lab::netns;
 
-use super::node::bpftool;
+use super::node::{bpftool, CheckedLab};
 
 /// Names of the programs attached with tcx to `iface` in namespace `ns`, ingress then egress.
 pub fn tcx_programs(ns: &str, iface: &str) -> (Vec<String>, Vec<String>) {
@@ -143,4 +143,16 @@ pub fn map_id(path: &Path) -> u32 {
         .info()
         .unwrap()
         .id()
+}
+
+/// A lab of one node without pods or external client (root required).
+pub fn one_bare_node() -> CheckedLab {
+    super::require_root();
+    CheckedLab::build(&LabSpec {
+        nodes: 1,
+        pods_per_node: 0,
+        external_client: false,
+        ..Default::default()
+    })
+    .unwrap()
 }
