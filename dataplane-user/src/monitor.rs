@@ -34,7 +34,7 @@ pub struct Options {
     /// Only events to this frontend (address:port).
     pub frontend: Option<SocketAddrV4>,
     /// Only events to a frontend of this Service (`namespace/name`) or Service port
-    /// (`namespace/name:port`).
+    /// (`namespace/name:port`), or replies from one.
     pub service: Option<String>,
     pub json: bool,
     /// Stop after this many events were printed.
@@ -108,7 +108,10 @@ pub fn decode(
     let before = (raw.flags & EV_F_BEFORE != 0).then(|| t(&raw.before));
     let after = t(&raw.after);
     let dst = before.map_or(after.1, |b| b.1);
-    let frontend = frontends.get(&(dst, raw.proto));
+    // A request is addressed to the frontend; a reply leaves the hook from it (un-DNAT).
+    let frontend = frontends
+        .get(&(dst, raw.proto))
+        .or_else(|| frontends.get(&(after.0, raw.proto)));
     Some(Event {
         ktime_ns: raw.ktime_ns,
         hook: hook.name(),
@@ -372,6 +375,17 @@ mod tests {
         assert!(!named("default/we").wants(&e));
         assert!(!named("default/web:https").wants(&e));
         assert!(!named("other/web").wants(&e));
+        // The reply, un-DNATed on its way back: named after the frontend it now comes from.
+        let mut reply = raw(Hook::TcPodEgress, Reason::NatReply);
+        (reply.before, reply.after) = (reply.after, reply.before);
+        std::mem::swap(&mut reply.before.saddr, &mut reply.before.daddr);
+        std::mem::swap(&mut reply.before.sport, &mut reply.before.dport);
+        std::mem::swap(&mut reply.after.saddr, &mut reply.after.daddr);
+        std::mem::swap(&mut reply.after.sport, &mut reply.after.dport);
+        let r = decode(&reply, &frontends, &mut HashMap::new()).unwrap();
+        assert_eq!(r.after.0, fe, "{r:?}");
+        assert_eq!(r.service.as_deref(), Some("default/web:http"));
+        assert!(named("default/web").wants(&r));
         assert_eq!(e.after.1, "10.244.2.5:8080".parse().unwrap());
         let text = render_text(&e);
         assert!(

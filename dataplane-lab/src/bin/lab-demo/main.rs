@@ -116,6 +116,12 @@ const STEPS: &[Step] = &[
         applies: ALWAYS,
     },
     Step {
+        title: "packets as they pass, named by their Service (`dataplane monitor`)",
+        run: maps::monitor,
+        required: false,
+        applies: ALWAYS,
+    },
+    Step {
         title: "counters (`dataplane stats`)",
         run: maps::stats,
         required: false,

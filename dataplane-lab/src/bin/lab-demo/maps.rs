@@ -101,6 +101,49 @@ pub fn bpftool(demo: &mut Demo) -> Result<()> {
     Ok(())
 }
 
+/// `dataplane monitor` in node1's namespace while a pod talks to `web`: its events name the
+/// Service (SERVICE_NAMES_V1) and show the translation.
+pub fn monitor(demo: &mut Demo) -> Result<()> {
+    let agent = demo.agents.first().context("no agent")?;
+    let node = demo.lab.node(agent.index);
+    let (bin, pin) = (demo.bin.display().to_string(), agent.pin());
+    let argv = [
+        bin.as_str(),
+        "monitor",
+        "--pin-dir",
+        &pin,
+        "--all",
+        "--service",
+        "default/web",
+        "--count",
+        "6",
+        "--duration",
+        "3",
+    ];
+    println!("   $ nsenter --net=... {}", argv.join(" "));
+    let mut monitor = demo.lab.spawn_in(&node.ns, &argv)?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let client = demo.lab.pod(0, 0).host();
+    let web = std::net::SocketAddrV4::new(crate::cluster::WEB_VIP, 80);
+    client.tcp_request(web, "seen by the monitor", crate::steps::TIMEOUT)?;
+    monitor.wait_timeout(std::time::Duration::from_secs(5))?;
+    let out = monitor.stdout();
+    for line in out.lines() {
+        println!("      {line}");
+    }
+    let named = out
+        .lines()
+        .filter(|l| l.contains("service default/web"))
+        .count();
+    if named == 0 || !out.contains("=>") {
+        bail!(
+            "no translated, named event for default/web: {}",
+            monitor.stderr()
+        );
+    }
+    Ok(())
+}
+
 pub fn stats(demo: &mut Demo) -> Result<()> {
     let mut failed = Vec::new();
     for agent in &demo.agents {
