@@ -49,7 +49,7 @@ pub fn release() -> Result<PathBuf> {
     let manifest = image.write_layout(&out.join("oci"))?;
     println!("release {version}:");
     println!(
-        "   {}  static, {} bytes, sha256 {digest}",
+        "   {}  static, {} bytes, {digest}",
         shipped.display(),
         std::fs::metadata(&shipped)?.len()
     );
