@@ -144,7 +144,7 @@ fn layer(root: &Path, tar: &Path, blobs: &Path) -> Result<(Blob, String)> {
     if !status.success() {
         bail!("gzip {} failed ({status})", tar.display());
     }
-    let blob = put(&blobs, &std::fs::read(&gz)?)?;
+    let blob = put(blobs, &std::fs::read(&gz)?)?;
     Ok((blob, diff_id))
 }
 

@@ -125,17 +125,7 @@ pub fn pod_to_pod_cross_node(demo: &mut Demo) -> Result<()> {
     demo.traffic(&a, &b);
     demo.traffic(&b, &a);
     if demo.plan.overlay != OverlayArg::None {
-        let after = demo.overlay_counters(0)?;
-        let (encap, decap) = (after.0 - before.0, after.1 - before.1);
-        let check = if encap >= 5 && decap >= 5 {
-            Ok(format!(
-                "overlay-encap +{encap}, overlay-decap +{decap} packets"
-            ))
-        } else {
-            Err(anyhow::anyhow!(
-                "overlay-encap +{encap}, overlay-decap +{decap}: not tunnelled"
-            ))
-        };
+        let check = rose(ENCAP_DECAP, before, demo.overlay_counters(0)?);
         let what = format!(
             "{} tunnelled it ({})",
             demo.agents[0].node,
@@ -144,6 +134,18 @@ pub fn pod_to_pod_cross_node(demo: &mut Demo) -> Result<()> {
         demo.check(&what, check);
     }
     Ok(())
+}
+
+const ENCAP_DECAP: (&str, &str) = ("overlay-encap", "overlay-decap");
+
+/// Both counters rose by a few packets: the traffic took the path they count.
+fn rose(names: (&str, &str), before: (u64, u64), after: (u64, u64)) -> Result<String> {
+    let (d0, d1) = (after.0 - before.0, after.1 - before.1);
+    let text = format!("{} +{d0}, {} +{d1} packets", names.0, names.1);
+    if d0 < 5 || d1 < 5 {
+        bail!("{text}: the traffic did not take this path");
+    }
+    Ok(text)
 }
 
 /// The dataplane's VXLAN against the kernel's flannel.1, both ways.
@@ -157,32 +159,16 @@ pub fn flannel_interop(demo: &mut Demo) -> Result<()> {
     demo.traffic(&b, &a);
     let c = demo.lab.pod(1, 1).host();
     demo.traffic(&b, &c);
-    let after = dev_packets(&node.ns, flannel::DEVICE)?;
-    let ours_after = demo.overlay_counters(0)?;
-    let (rx, tx) = (after.0 - before.0, after.1 - before.1);
-    let check = if rx >= 5 && tx >= 5 {
-        Ok(format!("rx +{rx}, tx +{tx} packets"))
-    } else {
-        Err(anyhow::anyhow!(
-            "rx +{rx}, tx +{tx}: the traffic did not use it"
-        ))
-    };
-    demo.check(
-        &format!("{}: {} counters", node.name, flannel::DEVICE),
-        check,
+    let check = rose(
+        ("rx", "tx"),
+        before,
+        dev_packets(&node.ns, flannel::DEVICE)?,
     );
-    let (encap, decap) = (ours_after.0 - ours.0, ours_after.1 - ours.1);
-    let check = if encap >= 5 && decap >= 5 {
-        Ok(format!("overlay-encap +{encap}, overlay-decap +{decap}"))
-    } else {
-        Err(anyhow::anyhow!(
-            "overlay-encap +{encap}, overlay-decap +{decap}"
-        ))
-    };
-    demo.check(
-        &format!("{}: dataplane counters", demo.agents[0].node),
-        check,
-    );
+    let what = format!("{}: {} counters", node.name, flannel::DEVICE);
+    demo.check(&what, check);
+    let check = rose(ENCAP_DECAP, ours, demo.overlay_counters(0)?);
+    let what = format!("{}: dataplane counters", demo.agents[0].node);
+    demo.check(&what, check);
     Ok(())
 }
 
