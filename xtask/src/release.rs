@@ -62,11 +62,17 @@ pub fn release() -> Result<PathBuf> {
 
 /// `rustup target add` the musl target unless its standard library is installed.
 fn ensure_musl_target() -> Result<()> {
-    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))
+    // In the workspace, so that rustup picks the toolchain the build uses.
+    let rustup = |args: &[&str]| {
+        let mut cmd = Command::new("rustup");
+        cmd.current_dir(workspace_root()).args(args);
+        cmd
+    };
+    let installed = output(&mut rustup(&["target", "list", "--installed"]))
         .context("rustup is needed for the musl target")?;
     if !installed.lines().any(|l| l.trim() == MUSL) {
         eprintln!("xtask: rustup target add {MUSL}");
-        run(Command::new("rustup").args(["target", "add", MUSL]))?;
+        run(&mut rustup(&["target", "add", MUSL]))?;
     }
     Ok(())
 }
