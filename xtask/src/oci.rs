@@ -170,3 +170,45 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     }
     Ok(format!("sha256:{hex}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layout_names_its_blobs_by_digest_and_is_reproducible() {
+        let base = std::env::temp_dir().join(format!("xtask-oci-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let binary = base.join("dataplane");
+        std::fs::write(&binary, b"not really a binary").unwrap();
+        let image = Image {
+            version: "9.9.9".into(),
+            binary,
+            ip_tool: ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+                .expect("iproute2"),
+        };
+        let first = image.write_layout(&base.join("a")).unwrap();
+        let again = image.write_layout(&base.join("b")).unwrap();
+        assert_eq!(first, again, "same input, same manifest digest");
+        let blobs = base.join("a/blobs/sha256");
+        let names: Vec<_> = std::fs::read_dir(&blobs)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(names.len(), 4, "config, manifest, two layers: {names:?}");
+        for blob in &names {
+            let hex = blob.file_name().unwrap().to_string_lossy().into_owned();
+            assert_eq!(sha256_file(blob).unwrap(), format!("sha256:{hex}"));
+        }
+        let index = std::fs::read_to_string(base.join("a/index.json")).unwrap();
+        assert!(
+            index.contains(&first)
+                && index.contains(r#""org.opencontainers.image.ref.name":"9.9.9""#)
+        );
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

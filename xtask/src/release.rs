@@ -151,3 +151,20 @@ fn find_ip() -> Result<PathBuf> {
         .map(Path::to_path_buf)
         .context("iproute2's `ip` is not installed (apt-get install iproute2)")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dynamic_executable_names_its_interpreter() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let interp = elf_interpreter(&me)
+            .unwrap()
+            .expect("test binaries are dynamic");
+        assert!(interp.contains("ld-linux"), "{interp}");
+        assert!(elf_interpreter(b"#!/bin/sh\n").is_err());
+        let version = crate_version().unwrap();
+        assert!(version.split('.').count() == 3, "{version}");
+    }
+}
