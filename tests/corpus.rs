@@ -25,7 +25,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use aya::maps::HashMap;
 use dataplane::{
     model::{Backend, NodeInfo, Protocol},
-    overlay::{write_config, Maps, OverlayTable},
+    overlay::{write_config, OverlayTable},
 };
 use dataplane_common::{
     ct::{CtKey, CtValue},
@@ -105,7 +105,7 @@ fn overlay(h: &mut Harness, mode: u32) {
     cfg.mode = mode;
     cfg.tunnel_addr = u32::from(NODE1).to_be();
     cfg.vtep_mac = MAC_B;
-    write_config(&Maps::Object(&h.datapath.ebpf), &cfg).unwrap();
+    write_config(&h.datapath.ebpf, &cfg).unwrap();
     let node = |name: &str, address, cidr| NodeInfo {
         name: name.into(),
         address,

@@ -909,7 +909,7 @@ mod overlay {
     use aya::maps::{PerCpuArray, PerCpuValues};
     use dataplane::{
         model::NodeInfo,
-        overlay::{write_config, Maps, OverlayTable},
+        overlay::{write_config, OverlayTable},
     };
     use dataplane_common::{
         map_names,
@@ -982,7 +982,7 @@ mod overlay {
         cfg.tunnel_addr = u32::from(NODE1).to_be();
         cfg.vtep_mac = NODE1_MAC;
         cfg.flags = OVL_F_UDP_CSUM;
-        write_config(&Maps::Object(&h.datapath.ebpf), &cfg).unwrap();
+        write_config(&h.datapath.ebpf, &cfg).unwrap();
         // The next outer IP ID, on every CPU.
         let map = h.datapath.ebpf.map_mut(map_names::OVERLAY_IPID).unwrap();
         let mut ids: PerCpuArray<_, u32> = PerCpuArray::try_from(map).unwrap();
@@ -1029,7 +1029,7 @@ mod overlay {
 
     /// `struct __sk_buff` up to `ifindex` (offset 40), the only field set.
     fn skb_on(ns: &str) -> Vec<u8> {
-        let ifindex = netns::in_netns(ns, || dataplane::overlay::netdev::index("eth0"))
+        let ifindex = netns::in_netns(ns, || dataplane::host::netdev::index("eth0"))
             .unwrap()
             .unwrap();
         let mut ctx = vec![0u8; 44];

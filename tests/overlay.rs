@@ -26,8 +26,9 @@ use std::{
 
 use aya::maps::{Map, MapData};
 use dataplane::{
+    host::netdev,
     model::{NodeInfo, Protocol},
-    overlay::{netdev, OverlayTable, SyncReport},
+    overlay::{OverlayTable, SyncReport},
     services::{LocalContext, ServiceTable},
     stats::Stats,
 };
@@ -1480,9 +1481,11 @@ fn second_address_case(cni: Cni, mtu: u32, mode: &str, proto_check: fn(&Parsed) 
         route.contains("src 198.18.1.11"),
         "the trap is armed: {route}"
     );
-    let first = netns::in_netns(&o.node(0).ns, || dataplane::loader::interface_ipv4("eth0"))
-        .unwrap()
-        .unwrap();
+    let first = netns::in_netns(&o.node(0).ns, || {
+        dataplane::host::netdev::first_ipv4("eth0")
+    })
+    .unwrap()
+    .unwrap();
     assert_eq!(
         first,
         Ipv4Addr::new(198, 18, 1, 11),

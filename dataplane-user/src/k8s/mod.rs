@@ -41,10 +41,7 @@ use k8s_openapi::{
     },
     Resource,
 };
-use tokio::{
-    sync::{watch, Notify},
-    task::JoinHandle,
-};
+use tokio::sync::{watch, Notify};
 
 pub use decode::{decode, documents, Decoded, Format, SyntaxError};
 pub use endpoints::SERVICE_NAME_LABEL;
@@ -61,7 +58,7 @@ pub use translate::{
     translate, LocalNode, DEFAULT_AFFINITY_TIMEOUT_SECS, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL,
 };
 
-use crate::model::ClusterState;
+use crate::{model::ClusterState, tasks::AbortOnDrop};
 use sync::Publisher;
 
 /// The (API group, resource) pairs the Kubernetes source lists and watches; the deployment's
@@ -166,13 +163,4 @@ fn start_kubernetes(
         }
         publisher.run(changes, || stores.snapshot()).await;
     });
-}
-
-/// Aborts a task when dropped, so a source's helper tasks end with the publisher.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
