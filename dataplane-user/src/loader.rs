@@ -21,7 +21,7 @@ use dataplane_common::{
     Hook,
 };
 
-use crate::{bpf_link, host, pin, EBPF_OBJECT};
+use crate::{bpf_link, host, pin, services::MapSource, EBPF_OBJECT};
 
 /// Which XDP attach mode to ask the kernel for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -86,6 +86,12 @@ impl AttachConfig {
 pub struct Datapath {
     pub ebpf: Ebpf,
     pub pin_dir: PathBuf,
+}
+
+impl MapSource for Datapath {
+    fn open_map(&self, name: &str) -> Result<aya::maps::MapData> {
+        self.ebpf.open_map(name)
+    }
 }
 
 /// Loads the embedded object with its maps pinned (or adopted) under `pin_dir`, and loads every

@@ -4,10 +4,18 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use tokio::sync::watch;
 
-use super::{
-    parse::{self, Family},
-    translate::LocalNode,
-};
+use super::parse::{self, Family};
+
+/// The node this agent runs on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalNode {
+    /// The Node object's name; endpoints with this nodeName are local.
+    pub name: String,
+    /// This host's addresses (loopback excepted), the candidates for NodePorts.
+    pub addresses: Vec<Ipv4Addr>,
+    /// Which of them NodePorts answer on (`--nodeport-addresses`).
+    pub nodeport_addresses: NodePortAddresses,
+}
 
 impl LocalNode {
     /// This host's IPv4 addresses (every interface's, loopback excepted: NodePorts on 127.0.0.1
