@@ -384,7 +384,7 @@ impl Datapath {
     /// never empty. A pin for another cgroup or attach type (a changed `--cgroup-path`) is
     /// replaced: the new link is created before the old pin is removed, so there is no gap.
     fn attach_sock(&mut self, cgroup: &Path) -> Result<()> {
-        let cgroup_id = bpf_link::cgroup_id(cgroup)
+        let cgroup_id = host::cgroup::id(cgroup)
             .with_context(|| format!("reading the id of cgroup {}", cgroup.display()))?;
         for hook in Hook::ALL {
             let (name, Attach::Cgroup(attach_type)) = (hook.program(), hook.attach()) else {

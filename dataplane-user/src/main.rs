@@ -302,7 +302,7 @@ fn run(mut args: RunArgs) -> Result<()> {
     let cgroup = match (args.socket_lb, args.cgroup_path.clone()) {
         (false, _) => None,
         (true, Some(dir)) => Some(dir),
-        (true, None) => Some(dataplane::host::mounts::cgroup2_root()?),
+        (true, None) => Some(dataplane::host::cgroup::root()?),
     };
     let source = match (args.manifests, args.kubeconfig, args.kubernetes) {
         (Some(path), None, false) => Some(k8s::Source::Manifests(path)),

@@ -1,9 +1,6 @@
-//! Filesystems the agent needs: bpffs for its pins, cgroup v2 for socket-level balancing.
+//! Filesystems the agent needs: bpffs for its pins, cgroup v2 (see [`super::cgroup`]).
 
-use std::{
-    ffi::CString,
-    path::{Path, PathBuf},
-};
+use std::{ffi::CString, path::Path};
 
 use anyhow::{Context, Result};
 
@@ -43,21 +40,4 @@ pub fn is_bpffs(dir: &Path) -> Result<bool> {
             .with_context(|| format!("statfs {}", dir.display()));
     }
     Ok(st.f_type as i64 == BPF_FS_MAGIC)
-}
-
-/// The cgroup v2 hierarchy's root: found in /proc/mounts, or mounted under /run if the host has
-/// none (socket-level balancing needs cgroup v2).
-pub fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    if let Some(dir) = mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-    }) {
-        return Ok(dir);
-    }
-    let dir = PathBuf::from("/run/dataplane/cgroup2");
-    std::fs::create_dir_all(&dir)?;
-    mount("none", &dir, "cgroup2")?;
-    log::info!("mounted cgroup2 at {}", dir.display());
-    Ok(dir)
 }
