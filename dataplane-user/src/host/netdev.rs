@@ -2,7 +2,10 @@
 //! thread's network namespace's (unlike /sys/class/net, which under `nsenter --net` still shows
 //! the mount namespace's view).
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use netlink_packet_route::{
@@ -87,18 +90,13 @@ pub fn link_by_index(index: u32) -> Result<Link> {
     get_link(request, &format!("with index {index}"))
 }
 
-/// Every device of this network namespace, by ifindex.
+/// Every device of this network namespace.
 pub fn links() -> Result<Vec<Link>> {
-    let replies = Netlink::open()?
-        .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
-        .context("listing interfaces")?;
-    Ok(replies
-        .into_iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewLink(m) => Some(Link::from_message(m)),
-            _ => None,
-        })
-        .collect())
+    let request = RouteNetlinkMessage::GetLink(LinkMessage::default());
+    Netlink::open()?.dump_into(request, "interfaces", |m| match m {
+        RouteNetlinkMessage::NewLink(m) => Some(Link::from_message(m)),
+        _ => None,
+    })
 }
 
 /// ifindex of `name`.
@@ -149,46 +147,43 @@ pub struct Ipv4Address {
     pub label: String,
 }
 
-/// Every IPv4 address of this network namespace, in the kernel's order.
-pub fn ipv4_addresses() -> Result<Vec<Ipv4Address>> {
-    let names: BTreeMap<u32, String> = links()?.into_iter().map(|l| (l.index, l.name)).collect();
-    let mut request = AddressMessage::default();
-    request.header.family = AddressFamily::Inet;
-    let replies = Netlink::open()?
-        .dump(RouteNetlinkMessage::GetAddress(request))
-        .context("listing addresses")?;
-    let mut out = Vec::new();
-    for reply in replies {
-        let RouteNetlinkMessage::NewAddress(m) = reply else {
-            continue;
-        };
+impl Ipv4Address {
+    /// The address of an `RTM_NEWADDR` (IPv4 only), naming its device from `names`.
+    fn from_message(m: AddressMessage, names: &BTreeMap<u32, String>) -> Option<Ipv4Address> {
         if m.header.family != AddressFamily::Inet {
-            continue;
+            return None;
         }
         let dev = names.get(&m.header.index).cloned().unwrap_or_default();
         let mut local = None;
         let mut label = dev.clone();
         for attribute in m.attributes {
             match attribute {
-                AddressAttribute::Local(std::net::IpAddr::V4(a)) => local = Some(a),
+                AddressAttribute::Local(IpAddr::V4(a)) => local = Some(a),
                 // Point-to-point devices without IFA_LOCAL: the address is the local one.
-                AddressAttribute::Address(std::net::IpAddr::V4(a)) if local.is_none() => {
-                    local = Some(a)
-                }
+                AddressAttribute::Address(IpAddr::V4(a)) if local.is_none() => local = Some(a),
                 AddressAttribute::Label(l) => label = l,
                 _ => {}
             }
         }
-        if let Some(addr) = local {
-            out.push(Ipv4Address {
-                addr,
-                prefix_len: m.header.prefix_len,
-                dev,
-                label,
-            });
-        }
+        Some(Ipv4Address {
+            addr: local?,
+            prefix_len: m.header.prefix_len,
+            dev,
+            label,
+        })
     }
-    Ok(out)
+}
+
+/// Every IPv4 address of this network namespace, in the kernel's order.
+pub fn ipv4_addresses() -> Result<Vec<Ipv4Address>> {
+    let names: BTreeMap<u32, String> = links()?.into_iter().map(|l| (l.index, l.name)).collect();
+    let mut request = AddressMessage::default();
+    request.header.family = AddressFamily::Inet;
+    let request = RouteNetlinkMessage::GetAddress(request);
+    Netlink::open()?.dump_into(request, "addresses", |m| match m {
+        RouteNetlinkMessage::NewAddress(m) => Ipv4Address::from_message(m, &names),
+        _ => None,
+    })
 }
 
 /// Every IPv4 address of `iface`, in the kernel's order.

@@ -37,6 +37,19 @@ impl Netlink {
         self.exchange(request, NLM_F_DUMP)
     }
 
+    /// The objects of a dump that `pick` keeps (it also turns them into the caller's type).
+    pub(crate) fn dump_into<T>(
+        &mut self,
+        request: RouteNetlinkMessage,
+        what: &str,
+        pick: impl FnMut(RouteNetlinkMessage) -> Option<T>,
+    ) -> Result<Vec<T>> {
+        let replies = self
+            .dump(request)
+            .with_context(|| format!("listing {what}"))?;
+        Ok(replies.into_iter().filter_map(pick).collect())
+    }
+
     /// One object (`Get*` of one link, by name or index).
     pub(crate) fn get(
         &mut self,

@@ -128,6 +128,27 @@ pub struct Neighbour {
     pub lladdr: Option<[u8; 6]>,
 }
 
+impl Neighbour {
+    /// The entry of an `RTM_NEWNEIGH` with an IPv4 destination, and its state.
+    fn from_message(m: NeighbourMessage) -> Option<(Neighbour, NeighbourState)> {
+        let mut dst = None;
+        let mut lladdr = None;
+        for attribute in m.attributes {
+            match attribute {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(a),
+                NeighbourAttribute::LinkLayerAddress(a) => lladdr = a.try_into().ok(),
+                _ => {}
+            }
+        }
+        let neighbour = Neighbour {
+            ifindex: m.header.ifindex,
+            dst: dst?,
+            lladdr,
+        };
+        Some((neighbour, m.header.state))
+    }
+}
+
 /// One rtnetlink socket for a round of reads and changes.
 pub struct Routes {
     nl: Netlink,
@@ -144,17 +165,11 @@ impl Routes {
     pub fn main_table(&mut self) -> Result<Vec<Route>> {
         let mut request = RouteMessage::default();
         request.header.address_family = AddressFamily::Inet;
-        let replies = self
-            .nl
-            .dump(RouteNetlinkMessage::GetRoute(request))
-            .context("listing routes")?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(m) => Route::from_message(m),
-                _ => None,
-            })
-            .collect())
+        let request = RouteNetlinkMessage::GetRoute(request);
+        self.nl.dump_into(request, "routes", |m| match m {
+            RouteNetlinkMessage::NewRoute(m) => Route::from_message(m),
+            _ => None,
+        })
     }
 
     /// Installs `route`, replacing the route of the same destination, table and metric.
@@ -189,36 +204,13 @@ impl Routes {
     pub fn permanent_neighbours(&mut self, ifindex: u32) -> Result<Vec<Neighbour>> {
         let mut request = NeighbourMessage::default();
         request.header.family = AddressFamily::Inet;
-        let replies = self
-            .nl
-            .dump(RouteNetlinkMessage::GetNeighbour(request))
-            .context("listing neighbours")?;
-        let mut out = Vec::new();
-        for reply in replies {
-            let RouteNetlinkMessage::NewNeighbour(m) = reply else {
-                continue;
-            };
-            if m.header.ifindex != ifindex || m.header.state != NeighbourState::Permanent {
-                continue;
-            }
-            let mut dst = None;
-            let mut lladdr = None;
-            for attribute in m.attributes {
-                match attribute {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(a),
-                    NeighbourAttribute::LinkLayerAddress(a) => lladdr = a.try_into().ok(),
-                    _ => {}
-                }
-            }
-            if let Some(dst) = dst {
-                out.push(Neighbour {
-                    ifindex,
-                    dst,
-                    lladdr,
-                });
-            }
-        }
-        Ok(out)
+        let request = RouteNetlinkMessage::GetNeighbour(request);
+        self.nl.dump_into(request, "neighbours", |m| match m {
+            RouteNetlinkMessage::NewNeighbour(m) => Neighbour::from_message(m)
+                .filter(|(n, state)| n.ifindex == ifindex && *state == NeighbourState::Permanent)
+                .map(|(n, _)| n),
+            _ => None,
+        })
     }
 
     fn neighbour_message(ifindex: u32, dst: Ipv4Addr) -> NeighbourMessage {

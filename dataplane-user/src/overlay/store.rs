@@ -128,8 +128,6 @@ pub struct MemOverlay {
     pub config: OverlayConfig,
     pub routes: BTreeMap<Cidr, OverlayRoute>,
     pub peers: BTreeMap<Ipv4Addr, OverlayPeer>,
-    /// Map writes so far (route and peer insertions and removals).
-    pub writes: usize,
 }
 
 impl MemOverlay {
@@ -138,7 +136,6 @@ impl MemOverlay {
             config,
             routes: BTreeMap::new(),
             peers: BTreeMap::new(),
-            writes: 0,
         }
     }
 }
@@ -157,25 +154,21 @@ impl OverlayStore for MemOverlay {
     }
 
     fn put_route(&mut self, cidr: Cidr, route: OverlayRoute) -> Result<()> {
-        self.writes += 1;
         self.routes.insert(cidr, route);
         Ok(())
     }
 
     fn remove_route(&mut self, cidr: Cidr) -> Result<()> {
-        self.writes += 1;
         self.routes.remove(&cidr);
         Ok(())
     }
 
     fn put_peer(&mut self, addr: Ipv4Addr, peer: OverlayPeer) -> Result<()> {
-        self.writes += 1;
         self.peers.insert(addr, peer);
         Ok(())
     }
 
     fn remove_peer(&mut self, addr: Ipv4Addr) -> Result<()> {
-        self.writes += 1;
         self.peers.remove(&addr);
         Ok(())
     }
