@@ -38,12 +38,13 @@
 
 use std::{net::Ipv4Addr, path::Path};
 
-use anyhow::anyhow;
 use anyhow::{bail, Result};
-use dataplane_common::map_names;
-use dataplane_common::overlay::{
-    OverlayConfig, DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI, MODE_IPIP, MODE_NONE, MODE_VXLAN,
-    OVL_F_UDP_CSUM,
+use dataplane_common::{
+    map_names,
+    overlay::{
+        OverlayConfig, DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI, MODE_IPIP, MODE_NONE, MODE_VXLAN,
+        OVL_F_UDP_CSUM,
+    },
 };
 
 use crate::host::{netdev, netns, sysctl};
@@ -138,9 +139,8 @@ impl OverlaySettings {
         cfg.flags = if self.udp_checksum { OVL_F_UDP_CSUM } else { 0 };
         let uplink = netdev::link(&self.uplink)?;
         cfg.uplink_ifindex = uplink.index;
-        cfg.vtep_mac = uplink
-            .mac
-            .ok_or_else(|| anyhow!("{}: no Ethernet address for the VTEP MAC", self.uplink))?;
+        // A device without an Ethernet address (tun, wireguard) can still carry IPIP or no overlay.
+        cfg.vtep_mac = uplink.mac.unwrap_or_default();
         (cfg.src_port_min, cfg.src_port_max) = sysctl::local_port_range()?;
         cfg.vxlan_ttl = sysctl::default_ttl()?;
         cfg.netns_cookie = netns::cookie()?;
