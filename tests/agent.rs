@@ -5,120 +5,22 @@ mod support;
 
 use std::{
     collections::BTreeSet,
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::SocketAddrV4,
     path::Path,
     time::{Duration, Instant},
 };
 
-use dataplane_lab::{
-    lab::{Cni, Lab, LabSpec, Pod},
-    manifests::{Endpoint, ServiceManifest},
-    netns,
-};
-use support::node::{CheckedLab, DataplaneNode};
-
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const T: Duration = Duration::from_secs(3);
-
-fn endpoint(p: &Pod) -> Endpoint {
-    Endpoint {
-        ip: p.ip,
-        node: format!("node{}", p.node_index),
-    }
-}
-
-fn web(endpoints: Vec<Endpoint>) -> ServiceManifest {
-    ServiceManifest {
-        namespace: "default".into(),
-        name: "web".into(),
-        cluster_ip: VIP,
-        port: 80,
-        target_port: 8080,
-        protocol: "TCP".into(),
-        node_port: Some(30080),
-        endpoints,
-    }
-}
-
-/// Retries `f` until it returns true or 10 s pass (the source polls files every second).
-fn eventually(what: &str, f: impl FnMut() -> bool) {
-    eventually_within(what, Duration::from_secs(10), f)
-}
-
-fn eventually_within(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-fn servers_seen(lab: &Lab, n: usize) -> BTreeSet<String> {
-    let client = lab.pod(0, 0).host();
-    (0..n)
-        .filter_map(|i| {
-            client
-                .tcp_request(SocketAddrV4::new(VIP, 80), &format!("r{i}"), T)
-                .ok()
-        })
-        .map(|r| r.server)
-        .collect()
-}
-
-fn http_get(ns: &str, path: &'static str) -> (u16, String) {
-    netns::in_netns(ns, move || {
-        let mut s = TcpStream::connect_timeout(&"127.0.0.1:9464".parse().unwrap(), T)
-            .expect("metrics endpoint");
-        s.set_read_timeout(Some(T)).unwrap();
-        // A connection the server closed at once (over its limit): no answer, code 0.
-        let _ = s.set_nodelay(true);
-        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-        let _ = s.write_all(request.as_bytes());
-        let mut text = String::new();
-        if s.read_to_string(&mut text).is_err() {
-            text.clear();
-        }
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (
-            code,
-            text.split("\r\n\r\n")
-                .nth(1)
-                .unwrap_or_default()
-                .to_string(),
-        )
-    })
-    .unwrap()
-}
-
-fn write(dir: &Path, file: &str, text: &str) {
-    // Write then rename, as kubectl/editors do, so the poller never reads half a file.
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(tmp, dir.join(file)).unwrap();
-}
+use dataplane::model::Protocol;
+use dataplane_lab::{lab::Lab, netns};
+use support::agent::*;
+use support::cluster::echo_servers;
+use support::node::DataplaneNode;
 
 #[test]
 fn manifests_drive_the_services_and_metrics_report_them() {
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 2,
-        pods_per_node: 2,
-        cni: Cni::Flannel,
-        ..Default::default()
-    })
-    .unwrap();
-    let dir = tempdir(&lab);
+    let (lab, dir) = lab_with_manifests(2, 2);
     let (b1, b2) = (lab.pod(0, 1), lab.pod(1, 0));
-    let _s1 = b1.host().tcp_echo_server(8080).unwrap();
-    let _s2 = b2.host().tcp_echo_server(8080).unwrap();
+    let _srv = echo_servers(&[b1, b2], &[Protocol::Tcp], 8080);
     write(
         &dir,
         "web.yaml",
@@ -225,13 +127,6 @@ fn manifests_drive_the_services_and_metrics_report_them() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn tempdir(lab: &Lab) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("{}manifests", lab.prefix()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// The XDP program id attached to the uplink of `node` (from `ip -d link`), if any.
 fn xdp_prog_id(lab: &Lab, node: usize) -> Option<u32> {
     let out = netns::run_in(&lab.node(node).ns, &["ip", "-d", "link", "show", "eth0"]).unwrap();
@@ -241,15 +136,7 @@ fn xdp_prog_id(lab: &Lab, node: usize) -> Option<u32> {
 
 #[test]
 fn restart_keeps_connections_and_the_datapath_running() {
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 2,
-        pods_per_node: 2,
-        cni: Cni::Flannel,
-        ..Default::default()
-    })
-    .unwrap();
-    let dir = tempdir(&lab);
+    let (lab, dir) = lab_with_manifests(2, 2);
     let backends = [lab.pod(0, 1), lab.pod(1, 0), lab.pod(1, 1)];
     let _srv: Vec<_> = backends
         .iter()
@@ -313,15 +200,7 @@ fn restart_keeps_connections_and_the_datapath_running() {
 
 #[test]
 fn pod_devices_are_attached_as_they_appear_and_detached_as_they_go() {
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 1,
-        pods_per_node: 2,
-        cni: Cni::Flannel,
-        ..Default::default()
-    })
-    .unwrap();
-    let dir = tempdir(&lab);
+    let (lab, dir) = lab_with_manifests(1, 2);
     let b = lab.pod(0, 1);
     let _srv = b.host().tcp_echo_server(8080).unwrap();
     write(&dir, "web.yaml", &web(vec![endpoint(b)]).to_yaml());
@@ -398,15 +277,7 @@ fn cgroup_links(pin: &Path) -> Vec<(String, u32, u32)> {
 /// programs into the same links), and `dataplane cleanup` removes them.
 #[test]
 fn socket_lb_survives_sigkill_and_cleanup_detaches_it() {
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 1,
-        pods_per_node: 2,
-        cni: Cni::Flannel,
-        ..Default::default()
-    })
-    .unwrap();
-    let dir = tempdir(&lab);
+    let (lab, dir) = lab_with_manifests(1, 2);
     let backends = [lab.pod(0, 0), lab.pod(0, 1)];
     let _srv: Vec<_> = backends
         .iter()
@@ -549,18 +420,9 @@ fn connections_to(
 /// pod's connection to the removed one (not the node's socket), stay up.
 #[test]
 fn node_sockets_to_a_removed_backend_are_destroyed() {
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 1,
-        pods_per_node: 3,
-        cni: Cni::Flannel,
-        ..Default::default()
-    })
-    .unwrap();
-    let dir = tempdir(&lab);
+    let (lab, dir) = lab_with_manifests(1, 3);
     let (b1, b2, client) = (lab.pod(0, 0), lab.pod(0, 1), lab.pod(0, 2));
-    let _s1 = b1.host().tcp_echo_server(8080).unwrap();
-    let _s2 = b2.host().tcp_echo_server(8080).unwrap();
+    let _srv = echo_servers(&[b1, b2], &[Protocol::Tcp], 8080);
     write(
         &dir,
         "web.yaml",
@@ -609,207 +471,6 @@ fn node_sockets_to_a_removed_backend_are_destroyed() {
         "{}",
         node.stderr()
     );
-    node.stop().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn api(endpoints: Vec<Endpoint>) -> ServiceManifest {
-    ServiceManifest {
-        name: "api".into(),
-        cluster_ip: Ipv4Addr::new(10, 96, 0, 11),
-        node_port: None,
-        ..web(endpoints)
-    }
-}
-
-/// A service the kernel refuses to write (BACKENDS_V1 is full: this test fills it behind the
-/// agent's back, leaving one free slot) keeps its previous state, is named in the log, in
-/// /metrics and in /readyz, while /healthz stays 200 and another service is applied; once
-/// there is room the agent's retry applies it without any new event from the source.
-#[test]
-fn a_service_that_cannot_be_written_does_not_block_the_others() {
-    use dataplane_common::lb::{BackendKey, BackendValue};
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 1,
-        pods_per_node: 2,
-        cni: Cni::Flannel,
-        ..Default::default()
-    })
-    .unwrap();
-    let dir = tempdir(&lab);
-    let (b1, b2) = (lab.pod(0, 0), lab.pod(0, 1));
-    let _s1 = b1.host().tcp_echo_server(8080).unwrap();
-    let _s2 = b2.host().tcp_echo_server(8080).unwrap();
-    write(&dir, "web.yaml", &web(vec![endpoint(b1)]).to_yaml());
-    let args = [
-        "--manifests",
-        dir.to_str().unwrap(),
-        "--metrics-addr",
-        "127.0.0.1:9464",
-    ];
-    let node = DataplaneNode::start(&lab, 0, &args).unwrap();
-    let host = lab.node(0).host();
-    let vip = SocketAddrV4::new(VIP, 80);
-    let api_vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 80);
-    let ns = lab.node(0).ns.clone();
-    eventually("web is served and ready", || {
-        host.tcp_request(vip, "hello", T).is_ok() && http_get(&ns, "/readyz").0 == 200
-    });
-
-    // Fill BACKENDS_V1 with slots of set ids the agent never uses, then free one.
-    let pin = lab.pin_dir(0).unwrap();
-    let data =
-        aya::maps::MapData::from_pin(pin.join(dataplane_common::map_names::BACKENDS)).unwrap();
-    let mut backends: aya::maps::HashMap<_, BackendKey, BackendValue> =
-        aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
-    let junk = |slot| BackendKey {
-        set_id: 0xdead_0000,
-        slot,
-    };
-    let mut filled = 0;
-    while backends
-        .insert(junk(filled), BackendValue::default(), 0)
-        .is_ok()
-    {
-        filled += 1;
-        assert!(filled < 2_000_000, "BACKENDS_V1 never filled up");
-    }
-    backends.remove(&junk(0)).unwrap();
-
-    // web (two slots) cannot be written; api (one slot, sorted first) can.
-    write(
-        &dir,
-        "web.yaml",
-        &web(vec![endpoint(b1), endpoint(b2)]).to_yaml(),
-    );
-    write(&dir, "api.yaml", &api(vec![endpoint(b2)]).to_yaml());
-    eventually("api is applied", || {
-        host.tcp_request(api_vip, "api", T)
-            .is_ok_and(|r| r.server == b2.name)
-    });
-    eventually("web's failure is reported", || {
-        node.stderr().contains("service default/web:p not applied")
-    });
-    assert!(
-        node.stderr().contains("BACKENDS_V1 is full"),
-        "{}",
-        node.stderr()
-    );
-    assert_eq!(
-        servers_seen_from(&host, vip, 20),
-        BTreeSet::from([b1.name.clone()]),
-        "web keeps its complete previous state"
-    );
-    let (code, body) = http_get(&ns, "/healthz");
-    assert_eq!(
-        (code, body.trim()),
-        (200, "ok"),
-        "a failed apply is not a liveness failure"
-    );
-    let (code, body) = http_get(&ns, "/readyz");
-    assert_eq!(code, 503, "{body}");
-    assert!(body.contains("default/web:p"), "{body}");
-    // The metrics text is a snapshot rebuilt every 2 s.
-    eventually("/metrics names the failed service", || {
-        let (_, metrics) = http_get(&ns, "/metrics");
-        metrics.contains("dataplane_services_failed 1\n")
-            && metrics.contains("dataplane_service_failed{service=\"default/web:p\"} 1\n")
-    });
-
-    // Room again: the retry (backoff 1, 2, 4 ... s) applies web with no new event.
-    for slot in 1..100 {
-        backends.remove(&junk(slot)).unwrap();
-    }
-    // The backoff may have reached 16 s by now.
-    eventually_within("the retry applies web", Duration::from_secs(40), || {
-        servers_seen_from(&host, vip, 20).len() == 2
-    });
-    eventually("ready again", || http_get(&ns, "/readyz").0 == 200);
-    node.stop().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn servers_seen_from(
-    host: &dataplane_lab::lab::Host,
-    vip: SocketAddrV4,
-    n: usize,
-) -> BTreeSet<String> {
-    (0..n)
-        .filter_map(|i| host.tcp_request(vip, &format!("r{i}"), T).ok())
-        .map(|r| r.server)
-        .collect()
-}
-
-/// The metrics server against hostile clients: connections that never send a request take the
-/// connection slots only until the header timeout, the connection beyond the limit is closed at
-/// once, and a flood of scrapes delays neither the health answers nor the agent's applies (the
-/// server and the snapshot run off the sync loop; a scrape never reads a map).
-#[test]
-fn the_metrics_server_withstands_idle_connections_and_scrape_floods() {
-    use dataplane::metrics::{HEADER_TIMEOUT, MAX_CONNECTIONS};
-    support::require_root();
-    let lab = CheckedLab::build(&LabSpec {
-        nodes: 1,
-        pods_per_node: 2,
-        cni: Cni::Flannel,
-        ..Default::default()
-    })
-    .unwrap();
-    let dir = tempdir(&lab);
-    let (b1, b2) = (lab.pod(0, 0), lab.pod(0, 1));
-    let _s1 = b1.host().tcp_echo_server(8080).unwrap();
-    let _s2 = b2.host().tcp_echo_server(8080).unwrap();
-    write(&dir, "web.yaml", &web(vec![endpoint(b1)]).to_yaml());
-    let args = [
-        "--manifests",
-        dir.to_str().unwrap(),
-        "--metrics-bind-address",
-        "127.0.0.1:9464",
-    ];
-    let node = DataplaneNode::start(&lab, 0, &args).unwrap();
-    let ns = lab.node(0).ns.clone();
-    assert_eq!(http_get(&ns, "/healthz").0, 200);
-    // Slowloris: every slot taken by a connection that sends nothing.
-    let idle: Vec<TcpStream> = netns::in_netns(&ns, || {
-        (0..MAX_CONNECTIONS)
-            .map(|_| TcpStream::connect("127.0.0.1:9464").unwrap())
-            .collect()
-    })
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        http_get(&ns, "/healthz").0,
-        0,
-        "the connection beyond {MAX_CONNECTIONS} is closed unanswered"
-    );
-    // The header timeout frees the slots; the server answers again.
-    std::thread::sleep(HEADER_TIMEOUT + Duration::from_millis(500));
-    assert_eq!(http_get(&ns, "/healthz").0, 200);
-    drop(idle);
-    // A scrape flood while the source changes: the edit is applied as fast as ever.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flood: Vec<_> = (0..4)
-        .map(|_| {
-            let (ns, stop) = (ns.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut n = 0u32;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    assert_eq!(http_get(&ns, "/metrics").0, 200);
-                    n += 1;
-                }
-                n
-            })
-        })
-        .collect();
-    write(&dir, "web.yaml", &web(vec![endpoint(b2)]).to_yaml());
-    eventually("the edit applies during the flood", || {
-        servers_seen(&lab, 10) == BTreeSet::from([b2.name.clone()])
-    });
-    assert_eq!(http_get(&ns, "/healthz").0, 200);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let scrapes: u32 = flood.into_iter().map(|t| t.join().unwrap()).sum();
-    assert!(scrapes > 20, "{scrapes} scrapes");
     node.stop().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

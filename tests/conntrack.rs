@@ -4,8 +4,6 @@
 //! changes. Real packets through the programs `dataplane run` attached in lab nodes; the soak
 //! uses ApacheBench against nginx.
 
-#[path = "support/cluster.rs"]
-mod cluster;
 mod support;
 
 use std::{
@@ -15,13 +13,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cluster::{backend, cluster_ip, with_node_port, Cluster};
 use dataplane::{loader, model::Protocol, services};
 use dataplane_common::{ct::CT_MAX_ENTRIES, Hook, Reason};
 use dataplane_lab::{
     lab::{Child, Cni, Host, LabSpec, Pod},
     netns,
 };
+use support::cluster::{backend, cluster_ip, with_node_port, Cluster};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const VIP2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
@@ -346,15 +344,8 @@ fn gc_removes_timed_out_connections_whole() {
     cfg.timeout_udp = 2;
     loader::write_pinned_config(&pin, &cfg).unwrap();
     let b = c.lab.pod(1, 0);
-    let _u = b.host().udp_echo_server(5353).unwrap();
     let vip = SocketAddrV4::new(VIP, 53);
-    c.sync(&[cluster_ip(
-        "dns",
-        vip,
-        Protocol::Udp,
-        vec![backend(b, 5353)],
-    )])
-    .unwrap();
+    let _u = c.serve_dns(b, vip);
     let client = c.lab.pod(0, 0).host();
     for i in 0..50 {
         client.udp_request(vip, &format!("q{i}"), T).unwrap();

@@ -16,15 +16,11 @@
 
 mod support;
 
-#[allow(dead_code)]
-#[path = "support/cluster.rs"]
-mod cluster;
-
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::maps::HashMap;
 use dataplane::{
-    model::{Backend, NodeInfo, Protocol},
+    model::{NodeInfo, Protocol},
     overlay::{write_config, OverlayTable},
 };
 use dataplane_common::{
@@ -35,6 +31,7 @@ use dataplane_common::{
     Hook, Reason,
 };
 use dataplane_lab::packet::{self, fragment_ipv4, icmp_quote, Frame, TcpFlags};
+use support::cluster;
 use support::fixture::{harness, Harness, MASQ_ADDR};
 
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
@@ -68,17 +65,7 @@ impl Rng {
 }
 
 fn services() -> Vec<dataplane::model::ServicePort> {
-    let backend = |ip, port| {
-        vec![Backend {
-            ip,
-            port,
-            node_name: Some("node2".into()),
-            ready: true,
-            serving: true,
-            terminating: false,
-            hints: Default::default(),
-        }]
-    };
+    let backend = |ip, port| vec![cluster::backend_at(ip, port, "node2")];
     let web = cluster::cluster_ip(
         "web",
         SocketAddrV4::new(VIP, 80),

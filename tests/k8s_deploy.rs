@@ -394,9 +394,12 @@ fn run_flags_match_the_binarys_help() {
 #[test]
 fn dockerfile_builds_with_xtask_and_ships_the_binary_with_iproute2() {
     let dockerfile = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
-    assert!(dockerfile.contains("cargo xtask build --release"));
-    assert!(dockerfile
-        .contains("COPY --from=build /src/target/release/dataplane /usr/local/bin/dataplane"));
+    // The static binary of `cargo xtask release`, as in the OCI layout it writes (release.rs).
+    assert!(dockerfile.contains("RUN cargo xtask release"));
+    assert!(dockerfile.contains(
+        "COPY --from=build /src/target/x86_64-unknown-linux-musl/release/dataplane \
+         /usr/local/bin/dataplane"
+    ));
     assert!(dockerfile.contains("iproute2"));
     assert!(dockerfile
         .lines()

@@ -1,11 +1,11 @@
 //! The `--manifests` source end to end: files in a directory, `k8s::start`, published states.
 
-mod k8s_common;
+mod support;
 
 use std::sync::Arc;
 
 use dataplane::k8s::{self, Source, SourceStats};
-use k8s_common::{assert_quiet, backend_ips, local, wait_for, TempDir, SEED};
+use support::k8s::{assert_quiet, backend_ips, local, wait_for, TempDir, SEED};
 
 const SEED_IPS: [&str; 3] = ["10.244.1.19", "10.244.2.15", "10.244.2.16"];
 

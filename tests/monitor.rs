@@ -180,3 +180,162 @@ fn drops_are_shown_one_event_per_packet_and_nothing_once_the_monitor_exits() {
     node.stop().unwrap_or_else(|e| panic!("{e:#}"));
     lab.teardown();
 }
+
+/// Services from manifest files: the agent names their frontends in SERVICE_NAMES_V1, so the
+/// monitor (another process) prints `service default/web:p`, `--service NS/NAME` keeps only that
+/// Service's events, service drops (no local endpoint) carry their Service's name, and
+/// `dataplane services` heads each frontend with it. A service removed from the manifests loses
+/// its name; `dataplane cleanup` removes the map.
+#[test]
+fn events_name_their_service_and_filter_by_it() {
+    use dataplane_lab::manifests::{Endpoint, ServiceManifest};
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    support::require_root();
+    let lab = CheckedLab::build(&LabSpec {
+        nodes: 1,
+        pods_per_node: 2,
+        external_client: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let n = lab.node(0);
+    let (client, backend) = (n.pods[0].host(), &n.pods[1]);
+    let _server = backend.host().tcp_echo_server(8080).unwrap();
+    let dir = std::env::temp_dir().join(format!("{}monitor-manifests", lab.prefix()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let svc = |name: &str, ip: [u8; 4], endpoints: Vec<Endpoint>| ServiceManifest {
+        namespace: "default".into(),
+        name: name.into(),
+        cluster_ip: Ipv4Addr::from(ip),
+        port: 80,
+        target_port: 8080,
+        protocol: "TCP".into(),
+        node_port: None,
+        endpoints,
+    };
+    let here = vec![Endpoint {
+        ip: backend.ip,
+        node: n.name.clone(),
+    }];
+    // internalTrafficPolicy Local with its only endpoint on another node: kube-proxy drops.
+    let elsewhere = vec![Endpoint {
+        ip: Ipv4Addr::new(10, 244, 9, 9),
+        node: "node9".into(),
+    }];
+    let local_only = svc("local", [10, 96, 0, 30], elsewhere).to_yaml().replace(
+        "    type: ClusterIP\n",
+        "    type: ClusterIP\n    internalTrafficPolicy: Local\n",
+    );
+    std::fs::write(
+        dir.join("web.yaml"),
+        svc("web", [10, 96, 0, 10], here).to_yaml(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("local.yaml"), &local_only).unwrap();
+    let node = DataplaneNode::start(&lab, 0, &["--manifests", dir.to_str().unwrap()])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let pin = node.pin_dir().to_string_lossy().into_owned();
+    let listed = support::node::dataplane_cli(&["services", "--pin-dir", &pin]).unwrap();
+    assert!(
+        listed
+            .stdout
+            .contains("10.96.0.10:80/tcp  default/web:p  frontend")
+            && listed
+                .stdout
+                .contains("10.96.0.30:80/tcp  default/local:p  frontend"),
+        "{}",
+        listed.stdout
+    );
+
+    let web = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+    let local = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 30), 80);
+    let monitor = start_monitor(
+        &n.ns,
+        &pin,
+        &["--all", "--service", "default/web", "--duration", "3"],
+    );
+    wait_for("the monitor to turn events on", || monitor_flags(&pin) != 0);
+    client
+        .tcp_request(web, "hi", Duration::from_secs(2))
+        .unwrap();
+    assert!(client
+        .tcp_request(local, "hi", Duration::from_millis(500))
+        .is_err());
+    let seen = events(monitor);
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|e| e["service"] == "default/web:p"),
+        "only default/web's events: {seen:#?}"
+    );
+    let new_conn = seen
+        .iter()
+        .find(|e| e["reason"] == "lb-new-connection")
+        .unwrap_or_else(|| panic!("{seen:#?}"));
+    assert_eq!(new_conn["before"]["dst"], "10.96.0.10:80");
+    assert_eq!(new_conn["after"]["dst"], format!("{}:8080", backend.ip));
+    assert_eq!(new_conn["frontend"], "10.96.0.10:80/tcp");
+
+    // Drops of a service carry its name, in JSON and in text.
+    let monitor = start_monitor(&n.ns, &pin, &["--drops", "--duration", "2"]);
+    wait_for("the monitor to turn events on", || monitor_flags(&pin) != 0);
+    assert!(client
+        .tcp_request(local, "hi", Duration::from_millis(500))
+        .is_err());
+    let seen = events(monitor);
+    let drop = seen
+        .iter()
+        .find(|e| e["reason"] == "drop-no-local-endpoints")
+        .unwrap_or_else(|| panic!("{seen:#?}"));
+    assert_eq!(drop["service"], "default/local:p", "{drop}");
+    assert_eq!(drop["verdict"], "DROP");
+    let netns_path = format!("--net=/run/netns/{}", n.ns);
+    let text = Command::new("nsenter")
+        .args([&netns_path, DATAPLANE_BIN, "monitor", "--pin-dir", &pin])
+        .args([
+            "--service",
+            "default/local",
+            "--count",
+            "1",
+            "--duration",
+            "3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the monitor to turn events on", || monitor_flags(&pin) != 0);
+    let _ = client.tcp_request(local, "hi", Duration::from_millis(500));
+    let out = text.wait_with_output().unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        line.starts_with("DROP") && line.contains("service default/local:p"),
+        "{line}"
+    );
+    let bad =
+        support::node::dataplane_cli(&["monitor", "--pin-dir", &pin, "--service", "web"]).unwrap();
+    assert!(
+        !bad.status.success() && bad.stderr.contains("NAMESPACE/NAME"),
+        "{}",
+        bad.stderr
+    );
+
+    // A removed service loses its name (the manifests are re-read on change).
+    std::fs::remove_file(dir.join("local.yaml")).unwrap();
+    wait_for("default/local to leave SERVICE_NAMES_V1", || {
+        let dump = support::node::dataplane_cli(&["services", "--pin-dir", &pin]).unwrap();
+        !dump.stdout.contains("default/local") && dump.stdout.contains("default/web:p")
+    });
+    node.stop().unwrap_or_else(|e| panic!("{e:#}"));
+    let names = format!("{pin}/{}", map_names::SERVICE_NAMES);
+    assert!(
+        std::path::Path::new(&names).exists(),
+        "pinned beside the others"
+    );
+    let cleaned = support::node::dataplane_cli(&["cleanup", "--pin-dir", &pin]).unwrap();
+    assert!(cleaned.status.success(), "{}", cleaned.stderr);
+    assert!(!std::path::Path::new(&names).exists(), "cleanup removes it");
+    let _ = std::fs::remove_dir_all(&dir);
+    lab.teardown();
+}

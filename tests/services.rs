@@ -1,8 +1,6 @@
 //! ClusterIP and NodePort load balancing in a lab cluster: real TCP and UDP through the
 //! programs attached by `dataplane run` on every node, services written through ServiceTable.
 
-#[path = "support/cluster.rs"]
-mod cluster;
 mod support;
 
 use std::{
@@ -12,27 +10,18 @@ use std::{
     time::Duration,
 };
 
-use cluster::{backend, cluster_ip, with_node_port, Cluster};
-use dataplane::model::{Protocol, TrafficPolicy};
+use dataplane::{
+    model::{Protocol, TrafficPolicy},
+    services,
+};
 use dataplane_common::{Hook, Reason};
-use dataplane_lab::lab::{Cni, LabSpec, Pod};
+use dataplane_lab::lab::Cni;
+use support::cluster::{
+    backend, backends, cluster_ip, echo, io_kind, servers, two_nodes, with_node_port, Cluster,
+};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const T: Duration = Duration::from_secs(3);
-
-fn spec(cni: Cni) -> LabSpec {
-    LabSpec {
-        nodes: 2,
-        pods_per_node: 2,
-        cni,
-        ..Default::default()
-    }
-}
-
-/// node1-pod0 is the client; the other three pods serve.
-fn servers(c: &Cluster) -> Vec<&Pod> {
-    vec![c.lab.pod(0, 1), c.lab.pod(1, 0), c.lab.pod(1, 1)]
-}
 
 fn assert_spread(counts: &BTreeMap<String, usize>, total: usize, backends: usize) {
     assert_eq!(
@@ -50,26 +39,17 @@ fn assert_spread(counts: &BTreeMap<String, usize>, total: usize, backends: usize
 }
 
 fn tcp_spread(cni: Cni) {
-    let c = Cluster::start(&spec(cni)).unwrap();
-    let _srv: Vec<_> = servers(&c)
-        .iter()
-        .map(|p| p.host().tcp_echo_server(8080).unwrap())
-        .collect();
-    let backends = servers(&c).iter().map(|p| backend(p, 8080)).collect();
-    c.sync(&[cluster_ip(
-        "web",
-        SocketAddrV4::new(VIP, 80),
-        Protocol::Tcp,
-        backends,
-    )])
-    .unwrap();
+    let c = echo(cni, &[Protocol::Tcp], 8080);
+    let vip = SocketAddrV4::new(VIP, 80);
+    c.sync(&[cluster_ip("web", vip, Protocol::Tcp, c.backends.clone())])
+        .unwrap();
 
     let client = c.lab.pod(0, 0);
     let mut counts = BTreeMap::new();
     for i in 0..300 {
         let reply = client
             .host()
-            .tcp_request(SocketAddrV4::new(VIP, 80), &format!("req {i}"), T)
+            .tcp_request(vip, &format!("req {i}"), T)
             .unwrap();
         assert_eq!(
             *reply.peer.ip(),
@@ -99,28 +79,16 @@ fn clusterip_tcp_spreads_over_local_and_remote_backends_calico() {
 
 #[test]
 fn clusterip_udp_spreads_and_replies_come_from_the_service() {
-    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
-    let _srv: Vec<_> = servers(&c)
-        .iter()
-        .map(|p| p.host().udp_echo_server(5353).unwrap())
-        .collect();
-    let backends = servers(&c).iter().map(|p| backend(p, 5353)).collect();
-    c.sync(&[cluster_ip(
-        "dns",
-        SocketAddrV4::new(VIP, 53),
-        Protocol::Udp,
-        backends,
-    )])
-    .unwrap();
+    let c = echo(Cni::Flannel, &[Protocol::Udp], 5353);
+    let vip = SocketAddrV4::new(VIP, 53);
+    c.sync(&[cluster_ip("dns", vip, Protocol::Udp, c.backends.clone())])
+        .unwrap();
 
     let client = c.lab.pod(0, 0);
     let mut counts = BTreeMap::new();
     for i in 0..300 {
         // A connected UDP socket: a reply from any source but VIP:53 would be dropped.
-        let reply = client
-            .host()
-            .udp_request(SocketAddrV4::new(VIP, 53), &format!("q{i}"), T)
-            .unwrap();
+        let reply = client.host().udp_request(vip, &format!("q{i}"), T).unwrap();
         assert_eq!(*reply.peer.ip(), client.ip);
         *counts.entry(reply.server).or_insert(0) += 1;
     }
@@ -129,13 +97,8 @@ fn clusterip_udp_spreads_and_replies_come_from_the_service() {
 
 #[test]
 fn connection_survives_100_backend_set_updates_that_keep_its_backend() {
-    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
-    let pods = servers(&c);
-    let _srv: Vec<_> = pods
-        .iter()
-        .map(|p| p.host().tcp_echo_server(8080).unwrap())
-        .collect();
-    let all: Vec<_> = pods.iter().map(|p| backend(p, 8080)).collect();
+    let c = echo(Cni::Flannel, &[Protocol::Tcp], 8080);
+    let (pods, all) = (servers(&c), &c.backends);
     let vip = SocketAddrV4::new(VIP, 80);
     c.sync(&[cluster_ip("web", vip, Protocol::Tcp, all.clone())])
         .unwrap();
@@ -168,7 +131,7 @@ fn connection_survives_100_backend_set_updates_that_keep_its_backend() {
 
 #[test]
 fn hairpin_pod_reaches_itself_through_its_service() {
-    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    let c = Cluster::start(&two_nodes(Cni::Flannel)).unwrap();
     let me = c.lab.pod(0, 0);
     let _srv = me.host().tcp_echo_server(8080).unwrap();
     let _usrv = me.host().udp_echo_server(8080).unwrap();
@@ -194,7 +157,7 @@ fn hairpin_pod_reaches_itself_through_its_service() {
 
 #[test]
 fn service_without_endpoints_is_rejected_like_kube_proxy() {
-    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    let c = Cluster::start(&two_nodes(Cni::Flannel)).unwrap();
     let vip = SocketAddrV4::new(VIP, 80);
     c.sync(&[
         cluster_ip("empty", vip, Protocol::Tcp, vec![]),
@@ -223,18 +186,12 @@ fn service_without_endpoints_is_rejected_like_kube_proxy() {
     );
 }
 
-fn io_kind(err: &anyhow::Error) -> Option<ErrorKind> {
-    err.chain()
-        .find_map(|e| e.downcast_ref::<std::io::Error>())
-        .map(|e| e.kind())
-}
-
 fn nodeport_services(
     c: &Cluster,
     node: usize,
     policy: TrafficPolicy,
 ) -> Vec<dataplane::model::ServicePort> {
-    let backends = servers(c).iter().map(|p| backend(p, 8080)).collect();
+    let backends = backends(&servers(c), 8080);
     let mut svc = cluster_ip("web", SocketAddrV4::new(VIP, 80), Protocol::Tcp, backends);
     svc.external_policy = policy;
     vec![with_node_port(svc, &[c.lab.node(node).underlay_ip], 30080)]
@@ -242,11 +199,7 @@ fn nodeport_services(
 
 #[test]
 fn nodeport_from_an_external_client_is_masqueraded_to_backends_on_any_node() {
-    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
-    let _srv: Vec<_> = servers(&c)
-        .iter()
-        .map(|p| p.host().tcp_echo_server(8080).unwrap())
-        .collect();
+    let c = echo(Cni::Flannel, &[Protocol::Tcp], 8080);
     c.sync_each(|n| nodeport_services(&c, n, TrafficPolicy::Cluster))
         .unwrap();
     let ext = c.lab.external().unwrap();
@@ -269,11 +222,7 @@ fn nodeport_from_an_external_client_is_masqueraded_to_backends_on_any_node() {
 
 #[test]
 fn nodeport_with_external_traffic_policy_local_keeps_the_client_ip() {
-    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
-    let _srv: Vec<_> = servers(&c)
-        .iter()
-        .map(|p| p.host().tcp_echo_server(8080).unwrap())
-        .collect();
+    let c = echo(Cni::Flannel, &[Protocol::Tcp], 8080);
     c.sync_each(|n| nodeport_services(&c, n, TrafficPolicy::Local))
         .unwrap();
     let ext = c.lab.external().unwrap();
@@ -294,30 +243,13 @@ fn nodeport_with_external_traffic_policy_local_keeps_the_client_ip() {
     );
 }
 
-// ---- Host traffic, affinity, churn, several ports, scale, conntrack, ICMP errors ---------------
-
-use std::net::UdpSocket;
-
-use dataplane::{loader, services};
-use dataplane_lab::{netns, traffic::Reply};
-
 #[test]
 fn node_reaches_clusterip_through_socket_level_balancing() {
-    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
-    let _tcp: Vec<_> = servers(&c)
-        .iter()
-        .map(|p| p.host().tcp_echo_server(8080).unwrap())
-        .collect();
-    let _udp: Vec<_> = servers(&c)
-        .iter()
-        .map(|p| p.host().udp_echo_server(8080).unwrap())
-        .collect();
-    let tcp_backends = servers(&c).iter().map(|p| backend(p, 8080)).collect();
-    let udp_backends = servers(&c).iter().map(|p| backend(p, 8080)).collect();
+    let c = echo(Cni::Flannel, &[Protocol::Tcp, Protocol::Udp], 8080);
     let vip = SocketAddrV4::new(VIP, 80);
     c.sync(&[
-        cluster_ip("web", vip, Protocol::Tcp, tcp_backends),
-        cluster_ip("web-udp", vip, Protocol::Udp, udp_backends),
+        cluster_ip("web", vip, Protocol::Tcp, c.backends.clone()),
+        cluster_ip("web-udp", vip, Protocol::Udp, c.backends.clone()),
     ])
     .unwrap();
     let node = c.lab.node(0).host();
@@ -352,14 +284,9 @@ fn node_reaches_clusterip_through_socket_level_balancing() {
 
 #[test]
 fn session_affinity_client_ip_sticks_until_its_timeout() {
-    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
-    let _srv: Vec<_> = servers(&c)
-        .iter()
-        .map(|p| p.host().tcp_echo_server(8080).unwrap())
-        .collect();
-    let backends: Vec<_> = servers(&c).iter().map(|p| backend(p, 8080)).collect();
+    let c = echo(Cni::Flannel, &[Protocol::Tcp], 8080);
     let vip = SocketAddrV4::new(VIP, 80);
-    let mut svc = cluster_ip("sticky", vip, Protocol::Tcp, backends);
+    let mut svc = cluster_ip("sticky", vip, Protocol::Tcp, c.backends.clone());
     svc.affinity_timeout_secs = Some(1);
     c.sync(&[svc]).unwrap();
     let client = c.lab.pod(0, 0).host();
@@ -381,88 +308,9 @@ fn session_affinity_client_ip_sticks_until_its_timeout() {
     assert!(seen.len() > 1, "affinity never expired: {seen:?}");
 }
 
-/// A UDP request from a fixed source port, so successive calls are one flow (one CT entry).
-fn udp_from_port(
-    host: &dataplane_lab::lab::Host,
-    sport: u16,
-    dst: SocketAddrV4,
-    payload: &str,
-) -> anyhow::Result<Reply> {
-    let payload = payload.to_string();
-    netns::in_netns(&host.ns, move || -> anyhow::Result<Reply> {
-        let sock = UdpSocket::bind(("0.0.0.0", sport))?;
-        sock.connect(dst)?;
-        sock.set_read_timeout(Some(T))?;
-        sock.send(payload.as_bytes())?;
-        let mut buf = [0u8; 2048];
-        let n = sock.recv(&mut buf)?;
-        let local = match sock.local_addr()? {
-            std::net::SocketAddr::V4(a) => a,
-            other => anyhow::bail!("unexpected {other}"),
-        };
-        Reply::parse(&String::from_utf8_lossy(&buf[..n]), local)
-    })?
-}
-
-#[test]
-fn backend_churn_moves_udp_flows_and_sends_no_new_connections_to_removed_backends() {
-    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
-    let pods = servers(&c);
-    let _srv: Vec<_> = pods
-        .iter()
-        .map(|p| p.host().udp_echo_server(5353).unwrap())
-        .collect();
-    let _tsrv: Vec<_> = pods
-        .iter()
-        .map(|p| p.host().tcp_echo_server(5353).unwrap())
-        .collect();
-    let all: Vec<_> = pods.iter().map(|p| backend(p, 5353)).collect();
-    let vip = SocketAddrV4::new(VIP, 53);
-    c.sync(&[
-        cluster_ip("dns", vip, Protocol::Udp, all.clone()),
-        cluster_ip("dns-tcp", vip, Protocol::Tcp, all.clone()),
-    ])
-    .unwrap();
-    let client = c.lab.pod(0, 0).host();
-    let first = udp_from_port(&client, 40555, vip, "one").unwrap().server;
-    assert_eq!(
-        udp_from_port(&client, 40555, vip, "two").unwrap().server,
-        first,
-        "one flow, one backend"
-    );
-    // A long-lived TCP connection to a backend that stays must survive the change.
-    let mut conn = client.tcp_connect(vip, T).unwrap();
-    let mut tcp_server = conn.request("x").unwrap().server;
-    while tcp_server == first {
-        conn = client.tcp_connect(vip, T).unwrap();
-        tcp_server = conn.request("x").unwrap().server;
-    }
-    let remaining: Vec<_> = all
-        .iter()
-        .filter(|b| pods.iter().any(|p| p.ip == b.ip && p.name != first))
-        .cloned()
-        .collect();
-    c.sync(&[
-        cluster_ip("dns", vip, Protocol::Udp, remaining.clone()),
-        cluster_ip("dns-tcp", vip, Protocol::Tcp, remaining),
-    ])
-    .unwrap();
-    // The same UDP flow is answered at once by a live backend (not black-holed until a timeout).
-    let moved = udp_from_port(&client, 40555, vip, "three").unwrap().server;
-    assert_ne!(moved, first, "the UDP flow stayed on the removed backend");
-    assert_eq!(conn.request("still there").unwrap().server, tcp_server);
-    for i in 0..60 {
-        let reply = client.udp_request(vip, &format!("n{i}"), T).unwrap();
-        assert_ne!(
-            reply.server, first,
-            "a removed backend got a new connection"
-        );
-    }
-}
-
 #[test]
 fn several_ports_protocols_and_shared_backends() {
-    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
+    let c = Cluster::start(&two_nodes(Cni::Flannel)).unwrap();
     let b = c.lab.pod(1, 0);
     let _t1 = b.host().tcp_echo_server(8080).unwrap();
     let _t2 = b.host().tcp_echo_server(9090).unwrap();
@@ -530,12 +378,7 @@ fn several_ports_protocols_and_shared_backends() {
 
 #[test]
 fn ten_thousand_services_at_once() {
-    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
-    let _srv: Vec<_> = servers(&c)
-        .iter()
-        .map(|p| p.host().tcp_echo_server(8080).unwrap())
-        .collect();
-    let backends: Vec<_> = servers(&c).iter().map(|p| backend(p, 8080)).collect();
+    let c = echo(Cni::Flannel, &[Protocol::Tcp], 8080);
     let vip_of = |i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i);
     let svcs: Vec<_> = (0..10_000)
         .map(|i| {
@@ -543,7 +386,7 @@ fn ten_thousand_services_at_once() {
                 &format!("svc{i}"),
                 SocketAddrV4::new(vip_of(i), 80),
                 Protocol::Tcp,
-                backends.clone(),
+                c.backends.clone(),
             )
         })
         .collect();
@@ -556,207 +399,5 @@ fn ten_thousand_services_at_once() {
             .tcp_request(SocketAddrV4::new(vip_of(i), 80), "hi", T)
             .unwrap();
         assert!(reply.server.contains("pod"), "service {i}: {reply:?}");
-    }
-}
-
-#[test]
-fn conntrack_lists_entries_and_expires_idle_ones() {
-    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
-    let b = c.lab.pod(1, 0);
-    let _u = b.host().udp_echo_server(5353).unwrap();
-    let vip = SocketAddrV4::new(VIP, 53);
-    c.sync(&[cluster_ip(
-        "dns",
-        vip,
-        Protocol::Udp,
-        vec![backend(b, 5353)],
-    )])
-    .unwrap();
-    let pin = c.nodes[0].pin_dir().to_path_buf();
-    let mut cfg = loader::read_pinned_config(&pin).unwrap();
-    cfg.timeout_udp = 1;
-    loader::write_pinned_config(&pin, &cfg).unwrap();
-    let client = c.lab.pod(0, 0);
-    udp_from_port(&client.host(), 40777, vip, "first").unwrap();
-    let rows = services::list_conntrack(&pin).unwrap();
-    let fwd = rows
-        .iter()
-        .find(|r| r.src == SocketAddrV4::new(client.ip, 40777) && r.dst == vip)
-        .expect("forward entry");
-    assert_eq!(fwd.nat_dst, SocketAddrV4::new(b.ip, 5353));
-    let cli =
-        support::node::dataplane_cli(&["conntrack", "--pin-dir", pin.to_str().unwrap()]).unwrap();
-    assert!(
-        cli.stdout.contains(&format!("{}:40777", client.ip))
-            && cli.stdout.contains(&format!("{}:5353", b.ip)),
-        "{}",
-        cli.stdout
-    );
-    let new_before = c
-        .stats(0)
-        .packets(Hook::TcPodIngress, Reason::LbNewConnection);
-    udp_from_port(&client.host(), 40777, vip, "again").unwrap();
-    assert_eq!(
-        c.stats(0)
-            .packets(Hook::TcPodIngress, Reason::LbNewConnection),
-        new_before,
-        "within the timeout: same entry"
-    );
-    std::thread::sleep(Duration::from_millis(2200));
-    udp_from_port(&client.host(), 40777, vip, "after expiry").unwrap();
-    assert_eq!(
-        c.stats(0)
-            .packets(Hook::TcPodIngress, Reason::LbNewConnection),
-        new_before + 1,
-        "an expired entry is a new connection"
-    );
-}
-
-#[test]
-fn icmp_port_unreachable_from_a_backend_reaches_the_client_socket() {
-    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
-    // The backend pod has nothing listening on 5353: its kernel answers port unreachable,
-    // quoting the DNATed datagram. The client's connected socket only gets ECONNREFUSED if the
-    // error was translated back to VIP:53.
-    let vip = SocketAddrV4::new(VIP, 53);
-    c.sync(&[cluster_ip(
-        "dns",
-        vip,
-        Protocol::Udp,
-        vec![backend(c.lab.pod(1, 0), 5353)],
-    )])
-    .unwrap();
-    let err = c
-        .lab
-        .pod(0, 0)
-        .host()
-        .udp_request(vip, "anyone?", T)
-        .err()
-        .expect("must fail");
-    assert_eq!(io_kind(&err), Some(ErrorKind::ConnectionRefused), "{err:#}");
-    assert!(
-        c.stats(0)
-            .packets(Hook::TcPodEgress, Reason::IcmpErrorTranslated)
-            >= 1
-    );
-}
-
-#[test]
-fn fragmentation_needed_from_the_node_reaches_the_client_socket() {
-    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
-    let b = c.lab.pod(1, 0);
-    let _u = b.host().udp_echo_server(5353).unwrap();
-    let vip = SocketAddrV4::new(VIP, 53);
-    c.sync(&[cluster_ip(
-        "dns",
-        vip,
-        Protocol::Udp,
-        vec![backend(b, 5353)],
-    )])
-    .unwrap();
-    // A smaller MTU on node1's uplink: forwarding a 1478-byte DF datagram to the remote backend
-    // makes node1 send "fragmentation needed, MTU 1400" quoting the DNATed datagram.
-    netns::run_in(
-        &c.lab.node(0).ns,
-        &["ip", "link", "set", "eth0", "mtu", "1400"],
-    )
-    .unwrap();
-    let mtu = netns::in_netns(&c.lab.pod(0, 0).ns, move || -> anyhow::Result<i32> {
-        use std::os::fd::AsRawFd;
-        let sock = UdpSocket::bind("0.0.0.0:0")?;
-        let fd = sock.as_raw_fd();
-        let on: libc::c_int = libc::IP_PMTUDISC_DO;
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                (&on as *const i32).cast(),
-                4,
-            )
-        };
-        sock.connect(vip)?;
-        sock.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let _ = sock.send(&[0u8; 1450]);
-        let mut buf = [0u8; 2048];
-        let _ = sock.recv(&mut buf); // EMSGSIZE once the error is matched to this socket
-        let mut mtu: libc::c_int = 0;
-        let mut len = 4 as libc::socklen_t;
-        unsafe {
-            libc::getsockopt(
-                fd,
-                libc::IPPROTO_IP,
-                libc::IP_MTU,
-                (&mut mtu as *mut i32).cast(),
-                &mut len,
-            )
-        };
-        Ok(mtu)
-    })
-    .unwrap()
-    .unwrap();
-    assert_eq!(
-        mtu, 1400,
-        "the path MTU to the service learned from the translated ICMP error"
-    );
-    assert!(
-        c.stats(0)
-            .packets(Hook::TcPodEgress, Reason::IcmpErrorTranslated)
-            >= 1
-    );
-}
-
-/// Fills CT_V2 far past its size (as a SYN flood of new connections would) while a long-lived
-/// connection keeps talking: the LRU table evicts idle entries, the active connection survives,
-/// and new connections are still tracked.
-#[test]
-fn a_full_conntrack_table_keeps_established_flows() {
-    use aya::maps::{HashMap as BpfHash, Map, MapData};
-    use dataplane_common::ct::{CtKey, CtValue, CT_MAX_ENTRIES};
-
-    let c = Cluster::start(&spec(Cni::Flannel)).unwrap();
-    let _srv: Vec<_> = servers(&c)
-        .iter()
-        .map(|p| p.host().tcp_echo_server(8080).unwrap())
-        .collect();
-    let backends = servers(&c).iter().map(|p| backend(p, 8080)).collect();
-    let vip = SocketAddrV4::new(VIP, 80);
-    c.sync(&[cluster_ip("web", vip, Protocol::Tcp, backends)])
-        .unwrap();
-    let client = c.lab.pod(0, 0).host();
-    let mut conn = client.tcp_connect(vip, T).unwrap();
-    let server = conn.request("first").unwrap().server;
-
-    let pin = c.nodes[0].pin_dir().join(dataplane_common::map_names::CT);
-    let data = MapData::from_pin(&pin).unwrap();
-    let mut ct: BpfHash<_, CtKey, CtValue> =
-        BpfHash::try_from(Map::from_map_data(data).unwrap()).unwrap();
-    let junk = CtValue::default();
-    let total = CT_MAX_ENTRIES + CT_MAX_ENTRIES / 2;
-    for i in 0..total {
-        // Idle entries of connections that never talk again (unroutable documentation range).
-        let key = CtKey {
-            saddr: u32::from(Ipv4Addr::new(192, 0, 2, 1)).to_be() + (i >> 16),
-            daddr: 1,
-            sport: i as u16,
-            dport: 80u16.to_be(),
-            proto: 6,
-            phase: 0,
-            _pad: [0; 2],
-        };
-        ct.insert(key, junk, 0).unwrap();
-        if i % 16_384 == 0 {
-            assert_eq!(
-                conn.request(&format!("during {i}")).unwrap().server,
-                server,
-                "evicted while active"
-            );
-        }
-    }
-    assert_eq!(conn.request("after").unwrap().server, server);
-    for i in 0..20 {
-        client
-            .tcp_request(vip, &format!("new {i}"), T)
-            .expect("new connections are still balanced");
     }
 }

@@ -18,30 +18,11 @@ pub fn ifindex(ns: &str, iface: &str) -> Result<u32> {
 }
 
 /// MAC address of `iface` in `ns`.
-pub fn mac(ns: &str, iface: &str) -> Result<[u8; 6]> {
-    let out = netns::ip(ns, &["-o", "link", "show", "dev", iface])?;
-    let text = out
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .ok_or_else(|| anyhow!("no link/ether in `ip link show {iface}` in {ns}: {out}"))?;
-    parse_mac(text)
-}
+pub use dataplane_lab::flannel::iface_mac as mac;
 
-pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
-    let parts: Vec<u8> = text
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("bad MAC {text}"))?;
-    parts.try_into().map_err(|_| anyhow!("bad MAC {text}"))
-}
-
+/// `aa:bb:cc:dd:ee:ff`.
 pub fn fmt_mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    dataplane_lab::flannel::mac_text(*m)
 }
 
 /// A permanent neighbour entry: no ARP resolution or probing during timed runs.

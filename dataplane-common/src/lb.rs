@@ -130,6 +130,41 @@ pub const MAX_SOCK_ENTRIES: u32 = 65_536;
 
 /// Entries of `SERVICES_V1` (frontends). 10k services x (ClusterIP + NodePort + ...) fit.
 pub const MAX_FRONTENDS: u32 = 65_536;
+/// `SERVICE_NAMES_V1` value: the Service port a frontend belongs to, `namespace/name:port`
+/// (`:port` only for named ports) in UTF-8, NUL-padded. Written by the agent at sync time, read
+/// by `dataplane monitor` and `dataplane services`; no program reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceName {
+    pub text: [u8; SERVICE_NAME_LEN],
+}
+
+/// A namespace (63) + `/` + a name (63) + `:` + a port name (15) + NUL.
+pub const SERVICE_NAME_LEN: usize = 144;
+
+impl ServiceName {
+    /// `text`, cut at a character boundary if longer than the map holds (API objects never are).
+    pub fn new(text: &str) -> ServiceName {
+        let mut end = text.len().min(SERVICE_NAME_LEN - 1);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut out = [0u8; SERVICE_NAME_LEN];
+        out[..end].copy_from_slice(&text.as_bytes()[..end]);
+        ServiceName { text: out }
+    }
+
+    /// The text up to the first NUL (`None` if it is not UTF-8).
+    pub fn as_str(&self) -> Option<&str> {
+        let end = self
+            .text
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.text.len());
+        core::str::from_utf8(&self.text[..end]).ok()
+    }
+}
+
 /// Entries of `BACKENDS_V1`: room for every frontend's set twice (old + new during an update).
 pub const MAX_BACKEND_SLOTS: u32 = 1_048_576;
 /// Entries of `AFFINITY_V1`.
@@ -185,6 +220,7 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for BackendKey {}
     unsafe impl aya::Pod for BackendValue {}
     unsafe impl aya::Pod for AffinityKey {}

@@ -54,4 +54,7 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS_V1";
     /// Per-CPU token bucket of the no-endpoint REJECT.
     pub const REJECT_TOKENS: &str = "REJECT_TOKENS_V1";
+    /// Frontend -> `namespace/name:port` of its Service, for operators' tools. Created and
+    /// written by the agent from user space (not in the object: no program reads it).
+    pub const SERVICE_NAMES: &str = "SERVICE_NAMES_V1";
 }

@@ -80,7 +80,6 @@ pub fn flannel_node_yaml(
     cidr: (Ipv4Addr, u8),
     vtep_mac: [u8; 6],
 ) -> String {
-    let mac: Vec<String> = vtep_mac.iter().map(|b| format!("{b:02x}")).collect();
     let (net, len) = cidr;
     format!(
         "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  annotations:\n    \
@@ -88,6 +87,6 @@ pub fn flannel_node_yaml(
          flannel.alpha.coreos.com/backend-type: vxlan\n    flannel.alpha.coreos.com/public-ip: {ip}\n\
          spec:\n  podCIDR: {net}/{len}\n  podCIDRs:\n  - {net}/{len}\n\
          status:\n  addresses:\n  - address: {ip}\n    type: InternalIP\n",
-        mac = mac.join(":"),
+        mac = crate::flannel::mac_text(vtep_mac),
     )
 }

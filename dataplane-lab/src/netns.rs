@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+/// Every lab name (namespace, pin directory) starts with this, followed by `<pid>-`.
+pub const NAME_ROOT: &str = "dpl-";
+
 /// Where `ip netns` keeps its named namespace mounts.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
@@ -384,7 +387,7 @@ pub fn pid_alive(pid: u32) -> bool {
 
 /// Pid encoded in a lab name `dpl-<pid>-...`, if `name` is one.
 pub fn lab_name_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix(crate::lab::NAME_ROOT)?;
+    let rest = name.strip_prefix(NAME_ROOT)?;
     let (pid, tail) = rest.split_once('-')?;
     if tail.is_empty() {
         return None;

@@ -7,7 +7,7 @@
 //!
 //! Every blocking call has a timeout: a client never hangs, a server stops within a tick.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +18,11 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::lab::Host;
 use crate::netns::in_netns;
+
+mod framed;
+mod pktinfo;
+
+use framed::{is_timeout, Framed};
 
 /// How often server threads look at their stop flag.
 const TICK: Duration = Duration::from_millis(50);
@@ -124,82 +129,6 @@ impl Reply {
 /// `"{server} {peer_ip}:{peer_port} {payload}"`.
 fn reply_text(name: &str, peer: SocketAddr, payload: &str) -> String {
     format!("{name} {}:{} {payload}", peer.ip(), peer.port())
-}
-
-/// A TCP stream read in chunks up to a delimiter, with a liveness check on every timeout tick.
-struct Framed {
-    stream: TcpStream,
-    pending: Vec<u8>,
-}
-
-impl Framed {
-    fn new(stream: TcpStream) -> Framed {
-        Framed {
-            stream,
-            pending: Vec::new(),
-        }
-    }
-
-    /// Returns the bytes before the next `delim` (which is consumed), or `None` on a clean EOF.
-    /// Read timeouts call `keep_going`; when it says no, the read fails with `TimedOut`.
-    fn read_until(
-        &mut self,
-        delim: &[u8],
-        mut keep_going: impl FnMut() -> bool,
-    ) -> io::Result<Option<Vec<u8>>> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(pos) = find(&self.pending, delim) {
-                let frame = self.pending[..pos].to_vec();
-                self.pending.drain(..pos + delim.len());
-                return Ok(Some(frame));
-            }
-            if self.pending.len() > MAX_LINE {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too long"));
-            }
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Ok(None),
-                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
-                Err(e) if is_timeout(&e) => {
-                    if !keep_going() {
-                        return Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"));
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Reads exactly `n` more bytes (e.g. an HTTP body).
-    fn read_exact(
-        &mut self,
-        n: usize,
-        mut keep_going: impl FnMut() -> bool,
-    ) -> io::Result<Vec<u8>> {
-        let mut chunk = [0u8; 4096];
-        while self.pending.len() < n {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(k) => self.pending.extend_from_slice(&chunk[..k]),
-                Err(e) if is_timeout(&e) && keep_going() => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(self.pending.drain(..n).collect())
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }
 
 fn v4(addr: SocketAddr) -> Result<SocketAddrV4> {
@@ -472,156 +401,6 @@ fn serve_udp(socket: UdpSocket, ctx: &ServerCtx) {
             Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
             // e.g. ECONNREFUSED from an ICMP error for an earlier reply: keep serving.
             Err(e) => log::debug!("{}: UDP recv: {e}", ctx.name),
-        }
-    }
-}
-
-/// recvmsg/sendmsg with IP_PKTINFO: learn a datagram's destination address and send the reply
-/// from it.
-mod pktinfo {
-    use std::io;
-    use std::mem::{size_of, zeroed};
-    use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-    use std::os::fd::AsRawFd;
-
-    const CONTROL_LEN: usize = 64;
-
-    /// Control-message buffer, aligned for `cmsghdr`.
-    #[repr(C, align(8))]
-    struct Control([u8; CONTROL_LEN]);
-
-    pub(super) fn enable(socket: &UdpSocket) -> io::Result<()> {
-        let on: libc::c_int = 1;
-        // SAFETY: valid fd and a c_int option value of the stated size.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_PKTINFO,
-                (&on as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    /// Receives one datagram: (length, sender, destination address or 0.0.0.0 if unknown).
-    pub(super) fn recv(
-        socket: &UdpSocket,
-        buf: &mut [u8],
-    ) -> io::Result<(usize, SocketAddrV4, Ipv4Addr)> {
-        // SAFETY: all-zero is a valid sockaddr_in / msghdr / control buffer.
-        let (mut name, mut control): (libc::sockaddr_in, Control) = unsafe { zeroed() };
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let mut msg: libc::msghdr = unsafe { zeroed() };
-        msg.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
-        msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.0.as_mut_ptr().cast();
-        msg.msg_controllen = CONTROL_LEN;
-        // SAFETY: every pointer in `msg` refers to live buffers of the stated sizes.
-        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let peer = SocketAddrV4::new(
-            Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),
-            u16::from_be(name.sin_port),
-        );
-        Ok((n as usize, peer, destination(&msg)))
-    }
-
-    /// The header destination address from an IP_PKTINFO control message.
-    fn destination(msg: &libc::msghdr) -> Ipv4Addr {
-        // SAFETY: walks the control buffer the kernel just filled, with the libc macros.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(msg);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_PKTINFO {
-                    let info = libc::CMSG_DATA(cmsg)
-                        .cast::<libc::in_pktinfo>()
-                        .read_unaligned();
-                    return Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
-                }
-                cmsg = libc::CMSG_NXTHDR(msg, cmsg);
-            }
-        }
-        Ipv4Addr::UNSPECIFIED
-    }
-
-    /// Sends `payload` to `to` from source address `from`; falls back to the routing source
-    /// when `from` is unknown or cannot be used (e.g. a broadcast destination).
-    pub(super) fn send(
-        socket: &UdpSocket,
-        payload: &[u8],
-        to: SocketAddrV4,
-        from: Ipv4Addr,
-    ) -> io::Result<()> {
-        if from.is_unspecified() || from.is_broadcast() || from.is_multicast() {
-            return socket.send_to(payload, to).map(drop);
-        }
-        match send_from(socket, payload, to, from) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                socket.send_to(payload, to).map(drop)
-            }
-            other => other,
-        }
-    }
-
-    fn send_from(
-        socket: &UdpSocket,
-        payload: &[u8],
-        to: SocketAddrV4,
-        from: Ipv4Addr,
-    ) -> io::Result<()> {
-        // SAFETY: all-zero is a valid sockaddr_in / msghdr / control buffer.
-        let (mut name, mut control): (libc::sockaddr_in, Control) = unsafe { zeroed() };
-        name.sin_family = libc::AF_INET as libc::sa_family_t;
-        name.sin_port = to.port().to_be();
-        name.sin_addr.s_addr = u32::from(*to.ip()).to_be();
-        let mut iov = libc::iovec {
-            iov_base: payload.as_ptr() as *mut _,
-            iov_len: payload.len(),
-        };
-        let mut msg: libc::msghdr = unsafe { zeroed() };
-        msg.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
-        msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.0.as_mut_ptr().cast();
-        // SAFETY: CMSG_SPACE/CMSG_FIRSTHDR/CMSG_DATA on our own aligned buffer, which is
-        // larger than one in_pktinfo control message.
-        unsafe {
-            msg.msg_controllen = libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize;
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::IPPROTO_IP;
-            (*cmsg).cmsg_type = libc::IP_PKTINFO;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize;
-            let info = libc::in_pktinfo {
-                ipi_ifindex: 0,
-                ipi_spec_dst: libc::in_addr {
-                    s_addr: u32::from(from).to_be(),
-                },
-                ipi_addr: libc::in_addr { s_addr: 0 },
-            };
-            libc::CMSG_DATA(cmsg)
-                .cast::<libc::in_pktinfo>()
-                .write_unaligned(info);
-        }
-        // SAFETY: `msg` points at live buffers of the stated sizes.
-        let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, 0) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
         }
     }
 }

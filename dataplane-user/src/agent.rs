@@ -18,7 +18,7 @@ use crate::{
     loader,
     metrics::{self, AgentStatus, Metrics},
     model::{ClusterState, ServicePort},
-    services::{LocalContext, ServiceTable, SourceRanges},
+    services::{LocalContext, ServiceNames, ServiceTable, SourceRanges},
     sockdiag::SockDestroyer,
     tasks::AbortOnDrop,
 };
@@ -148,6 +148,7 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
         },
     )?;
     let mut ranges = SourceRanges::open(&datapath.ebpf)?;
+    let mut names = ServiceNames::open_or_create(&cfg.pin_dir)?;
     enable_pod_filter(&mut table, &datapath.ebpf)?;
     let mut overlay = crate::overlay::OverlayTable::from_ebpf(&datapath.ebpf)?;
     overlay.set_service_cidrs(cfg.service_cidrs.clone());
@@ -177,7 +178,7 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                 retry_at = None;
                 if let Some(state) = last_state.clone() {
-                    let complete = apply(&mut table, &mut ranges, Some(&state), &state, &status, destroyer.as_ref());
+                    let complete = apply(&mut table, &mut ranges, &mut names, Some(&state), &state, &status, destroyer.as_ref());
                     report_health(&health, &mut service_health, &state, complete, &cfg.node_name);
                     schedule_retry(complete, &mut retry_at, &mut backoff);
                 }
@@ -199,7 +200,7 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
                 }
                 let state = states.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
                 health.queued(std::time::Instant::now());
-                let complete = apply(&mut table, &mut ranges, last_state.as_deref(), &state, &status, destroyer.as_ref());
+                let complete = apply(&mut table, &mut ranges, &mut names, last_state.as_deref(), &state, &status, destroyer.as_ref());
                 report_health(&health, &mut service_health, &state, complete, &cfg.node_name);
                 schedule_retry(complete, &mut retry_at, &mut backoff);
                 last_state = Some(state.clone());
@@ -334,6 +335,7 @@ fn schedule_retry(
 fn apply(
     table: &mut ServiceTable,
     ranges: &mut SourceRanges,
+    names: &mut ServiceNames,
     previous: Option<&ClusterState>,
     state: &ClusterState,
     status: &AgentStatus,
@@ -376,6 +378,11 @@ fn apply(
             false
         }
     };
+    // Names only label what tools show: a failure is logged and retried with the next apply,
+    // it does not hold readiness back.
+    if let Err(e) = names.sync(&state.services) {
+        log::error!("service names not fully written: {e:#}");
+    }
     let complete = outcome.is_complete() && ranges_ok;
     if !complete {
         status.apply_errors.fetch_add(1, Relaxed);

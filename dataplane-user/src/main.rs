@@ -53,9 +53,11 @@ enum Command {
         /// Only packets from or to this address (before or after translation).
         #[arg(long)]
         ip: Option<std::net::Ipv4Addr>,
-        /// Only packets to this service frontend, ADDR:PORT.
-        #[arg(long)]
-        service: Option<std::net::SocketAddrV4>,
+        /// Only packets to this Service: NAMESPACE/NAME (any of its ports), NAMESPACE/NAME:PORT
+        /// (a named port), or a frontend ADDR:PORT. Names come from the agent
+        /// (SERVICE_NAMES_V1).
+        #[arg(long, value_parser = parse_service_filter)]
+        service: Option<ServiceFilter>,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value = "text")]
         output: MonitorFormat,
@@ -74,6 +76,25 @@ enum Command {
 }
 
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/dataplane";
+
+/// `dataplane monitor --service`: a frontend address or a Service's name.
+#[derive(Clone, Debug)]
+enum ServiceFilter {
+    Frontend(std::net::SocketAddrV4),
+    Name(String),
+}
+
+fn parse_service_filter(text: &str) -> Result<ServiceFilter, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(ServiceFilter::Frontend(addr));
+    }
+    match text.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(ServiceFilter::Name(text.to_string()))
+        }
+        _ => Err("expected NAMESPACE/NAME[:PORT] or ADDR:PORT".into()),
+    }
+}
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum MonitorFormat {
@@ -249,10 +270,16 @@ fn main() -> Result<()> {
             count,
             duration,
         } => {
+            let (frontend, service) = match service {
+                Some(ServiceFilter::Frontend(addr)) => (Some(addr), None),
+                Some(ServiceFilter::Name(name)) => (None, Some(name)),
+                None => (None, None),
+            };
             let opts = dataplane::monitor::Options {
                 all,
                 ip,
-                frontend: service,
+                frontend,
+                service,
                 json: matches!(output, MonitorFormat::Json),
                 count,
                 duration: duration.map(std::time::Duration::from_secs),

@@ -2,8 +2,8 @@
 //! `cilium monitor -t drop`. It turns the events on in `MONITOR_V1` while it runs (the programs
 //! emit nothing otherwise), reads the ring buffer, decodes hook, reason, device, the tuple before
 //! and after translation and the service frontend, filters, and prints text or JSON lines.
-//! Service names are not in the maps (the agent keeps them); frontends are shown as
-//! address:port/protocol, as `dataplane services` shows them.
+//! Frontends are shown as address:port/protocol, as `dataplane services` shows them, with the
+//! Service port the agent named them after in `SERVICE_NAMES_V1` (`namespace/name:port`).
 
 use std::{
     collections::HashMap,
@@ -33,6 +33,9 @@ pub struct Options {
     pub ip: Option<Ipv4Addr>,
     /// Only events to this frontend (address:port).
     pub frontend: Option<SocketAddrV4>,
+    /// Only events to a frontend of this Service (`namespace/name`) or Service port
+    /// (`namespace/name:port`), or replies from one.
+    pub service: Option<String>,
     pub json: bool,
     /// Stop after this many events were printed.
     pub count: Option<u64>,
@@ -56,7 +59,19 @@ pub struct Event {
     pub after: (SocketAddrV4, SocketAddrV4),
     /// The frontend the packet was addressed to, if it is one.
     pub frontend: Option<String>,
+    /// Its Service port, `namespace/name:port`, if the agent named it.
+    pub service: Option<String>,
 }
+
+/// What the monitor knows about a frontend: how it is shown and the Service port it serves.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FrontendInfo {
+    pub shown: String,
+    pub service: Option<String>,
+}
+
+/// Frontends by (address:port, protocol).
+pub type Frontends = HashMap<(SocketAddrV4, u8), FrontendInfo>;
 
 fn proto_name(p: u8) -> &'static str {
     match p {
@@ -82,7 +97,7 @@ fn ifname(index: u32, cache: &mut HashMap<u32, String>) -> String {
 /// Decodes a raw record; `None` for a record of an unknown hook or reason (a newer datapath).
 pub fn decode(
     raw: &MonitorEvent,
-    frontends: &HashMap<(SocketAddrV4, u8), String>,
+    frontends: &Frontends,
     ifnames: &mut HashMap<u32, String>,
 ) -> Option<Event> {
     let hook = *Hook::ALL.get(raw.hook as usize)?;
@@ -93,6 +108,10 @@ pub fn decode(
     let before = (raw.flags & EV_F_BEFORE != 0).then(|| t(&raw.before));
     let after = t(&raw.after);
     let dst = before.map_or(after.1, |b| b.1);
+    // A request is addressed to the frontend; a reply leaves the hook from it (un-DNAT).
+    let frontend = frontends
+        .get(&(dst, raw.proto))
+        .or_else(|| frontends.get(&(after.0, raw.proto)));
     Some(Event {
         ktime_ns: raw.ktime_ns,
         hook: hook.name(),
@@ -103,7 +122,8 @@ pub fn decode(
         len: raw.len,
         before,
         after,
-        frontend: frontends.get(&(dst, raw.proto)).cloned(),
+        frontend: frontend.map(|f| f.shown.clone()),
+        service: frontend.and_then(|f| f.service.clone()),
     })
 }
 
@@ -121,7 +141,15 @@ impl Options {
         let fe_ok = self
             .frontend
             .is_none_or(|f| e.before.map_or(e.after.1, |b| b.1) == f);
-        ip_ok && fe_ok
+        let service_ok = self.service.as_deref().is_none_or(|want| {
+            e.service.as_deref().is_some_and(|have| {
+                have == want
+                    || have
+                        .strip_prefix(want)
+                        .is_some_and(|port| port.starts_with(':'))
+            })
+        });
+        ip_ok && fe_ok && service_ok
     }
 }
 
@@ -139,6 +167,7 @@ pub fn render_json(e: &Event) -> String {
         "before": e.before.map(tuple),
         "after": tuple(e.after),
         "frontend": e.frontend,
+        "service": e.service,
     })
     .to_string()
 }
@@ -161,23 +190,32 @@ pub fn render_text(e: &Event) -> String {
     if let Some(f) = &e.frontend {
         line += &format!(" frontend {f}");
     }
+    if let Some(s) = &e.service {
+        line += &format!(" service {s}");
+    }
     line + &format!(" len {}", e.len)
 }
 
-fn frontends(pin_dir: &Path) -> HashMap<(SocketAddrV4, u8), String> {
+/// The frontends in the maps, with their names. Read again every [`REFRESH`] while the monitor
+/// runs, so services created meanwhile are named too.
+fn frontends(pin_dir: &Path) -> Frontends {
     services::list_services(pin_dir)
         .map(|rows| {
             rows.into_iter()
                 .map(|r| {
-                    (
-                        (r.frontend, r.proto),
-                        format!("{}/{}", r.frontend, proto_name(r.proto)),
-                    )
+                    let shown = format!("{}/{}", r.frontend, proto_name(r.proto));
+                    let info = FrontendInfo {
+                        shown,
+                        service: r.name,
+                    };
+                    ((r.frontend, r.proto), info)
                 })
                 .collect()
         })
         .unwrap_or_default()
 }
+
+const REFRESH: Duration = Duration::from_secs(2);
 
 fn open(pin_dir: &Path, name: &str) -> Result<MapData> {
     let path = pin_dir.join(name);
@@ -235,18 +273,23 @@ pub fn run(
         0,
     )?;
     let _enabled = Enabled(flags);
-    let frontends = frontends(pin_dir);
+    let mut known = frontends(pin_dir);
+    let mut read_at = Instant::now();
     let mut ifnames = HashMap::new();
     let started = Instant::now();
     let mut summary = Summary::default();
     loop {
+        if read_at.elapsed() >= REFRESH {
+            known = frontends(pin_dir);
+            read_at = Instant::now();
+        }
         while let Some(item) = ring.next() {
             if item.len() < size_of::<MonitorEvent>() {
                 continue;
             }
             // SAFETY: the record is at least one MonitorEvent long; read_unaligned needs no alignment.
             let raw: MonitorEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            let Some(e) = decode(&raw, &frontends, &mut ifnames) else {
+            let Some(e) = decode(&raw, &known, &mut ifnames) else {
                 continue;
             };
             if !opts.wants(&e) {
@@ -304,7 +347,11 @@ mod tests {
     #[test]
     fn events_decode_with_their_frontend_and_filter() {
         let fe = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
-        let frontends = HashMap::from([((fe, 6), "10.96.0.10:80/tcp".to_string())]);
+        let info = FrontendInfo {
+            shown: "10.96.0.10:80/tcp".into(),
+            service: Some("default/web:http".into()),
+        };
+        let frontends = HashMap::from([((fe, 6), info)]);
         let e = decode(
             &raw(Hook::TcPodIngress, Reason::LbNewConnection),
             &frontends,
@@ -316,6 +363,29 @@ mod tests {
             ("tc-pod-ingress", "lb-new-connection", "PASS")
         );
         assert_eq!(e.frontend.as_deref(), Some("10.96.0.10:80/tcp"));
+        assert_eq!(e.service.as_deref(), Some("default/web:http"));
+        assert!(render_text(&e).ends_with("service default/web:http len 60"));
+        assert!(render_json(&e).contains(r#""service":"default/web:http""#));
+        let named = |name: &str| Options {
+            service: Some(name.into()),
+            ..Default::default()
+        };
+        assert!(named("default/web").wants(&e));
+        assert!(named("default/web:http").wants(&e));
+        assert!(!named("default/we").wants(&e));
+        assert!(!named("default/web:https").wants(&e));
+        assert!(!named("other/web").wants(&e));
+        // The reply, un-DNATed on its way back: named after the frontend it now comes from.
+        let mut reply = raw(Hook::TcPodEgress, Reason::NatReply);
+        (reply.before, reply.after) = (reply.after, reply.before);
+        std::mem::swap(&mut reply.before.saddr, &mut reply.before.daddr);
+        std::mem::swap(&mut reply.before.sport, &mut reply.before.dport);
+        std::mem::swap(&mut reply.after.saddr, &mut reply.after.daddr);
+        std::mem::swap(&mut reply.after.sport, &mut reply.after.dport);
+        let r = decode(&reply, &frontends, &mut HashMap::new()).unwrap();
+        assert_eq!(r.after.0, fe, "{r:?}");
+        assert_eq!(r.service.as_deref(), Some("default/web:http"));
+        assert!(named("default/web").wants(&r));
         assert_eq!(e.after.1, "10.244.2.5:8080".parse().unwrap());
         let text = render_text(&e);
         assert!(

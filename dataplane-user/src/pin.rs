@@ -15,7 +15,7 @@ use dataplane_common::{
     ct::{Config, CtKey, CtValue, FragKey, FragValue, CT_MAX_ENTRIES, MAX_FRAG_DATAGRAMS},
     lb::{
         AffinityKey, AffinityValue, BackendKey, BackendValue, RejectBucket, ServiceKey,
-        ServiceValue, SockAffinityKey, SockRevNatKey, SockRevNatValue, SourceRangeKey,
+        ServiceName, ServiceValue, SockAffinityKey, SockRevNatKey, SockRevNatValue, SourceRangeKey,
         MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES,
         MAX_SOURCE_RANGES,
     },
@@ -118,6 +118,23 @@ pub fn expected_layouts() -> Vec<MapLayout> {
     ]
 }
 
+/// Maps the agent creates from user space, not declared in the object because no program
+/// uses them (`services::ServiceNames`); pinned, checked and cleaned like the others.
+pub fn agent_created_layouts() -> Vec<MapLayout> {
+    vec![layout::<ServiceKey, ServiceName>(
+        map_names::SERVICE_NAMES,
+        BPF_MAP_TYPE_HASH,
+        MAX_FRONTENDS,
+    )]
+}
+
+/// Every map a pin dir holds: the object's and the agent's own.
+pub fn all_layouts() -> Vec<MapLayout> {
+    let mut all = expected_layouts();
+    all.extend(agent_created_layouts());
+    all
+}
+
 /// The conventional bpffs mount point.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 
@@ -159,7 +176,7 @@ fn ensure_bpffs_mounted(dir: &Path) -> Result<()> {
 /// Refuses to start over pinned maps whose layout differs from what this build expects, and
 /// names maps of other layout versions (e.g. `STATS_V0`) that this build will not touch.
 pub fn check_pinned_layouts(dir: &Path) -> Result<()> {
-    for want in expected_layouts() {
+    for want in all_layouts() {
         let path = dir.join(want.name);
         if !path.exists() {
             continue;
@@ -200,7 +217,7 @@ pub fn check_pinned_layouts(dir: &Path) -> Result<()> {
 
 /// Pinned files that look like our maps but carry another version suffix.
 fn foreign_versions(dir: &Path) -> Result<Vec<PathBuf>> {
-    let known: Vec<&str> = expected_layouts().iter().map(|l| l.name).collect();
+    let known: Vec<&str> = all_layouts().iter().map(|l| l.name).collect();
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
@@ -255,7 +272,7 @@ pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
         }
         fs::remove_dir(&links).with_context(|| format!("removing {}", links.display()))?;
     }
-    for layout in expected_layouts() {
+    for layout in all_layouts() {
         let path = dir.join(layout.name);
         if path.exists() {
             fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
@@ -307,7 +324,7 @@ mod object_tests {
     #[test]
     fn every_map_has_a_section_in_bpf_maps_md() {
         let doc = include_str!("../../bpf-maps.md");
-        for l in expected_layouts() {
+        for l in super::all_layouts() {
             let heading = |level: &str| format!("\n{level} {}\n", l.name);
             assert!(
                 doc.contains(&heading("##")) || doc.contains(&heading("###")),

@@ -1,10 +1,10 @@
-//! (Included with `#[path]` by the tests that need it, so other test binaries do not depend
-//! on the services API.)
-//!
 //! A lab with `dataplane run` on every node and the service maps filled through the typed
 //! `ServiceTable` API, the way the control plane fills them.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    io::ErrorKind,
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
 use anyhow::Result;
 use dataplane::{
@@ -14,7 +14,10 @@ use dataplane::{
     services::{LocalContext, ServiceTable},
     stats::Stats,
 };
-use dataplane_lab::lab::{LabSpec, Pod};
+use dataplane_lab::{
+    lab::{Cni, LabSpec, Pod},
+    traffic::Server,
+};
 
 use crate::support::node::{CheckedLab, DataplaneNode};
 
@@ -68,6 +71,20 @@ impl Cluster {
         Ok(())
     }
 
+    /// A UDP echo server on `pod`:5353 behind the ClusterIP service "dns" at `vip`; the
+    /// server stops when the returned handle is dropped.
+    pub fn serve_dns(&self, pod: &Pod, vip: SocketAddrV4) -> Server {
+        let server = pod.host().udp_echo_server(5353).unwrap();
+        self.sync(&[cluster_ip(
+            "dns",
+            vip,
+            Protocol::Udp,
+            vec![backend(pod, 5353)],
+        )])
+        .unwrap();
+        server
+    }
+
     pub fn stats(&self, node: usize) -> Stats {
         self.nodes[node].stats().expect("reading stats")
     }
@@ -81,17 +98,46 @@ pub fn port_name(name: &str) -> ServicePortName {
     }
 }
 
-/// A ready backend on `pod` at `port`.
+/// `pod` as a ready backend on `port`.
 pub fn backend(pod: &Pod, port: u16) -> Backend {
+    backend_at(pod.ip, port, &format!("node{}", pod.node_index))
+}
+
+/// A ready, serving backend at `ip:port` on node `node`.
+pub fn backend_at(ip: Ipv4Addr, port: u16, node: &str) -> Backend {
     Backend {
-        ip: pod.ip,
+        ip,
         port,
-        node_name: Some(format!("node{}", pod.node_index)),
+        node_name: Some(node.into()),
         ready: true,
         serving: true,
         terminating: false,
         hints: Default::default(),
     }
+}
+
+/// `pods` as backends on `port`.
+pub fn backends(pods: &[&Pod], port: u16) -> Vec<Backend> {
+    pods.iter().map(|p| backend(p, port)).collect()
+}
+
+/// Echo servers on `port` in every pod of `pods`, one per protocol of `protos`; they stop when
+/// dropped (keep them declared after the cluster, so they stop before it).
+pub fn echo_servers(pods: &[&Pod], protos: &[Protocol], port: u16) -> Vec<Server> {
+    let mut servers = Vec::new();
+    for pod in pods {
+        for proto in protos {
+            let host = pod.host();
+            servers.push(
+                match proto {
+                    Protocol::Tcp => host.tcp_echo_server(port),
+                    Protocol::Udp => host.udp_echo_server(port),
+                }
+                .unwrap(),
+            );
+        }
+    }
+    servers
 }
 
 /// A ClusterIP service port `vip:port/proto` -> `backends`.
@@ -130,4 +176,53 @@ pub fn with_node_port(mut svc: ServicePort, node_ips: &[Ipv4Addr], node_port: u1
         });
     }
     svc
+}
+
+/// Two nodes with two pods each.
+pub fn two_nodes(cni: Cni) -> LabSpec {
+    LabSpec {
+        nodes: 2,
+        pods_per_node: 2,
+        cni,
+        ..Default::default()
+    }
+}
+
+/// node1-pod0 is the client; the other three pods serve.
+pub fn servers(c: &Cluster) -> Vec<&Pod> {
+    vec![c.lab.pod(0, 1), c.lab.pod(1, 0), c.lab.pod(1, 1)]
+}
+
+/// The scenario most tests here start from: a two-node cluster whose three server pods echo
+/// `protos` on `port`. Derefs to the cluster; the servers stop before it is torn down.
+pub struct Echo {
+    _servers: Vec<Server>,
+    pub cluster: Cluster,
+    /// The server pods as backends on `port`.
+    pub backends: Vec<Backend>,
+}
+
+impl std::ops::Deref for Echo {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+pub fn echo(cni: Cni, protos: &[Protocol], port: u16) -> Echo {
+    let cluster = Cluster::start(&two_nodes(cni)).unwrap();
+    let pods = servers(&cluster);
+    let (_servers, backends) = (echo_servers(&pods, protos, port), backends(&pods, port));
+    Echo {
+        _servers,
+        cluster,
+        backends,
+    }
+}
+
+/// The I/O error kind behind `err`, if any.
+pub fn io_kind(err: &anyhow::Error) -> Option<ErrorKind> {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .map(|e| e.kind())
 }

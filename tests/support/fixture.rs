@@ -6,6 +6,9 @@
 //! fixtures run one at a time). Its maps are unpinned right after loading: they live as long as
 //! the process and nothing is left on bpffs, even if the test is killed.
 
+pub mod overlay;
+pub mod services;
+
 use std::{
     fs,
     sync::{LazyLock, Mutex, MutexGuard},
@@ -227,7 +230,7 @@ fn delta(before: &Stats, after: &Stats) -> Vec<(Hook, Reason, u64, u64)> {
     out
 }
 
-fn assert_frames_eq(name: &str, got: &[u8], want: &[u8]) {
+pub fn assert_frames_eq(name: &str, got: &[u8], want: &[u8]) {
     if got != want {
         let parsed_got = dataplane_lab::packet::parse(got);
         let parsed_want = dataplane_lab::packet::parse(want);

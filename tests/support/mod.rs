@@ -1,9 +1,15 @@
-//! Shared by the integration tests: the BPF_PROG_TEST_RUN fixture harness and helpers to run the
-//! `dataplane` binary on lab nodes.
+//! Shared by the integration tests (every test target has `mod support;`): the BPF_PROG_TEST_RUN
+//! fixture harness (`fixture`), the `dataplane` binary on lab nodes (`node`), a lab with services
+//! written through `ServiceTable` (`cluster`) and the k8s source helpers (`k8s`).
 #![allow(dead_code)]
 
+pub mod agent;
+pub mod cluster;
+pub mod datapath;
 pub mod fixture;
+pub mod k8s;
 pub mod node;
+pub mod overlay;
 
 /// Fails (never skips) when the tests cannot do what they must: they need root for BPF and
 /// network namespaces.

@@ -2,7 +2,9 @@
 
 mod ebpf;
 mod lab;
+mod oci;
 mod prereq;
+mod release;
 mod srchash;
 
 use anyhow::Result;
@@ -24,7 +26,11 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
-    /// Build everything and run every test (needs root: tests load programs into the kernel).
+    /// Build the release artifacts in target/release-artifacts: the static (musl) `dataplane`
+    /// binary and an OCI image layout of it, without a container engine.
+    Release,
+    /// Build everything (the release artifacts too, which tests/release.rs checks) and run
+    /// every test (needs root: tests load programs into the kernel).
     Test {
         /// Extra arguments passed to `cargo test` (after `--` for the test binaries, as usual).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -53,12 +59,15 @@ fn main() -> Result<()> {
         Command::Test { args } => {
             ebpf::require_root("the tests load eBPF programs and create network namespaces")?;
             prereq::ensure(true)?;
-            ebpf::build_ebpf()?;
-            ebpf::cargo(
-                &["test", "--workspace", "--exclude", "dataplane-ebpf"],
-                &args,
-            )
+            let artifacts = release::release()?;
+            let mut cmd = std::process::Command::new("cargo");
+            cmd.current_dir(ebpf::workspace_root())
+                .args(["test", "--workspace", "--exclude", "dataplane-ebpf"])
+                .args(&args)
+                .env("DATAPLANE_RELEASE_DIR", artifacts);
+            ebpf::run(&mut cmd)
         }
+        Command::Release => release::release().map(drop),
         Command::Lab(args) => {
             ebpf::require_root("the lab creates network namespaces and loads eBPF programs")?;
             prereq::ensure(true)?;

@@ -30,6 +30,7 @@
 
 mod apply;
 mod mirror;
+mod names;
 mod plan;
 pub mod show;
 mod source_ranges;
@@ -61,6 +62,7 @@ use crate::model::{ServicePort, ServicePortName};
 
 pub use self::{
     apply::{CapacityProblem, RemovedBackend, ServiceFailure, SyncOutcome},
+    names::{read_names, ServiceNames},
     show::{
         list_conntrack, list_services, render_conntrack, render_services, BackendRow, CtDirection,
         CtRow, ServiceRow,

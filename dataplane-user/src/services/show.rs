@@ -16,6 +16,7 @@ use dataplane_common::{
 
 use super::{
     mirror::slots,
+    names,
     spec::{key_order, proto_name, sock},
     store::{dump, open_hash, read_config, MapSource},
 };
@@ -34,6 +35,8 @@ pub struct ServiceRow {
     pub affinity_timeout_secs: u32,
     /// The set's backends in slot order; empty: the frontend rejects.
     pub backends: Vec<BackendRow>,
+    /// The Service port (`namespace/name:port`) from `SERVICE_NAMES_V1`, if the agent named it.
+    pub name: Option<String>,
     /// Slots of the set that could not be read (0 unless an update raced the listing).
     pub missing_slots: u32,
 }
@@ -90,13 +93,22 @@ pub struct CtRow {
 pub fn list_services(source: &(impl MapSource + ?Sized)) -> Result<Vec<ServiceRow>> {
     let services = open_hash::<ServiceKey, ServiceValue>(source, map_names::SERVICES)?;
     let backends = open_hash::<BackendKey, BackendValue>(source, map_names::BACKENDS)?;
+    let names = source
+        .open_map(map_names::SERVICE_NAMES)
+        .ok()
+        .and_then(|data| names::read(data).ok())
+        .unwrap_or_default();
     let mut entries = dump(&services, map_names::SERVICES)?;
     entries.sort_by_key(|(k, _)| key_order(k));
     // Slots are read right after their service value: a set lives at least as long as the
     // values naming it, so only an update racing this listing can make one disappear.
     Ok(entries
         .iter()
-        .map(|(k, v)| service_row(k, v, |slot| backends.get(slot, 0).ok()))
+        .map(|(k, v)| {
+            let mut row = service_row(k, v, |slot| backends.get(slot, 0).ok());
+            row.name = names.get(&key_order(k)).cloned();
+            row
+        })
         .collect())
 }
 
@@ -115,6 +127,7 @@ fn service_row(
         flags: value.flags,
         affinity_timeout_secs: value.affinity_timeout_secs,
         missing_slots: value.count - found.len() as u32,
+        name: None,
         backends: found
             .iter()
             .map(|b| BackendRow {
@@ -198,9 +211,10 @@ pub fn render_services(rows: &[ServiceRow]) -> String {
     let mut out = format!("# {} service frontends\n", rows.len());
     for r in rows {
         out += &format!(
-            "{}/{}  frontend {}  set {}  {}\n",
+            "{}/{}  {}frontend {}  set {}  {}\n",
             r.frontend,
             proto_name(r.proto),
+            r.name.as_ref().map_or(String::new(), |n| format!("{n}  ")),
             r.frontend_id,
             r.set_id,
             flag_names(r.flags, r.affinity_timeout_secs)

@@ -1,6 +1,6 @@
 //! Helpers shared by the k8s_* integration tests.
 
-#![allow(dead_code)] // each test binary uses a different subset
+pub mod api;
 
 use std::{
     future::Future,

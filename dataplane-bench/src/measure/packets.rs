@@ -1,0 +1,450 @@
+//! (a)/(b): packets through a mode's node (live frames from the injector) and the dataplane's
+//! XDP program alone (classic test run), with the checks that make a sample valid.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use dataplane_common::{Hook, Reason};
+use dataplane_lab::netns::in_netns;
+use dataplane_lab::packet::{self, Network, L4};
+use serde::Serialize;
+
+use crate::injector::{Ctl, Ingress, Injector, Templates};
+use crate::modes::{Mode, ModeLab};
+use crate::netutil::{self, UdpStats};
+use crate::scenario::{self, Traffic, EST_FLOWS};
+
+/// Which implementation a sample measured: a mode, or the dataplane's XDP program alone.
+pub fn row_key(mode: Mode, program_only: bool) -> String {
+    if program_only {
+        "ebpf-xdp-prog".to_string()
+    } else {
+        mode.key().to_string()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct PacketSample {
+    pub row: String,
+    pub services: usize,
+    pub traffic: Traffic,
+    pub rep: usize,
+    /// Frames in the timed run.
+    pub frames: u32,
+    /// Kernel-measured cost per frame (BPF_PROG_TEST_RUN duration), ns.
+    pub ns_per_packet: f64,
+    /// Wall time of the test-run syscall per frame, ns (includes syscall and setup).
+    pub wall_ns_per_packet: f64,
+    /// Frames sent in this sample including the priming of established flows.
+    pub sent: u64,
+    /// Translated packets that arrived at the backends (Udp NoPorts, checksum verified).
+    pub delivered: u64,
+    pub per_backend: Vec<u64>,
+    /// Packets that reached a backend still addressed to the service port.
+    pub untranslated: u64,
+    pub csum_errors: u64,
+    /// New connections the dataplane refused because no masquerade port was free.
+    pub snat_exhausted: u64,
+    /// Problems found by the checks (empty = the sample is valid).
+    pub problems: Vec<String>,
+}
+
+impl PacketSample {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+fn sum(v: &[UdpStats]) -> UdpStats {
+    v.iter().fold(UdpStats::default(), |a, b| UdpStats {
+        no_ports: a.no_ports + b.no_ports,
+        csum_errors: a.csum_errors + b.csum_errors,
+        in_datagrams: a.in_datagrams + b.in_datagrams,
+        rcvbuf_errors: a.rcvbuf_errors + b.rcvbuf_errors,
+    })
+}
+
+/// Runs the injector in the node's namespace, pinned to `cpu`.
+fn live(
+    ml: &ModeLab,
+    inj: &Arc<Injector>,
+    ifindex: u32,
+    first: Vec<u8>,
+    repeat: u32,
+    cpu: usize,
+) -> Result<crate::injector::RunResult> {
+    let inj = inj.clone();
+    in_netns(&ml.node1.ns, move || -> Result<_> {
+        netutil::pin_to_cpu(cpu)?;
+        inj.run_live(Ingress { ifindex }, &first, repeat, 64)
+    })?
+}
+
+fn hook_of(ml: &ModeLab) -> Option<Hook> {
+    match ml.mode {
+        Mode::EbpfTc => Some(Hook::TcPodIngress),
+        Mode::EbpfXdp => Some(Hook::XdpUplink),
+        _ => None,
+    }
+}
+
+/// New NodePort flows are sent in chunks of this many, with connection tracking emptied in
+/// between: the dataplane's masquerade port range is finite (its first default, 61000-65535,
+/// held 4,536 flows per backend address:port and refused some well before that), and the
+/// per-packet cost is measured on a table of a realistic size, not on one filling up.
+pub const NODEPORT_CHUNK: u32 = 10_000;
+
+/// Splits `repeat` new-flow frames into runs that each start from empty connection tracking.
+fn chunks(traffic: Traffic, repeat: u32) -> Vec<(u32, u32)> {
+    let size = if traffic == Traffic::NodePortNew {
+        NODEPORT_CHUNK
+    } else {
+        repeat.max(1)
+    };
+    let mut v = Vec::new();
+    let mut done = 0;
+    while done < repeat {
+        let n = size.min(repeat - done);
+        v.push((done, n));
+        done += n;
+    }
+    v
+}
+
+/// Kernel time and wall time of a sample's timed runs, summed.
+#[derive(Default)]
+struct Timing {
+    kernel_ns: f64,
+    wall_ns: f64,
+}
+
+/// `repeat` frames of `traffic` through `ml`'s node1 (live frames), with delivery checks.
+#[allow(clippy::too_many_arguments)]
+pub fn live_run(
+    ml: &ModeLab,
+    pass: &Arc<Injector>,
+    templates: &Templates,
+    n: usize,
+    traffic: Traffic,
+    repeat: u32,
+    rep: usize,
+    cpu: usize,
+) -> Result<PacketSample> {
+    let floor = ml.mode == Mode::NoNat;
+    let inj = match ml.mode {
+        Mode::EbpfXdp => ml.tail.clone().expect("xdp injector"),
+        _ => pass.clone(),
+    };
+    let off = scenario::set_offset(traffic, floor);
+    let first = templates.get(off);
+    let ifindex = if traffic.is_nodeport() {
+        ml.ifindex_uplink
+    } else {
+        ml.ifindex_pod
+    };
+    let mut problems = Vec::new();
+    ml.flush_conntrack()?;
+    let stats0 = ml.stats()?;
+    let c0 = ml.backend_counts()?;
+    let mut sent = 0u64;
+    let mut timing = Timing::default();
+    if traffic.is_new() {
+        // No flush between chunks: the table fills up as on a busy node (LRU eviction,
+        // masquerade ports taken) and new flows are measured at that steady state.
+        for (start, count) in chunks(traffic, repeat) {
+            templates.set_ctl(Ctl {
+                counter: 0,
+                modulus: count as u64,
+                offset: (off + start) as u64,
+            })?;
+            let res = live(ml, &inj, ifindex, first.clone(), count, cpu)?;
+            timing.kernel_ns += res.ns_per_frame * count as f64;
+            timing.wall_ns += res.wall_ns as f64;
+            let injected = templates.counter()?;
+            if injected != count as u64 {
+                problems.push(format!("injector ran {injected} times for {count} frames"));
+            }
+            sent += count as u64;
+        }
+    } else {
+        templates.set_ctl(Ctl {
+            counter: 0,
+            modulus: EST_FLOWS as u64,
+            offset: off as u64,
+        })?;
+        live(ml, &inj, ifindex, first.clone(), EST_FLOWS, cpu)?;
+        templates.set_ctl(Ctl {
+            counter: 0,
+            modulus: EST_FLOWS as u64,
+            offset: off as u64,
+        })?;
+        let res = live(ml, &inj, ifindex, first, repeat, cpu)?;
+        timing.kernel_ns += res.ns_per_frame * repeat as f64;
+        timing.wall_ns += res.wall_ns as f64;
+        let injected = templates.counter()?;
+        if injected != repeat as u64 {
+            problems.push(format!("injector ran {injected} times for {repeat} frames"));
+        }
+        sent = EST_FLOWS as u64 + repeat as u64;
+    }
+    // Backends may still be processing the last batch (ksoftirqd).
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let deltas: Vec<UdpStats> = loop {
+        let c1 = ml.backend_counts()?;
+        let d: Vec<UdpStats> = c1.iter().zip(&c0).map(|(a, b)| *a - *b).collect();
+        if sum(&d).no_ports >= sent || Instant::now() > deadline {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let total = sum(&deltas);
+    let mut snat_exhausted = 0;
+    if let (Some(s0), Some(hook)) = (stats0, hook_of(ml)) {
+        let s1 = ml.stats()?.expect("stats");
+        let d = |r: Reason| s1.packets(hook, r) - s0.packets(hook, r);
+        snat_exhausted = d(Reason::DropSnatPortsExhausted);
+        let (want_new, want_fwd) = if traffic.is_new() {
+            (repeat as u64, 0)
+        } else {
+            (EST_FLOWS as u64, repeat as u64)
+        };
+        let (got_new, got_fwd) = (d(Reason::LbNewConnection), d(Reason::NatForward));
+        if got_new + snat_exhausted != want_new || got_fwd != want_fwd {
+            problems.push(format!(
+                "{} counted {got_new} new connections ({snat_exhausted} refused: masquerade ports exhausted) and {got_fwd} translated packets, expected {want_new} and {want_fwd}",
+                hook.name()
+            ));
+        }
+    }
+    check_delivery(&mut problems, sent, &deltas, &total);
+    Ok(PacketSample {
+        row: row_key(ml.mode, false),
+        services: n,
+        traffic,
+        rep,
+        frames: repeat,
+        ns_per_packet: timing.kernel_ns / repeat as f64,
+        wall_ns_per_packet: timing.wall_ns / repeat as f64,
+        sent,
+        delivered: total.no_ports,
+        per_backend: deltas.iter().map(|d| d.no_ports).collect(),
+        untranslated: total.untranslated(),
+        csum_errors: total.csum_errors,
+        snat_exhausted,
+        problems,
+    })
+}
+
+/// A sample is valid when at least 99.5% of what was sent arrived translated (the rest may be
+/// the dataplane's masquerade-port refusals, counted separately), nothing arrived
+/// untranslated or corrupted, and every backend got a fair share.
+pub(crate) fn check_delivery(
+    problems: &mut Vec<String>,
+    sent: u64,
+    deltas: &[UdpStats],
+    total: &UdpStats,
+) {
+    if total.no_ports * 1000 < sent * 995 {
+        problems.push(format!(
+            "only {} of {sent} packets reached a backend translated",
+            total.no_ports
+        ));
+    }
+    if total.untranslated() > 0 {
+        problems.push(format!(
+            "{} packets reached a backend on the untranslated service port",
+            total.untranslated()
+        ));
+    }
+    if total.csum_errors > 0 {
+        problems.push(format!(
+            "{} packets arrived with bad checksums",
+            total.csum_errors
+        ));
+    }
+    if sent >= 2000 {
+        let fair = sent / deltas.len() as u64;
+        if let Some((i, d)) = deltas
+            .iter()
+            .enumerate()
+            .find(|(_, d)| d.no_ports * 3 < fair)
+        {
+            problems.push(format!(
+                "backend {i} got {} of {sent} packets (uneven spread)",
+                d.no_ports
+            ));
+        }
+    }
+}
+
+/// The dataplane's xdp_uplink alone (classic BPF_PROG_TEST_RUN, `repeat` runs on one buffer
+/// restored by the injector): the program's own cost. Checks verdict, counters and the last
+/// output frame (DNAT only: masquerading is the egress hook's job).
+pub fn direct_run(
+    ml: &ModeLab,
+    templates: &Templates,
+    n: usize,
+    traffic: Traffic,
+    repeat: u32,
+    rep: usize,
+    cpu: usize,
+) -> Result<PacketSample> {
+    let inj = ml.tail.clone().expect("xdp injector");
+    let off = scenario::set_offset(traffic, false);
+    let first = templates.get(off);
+    let mut problems = Vec::new();
+    ml.flush_conntrack()?;
+    let s0 = ml.stats()?.expect("stats");
+    let run = |first: Vec<u8>, repeat: u32| {
+        let inj = inj.clone();
+        in_netns(&ml.node1.ns, move || -> Result<_> {
+            netutil::pin_to_cpu(cpu)?;
+            inj.run_direct(&first, repeat)
+        })
+    };
+    let mut timing = Timing::default();
+    let mut last = (Vec::new(), Vec::new());
+    let mut check_out = |res: &crate::injector::RunResult,
+                         out: Vec<u8>,
+                         last_in: Vec<u8>,
+                         problems: &mut Vec<String>| {
+        if res.retval != 2 {
+            problems.push(format!(
+                "xdp_uplink returned {} (expected XDP_PASS)",
+                res.retval
+            ));
+        }
+        last = (last_in, out);
+    };
+    let sent;
+    if traffic.is_new() {
+        // No flush between chunks: the table fills up as on a busy node (LRU eviction,
+        // masquerade ports taken) and new flows are measured at that steady state.
+        for (start, count) in chunks(traffic, repeat) {
+            templates.set_ctl(Ctl {
+                counter: 0,
+                modulus: count as u64,
+                offset: (off + start) as u64,
+            })?;
+            let (res, out) = run(first.clone(), count)??;
+            timing.kernel_ns += res.ns_per_frame * count as f64;
+            timing.wall_ns += res.wall_ns as f64;
+            check_out(
+                &res,
+                out,
+                templates.get(off + start + count - 1),
+                &mut problems,
+            );
+        }
+        sent = repeat as u64;
+    } else {
+        templates.set_ctl(Ctl {
+            counter: 0,
+            modulus: EST_FLOWS as u64,
+            offset: off as u64,
+        })?;
+        run(first.clone(), EST_FLOWS)??;
+        templates.set_ctl(Ctl {
+            counter: 0,
+            modulus: EST_FLOWS as u64,
+            offset: off as u64,
+        })?;
+        let (res, out) = run(first, repeat)??;
+        timing.kernel_ns += res.ns_per_frame * repeat as f64;
+        timing.wall_ns += res.wall_ns as f64;
+        check_out(
+            &res,
+            out,
+            templates.get(off + (repeat - 1) % EST_FLOWS),
+            &mut problems,
+        );
+        sent = EST_FLOWS as u64 + repeat as u64;
+    }
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        eprintln!(
+            "direct {traffic:?}: in {:?}\n out {:?}",
+            packet::parse(&last.0),
+            packet::parse(&last.1)
+        );
+    }
+    if let Err(e) = check_translated(&last.0, &last.1) {
+        problems.push(format!("output frame: {e:#}"));
+    }
+    let s1 = ml.stats()?.expect("stats");
+    let d = |r: Reason| s1.packets(Hook::XdpUplink, r) - s0.packets(Hook::XdpUplink, r);
+    let snat_exhausted = d(Reason::DropSnatPortsExhausted);
+    let (want_new, want_fwd) = if traffic.is_new() {
+        (repeat as u64, 0)
+    } else {
+        (EST_FLOWS as u64, repeat as u64)
+    };
+    if d(Reason::LbNewConnection) + snat_exhausted != want_new || d(Reason::NatForward) != want_fwd
+    {
+        problems.push(format!(
+            "xdp_uplink counted {} new connections ({snat_exhausted} refused: masquerade ports exhausted) and {} translated packets, expected {want_new} and {want_fwd}",
+            d(Reason::LbNewConnection),
+            d(Reason::NatForward)
+        ));
+    }
+    if snat_exhausted * 200 > sent {
+        problems.push(format!(
+            "{snat_exhausted} new connections refused: masquerade ports exhausted"
+        ));
+    }
+    Ok(PacketSample {
+        row: row_key(Mode::EbpfXdp, true),
+        services: n,
+        traffic,
+        rep,
+        frames: repeat,
+        ns_per_packet: timing.kernel_ns / repeat as f64,
+        wall_ns_per_packet: timing.wall_ns / repeat as f64,
+        sent,
+        delivered: sent - snat_exhausted,
+        per_backend: Vec::new(),
+        untranslated: 0,
+        csum_errors: 0,
+        snat_exhausted,
+        problems,
+    })
+}
+
+/// The output frame of a translated `input`: addressed to a real backend's target port,
+/// valid checksums, client address kept (ClusterIP from a pod) or masqueraded (NodePort).
+fn check_translated(input: &[u8], output: &[u8]) -> Result<()> {
+    let pin = packet::parse(input).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let pout = packet::parse(output).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let (Network::Ipv4(i), Network::Ipv4(o)) = (&pin.network, &pout.network) else {
+        bail!("not IPv4")
+    };
+    let (L4::Udp(iu), L4::Udp(ou)) = (&i.l4, &o.l4) else {
+        bail!("not UDP")
+    };
+    if !o.checksum_ok || !ou.checksum_ok {
+        bail!(
+            "bad checksum (ip ok {}, udp ok {})",
+            o.checksum_ok,
+            ou.checksum_ok
+        );
+    }
+    if !scenario::backends().contains(&o.dst) || ou.dport != scenario::TARGET_PORT {
+        bail!(
+            "sent to {}:{}, not to a backend:{}",
+            o.dst,
+            ou.dport,
+            scenario::TARGET_PORT
+        );
+    }
+    // Ingress only translates the destination; masquerading (NodePort) happens at egress.
+    if o.src != i.src || ou.sport != iu.sport {
+        bail!(
+            "client address changed: {}:{} -> {}:{}",
+            i.src,
+            iu.sport,
+            o.src,
+            ou.sport
+        );
+    }
+    Ok(())
+}
