@@ -106,7 +106,15 @@ pub fn load_with(pin_dir: &Path, uplink_xdp: bool) -> Result<Datapath> {
     pin::remove_retired_maps(pin_dir)?;
     pin::check_pinned_layouts(pin_dir)?;
     let flag: u32 = uplink_xdp.into();
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    // BTF-defined maps carry no pinning attribute (aya-ebpf 0.2 emits none): each map is
+    // pinned by name here, and a pin an earlier run left is adopted (aya opens it instead of
+    // creating the map). The legacy ring buffer is pinned by its definition, under the default
+    // directory.
+    for map in pin::expected_layouts() {
+        loader.map_pin_path(map.name, pin_dir.join(map.name));
+    }
+    let mut ebpf = loader
         .default_map_pin_directory(pin_dir)
         .override_global("UPLINK_XDP", &flag, true)
         .load(EBPF_OBJECT)
