@@ -111,7 +111,7 @@ pub fn load_with(pin_dir: &Path, uplink_xdp: bool) -> Result<Datapath> {
     // pinned by name here, and a pin an earlier run left is adopted (aya opens it instead of
     // creating the map). The legacy ring buffer is pinned by its definition, under the default
     // directory.
-    for map in pin::expected_layouts() {
+    for map in dataplane_common::maps::ALL {
         loader.map_pin_path(map.name, pin_dir.join(map.name));
     }
     let mut ebpf = loader
