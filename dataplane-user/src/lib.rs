@@ -8,6 +8,7 @@ pub mod conntrack_gc;
 pub mod health;
 pub mod k8s;
 pub mod loader;
+pub mod maps;
 pub mod metrics;
 pub mod model;
 pub mod monitor;

@@ -21,7 +21,7 @@ use dataplane_common::{
     Hook,
 };
 
-use crate::{bpf_link, pin, EBPF_OBJECT};
+use crate::{bpf_link, maps::MapSource, pin, EBPF_OBJECT};
 
 /// Which XDP attach mode to ask the kernel for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -91,6 +91,12 @@ impl AttachConfig {
 pub struct Datapath {
     pub ebpf: Ebpf,
     pub pin_dir: PathBuf,
+}
+
+impl MapSource for Datapath {
+    fn open_map(&self, name: &str) -> Result<aya::maps::MapData> {
+        self.ebpf.open_map(name)
+    }
 }
 
 /// Loads the embedded object with its maps pinned (or adopted) under `pin_dir`, and loads every
@@ -467,38 +473,6 @@ fn adopt_cgroup_link(
         );
     }
     bpf_link::link_update(link.as_fd(), prog).context("BPF_LINK_UPDATE")
-}
-
-/// Writes `CONFIG_V2` (node-wide settings) through an open datapath.
-pub fn write_config(ebpf: &mut Ebpf, cfg: &dataplane_common::ct::Config) -> Result<()> {
-    let map = ebpf
-        .map_mut(dataplane_common::map_names::CONFIG)
-        .ok_or_else(|| anyhow!("CONFIG_V2 missing from object"))?;
-    let mut array: aya::maps::Array<_, dataplane_common::ct::Config> =
-        aya::maps::Array::try_from(map)?;
-    array.set(0, *cfg, 0).context("writing CONFIG_V2")?;
-    Ok(())
-}
-
-/// Writes `CONFIG_V2` through its pin (for tools and tests running beside `dataplane run`).
-pub fn write_pinned_config(pin_dir: &Path, cfg: &dataplane_common::ct::Config) -> Result<()> {
-    let path = pin_dir.join(dataplane_common::map_names::CONFIG);
-    let data = aya::maps::MapData::from_pin(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let mut array: aya::maps::Array<_, dataplane_common::ct::Config> =
-        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data)?)?;
-    array.set(0, *cfg, 0).context("writing CONFIG_V2")?;
-    Ok(())
-}
-
-/// Reads `CONFIG_V2` through its pin.
-pub fn read_pinned_config(pin_dir: &Path) -> Result<dataplane_common::ct::Config> {
-    let path = pin_dir.join(dataplane_common::map_names::CONFIG);
-    let data = aya::maps::MapData::from_pin(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let array: aya::maps::Array<_, dataplane_common::ct::Config> =
-        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data)?)?;
-    Ok(array.get(&0, 0)?)
 }
 
 /// The first IPv4 address of `iface` in this network namespace: the node address masqueraded
