@@ -29,6 +29,8 @@
 //! Readers ([`list_services`], [`list_conntrack`], the datapath) may run at any time.
 
 mod apply;
+#[cfg(test)]
+mod batch_tests;
 mod mirror;
 mod plan;
 pub mod show;

@@ -15,7 +15,10 @@ use dataplane_common::{
     maps::{AFFINITY, BACKENDS, CT, LB_ADDRS, SERVICES},
 };
 
-use crate::maps::{open_hash, Hash, KvMap as _};
+use crate::maps::{
+    batch::{BatchError, BatchMap},
+    open_hash, Hash, KvMap as _,
+};
 pub use crate::maps::{read_config, write_config, MapSource};
 
 /// Backends that left a frontend: `(frontend_id, address, port)`, network order. Flows the
@@ -96,6 +99,46 @@ pub trait MapStore {
     fn put_addr(&mut self, addr: u32, flags: u32) -> Result<()>;
     /// Deletes an `LB_ADDRS_V1` entry.
     fn delete_addr(&mut self, addr: u32) -> Result<()>;
+
+    // Many writes at once (BPF_MAP_*_BATCH in the kernel), applied in order; an error says how
+    // many from the start were applied. By default one write each.
+
+    /// Whether a sync should write all service ports' steps in batches (the kernel maps) or
+    /// one service port after the other (the in-memory model, unless told otherwise).
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Creates or replaces `BACKENDS_V1` slots.
+    fn put_backends(&mut self, entries: &[(BackendKey, BackendValue)]) -> Result<(), Partial> {
+        each(entries, |(k, v)| self.put_backend(k, v))
+    }
+    /// Creates or replaces `SERVICES_V1` entries.
+    fn put_services(&mut self, entries: &[(ServiceKey, ServiceValue)]) -> Result<(), Partial> {
+        each(entries, |(k, v)| self.put_service(k, v))
+    }
+    /// Deletes `BACKENDS_V1` slots (absent ones are not an error).
+    fn delete_backends(&mut self, keys: &[BackendKey]) -> Result<(), Partial> {
+        each(keys, |k| self.delete_backend(k))
+    }
+    /// Creates or replaces `LB_ADDRS_V1` entries.
+    fn put_addrs(&mut self, entries: &[(u32, u32)]) -> Result<(), Partial> {
+        each(entries, |(a, f)| self.put_addr(*a, *f))
+    }
+}
+
+/// A batch that stopped: the first `done` elements were applied, then `error`.
+#[derive(Debug)]
+pub struct Partial {
+    pub done: usize,
+    pub error: anyhow::Error,
+}
+
+fn each<T>(items: &[T], mut f: impl FnMut(&T) -> Result<()>) -> Result<(), Partial> {
+    for (done, item) in items.iter().enumerate() {
+        f(item).map_err(|error| Partial { done, error })?;
+    }
+    Ok(())
 }
 
 /// The datapath's maps in the kernel.
@@ -105,6 +148,66 @@ pub struct KernelMaps {
     backends: Hash<BackendKey, BackendValue>,
     affinity: Hash<AffinityKey, AffinityValue>,
     ct: Hash<CtKey, CtValue>,
+    /// The same three maps for batch calls; `None` once the kernel refused them (one write
+    /// each from then on).
+    batch: Option<[BatchMap; 3]>,
+}
+
+/// Errors of a kernel without BPF_MAP_*_BATCH (before 5.6) or a map kind without them.
+fn batch_unsupported(e: &std::io::Error) -> bool {
+    const ENOTSUPP: i32 = 524;
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+    )
+}
+
+impl KernelMaps {
+    /// Runs one batch call on map `which` (0 addrs, 1 services, 2 backends), falling back to
+    /// `single` (one write each, from where the batch stopped) if the kernel refuses batches
+    /// or a delete meets an absent key.
+    fn batched<T>(
+        &mut self,
+        which: usize,
+        items: &[T],
+        call: impl Fn(&BatchMap, &[T]) -> Result<(), BatchError>,
+        single: impl Fn(&mut Self, &T) -> Result<()>,
+        deleting: bool,
+    ) -> Result<(), Partial> {
+        let mut from = 0;
+        if let Some(maps) = &self.batch {
+            let map = &maps[which];
+            match call(map, items) {
+                Ok(()) => return Ok(()),
+                Err(BatchError { done, error }) if done == 0 && batch_unsupported(&error) => {
+                    log::warn!(
+                        "{}: the kernel refuses batch map operations ({error}): one syscall \
+                         per entry from now on",
+                        map.spec.name
+                    );
+                    self.batch = None;
+                }
+                Err(BatchError { done, error })
+                    if deleting && error.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    from = done;
+                }
+                Err(BatchError { done, error }) => {
+                    let name = map.spec.name;
+                    let error = if error.raw_os_error() == Some(libc::E2BIG) {
+                        anyhow!("{name} is full ({} entries)", map.spec.max_entries)
+                    } else {
+                        anyhow::Error::from(error).context(format!("batch update of {name}"))
+                    };
+                    return Err(Partial { done, error });
+                }
+            }
+        }
+        for (i, item) in items.iter().enumerate().skip(from) {
+            single(self, item).map_err(|error| Partial { done: i, error })?;
+        }
+        Ok(())
+    }
 }
 
 impl KernelMaps {
@@ -116,6 +219,11 @@ impl KernelMaps {
             backends: open_hash(source, &BACKENDS)?,
             affinity: open_hash(source, &AFFINITY)?,
             ct: open_hash(source, &CT)?,
+            batch: Some([
+                BatchMap::open(source, &LB_ADDRS)?,
+                BatchMap::open(source, &SERVICES)?,
+                BatchMap::open(source, &BACKENDS)?,
+            ]),
         })
     }
 }
@@ -172,6 +280,59 @@ impl MapStore for KernelMaps {
             .delete(key)
             .map(drop)
             .context("deleting from BACKENDS_V1")
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    fn put_addrs(&mut self, entries: &[(u32, u32)]) -> Result<(), Partial> {
+        self.batched(
+            0,
+            entries,
+            |m, e| {
+                let (k, v): (Vec<u32>, Vec<u32>) = e.iter().copied().unzip();
+                m.update(&k, &v)
+            },
+            |s, (a, f)| s.put_addr(*a, *f),
+            false,
+        )
+    }
+
+    fn put_services(&mut self, entries: &[(ServiceKey, ServiceValue)]) -> Result<(), Partial> {
+        self.batched(
+            1,
+            entries,
+            |m, e| {
+                let (k, v): (Vec<_>, Vec<_>) = e.iter().copied().unzip();
+                m.update(&k, &v)
+            },
+            |s, (k, v)| s.put_service(k, v),
+            false,
+        )
+    }
+
+    fn put_backends(&mut self, entries: &[(BackendKey, BackendValue)]) -> Result<(), Partial> {
+        self.batched(
+            2,
+            entries,
+            |m, e| {
+                let (k, v): (Vec<_>, Vec<_>) = e.iter().copied().unzip();
+                m.update(&k, &v)
+            },
+            |s, (k, v)| s.put_backend(k, v),
+            false,
+        )
+    }
+
+    fn delete_backends(&mut self, keys: &[BackendKey]) -> Result<(), Partial> {
+        self.batched(
+            2,
+            keys,
+            |m, k| m.delete(k),
+            |s, k| s.delete_backend(k),
+            true,
+        )
     }
 
     fn purge_flows(&mut self, stale: &StaleBackends) -> Result<(usize, usize)> {
@@ -248,6 +409,9 @@ pub struct MemMaps {
     /// `(SERVICES_V1, BACKENDS_V1)` sizes: new keys beyond them fail as the kernel's E2BIG
     /// does, and [`MapStore::capacity`] reports them. `None`: the real maps' sizes, unenforced.
     pub capacity: Option<(usize, usize)>,
+    /// Syncs take the batched path as with the kernel maps ([`MapStore::batches`]); each
+    /// element of a batch still goes through the single writes above (and their failures).
+    pub batch: bool,
 }
 
 impl MemMaps {
@@ -338,6 +502,10 @@ impl MapStore for MemMaps {
     fn capacity(&self) -> (usize, usize) {
         self.capacity
             .unwrap_or((MAX_FRONTENDS as usize, MAX_BACKEND_SLOTS as usize))
+    }
+
+    fn batches(&self) -> bool {
+        self.batch
     }
 }
 
