@@ -19,7 +19,7 @@
 //! then new ones are admitted in name order while they fit; the rest are reported with the
 //! count needed and the limit, and left as they are.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt as _};
 
 use anyhow::Result;
 use dataplane_common::lb::{
@@ -154,7 +154,7 @@ impl<S: MapStore> ServiceTable<S> {
         let mut owners: HashMap<ServiceKey, ServicePortName> = HashMap::new();
         let mut units: Vec<(&ServicePort, Desired)> = Vec::new();
         for svc in sorted {
-            let mut unit = Desired::new();
+            let mut unit = Desired::default();
             let mut specs: Vec<_> = frontend_specs(svc, &self.local).into_iter().collect();
             specs.sort_by_key(|(k, _)| super::spec::key_order(k));
             for (key, spec) in specs {
@@ -200,7 +200,7 @@ impl<S: MapStore> ServiceTable<S> {
                 None => format!("removing frontend {}", show_key(&key)),
             };
             let still = owner.and_then(|n| by_name.get(n).copied());
-            let ops = plan(&self.mirror, &Desired::from([(key, None)]));
+            let ops = plan(&self.mirror, &[(key, None)].into_iter().collect());
             let fids = self.frontend_keys(&[key]);
             match self.apply_unit(ops) {
                 Ok(done) => self.finish_unit(done, &fids, still, &mut stale, &mut out),

@@ -13,7 +13,7 @@
 //! value always finds the complete set that value names (until the set is deleted, which
 //! happens only after no value names it).
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 
 use dataplane_common::lb::{BackendKey, BackendValue, ServiceKey, ServiceValue};
 
@@ -343,7 +343,7 @@ mod tests {
         let start = populated();
         let d = desired(&[(1, Some(&[1, 2, 3])), (2, Some(&[4])), (3, Some(&[]))]);
         assert!(plan(&start, &d).is_empty());
-        assert!(plan(&start, &Desired::new()).is_empty());
+        assert!(plan(&start, &Desired::default()).is_empty());
         assert!(collect_garbage(&start).is_empty());
     }
 
