@@ -246,6 +246,7 @@ fn manifests_drive_the_services_and_metrics_report_them() {
         "dataplane_map_fill_ratio{map=\"CT_V2\"}",
         // kube-proxy's names.
         "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.001\"}",
+        "kubeproxy_network_programming_duration_seconds_bucket{le=\"0.0001\"}",
         "kubeproxy_sync_proxy_rules_last_timestamp_seconds ",
         "kubeproxy_sync_proxy_rules_service_changes_total ",
         "kubeproxy_sync_proxy_rules_endpoint_changes_total ",

@@ -196,9 +196,12 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
                     states = None;
                     continue;
                 }
+                // The source's watch channel holds the newest state only: it reached us now.
+                let received = Instant::now();
                 let state = states.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
                 health.queued(std::time::Instant::now());
                 let complete = apply(&mut table, &mut ranges, last_state.as_deref(), &state, &status, destroyer.as_ref());
+                status.programming_durations.0.observe(received.elapsed().as_secs_f64());
                 report_health(&health, &mut service_health, &state, complete, &cfg.node_name);
                 schedule_retry(complete, &mut retry_at, &mut backoff);
                 last_state = Some(state.clone());
