@@ -5,6 +5,7 @@
 //! Nothing is created in the root network namespace: every address and route lives inside
 //! namespaces the lab creates and removes.
 
+pub mod flannel;
 pub mod lab;
 pub mod manifests;
 pub mod netns;
