@@ -164,3 +164,106 @@ impl std::fmt::Display for BatchError {
 }
 
 impl std::error::Error for BatchError {}
+
+/// In the kernel (root, no namespace needed): a standalone hash map of `SERVICES_V1`'s layout,
+/// filled, read back and emptied through the batch calls, and a missing key's ENOENT position.
+#[cfg(test)]
+mod kernel_tests {
+    use std::os::fd::FromRawFd as _;
+
+    use aya::maps::{HashMap, Map, MapData};
+    use dataplane_common::{
+        lb::{ServiceKey, ServiceValue},
+        maps::SERVICES,
+    };
+
+    use super::*;
+
+    /// BPF_MAP_CREATE of a plain hash map (`union bpf_attr`'s first members).
+    fn create_hash(key_size: u32, value_size: u32, max_entries: u32) -> OwnedFd {
+        #[repr(C)]
+        #[derive(Default)]
+        struct CreateAttr {
+            map_type: u32,
+            key_size: u32,
+            value_size: u32,
+            max_entries: u32,
+            map_flags: u32,
+        }
+        let mut attr = CreateAttr {
+            map_type: 1,
+            key_size,
+            value_size,
+            max_entries,
+            ..Default::default()
+        };
+        // SAFETY: a valid attr prefix of its own size; the kernel zero-fills the rest.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                0,
+                &mut attr as *mut CreateAttr,
+                size_of::<CreateAttr>(),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "BPF_MAP_CREATE: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a new descriptor the kernel just returned, owned by nobody else.
+        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    }
+
+    fn key(i: u32) -> ServiceKey {
+        ServiceKey {
+            addr: i,
+            port: 80u16.to_be(),
+            proto: 6,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn batch_update_and_delete_in_a_kernel_hash_map() {
+        let n = 10_000u32;
+        let fd = create_hash(SERVICES.key_size, SERVICES.value_size, n);
+        let reader = fd.try_clone().unwrap();
+        let map = BatchMap {
+            fd,
+            spec: &SERVICES,
+        };
+        let keys: Vec<ServiceKey> = (0..n).map(key).collect();
+        let values: Vec<ServiceValue> = (0..n)
+            .map(|i| ServiceValue {
+                frontend_id: i,
+                set_id: i + 1,
+                count: 3,
+                ..Default::default()
+            })
+            .collect();
+        map.update(&keys, &values).expect("BPF_MAP_UPDATE_BATCH");
+        let data = MapData::from_fd(reader).unwrap();
+        let read: HashMap<MapData, ServiceKey, ServiceValue> =
+            HashMap::try_from(Map::HashMap(data)).unwrap();
+        let all: Vec<(ServiceKey, ServiceValue)> = read.iter().map(Result::unwrap).collect();
+        assert_eq!(all.len(), n as usize);
+        for (k, v) in &all {
+            assert_eq!(v.frontend_id, k.addr);
+            assert_eq!(v.set_id, k.addr + 1);
+        }
+        // A full map refuses the next new key: E2BIG, after the elements that fit.
+        let more = [key(n), key(n + 1)];
+        let err = map.update(&more, &values[..2]).unwrap_err();
+        assert_eq!(err.error.raw_os_error(), Some(libc::E2BIG), "{err}");
+        assert_eq!(err.done, 0, "{err}");
+        // A missing key stops a delete batch where it stands.
+        let mut doomed: Vec<ServiceKey> = keys[..100].to_vec();
+        doomed.insert(50, key(n + 7));
+        let err = map.delete(&doomed).unwrap_err();
+        assert_eq!(err.error.raw_os_error(), Some(libc::ENOENT), "{err}");
+        assert_eq!(err.done, 50, "{err}");
+        map.delete(&keys[50..]).expect("BPF_MAP_DELETE_BATCH");
+        assert_eq!(read.iter().count(), 0);
+    }
+}
