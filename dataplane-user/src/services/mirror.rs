@@ -98,9 +98,13 @@ impl Mirror {
             .collect()
     }
 
-    /// Whether every slot `(set_id, 0..count)` of `value` is present.
-    pub fn set_is_complete(&self, value: &ServiceValue) -> bool {
-        slots(value).all(|k| self.backends.contains_key(&k))
+    /// Whether `value`'s set is complete and holds exactly `backends`, in slot order (without
+    /// collecting it: the planner asks this of every unchanged frontend at every sync).
+    pub fn set_matches(&self, value: &ServiceValue, backends: &[BackendValue]) -> bool {
+        value.count as usize == backends.len()
+            && slots(value)
+                .zip(backends)
+                .all(|(k, b)| self.backends.get(&k) == Some(b))
     }
 
     /// A set id is in use while a service references it or any of its slots exists.

@@ -106,8 +106,7 @@ fn upsert_frontend(
         ops.push(MapOp::PutService(*key, value));
         return;
     };
-    let old_backends = current.set_backends(old);
-    if old_backends == spec.backends && current.set_is_complete(old) {
+    if current.set_matches(old, &spec.backends) {
         // Same backends: a flags or timeout change is one value update on the same set.
         let value = spec.value(old.frontend_id, old.set_id);
         if value != *old {
@@ -116,6 +115,7 @@ fn upsert_frontend(
         return;
     }
     // The frontend id stays (affinity and conntrack refer to it); the set is new.
+    let old_backends = current.set_backends(old);
     let value = spec.value(old.frontend_id, ids.set_id());
     write_set(value.set_id, &spec.backends, ops);
     ops.push(MapOp::PutService(*key, value));

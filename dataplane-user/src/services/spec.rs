@@ -1,10 +1,9 @@
 //! kube-proxy's per-frontend semantics, evaluated once per update so the datapath does no
 //! per-packet policy work: which endpoints are eligible, and the flags a frontend carries.
 
-use std::{
-    collections::HashMap,
-    net::{Ipv4Addr, SocketAddrV4},
-};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use dataplane_common::lb::{
     BackendValue, ServiceKey, ServiceValue, BE_F_LOCAL, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY,
