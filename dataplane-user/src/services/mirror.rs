@@ -107,6 +107,12 @@ impl Mirror {
                 .all(|(k, b)| self.backends.get(&k) == Some(b))
     }
 
+    /// Whether every slot `(set_id, 0..count)` of `value` is present (the tests' invariant).
+    #[cfg(test)]
+    pub fn set_is_complete(&self, value: &ServiceValue) -> bool {
+        slots(value).all(|k| self.backends.contains_key(&k))
+    }
+
     /// A set id is in use while a service references it or any of its slots exists.
     pub fn set_id_in_use(&self, id: u32) -> bool {
         self.set_refs.contains_key(&id) || self.set_slots.contains_key(&id)
