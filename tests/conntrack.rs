@@ -16,7 +16,7 @@ use std::{
 };
 
 use cluster::{backend, cluster_ip, with_node_port, Cluster};
-use dataplane::{loader, model::Protocol, services};
+use dataplane::{model::Protocol, services};
 use dataplane_common::{ct::CT_MAX_ENTRIES, Hook, Reason};
 use dataplane_lab::{
     lab::{Child, Cni, Host, LabSpec, Pod},
@@ -298,9 +298,9 @@ fn a_nodeport_and_its_own_clusterip_from_one_client_port() {
 fn a_half_closed_connection_keeps_working() {
     let c = Cluster::start(&spec()).unwrap();
     let pin = c.nodes[0].pin_dir().to_path_buf();
-    let mut cfg = loader::read_pinned_config(&pin).unwrap();
+    let mut cfg = dataplane::maps::read_config(&pin).unwrap();
     cfg.timeout_tcp_closed = 1;
-    loader::write_pinned_config(&pin, &cfg).unwrap();
+    dataplane::maps::write_config(&pin, &cfg).unwrap();
     let b = c.lab.pod(1, 0);
     let listener = netns::in_netns(&b.ns, || TcpListener::bind("0.0.0.0:8080"))
         .unwrap()
@@ -342,9 +342,9 @@ fn a_half_closed_connection_keeps_working() {
 fn gc_removes_timed_out_connections_whole() {
     let c = Cluster::start_with(&spec(), &["--conntrack-gc-interval", "1"]).unwrap();
     let pin = c.nodes[0].pin_dir().to_path_buf();
-    let mut cfg = loader::read_pinned_config(&pin).unwrap();
+    let mut cfg = dataplane::maps::read_config(&pin).unwrap();
     cfg.timeout_udp = 2;
-    loader::write_pinned_config(&pin, &cfg).unwrap();
+    dataplane::maps::write_config(&pin, &cfg).unwrap();
     let b = c.lab.pod(1, 0);
     let _u = b.host().udp_echo_server(5353).unwrap();
     let vip = SocketAddrV4::new(VIP, 53);

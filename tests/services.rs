@@ -298,7 +298,7 @@ fn nodeport_with_external_traffic_policy_local_keeps_the_client_ip() {
 
 use std::net::UdpSocket;
 
-use dataplane::{loader, services};
+use dataplane::services;
 use dataplane_lab::{netns, traffic::Reply};
 
 #[test]
@@ -573,9 +573,9 @@ fn conntrack_lists_entries_and_expires_idle_ones() {
     )])
     .unwrap();
     let pin = c.nodes[0].pin_dir().to_path_buf();
-    let mut cfg = loader::read_pinned_config(&pin).unwrap();
+    let mut cfg = dataplane::maps::read_config(&pin).unwrap();
     cfg.timeout_udp = 1;
-    loader::write_pinned_config(&pin, &cfg).unwrap();
+    dataplane::maps::write_config(&pin, &cfg).unwrap();
     let client = c.lab.pod(0, 0);
     udp_from_port(&client.host(), 40777, vip, "first").unwrap();
     let rows = services::list_conntrack(&pin).unwrap();

@@ -62,7 +62,7 @@ const IPPROTO_ICMP: u8 = 1;
 /// The route of a destination address, if a pod CIDR holds it.
 #[inline(always)]
 fn route_of(addr: u32) -> Option<OverlayRoute> {
-    OVERLAY_ROUTES_V1.get(Key::new(32, addr)).copied()
+    OVERLAY_ROUTES_V1.get(&Key::new(32, addr)).copied()
 }
 
 #[inline(always)]
