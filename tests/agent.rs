@@ -353,7 +353,7 @@ fn socket_lb_survives_sigkill_and_cleanup_detaches_it() {
         support::node::dataplane_cli(&["cleanup", "--pin-dir", pin.to_str().unwrap()]).unwrap();
     assert!(out.status.success(), "{}", out.stderr);
     let links = netns::run(&[support::node::bpftool(), "link", "show"]).unwrap();
-    let cgroup = dataplane::loader::cgroup2_root().unwrap();
+    let cgroup = dataplane::host::cgroup::root().unwrap();
     let attached = netns::run(&[
         support::node::bpftool(),
         "cgroup",

@@ -20,6 +20,7 @@ use crate::{
     model::{ClusterState, ServicePort},
     services::{LocalContext, ServiceNames, ServiceTable, SourceRanges},
     sockdiag::SockDestroyer,
+    tasks::AbortOnDrop,
 };
 
 /// First and longest wait before re-applying a state some service ports of which failed
@@ -231,7 +232,7 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
         loader::load_with(&cfg.pin_dir, attach.xdp_mode != loader::XdpAttachMode::Off)?;
     let masq = match cfg.masquerade_ip {
         Some(ip) => ip,
-        None => loader::interface_ipv4(&cfg.attach.uplink)?,
+        None => crate::host::netdev::first_ipv4(&cfg.attach.uplink)?,
     };
     let mut config = dataplane_common::ct::Config::with_masq_addr(u32::from(masq).to_be());
     // Keep timeouts an operator (or a test) set on the pinned config across restarts.
@@ -246,14 +247,14 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
     }
     cfg.timeouts.apply(&mut config);
     if cfg.attach.cgroup.is_some() {
-        config.netns_cookie = loader::netns_cookie()?;
+        config.netns_cookie = crate::host::netns::cookie()?;
     }
     loader::write_config(&mut datapath.ebpf, &config)?;
     let overlay = cfg
         .overlay
         .to_config()
         .context("reading the uplink's settings for the overlay")?;
-    crate::overlay::write_config(&crate::overlay::Maps::Object(&datapath.ebpf), &overlay)?;
+    crate::overlay::write_config(&datapath.ebpf, &overlay)?;
     if cfg.overlay.mode != crate::overlay::OverlayMode::None {
         log::info!(
             "overlay {:?} from {} (VTEP MAC = {}'s)",
@@ -273,7 +274,7 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
 /// way only if they are also a service's): a restart picks them up.
 fn enable_pod_filter(table: &mut ServiceTable, ebpf: &aya::Ebpf) -> Result<()> {
     let mut config = crate::services::read_config(ebpf)?;
-    let mut addrs: Vec<u32> = loader::local_ipv4s()?
+    let mut addrs: Vec<u32> = crate::host::netdev::local_ipv4s()?
         .into_iter()
         .map(|a| u32::from(a).to_be())
         .collect();
@@ -443,12 +444,4 @@ fn changes(before: Option<&ClusterState>, after: &[ServicePort]) -> (u64, u64) {
         }
     }
     (services, endpoints)
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

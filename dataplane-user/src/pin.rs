@@ -9,6 +9,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::maps::{lpm_trie, MapData};
 use dataplane_common::monitor::{MonitorTokens, EVENTS_RING_BYTES};
+
+use crate::host::mounts::{is_bpffs, mount};
 use dataplane_common::{
     ct::{Config, CtKey, CtValue, FragKey, FragValue, CT_MAX_ENTRIES, MAX_FRAG_DATAGRAMS},
     lb::{
@@ -168,30 +170,7 @@ fn ensure_bpffs_mounted(dir: &Path) -> Result<()> {
         );
     }
     log::info!("mounting bpffs at {BPFFS_ROOT}");
-    let (src, fstype, target) = (c"bpf", c"bpf", c"/sys/fs/bpf");
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            core::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("mounting bpffs at /sys/fs/bpf");
-    }
-    Ok(())
-}
-
-fn is_bpffs(dir: &Path) -> Result<bool> {
-    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
-    let mut st: libc::statfs = unsafe { core::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error()).context(format!("statfs {}", dir.display()));
-    }
-    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+    mount("bpf", root, "bpf")
 }
 
 /// Refuses to start over pinned maps whose layout differs from what this build expects, and

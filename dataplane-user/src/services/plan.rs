@@ -15,30 +15,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use dataplane_common::lb::{BackendKey, BackendValue, ServiceKey, ServiceValue};
+use dataplane_common::lb::{BackendKey, BackendValue, ServiceKey};
 
+pub(crate) use super::mirror::MapOp;
 use super::{
     mirror::{next_id, slots, Mirror},
     spec::{key_order, FrontendSpec},
 };
-
-/// One map update. Addresses and ports in network order, as in the maps.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum MapOp {
-    /// Writes one slot of a backend set that no service references yet.
-    PutBackend(BackendKey, BackendValue),
-    DeleteBackend(BackendKey),
-    /// Creates a frontend or switches it (atomically for readers) to another set or flags.
-    PutService(ServiceKey, ServiceValue),
-    DeleteService(ServiceKey),
-    /// Forget the UDP conntrack entries and the affinity entries of `frontend_id` that lead to
-    /// `backends` (address, port), which no longer serve it. Planned right after the switch
-    /// that removed them; the executor defers and batches these (one table scan per update).
-    PurgeFlows {
-        frontend_id: u32,
-        backends: Vec<(u32, u16)>,
-    },
-}
 
 /// What a plan must achieve: frontends mapped to `Some` end up with that spec, frontends mapped
 /// to `None` are removed, frontends not listed are left alone.
@@ -175,6 +158,8 @@ impl<'a> Allocator<'a> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+
+    use dataplane_common::lb::ServiceValue;
 
     use super::*;
 

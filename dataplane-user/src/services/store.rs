@@ -22,8 +22,6 @@ use dataplane_common::{
     map_names,
 };
 
-use crate::loader::Datapath;
-
 /// Something the datapath's maps can be opened from: a pin dir (`Path`, `PathBuf`), or a loaded
 /// object (`aya::Ebpf`, `loader::Datapath`), which keeps its own handles.
 pub trait MapSource {
@@ -66,12 +64,6 @@ impl MapSource for Ebpf {
             .try_clone_to_owned()
             .with_context(|| format!("dup of {name}"))?;
         MapData::from_fd(fd).with_context(|| format!("reopening {name}"))
-    }
-}
-
-impl MapSource for Datapath {
-    fn open_map(&self, name: &str) -> Result<MapData> {
-        self.ebpf.open_map(name)
     }
 }
 
