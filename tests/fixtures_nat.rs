@@ -193,7 +193,7 @@ fn set_prefilter(h: &mut support::fixture::Harness, on: bool, addr: Ipv4Addr, fl
     if on {
         cfg.flags |= CFG_F_POD_FILTER;
     }
-    dataplane::loader::write_config(&mut h.datapath.ebpf, &cfg).unwrap();
+    dataplane::maps::write_config(&h.datapath.ebpf, &cfg).unwrap();
     let map = h.datapath.ebpf.map_mut(map_names::LB_ADDRS).unwrap();
     let mut addrs: aya::maps::HashMap<_, u32, u32> = aya::maps::HashMap::try_from(map).unwrap();
     let key = u32::from(addr).to_be();

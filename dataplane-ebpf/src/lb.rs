@@ -42,7 +42,7 @@ pub fn source_allowed(svc: &ServiceValue, saddr: u32) -> bool {
             addr: saddr,
         },
     );
-    SOURCE_RANGES_V1.get(key).is_some()
+    SOURCE_RANGES_V1.get(&key).is_some()
 }
 
 /// Picks a backend uniformly at random (kube-proxy's `statistic --mode random` chain, as one

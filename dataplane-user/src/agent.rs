@@ -198,9 +198,12 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
                     states = None;
                     continue;
                 }
+                // The source's watch channel holds the newest state only: it reached us now.
+                let received = Instant::now();
                 let state = states.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
                 health.queued(std::time::Instant::now());
                 let complete = apply(&mut table, &mut ranges, &mut names, last_state.as_deref(), &state, &status, destroyer.as_ref());
+                status.programming_durations.0.observe(received.elapsed().as_secs_f64());
                 report_health(&health, &mut service_health, &state, complete, &cfg.node_name);
                 schedule_retry(complete, &mut retry_at, &mut backoff);
                 last_state = Some(state.clone());
@@ -236,7 +239,7 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
     };
     let mut config = dataplane_common::ct::Config::with_masq_addr(u32::from(masq).to_be());
     // Keep timeouts an operator (or a test) set on the pinned config across restarts.
-    if let Ok(old) = loader::read_pinned_config(&cfg.pin_dir) {
+    if let Ok(old) = crate::maps::read_config(&cfg.pin_dir) {
         if old.timeout_tcp_established != 0 {
             config = dataplane_common::ct::Config {
                 masq_addr: config.masq_addr,
@@ -249,12 +252,12 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
     if cfg.attach.cgroup.is_some() {
         config.netns_cookie = crate::host::netns::cookie()?;
     }
-    loader::write_config(&mut datapath.ebpf, &config)?;
+    crate::maps::write_config(&datapath.ebpf, &config)?;
     let overlay = cfg
         .overlay
         .to_config()
         .context("reading the uplink's settings for the overlay")?;
-    crate::overlay::write_config(&datapath.ebpf, &overlay)?;
+    crate::maps::write_overlay_config(&datapath.ebpf, &overlay)?;
     if cfg.overlay.mode != crate::overlay::OverlayMode::None {
         log::info!(
             "overlay {:?} from {} (VTEP MAC = {}'s)",
@@ -273,7 +276,7 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
 /// Addresses the node gains later are not added (the filter then sends their replies the full
 /// way only if they are also a service's): a restart picks them up.
 fn enable_pod_filter(table: &mut ServiceTable, ebpf: &aya::Ebpf) -> Result<()> {
-    let mut config = crate::services::read_config(ebpf)?;
+    let mut config = crate::maps::read_config(ebpf)?;
     let mut addrs: Vec<u32> = crate::host::netdev::local_ipv4s()?
         .into_iter()
         .map(|a| u32::from(a).to_be())
@@ -283,7 +286,7 @@ fn enable_pod_filter(table: &mut ServiceTable, ebpf: &aya::Ebpf) -> Result<()> {
         .set_node_addrs(&addrs)
         .context("listing the node's addresses in LB_ADDRS_V1")?;
     config.flags |= dataplane_common::ct::CFG_F_POD_FILTER;
-    crate::services::write_config(ebpf, &config)
+    crate::maps::write_config(ebpf, &config)
 }
 
 /// After an apply: the health servers answer from the state (a complete apply also clears the

@@ -9,6 +9,7 @@ pub mod health;
 pub mod host;
 pub mod k8s;
 pub mod loader;
+pub mod maps;
 pub mod metrics;
 pub mod model;
 pub mod monitor;

@@ -21,7 +21,7 @@ use dataplane_common::{
     Hook,
 };
 
-use crate::{bpf_link, host, pin, services::MapSource, EBPF_OBJECT};
+use crate::{bpf_link, host, maps::MapSource, pin, EBPF_OBJECT};
 
 /// Which XDP attach mode to ask the kernel for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -107,7 +107,15 @@ pub fn load_with(pin_dir: &Path, uplink_xdp: bool) -> Result<Datapath> {
     pin::remove_retired_maps(pin_dir)?;
     pin::check_pinned_layouts(pin_dir)?;
     let flag: u32 = uplink_xdp.into();
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    // BTF-defined maps carry no pinning attribute (aya-ebpf 0.2 emits none): each map is
+    // pinned by name here, and a pin an earlier run left is adopted (aya opens it instead of
+    // creating the map). The legacy ring buffer is pinned by its definition, under the default
+    // directory.
+    for map in dataplane_common::maps::ALL {
+        loader.map_pin_path(map.name, pin_dir.join(map.name));
+    }
+    let mut ebpf = loader
         .default_map_pin_directory(pin_dir)
         .override_global("UPLINK_XDP", &flag, true)
         .load(EBPF_OBJECT)
@@ -455,36 +463,4 @@ fn adopt_cgroup_link(
         );
     }
     bpf_link::link_update(link.as_fd(), prog).context("BPF_LINK_UPDATE")
-}
-
-/// Writes `CONFIG_V2` (node-wide settings) through an open datapath.
-pub fn write_config(ebpf: &mut Ebpf, cfg: &dataplane_common::ct::Config) -> Result<()> {
-    let map = ebpf
-        .map_mut(dataplane_common::map_names::CONFIG)
-        .ok_or_else(|| anyhow!("CONFIG_V2 missing from object"))?;
-    let mut array: aya::maps::Array<_, dataplane_common::ct::Config> =
-        aya::maps::Array::try_from(map)?;
-    array.set(0, *cfg, 0).context("writing CONFIG_V2")?;
-    Ok(())
-}
-
-/// Writes `CONFIG_V2` through its pin (for tools and tests running beside `dataplane run`).
-pub fn write_pinned_config(pin_dir: &Path, cfg: &dataplane_common::ct::Config) -> Result<()> {
-    let path = pin_dir.join(dataplane_common::map_names::CONFIG);
-    let data = aya::maps::MapData::from_pin(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let mut array: aya::maps::Array<_, dataplane_common::ct::Config> =
-        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data)?)?;
-    array.set(0, *cfg, 0).context("writing CONFIG_V2")?;
-    Ok(())
-}
-
-/// Reads `CONFIG_V2` through its pin.
-pub fn read_pinned_config(pin_dir: &Path) -> Result<dataplane_common::ct::Config> {
-    let path = pin_dir.join(dataplane_common::map_names::CONFIG);
-    let data = aya::maps::MapData::from_pin(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let array: aya::maps::Array<_, dataplane_common::ct::Config> =
-        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data)?)?;
-    Ok(array.get(&0, 0)?)
 }

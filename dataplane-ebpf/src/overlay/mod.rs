@@ -51,7 +51,7 @@ use crate::{
 /// The route of a destination address, if a pod CIDR holds it.
 #[inline(always)]
 fn route_of(addr: Addr) -> Option<OverlayRoute> {
-    OVERLAY_ROUTES_V1.get(Key::new(32, addr)).copied()
+    OVERLAY_ROUTES_V1.get(&Key::new(32, addr)).copied()
 }
 
 /// This node's overlay settings, if an overlay is configured.

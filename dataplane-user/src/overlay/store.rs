@@ -5,13 +5,16 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{Context, Result};
-use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData};
+use aya::maps::{lpm_trie::Key, LpmTrie, MapData};
 use dataplane_common::{
-    map_names,
+    maps::{OVERLAY_PEERS, OVERLAY_ROUTES},
     overlay::{OverlayConfig, OverlayPeer, OverlayRoute},
 };
 
-use crate::{model::Cidr, services::MapSource};
+use crate::{
+    maps::{self, MapSource},
+    model::Cidr,
+};
 
 /// The overlay maps, as the table uses them.
 pub trait OverlayStore {
@@ -27,26 +30,14 @@ pub trait OverlayStore {
     fn remove_peer(&mut self, addr: Ipv4Addr) -> Result<()>;
 }
 
-fn open(source: &(impl MapSource + ?Sized), name: &str) -> Result<Map> {
-    Ok(Map::from_map_data(source.open_map(name)?)?)
-}
-
-fn config_array(source: &(impl MapSource + ?Sized)) -> Result<Array<MapData, OverlayConfig>> {
-    Array::try_from(open(source, map_names::OVERLAY_CONFIG)?).context("OVERLAY_CONFIG_V1 layout")
-}
-
 /// Writes `OVERLAY_CONFIG_V1`.
 pub fn write_config(source: &(impl MapSource + ?Sized), cfg: &OverlayConfig) -> Result<()> {
-    config_array(source)?
-        .set(0, cfg, 0)
-        .context("writing OVERLAY_CONFIG_V1")
+    maps::write_overlay_config(source, cfg)
 }
 
 /// Reads `OVERLAY_CONFIG_V1`.
 pub fn read_config(source: &(impl MapSource + ?Sized)) -> Result<OverlayConfig> {
-    config_array(source)?
-        .get(&0, 0)
-        .context("reading OVERLAY_CONFIG_V1")
+    maps::read_overlay_config(source)
 }
 
 fn key(cidr: Cidr) -> Key<u32> {
@@ -57,17 +48,16 @@ fn key(cidr: Cidr) -> Key<u32> {
 pub struct OverlayMaps {
     config: OverlayConfig,
     routes: LpmTrie<MapData, u32, OverlayRoute>,
-    peers: HashMap<MapData, u32, OverlayPeer>,
+    peers: maps::Hash<u32, OverlayPeer>,
 }
 
 impl OverlayMaps {
     pub fn open(source: &(impl MapSource + ?Sized)) -> Result<OverlayMaps> {
         Ok(OverlayMaps {
             config: read_config(source)?,
-            routes: LpmTrie::try_from(open(source, map_names::OVERLAY_ROUTES)?)
+            routes: LpmTrie::try_from(maps::open(source, &OVERLAY_ROUTES)?)
                 .context("OVERLAY_ROUTES_V1 layout")?,
-            peers: HashMap::try_from(open(source, map_names::OVERLAY_PEERS)?)
-                .context("OVERLAY_PEERS_V1 layout")?,
+            peers: maps::open_hash(source, &OVERLAY_PEERS)?,
         })
     }
 }

@@ -3,7 +3,9 @@
 //! is exactly what the maps hold even after a failed update. It is also the in-memory model the
 //! planner's ordering invariant is tested against.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use dataplane_common::lb::{BackendKey, BackendValue, ServiceKey, ServiceValue, MAX_FRONTENDS};
 
