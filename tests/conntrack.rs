@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane::{loader, model::Protocol, services};
+use dataplane::{model::Protocol, services};
 use dataplane_common::{ct::CT_MAX_ENTRIES, Hook, Reason};
 use dataplane_lab::{
     lab::{Child, Cni, Host, LabSpec, Pod},

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use dataplane::{loader, model::Protocol, services};
+use dataplane::{model::Protocol, services};
 use dataplane_common::{Hook, Reason};
 use dataplane_lab::{lab::Cni, netns, traffic::Reply};
 use support::cluster::{backend, cluster_ip, echo, io_kind, servers, two_nodes, Cluster};

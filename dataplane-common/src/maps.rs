@@ -277,11 +277,10 @@ pub const ALL: &[MapSpec] = &[
 
 /// Frontend -> `namespace/name:port` of its Service port, for operators' tools.
 pub const SERVICE_NAMES: MapSpec =
-    MapSpec::of::<ServiceKey, ServiceName>("SERVICE_NAMES_V1", Hash, MAX_FRONTENDS, Services)
-        .by(
-            "agent (`ServiceNames`, once per changed frontend)",
-            "`dataplane monitor`, `dataplane services`",
-        );
+    MapSpec::of::<ServiceKey, ServiceName>("SERVICE_NAMES_V1", Hash, MAX_FRONTENDS, Services).by(
+        "agent (`ServiceNames`, once per changed frontend)",
+        "`dataplane monitor`, `dataplane services`",
+    );
 
 /// Maps the agent creates from user space: no program uses them, so they are not in the
 /// object; they are pinned, checked and cleaned like the others.

@@ -1,11 +1,11 @@
 //! bpf-maps.md's reason table and map table are generated from the one reason list (`Reason`)
-//! and the one map table (`maps::ALL`): these tests fail when the doc falls behind, and rewrite
+//! and the one map table (`maps::pinned()`: `ALL` and the agent-created maps): these tests fail when the doc falls behind, and rewrite
 //! it with `UPDATE_DOCS=1`.
 
 use std::path::PathBuf;
 
 use dataplane_common::{
-    maps::{MapKind, ALL},
+    maps::{self, MapKind},
     Reason,
 };
 
@@ -45,7 +45,7 @@ fn map_table() -> String {
         "| Map | Type | Key | Value | Entries | Written by | Read by |\n\
          | --- | --- | --- | --- | --- | --- | --- |\n",
     );
-    for m in ALL {
+    for m in maps::pinned() {
         let kind = format!("`{}`", m.kind.name().to_uppercase());
         let (key, value, entries) = match m.kind {
             MapKind::RingBuf => (
