@@ -10,11 +10,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::net::Ipv4Addr;
+
 use dataplane::model::Protocol;
-use dataplane_lab::{lab::Lab, netns};
+use dataplane_common::map_names;
+use dataplane_lab::{
+    lab::{Lab, Pod},
+    netns,
+};
 use support::agent::*;
 use support::cluster::echo_servers;
-use support::node::DataplaneNode;
+use support::node::{bpftool, DataplaneNode};
 
 #[test]
 fn manifests_drive_the_services_and_metrics_report_them() {
@@ -50,6 +56,7 @@ fn manifests_drive_the_services_and_metrics_report_them() {
     eventually("the edit is applied", || {
         servers_seen(&lab, 20) == BTreeSet::from([b2.name.clone()])
     });
+    check_bpftool_fields(&nodes[0], b2);
 
     // A broken file is reported and the datapath keeps its last good state.
     write(
@@ -75,6 +82,7 @@ fn manifests_drive_the_services_and_metrics_report_them() {
         "dataplane_map_fill_ratio{map=\"CT_V2\"}",
         // kube-proxy's names.
         "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.001\"}",
+        "kubeproxy_network_programming_duration_seconds_bucket{le=\"0.0001\"}",
         "kubeproxy_sync_proxy_rules_last_timestamp_seconds ",
         "kubeproxy_sync_proxy_rules_service_changes_total ",
         "kubeproxy_sync_proxy_rules_endpoint_changes_total ",
@@ -353,7 +361,7 @@ fn socket_lb_survives_sigkill_and_cleanup_detaches_it() {
         support::node::dataplane_cli(&["cleanup", "--pin-dir", pin.to_str().unwrap()]).unwrap();
     assert!(out.status.success(), "{}", out.stderr);
     let links = netns::run(&[support::node::bpftool(), "link", "show"]).unwrap();
-    let cgroup = dataplane::loader::cgroup2_root().unwrap();
+    let cgroup = dataplane::host::cgroup::root().unwrap();
     let attached = netns::run(&[
         support::node::bpftool(),
         "cgroup",
@@ -473,4 +481,75 @@ fn node_sockets_to_a_removed_backend_are_destroyed() {
     );
     node.stop().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `bpftool -j map dump pinned <map>`: one JSON object per entry.
+fn bpftool_dump(node: &DataplaneNode, map: &str) -> Vec<serde_json::Value> {
+    let path = node.pin_dir().join(map);
+    let json = netns::run(&[
+        bpftool(),
+        "-j",
+        "map",
+        "dump",
+        "pinned",
+        path.to_str().unwrap(),
+    ])
+    .unwrap_or_else(|e| panic!("bpftool map dump {}: {e:#}", path.display()));
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("bpftool output {json}: {e}"))
+}
+
+/// The maps carry BTF: bpftool prints each entry's key and value with their field names
+/// (`formatted`), and the fields hold what the agent wrote (addresses and ports are network
+/// order, printed as the little-endian integers they are in memory).
+fn check_bpftool_fields(node: &DataplaneNode, backend: &Pod) {
+    let be32 = |ip: Ipv4Addr| u64::from(u32::from_ne_bytes(ip.octets()));
+    let be16 = |port: u16| u64::from(u16::from_ne_bytes(port.to_be_bytes()));
+    // The text form, as an operator sees it (bpf-maps.md quotes it; `--nocapture` shows it).
+    for map in [map_names::SERVICES, map_names::BACKENDS, map_names::CT] {
+        let path = node.pin_dir().join(map);
+        let text = netns::run(&[bpftool(), "map", "dump", "pinned", path.to_str().unwrap()]);
+        println!(
+            "# bpftool map dump pinned {}\n{}",
+            path.display(),
+            text.unwrap()
+        );
+    }
+    let services = bpftool_dump(node, map_names::SERVICES);
+    let vip = services
+        .iter()
+        .map(|e| &e["formatted"])
+        .find(|f| f["key"]["addr"].as_u64() == Some(be32(VIP)))
+        .unwrap_or_else(|| panic!("no formatted SERVICES_V1 entry for {VIP}: {services:?}"));
+    assert_eq!(vip["key"]["port"].as_u64(), Some(be16(80)), "{vip}");
+    assert_eq!(vip["key"]["proto"].as_u64(), Some(6), "{vip}");
+    assert_eq!(vip["value"]["count"].as_u64(), Some(1), "{vip}");
+    assert!(vip["value"]["set_id"].is_u64(), "{vip}");
+    let backends = bpftool_dump(node, map_names::BACKENDS);
+    let slot = backends
+        .iter()
+        .map(|e| &e["formatted"])
+        .find(|f| f["key"]["set_id"] == vip["value"]["set_id"])
+        .unwrap_or_else(|| panic!("no BACKENDS_V1 slot of {vip}: {backends:?}"));
+    assert_eq!(
+        slot["value"]["addr"].as_u64(),
+        Some(be32(backend.ip)),
+        "{slot}"
+    );
+    assert_eq!(slot["value"]["port"].as_u64(), Some(be16(8080)), "{slot}");
+    // A per-CPU map: every CPU's value, named.
+    let stats = bpftool_dump(node, map_names::STATS);
+    let per_cpu = stats[0]["formatted"]["values"]
+        .as_array()
+        .unwrap_or_else(|| panic!("per-CPU STATS_V2 values: {}", stats[0]));
+    assert!(
+        per_cpu.iter().all(|v| v["value"]["packets"].is_u64()),
+        "{}",
+        stats[0]
+    );
+    // An LRU map the datapath writes: the connections just made.
+    let ct = bpftool_dump(node, map_names::CT);
+    assert!(
+        ct.iter().any(|e| e["formatted"]["key"]["daddr"].is_u64()),
+        "formatted CT_V2 entries: {ct:?}"
+    );
 }

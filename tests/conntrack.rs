@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane::{loader, model::Protocol, services};
+use dataplane::{model::Protocol, services};
 use dataplane_common::{ct::CT_MAX_ENTRIES, Hook, Reason};
 use dataplane_lab::{
     lab::{Child, Cni, Host, LabSpec, Pod},
@@ -296,9 +296,9 @@ fn a_nodeport_and_its_own_clusterip_from_one_client_port() {
 fn a_half_closed_connection_keeps_working() {
     let c = Cluster::start(&spec()).unwrap();
     let pin = c.nodes[0].pin_dir().to_path_buf();
-    let mut cfg = loader::read_pinned_config(&pin).unwrap();
+    let mut cfg = dataplane::maps::read_config(&pin).unwrap();
     cfg.timeout_tcp_closed = 1;
-    loader::write_pinned_config(&pin, &cfg).unwrap();
+    dataplane::maps::write_config(&pin, &cfg).unwrap();
     let b = c.lab.pod(1, 0);
     let listener = netns::in_netns(&b.ns, || TcpListener::bind("0.0.0.0:8080"))
         .unwrap()
@@ -340,9 +340,9 @@ fn a_half_closed_connection_keeps_working() {
 fn gc_removes_timed_out_connections_whole() {
     let c = Cluster::start_with(&spec(), &["--conntrack-gc-interval", "1"]).unwrap();
     let pin = c.nodes[0].pin_dir().to_path_buf();
-    let mut cfg = loader::read_pinned_config(&pin).unwrap();
+    let mut cfg = dataplane::maps::read_config(&pin).unwrap();
     cfg.timeout_udp = 2;
-    loader::write_pinned_config(&pin, &cfg).unwrap();
+    dataplane::maps::write_config(&pin, &cfg).unwrap();
     let b = c.lab.pod(1, 0);
     let vip = SocketAddrV4::new(VIP, 53);
     let _u = c.serve_dns(b, vip);

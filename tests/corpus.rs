@@ -21,7 +21,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use aya::maps::HashMap;
 use dataplane::{
     model::{NodeInfo, Protocol},
-    overlay::{write_config, Maps, OverlayTable},
+    overlay::{write_config, OverlayTable},
 };
 use dataplane_common::{
     ct::{CtKey, CtValue},
@@ -92,7 +92,7 @@ fn overlay(h: &mut Harness, mode: u32) {
     cfg.mode = mode;
     cfg.tunnel_addr = u32::from(NODE1).to_be();
     cfg.vtep_mac = MAC_B;
-    write_config(&Maps::Object(&h.datapath.ebpf), &cfg).unwrap();
+    write_config(&h.datapath.ebpf, &cfg).unwrap();
     let node = |name: &str, address, cidr| NodeInfo {
         name: name.into(),
         address,

@@ -330,27 +330,35 @@ fn check_stats_cli(node: &DataplaneNode) {
     }
 }
 
-/// `bpftool map dump pinned <pin>/STATS_V2` works and holds the same counters: the key is the
-/// u32 index `hook * 64 + reason`, each CPU's value two u64 (packets, bytes), little-endian.
+/// `bpftool map dump pinned <pin>/STATS_V2` works and holds the same counters, with named
+/// fields (the map carries BTF): the key is the u32 index `hook * 64 + reason`, each CPU's value
+/// a `StatsValue { packets, bytes }`.
 fn check_bpftool_dump(node: &DataplaneNode) {
     let path = node.pin_dir().join(map_names::STATS);
     let path = path.to_string_lossy().into_owned();
     let before = node.stats().unwrap();
     let text = netns::run(&[bpftool(), "map", "dump", "pinned", &path]).unwrap();
-    assert!(text.contains("value (CPU 00)"), "{text}");
+    assert!(
+        text.contains("\"cpu\": 0") && text.contains("\"packets\": "),
+        "{text}"
+    );
     let json = netns::run(&[bpftool(), "-j", "map", "dump", "pinned", &path]).unwrap();
     let after = node.stats().unwrap();
     let entries: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
     assert_eq!(entries.len(), STATS_ENTRIES as usize);
     let mut sums = vec![(0u64, 0u64); STATS_ENTRIES as usize];
     for entry in &entries {
-        let key = hex_bytes(&entry["key"]);
-        let index = u32::from_le_bytes(key[..4].try_into().unwrap()) as usize;
-        for cpu in entry["values"].as_array().expect("per-CPU values") {
-            let v = hex_bytes(&cpu["value"]);
-            assert_eq!(v.len(), 16, "value size of {path}");
-            sums[index].0 += u64::from_le_bytes(v[..8].try_into().unwrap());
-            sums[index].1 += u64::from_le_bytes(v[8..].try_into().unwrap());
+        let f = &entry["formatted"];
+        let index = f["key"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("key of {entry}")) as usize;
+        for cpu in f["values"].as_array().expect("per-CPU values") {
+            let field = |name: &str| cpu["value"][name].as_u64();
+            let (Some(packets), Some(bytes)) = (field("packets"), field("bytes")) else {
+                panic!("no named packets/bytes in {cpu}");
+            };
+            sums[index].0 += packets;
+            sums[index].1 += bytes;
         }
     }
     for hook in Hook::ALL {
@@ -369,16 +377,4 @@ fn check_bpftool_dump(node: &DataplaneNode) {
     let total: u64 = sums.iter().map(|s| s.0).sum();
     let rows: u64 = before.rows.iter().map(|r| r.packets).sum();
     assert!(total >= rows && rows > 0);
-}
-
-/// bpftool -j prints map bytes without BTF as `["0x01", ...]`.
-fn hex_bytes(v: &serde_json::Value) -> Vec<u8> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("expected a byte array, got {v}"))
-        .iter()
-        .map(|b| {
-            let s = b.as_str().unwrap();
-            u8::from_str_radix(s.trim_start_matches("0x"), 16).unwrap()
-        })
-        .collect()
 }

@@ -193,7 +193,7 @@ fn set_prefilter(h: &mut support::fixture::Harness, on: bool, addr: Ipv4Addr, fl
     if on {
         cfg.flags |= CFG_F_POD_FILTER;
     }
-    dataplane::loader::write_config(&mut h.datapath.ebpf, &cfg).unwrap();
+    dataplane::maps::write_config(&h.datapath.ebpf, &cfg).unwrap();
     let map = h.datapath.ebpf.map_mut(map_names::LB_ADDRS).unwrap();
     let mut addrs: aya::maps::HashMap<_, u32, u32> = aya::maps::HashMap::try_from(map).unwrap();
     let key = u32::from(addr).to_be();
@@ -219,7 +219,7 @@ fn the_pre_filter_skips_lookups_for_unlisted_addresses_on_every_hook() {
     h.sync_services(&services());
     set_prefilter(&mut h, true, VIP, None);
     // (The fixture object runs the uplink's service pipeline in XDP; its tc ingress only
-    // observes. With --xdp-mode off, tc ingress runs the same pipeline: tests/overlay.rs.)
+    // observes. With --xdp-mode off, tc ingress runs the same pipeline: tests/overlay_{vxlan,ipip}.rs.)
     for (hook, sport) in [(Hook::TcPodIngress, 40101), (Hook::XdpUplink, 40102)] {
         let syn = tcp(CLIENT, sport, VIP, 80, TcpFlags::SYN).build();
         h.check(&Fixture {

@@ -29,7 +29,7 @@ fn spec() -> LabSpec {
 
 fn uplink_mac(n: &Node) -> [u8; 6] {
     let (ns, uplink) = (n.ns.clone(), n.uplink.clone());
-    netns::in_netns(&ns, move || dataplane::overlay::netdev::mac(&uplink))
+    netns::in_netns(&ns, move || dataplane::host::netdev::mac(&uplink))
         .unwrap()
         .unwrap()
 }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData};
-use dataplane::overlay::netdev;
+use dataplane::host::netdev;
 use dataplane_common::map_names;
 use dataplane_lab::{
     lab::LabSpec,

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane::overlay::netdev;
+use dataplane::host::netdev;
 use dataplane_common::Reason;
 use dataplane_lab::{
     lab::{Cni, Host},

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use dataplane::{loader, model::Protocol, services};
+use dataplane::{model::Protocol, services};
 use dataplane_common::{Hook, Reason};
 use dataplane_lab::{lab::Cni, netns, traffic::Reply};
 use support::cluster::{backend, cluster_ip, echo, io_kind, servers, two_nodes, Cluster};
@@ -95,9 +95,9 @@ fn conntrack_lists_entries_and_expires_idle_ones() {
     let vip = SocketAddrV4::new(VIP, 53);
     let _u = c.serve_dns(b, vip);
     let pin = c.nodes[0].pin_dir().to_path_buf();
-    let mut cfg = loader::read_pinned_config(&pin).unwrap();
+    let mut cfg = dataplane::maps::read_config(&pin).unwrap();
     cfg.timeout_udp = 1;
-    loader::write_pinned_config(&pin, &cfg).unwrap();
+    dataplane::maps::write_config(&pin, &cfg).unwrap();
     let client = c.lab.pod(0, 0);
     udp_from_port(&client.host(), 40777, vip, "first").unwrap();
     let rows = services::list_conntrack(&pin).unwrap();

@@ -64,7 +64,9 @@ pub struct Args {
     #[arg(long, default_value = "BENCHMARKS.md")]
     markdown: PathBuf,
     /// Run only one part: `overlay` (section (f): pod → pod through the tunnels, packets and
-    /// bulk TCP). The report then has only that section measured.
+    /// bulk TCP; the report then has only that section measured), `sync` (section (e): full
+    /// loads and one change, printed, report untouched) or `plan` (the dataplane's sync into
+    /// the in-memory maps, printed: for profiling the planner).
     #[arg(long)]
     only: Option<String>,
     /// Seconds of each iperf3 run in (f) (default 3; --quick: 2).
@@ -149,7 +151,9 @@ fn run(args: &Args) -> Result<bool> {
     let only_overlay = match args.only.as_deref() {
         None => false,
         Some("overlay") => true,
-        Some(o) => bail!("--only {o}: the only part that runs alone is `overlay`"),
+        Some("sync") => return sync_only(args, &modes, &sweep, started),
+        Some("plan") => return plan_only(&sweep),
+        Some(o) => bail!("--only {o}: the parts that run alone are `overlay` and `sync`"),
     };
     if only_overlay {
         let mut templates = Templates::new(scenario::TEMPLATE_CAPACITY)?;
@@ -391,6 +395,69 @@ fn note(s: &PacketSample) {
             s.problems.join("; ")
         );
     }
+}
+
+/// `--only plan`: the dataplane's full sync into the in-memory maps (planning, no bpf() call),
+/// 5 times per N: what to run under `perf record` to profile the planner.
+fn plan_only(sweep: &[usize]) -> Result<bool> {
+    for &n in sweep {
+        let models: Vec<_> = scenario::services(n)
+            .iter()
+            .map(scenario::to_model)
+            .collect();
+        for rep in 0..5 {
+            let mut table = dataplane::services::ServiceTable::with_store(
+                dataplane::services::MemMaps::default(),
+                dataplane::services::LocalContext {
+                    node_name: "node1".into(),
+                    ..Default::default()
+                },
+            )?;
+            let t0 = Instant::now();
+            let r = table.sync(&models)?;
+            println!(
+                "plan N={n} rep {rep}: {:.1} ms, {} entries",
+                t0.elapsed().as_secs_f64() * 1e3,
+                r.written()
+            );
+        }
+    }
+    Ok(true)
+}
+
+/// `--only sync`: section (e) alone (full loads and one change, per mode and N), printed as
+/// one line per sample; the report and results.json are left as they are.
+fn sync_only(args: &Args, modes: &[Mode], sweep: &[usize], started: Instant) -> Result<bool> {
+    let templates = Templates::new(scenario::TEMPLATE_CAPACITY)?;
+    let mut labs = Vec::new();
+    for m in modes {
+        check_interrupted()?;
+        labs.push(ModeLab::build(*m, &templates)?);
+    }
+    let mut results = Results::new(
+        args.quick,
+        1,
+        sweep,
+        Duration::ZERO,
+        report::overlay_status(),
+    );
+    for &n in sweep {
+        let svcs = scenario::services(n);
+        load_phase(&mut labs, &svcs, n, &mut results, args.quick)?;
+    }
+    for s in &results.loads {
+        println!(
+            "sync {:<16} N={:<6} {:<10} rep {} {:>10.3} ms  entries {:?}",
+            s.row,
+            s.services,
+            s.kind,
+            s.rep,
+            s.secs * 1e3,
+            s.map_entries
+        );
+    }
+    eprintln!("bench: sync section done after {:.0?}", started.elapsed());
+    Ok(true)
 }
 
 /// (e): the whole rule set from empty, then one changed service applied and reverted.

@@ -194,10 +194,10 @@ impl ModeLab {
 
     fn load_dataplane(&mut self, templates: &Templates) -> Result<()> {
         let pin_dir = self.lab.pin_dir(0)?;
-        let mut dp = loader::load(&pin_dir).context("loading the dataplane")?;
+        let dp = loader::load(&pin_dir).context("loading the dataplane")?;
         let masq = self.node1.underlay_ip;
-        loader::write_config(
-            &mut dp.ebpf,
+        dataplane::maps::write_config(
+            &dp.ebpf,
             &dataplane_common::ct::Config::with_masq_addr(u32::from(masq).to_be()),
         )?;
         let veth = self.node1.pods[0].host_iface.clone();

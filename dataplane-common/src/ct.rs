@@ -1,4 +1,5 @@
-//! Connection tracking (`CT_V2`, an LRU hash) and the datapath configuration (`CONFIG_V2`).
+//! Connection tracking (`CT_V2`, an LRU hash). The node configuration it times entries out by
+//! is `crate::config` (re-exported here for the agent's older imports).
 //!
 //! Entries are keyed by the 5-tuple *as it is on the wire* when a packet reaches a hook, plus
 //! the phase of that hook, and hold the rewrite to apply to such packets. As in netfilter,
@@ -25,6 +26,8 @@
 //! remove a connection whole.
 //!
 //! Addresses and ports are in network byte order.
+
+pub use crate::config::*;
 
 /// `CT_V2` key: a 5-tuple as seen on the wire, and the phase of the hooks it applies at.
 #[repr(C)]
@@ -104,8 +107,7 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
+pub use crate::ip::{IPPROTO_TCP, IPPROTO_UDP};
 
 /// Entries of `CT_V2` (two or four per NATed connection).
 pub const CT_MAX_ENTRIES: u32 = 262_144;
@@ -270,81 +272,11 @@ pub struct FragValue {
 /// Entries of `FRAGS_V1` (LRU: datagrams in flight, like Cilium's IPV4_FRAG_DATAGRAMS).
 pub const MAX_FRAG_DATAGRAMS: u32 = 8_192;
 
-/// `CONFIG_V2` (single-entry array): node-wide settings written by the agent at start.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Config {
-    /// Address masqueraded connections leave with (the node's underlay address), network order.
-    pub masq_addr: u32,
-    /// Masquerade source ports are allocated in [snat_port_min, snat_port_max] (host order).
-    pub snat_port_min: u16,
-    pub snat_port_max: u16,
-    /// Idle timeouts in seconds, by state.
-    pub timeout_tcp_syn: u32,
-    pub timeout_tcp_established: u32,
-    pub timeout_tcp_half_closed: u32,
-    pub timeout_tcp_closed: u32,
-    pub timeout_tcp_reset: u32,
-    pub timeout_udp: u32,
-    pub timeout_other: u32,
-    /// `CFG_F_*` flags.
-    pub flags: u32,
-    /// Cookie of the node's network namespace: socket-level balancing applies only to sockets
-    /// of this namespace (0 = socket-level balancing off). Lets several nodes share a kernel
-    /// (the lab) and leaves pods, which have their own namespaces and the tc path, alone.
-    pub netns_cookie: u64,
-}
-
-/// `Config::flags`: `LB_ADDRS_V1` is kept by the agent (service addresses by `ServiceTable`,
-/// the node's own at start), so pod hooks may pass packets whose addresses it does not list.
-pub const CFG_F_POD_FILTER: u32 = 1 << 0;
-
-impl Config {
-    /// Defaults as kube-proxy sets the kernel's conntrack (`--conntrack-tcp-timeout-established`
-    /// 24 h, `--conntrack-tcp-timeout-close-wait` 1 h) and the kernel's own for the rest:
-    /// SYN_SENT 120 s, TIME_WAIT 120 s (after both FINs), CLOSE 10 s (after an RST; a new SYN
-    /// on a closed tuple reuses it at once, as netfilter does), UDP 120 s (nf_conntrack_udp_timeout_stream: a
-    /// resolver's connected socket must keep its backend between queries).
-    pub const fn with_masq_addr(masq_addr: u32) -> Config {
-        Config {
-            masq_addr,
-            // Below the kernel's ephemeral range (32768-60999): a masquerade port can then never
-            // be the port of one of the node's own connections to the same backend. 31,744
-            // ports per backend address:port, like kube-proxy's --random-fully draws widely.
-            snat_port_min: 1_024,
-            snat_port_max: 32_767,
-            timeout_tcp_syn: 120,
-            timeout_tcp_established: 86_400,
-            timeout_tcp_half_closed: 3_600,
-            timeout_tcp_closed: 120,
-            timeout_tcp_reset: 10,
-            timeout_udp: 120,
-            timeout_other: 30,
-            flags: 0,
-            netns_cookie: 0,
-        }
-    }
-
-    /// Idle timeout in seconds for an entry in `state`.
-    pub const fn timeout_secs(&self, state: CtState, proto: u8) -> u32 {
-        match state {
-            CtState::SynSent => self.timeout_tcp_syn,
-            CtState::Established => self.timeout_tcp_established,
-            CtState::HalfClosed => self.timeout_tcp_half_closed,
-            CtState::Closed => self.timeout_tcp_closed,
-            CtState::Reset => self.timeout_tcp_reset,
-            CtState::Stateless if proto == IPPROTO_UDP => self.timeout_udp,
-            CtState::Stateless => self.timeout_other,
-        }
-    }
-}
-
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
-    unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
 }

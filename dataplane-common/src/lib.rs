@@ -5,9 +5,12 @@
 //! pinned map of another version refuses to misread it.
 #![no_std]
 
+pub mod config;
 pub mod csum;
 pub mod ct;
+pub mod ip;
 pub mod lb;
+pub mod maps;
 pub mod monitor;
 pub mod overlay;
 pub mod programs;
@@ -16,45 +19,28 @@ pub mod stats;
 
 pub use stats::{Hook, Reason, StatsValue, MAX_REASONS, NUM_HOOKS, STATS_ENTRIES};
 
-/// Names of the pinned maps, as they appear under the pin directory.
+/// Names of the pinned maps, as they appear under the pin directory (the `name` column of
+/// [`maps::ALL`], kept for brevity at call sites).
 pub mod map_names {
-    /// Per-CPU packet/byte counters per (hook, verdict reason).
-    pub const STATS: &str = "STATS_V2";
-    /// Service frontends -> backend set.
-    pub const SERVICES: &str = "SERVICES_V1";
-    /// Backend set slots -> backend.
-    pub const BACKENDS: &str = "BACKENDS_V1";
-    /// Connection tracking (LRU).
-    pub const CT: &str = "CT_V2";
-    /// sessionAffinity ClientIP (LRU).
-    pub const AFFINITY: &str = "AFFINITY_V1";
-    /// Fragmented datagrams in flight: (addresses, IP id, protocol) -> the first fragment's ports.
-    pub const FRAGS: &str = "FRAGS_V1";
-    /// Addresses translated packets can carry at pod hooks (the pod hooks' pre-filter).
-    pub const LB_ADDRS: &str = "LB_ADDRS_V1";
-    /// Node-wide settings.
-    pub const CONFIG: &str = "CONFIG_V2";
-    /// loadBalancerSourceRanges: (frontend id, client prefix) LPM trie.
-    pub const SOURCE_RANGES: &str = "SOURCE_RANGES_V1";
-    /// Socket-level balancing: per-socket backend for unconnected UDP (LRU).
-    pub const SOCK_AFFINITY: &str = "SOCK_AFFINITY_V1";
-    /// Socket-level balancing: (socket, backend) -> service address (LRU).
-    pub const SOCK_REVNAT: &str = "SOCK_REVNAT_V1";
-    /// Overlay: this node's tunnel settings.
-    pub const OVERLAY_CONFIG: &str = "OVERLAY_CONFIG_V1";
-    /// Overlay: pod CIDR (LPM) -> node tunnel endpoint and VTEP MAC.
-    pub const OVERLAY_ROUTES: &str = "OVERLAY_ROUTES_V1";
-    /// Overlay: nodes tunnel packets are accepted from.
-    pub const OVERLAY_PEERS: &str = "OVERLAY_PEERS_V1";
-    /// Overlay: per-CPU IPv4 ID counter of outer headers.
-    pub const OVERLAY_IPID: &str = "OVERLAY_IPID_V1";
-    pub const OVERLAY_NEXTHOP: &str = "OVERLAY_NEXTHOP_V1";
-    pub const MONITOR: &str = "MONITOR_V1";
-    pub const MONITOR_TOKENS: &str = "MONITOR_TOKENS_V1";
-    pub const EVENTS: &str = "EVENTS_V1";
-    /// Per-CPU token bucket of the no-endpoint REJECT.
-    pub const REJECT_TOKENS: &str = "REJECT_TOKENS_V1";
-    /// Frontend -> `namespace/name:port` of its Service, for operators' tools. Created and
-    /// written by the agent from user space (not in the object: no program reads it).
-    pub const SERVICE_NAMES: &str = "SERVICE_NAMES_V1";
+    pub const STATS: &str = crate::maps::STATS.name;
+    pub const SERVICES: &str = crate::maps::SERVICES.name;
+    pub const BACKENDS: &str = crate::maps::BACKENDS.name;
+    pub const CT: &str = crate::maps::CT.name;
+    pub const AFFINITY: &str = crate::maps::AFFINITY.name;
+    pub const FRAGS: &str = crate::maps::FRAGS.name;
+    pub const LB_ADDRS: &str = crate::maps::LB_ADDRS.name;
+    pub const CONFIG: &str = crate::maps::CONFIG.name;
+    pub const SOURCE_RANGES: &str = crate::maps::SOURCE_RANGES.name;
+    pub const SOCK_AFFINITY: &str = crate::maps::SOCK_AFFINITY.name;
+    pub const SOCK_REVNAT: &str = crate::maps::SOCK_REVNAT.name;
+    pub const OVERLAY_CONFIG: &str = crate::maps::OVERLAY_CONFIG.name;
+    pub const OVERLAY_ROUTES: &str = crate::maps::OVERLAY_ROUTES.name;
+    pub const OVERLAY_PEERS: &str = crate::maps::OVERLAY_PEERS.name;
+    pub const OVERLAY_IPID: &str = crate::maps::OVERLAY_IPID.name;
+    pub const OVERLAY_NEXTHOP: &str = crate::maps::OVERLAY_NEXTHOP.name;
+    pub const MONITOR: &str = crate::maps::MONITOR.name;
+    pub const MONITOR_TOKENS: &str = crate::maps::MONITOR_TOKENS.name;
+    pub const EVENTS: &str = crate::maps::EVENTS.name;
+    pub const REJECT_TOKENS: &str = crate::maps::REJECT_TOKENS.name;
+    pub const SERVICE_NAMES: &str = crate::maps::SERVICE_NAMES.name;
 }

@@ -34,9 +34,7 @@ pub const IPIP_OVERHEAD: u32 = 20;
 pub const DEFAULT_VXLAN_VNI: u32 = 1;
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 
-/// IP protocol numbers used here.
-pub const IPPROTO_IPIP: u8 = 4;
-pub const IPPROTO_UDP: u8 = 17;
+pub use crate::ip::{IPPROTO_IPIP, IPPROTO_UDP};
 
 /// `OverlayConfig::flags`: compute the outer UDP checksum of VXLAN packets (the kernel device's
 /// default, `udpcsum`). Without it, or when it cannot be computed cheaply (GSO packets, inner

@@ -8,19 +8,21 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_loop},
 };
 use dataplane_common::{
+    config::Config,
     ct::{
-        ct_state, idle_expired, next_key, reuse, seen_bits, Config, CtKey, CtState, CtValue, Reuse,
-        CT_F_HOST, CT_F_MASQ, CT_F_REPLY, CT_F_SNAT, CT_REFRESH_NS, IPPROTO_TCP, PHASE_EGRESS,
-        PHASE_INGRESS, SEEN_SHARED, TCP_ACK, TCP_SYN,
+        ct_state, idle_expired, next_key, reuse, seen_bits, CtKey, CtState, CtValue, Reuse,
+        CT_F_HOST, CT_F_MASQ, CT_F_REPLY, CT_F_SNAT, CT_REFRESH_NS, PHASE_EGRESS, PHASE_INGRESS,
+        SEEN_SHARED, TCP_ACK, TCP_SYN,
     },
+    ip::IPPROTO_TCP,
     lb::{BackendValue, ServiceValue, SVC_F_MASQUERADE},
     Reason,
 };
 
 use crate::{
-    maps::{CONFIG_V2, CT_V2},
-    packet::Tuple,
-    parse::Ipv4Packet,
+    config::node as config,
+    maps::CT_V2,
+    net::{Flow, Parsed, Tuple},
 };
 
 /// Source ports probed (from a random start) before giving up; bounded for the verifier.
@@ -53,7 +55,7 @@ impl Phase {
 }
 
 #[inline(always)]
-pub fn key(saddr: u32, sport: u16, daddr: u32, dport: u16, proto: u8, phase: Phase) -> CtKey {
+fn key(saddr: u32, sport: u16, daddr: u32, dport: u16, proto: u8, phase: Phase) -> CtKey {
     CtKey {
         saddr,
         daddr,
@@ -65,18 +67,21 @@ pub fn key(saddr: u32, sport: u16, daddr: u32, dport: u16, proto: u8, phase: Pha
     }
 }
 
+/// The phase-matching rule, the one place it is written: a packet at a hook of `phase` meets
+/// the entry keyed by its flow as it is on the wire at that hook, and that phase. (Masqueraded
+/// connections are undone in two steps: un-SNAT at ingress, un-DNAT at egress.)
 #[inline(always)]
-pub fn key_of(pkt: &Ipv4Packet, phase: Phase) -> CtKey {
-    key(pkt.saddr, pkt.sport, pkt.daddr, pkt.dport, pkt.proto, phase)
+pub fn key_of(flow: &Flow, phase: Phase) -> CtKey {
+    key(
+        flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto, phase,
+    )
 }
 
-/// Used only if the config array could not be read (it always has its one element).
-static DEFAULT_CONFIG: Config = Config::with_masq_addr(0);
-
-/// The node's settings, by reference: a 48-byte copy per use would crowd the 512-byte stack.
+/// The entry a packet of `flow` meets at a hook of `phase` (read only: ICMP errors look up
+/// the direction their quote's reply would take).
 #[inline(always)]
-pub fn config() -> &'static Config {
-    CONFIG_V2.get(0).unwrap_or(&DEFAULT_CONFIG)
+pub fn entry_of(flow: &Flow, phase: Phase) -> Option<CtValue> {
+    unsafe { CT_V2.get(&key_of(flow, phase)) }.copied()
 }
 
 /// One branch instead of six field comparisons: ring walks are unrolled, and every branch in
@@ -187,21 +192,21 @@ fn count(v: *mut CtValue, len: u32) {
 /// closed connection (port reuse) and an entry whose whole connection timed out count as
 /// misses (and are removed).
 #[inline(always)]
-pub fn lookup(pkt: &Ipv4Packet, len: u32, now: u64, phase: Phase) -> Option<Hit> {
-    let key = key_of(pkt, phase);
+pub fn lookup(pkt: &Parsed, len: u32, now: u64, phase: Phase) -> Option<Hit> {
+    let key = key_of(&pkt.flow, phase);
     let v = CT_V2.get_ptr_mut(&key)?;
     // Shared reads of an entry other CPUs may be updating: only the atomically updated words
     // change under us, and any value read from them is a valid one.
     let cur = unsafe { &*v };
     let cfg = config();
     let syn_only = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let state = ct_state(pkt.proto, cur.seen);
+    let state = ct_state(pkt.flow.proto, cur.seen);
     if syn_only && (state == CtState::Closed || state == CtState::Reset) {
         let whole = siblings_alive(&key, cur, now, cfg, true).is_some();
         remove_connection(&key, cur, whole);
         return None;
     }
-    if idle_expired(cur, pkt.proto, now, cfg) {
+    if idle_expired(cur, pkt.flow.proto, now, cfg) {
         // Idle in this direction, but the connection may be busy in the other one (a one-way
         // UDP stream, a download): it lives as long as any of its entries does.
         match siblings_alive(&key, cur, now, cfg, false) {
@@ -225,7 +230,7 @@ pub fn lookup(pkt: &Ipv4Packet, len: u32, now: u64, phase: Phase) -> Option<Hit>
         unsafe { (*v).last_seen_ns = now };
     }
     count(v, len);
-    if pkt.proto == IPPROTO_TCP {
+    if pkt.flow.proto == IPPROTO_TCP {
         let bits = seen_bits(pkt.tcp_flags, reply);
         if bits & !seen != 0 {
             or_seen(v, bits);
@@ -384,22 +389,22 @@ fn claim_round(c: &mut Claim, keep: u16) -> Option<u16> {
 /// would otherwise see a packet from its own address and drop it).
 #[inline(always)]
 pub fn create(
-    pkt: &Ipv4Packet,
+    pkt: &Parsed,
     svc: &ServiceValue,
     backend: &BackendValue,
     len: u32,
     now: u64,
 ) -> Result<Tuple, Reason> {
     let masq_addr = config().masq_addr;
-    let masq = svc.flags & SVC_F_MASQUERADE != 0 || backend.addr == pkt.saddr;
+    let masq = svc.flags & SVC_F_MASQUERADE != 0 || backend.addr == pkt.flow.saddr;
     let (c, cp, f, fp, b, bp, proto) = (
-        pkt.saddr,
-        pkt.sport,
-        pkt.daddr,
-        pkt.dport,
+        pkt.flow.saddr,
+        pkt.flow.sport,
+        pkt.flow.daddr,
+        pkt.flow.dport,
         backend.addr,
         backend.port,
-        pkt.proto,
+        pkt.flow.proto,
     );
     let masq_flags = if masq { CT_F_MASQ | CT_F_SNAT } else { 0 };
     // Replies leave as frontend -> client. Their tuple (backend -> client port) is claimed
@@ -463,20 +468,20 @@ pub fn create(
 /// when its backend goes away, as under kube-proxy). Replies are restored at ingress.
 #[inline(always)]
 pub fn create_host(
-    pkt: &Ipv4Packet,
+    pkt: &Parsed,
     svc: &ServiceValue,
     backend: &BackendValue,
     len: u32,
     now: u64,
 ) -> Result<Tuple, Reason> {
     let (n, np, f, fp, b, bp, proto) = (
-        pkt.saddr,
-        pkt.sport,
-        pkt.daddr,
-        pkt.dport,
+        pkt.flow.saddr,
+        pkt.flow.sport,
+        pkt.flow.daddr,
+        pkt.flow.dport,
         backend.addr,
         backend.port,
-        pkt.proto,
+        pkt.flow.proto,
     );
     let restored = Tuple {
         saddr: f,
@@ -509,9 +514,9 @@ pub fn create_host(
 
 /// The original-direction entry, counting the packet that created it.
 #[inline(always)]
-fn insert_forward(pkt: &Ipv4Packet, phase: Phase, v: &mut CtValue, len: u32) -> Result<(), Reason> {
+fn insert_forward(pkt: &Parsed, phase: Phase, v: &mut CtValue, len: u32) -> Result<(), Reason> {
     v.packets = 1;
     v.bytes = len as u64;
     v.seen = seen_bits(pkt.tcp_flags, false);
-    insert(&key_of(pkt, phase), v)
+    insert(&key_of(&pkt.flow, phase), v)
 }

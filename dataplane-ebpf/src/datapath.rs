@@ -1,4 +1,11 @@
-//! The per-hook pipelines: parse, then conntrack, then service lookup.
+//! The pipelines, one per hook phase: [`ingress`] (before the kernel routes a packet),
+//! [`egress`] (after), [`observe`] (classify only), and the uplink's, which add the overlay
+//! stage ([`uplink_rx_xdp`], [`uplink_rx_tc`], [`uplink_tx`]). Each returns one [`Verdict`];
+//! `main.rs` counts it and maps it to the hook's return code.
+//!
+//! Steps: parse (`net::parse`) -> ICMP errors (`icmp.rs`) -> pre-filter (`prefilter.rs`) ->
+//! later fragments (`frag.rs`) -> tracked connections (`conntrack.rs`: the rewrite of the
+//! entry for this phase) -> new connections to services (`lb.rs`, then `conntrack::create*`).
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use dataplane_common::{
@@ -8,95 +15,62 @@ use dataplane_common::{
 
 use crate::{
     conntrack::{self, Phase},
-    frag, icmp, lb,
-    packet::Packet,
-    parse::{self, Ipv4Packet, L4},
-    prefilter,
+    frag, icmp, lb, monitor,
+    net::{
+        parse::{self, pass_reason},
+        Packet, Parsed, TcPacket, XdpPacket, L4,
+    },
+    overlay, prefilter, route,
+    stats::Recorder,
+    verdict::{Action, Verdict},
 };
 
-/// What the hook does with the frame after the pipeline ran.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Pass,
-    Drop,
-    /// Send back out of the interface it arrived on (XDP_TX; tc: redirect to the same device).
-    Bounce,
-    /// At an egress hook: the destination was rewritten after the kernel routed the packet
-    /// (the node's own connection to a service): route it again.
-    Reroute,
+/// Parses the frame; `Err` is the verdict for frames that are not IPv4 or are malformed.
+#[inline(always)]
+fn parsed<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
+    parse::parse(p.data(), p.data_end(), p.frame_len() as usize).map_err(Verdict::of)
 }
 
+/// The verdict of a translated packet: replies pass; at egress, a forward packet whose
+/// destination changed after the kernel routed it is routed again.
 #[inline(always)]
-fn verdict(reason: Reason) -> Action {
-    if reason.is_drop() {
-        Action::Drop
-    } else {
-        Action::Pass
-    }
-}
-
-/// Applies the rewrite of a tracked connection's entry for this phase, if there is one.
-#[inline(always)]
-fn translate_tracked<P: Packet>(
-    p: &P,
-    pkt: &Ipv4Packet,
-    len: u32,
-    now: u64,
-    phase: Phase,
-) -> Option<(Reason, Action)> {
-    let hit = conntrack::lookup(pkt, len, now, phase)?;
-    if p.rewrite_tuple(pkt, &hit.to).is_err() {
-        return Some((Reason::DropRewriteFailed, Action::Drop));
-    }
+fn translated(pkt: &Parsed, hit: &conntrack::Hit, phase: Phase) -> Verdict {
     if hit.reply {
-        return Some((Reason::NatReply, Action::Pass));
+        return Verdict::pass(Reason::NatReply);
     }
-    let action = if phase == Phase::Egress && hit.to.daddr != pkt.daddr {
+    let action = if phase == Phase::Egress && hit.to.daddr != pkt.flow.daddr {
         Action::Reroute
     } else {
         Action::Pass
     };
-    Some((Reason::NatForward, action))
+    Verdict::new(Reason::NatForward, action)
+}
+
+/// Applies the rewrite of a tracked connection's entry for this phase, if there is one.
+#[inline(always)]
+fn tracked<P: Packet>(p: &P, pkt: &Parsed, len: u32, now: u64, phase: Phase) -> Option<Verdict> {
+    let hit = conntrack::lookup(pkt, len, now, phase)?;
+    if p.rewrite_tuple(pkt, &hit.to).is_err() {
+        return Some(Verdict::drop(Reason::DropRewriteFailed));
+    }
+    Some(translated(pkt, &hit, phase))
 }
 
 /// A fragment after the first: the translation of its datagram's connection, addresses only
 /// (the ports and the transport checksum are in the first fragment).
 #[inline(always)]
-fn later_fragment<P: Packet>(
-    p: &P,
-    mut pkt: Ipv4Packet,
-    len: u32,
-    phase: Phase,
-) -> (Reason, Action) {
+fn later_fragment<P: Packet>(p: &P, mut pkt: Parsed, len: u32, phase: Phase) -> Verdict {
     if !frag::recall(&mut pkt) {
-        return (Reason::PassFragment, Action::Pass);
+        return Verdict::pass(Reason::PassFragment);
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(hit) = conntrack::lookup(&pkt, len, now, phase) else {
-        return (Reason::PassFragment, Action::Pass);
+        return Verdict::pass(Reason::PassFragment);
     };
     if p.rewrite_addrs(&pkt, hit.to.saddr, hit.to.daddr).is_err() {
-        return (Reason::DropRewriteFailed, Action::Drop);
+        return Verdict::drop(Reason::DropRewriteFailed);
     }
-    if hit.reply {
-        return (Reason::NatReply, Action::Pass);
-    }
-    let action = if phase == Phase::Egress && hit.to.daddr != pkt.daddr {
-        Action::Reroute
-    } else {
-        Action::Pass
-    };
-    (Reason::NatForward, action)
-}
-
-/// ICMP errors about translated connections are translated back; other ICMP passes.
-#[inline(always)]
-fn icmp_errors<P: Packet>(p: &P, pkt: &Ipv4Packet, phase: Phase) -> (Reason, Action) {
-    match icmp::translate_error(p, pkt, phase) {
-        icmp::IcmpOutcome::Untouched => (Reason::PassIcmp, Action::Pass),
-        icmp::IcmpOutcome::Translated => (Reason::IcmpErrorTranslated, Action::Pass),
-        icmp::IcmpOutcome::Failed => (Reason::DropRewriteFailed, Action::Drop),
-    }
+    translated(&pkt, &hit, phase)
 }
 
 /// Egress hooks, after the kernel routed the packet: source rewrites of masqueraded connections
@@ -106,19 +80,20 @@ fn icmp_errors<P: Packet>(p: &P, pkt: &Ipv4Packet, phase: Phase) -> (Reason, Act
 /// (UDP to ClusterIPs, everything with socket-level balancing off): balanced and tracked here,
 /// as kube-proxy's OUTPUT chain does.
 #[inline(always)]
-pub fn egress<P: Packet>(p: &P, host_services: bool) -> (Reason, Action) {
+pub fn egress<P: Packet>(p: &P, host_services: bool) -> Verdict {
+    monitor::snapshot(p);
     let len = p.frame_len();
-    let pkt = match parse::parse_ipv4(p.data(), p.data_end(), len as usize) {
+    let pkt = match parsed(p) {
         Ok(pkt) => pkt,
-        Err(reason) => return (reason, verdict(reason)),
+        Err(v) => return v,
     };
     if pkt.l4 == L4::Icmp {
-        return icmp_errors(p, &pkt, Phase::Egress);
+        return icmp::translate_error(p, &pkt, Phase::Egress);
     }
     // The node's own packets to services have a frontend as destination, so the filter holds
     // for the uplink too: forwarded pod-to-pod traffic skips the lookups there as well.
     if prefilter::egress_untouched(&pkt) {
-        return (parse::pass_reason(pkt.l4), Action::Pass);
+        return Verdict::pass(pass_reason(pkt.l4));
     }
     if pkt.l4 == L4::Fragment {
         return later_fragment(p, pkt, len, Phase::Egress);
@@ -126,8 +101,8 @@ pub fn egress<P: Packet>(p: &P, host_services: bool) -> (Reason, Action) {
     if pkt.l4 == L4::Tcp || pkt.l4 == L4::Udp {
         frag::remember(&pkt);
         let now = unsafe { bpf_ktime_get_ns() };
-        if let Some(verdict) = translate_tracked(p, &pkt, len, now, Phase::Egress) {
-            return verdict;
+        if let Some(v) = tracked(p, &pkt, len, now, Phase::Egress) {
+            return v;
         }
         if host_services {
             if let Some(svc) = lb::lookup_service(&pkt) {
@@ -135,32 +110,33 @@ pub fn egress<P: Packet>(p: &P, host_services: bool) -> (Reason, Action) {
             }
         }
     }
-    (parse::pass_reason(pkt.l4), Action::Pass)
+    Verdict::pass(pass_reason(pkt.l4))
 }
 
+/// The node's own new connection to a service, seen at the uplink's egress.
 #[inline(always)]
 fn host_connection<P: Packet>(
     p: &P,
-    pkt: &Ipv4Packet,
+    pkt: &Parsed,
     svc: &ServiceValue,
     len: u32,
     now: u64,
-) -> (Reason, Action) {
-    if !lb::source_allowed(svc, pkt.saddr) {
-        return (Reason::DropSourceRange, Action::Drop);
+) -> Verdict {
+    if !lb::source_allowed(svc, pkt.flow.saddr) {
+        return Verdict::drop(Reason::DropSourceRange);
     }
     if svc.count == 0 {
         return no_endpoints(p, pkt, svc);
     }
-    let created = lb::select_backend(svc, pkt.saddr, now)
+    let created = lb::select_backend(svc, pkt.flow.saddr, now)
         .and_then(|backend| conntrack::create_host(pkt, svc, &backend, len, now))
         .and_then(|to| {
             p.rewrite_tuple(pkt, &to)
                 .map_err(|_| Reason::DropRewriteFailed)
         });
     match created {
-        Ok(()) => (Reason::LbNewConnection, Action::Reroute),
-        Err(reason) => (reason, Action::Drop),
+        Ok(()) => Verdict::new(Reason::LbNewConnection, Action::Reroute),
+        Err(reason) => Verdict::drop(reason),
     }
 }
 
@@ -168,17 +144,14 @@ fn host_connection<P: Packet>(
 /// the service has endpoints on other nodes only (the agent sets `SVC_F_DROP_IF_EMPTY`), and
 /// rejects when it has none anywhere.
 #[inline(always)]
-fn no_endpoints<P: Packet>(p: &P, pkt: &Ipv4Packet, svc: &ServiceValue) -> (Reason, Action) {
+fn no_endpoints<P: Packet>(p: &P, pkt: &Parsed, svc: &ServiceValue) -> Verdict {
     if svc.flags & SVC_F_DROP_IF_EMPTY != 0 {
-        return (Reason::DropNoLocalEndpoints, Action::Drop);
+        return Verdict::drop(Reason::DropNoLocalEndpoints);
     }
     if !reject_allowed() {
-        return (Reason::DropRejectRateLimited, Action::Drop);
+        return Verdict::drop(Reason::DropRejectRateLimited);
     }
-    match icmp::reject_port_unreachable(p, pkt) {
-        Ok(()) => (Reason::RejectNoEndpoints, Action::Bounce),
-        Err(()) => (Reason::DropRejectFailed, Action::Drop),
-    }
+    icmp::reject_port_unreachable(p, pkt)
 }
 
 /// A token from this CPU's REJECT bucket (`REJECT_TOKENS_V1`).
@@ -191,70 +164,142 @@ fn reject_allowed() -> bool {
     unsafe { (*bucket).take(bpf_ktime_get_ns(), REJECT_NS_PER_TOKEN, REJECT_BURST) }
 }
 
-/// Classify only: hooks with nothing to translate yet.
+/// Classify only (the uplink's tc ingress after XDP ran the ingress pipeline): nothing is
+/// translated; a malformed frame is dropped with its reason, as every other hook drops it
+/// (XDP drops what it sees malformed, so these are frames it never parsed).
 #[inline(always)]
-pub fn observe<P: Packet>(p: &P) -> Reason {
-    match parse::parse_ipv4(p.data(), p.data_end(), p.frame_len() as usize) {
-        Ok(pkt) => parse::pass_reason(pkt.l4),
-        Err(reason) => reason,
+pub fn observe<P: Packet>(p: &P) -> Verdict {
+    monitor::snapshot(p);
+    match parsed(p) {
+        Ok(pkt) => Verdict::pass(pass_reason(pkt.l4)),
+        Err(v) => v,
     }
 }
 
-/// Where connections enter the node (a pod's veth, the uplink): translate tracked packets in
-/// either direction, balance new connections to services, reject services without endpoints.
+/// Ingress hooks (a pod's veth, the uplink), before the kernel routes the packet: packets of
+/// tracked connections get their entry's rewrite (DNAT of the original direction, un-SNAT of
+/// masqueraded replies), new connections to services are balanced (or rejected without
+/// endpoints).
 #[inline(always)]
-pub fn service_ingress<P: Packet>(p: &P) -> (Reason, Action) {
+pub fn ingress<P: Packet>(p: &P) -> Verdict {
+    monitor::snapshot(p);
     let len = p.frame_len();
-    let pkt = match parse::parse_ipv4(p.data(), p.data_end(), len as usize) {
+    let pkt = match parsed(p) {
         Ok(pkt) => pkt,
-        Err(reason) => return (reason, verdict(reason)),
+        Err(v) => return v,
     };
     if pkt.l4 == L4::Icmp {
-        return icmp_errors(p, &pkt, Phase::Ingress);
+        return icmp::translate_error(p, &pkt, Phase::Ingress);
     }
     // Same rule on the uplink: an ingress hook translates only packets to a frontend (new
     // connections, NodePorts on the node's addresses) or to the node (replies of masqueraded
     // and of the node's own connections); a decapsulated packet for a local pod is neither.
     if prefilter::ingress_untouched(&pkt) {
-        return (parse::pass_reason(pkt.l4), Action::Pass);
+        return Verdict::pass(pass_reason(pkt.l4));
     }
     if pkt.l4 == L4::Fragment {
         return later_fragment(p, pkt, len, Phase::Ingress);
     }
     if pkt.l4 != L4::Tcp && pkt.l4 != L4::Udp {
-        return (parse::pass_reason(pkt.l4), Action::Pass);
+        return Verdict::pass(pass_reason(pkt.l4));
     }
     frag::remember(&pkt);
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(verdict) = translate_tracked(p, &pkt, len, now, Phase::Ingress) {
-        return verdict;
+    if let Some(v) = tracked(p, &pkt, len, now, Phase::Ingress) {
+        return v;
     }
-    let Some(svc) = lb::lookup_service(&pkt) else {
-        return (parse::pass_reason(pkt.l4), Action::Pass);
+    balance(p, &pkt, len, now)
+}
+
+/// A new connection: to a service frontend, balanced to a backend and tracked; anything else
+/// passes.
+#[inline(always)]
+fn balance<P: Packet>(p: &P, pkt: &Parsed, len: u32, now: u64) -> Verdict {
+    let Some(svc) = lb::lookup_service(pkt) else {
+        return Verdict::pass(pass_reason(pkt.l4));
     };
     // Before the reject: kube-proxy's firewall chain runs before its no-endpoints rule.
-    if !lb::source_allowed(&svc, pkt.saddr) {
-        return (Reason::DropSourceRange, Action::Drop);
+    if !lb::source_allowed(&svc, pkt.flow.saddr) {
+        return Verdict::drop(Reason::DropSourceRange);
     }
     if svc.count == 0 {
-        return no_endpoints(p, &pkt, &svc);
+        return no_endpoints(p, pkt, &svc);
     }
-    match new_connection(p, &pkt, &svc, len, now) {
-        Ok(()) => (Reason::LbNewConnection, Action::Pass),
-        Err(reason) => (reason, Action::Drop),
+    let created = lb::select_backend(&svc, pkt.flow.saddr, now)
+        .and_then(|backend| conntrack::create(pkt, &svc, &backend, len, now))
+        .and_then(|to| {
+            p.rewrite_tuple(pkt, &to)
+                .map_err(|_| Reason::DropRewriteFailed)
+        });
+    match created {
+        Ok(()) => Verdict::pass(Reason::LbNewConnection),
+        Err(reason) => Verdict::drop(reason),
     }
 }
 
+/// XDP on the uplink: tunnel packets for this node are opened first, then the inner packet (or
+/// any other) takes the ingress pipeline.
 #[inline(always)]
-fn new_connection<P: Packet>(
-    p: &P,
-    pkt: &Ipv4Packet,
-    svc: &ServiceValue,
-    len: u32,
-    now: u64,
-) -> Result<(), Reason> {
-    let backend = lb::select_backend(svc, pkt.saddr, now)?;
-    let to = conntrack::create(pkt, svc, &backend, len, now)?;
-    p.rewrite_tuple(pkt, &to)
-        .map_err(|_| Reason::DropRewriteFailed)
+pub fn uplink_rx_xdp(p: &XdpPacket, rec: &Recorder) -> Verdict {
+    if let Err(v) = overlay::decap_xdp(p, rec) {
+        return v;
+    }
+    ingress(p)
+}
+
+/// tc ingress on the uplink (after XDP, and after GRO): opens tunnel packets XDP left closed;
+/// then the ingress pipeline, on them and, when no XDP program runs it (`xdp_ran` false), on
+/// everything; else frames are only classified.
+#[inline(always)]
+pub fn uplink_rx_tc(p: &TcPacket, rec: &Recorder, xdp_ran: bool) -> Verdict {
+    let opened = match overlay::decap_tc(p, rec) {
+        Ok(opened) => opened,
+        Err(v) => return v,
+    };
+    // After the decapsulation: the inner headers are what must be linear.
+    p.linearize();
+    if opened || !xdp_ran {
+        ingress(p)
+    } else {
+        observe(p)
+    }
+}
+
+/// tc egress on the uplink: the egress pipeline (with the node's own connections to
+/// services), then the overlay stage (packets for another node's pod CIDR are encapsulated),
+/// else a packet whose destination the pipeline rewrote is routed again.
+#[inline(always)]
+pub fn uplink_tx(p: &TcPacket, rec: &Recorder) -> Verdict {
+    p.linearize();
+    let v = egress(p, true);
+    match v.action {
+        Action::Pass | Action::Reroute => {}
+        _ => return v,
+    }
+    let v = overlay::encap(p, v, rec);
+    if v.action != Action::Reroute {
+        return v;
+    }
+    match route::reroute(p) {
+        Ok(()) => Verdict::new(v.reason, Action::Redirect),
+        Err(reason) => {
+            // The translation is counted as a stage; the failed route is the hook's verdict.
+            rec.record(p, v);
+            Verdict::drop(reason)
+        }
+    }
+}
+
+/// tc ingress of a pod-facing device (frames a pod sends).
+#[inline(always)]
+pub fn pod_rx(p: &TcPacket) -> Verdict {
+    p.linearize();
+    ingress(p)
+}
+
+/// tc egress of a pod-facing device (frames to a pod).
+#[inline(always)]
+pub fn pod_tx(p: &TcPacket) -> Verdict {
+    p.linearize();
+    egress(p, false)
 }

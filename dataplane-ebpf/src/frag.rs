@@ -4,28 +4,31 @@
 //! follow, which then get their connection's address rewrite. A fragment that overtakes its
 //! first fragment finds nothing and passes untranslated (`pass-fragment`).
 
-use dataplane_common::ct::{FragKey, FragValue, IPPROTO_TCP, IPPROTO_UDP};
+use dataplane_common::{
+    ct::{FragKey, FragValue},
+    ip::{IPPROTO_TCP, IPPROTO_UDP},
+};
 
-use crate::{maps::FRAGS_V1, parse::Ipv4Packet};
+use crate::{maps::FRAGS_V1, net::Parsed};
 
 #[inline(always)]
-fn key_of(pkt: &Ipv4Packet) -> FragKey {
+fn key_of(pkt: &Parsed) -> FragKey {
     FragKey {
-        saddr: pkt.saddr,
-        daddr: pkt.daddr,
+        saddr: pkt.flow.saddr,
+        daddr: pkt.flow.daddr,
         id: pkt.ip_id,
-        proto: pkt.proto,
+        proto: pkt.flow.proto,
         _pad: 0,
     }
 }
 
 /// Records a first fragment's ports (before the hook rewrites anything).
 #[inline(always)]
-pub fn remember(pkt: &Ipv4Packet) {
+pub fn remember(pkt: &Parsed) {
     if pkt.first_fragment {
         let ports = FragValue {
-            sport: pkt.sport,
-            dport: pkt.dport,
+            sport: pkt.flow.sport,
+            dport: pkt.flow.dport,
         };
         let _ = FRAGS_V1.insert(&key_of(pkt), &ports, 0);
     }
@@ -33,14 +36,14 @@ pub fn remember(pkt: &Ipv4Packet) {
 
 /// Gives a later fragment of a known TCP/UDP datagram its first fragment's ports.
 #[inline(always)]
-pub fn recall(pkt: &mut Ipv4Packet) -> bool {
-    if pkt.proto != IPPROTO_TCP && pkt.proto != IPPROTO_UDP {
+pub fn recall(pkt: &mut Parsed) -> bool {
+    if pkt.flow.proto != IPPROTO_TCP && pkt.flow.proto != IPPROTO_UDP {
         return false;
     }
     match unsafe { FRAGS_V1.get(&key_of(pkt)) } {
         Some(p) => {
-            pkt.sport = p.sport;
-            pkt.dport = p.dport;
+            pkt.flow.sport = p.sport;
+            pkt.flow.dport = p.dport;
             true
         }
         None => false,

@@ -11,18 +11,18 @@ use dataplane_common::{
 
 use crate::{
     maps::{AFFINITY_V1, BACKENDS_V1, SERVICES_V1, SOURCE_RANGES_V1},
-    parse::Ipv4Packet,
+    net::Parsed,
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// The service frontend the packet is addressed to, if any.
 #[inline(always)]
-pub fn lookup_service(pkt: &Ipv4Packet) -> Option<ServiceValue> {
+pub fn lookup_service(pkt: &Parsed) -> Option<ServiceValue> {
     let key = ServiceKey {
-        addr: pkt.daddr,
-        port: pkt.dport,
-        proto: pkt.proto,
+        addr: pkt.flow.daddr,
+        port: pkt.flow.dport,
+        proto: pkt.flow.proto,
         _pad: 0,
     };
     unsafe { SERVICES_V1.get(&key) }.copied()
@@ -42,7 +42,7 @@ pub fn source_allowed(svc: &ServiceValue, saddr: u32) -> bool {
             addr: saddr,
         },
     );
-    SOURCE_RANGES_V1.get(key).is_some()
+    SOURCE_RANGES_V1.get(&key).is_some()
 }
 
 /// Picks a backend uniformly at random (kube-proxy's `statistic --mode random` chain, as one

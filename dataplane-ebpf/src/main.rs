@@ -1,11 +1,13 @@
-//! Entry points only: one function per hook. Each runs its pipeline (datapath.rs), counts the
-//! verdict in `STATS_V2` and returns the hook's action code.
+//! Entry points only: one function per hook. Each runs its pipeline (`datapath.rs`, `sock.rs`),
+//! counts the verdict once (`stats::Recorder`: `STATS_V2` and the monitor) and maps it to the
+//! hook's return code.
 #![no_std]
 #![no_main]
 // BPF atomic instructions for conntrack counters and flags (see conntrack::or_seen).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod config;
 mod conntrack;
 mod datapath;
 mod frag;
@@ -13,147 +15,67 @@ mod icmp;
 mod lb;
 mod maps;
 mod monitor;
+mod net;
 mod overlay;
-mod packet;
-mod parse;
 mod prefilter;
 mod route;
 mod sock;
 mod stats;
+mod verdict;
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_F_INGRESS, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{xdp_action, BPF_F_INGRESS, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::bpf_redirect,
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use datapath::Action;
-use dataplane_common::{Hook, Reason};
-use packet::{Packet, TcPacket, XdpPacket};
+use dataplane_common::Hook;
+use net::{Packet, TcPacket, XdpPacket};
+use stats::Recorder;
+use verdict::{Action, Verdict};
 
 #[inline(always)]
-fn xdp_action(action: Action) -> u32 {
-    match action {
+fn xdp_action(v: Verdict) -> u32 {
+    match v.action {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
         Action::Bounce => xdp_action::XDP_TX,
-        // Only egress hooks reroute.
-        Action::Reroute => xdp_action::XDP_PASS,
+        // Only tc egress hooks reroute or redirect.
+        Action::Reroute | Action::Redirect => xdp_action::XDP_PASS,
     }
 }
 
+/// tc's code for a verdict. `bounce_flags`: where a bounced frame goes (0: out of the device it
+/// came in on, back to the pod that sent it; BPF_F_INGRESS: into the node's stack).
 #[inline(always)]
-fn tc_action(ctx: &TcContext, action: Action) -> i32 {
-    match action {
+fn tc_action(p: &TcPacket, v: Verdict, bounce_flags: u64) -> i32 {
+    match v.action {
         Action::Pass => TC_ACT_OK,
         Action::Drop => TC_ACT_SHOT,
-        // Egress of the device the frame came in on: back to the pod that sent it.
-        Action::Bounce => unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 },
-        // Only the uplink's egress reroutes (tc_uplink_egress).
+        Action::Bounce => unsafe { bpf_redirect(p.ifindex(), bounce_flags) as i32 },
+        Action::Redirect => TC_ACT_REDIRECT,
+        // Only the uplink's egress reroutes, in its pipeline (datapath::uplink_tx).
         Action::Reroute => TC_ACT_OK,
     }
 }
 
-/// Headers may sit in paged skb data (GRO, veth); make what the parser reads linear first.
-///
-/// Only what it reads: a pull copies payload out of the frags into the head, reallocating it
-/// when it is shared, and every TCP segment a local socket sends is a clone whose head holds
-/// just its headers (66 bytes with timestamps). Pulling the whole 128-byte window for each of
-/// them was a head copy per GSO burst on every hook it crossed. TCP and UDP need their fixed
-/// header; anything else (ICMP errors carry the headers they quote) gets the whole window.
+/// cgroup sock_addr hooks: allow the syscall (with whatever address the hook wrote), or fail it
+/// (its error set with bpf_set_retval).
 #[inline(always)]
-fn linearize(ctx: &TcContext) {
-    let len = ctx.len();
-    let linear = (ctx.data_end() - ctx.data()) as u32;
-    if linear >= len || linear >= parse::PARSE_WINDOW {
-        return;
-    }
-    let need = match ctx.load::<[u8; 24]>(0) {
-        Ok(h) if h[12] == 0x08 && h[13] == 0x00 => {
-            let l4 = 14 + ((h[14] & 0x0f) as u32) * 4;
-            match h[23] {
-                6 => l4 + 20,
-                17 => l4 + 8,
-                _ => parse::PARSE_WINDOW,
-            }
-        }
-        _ => parse::PARSE_WINDOW,
-    };
-    let want = if len < need { len } else { need };
-    if linear < want {
-        let _ = ctx.pull_data(want);
-    }
-}
-
-#[inline(always)]
-fn tc_ifindex(ctx: &TcContext) -> u32 {
-    unsafe { (*ctx.skb.skb).ifindex }
-}
-
-#[inline(always)]
-fn xdp_ifindex(ctx: &XdpContext) -> u32 {
-    unsafe { (*ctx.ctx).ingress_ifindex }
-}
-
-#[inline(always)]
-fn tc_observe(ctx: &TcContext, hook: Hook) -> i32 {
-    linearize(ctx);
-    let p = TcPacket(ctx);
-    let len = p.frame_len();
-    monitor::snapshot(&p);
-    let reason: Reason = datapath::observe(&p);
-    stats::count(hook, reason, len);
-    monitor::emit(&p, hook, reason, tc_ifindex(ctx), len);
-    if reason.is_drop() {
-        TC_ACT_SHOT
+fn sock_action(v: Verdict) -> i32 {
+    if v.action == Action::Drop {
+        0
     } else {
-        TC_ACT_OK
+        1
     }
 }
 
 #[inline(always)]
-fn tc_egress(ctx: &TcContext, hook: Hook) -> i32 {
-    linearize(ctx);
-    let p = TcPacket(ctx);
-    let len = p.frame_len();
-    monitor::snapshot(&p);
-    let (reason, action) = datapath::egress(&p, false);
-    stats::count(hook, reason, len);
-    monitor::emit(&p, hook, reason, tc_ifindex(ctx), len);
-    tc_action(ctx, action)
+fn tc_recorder(p: &TcPacket, hook: Hook) -> Recorder {
+    Recorder::new(hook, p.ifindex(), p.frame_len())
 }
 
-/// XDP on the uplink: NodePort/external traffic enters here, and replies of connections this
-/// node translated come back here.
-#[xdp]
-pub fn xdp_uplink(ctx: XdpContext) -> u32 {
-    // Tunnel packets for this node are opened first: the service pipeline sees the inner packet.
-    match overlay::decap(&ctx) {
-        overlay::Decap::NotTunnel => {}
-        overlay::Decap::Decapsulated(outer_len) => {
-            stats::count(Hook::XdpUplink, Reason::OverlayDecap, outer_len)
-        }
-        overlay::Decap::Drop(reason) => {
-            // black_box: the length must be computed here, as a scalar; left to LLVM, the
-            // subtraction is sunk past the helper calls below and a 32-bit half of the packet
-            // pointer is spilled instead, which the verifier refuses.
-            let len = core::hint::black_box((ctx.data_end() - ctx.data()) as u32);
-            stats::count(Hook::XdpUplink, reason, len);
-            let p = XdpPacket(&ctx);
-            monitor::emit(&p, Hook::XdpUplink, reason, xdp_ifindex(&ctx), len);
-            return xdp_action::XDP_DROP;
-        }
-    }
-    let p = XdpPacket(&ctx);
-    let len = core::hint::black_box(p.frame_len());
-    monitor::snapshot(&p);
-    let (reason, action) = datapath::service_ingress(&p);
-    stats::count(Hook::XdpUplink, reason, len);
-    monitor::emit(&p, Hook::XdpUplink, reason, xdp_ifindex(&ctx), len);
-    xdp_action(action)
-}
-
-/// 1 when `xdp_uplink` is attached to the uplink (it runs the service pipeline there), 0 when
+/// 1 when `xdp_uplink` is attached to the uplink (it runs the ingress pipeline there), 0 when
 /// the agent attached no XDP and `tc_uplink_ingress` runs it instead. Set by the loader
 /// (`EbpfLoader::set_global`) before the programs load.
 #[no_mangle]
@@ -165,136 +87,98 @@ fn uplink_xdp() -> bool {
     unsafe { core::ptr::read_volatile(&UPLINK_XDP) != 0 }
 }
 
-#[inline(always)]
-fn tc_service_ingress(ctx: &TcContext, hook: Hook) -> i32 {
-    linearize(ctx);
-    let p = TcPacket(ctx);
-    let len = p.frame_len();
-    monitor::snapshot(&p);
-    let (reason, action) = datapath::service_ingress(&p);
-    stats::count(hook, reason, len);
-    monitor::emit(&p, hook, reason, tc_ifindex(ctx), len);
-    tc_action(ctx, action)
+/// XDP on the uplink: NodePort/external traffic enters here, and replies of connections this
+/// node translated come back here; tunnel packets for this node are opened first.
+#[xdp]
+pub fn xdp_uplink(ctx: XdpContext) -> u32 {
+    let p = XdpPacket(&ctx);
+    let rec = Recorder::new(
+        Hook::XdpUplink,
+        unsafe { (*ctx.ctx).ingress_ifindex },
+        // black_box: the length must be computed here, as a scalar; left to LLVM, the
+        // subtraction is sunk past the helper calls of the pipeline and a 32-bit half of the
+        // packet pointer is spilled instead, which the verifier refuses.
+        core::hint::black_box(p.frame_len()),
+    );
+    let v = datapath::uplink_rx_xdp(&p, &rec);
+    rec.record(&p, v);
+    xdp_action(v)
 }
 
-/// tc ingress on the uplink (after XDP, and after GRO): opens tunnel packets XDP left closed,
-/// and runs the service pipeline on them (and on everything when no XDP is attached).
+/// tc ingress on the uplink (after XDP, and after GRO): tunnel packets XDP left closed, and the
+/// ingress pipeline when no XDP runs it.
 #[classifier]
 pub fn tc_uplink_ingress(ctx: TcContext) -> i32 {
-    match overlay::decap_tc(&ctx) {
-        overlay::Decap::NotTunnel => {}
-        overlay::Decap::Decapsulated(outer_len) => {
-            stats::count(Hook::TcUplinkIngress, Reason::OverlayDecap, outer_len);
-            return tc_service_ingress(&ctx, Hook::TcUplinkIngress);
-        }
-        overlay::Decap::Drop(reason) => {
-            let len = ctx.len();
-            stats::count(Hook::TcUplinkIngress, reason, len);
-            let p = TcPacket(&ctx);
-            monitor::emit(&p, Hook::TcUplinkIngress, reason, tc_ifindex(&ctx), len);
-            return TC_ACT_SHOT;
-        }
-    }
-    if uplink_xdp() {
-        tc_observe(&ctx, Hook::TcUplinkIngress)
-    } else {
-        tc_service_ingress(&ctx, Hook::TcUplinkIngress)
-    }
+    let p = TcPacket(&ctx);
+    let rec = tc_recorder(&p, Hook::TcUplinkIngress);
+    let v = datapath::uplink_rx_tc(&p, &rec, uplink_xdp());
+    rec.record(&p, v);
+    tc_action(&p, v, 0)
 }
 
 /// tc egress on the uplink: ICMP errors the node emits about translated connections, the node's
 /// own packets to services (balanced here), and the overlay's encapsulation.
 #[classifier]
 pub fn tc_uplink_egress(ctx: TcContext) -> i32 {
-    linearize(&ctx);
     let p = TcPacket(&ctx);
-    let len = p.frame_len();
-    monitor::snapshot(&p);
-    let (reason, action) = datapath::egress(&p, true);
-    stats::count(Hook::TcUplinkEgress, reason, len);
-    monitor::emit(&p, Hook::TcUplinkEgress, reason, tc_ifindex(&ctx), len);
-    match action {
-        Action::Pass | Action::Reroute => {}
-        // A reject for the node's own packet: into the node's stack, not out to the wire.
-        Action::Bounce => {
-            return unsafe { bpf_redirect((*ctx.skb.skb).ifindex, BPF_F_INGRESS as u64) as i32 }
-        }
-        Action::Drop => return TC_ACT_SHOT,
-    }
-    // Packets for another node's pod CIDR are encapsulated (counted a second time as such).
-    if let Some((reason, act)) = overlay::encap(&ctx) {
-        stats::count(Hook::TcUplinkEgress, reason, len);
-        monitor::emit(
-            &p,
-            Hook::TcUplinkEgress,
-            reason,
-            tc_ifindex(&ctx),
-            ctx.len(),
-        );
-        return act;
-    }
-    if action == Action::Reroute {
-        return reroute(&ctx, len);
-    }
-    TC_ACT_OK
-}
-
-#[inline(always)]
-fn reroute(ctx: &TcContext, len: u32) -> i32 {
-    let p = TcPacket(ctx);
-    let routed = match parse::parse_ipv4(p.data(), p.data_end(), len as usize) {
-        Ok(pkt) => route::reroute(ctx, pkt.saddr, pkt.daddr, pkt.proto),
-        Err(reason) => Err(reason),
-    };
-    routed.unwrap_or_else(|reason| {
-        stats::count(Hook::TcUplinkEgress, reason, len);
-        TC_ACT_SHOT
-    })
+    let rec = tc_recorder(&p, Hook::TcUplinkEgress);
+    let v = datapath::uplink_tx(&p, &rec);
+    rec.record(&p, v);
+    // A reject for the node's own packet: into the node's stack, not out to the wire.
+    tc_action(&p, v, BPF_F_INGRESS as u64)
 }
 
 /// tc ingress on a pod-facing host device: connections from pods to services start here.
 #[classifier]
 pub fn tc_pod_ingress(ctx: TcContext) -> i32 {
-    tc_service_ingress(&ctx, Hook::TcPodIngress)
+    let p = TcPacket(&ctx);
+    let rec = tc_recorder(&p, Hook::TcPodIngress);
+    let v = datapath::pod_rx(&p);
+    rec.record(&p, v);
+    tc_action(&p, v, 0)
 }
 
-/// tc egress on a pod-facing host device (traffic to the pod): ICMP errors the node emits
-/// about translated connections (fragmentation needed, TTL exceeded).
+/// tc egress on a pod-facing host device (traffic to the pod): replies of translated
+/// connections, and ICMP errors the node emits about them (fragmentation needed, TTL exceeded).
 #[classifier]
 pub fn tc_pod_egress(ctx: TcContext) -> i32 {
-    tc_egress(&ctx, Hook::TcPodEgress)
+    let p = TcPacket(&ctx);
+    let rec = tc_recorder(&p, Hook::TcPodEgress);
+    let v = datapath::pod_tx(&p);
+    rec.record(&p, v);
+    tc_action(&p, v, 0)
 }
 
 /// cgroup connect4: host sockets connecting to a service get a backend instead.
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    let (reason, ret) = sock::balance(&ctx, false);
-    stats::count(Hook::SockConnect4, reason, 0);
-    ret
+    let v = sock::balance(&ctx, false);
+    stats::count(Hook::SockConnect4, v.reason, 0);
+    sock_action(v)
 }
 
 /// cgroup sendmsg4: unconnected host UDP sends to a service.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    let (reason, ret) = sock::balance(&ctx, true);
-    stats::count(Hook::SockSendmsg4, reason, 0);
-    ret
+    let v = sock::balance(&ctx, true);
+    stats::count(Hook::SockSendmsg4, v.reason, 0);
+    sock_action(v)
 }
 
 /// cgroup recvmsg4: datagrams from a backend appear to come from the service.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    let reason = sock::reverse(&ctx);
-    stats::count(Hook::SockRecvmsg4, reason, 0);
-    sock::SOCK_ALLOW
+    let v = sock::reverse(&ctx);
+    stats::count(Hook::SockRecvmsg4, v.reason, 0);
+    sock_action(v)
 }
 
 /// cgroup getpeername4: a balanced socket's peer is the service.
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
-    let reason = sock::reverse(&ctx);
-    stats::count(Hook::SockGetpeername4, reason, 0);
-    sock::SOCK_ALLOW
+    let v = sock::reverse(&ctx);
+    stats::count(Hook::SockGetpeername4, v.reason, 0);
+    sock_action(v)
 }
 
 #[cfg(not(test))]

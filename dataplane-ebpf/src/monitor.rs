@@ -4,6 +4,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use dataplane_common::{
+    ip::{IPPROTO_TCP, IPPROTO_UDP},
     monitor::{
         drop_mask, EventTuple, MonitorEvent, EV_F_BEFORE, MONITOR_BURST, MONITOR_EVENTS_PER_SEC,
         MON_F_ALL, MON_F_DROPS,
@@ -13,8 +14,10 @@ use dataplane_common::{
 
 use crate::{
     maps::{EVENTS_V1, MONITOR_TOKENS_V1, MONITOR_V1},
-    packet::Packet,
-    parse,
+    net::{
+        hdr::{EthIpv4, L4Ports, ETH_HLEN, IPV4_HLEN},
+        Packet,
+    },
 };
 
 /// What the attached monitor asks for (`MON_F_*`), 0 when none is attached.
@@ -29,26 +32,28 @@ pub fn mode() -> u32 {
 /// add no packet-pointer state.
 #[inline(always)]
 fn tuple<P: Packet>(p: &P) -> Option<(u8, EventTuple)> {
-    let h: [u8; 34] = p.load(0).ok()?;
-    if h[12] != 0x08 || h[13] != 0x00 || h[14] >> 4 != 4 {
+    let h: EthIpv4 = p.load(0)?;
+    let (eth, ip) = (h.eth, h.ip);
+    if !eth.is_ipv4() || ip.version() != 4 {
         return None;
     }
-    let ihl = ((h[14] & 0x0f) as usize) * 4;
-    let proto = h[23];
-    let first = u16::from_be_bytes([h[20], h[21]]) & 0x1fff == 0;
-    let ports =
-        if (proto == parse::IPPROTO_TCP || proto == parse::IPPROTO_UDP) && first && ihl >= 20 {
-            p.load::<4>(14 + ihl).unwrap_or([0; 4])
-        } else {
-            [0; 4]
-        };
-    let t = EventTuple {
-        saddr: u32::from_ne_bytes([h[26], h[27], h[28], h[29]]),
-        daddr: u32::from_ne_bytes([h[30], h[31], h[32], h[33]]),
-        sport: u16::from_ne_bytes([ports[0], ports[1]]),
-        dport: u16::from_ne_bytes([ports[2], ports[3]]),
+    let ihl = ip.hdr_len();
+    let ports = if (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP)
+        && !ip.is_later_fragment()
+        && ihl >= IPV4_HLEN
+    {
+        p.load::<L4Ports>(ETH_HLEN + ihl)
+    } else {
+        None
     };
-    Some((proto, t))
+    let (sport, dport) = ports.map_or((0, 0), |p| (p.source, p.dest));
+    let t = EventTuple {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        sport,
+        dport,
+    };
+    Some((ip.proto, t))
 }
 
 /// Keeps the packet's tuple before the pipeline rewrites it, when a monitor wants every verdict.

@@ -8,11 +8,11 @@
 //! come from a frontend, the node's own connections to services go to a frontend). ICMP always takes the full path (errors quote other addresses).
 
 use dataplane_common::{
-    ct::CFG_F_POD_FILTER,
+    config::CFG_F_POD_FILTER,
     lb::{ADDR_F_FRONTEND, ADDR_F_NODE},
 };
 
-use crate::{conntrack::config, maps::LB_ADDRS_V1, parse::Ipv4Packet};
+use crate::{config, maps::LB_ADDRS_V1, net::Parsed};
 
 #[inline(always)]
 fn flags(addr: u32) -> u32 {
@@ -23,17 +23,17 @@ fn flags(addr: u32) -> u32 {
 /// some other way leave it off, and every packet takes the full path).
 #[inline(always)]
 fn enabled() -> bool {
-    config().flags & CFG_F_POD_FILTER != 0
+    config::node().flags & CFG_F_POD_FILTER != 0
 }
 
 /// A packet entering from a pod or the uplink that no rule can apply to.
 #[inline(always)]
-pub fn ingress_untouched(pkt: &Ipv4Packet) -> bool {
-    enabled() && flags(pkt.daddr) & (ADDR_F_FRONTEND | ADDR_F_NODE) == 0
+pub fn ingress_untouched(pkt: &Parsed) -> bool {
+    enabled() && flags(pkt.flow.daddr) & (ADDR_F_FRONTEND | ADDR_F_NODE) == 0
 }
 
 /// A packet on its way to a pod, or out of the uplink, that no rule can apply to.
 #[inline(always)]
-pub fn egress_untouched(pkt: &Ipv4Packet) -> bool {
-    enabled() && flags(pkt.saddr) == 0 && flags(pkt.daddr) == 0
+pub fn egress_untouched(pkt: &Parsed) -> bool {
+    enabled() && flags(pkt.flow.saddr) == 0 && flags(pkt.flow.daddr) == 0
 }

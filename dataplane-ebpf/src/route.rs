@@ -8,28 +8,29 @@ use aya_ebpf::{
         BPF_FIB_LOOKUP_SKIP_NEIGH,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
-    programs::TcContext,
 };
-use dataplane_common::Reason;
+use dataplane_common::{ip::AF_INET, Reason};
 
-const AF_INET: u8 = 2;
+use crate::net::{parse, Packet, TcPacket};
 
 /// Sends the packet out of the device the kernel's routes give for its (new) destination, with
 /// the next hop's MAC from the neighbour table (resolved by the kernel if it is not yet).
-/// `Err` when the destination is not routable from here: one of the node's own addresses (a
-/// host-network backend on this node; its replies would never pass a hook to be restored), or
-/// no route at all.
+/// `Ok`: redirected (TC_ACT_REDIRECT). `Err` when the destination is not routable from here:
+/// one of the node's own addresses (a host-network backend on this node; its replies would
+/// never pass a hook to be restored), or no route at all.
 #[inline(always)]
-pub fn reroute(ctx: &TcContext, saddr: u32, daddr: u32, proto: u8) -> Result<i32, Reason> {
+pub fn reroute(p: &TcPacket) -> Result<(), Reason> {
+    // The rewritten flow, as it is in the packet now.
+    let flow = parse::parse(p.data(), p.data_end(), p.frame_len() as usize)?.flow;
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
-    fib.l4_protocol = proto;
-    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    fib.__bindgen_anon_3.ipv4_src = saddr;
-    fib.__bindgen_anon_4.ipv4_dst = daddr;
+    fib.l4_protocol = flow.proto;
+    fib.ifindex = p.ifindex();
+    fib.__bindgen_anon_3.ipv4_src = flow.saddr;
+    fib.__bindgen_anon_4.ipv4_dst = flow.daddr;
     let rc = unsafe {
         fib_lookup(
-            ctx.skb.skb as *mut _,
+            p.0.skb.skb as *mut _,
             &mut fib as *mut _,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
             // An input-style lookup: an output lookup is bound to `ifindex` as the outgoing
@@ -42,5 +43,6 @@ pub fn reroute(ctx: &TcContext, saddr: u32, daddr: u32, proto: u8) -> Result<i32
     }
     // No next-hop parameters: the helper looks the route's gateway (or the destination itself
     // on a connected route) up in the neighbour table of that device.
-    Ok(unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) } as i32)
+    unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) };
+    Ok(())
 }

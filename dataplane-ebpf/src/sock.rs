@@ -10,6 +10,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use dataplane_common::{
+    ip::{IPPROTO_TCP, IPPROTO_UDP},
     lb::{
         BackendValue, ServiceKey, SockAffinityKey, SockRevNatKey, SockRevNatValue,
         SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL,
@@ -18,21 +19,16 @@ use dataplane_common::{
 };
 
 use crate::{
-    conntrack, lb,
+    config, lb,
     maps::{SOCK_AFFINITY_V1, SOCK_REVNAT_V1},
-    parse::{IPPROTO_TCP, IPPROTO_UDP},
+    verdict::{Action, Verdict},
 };
 
 const ECONNREFUSED: i32 = 111;
 
-/// Allow the syscall (with whatever address we wrote).
-pub const SOCK_ALLOW: i32 = 1;
-/// Fail the syscall (its error is set with bpf_set_retval).
-pub const SOCK_DENY: i32 = 0;
-
 #[inline(always)]
 fn in_node_netns(ctx: &SockAddrContext) -> bool {
-    let cookie = conntrack::config().netns_cookie;
+    let cookie = config::node().netns_cookie;
     cookie != 0 && unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) } == cookie
 }
 
@@ -51,40 +47,41 @@ fn service_key(sa: &bpf_sock_addr) -> Option<ServiceKey> {
     })
 }
 
-/// connect4 and sendmsg4: rewrites a service destination to a backend.
+/// connect4 and sendmsg4: rewrites a service destination to a backend. `Action::Drop` fails
+/// the syscall (its error set with bpf_set_retval).
 #[inline(always)]
-pub fn balance(ctx: &SockAddrContext, sticky_per_socket: bool) -> (Reason, i32) {
+pub fn balance(ctx: &SockAddrContext, sticky_per_socket: bool) -> Verdict {
     if !in_node_netns(ctx) {
-        return (Reason::SockPass, SOCK_ALLOW);
+        return Verdict::pass(Reason::SockPass);
     }
     let sa = unsafe { &mut *ctx.sock_addr };
     let Some(key) = service_key(sa) else {
-        return (Reason::SockPass, SOCK_ALLOW);
+        return Verdict::pass(Reason::SockPass);
     };
     let Some(svc) = (unsafe { crate::maps::SERVICES_V1.get(&key) }).copied() else {
-        return (Reason::SockPass, SOCK_ALLOW);
+        return Verdict::pass(Reason::SockPass);
     };
     if key.proto == IPPROTO_UDP && svc.flags & SVC_F_EXTERNAL == 0 && svc.count != 0 {
         // UDP to a ClusterIP is translated per packet at the uplink's egress instead
         // (conntrack::create_host): a connected socket's sends never reach sendmsg4 again, so
         // a backend chosen here would outlive its removal (resolvers keep their socket).
         // NodePorts are the node's own addresses, routed over loopback past every tc hook.
-        return (Reason::SockPass, SOCK_ALLOW);
+        return Verdict::pass(Reason::SockPass);
     }
     if svc.count == 0 && svc.flags & SVC_F_DROP_IF_EMPTY != 0 {
         // kube-proxy's DROP (a Local policy, endpoints on other nodes only) is a packet drop:
         // left untranslated, the packet meets the same rule at the uplink's egress.
-        return (Reason::SockPass, SOCK_ALLOW);
+        return Verdict::pass(Reason::SockPass);
     }
     if svc.count == 0 {
         // kube-proxy's REJECT, at the syscall: connect()/sendmsg() fail with ECONNREFUSED.
         unsafe { bpf_set_retval(-ECONNREFUSED) };
-        return (Reason::RejectNoEndpoints, SOCK_DENY);
+        return Verdict::new(Reason::RejectNoEndpoints, Action::Drop);
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let backend = match pick(&key, &svc, cookie, sticky_per_socket) {
         Ok(b) => b,
-        Err(reason) => return (reason, SOCK_DENY),
+        Err(reason) => return Verdict::drop(reason),
     };
     let rev = SockRevNatKey {
         cookie,
@@ -103,7 +100,7 @@ pub fn balance(ctx: &SockAddrContext, sticky_per_socket: bool) -> (Reason, i32) 
     );
     sa.user_ip4 = backend.addr;
     sa.user_port = backend.port as u32;
-    (Reason::LbNewConnection, SOCK_ALLOW)
+    Verdict::pass(Reason::LbNewConnection)
 }
 
 /// Unconnected UDP sends to a service stay on one backend per socket (a flow, for the server).
@@ -124,7 +121,7 @@ fn pick(
         }
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let backend = lb::select_backend(svc, conntrack::config().masq_addr, now)?;
+    let backend = lb::select_backend(svc, config::node().masq_addr, now)?;
     if sticky {
         let _ = SOCK_AFFINITY_V1.insert(&akey, &backend, 0);
     }
@@ -133,9 +130,9 @@ fn pick(
 
 /// recvmsg4 and getpeername4: reports the service address instead of the backend's.
 #[inline(always)]
-pub fn reverse(ctx: &SockAddrContext) -> Reason {
+pub fn reverse(ctx: &SockAddrContext) -> Verdict {
     if !in_node_netns(ctx) {
-        return Reason::SockPass;
+        return Verdict::pass(Reason::SockPass);
     }
     let sa = unsafe { &mut *ctx.sock_addr };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
@@ -149,8 +146,8 @@ pub fn reverse(ctx: &SockAddrContext) -> Reason {
         Some(v) => {
             sa.user_ip4 = v.addr;
             sa.user_port = v.port as u32;
-            Reason::SockRevNat
+            Verdict::pass(Reason::SockRevNat)
         }
-        None => Reason::SockPass,
+        None => Verdict::pass(Reason::SockPass),
     }
 }

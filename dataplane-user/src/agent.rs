@@ -20,6 +20,7 @@ use crate::{
     model::{ClusterState, ServicePort},
     services::{LocalContext, ServiceNames, ServiceTable, SourceRanges},
     sockdiag::SockDestroyer,
+    tasks::AbortOnDrop,
 };
 
 /// First and longest wait before re-applying a state some service ports of which failed
@@ -197,9 +198,12 @@ async fn run_async(cfg: AgentConfig) -> Result<()> {
                     states = None;
                     continue;
                 }
+                // The source's watch channel holds the newest state only: it reached us now.
+                let received = Instant::now();
                 let state = states.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
                 health.queued(std::time::Instant::now());
                 let complete = apply(&mut table, &mut ranges, &mut names, last_state.as_deref(), &state, &status, destroyer.as_ref());
+                status.programming_durations.0.observe(received.elapsed().as_secs_f64());
                 report_health(&health, &mut service_health, &state, complete, &cfg.node_name);
                 schedule_retry(complete, &mut retry_at, &mut backoff);
                 last_state = Some(state.clone());
@@ -231,11 +235,11 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
         loader::load_with(&cfg.pin_dir, attach.xdp_mode != loader::XdpAttachMode::Off)?;
     let masq = match cfg.masquerade_ip {
         Some(ip) => ip,
-        None => loader::interface_ipv4(&cfg.attach.uplink)?,
+        None => crate::host::netdev::first_ipv4(&cfg.attach.uplink)?,
     };
     let mut config = dataplane_common::ct::Config::with_masq_addr(u32::from(masq).to_be());
     // Keep timeouts an operator (or a test) set on the pinned config across restarts.
-    if let Ok(old) = loader::read_pinned_config(&cfg.pin_dir) {
+    if let Ok(old) = crate::maps::read_config(&cfg.pin_dir) {
         if old.timeout_tcp_established != 0 {
             config = dataplane_common::ct::Config {
                 masq_addr: config.masq_addr,
@@ -246,14 +250,14 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
     }
     cfg.timeouts.apply(&mut config);
     if cfg.attach.cgroup.is_some() {
-        config.netns_cookie = loader::netns_cookie()?;
+        config.netns_cookie = crate::host::netns::cookie()?;
     }
-    loader::write_config(&mut datapath.ebpf, &config)?;
+    crate::maps::write_config(&datapath.ebpf, &config)?;
     let overlay = cfg
         .overlay
         .to_config()
         .context("reading the uplink's settings for the overlay")?;
-    crate::overlay::write_config(&crate::overlay::Maps::Object(&datapath.ebpf), &overlay)?;
+    crate::maps::write_overlay_config(&datapath.ebpf, &overlay)?;
     if cfg.overlay.mode != crate::overlay::OverlayMode::None {
         log::info!(
             "overlay {:?} from {} (VTEP MAC = {}'s)",
@@ -272,8 +276,8 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
 /// Addresses the node gains later are not added (the filter then sends their replies the full
 /// way only if they are also a service's): a restart picks them up.
 fn enable_pod_filter(table: &mut ServiceTable, ebpf: &aya::Ebpf) -> Result<()> {
-    let mut config = crate::services::read_config(ebpf)?;
-    let mut addrs: Vec<u32> = loader::local_ipv4s()?
+    let mut config = crate::maps::read_config(ebpf)?;
+    let mut addrs: Vec<u32> = crate::host::netdev::local_ipv4s()?
         .into_iter()
         .map(|a| u32::from(a).to_be())
         .collect();
@@ -282,7 +286,7 @@ fn enable_pod_filter(table: &mut ServiceTable, ebpf: &aya::Ebpf) -> Result<()> {
         .set_node_addrs(&addrs)
         .context("listing the node's addresses in LB_ADDRS_V1")?;
     config.flags |= dataplane_common::ct::CFG_F_POD_FILTER;
-    crate::services::write_config(ebpf, &config)
+    crate::maps::write_config(ebpf, &config)
 }
 
 /// After an apply: the health servers answer from the state (a complete apply also clears the
@@ -443,12 +447,4 @@ fn changes(before: Option<&ClusterState>, after: &[ServicePort]) -> (u64, u64) {
         }
     }
     (services, endpoints)
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

@@ -135,10 +135,3 @@ pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
         attach_type: rd32(24),
     })
 }
-
-/// The id the kernel gives the cgroup v2 directory `dir` (what link info reports): its inode
-/// number, as kernfs uses the node id for both.
-pub fn cgroup_id(dir: &Path) -> io::Result<u64> {
-    use std::os::unix::fs::MetadataExt as _;
-    Ok(std::fs::metadata(dir)?.ino())
-}

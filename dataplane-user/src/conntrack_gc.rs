@@ -18,14 +18,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
-use aya::maps::{HashMap as BpfHash, Map, MapData};
+use anyhow::Result;
 use dataplane_common::{
     ct::{idle_expired, next_key, Config, CtKey, CtValue, CT_MAX_ENTRIES},
     map_names,
 };
 
-use crate::{loader, services::show::monotonic_ns};
+use crate::{maps, services::show::monotonic_ns};
 
 /// Shortest and longest pause between two sweeps.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -109,10 +108,8 @@ pub fn next_interval(prev: Duration, entries: usize, deleted: usize, max_entries
 
 /// One sweep over the pinned `CT_V2`: returns (entries left, entries deleted).
 pub fn sweep(pin_dir: &Path) -> Result<(usize, usize)> {
-    let cfg = loader::read_pinned_config(pin_dir)?;
-    let path = pin_dir.join(map_names::CT);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let mut ct: BpfHash<MapData, CtKey, CtValue> = BpfHash::try_from(Map::LruHashMap(data))?;
+    let cfg = maps::read_config(pin_dir)?;
+    let mut ct: maps::Hash<CtKey, CtValue> = maps::open_hash(pin_dir, &dataplane_common::maps::CT)?;
     // Bounded: datapath inserts and evictions during the walk can restart get_next_key.
     let mut entries = Vec::new();
     for entry in ct.iter().take(2 * CT_MAX_ENTRIES as usize) {

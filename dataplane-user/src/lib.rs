@@ -6,8 +6,10 @@ pub mod agent;
 pub mod bpf_link;
 pub mod conntrack_gc;
 pub mod health;
+pub mod host;
 pub mod k8s;
 pub mod loader;
+pub mod maps;
 pub mod metrics;
 pub mod model;
 pub mod monitor;
@@ -17,6 +19,7 @@ pub mod pin;
 pub mod services;
 pub mod sockdiag;
 pub mod stats;
+pub mod tasks;
 
 /// The eBPF object built by `cargo xtask build-ebpf` (checked fresh by build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DATAPLANE_EBPF_OBJ"));

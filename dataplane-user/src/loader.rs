@@ -21,7 +21,7 @@ use dataplane_common::{
     Hook,
 };
 
-use crate::{bpf_link, pin, EBPF_OBJECT};
+use crate::{bpf_link, host, maps::MapSource, pin, EBPF_OBJECT};
 
 /// Which XDP attach mode to ask the kernel for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -54,14 +54,9 @@ impl XdpAttachMode {
     }
 }
 
-/// Whether `iface` (in this thread's network namespace) is a veth. Asked through `ip`, as
-/// /sys/class/net may be another namespace's view.
+/// Whether `iface` (in this thread's network namespace) is a veth.
 fn is_veth(iface: &str) -> bool {
-    std::process::Command::new("ip")
-        .args(["-d", "-o", "link", "show", "dev", iface])
-        .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(" veth "))
-        .unwrap_or(false)
+    host::netdev::link(iface).is_ok_and(|l| l.is_veth())
 }
 
 /// Where to attach, as given on the `dataplane run` command line.
@@ -80,7 +75,7 @@ impl AttachConfig {
     /// The pod devices to cover now: the ones named, and those matching the prefixes.
     pub fn current_pod_ifaces(&self) -> Result<Vec<String>> {
         let mut all = self.pod_ifaces.clone();
-        all.extend(interfaces_with_prefixes(&self.pod_iface_prefixes)?);
+        all.extend(host::netdev::names_with_prefixes(&self.pod_iface_prefixes)?);
         all.sort();
         all.dedup();
         Ok(all)
@@ -91,6 +86,12 @@ impl AttachConfig {
 pub struct Datapath {
     pub ebpf: Ebpf,
     pub pin_dir: PathBuf,
+}
+
+impl MapSource for Datapath {
+    fn open_map(&self, name: &str) -> Result<aya::maps::MapData> {
+        self.ebpf.open_map(name)
+    }
 }
 
 /// Loads the embedded object with its maps pinned (or adopted) under `pin_dir`, and loads every
@@ -106,7 +107,15 @@ pub fn load_with(pin_dir: &Path, uplink_xdp: bool) -> Result<Datapath> {
     pin::remove_retired_maps(pin_dir)?;
     pin::check_pinned_layouts(pin_dir)?;
     let flag: u32 = uplink_xdp.into();
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    // BTF-defined maps carry no pinning attribute (aya-ebpf 0.2 emits none): each map is
+    // pinned by name here, and a pin an earlier run left is adopted (aya opens it instead of
+    // creating the map). The legacy ring buffer is pinned by its definition, under the default
+    // directory.
+    for map in dataplane_common::maps::ALL {
+        loader.map_pin_path(map.name, pin_dir.join(map.name));
+    }
+    let mut ebpf = loader
         .default_map_pin_directory(pin_dir)
         .override_global("UPLINK_XDP", &flag, true)
         .load(EBPF_OBJECT)
@@ -173,13 +182,8 @@ fn verifier_error(name: &str, e: ProgramError) -> anyhow::Error {
 /// bridged straight to the client pod and never pass the bridge's own tc hooks, so they would
 /// never be un-NATed. Its ports (the pods' host-side veths) are.
 fn refuse_bridge(iface: &str) -> Result<()> {
-    let out = std::process::Command::new("ip")
-        .args(["-d", "-o", "link", "show", "dev", iface])
-        .output()
-        .context("running `ip -d link show`")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.split_whitespace().any(|w| w == "bridge") {
-        anyhow::bail!(
+    if host::netdev::link(iface)?.is_bridge() {
+        bail!(
             "{iface} is a bridge: attach to its ports instead (the pods' host-side veths, e.g. \
              --pod-iface-prefix veth); replies between pods on the bridge never pass {iface}'s \
              own hooks and would reach clients untranslated"
@@ -388,7 +392,7 @@ impl Datapath {
     /// never empty. A pin for another cgroup or attach type (a changed `--cgroup-path`) is
     /// replaced: the new link is created before the old pin is removed, so there is no gap.
     fn attach_sock(&mut self, cgroup: &Path) -> Result<()> {
-        let cgroup_id = bpf_link::cgroup_id(cgroup)
+        let cgroup_id = host::cgroup::id(cgroup)
             .with_context(|| format!("reading the id of cgroup {}", cgroup.display()))?;
         for hook in Hook::ALL {
             let (name, Attach::Cgroup(attach_type)) = (hook.program(), hook.attach()) else {
@@ -459,183 +463,4 @@ fn adopt_cgroup_link(
         );
     }
     bpf_link::link_update(link.as_fd(), prog).context("BPF_LINK_UPDATE")
-}
-
-/// Writes `CONFIG_V2` (node-wide settings) through an open datapath.
-pub fn write_config(ebpf: &mut Ebpf, cfg: &dataplane_common::ct::Config) -> Result<()> {
-    let map = ebpf
-        .map_mut(dataplane_common::map_names::CONFIG)
-        .ok_or_else(|| anyhow!("CONFIG_V2 missing from object"))?;
-    let mut array: aya::maps::Array<_, dataplane_common::ct::Config> =
-        aya::maps::Array::try_from(map)?;
-    array.set(0, *cfg, 0).context("writing CONFIG_V2")?;
-    Ok(())
-}
-
-/// Writes `CONFIG_V2` through its pin (for tools and tests running beside `dataplane run`).
-pub fn write_pinned_config(pin_dir: &Path, cfg: &dataplane_common::ct::Config) -> Result<()> {
-    let path = pin_dir.join(dataplane_common::map_names::CONFIG);
-    let data = aya::maps::MapData::from_pin(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let mut array: aya::maps::Array<_, dataplane_common::ct::Config> =
-        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data)?)?;
-    array.set(0, *cfg, 0).context("writing CONFIG_V2")?;
-    Ok(())
-}
-
-/// Reads `CONFIG_V2` through its pin.
-pub fn read_pinned_config(pin_dir: &Path) -> Result<dataplane_common::ct::Config> {
-    let path = pin_dir.join(dataplane_common::map_names::CONFIG);
-    let data = aya::maps::MapData::from_pin(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let array: aya::maps::Array<_, dataplane_common::ct::Config> =
-        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data)?)?;
-    Ok(array.get(&0, 0)?)
-}
-
-/// The first IPv4 address of `iface` in this network namespace: the node address masqueraded
-/// connections leave with (kube-proxy's MASQUERADE picks the outgoing interface's address).
-pub fn interface_ipv4(iface: &str) -> Result<std::net::Ipv4Addr> {
-    interface_ipv4s(iface)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow!("interface {iface} has no IPv4 address (give --masquerade-ip)"))
-}
-
-/// Every IPv4 address of `iface` in this network namespace, in the kernel's order.
-pub fn interface_ipv4s(iface: &str) -> Result<Vec<std::net::Ipv4Addr>> {
-    Ok(ipv4_addrs()?
-        .into_iter()
-        .filter(|(name, _)| name == iface)
-        .map(|(_, a)| a)
-        .collect())
-}
-
-/// The interface holding `addr` (`--uplink-address`: the node's InternalIP from the downward
-/// API's status.hostIP names the uplink on any node, whatever its interface is called).
-pub fn interface_with_ipv4(addr: std::net::Ipv4Addr) -> Result<String> {
-    let all = ipv4_addrs()?;
-    all.iter()
-        .find(|(_, a)| *a == addr)
-        .map(|(name, _)| name.clone())
-        .ok_or_else(|| {
-            let have: Vec<String> = all.iter().map(|(n, a)| format!("{n} {a}")).collect();
-            anyhow!("no interface has {addr} (have: {})", have.join(", "))
-        })
-}
-
-/// Every IPv4 address of this network namespace.
-pub fn local_ipv4s() -> Result<Vec<std::net::Ipv4Addr>> {
-    Ok(ipv4_addrs()?.into_iter().map(|(_, a)| a).collect())
-}
-
-/// (interface, address) for every IPv4 address of this network namespace.
-fn ipv4_addrs() -> Result<Vec<(String, std::net::Ipv4Addr)>> {
-    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
-    if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("getifaddrs");
-    }
-    let mut found = Vec::new();
-    let mut cur = addrs;
-    while !cur.is_null() {
-        let ifa = unsafe { &*cur };
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy();
-        if !ifa.ifa_addr.is_null() && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET {
-            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-            found.push((
-                name.into_owned(),
-                std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-            ));
-        }
-        cur = ifa.ifa_next;
-    }
-    unsafe { libc::freeifaddrs(addrs) };
-    Ok(found)
-}
-
-/// Cookie of the calling thread's network namespace (SO_NETNS_COOKIE, Linux >= 5.14): what
-/// bpf_get_netns_cookie() returns for sockets of that namespace.
-pub fn netns_cookie() -> Result<u64> {
-    const SO_NETNS_COOKIE: libc::c_int = 71;
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket()");
-    }
-    let mut cookie: u64 = 0;
-    let mut len = core::mem::size_of::<u64>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    let err = std::io::Error::last_os_error();
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        return Err(err).context("getsockopt(SO_NETNS_COOKIE)");
-    }
-    Ok(cookie)
-}
-
-/// The cgroup v2 hierarchy's root: found in /proc/mounts, or mounted under /run if the host has
-/// none (socket-level balancing needs cgroup v2).
-pub fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    if let Some(dir) = mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-    }) {
-        return Ok(dir);
-    }
-    let dir = PathBuf::from("/run/dataplane/cgroup2");
-    std::fs::create_dir_all(&dir)?;
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
-    let rc = unsafe {
-        libc::mount(
-            c"none".as_ptr(),
-            c.as_ptr(),
-            c"cgroup2".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("mounting cgroup2");
-    }
-    log::info!("mounted cgroup2 at {}", dir.display());
-    Ok(dir)
-}
-
-/// Interfaces of this network namespace whose names start with one of `prefixes` (the host side
-/// of pod veths: flannel's `veth`, calico's `cali`). if_nameindex(3) asks the kernel over netlink,
-/// so it sees the calling thread's namespace (unlike /sys/class/net under nsenter).
-pub fn interfaces_with_prefixes(prefixes: &[String]) -> Result<Vec<String>> {
-    if prefixes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let list = unsafe { libc::if_nameindex() };
-    if list.is_null() {
-        return Err(std::io::Error::last_os_error()).context("if_nameindex");
-    }
-    let mut out = Vec::new();
-    let mut cur = list;
-    loop {
-        let entry = unsafe { &*cur };
-        if entry.if_index == 0 || entry.if_name.is_null() {
-            break;
-        }
-        let name = unsafe { std::ffi::CStr::from_ptr(entry.if_name) }
-            .to_string_lossy()
-            .into_owned();
-        if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
-            out.push(name);
-        }
-        cur = unsafe { cur.add(1) };
-    }
-    unsafe { libc::if_freenameindex(list) };
-    out.sort();
-    Ok(out)
 }

@@ -321,7 +321,7 @@ fn main() -> Result<()> {
 fn run(mut args: RunArgs) -> Result<()> {
     let uplink = match (args.uplink.take(), args.uplink_address) {
         (Some(name), _) => name,
-        (None, Some(addr)) => loader::interface_with_ipv4(addr)
+        (None, Some(addr)) => dataplane::host::netdev::with_ipv4(addr)
             .map_err(|e| anyhow::anyhow!("--uplink-address {addr}: {e:#}"))?,
         (None, None) => anyhow::bail!("give --uplink or --uplink-address"),
     };
@@ -329,7 +329,7 @@ fn run(mut args: RunArgs) -> Result<()> {
     let cgroup = match (args.socket_lb, args.cgroup_path.clone()) {
         (false, _) => None,
         (true, Some(dir)) => Some(dir),
-        (true, None) => Some(loader::cgroup2_root()?),
+        (true, None) => Some(dataplane::host::cgroup::root()?),
     };
     let source = match (args.manifests, args.kubeconfig, args.kubernetes) {
         (Some(path), None, false) => Some(k8s::Source::Manifests(path)),
@@ -347,7 +347,7 @@ fn run(mut args: RunArgs) -> Result<()> {
         let tunnel_ip = match (args.tunnel_ip, args.overlay) {
             (Some(ip), _) => ip,
             (None, OverlayMode::None) => std::net::Ipv4Addr::UNSPECIFIED,
-            (None, _) => loader::interface_ipv4(&uplink)?,
+            (None, _) => dataplane::host::netdev::first_ipv4(&uplink)?,
         };
         OverlaySettings {
             vni: args.vxlan_vni,

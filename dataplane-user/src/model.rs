@@ -154,3 +154,47 @@ pub struct ClusterState {
     /// ToBeDeletedByClusterAutoscaler taint: the node-level health check fails (KEP-3836).
     pub node_deleting: bool,
 }
+
+/// An IPv4 prefix, host bits cleared (pod CIDRs, service CIDRs, routes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn new(addr: Ipv4Addr, len: u8) -> Cidr {
+        let len = len.min(32);
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        Cidr {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            len,
+        }
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        Cidr::new(ip, self.len).addr == self.addr
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    /// "10.96.0.0/12" (host bits are cleared) or a plain address (a /32).
+    fn from_str(text: &str) -> Result<Cidr, String> {
+        let (addr, len) = text.split_once('/').unwrap_or((text, "32"));
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{text:?}: not an IPv4 address"))?;
+        match len.parse::<u8>() {
+            Ok(len) if len <= 32 => Ok(Cidr::new(addr, len)),
+            _ => Err(format!("{text:?}: prefix length is not 0..=32")),
+        }
+    }
+}

@@ -90,7 +90,7 @@ fn endpoint(addr: u32, port: u16) -> SocketAddrV4 {
 fn ifname(index: u32, cache: &mut HashMap<u32, String>) -> String {
     cache
         .entry(index)
-        .or_insert_with(|| crate::overlay::netdev::name(index).unwrap_or(format!("if{index}")))
+        .or_insert_with(|| crate::host::netdev::name(index).unwrap_or(format!("if{index}")))
         .clone()
 }
 

@@ -27,8 +27,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use crate::{
     k8s::{Problem, Severity},
-    model::NodeInfo,
-    overlay::Cidr,
+    model::{Cidr, NodeInfo},
 };
 
 /// A range no pod CIDR may overlap, and what it is (for the message).
@@ -54,22 +53,6 @@ impl Reserved {
         Reserved {
             remote_only: true,
             ..Reserved::new(cidr, what)
-        }
-    }
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-
-    /// "10.96.0.0/12" (host bits are cleared) or a plain address (a /32).
-    fn from_str(text: &str) -> Result<Cidr, String> {
-        let (addr, len) = text.split_once('/').unwrap_or((text, "32"));
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("{text:?}: not an IPv4 address"))?;
-        match len.parse::<u8>() {
-            Ok(len) if len <= 32 => Ok(Cidr::new(addr, len)),
-            _ => Err(format!("{text:?}: prefix length is not 0..=32")),
         }
     }
 }

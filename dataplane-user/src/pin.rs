@@ -7,131 +7,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{lpm_trie, MapData};
-use dataplane_common::monitor::{MonitorTokens, EVENTS_RING_BYTES};
-use dataplane_common::{
-    ct::{Config, CtKey, CtValue, FragKey, FragValue, CT_MAX_ENTRIES, MAX_FRAG_DATAGRAMS},
-    lb::{
-        AffinityKey, AffinityValue, BackendKey, BackendValue, RejectBucket, ServiceKey,
-        ServiceName, ServiceValue, SockAffinityKey, SockRevNatKey, SockRevNatValue, SourceRangeKey,
-        MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES,
-        MAX_SOURCE_RANGES,
-    },
-    map_names,
-    overlay::{
-        OverlayConfig, OverlayNextHop, OverlayPeer, OverlayRoute, RouteKey, MAX_OVERLAY_NEXTHOPS,
-        MAX_OVERLAY_PEERS, MAX_OVERLAY_ROUTES,
-    },
-    StatsValue, STATS_ENTRIES,
-};
+use aya::maps::MapData;
+use dataplane_common::maps;
 
-const BPF_MAP_TYPE_HASH: u32 = 1;
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
-const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
-const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
-const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
-const BPF_MAP_TYPE_RINGBUF: u32 = 27;
-
-fn layout<K, V>(name: &'static str, map_type: u32, max_entries: u32) -> MapLayout {
-    MapLayout {
-        name,
-        map_type,
-        key_size: core::mem::size_of::<K>() as u32,
-        value_size: core::mem::size_of::<V>() as u32,
-        max_entries,
-    }
-}
-
-/// The layout a pinned map must have to be adopted.
-pub struct MapLayout {
-    pub name: &'static str,
-    pub map_type: u32,
-    pub key_size: u32,
-    pub value_size: u32,
-    pub max_entries: u32,
-}
-
-/// Every map the programs pin, with its expected layout.
-pub fn expected_layouts() -> Vec<MapLayout> {
-    vec![
-        layout::<u32, StatsValue>(map_names::STATS, BPF_MAP_TYPE_PERCPU_ARRAY, STATS_ENTRIES),
-        layout::<ServiceKey, ServiceValue>(map_names::SERVICES, BPF_MAP_TYPE_HASH, MAX_FRONTENDS),
-        layout::<BackendKey, BackendValue>(
-            map_names::BACKENDS,
-            BPF_MAP_TYPE_HASH,
-            MAX_BACKEND_SLOTS,
-        ),
-        layout::<CtKey, CtValue>(map_names::CT, BPF_MAP_TYPE_LRU_HASH, CT_MAX_ENTRIES),
-        layout::<u32, u32>(map_names::LB_ADDRS, BPF_MAP_TYPE_HASH, MAX_LB_ADDRS),
-        layout::<FragKey, FragValue>(map_names::FRAGS, BPF_MAP_TYPE_LRU_HASH, MAX_FRAG_DATAGRAMS),
-        layout::<AffinityKey, AffinityValue>(
-            map_names::AFFINITY,
-            BPF_MAP_TYPE_LRU_HASH,
-            MAX_AFFINITY,
-        ),
-        layout::<u32, Config>(map_names::CONFIG, BPF_MAP_TYPE_ARRAY, 1),
-        layout::<lpm_trie::Key<SourceRangeKey>, u32>(
-            map_names::SOURCE_RANGES,
-            BPF_MAP_TYPE_LPM_TRIE,
-            MAX_SOURCE_RANGES,
-        ),
-        layout::<SockAffinityKey, BackendValue>(
-            map_names::SOCK_AFFINITY,
-            BPF_MAP_TYPE_LRU_HASH,
-            MAX_SOCK_ENTRIES,
-        ),
-        layout::<SockRevNatKey, SockRevNatValue>(
-            map_names::SOCK_REVNAT,
-            BPF_MAP_TYPE_LRU_HASH,
-            MAX_SOCK_ENTRIES,
-        ),
-        layout::<u32, OverlayConfig>(map_names::OVERLAY_CONFIG, BPF_MAP_TYPE_ARRAY, 1),
-        layout::<RouteKey, OverlayRoute>(
-            map_names::OVERLAY_ROUTES,
-            BPF_MAP_TYPE_LPM_TRIE,
-            MAX_OVERLAY_ROUTES,
-        ),
-        layout::<u32, OverlayPeer>(
-            map_names::OVERLAY_PEERS,
-            BPF_MAP_TYPE_HASH,
-            MAX_OVERLAY_PEERS,
-        ),
-        layout::<u32, u32>(map_names::OVERLAY_IPID, BPF_MAP_TYPE_PERCPU_ARRAY, 1),
-        layout::<u32, OverlayNextHop>(
-            map_names::OVERLAY_NEXTHOP,
-            BPF_MAP_TYPE_LRU_HASH,
-            MAX_OVERLAY_NEXTHOPS,
-        ),
-        layout::<u32, u32>(map_names::MONITOR, BPF_MAP_TYPE_ARRAY, 1),
-        layout::<u32, MonitorTokens>(map_names::MONITOR_TOKENS, BPF_MAP_TYPE_PERCPU_ARRAY, 1),
-        // A ring buffer has no key or value; its size is max_entries.
-        MapLayout {
-            name: map_names::EVENTS,
-            map_type: BPF_MAP_TYPE_RINGBUF,
-            key_size: 0,
-            value_size: 0,
-            max_entries: EVENTS_RING_BYTES,
-        },
-        layout::<u32, RejectBucket>(map_names::REJECT_TOKENS, BPF_MAP_TYPE_PERCPU_ARRAY, 1),
-    ]
-}
-
-/// Maps the agent creates from user space, not declared in the object because no program
-/// uses them (`services::ServiceNames`); pinned, checked and cleaned like the others.
-pub fn agent_created_layouts() -> Vec<MapLayout> {
-    vec![layout::<ServiceKey, ServiceName>(
-        map_names::SERVICE_NAMES,
-        BPF_MAP_TYPE_HASH,
-        MAX_FRONTENDS,
-    )]
-}
-
-/// Every map a pin dir holds: the object's and the agent's own.
-pub fn all_layouts() -> Vec<MapLayout> {
-    let mut all = expected_layouts();
-    all.extend(agent_created_layouts());
-    all
-}
+use crate::host::mounts::{is_bpffs, mount};
 
 /// The conventional bpffs mount point.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
@@ -168,36 +47,13 @@ fn ensure_bpffs_mounted(dir: &Path) -> Result<()> {
         );
     }
     log::info!("mounting bpffs at {BPFFS_ROOT}");
-    let (src, fstype, target) = (c"bpf", c"bpf", c"/sys/fs/bpf");
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            core::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("mounting bpffs at /sys/fs/bpf");
-    }
-    Ok(())
-}
-
-fn is_bpffs(dir: &Path) -> Result<bool> {
-    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
-    let mut st: libc::statfs = unsafe { core::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error()).context(format!("statfs {}", dir.display()));
-    }
-    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+    mount("bpf", root, "bpf")
 }
 
 /// Refuses to start over pinned maps whose layout differs from what this build expects, and
 /// names maps of other layout versions (e.g. `STATS_V0`) that this build will not touch.
 pub fn check_pinned_layouts(dir: &Path) -> Result<()> {
-    for want in all_layouts() {
+    for want in maps::pinned() {
         let path = dir.join(want.name);
         if !path.exists() {
             continue;
@@ -217,7 +73,7 @@ pub fn check_pinned_layouts(dir: &Path) -> Result<()> {
             want.key_size,
             want.value_size,
             want.max_entries,
-            want.map_type,
+            want.kind.bpf_type(),
         );
         if have != expect {
             bail!(
@@ -238,7 +94,7 @@ pub fn check_pinned_layouts(dir: &Path) -> Result<()> {
 
 /// Pinned files that look like our maps but carry another version suffix.
 fn foreign_versions(dir: &Path) -> Result<Vec<PathBuf>> {
-    let known: Vec<&str> = all_layouts().iter().map(|l| l.name).collect();
+    let known: Vec<&str> = maps::pinned().map(|m| m.name).collect();
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
@@ -261,7 +117,7 @@ fn foreign_versions(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Maps of layouts this build replaced (`CT_V1` by `CT_V2`, `CONFIG_V1` by `CONFIG_V2`): no
 /// program of this build uses them. Their state is not carried over: connections translated
 /// through `CT_V1` lose it at the upgrade (new connections are unaffected).
-pub const RETIRED_MAPS: &[&str] = &["CT_V1", "CONFIG_V1", "STATS_V1"];
+pub const RETIRED_MAPS: &[&str] = maps::RETIRED;
 
 /// Removes pins of retired layouts, saying so: they would only hold kernel memory.
 pub fn remove_retired_maps(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -293,8 +149,8 @@ pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
         }
         fs::remove_dir(&links).with_context(|| format!("removing {}", links.display()))?;
     }
-    for layout in all_layouts() {
-        let path = dir.join(layout.name);
+    for map in maps::pinned() {
+        let path = dir.join(map.name);
         if path.exists() {
             fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             removed.push(path);
@@ -307,45 +163,73 @@ pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The built object against the tables the loader and the docs use: every map it defines has
-/// the layout `expected_layouts` says (so the agent and the programs agree on key and value
-/// sizes before anything is loaded) and every program is one of `Hook::program`'s.
+/// the layout the map table (`dataplane_common::maps::ALL`) says, so the agent and the programs
+/// agree on key and value sizes before anything is loaded; every map but the ring buffer is
+/// BTF-defined with its key and value types (what `bpftool map dump` names fields by); and
+/// every program is one of `Hook::program`'s.
 #[cfg(test)]
 mod object_tests {
     use std::collections::BTreeSet;
 
-    use aya_obj::{Object, ProgramSection};
-    use dataplane_common::{programs::Attach, Hook};
-
-    use super::expected_layouts;
+    use aya_obj::{maps::Map, Object, ProgramSection};
+    use dataplane_common::{
+        maps::{MapKind, ALL},
+        programs::Attach,
+        Hook,
+    };
 
     fn object() -> Object {
         Object::parse(crate::EBPF_OBJECT).expect("parsing the built eBPF object")
     }
 
     #[test]
-    fn every_map_of_the_object_has_the_expected_layout() {
+    fn every_map_of_the_object_is_in_the_map_table() {
         let obj = object();
-        let expected = expected_layouts();
         let pinned: BTreeSet<&str> = obj
             .maps
             .keys()
             .map(String::as_str)
             .filter(|n| !n.starts_with('.'))
             .collect();
-        let listed: BTreeSet<&str> = expected.iter().map(|l| l.name).collect();
-        assert_eq!(pinned, listed, "maps in the object vs expected_layouts()");
-        for l in &expected {
-            let m = &obj.maps[l.name];
+        let listed: BTreeSet<&str> = ALL.iter().map(|m| m.name).collect();
+        assert_eq!(
+            pinned, listed,
+            "maps in the object vs dataplane_common::maps::ALL"
+        );
+        for want in ALL {
+            let m = &obj.maps[want.name];
             let got = (m.map_type(), m.key_size(), m.value_size(), m.max_entries());
-            let want = (l.map_type, l.key_size, l.value_size, l.max_entries);
-            assert_eq!(got, want, "{}: (type, key, value, entries)", l.name);
+            let expect = (
+                want.kind.bpf_type(),
+                want.key_size,
+                want.value_size,
+                want.max_entries,
+            );
+            assert_eq!(got, expect, "{}: (type, key, value, entries)", want.name);
+        }
+    }
+
+    #[test]
+    fn every_map_but_the_ring_buffer_carries_btf_key_and_value_types() {
+        let obj = object();
+        assert!(obj.btf.is_some(), "the object has no .BTF section");
+        for want in ALL {
+            match (&obj.maps[want.name], want.kind) {
+                // A ring buffer has neither key nor value; the kernel takes no BTF for it.
+                (Map::Legacy(_), MapKind::RingBuf) => {}
+                (Map::Btf(m), kind) if kind != MapKind::RingBuf => {
+                    assert_ne!(m.def.btf_key_type_id, 0, "{}: key type", want.name);
+                    assert_ne!(m.def.btf_value_type_id, 0, "{}: value type", want.name);
+                }
+                (_, kind) => panic!("{}: unexpected definition for a {kind:?}", want.name),
+            }
         }
     }
 
     #[test]
     fn every_map_has_a_section_in_bpf_maps_md() {
         let doc = include_str!("../../bpf-maps.md");
-        for l in super::all_layouts() {
+        for l in dataplane_common::maps::pinned() {
             let heading = |level: &str| format!("\n{level} {}\n", l.name);
             assert!(
                 doc.contains(&heading("##")) || doc.contains(&heading("###")),

@@ -25,10 +25,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use dataplane_common::{
-    lb::{SockRevNatKey, SockRevNatValue},
-    map_names,
-};
+use dataplane_common::lb::{SockRevNatKey, SockRevNatValue};
 
 use crate::services::{MapSource, RemovedBackend};
 
@@ -68,10 +65,8 @@ pub struct SockDestroyer {
 impl SockDestroyer {
     /// Opens `SOCK_REVNAT_V1` of the datapath.
     pub fn open(source: &(impl MapSource + ?Sized)) -> Result<Self> {
-        let map = aya::maps::Map::from_map_data(source.open_map(map_names::SOCK_REVNAT)?)?;
         Ok(SockDestroyer {
-            revnat: aya::maps::HashMap::try_from(map)
-                .context("SOCK_REVNAT_V1 does not have the layout this build expects")?,
+            revnat: crate::maps::open_hash(source, &dataplane_common::maps::SOCK_REVNAT)?,
         })
     }
 

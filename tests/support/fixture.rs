@@ -62,10 +62,9 @@ static HARNESS: LazyLock<Mutex<Harness>> = LazyLock::new(|| {
     super::require_root();
     let pin_dir =
         std::path::PathBuf::from(format!("/sys/fs/bpf/dpl-{}-fixtures", std::process::id()));
-    let mut datapath =
-        loader::load(&pin_dir).unwrap_or_else(|e| panic!("loading the programs: {e:#}"));
+    let datapath = loader::load(&pin_dir).unwrap_or_else(|e| panic!("loading the programs: {e:#}"));
     let cfg = dataplane_common::ct::Config::with_masq_addr(u32::from(MASQ_ADDR).to_be());
-    loader::write_config(&mut datapath.ebpf, &cfg).expect("writing CONFIG_V2");
+    dataplane::maps::write_config(&datapath.ebpf, &cfg).expect("writing CONFIG_V2");
     // The process holds the maps; the pins would only be leftovers.
     fs::remove_dir_all(&pin_dir).expect("unpinning fixture maps");
     Mutex::new(Harness { datapath })

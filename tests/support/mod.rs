@@ -33,7 +33,7 @@ pub fn inject(ns: &str, frames: Vec<Vec<u8>>) {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = dataplane::overlay::netdev::index("eth0").unwrap() as i32;
+        sll.sll_ifindex = dataplane::host::netdev::index("eth0").unwrap() as i32;
         sll.sll_halen = 6;
         for f in frames {
             // SAFETY: f and sll outlive the call; the lengths are theirs.

@@ -19,8 +19,9 @@ use std::{
 };
 
 use dataplane::{
+    host::netdev,
     model::NodeInfo,
-    overlay::{netdev, OverlayTable, SyncReport},
+    overlay::{OverlayTable, SyncReport},
     stats::Stats,
 };
 use dataplane_common::{Hook, Reason};
@@ -460,9 +461,11 @@ pub fn second_address_case(cni: Cni, mtu: u32, mode: &str, proto_check: fn(&Pars
         route.contains("src 198.18.1.11"),
         "the trap is armed: {route}"
     );
-    let first = netns::in_netns(&o.node(0).ns, || dataplane::loader::interface_ipv4("eth0"))
-        .unwrap()
-        .unwrap();
+    let first = netns::in_netns(&o.node(0).ns, || {
+        dataplane::host::netdev::first_ipv4("eth0")
+    })
+    .unwrap()
+    .unwrap();
     assert_eq!(
         first,
         Ipv4Addr::new(198, 18, 1, 11),

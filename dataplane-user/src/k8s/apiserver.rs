@@ -25,8 +25,8 @@ use tokio::{sync::Notify, task::JoinHandle};
 
 use super::{
     objects::Objects,
+    objects::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL},
     sync::{Snapshot, SourceStats},
-    translate::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL},
 };
 
 /// How long to wait before relisting after the API server refused to start a watch with

@@ -9,10 +9,9 @@ use std::{
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 
 use super::{
-    objects::{label, namespace, namespaced_name},
+    objects::{label, namespace, namespaced_name, not_proxied},
     parse::{self, PortProtocol},
     problem::{Problem, Subject},
-    translate::not_proxied,
 };
 use crate::model::{Backend, Hint, Hints, Protocol};
 

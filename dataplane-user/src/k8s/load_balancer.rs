@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::ServiceSpec;
 use super::{
     local::in_cidr,
     parse::{self, Family},
+    policies::{Policies, ServiceType},
     problem::{Problem, Subject},
-    translate::{Policies, ServiceType},
 };
 use crate::model::TrafficPolicy;
 

@@ -1,19 +1,27 @@
 //! Finding this node's addresses, the NodePort frontends.
 
-use std::{io, net::Ipv4Addr, time::Duration};
+use std::{net::Ipv4Addr, time::Duration};
 
 use tokio::sync::watch;
 
-use super::{
-    parse::{self, Family},
-    translate::LocalNode,
-};
+use super::parse::{self, Family};
+
+/// The node this agent runs on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalNode {
+    /// The Node object's name; endpoints with this nodeName are local.
+    pub name: String,
+    /// This host's addresses (loopback excepted), the candidates for NodePorts.
+    pub addresses: Vec<Ipv4Addr>,
+    /// Which of them NodePorts answer on (`--nodeport-addresses`).
+    pub nodeport_addresses: NodePortAddresses,
+}
 
 impl LocalNode {
     /// This host's IPv4 addresses (every interface's, loopback excepted: NodePorts on 127.0.0.1
     /// never reach the uplink hooks), as kube-proxy's default `--nodeport-addresses` takes
     /// every local address. Sorted, without duplicates.
-    pub fn detect(name: impl Into<String>) -> io::Result<LocalNode> {
+    pub fn detect(name: impl Into<String>) -> anyhow::Result<LocalNode> {
         LocalNode::detect_with(name, NodePortAddresses::All)
     }
 
@@ -21,8 +29,8 @@ impl LocalNode {
     pub fn detect_with(
         name: impl Into<String>,
         nodeport_addresses: NodePortAddresses,
-    ) -> io::Result<LocalNode> {
-        let mut addresses: Vec<Ipv4Addr> = interface_ipv4_addresses()?
+    ) -> anyhow::Result<LocalNode> {
+        let mut addresses: Vec<Ipv4Addr> = crate::host::netdev::local_ipv4s()?
             .into_iter()
             .filter(|ip| !ip.is_loopback())
             .collect();
@@ -55,7 +63,7 @@ impl LocalNode {
                         tx.send_replace(now);
                     }
                     Ok(_) => {}
-                    Err(e) => log::warn!("listing this node's addresses: {e}"),
+                    Err(e) => log::warn!("listing this node's addresses: {e:#}"),
                 }
             }
         });
@@ -117,34 +125,6 @@ pub(crate) fn in_cidr(ip: Ipv4Addr, (network, len): (Ipv4Addr, u8)) -> bool {
     u32::from(ip) & mask == u32::from(network) & mask
 }
 
-/// The IPv4 address of every interface (getifaddrs(3)).
-fn interface_ipv4_addresses() -> io::Result<Vec<Ipv4Addr>> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list` with a linked list we own until freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut entry = list;
-    while !entry.is_null() {
-        // SAFETY: `entry` is a node of the list getifaddrs returned, not yet freed.
-        let ifa = unsafe { &*entry };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: ifa_addr points to a sockaddr whose family says which struct it is.
-            let family = unsafe { (*ifa.ifa_addr).sa_family };
-            if i32::from(family) == libc::AF_INET {
-                // SAFETY: AF_INET addresses are sockaddr_in.
-                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-            }
-        }
-        entry = ifa.ifa_next;
-    }
-    // SAFETY: `list` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(list) };
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,7 +135,7 @@ mod tests {
         assert_eq!(local.name, "n1");
         assert!(local.addresses.iter().all(|ip| !ip.is_loopback()));
         // The raw list does include loopback on any Linux host: the filter is doing the work.
-        assert!(interface_ipv4_addresses()
+        assert!(crate::host::netdev::local_ipv4s()
             .unwrap()
             .contains(&Ipv4Addr::LOCALHOST));
     }

@@ -18,6 +18,7 @@ mod manifests;
 mod nodes;
 mod objects;
 mod parse;
+mod policies;
 mod problem;
 mod sync;
 mod this_node;
@@ -41,27 +42,23 @@ use k8s_openapi::{
     },
     Resource,
 };
-use tokio::{
-    sync::{watch, Notify},
-    task::JoinHandle,
-};
+use tokio::sync::{watch, Notify};
 
 pub use decode::{decode, documents, Decoded, Format, SyntaxError};
 pub use endpoints::SERVICE_NAME_LABEL;
-pub use local::NodePortAddresses;
+pub use local::{LocalNode, NodePortAddresses};
 pub use manifests::POLL_INTERVAL;
 pub use nodes::{
     CALICO_IPIP_TUNNEL_ADDR, CALICO_IPV4_ADDRESS, FLANNEL_BACKEND_DATA, FLANNEL_PUBLIC_IP,
 };
-pub use objects::Objects;
+pub use objects::{Objects, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
+pub use policies::DEFAULT_AFFINITY_TIMEOUT_SECS;
 pub use problem::{Problem, ProblemLog, Severity};
 pub use sync::{SourceStats, SourceStatsSnapshot, MAX_DELAY, QUIET};
 pub use this_node::{TO_BE_DELETED_TAINT, ZONE_LABEL};
-pub use translate::{
-    translate, LocalNode, DEFAULT_AFFINITY_TIMEOUT_SECS, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL,
-};
+pub use translate::translate;
 
-use crate::model::ClusterState;
+use crate::{model::ClusterState, tasks::AbortOnDrop};
 use sync::Publisher;
 
 /// The (API group, resource) pairs the Kubernetes source lists and watches; the deployment's
@@ -166,13 +163,4 @@ fn start_kubernetes(
         }
         publisher.run(changes, || stores.snapshot()).await;
     });
-}
-
-/// Aborts a task when dropped, so a source's helper tasks end with the publisher.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

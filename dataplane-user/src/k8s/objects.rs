@@ -10,6 +10,13 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
+/// Services (and their slices) with this label belong to another proxy: kube-proxy's informers
+/// select `!service.kubernetes.io/service-proxy-name`, and so do ours.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// The endpoints controller's mark on the slices of headless Services; kube-proxy's informers
+/// select it away (for Services too: they share the selector).
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+
 /// The raw objects one translation reads: what the API server's stores or the manifest files
 /// hold at one point in time. `Arc`s because the kube-rs stores hand out `Arc`s and a sync must
 /// not deep-copy 10,000 services.
@@ -57,6 +64,11 @@ pub(crate) fn namespace(meta: &ObjectMeta) -> &str {
         .as_deref()
         .filter(|ns| !ns.is_empty())
         .unwrap_or("default")
+}
+
+/// True for objects kube-proxy's label selector excludes (see [`SERVICE_PROXY_NAME_LABEL`]).
+pub(crate) fn not_proxied(meta: &ObjectMeta) -> bool {
+    label(meta, SERVICE_PROXY_NAME_LABEL).is_some() || label(meta, HEADLESS_LABEL).is_some()
 }
 
 /// metadata.labels[key], if present.

@@ -12,9 +12,10 @@ use std::{
 use tokio::sync::{watch, Notify};
 
 use super::{
+    local::LocalNode,
     objects::Objects,
     problem::{Problem, ProblemLog},
-    translate::{translate, LocalNode},
+    translate::translate,
 };
 use crate::model::ClusterState;
 

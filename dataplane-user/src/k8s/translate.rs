@@ -16,45 +16,20 @@
 
 use std::{collections::HashSet, net::Ipv4Addr, sync::Arc};
 
-use k8s_openapi::{
-    api::core::v1::{Service, ServiceSpec},
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 
 use super::{
     endpoints::{EndpointIndex, Here},
     load_balancer::LoadBalancerSpec,
-    local::NodePortAddresses,
+    local::LocalNode,
     nodes,
-    objects::{label, namespace, namespaced_name, Objects},
+    objects::{namespace, namespaced_name, not_proxied, Objects},
     parse::{self, Family, PortProtocol},
+    policies::{Policies, ServiceType},
     problem::{Problem, Subject},
     this_node::this_node,
 };
-use crate::model::{
-    ClusterState, Frontend, FrontendKind, Protocol, ServicePort, ServicePortName, TrafficPolicy,
-};
-
-/// Services (and their slices) with this label belong to another proxy: kube-proxy's informers
-/// select `!service.kubernetes.io/service-proxy-name`, and so do ours.
-pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
-/// The endpoints controller's mark on the slices of headless Services; kube-proxy's informers
-/// select it away (for Services too: they share the selector).
-pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
-
-/// kube's default spec.sessionAffinityConfig.clientIP.timeoutSeconds (3 hours).
-pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10800;
-
-/// The node this agent runs on.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LocalNode {
-    /// The Node object's name; endpoints with this nodeName are local.
-    pub name: String,
-    /// This host's addresses (loopback excepted), the candidates for NodePorts.
-    pub addresses: Vec<Ipv4Addr>,
-    /// Which of them NodePorts answer on (`--nodeport-addresses`).
-    pub nodeport_addresses: NodePortAddresses,
-}
+use crate::model::{ClusterState, Frontend, FrontendKind, Protocol, ServicePort, ServicePortName};
 
 /// Translates a consistent set of objects into the state the datapath should have, plus what
 /// was wrong with them. Sorted by name so equal inputs give equal outputs.
@@ -204,11 +179,6 @@ impl Validated<'_> {
     }
 }
 
-/// True for objects kube-proxy's label selector excludes (see [`SERVICE_PROXY_NAME_LABEL`]).
-pub(crate) fn not_proxied(meta: &ObjectMeta) -> bool {
-    label(meta, SERVICE_PROXY_NAME_LABEL).is_some() || label(meta, HEADLESS_LABEL).is_some()
-}
-
 /// The one log line per object for all its IPv6 parts.
 fn ipv6_note(subject: &Subject, fields: &[String]) -> Vec<Problem> {
     if fields.is_empty() {
@@ -218,26 +188,6 @@ fn ipv6_note(subject: &Subject, fields: &[String]) -> Vec<Problem> {
         fields.join(", "),
         "IPv6 skipped: the datapath serves IPv4 only",
     )]
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ServiceType {
-    ClusterIp,
-    NodePort,
-    LoadBalancer,
-    ExternalName,
-}
-
-impl ServiceType {
-    fn read(spec: &ServiceSpec, subject: &Subject) -> Result<Self, Problem> {
-        match spec.type_.as_deref().unwrap_or("ClusterIP") {
-            "ClusterIP" => Ok(ServiceType::ClusterIp),
-            "NodePort" => Ok(ServiceType::NodePort),
-            "LoadBalancer" => Ok(ServiceType::LoadBalancer),
-            "ExternalName" => Ok(ServiceType::ExternalName),
-            other => Err(subject.invalid("spec.type", format!("unknown Service type {other:?}"))),
-        }
-    }
 }
 
 /// The IPv4 addresses a Service answers on, besides the node's own.
@@ -373,91 +323,6 @@ fn ipv4_addresses(
         }
     }
     Ok(out)
-}
-
-/// Traffic policies and affinity, shared by all ports of a Service.
-pub(crate) struct Policies {
-    pub external: TrafficPolicy,
-    internal: TrafficPolicy,
-    affinity_timeout_secs: Option<u32>,
-}
-
-impl Policies {
-    fn read(
-        spec: &ServiceSpec,
-        service_type: ServiceType,
-        subject: &Subject,
-    ) -> Result<Self, Problem> {
-        let external = traffic_policy(
-            spec.external_traffic_policy.as_deref(),
-            "spec.externalTrafficPolicy",
-            subject,
-        )?;
-        let internal = traffic_policy(
-            spec.internal_traffic_policy.as_deref(),
-            "spec.internalTrafficPolicy",
-            subject,
-        )?;
-        // kube-proxy's ExternalPolicyLocal: only a Service reachable from outside has an
-        // external policy at all.
-        let external_reach = matches!(
-            service_type,
-            ServiceType::NodePort | ServiceType::LoadBalancer
-        ) || spec
-            .external_ips
-            .as_ref()
-            .is_some_and(|ips| !ips.is_empty());
-        Ok(Policies {
-            external: if external_reach {
-                external
-            } else {
-                TrafficPolicy::Cluster
-            },
-            internal,
-            affinity_timeout_secs: affinity(spec, subject)?,
-        })
-    }
-}
-
-fn traffic_policy(
-    value: Option<&str>,
-    field: &str,
-    subject: &Subject,
-) -> Result<TrafficPolicy, Problem> {
-    match value.unwrap_or("Cluster") {
-        "Cluster" => Ok(TrafficPolicy::Cluster),
-        "Local" => Ok(TrafficPolicy::Local),
-        other => Err(subject.invalid(
-            field,
-            format!("unknown traffic policy {other:?} (Cluster or Local)"),
-        )),
-    }
-}
-
-/// sessionAffinity ClientIP -> its timeout (the API's range is 1..=86400 seconds).
-fn affinity(spec: &ServiceSpec, subject: &Subject) -> Result<Option<u32>, Problem> {
-    match spec.session_affinity.as_deref().unwrap_or("None") {
-        "None" => Ok(None),
-        "ClientIP" => {
-            let timeout = spec
-                .session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds);
-            match timeout {
-                None => Ok(Some(DEFAULT_AFFINITY_TIMEOUT_SECS)),
-                Some(secs @ 1..=86400) => Ok(Some(secs as u32)),
-                Some(secs) => Err(subject.invalid(
-                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-                    format!("{secs} is out of range (1-86400)"),
-                )),
-            }
-        }
-        other => Err(subject.invalid(
-            "spec.sessionAffinity",
-            format!("unknown session affinity {other:?} (None or ClientIP)"),
-        )),
-    }
 }
 
 /// One valid, supported entry of spec.ports.

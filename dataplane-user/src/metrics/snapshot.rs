@@ -260,6 +260,11 @@ fn agent(s: &mut Snapshot, st: &AgentStatus) {
         "Duration of applying the service state to the maps (kube-proxy: of syncProxyRules)",
         st.sync_durations.0.clone(),
     );
+    s.0.register(
+        "kubeproxy_network_programming_duration_seconds",
+        "From a service or endpoint change reaching the agent to the maps holding it",
+        st.programming_durations.0.clone(),
+    );
     s.gauge_f(
         "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
         "When the service state was last applied completely",

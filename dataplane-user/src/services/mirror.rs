@@ -3,11 +3,29 @@
 //! is exactly what the maps hold even after a failed update. It is also the in-memory model the
 //! planner's ordering invariant is tested against.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use dataplane_common::lb::{BackendKey, BackendValue, ServiceKey, ServiceValue, MAX_FRONTENDS};
 
-use super::plan::MapOp;
+/// One map update. Addresses and ports in network order, as in the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum MapOp {
+    /// Writes one slot of a backend set that no service references yet.
+    PutBackend(BackendKey, BackendValue),
+    DeleteBackend(BackendKey),
+    /// Creates a frontend or switches it (atomically for readers) to another set or flags.
+    PutService(ServiceKey, ServiceValue),
+    DeleteService(ServiceKey),
+    /// Forget the UDP conntrack entries and the affinity entries of `frontend_id` that lead to
+    /// `backends` (address, port), which no longer serve it. Planned right after the switch
+    /// that removed them; the executor defers and batches these (one table scan per update).
+    PurgeFlows {
+        frontend_id: u32,
+        backends: Vec<(u32, u16)>,
+    },
+}
 
 /// `SERVICES_V1` and `BACKENDS_V1` as they are, plus the allocators.
 #[derive(Clone, Debug)]

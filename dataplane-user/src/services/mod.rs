@@ -29,6 +29,8 @@
 //! Readers ([`list_services`], [`list_conntrack`], the datapath) may run at any time.
 
 mod apply;
+#[cfg(test)]
+mod batch_tests;
 mod mirror;
 mod names;
 mod plan;
@@ -41,11 +43,8 @@ mod tests;
 #[cfg(test)]
 mod topology_tests;
 
-use std::{
-    collections::{HashMap, HashSet},
-    fmt,
-    path::Path,
-};
+use foldhash::{HashMap, HashMapExt as _, HashSet};
+use std::{fmt, path::Path};
 
 use anyhow::Result;
 use aya::Ebpf;
@@ -244,7 +243,7 @@ impl<S: MapStore> ServiceTable<S> {
     /// left to it (logged): the first to claim it keeps it until it lets go or a `sync` decides.
     pub fn upsert(&mut self, svc: &ServicePort) -> Result<UpdateReport> {
         let specs = frontend_specs(svc, &self.local);
-        let mut desired = Desired::new();
+        let mut desired = Desired::default();
         for key in self.by_name.get(&svc.name).into_iter().flatten() {
             if !specs.contains_key(key) {
                 desired.insert(*key, None);

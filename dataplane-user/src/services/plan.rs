@@ -13,32 +13,15 @@
 //! value always finds the complete set that value names (until the set is deleted, which
 //! happens only after no value names it).
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 
-use dataplane_common::lb::{BackendKey, BackendValue, ServiceKey, ServiceValue};
+use dataplane_common::lb::{BackendKey, BackendValue, ServiceKey};
 
+pub(crate) use super::mirror::MapOp;
 use super::{
     mirror::{next_id, slots, Mirror},
     spec::{key_order, FrontendSpec},
 };
-
-/// One map update. Addresses and ports in network order, as in the maps.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum MapOp {
-    /// Writes one slot of a backend set that no service references yet.
-    PutBackend(BackendKey, BackendValue),
-    DeleteBackend(BackendKey),
-    /// Creates a frontend or switches it (atomically for readers) to another set or flags.
-    PutService(ServiceKey, ServiceValue),
-    DeleteService(ServiceKey),
-    /// Forget the UDP conntrack entries and the affinity entries of `frontend_id` that lead to
-    /// `backends` (address, port), which no longer serve it. Planned right after the switch
-    /// that removed them; the executor defers and batches these (one table scan per update).
-    PurgeFlows {
-        frontend_id: u32,
-        backends: Vec<(u32, u16)>,
-    },
-}
 
 /// What a plan must achieve: frontends mapped to `Some` end up with that spec, frontends mapped
 /// to `None` are removed, frontends not listed are left alone.
@@ -47,20 +30,31 @@ pub(crate) type Desired = HashMap<ServiceKey, Option<FrontendSpec>>;
 /// The operations that take the maps from `current` to `desired`, frontend by frontend in
 /// address order (so equal inputs give equal plans). Unchanged frontends produce no operation.
 pub(crate) fn plan(current: &Mirror, desired: &Desired) -> Vec<MapOp> {
-    let mut keys: Vec<ServiceKey> = desired.keys().copied().collect();
-    keys.sort_by_key(key_order);
+    plan_each(current, &[desired]).pop().unwrap_or_default()
+}
+
+/// [`plan`] of several independent desired states at once, as if each were applied right after
+/// the previous one: ids handed out to one are not handed out again to the next.
+pub(crate) fn plan_each(current: &Mirror, desired: &[&Desired]) -> Vec<Vec<MapOp>> {
     let mut ids = Allocator::new(current);
-    let mut ops = Vec::new();
-    // Removals first: they free map capacity before additions need it.
-    for key in keys.iter().filter(|k| desired[*k].is_none()) {
-        remove_frontend(current, key, &mut ops);
-    }
-    for key in &keys {
-        if let Some(spec) = &desired[key] {
-            upsert_frontend(current, key, spec, &mut ids, &mut ops);
-        }
-    }
-    ops
+    desired
+        .iter()
+        .map(|d| {
+            let mut keys: Vec<ServiceKey> = d.keys().copied().collect();
+            keys.sort_by_key(key_order);
+            let mut ops = Vec::new();
+            // Removals first: they free map capacity before additions need it.
+            for key in keys.iter().filter(|k| d[*k].is_none()) {
+                remove_frontend(current, key, &mut ops);
+            }
+            for key in &keys {
+                if let Some(spec) = &d[key] {
+                    upsert_frontend(current, key, spec, &mut ids, &mut ops);
+                }
+            }
+            ops
+        })
+        .collect()
 }
 
 /// Deletes the slots no service reads (left by an interrupted writer). Safe at any time: no
@@ -175,6 +169,8 @@ impl<'a> Allocator<'a> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+
+    use dataplane_common::lb::ServiceValue;
 
     use super::*;
 
@@ -332,7 +328,7 @@ mod tests {
         let start = populated();
         let d = desired(&[(1, Some(&[1, 2, 3])), (2, Some(&[4])), (3, Some(&[]))]);
         assert!(plan(&start, &d).is_empty());
-        assert!(plan(&start, &Desired::new()).is_empty());
+        assert!(plan(&start, &Desired::default()).is_empty());
         assert!(collect_garbage(&start).is_empty());
     }
 

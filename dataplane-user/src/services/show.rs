@@ -11,14 +11,16 @@ use dataplane_common::{
         SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_LOCAL_ONLY, SVC_F_MASQUERADE,
         SVC_F_SOURCE_RANGES,
     },
-    map_names,
+    map_names, maps,
 };
+
+use crate::maps::open_hash;
 
 use super::{
     mirror::slots,
     names,
     spec::{key_order, proto_name, sock},
-    store::{dump, open_hash, read_config, MapSource},
+    store::{dump, read_config, MapSource},
 };
 
 /// One frontend with its current backend set.
@@ -91,8 +93,8 @@ pub struct CtRow {
 
 /// Every frontend in the maps, in address order.
 pub fn list_services(source: &(impl MapSource + ?Sized)) -> Result<Vec<ServiceRow>> {
-    let services = open_hash::<ServiceKey, ServiceValue>(source, map_names::SERVICES)?;
-    let backends = open_hash::<BackendKey, BackendValue>(source, map_names::BACKENDS)?;
+    let services = open_hash::<ServiceKey, ServiceValue>(source, &maps::SERVICES)?;
+    let backends = open_hash::<BackendKey, BackendValue>(source, &maps::BACKENDS)?;
     let names = source
         .open_map(map_names::SERVICE_NAMES)
         .ok()
@@ -140,7 +142,7 @@ fn service_row(
 
 /// Every conntrack entry, by frontend, then direction, then 5-tuple.
 pub fn list_conntrack(source: &(impl MapSource + ?Sized)) -> Result<Vec<CtRow>> {
-    let ct = open_hash::<CtKey, CtValue>(source, map_names::CT)?;
+    let ct = open_hash::<CtKey, CtValue>(source, &maps::CT)?;
     // A config never written is all zeros: no timeouts to show.
     let config = read_config(source).ok().filter(|c| c.timeout_udp != 0);
     let now = monotonic_ns();

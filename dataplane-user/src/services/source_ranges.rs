@@ -8,11 +8,11 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 use anyhow::{Context, Result};
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
-    Map, MapData,
+    MapData,
 };
 use dataplane_common::{
     lb::{source_range_prefix_len, SourceRangeKey},
-    map_names,
+    maps::SOURCE_RANGES,
 };
 
 use super::{
@@ -34,7 +34,7 @@ impl SourceRanges {
     /// Opens the map and adopts its entries (a restarted agent removes the stale ones at its
     /// first sync).
     pub fn open(source: &(impl MapSource + ?Sized)) -> Result<Self> {
-        let map = Map::from_map_data(source.open_map(map_names::SOURCE_RANGES)?)?;
+        let map = crate::maps::open(source, &SOURCE_RANGES)?;
         let trie: LpmTrie<MapData, SourceRangeKey, u32> =
             LpmTrie::try_from(map).context("SOURCE_RANGES_V1 does not have the expected layout")?;
         let mut written = BTreeSet::new();

@@ -1,110 +1,25 @@
-//! Where the service maps are: opened from a pin dir or a loaded object ([`MapSource`]), written
-//! through [`MapStore`] (the kernel maps, or an in-memory model for tests without root).
+//! The service maps, written through [`MapStore`]: the kernel maps ([`KernelMaps`], opened with
+//! `crate::maps`), or an in-memory model for tests without root ([`MemMaps`]).
 
-use std::{
-    collections::{HashMap, HashSet},
-    os::fd::AsFd as _,
-    path::{Path, PathBuf},
-};
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::{
-    maps::{Array, Map, MapData, MapError},
-    sys::SyscallError,
-    Ebpf, Pod,
-};
+use aya::{maps::MapError, sys::SyscallError, Pod};
 use dataplane_common::{
-    ct::{Config, CtKey, CtValue, CT_F_REPLY, CT_MAX_ENTRIES},
+    ct::{CtKey, CtValue, CT_F_REPLY, CT_MAX_ENTRIES},
     lb::{
         AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
         MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_FRONTENDS,
     },
     map_names,
+    maps::{AFFINITY, BACKENDS, CT, LB_ADDRS, SERVICES},
 };
 
-use crate::loader::Datapath;
-
-/// Something the datapath's maps can be opened from: a pin dir (`Path`, `PathBuf`), or a loaded
-/// object (`aya::Ebpf`, `loader::Datapath`), which keeps its own handles.
-pub trait MapSource {
-    /// A new handle on the kernel map called `name`.
-    fn open_map(&self, name: &str) -> Result<MapData>;
-}
-
-impl MapSource for Path {
-    fn open_map(&self, name: &str) -> Result<MapData> {
-        let path = self.join(name);
-        MapData::from_pin(&path).with_context(|| {
-            format!(
-                "opening {} (is the datapath loaded with this pin dir?)",
-                path.display()
-            )
-        })
-    }
-}
-
-impl MapSource for PathBuf {
-    fn open_map(&self, name: &str) -> Result<MapData> {
-        self.as_path().open_map(name)
-    }
-}
-
-impl MapSource for Ebpf {
-    fn open_map(&self, name: &str) -> Result<MapData> {
-        let map = self
-            .map(name)
-            .ok_or_else(|| anyhow!("map {name} is not in the eBPF object"))?;
-        let data = match map {
-            Map::HashMap(d) | Map::LruHashMap(d) | Map::Array(d) | Map::LpmTrie(d) => d,
-            _ => bail!("map {name} has a type the service API does not use"),
-        };
-        // A second descriptor on the same kernel map: the object keeps its maps, and a table
-        // opened from it does not borrow it.
-        let fd = data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .with_context(|| format!("dup of {name}"))?;
-        MapData::from_fd(fd).with_context(|| format!("reopening {name}"))
-    }
-}
-
-impl MapSource for Datapath {
-    fn open_map(&self, name: &str) -> Result<MapData> {
-        self.ebpf.open_map(name)
-    }
-}
-
-/// A typed kernel hash (or LRU hash) map.
-pub(crate) type Hash<K, V> = aya::maps::HashMap<MapData, K, V>;
-
-/// Opens `name` as a hash map of `K -> V`, refusing another key or value size.
-pub(crate) fn open_hash<K: Pod, V: Pod>(
-    source: &(impl MapSource + ?Sized),
-    name: &str,
-) -> Result<Hash<K, V>> {
-    let map = Map::from_map_data(source.open_map(name)?)?;
-    Hash::try_from(map)
-        .with_context(|| format!("{name} does not have the layout this build expects"))
-}
-
-/// Writes the node-wide settings (`CONFIG_V2`, a single-entry array, index 0).
-pub fn write_config(source: &(impl MapSource + ?Sized), config: &Config) -> Result<()> {
-    let mut array = open_config(source)?;
-    array.set(0, config, 0).context("writing CONFIG_V2[0]")
-}
-
-/// Reads the node-wide settings back.
-pub fn read_config(source: &(impl MapSource + ?Sized)) -> Result<Config> {
-    open_config(source)?
-        .get(&0, 0)
-        .context("reading CONFIG_V2[0]")
-}
-
-fn open_config(source: &(impl MapSource + ?Sized)) -> Result<Array<MapData, Config>> {
-    let map = Map::from_map_data(source.open_map(map_names::CONFIG)?)?;
-    Array::try_from(map).context("CONFIG_V2 does not have the layout this build expects")
-}
+use crate::maps::{
+    batch::{BatchError, BatchMap},
+    open_hash, Hash, KvMap as _,
+};
+pub use crate::maps::{read_config, write_config, MapSource};
 
 /// Backends that left a frontend: `(frontend_id, address, port)`, network order. Flows the
 /// datapath tracks towards them are what an update purges.
@@ -184,6 +99,46 @@ pub trait MapStore {
     fn put_addr(&mut self, addr: u32, flags: u32) -> Result<()>;
     /// Deletes an `LB_ADDRS_V1` entry.
     fn delete_addr(&mut self, addr: u32) -> Result<()>;
+
+    // Many writes at once (BPF_MAP_*_BATCH in the kernel), applied in order; an error says how
+    // many from the start were applied. By default one write each.
+
+    /// Whether a sync should write all service ports' steps in batches (the kernel maps) or
+    /// one service port after the other (the in-memory model, unless told otherwise).
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Creates or replaces `BACKENDS_V1` slots.
+    fn put_backends(&mut self, entries: &[(BackendKey, BackendValue)]) -> Result<(), Partial> {
+        each(entries, |(k, v)| self.put_backend(k, v))
+    }
+    /// Creates or replaces `SERVICES_V1` entries.
+    fn put_services(&mut self, entries: &[(ServiceKey, ServiceValue)]) -> Result<(), Partial> {
+        each(entries, |(k, v)| self.put_service(k, v))
+    }
+    /// Deletes `BACKENDS_V1` slots (absent ones are not an error).
+    fn delete_backends(&mut self, keys: &[BackendKey]) -> Result<(), Partial> {
+        each(keys, |k| self.delete_backend(k))
+    }
+    /// Creates or replaces `LB_ADDRS_V1` entries.
+    fn put_addrs(&mut self, entries: &[(u32, u32)]) -> Result<(), Partial> {
+        each(entries, |(a, f)| self.put_addr(*a, *f))
+    }
+}
+
+/// A batch that stopped: the first `done` elements were applied, then `error`.
+#[derive(Debug)]
+pub struct Partial {
+    pub done: usize,
+    pub error: anyhow::Error,
+}
+
+fn each<T>(items: &[T], mut f: impl FnMut(&T) -> Result<()>) -> Result<(), Partial> {
+    for (done, item) in items.iter().enumerate() {
+        f(item).map_err(|error| Partial { done, error })?;
+    }
+    Ok(())
 }
 
 /// The datapath's maps in the kernel.
@@ -193,17 +148,82 @@ pub struct KernelMaps {
     backends: Hash<BackendKey, BackendValue>,
     affinity: Hash<AffinityKey, AffinityValue>,
     ct: Hash<CtKey, CtValue>,
+    /// The same three maps for batch calls; `None` once the kernel refused them (one write
+    /// each from then on).
+    batch: Option<[BatchMap; 3]>,
+}
+
+/// Errors of a kernel without BPF_MAP_*_BATCH (before 5.6) or a map kind without them.
+fn batch_unsupported(e: &std::io::Error) -> bool {
+    const ENOTSUPP: i32 = 524;
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+    )
+}
+
+impl KernelMaps {
+    /// Runs one batch call on map `which` (0 addrs, 1 services, 2 backends), falling back to
+    /// `single` (one write each, from where the batch stopped) if the kernel refuses batches
+    /// or a delete meets an absent key.
+    fn batched<T>(
+        &mut self,
+        which: usize,
+        items: &[T],
+        call: impl Fn(&BatchMap, &[T]) -> Result<(), BatchError>,
+        single: impl Fn(&mut Self, &T) -> Result<()>,
+        deleting: bool,
+    ) -> Result<(), Partial> {
+        let mut from = 0;
+        if let Some(maps) = &self.batch {
+            let map = &maps[which];
+            match call(map, items) {
+                Ok(()) => return Ok(()),
+                Err(BatchError { done, error }) if done == 0 && batch_unsupported(&error) => {
+                    log::warn!(
+                        "{}: the kernel refuses batch map operations ({error}): one syscall \
+                         per entry from now on",
+                        map.spec.name
+                    );
+                    self.batch = None;
+                }
+                Err(BatchError { done, error })
+                    if deleting && error.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    from = done;
+                }
+                Err(BatchError { done, error }) => {
+                    let name = map.spec.name;
+                    let error = if error.raw_os_error() == Some(libc::E2BIG) {
+                        anyhow!("{name} is full ({} entries)", map.spec.max_entries)
+                    } else {
+                        anyhow::Error::from(error).context(format!("batch update of {name}"))
+                    };
+                    return Err(Partial { done, error });
+                }
+            }
+        }
+        for (i, item) in items.iter().enumerate().skip(from) {
+            single(self, item).map_err(|error| Partial { done: i, error })?;
+        }
+        Ok(())
+    }
 }
 
 impl KernelMaps {
     /// Opens `SERVICES_V1`, `BACKENDS_V1`, `AFFINITY_V1` and `CT_V2`, checking their layouts.
     pub fn open(source: &(impl MapSource + ?Sized)) -> Result<KernelMaps> {
         Ok(KernelMaps {
-            addrs: open_hash(source, map_names::LB_ADDRS)?,
-            services: open_hash(source, map_names::SERVICES)?,
-            backends: open_hash(source, map_names::BACKENDS)?,
-            affinity: open_hash(source, map_names::AFFINITY)?,
-            ct: open_hash(source, map_names::CT)?,
+            addrs: open_hash(source, &LB_ADDRS)?,
+            services: open_hash(source, &SERVICES)?,
+            backends: open_hash(source, &BACKENDS)?,
+            affinity: open_hash(source, &AFFINITY)?,
+            ct: open_hash(source, &CT)?,
+            batch: Some([
+                BatchMap::open(source, &LB_ADDRS)?,
+                BatchMap::open(source, &SERVICES)?,
+                BatchMap::open(source, &BACKENDS)?,
+            ]),
         })
     }
 }
@@ -220,8 +240,9 @@ impl MapStore for KernelMaps {
     }
 
     fn delete_addr(&mut self, addr: u32) -> Result<()> {
-        remove(&mut self.addrs, &addr)
-            .map(|_| ())
+        self.addrs
+            .delete(&addr)
+            .map(drop)
             .with_context(|| format!("deleting from {}", map_names::LB_ADDRS))
     }
 
@@ -241,7 +262,8 @@ impl MapStore for KernelMaps {
     }
 
     fn delete_service(&mut self, key: &ServiceKey) -> Result<()> {
-        remove(&mut self.services, key)
+        self.services
+            .delete(key)
             .map(drop)
             .context("deleting from SERVICES_V1")
     }
@@ -254,9 +276,63 @@ impl MapStore for KernelMaps {
     }
 
     fn delete_backend(&mut self, key: &BackendKey) -> Result<()> {
-        remove(&mut self.backends, key)
+        self.backends
+            .delete(key)
             .map(drop)
             .context("deleting from BACKENDS_V1")
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    fn put_addrs(&mut self, entries: &[(u32, u32)]) -> Result<(), Partial> {
+        self.batched(
+            0,
+            entries,
+            |m, e| {
+                let (k, v): (Vec<u32>, Vec<u32>) = e.iter().copied().unzip();
+                m.update(&k, &v)
+            },
+            |s, (a, f)| s.put_addr(*a, *f),
+            false,
+        )
+    }
+
+    fn put_services(&mut self, entries: &[(ServiceKey, ServiceValue)]) -> Result<(), Partial> {
+        self.batched(
+            1,
+            entries,
+            |m, e| {
+                let (k, v): (Vec<_>, Vec<_>) = e.iter().copied().unzip();
+                m.update(&k, &v)
+            },
+            |s, (k, v)| s.put_service(k, v),
+            false,
+        )
+    }
+
+    fn put_backends(&mut self, entries: &[(BackendKey, BackendValue)]) -> Result<(), Partial> {
+        self.batched(
+            2,
+            entries,
+            |m, e| {
+                let (k, v): (Vec<_>, Vec<_>) = e.iter().copied().unzip();
+                m.update(&k, &v)
+            },
+            |s, (k, v)| s.put_backend(k, v),
+            false,
+        )
+    }
+
+    fn delete_backends(&mut self, keys: &[BackendKey]) -> Result<(), Partial> {
+        self.batched(
+            2,
+            keys,
+            |m, k| m.delete(k),
+            |s, k| s.delete_backend(k),
+            true,
+        )
     }
 
     fn purge_flows(&mut self, stale: &StaleBackends) -> Result<(usize, usize)> {
@@ -284,9 +360,7 @@ fn full(e: MapError, name: &str, limit: u32) -> anyhow::Error {
 
 /// Every entry of a map (entries deleted while iterating are skipped).
 pub(crate) fn dump<K: Pod, V: Pod>(map: &Hash<K, V>, name: &str) -> Result<Vec<(K, V)>> {
-    map.iter()
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("reading {name}"))
+    map.entries().with_context(|| format!("reading {name}"))
 }
 
 /// Deletes the entries `stale` matches. Keys are collected first and deleted after the scan:
@@ -306,22 +380,9 @@ fn purge<K: Pod, V: Pod>(
     }
     let mut deleted = 0;
     for k in &doomed {
-        deleted += usize::from(remove(map, k)?);
+        deleted += usize::from(map.delete(k)?);
     }
     Ok(deleted)
-}
-
-/// Deletes `key`; `false` if it was not there.
-fn remove<K: Pod, V: Pod>(map: &mut Hash<K, V>, key: &K) -> Result<bool, MapError> {
-    match map.remove(key) {
-        Ok(()) => Ok(true),
-        Err(MapError::SyscallError(SyscallError { io_error, .. }))
-            if io_error.raw_os_error() == Some(libc::ENOENT) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// An in-memory model of the maps: for tests of code built on `ServiceTable` that run without
@@ -348,6 +409,9 @@ pub struct MemMaps {
     /// `(SERVICES_V1, BACKENDS_V1)` sizes: new keys beyond them fail as the kernel's E2BIG
     /// does, and [`MapStore::capacity`] reports them. `None`: the real maps' sizes, unenforced.
     pub capacity: Option<(usize, usize)>,
+    /// Syncs take the batched path as with the kernel maps ([`MapStore::batches`]); each
+    /// element of a batch still goes through the single writes above (and their failures).
+    pub batch: bool,
 }
 
 impl MemMaps {
@@ -438,6 +502,10 @@ impl MapStore for MemMaps {
     fn capacity(&self) -> (usize, usize) {
         self.capacity
             .unwrap_or((MAX_FRONTENDS as usize, MAX_BACKEND_SLOTS as usize))
+    }
+
+    fn batches(&self) -> bool {
+        self.batch
     }
 }
 

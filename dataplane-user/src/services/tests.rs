@@ -10,7 +10,7 @@ use dataplane_common::{
 use super::{spec::ip_to_be, *};
 use crate::model::{Backend, Frontend, FrontendKind, Protocol, TrafficPolicy};
 
-fn local() -> LocalContext {
+pub(super) fn local() -> LocalContext {
     LocalContext {
         node_name: "worker-1".into(),
         ..Default::default()
@@ -25,7 +25,7 @@ fn name(ns: &str, name: &str) -> ServicePortName {
     }
 }
 
-fn endpoint(ip: [u8; 4], port: u16, node: &str) -> Backend {
+pub(super) fn endpoint(ip: [u8; 4], port: u16, node: &str) -> Backend {
     Backend {
         ip: Ipv4Addr::from(ip),
         port,
@@ -37,7 +37,7 @@ fn endpoint(ip: [u8; 4], port: u16, node: &str) -> Backend {
     }
 }
 
-fn frontend(ip: [u8; 4], port: u16, protocol: Protocol) -> Frontend {
+pub(super) fn frontend(ip: [u8; 4], port: u16, protocol: Protocol) -> Frontend {
     Frontend {
         ip: Ipv4Addr::from(ip),
         port,
@@ -47,7 +47,7 @@ fn frontend(ip: [u8; 4], port: u16, protocol: Protocol) -> Frontend {
 }
 
 /// The seed's test001/app-svc-clusterip.
-fn app_svc(protocol: Protocol) -> ServicePort {
+pub(super) fn app_svc(protocol: Protocol) -> ServicePort {
     ServicePort {
         name: name("test001", "app-svc-clusterip"),
         frontends: vec![frontend([10, 109, 117, 159], 80, protocol)],
@@ -65,7 +65,7 @@ fn app_svc(protocol: Protocol) -> ServicePort {
 }
 
 /// `count` ClusterIP services of 3 endpoints each.
-fn many(count: u8) -> Vec<ServicePort> {
+pub(super) fn many(count: u8) -> Vec<ServicePort> {
     (0..count)
         .map(|i| ServicePort {
             name: name("ns", &format!("svc-{i}")),
@@ -78,11 +78,11 @@ fn many(count: u8) -> Vec<ServicePort> {
         .collect()
 }
 
-fn table() -> ServiceTable<MemMaps> {
+pub(super) fn table() -> ServiceTable<MemMaps> {
     ServiceTable::with_store(MemMaps::default(), local()).unwrap()
 }
 
-fn be(ip: [u8; 4], port: u16, flags: u16) -> BackendValue {
+pub(super) fn be(ip: [u8; 4], port: u16, flags: u16) -> BackendValue {
     BackendValue {
         addr: ip_to_be(ip.into()),
         port: port.to_be(),
@@ -90,12 +90,12 @@ fn be(ip: [u8; 4], port: u16, flags: u16) -> BackendValue {
     }
 }
 
-fn key_of(svc: &ServicePort) -> dataplane_common::lb::ServiceKey {
+pub(super) fn key_of(svc: &ServicePort) -> dataplane_common::lb::ServiceKey {
     service_key(&svc.frontends[0])
 }
 
 /// The backends the maps serve for `svc`'s first frontend, asserting the set is complete.
-fn served(t: &ServiceTable<MemMaps>, svc: &ServicePort) -> Vec<BackendValue> {
+pub(super) fn served(t: &ServiceTable<MemMaps>, svc: &ServicePort) -> Vec<BackendValue> {
     let v = t.store().services[&key_of(svc)];
     (0..v.count)
         .map(|slot| {
@@ -444,7 +444,7 @@ fn a_failed_write_leaves_a_consistent_table_and_the_next_update_finishes() {
 }
 
 /// Every slot in BACKENDS_V1 belongs to the set of a frontend (no leftovers of a rollback).
-fn assert_no_orphans(t: &ServiceTable<MemMaps>) {
+pub(super) fn assert_no_orphans(t: &ServiceTable<MemMaps>) {
     let m = t.store();
     for k in m.backends.keys() {
         assert!(

@@ -1,0 +1,383 @@
+//! The one load/store per context: what the pipelines need from a hook's context, implemented
+//! for XDP (direct packet writes, checksums updated by hand) and tc (kernel helpers, which also
+//! keep the skb's checksum state right: CHECKSUM_PARTIAL skbs from local pods hold a
+//! pseudo-header sum, not a checksum).
+
+use core::mem::{offset_of, size_of, MaybeUninit};
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::{bpf_skb_change_tail, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    programs::{TcContext, XdpContext},
+};
+
+use super::{
+    csum,
+    flow::{Addr, Tuple},
+    hdr::{EthIpv4, Ipv4Hdr, TCP_CHECK_OFF, UDP_CHECK_OFF},
+    parse::{self, Parsed, L4, MAX_L4_OFF},
+};
+
+/// A context operation the kernel refused (out of bounds, no room): the caller names the
+/// reason.
+pub struct Failed;
+
+/// `Ok` when a helper returned 0.
+#[inline(always)]
+fn rc(rc: i64) -> Result<(), Failed> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Failed)
+    }
+}
+
+pub trait Packet {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// Whole frame length (skb->len for tc).
+    fn frame_len(&self) -> u32;
+    /// A copy of the header (or bytes) `T` at `offset`, through the load helper: for headers
+    /// the cursor cannot reach (past the linear data) or that must not add packet-pointer
+    /// state to the verifier's (the monitor, rare paths).
+    fn load<T: Copy>(&self, offset: usize) -> Option<T>;
+    /// A copy of the header `T` at `offset`: read straight from the linear data when it is
+    /// there (no helper call: the per-packet paths), else through [`load`](Self::load).
+    /// `offset` must be below [`MAX_L4_OFF`] plus the header (it is masked with it so the
+    /// verifier sees a bounded pointer).
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+        let at = self.data() + (offset & MAX_L4_OFF);
+        if offset <= MAX_L4_OFF && at + size_of::<T>() <= self.data_end() {
+            // SAFETY: inside the linear data (checked above). A plain read, not an unaligned
+            // one: BPF allows unaligned packet loads on this architecture, and read_unaligned
+            // would become byte loads. (The parser's header pointers are read the same way.)
+            return Some(unsafe { core::ptr::read(at as *const T) });
+        }
+        self.load(offset)
+    }
+    /// Writes `v` at `offset`.
+    fn store<T: Copy>(&self, offset: usize, v: &T) -> Result<(), Failed>;
+    /// Grows or shrinks the frame to `len` bytes.
+    fn resize(&self, len: u32) -> Result<(), Failed>;
+    /// Rewrites IP addresses and TCP/UDP ports to `to`, updating every checksum.
+    fn rewrite_tuple(&self, pkt: &Parsed, to: &Tuple) -> Result<(), Failed>;
+    /// Rewrites the IP addresses only (a non-first fragment: its transport checksum, in the
+    /// first fragment, was updated with the first fragment's rewrite).
+    fn rewrite_addrs(&self, pkt: &Parsed, saddr: Addr, daddr: Addr) -> Result<(), Failed>;
+}
+
+/// Offset of the checksum within the transport header.
+#[inline(always)]
+fn l4_csum_off(l4: L4) -> Result<usize, Failed> {
+    match l4 {
+        L4::Tcp => Ok(TCP_CHECK_OFF),
+        L4::Udp => Ok(UDP_CHECK_OFF),
+        _ => Err(Failed),
+    }
+}
+
+/// Where the fields the tc helpers rewrite sit in an IPv4 header.
+const IPV4_SADDR_OFF: usize = offset_of!(Ipv4Hdr, saddr);
+const IPV4_DADDR_OFF: usize = offset_of!(Ipv4Hdr, daddr);
+const IPV4_CHECK_OFF: usize = offset_of!(Ipv4Hdr, check);
+
+pub struct XdpPacket<'a>(pub &'a XdpContext);
+
+impl Packet for XdpPacket<'_> {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        self.0.data()
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        self.0.data_end()
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> u32 {
+        (self.0.data_end() - self.0.data()) as u32
+    }
+
+    #[inline(always)]
+    fn rewrite_tuple(&self, pkt: &Parsed, to: &Tuple) -> Result<(), Failed> {
+        let (data, end) = (self.data(), self.data_end());
+        let csum_off = l4_csum_off(pkt.l4)?;
+        let ip = data + (pkt.l3_off & MAX_L4_OFF);
+        let l4 = data + (pkt.l4_off & MAX_L4_OFF);
+        // Re-checked here (not trusted from the parser) so the verifier sees the bounds.
+        if ip + size_of::<Ipv4Hdr>() > end || l4 + csum_off + 2 > end {
+            return Err(Failed);
+        }
+        let ip = ip as *mut Ipv4Hdr;
+        let ports = l4 as *mut [u16; 2];
+        let check = (l4 + csum_off) as *mut u16;
+        unsafe {
+            let (old_s, old_d) = ((*ip).saddr, (*ip).daddr);
+            let [old_sp, old_dp] = *ports;
+            let mut ipc = csum::replace4((*ip).check, old_s, to.saddr);
+            ipc = csum::replace4(ipc, old_d, to.daddr);
+            let old_c = *check;
+            let mut c = csum::replace4(old_c, old_s, to.saddr);
+            c = csum::replace4(c, old_d, to.daddr);
+            c = csum::replace2(c, old_sp, to.sport);
+            c = csum::replace2(c, old_dp, to.dport);
+            if pkt.l4 == L4::Udp {
+                c = csum::udp_fixup(old_c, c);
+            }
+            (*ip).saddr = to.saddr;
+            (*ip).daddr = to.daddr;
+            (*ip).check = ipc;
+            *ports = [to.sport, to.dport];
+            *check = c;
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn rewrite_addrs(&self, pkt: &Parsed, saddr: Addr, daddr: Addr) -> Result<(), Failed> {
+        let ip = self.data() + (pkt.l3_off & MAX_L4_OFF);
+        if ip + size_of::<Ipv4Hdr>() > self.data_end() {
+            return Err(Failed);
+        }
+        let ip = ip as *mut Ipv4Hdr;
+        unsafe {
+            let mut c = csum::replace4((*ip).check, (*ip).saddr, saddr);
+            c = csum::replace4(c, (*ip).daddr, daddr);
+            (*ip).saddr = saddr;
+            (*ip).daddr = daddr;
+            (*ip).check = c;
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn resize(&self, len: u32) -> Result<(), Failed> {
+        // Opaque to LLVM: otherwise it folds `len - (end - data)` into arithmetic on pkt_end,
+        // which the verifier forbids.
+        let cur = core::hint::black_box(self.frame_len());
+        let delta = len as i32 - cur as i32;
+        rc(unsafe { bpf_xdp_adjust_tail(self.0.ctx, delta) } as i64)
+    }
+
+    // The helpers, not direct access: these run on rare paths (ICMP, the monitor, the
+    // decapsulation's outer headers), and LLVM likes to reuse an earlier, unchecked copy of the
+    // same packet pointer, which the verifier then refuses.
+    #[inline(always)]
+    fn store<T: Copy>(&self, offset: usize, v: &T) -> Result<(), Failed> {
+        let mut buf = *v;
+        rc(unsafe {
+            bpf_xdp_store_bytes(
+                self.0.ctx,
+                offset as u32,
+                (&mut buf as *mut T).cast(),
+                size_of::<T>() as u32,
+            )
+        })
+    }
+
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        let mut buf = MaybeUninit::<T>::uninit();
+        let ok = unsafe {
+            bpf_xdp_load_bytes(
+                self.0.ctx,
+                offset as u32,
+                buf.as_mut_ptr().cast(),
+                size_of::<T>() as u32,
+            )
+        } == 0;
+        // SAFETY: the helper filled all of it.
+        ok.then(|| unsafe { buf.assume_init() })
+    }
+}
+
+pub struct TcPacket<'a>(pub &'a TcContext);
+
+impl TcPacket<'_> {
+    /// Replaces a 32-bit IP address at `off`: IP header checksum and the L4 pseudo-header sum.
+    #[inline(always)]
+    fn replace_addr(
+        &self,
+        pkt: &Parsed,
+        off: usize,
+        l4_check: usize,
+        mangled: u64,
+        to: u32,
+    ) -> Result<(), Failed> {
+        let ctx = self.0;
+        let old: u32 = ctx.load(off).map_err(|_| Failed)?;
+        if old == to {
+            return Ok(());
+        }
+        ctx.l4_csum_replace(
+            l4_check,
+            old as u64,
+            to as u64,
+            BPF_F_PSEUDO_HDR as u64 | mangled | 4,
+        )
+        .map_err(|_| Failed)?;
+        ctx.l3_csum_replace(pkt.l3_off + IPV4_CHECK_OFF, old as u64, to as u64, 4)
+            .map_err(|_| Failed)?;
+        ctx.store(off, &to, 0).map_err(|_| Failed)
+    }
+
+    #[inline(always)]
+    fn replace_port(
+        &self,
+        off: usize,
+        l4_check: usize,
+        mangled: u64,
+        to: u16,
+    ) -> Result<(), Failed> {
+        let ctx = self.0;
+        let old: u16 = ctx.load(off).map_err(|_| Failed)?;
+        if old == to {
+            return Ok(());
+        }
+        ctx.l4_csum_replace(l4_check, old as u64, to as u64, mangled | 2)
+            .map_err(|_| Failed)?;
+        ctx.store(off, &to, 0).map_err(|_| Failed)
+    }
+
+    /// Headers may sit in paged skb data (GRO, veth); makes what the parser reads linear.
+    ///
+    /// Only what it reads: a pull copies payload out of the frags into the head, reallocating
+    /// it when it is shared, and every TCP segment a local socket sends is a clone whose head
+    /// holds just its headers (66 bytes with timestamps). Pulling the whole 128-byte window for
+    /// each of them was a head copy per GSO burst on every hook it crossed.
+    #[inline(always)]
+    pub fn linearize(&self) {
+        let ctx = self.0;
+        let len = ctx.len();
+        let linear = (ctx.data_end() - ctx.data()) as u32;
+        if linear >= len || linear >= parse::PARSE_WINDOW {
+            return;
+        }
+        let need = parse::parsed_len(self.load::<EthIpv4>(0));
+        let want = if len < need { len } else { need };
+        if linear < want {
+            let _ = ctx.pull_data(want);
+        }
+    }
+
+    /// Writes the header block `v` at the start of the frame: in place when the frame's head
+    /// is linear that far (the encapsulation's room is: `bpf_skb_adjust_room` made it there),
+    /// with 8-byte stores and no helper call, else with the store helper.
+    #[inline(always)]
+    pub fn write_front<T: Copy>(&self, v: &T) -> Result<(), Failed> {
+        let n = size_of::<T>();
+        let (data, end) = (self.0.data(), self.0.data_end());
+        if data + n > end {
+            return self.store(0, v);
+        }
+        #[repr(C, align(8))]
+        struct Words<T>(T);
+        let src = Words(*v);
+        let words = &src as *const Words<T> as *const u8;
+        let mut i = 0;
+        // SAFETY: `data .. data + n` is linear packet data (checked above); the source is the
+        // 8-byte aligned stack copy. Unaligned packet stores are allowed on this architecture.
+        unsafe {
+            while i + 8 <= n {
+                core::ptr::write((data + i) as *mut u64, *(words.add(i) as *const u64));
+                i += 8;
+            }
+            if i + 4 <= n {
+                core::ptr::write((data + i) as *mut u32, *(words.add(i) as *const u32));
+                i += 4;
+            }
+            if i + 2 <= n {
+                core::ptr::write((data + i) as *mut u16, *(words.add(i) as *const u16));
+                i += 2;
+            }
+            if i < n {
+                core::ptr::write((data + i) as *mut u8, *words.add(i));
+            }
+        }
+        Ok(())
+    }
+
+    /// The device the hook runs on.
+    #[inline(always)]
+    pub fn ifindex(&self) -> u32 {
+        unsafe { (*self.0.skb.skb).ifindex }
+    }
+}
+
+impl Packet for TcPacket<'_> {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        self.0.data()
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        self.0.data_end()
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> u32 {
+        self.0.len()
+    }
+
+    #[inline(always)]
+    fn rewrite_tuple(&self, pkt: &Parsed, to: &Tuple) -> Result<(), Failed> {
+        let l4_check = pkt.l4_off + l4_csum_off(pkt.l4)?;
+        // UDP checksum 0 means "none": the helper leaves it, and never writes a computed 0.
+        let mangled = if pkt.l4 == L4::Udp {
+            BPF_F_MARK_MANGLED_0 as u64
+        } else {
+            0
+        };
+        self.replace_addr(
+            pkt,
+            pkt.l3_off + IPV4_SADDR_OFF,
+            l4_check,
+            mangled,
+            to.saddr,
+        )?;
+        self.replace_addr(
+            pkt,
+            pkt.l3_off + IPV4_DADDR_OFF,
+            l4_check,
+            mangled,
+            to.daddr,
+        )?;
+        self.replace_port(pkt.l4_off, l4_check, mangled, to.sport)?;
+        self.replace_port(pkt.l4_off + 2, l4_check, mangled, to.dport)
+    }
+
+    #[inline(always)]
+    fn rewrite_addrs(&self, pkt: &Parsed, saddr: Addr, daddr: Addr) -> Result<(), Failed> {
+        for (off, to) in [
+            (pkt.l3_off + IPV4_SADDR_OFF, saddr),
+            (pkt.l3_off + IPV4_DADDR_OFF, daddr),
+        ] {
+            let ctx = self.0;
+            let old: u32 = ctx.load(off).map_err(|_| Failed)?;
+            if old != to {
+                ctx.l3_csum_replace(pkt.l3_off + IPV4_CHECK_OFF, old as u64, to as u64, 4)
+                    .map_err(|_| Failed)?;
+                ctx.store(off, &to, 0).map_err(|_| Failed)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn resize(&self, len: u32) -> Result<(), Failed> {
+        rc(unsafe { bpf_skb_change_tail(self.0.skb.skb, len, 0) })
+    }
+
+    #[inline(always)]
+    fn store<T: Copy>(&self, offset: usize, v: &T) -> Result<(), Failed> {
+        self.0.store(offset, v, 0).map_err(|_| Failed)
+    }
+
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        self.0.load(offset).ok()
+    }
+}
