@@ -236,14 +236,13 @@ fn nodeport_to_a_remote_backend_is_forwarded_in_xdp_both_ways() {
     // Per connection at least SYN, ACK, request, FIN/ACK one way; SYN-ACK, response, FIN back.
     assert!(fwd >= 3 * 20_000, "xdp-forward {fwd}");
     assert!(rep >= 3 * 20_000, "xdp-forward-reply {rep}");
-    for (hook, reason) in TC_NAT {
-        assert_eq!(delta(c, &before, hook, reason), 0, "{hook:?} {reason:?}");
-    }
-    assert_eq!(
-        delta(c, &before, Hook::XdpUplink, Reason::PassPartialChecksum),
-        0
-    );
-
+    // A complete checksum equals the pseudo-header seed by chance, 1 in 65,535 (about one
+    // of these 100,000+ frames): XDP defers such a frame to tc, which translates it. Nothing
+    // else takes the tc path.
+    let deferred = delta(c, &before, Hook::XdpUplink, Reason::PassPartialChecksum);
+    assert!(deferred <= 20, "pass-partial-checksum {deferred}");
+    let tc: u64 = TC_NAT.iter().map(|&(h, r)| delta(c, &before, h, r)).sum();
+    assert!(tc <= 2 * deferred, "tc path translated {tc}, deferred {deferred}");
     // The frames on the wire: requests arriving at node2 and replies at the client.
     let body = |host: &Host| {
         let out = sh(&host.ns, &["curl", "-s", "-m", "5", &url]);

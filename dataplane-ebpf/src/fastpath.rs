@@ -56,7 +56,7 @@ pub fn forward(p: &XdpPacket, v: Verdict, rec: &Recorder) -> Verdict {
     if v.action != Action::Pass || !enabled() {
         return v;
     }
-    match finish(p, rec.ifindex) {
+    match finish(p, rec.ifindex, rec.len) {
         Ok(true) => {
             rec.count(v.reason);
             Verdict::new(fast, Action::Bounce)
@@ -72,7 +72,7 @@ pub fn forward(p: &XdpPacket, v: Verdict, rec: &Recorder) -> Verdict {
 /// `Ok(true)`: rewritten for the wire and ready for XDP_TX; `Ok(false)`: untouched since the
 /// ingress translation, for the kernel to forward.
 #[inline(always)]
-fn finish(p: &XdpPacket, ifindex: u32) -> Result<bool, Reason> {
+fn finish(p: &XdpPacket, ifindex: u32, len: u32) -> Result<bool, Reason> {
     // The packet as the ingress translation left it.
     let Ok(pkt) = parse::parse(p.data(), p.data_end(), p.frame_len() as usize) else {
         return Ok(false);
@@ -111,7 +111,8 @@ fn finish(p: &XdpPacket, ifindex: u32) -> Result<bool, Reason> {
     }
     // The egress hook's rewrite of this connection (masquerade of the original direction,
     // un-DNAT of the reply), as tc egress would apply it to the forwarded packet.
-    let len = p.frame_len();
+    // `len`: the recorder's scalar (computing it here spilled half a packet pointer, which
+    // the verifier refuses: see main.rs).
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(hit) = conntrack::lookup(&pkt, len, now, Phase::Egress) {
         p.rewrite_tuple(&pkt, &hit.to)
