@@ -242,7 +242,10 @@ fn nodeport_to_a_remote_backend_is_forwarded_in_xdp_both_ways() {
     let deferred = delta(c, &before, Hook::XdpUplink, Reason::PassPartialChecksum);
     assert!(deferred <= 20, "pass-partial-checksum {deferred}");
     let tc: u64 = TC_NAT.iter().map(|&(h, r)| delta(c, &before, h, r)).sum();
-    assert!(tc <= 2 * deferred, "tc path translated {tc}, deferred {deferred}");
+    assert!(
+        tc <= 2 * deferred,
+        "tc path translated {tc}, deferred {deferred}"
+    );
     // The frames on the wire: requests arriving at node2 and replies at the client.
     let body = |host: &Host| {
         let out = sh(&host.ns, &["curl", "-s", "-m", "5", &url]);
