@@ -219,7 +219,7 @@ fn the_pre_filter_skips_lookups_for_unlisted_addresses_on_every_hook() {
     h.sync_services(&services());
     set_prefilter(&mut h, true, VIP, None);
     // (The fixture object runs the uplink's service pipeline in XDP; its tc ingress only
-    // observes. With --xdp-mode off, tc ingress runs the same pipeline: tests/overlay.rs.)
+    // observes. With --xdp-mode off, tc ingress runs the same pipeline: tests/overlay_{vxlan,ipip}.rs.)
     for (hook, sport) in [(Hook::TcPodIngress, 40101), (Hook::XdpUplink, 40102)] {
         let syn = tcp(CLIENT, sport, VIP, 80, TcpFlags::SYN).build();
         h.check(&Fixture {

@@ -166,14 +166,15 @@ fn reject_allowed() -> bool {
     unsafe { (*bucket).take(bpf_ktime_get_ns(), REJECT_NS_PER_TOKEN, REJECT_BURST) }
 }
 
-/// Classify only (the uplink's tc ingress after XDP ran the ingress pipeline): never drops,
-/// a malformed frame's reason is counted and the kernel's stack decides.
+/// Classify only (the uplink's tc ingress after XDP ran the ingress pipeline): nothing is
+/// translated; a malformed frame is dropped with its reason, as every other hook drops it
+/// (XDP drops what it sees malformed, so these are frames it never parsed).
 #[inline(always)]
 pub fn observe<P: Packet>(p: &P) -> Verdict {
     monitor::snapshot(p);
-    match parse::parse(p.data(), p.data_end(), p.frame_len() as usize) {
+    match parsed(p) {
         Ok(pkt) => Verdict::pass(pass_reason(pkt.l4)),
-        Err(reason) => Verdict::pass(reason),
+        Err(v) => v,
     }
 }
 

@@ -73,11 +73,7 @@ fn sock_action(v: Verdict) -> i32 {
 
 #[inline(always)]
 fn tc_recorder(p: &TcPacket, hook: Hook) -> Recorder {
-    Recorder {
-        hook,
-        ifindex: p.ifindex(),
-        len: p.frame_len(),
-    }
+    Recorder::new(hook, p.ifindex(), p.frame_len())
 }
 
 /// 1 when `xdp_uplink` is attached to the uplink (it runs the ingress pipeline there), 0 when
@@ -97,14 +93,14 @@ fn uplink_xdp() -> bool {
 #[xdp]
 pub fn xdp_uplink(ctx: XdpContext) -> u32 {
     let p = XdpPacket(&ctx);
-    let rec = Recorder {
-        hook: Hook::XdpUplink,
-        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+    let rec = Recorder::new(
+        Hook::XdpUplink,
+        unsafe { (*ctx.ctx).ingress_ifindex },
         // black_box: the length must be computed here, as a scalar; left to LLVM, the
         // subtraction is sunk past the helper calls of the pipeline and a 32-bit half of the
         // packet pointer is spilled instead, which the verifier refuses.
-        len: core::hint::black_box(p.frame_len()),
-    };
+        core::hint::black_box(p.frame_len()),
+    );
     let v = datapath::uplink_rx_xdp(&p, &rec);
     rec.record(&p, v);
     xdp_action(v)

@@ -1,5 +1,7 @@
 //! Counting verdicts per hook (`STATS_V2`) and handing them to the monitor.
 
+use core::cell::Cell;
+
 use dataplane_common::{stats::stats_index, Hook, Reason};
 
 use crate::{maps::STATS_V2, monitor, net::Packet, verdict::Verdict};
@@ -17,25 +19,42 @@ pub fn count(hook: Hook, reason: Reason, len: u32) {
 }
 
 /// Where a verdict is counted: the hook, its device and the frame's length as the hook
-/// received it (computed once, before the pipeline, as a scalar: see `main.rs`).
+/// received it (computed once, before the pipeline, as a scalar: see `main.rs`), less what a
+/// decapsulation removed (the inner packet's verdict counts the inner frame's bytes).
 pub struct Recorder {
     pub hook: Hook,
     pub ifindex: u32,
-    pub len: u32,
+    len: Cell<u32>,
 }
 
 impl Recorder {
+    #[inline(always)]
+    pub fn new(hook: Hook, ifindex: u32, len: u32) -> Self {
+        Recorder {
+            hook,
+            ifindex,
+            len: Cell::new(len),
+        }
+    }
+
+    /// The frame lost `bytes` of headers (a decapsulation): later verdicts count the rest.
+    #[inline(always)]
+    pub fn shrunk_by(&self, bytes: u32) {
+        self.len.set(self.len.get().saturating_sub(bytes));
+    }
+
     /// Counts the verdict and sends its monitor event (if a monitor wants it).
     #[inline(always)]
     pub fn record<P: Packet>(&self, p: &P, v: Verdict) {
-        count(self.hook, v.reason, self.len);
-        monitor::emit(p, self.hook, v.reason, self.ifindex, self.len);
+        let len = self.len.get();
+        count(self.hook, v.reason, len);
+        monitor::emit(p, self.hook, v.reason, self.ifindex, len);
     }
 
     /// Counts a stage that has its own counter and no event (the decapsulation: the inner
     /// packet's verdict follows).
     #[inline(always)]
     pub fn count(&self, reason: Reason) {
-        count(self.hook, reason, self.len);
+        count(self.hook, reason, self.len.get());
     }
 }

@@ -225,7 +225,7 @@ pub(super) fn overlay_findings(m: &mut String) {
          a CHECKSUM_UNNECESSARY verdict from a NIC is dropped on decapsulation (no `NO_CSUM_RESET`) so the inner \
          checksum is verified. On this kernel (6.18, no `BPF_F_ADJ_ROOM_DECAP_L4_UDP`) the shrink leaves \
          skb->encapsulation and the tunnel GSO type set; segmentation of the inner burst is driven by its IP/TCP headers \
-         and comes out right (tests/overlay.rs: a pod veth with TSO/GSO off, content-checked 10 MB transfers).\n\
+         and comes out right (tests/overlay_mtu.rs: a pod veth with TSO/GSO off, content-checked 10 MB transfers).\n\
          - **Per-packet pulls**: every hook pulled a 128-byte parse window into the skb head; a TCP burst from a \
          socket is a clone with 66 bytes of headers in its head, so each pull copied payload into a reallocated head. \
          The hooks now pull only the headers the parser reads (TCP/UDP fixed header; the full window for the rest).\n\n\

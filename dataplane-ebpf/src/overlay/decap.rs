@@ -161,6 +161,7 @@ pub fn decap_xdp(p: &XdpPacket, rec: &Recorder) -> Step {
         return Err(Verdict::drop(Reason::DropOverlayMalformed));
     }
     rec.count(Reason::OverlayDecap);
+    rec.shrunk_by(t.overhead);
     Ok(())
 }
 
@@ -189,7 +190,7 @@ pub fn decap_tc(p: &TcPacket, rec: &Recorder) -> Result<bool, Verdict> {
     // header length popped). The kernel keeps skb->encapsulation and the tunnel GSO type on a
     // shrink (v6.18 has no BPF_F_ADJ_ROOM_DECAP_L4_UDP); segmentation of the result is driven
     // by its IP/TCP headers, so a decapsulated burst that must be segmented (a pod device
-    // without TSO) still comes out right: tests/overlay.rs checks it. Without
+    // without TSO) still comes out right: tests/overlay_mtu.rs checks it. Without
     // BPF_F_ADJ_ROOM_NO_CSUM_RESET the kernel drops a CHECKSUM_UNNECESSARY verdict, which was
     // about the outer UDP checksum, not the inner packet's.
     if p.0
@@ -203,5 +204,6 @@ pub fn decap_tc(p: &TcPacket, rec: &Recorder) -> Result<bool, Verdict> {
         return Err(Verdict::drop(Reason::DropOverlayMalformed));
     }
     rec.count(Reason::OverlayDecap);
+    rec.shrunk_by(t.overhead);
     Ok(true)
 }
