@@ -231,8 +231,11 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
         &attach.uplink,
         cfg.overlay.mode != crate::overlay::OverlayMode::None,
     );
-    let mut datapath =
-        loader::load_with(&cfg.pin_dir, attach.xdp_mode != loader::XdpAttachMode::Off)?;
+    let mut datapath = loader::load_for(
+        &cfg.pin_dir,
+        attach.xdp_mode != loader::XdpAttachMode::Off,
+        attach.xdp_mode.forwards(&attach.uplink),
+    )?;
     let masq = match cfg.masquerade_ip {
         Some(ip) => ip,
         None => crate::host::netdev::first_ipv4(&cfg.attach.uplink)?,
