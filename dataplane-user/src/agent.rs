@@ -252,6 +252,10 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
         }
     }
     cfg.timeouts.apply(&mut config);
+    // The bitmap is trusted again only once this agent's ServiceTable made it cover
+    // LB_ADDRS_V1 (enable_pod_filter): a new object's bitmap starts empty, and another writer
+    // may have listed addresses without their bits. Until then the hash lookup decides.
+    config.flags &= !dataplane_common::config::CFG_F_ADDR_BITS;
     if cfg.attach.cgroup.is_some() {
         config.netns_cookie = crate::host::netns::cookie()?;
     }
@@ -275,7 +279,9 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
 
 /// Lists the node's own addresses in LB_ADDRS_V1 and then turns the pod hooks' pre-filter on
 /// (`CFG_F_POD_FILTER`): from then on pod packets whose addresses are no service's, backend's or
-/// the node's skip the conntrack and service lookups. ServiceTable keeps the service part.
+/// the node's skip the conntrack and service lookups. ServiceTable keeps the service part, and
+/// the bitmap over it (LB_ADDR_BITS_V1, filled in for adopted addresses when it opened the
+/// maps): `CFG_F_ADDR_BITS` lets the hooks trust the bitmap's clear bits.
 /// Addresses the node gains later are not added (the filter then sends their replies the full
 /// way only if they are also a service's): a restart picks them up.
 fn enable_pod_filter(table: &mut ServiceTable, ebpf: &aya::Ebpf) -> Result<()> {
@@ -288,7 +294,8 @@ fn enable_pod_filter(table: &mut ServiceTable, ebpf: &aya::Ebpf) -> Result<()> {
     table
         .set_node_addrs(&addrs)
         .context("listing the node's addresses in LB_ADDRS_V1")?;
-    config.flags |= dataplane_common::ct::CFG_F_POD_FILTER;
+    config.flags |=
+        dataplane_common::ct::CFG_F_POD_FILTER | dataplane_common::config::CFG_F_ADDR_BITS;
     crate::maps::write_config(ebpf, &config)
 }
 

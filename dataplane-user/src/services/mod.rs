@@ -28,6 +28,7 @@
 //! frontend; until then [`ServiceTable::remove`] only knows frontends upserted since opening.
 //! Readers ([`list_services`], [`list_conntrack`], the datapath) may run at any time.
 
+pub mod addr_bits;
 mod apply;
 #[cfg(test)]
 mod batch_tests;
@@ -204,6 +205,8 @@ impl<S: MapStore> ServiceTable<S> {
             );
         }
         let addrs = store.dump_addrs()?.into_iter().collect();
+        let mut store = store;
+        store.adopt_addr_bits()?;
         Ok(ServiceTable {
             store,
             local,
