@@ -56,7 +56,7 @@ pub fn forward(p: &XdpPacket, v: Verdict, rec: &Recorder) -> Verdict {
     if v.action != Action::Pass || !enabled() {
         return v;
     }
-    match finish(p, rec.ifindex, rec.len) {
+    match finish(p, rec.ifindex, rec.len()) {
         Ok(true) => {
             rec.count(v.reason);
             Verdict::new(fast, Action::Bounce)
