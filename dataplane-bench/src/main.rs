@@ -546,6 +546,21 @@ fn load_phase(
                 });
             }
         }
+        // One changed endpoint through the agent's own apply: the delta path (9 samples, the
+        // target's median and spread), and the full diff every change paid before (3).
+        for (kind, reps, full) in [("agent_change", 9, false), ("agent_full_diff", 3, true)] {
+            let samples = ml.agent_changes(svcs, (&before, &after), reps, full)?;
+            for (rep, (t, e)) in samples.into_iter().enumerate() {
+                results.loads.push(LoadSample {
+                    row: ml.mode.key().into(),
+                    services: n,
+                    kind: kind.into(),
+                    rep,
+                    secs: t.as_secs_f64(),
+                    map_entries: Some(e),
+                });
+            }
+        }
         for rep in 0..2 {
             let r = if rep % 2 == 0 {
                 ml.upsert_one(&after)?

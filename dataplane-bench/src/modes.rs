@@ -469,6 +469,72 @@ impl ModeLab {
         let t = t0.elapsed();
         Ok(Some((t, Some(rep.written() + rep.deleted()))))
     }
+
+    /// The dataplane only: one changed endpoint through the agent's own path
+    /// (`dataplane::agent::apply`: the delta against the previous state, the service maps,
+    /// source ranges, service names, the change counters), `reps` times, applying the changed
+    /// and the original state in turn after one untimed full apply. Each sample is what the
+    /// agent records in `kubeproxy_network_programming_duration_seconds`: from the source's
+    /// state reaching the agent to its maps written. (time, entries written + deleted).
+    /// `full_diff`: without the previous state, so every change diffs every service port (the
+    /// agent's cost per change before the delta path; the comparison).
+    pub fn agent_changes(
+        &mut self,
+        svcs: &[Svc],
+        (before, after): (&Svc, &Svc),
+        reps: usize,
+        full_diff: bool,
+    ) -> Result<Vec<(Duration, usize)>> {
+        let (Some(table), Some(dp), Some(pin_dir)) = (
+            self.table.as_mut(),
+            self.datapath.as_ref(),
+            self.pin_dir.as_ref(),
+        ) else {
+            return Ok(Vec::new());
+        };
+        // Sorted by name, as the sources publish their states.
+        let state = |swap: bool| {
+            let mut services: Vec<_> = svcs
+                .iter()
+                .map(|s| match (swap, s == before) {
+                    (true, true) => scenario::to_model(after),
+                    _ => scenario::to_model(s),
+                })
+                .collect();
+            services.sort_by(|a, b| a.name.cmp(&b.name));
+            Arc::new(dataplane::model::ClusterState {
+                services,
+                ..Default::default()
+            })
+        };
+        let states = [state(false), state(true)];
+        let mut ranges = dataplane::services::SourceRanges::open(&dp.ebpf)?;
+        let mut names = dataplane::services::ServiceNames::open_or_create(pin_dir)?;
+        let status = dataplane::metrics::AgentStatus::default();
+        let mut apply = |prev: Option<&dataplane::model::ClusterState>,
+                         next: &dataplane::model::ClusterState| {
+            dataplane::agent::apply(table, &mut ranges, &mut names, prev, next, &status, None)
+        };
+        if !apply(None, &states[0]) {
+            bail!("the full apply of {} services was incomplete", svcs.len());
+        }
+        let entries = |st: &dataplane::metrics::AgentStatus| {
+            st.entries_written.load(Ordering::Relaxed) + st.entries_deleted.load(Ordering::Relaxed)
+        };
+        let mut out = Vec::new();
+        for rep in 0..reps {
+            let (prev, next) = (&states[rep % 2], &states[(rep + 1) % 2]);
+            let e0 = entries(&status);
+            let t0 = Instant::now();
+            let complete = apply((!full_diff).then_some(&**prev), next);
+            let t = t0.elapsed();
+            if !complete {
+                bail!("one change was not applied completely");
+            }
+            out.push((t, (entries(&status) - e0) as usize));
+        }
+        Ok(out)
+    }
 }
 
 impl Drop for ModeLab {

@@ -21,7 +21,7 @@ pub struct Config {
     pub timeout_tcp_reset: u32,
     pub timeout_udp: u32,
     pub timeout_other: u32,
-    /// Flags: [`CFG_F_POD_FILTER`].
+    /// Flags: [`CFG_F_POD_FILTER`], [`CFG_F_ADDR_BITS`].
     pub flags: u32,
     /// Cookie of the node's network namespace: socket-level balancing applies only to sockets
     /// of this namespace (0 = socket-level balancing off). Lets several nodes share a kernel
@@ -32,6 +32,11 @@ pub struct Config {
 /// `Config::flags`: `LB_ADDRS_V1` is kept by the agent (service addresses by `ServiceTable`,
 /// the node's own at start), so pod hooks may pass packets whose addresses it does not list.
 pub const CFG_F_POD_FILTER: u32 = 1 << 0;
+/// `Config::flags`: `LB_ADDR_BITS_V1` holds the bits of every `LB_ADDRS_V1` address, so pod hooks
+/// may pass a packet whose addresses' bits are clear without looking `LB_ADDRS_V1` up. Set by the
+/// agent once it built the bitmap, cleared at its start (a bitmap a new map version or another
+/// writer left incomplete is never trusted).
+pub const CFG_F_ADDR_BITS: u32 = 1 << 1;
 
 impl Config {
     /// Defaults as kube-proxy sets the kernel's conntrack (`--conntrack-tcp-timeout-established`

@@ -40,6 +40,21 @@ pub const fn udp_fixup(old: u16, new: u16) -> u16 {
     }
 }
 
+/// What the transport checksum field of a CHECKSUM_PARTIAL packet holds: the folded
+/// pseudo-header sum, not complemented (the kernel's `~csum_tcpudp_magic(saddr, daddr, len,
+/// proto, 0)`; the device or `skb_checksum_help` adds the segment later). Addresses as loaded
+/// from the packet, `proto` and `l4_len` (transport header + payload bytes) as numbers.
+#[inline(always)]
+pub const fn pseudo_seed(saddr: u32, daddr: u32, proto: u8, l4_len: u16) -> u16 {
+    let sum = (saddr >> 16)
+        + (saddr & 0xffff)
+        + (daddr >> 16)
+        + (daddr & 0xffff)
+        + (proto as u16).to_be() as u32
+        + l4_len.to_be() as u32;
+    fold(sum)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +114,24 @@ mod tests {
         assert_eq!(udp_fixup(0, 0x1234), 0);
         assert_eq!(udp_fixup(0x1111, 0), 0xffff);
         assert_eq!(udp_fixup(0x1111, 0x2222), 0x2222);
+    }
+
+    #[test]
+    fn pseudo_seed_is_what_a_full_sum_starts_from() {
+        // A UDP datagram 10.0.0.1:1000 -> 10.0.0.2:53 with 4 payload bytes: its full checksum
+        // is the complement of the seed plus the segment's own sum (checksum field zero).
+        let (s, d) = ([10u8, 0, 0, 1], [10u8, 0, 0, 2]);
+        let seg = [0x03u8, 0xe8, 0x00, 0x35, 0x00, 0x0c, 0, 0, 1, 2, 3, 4];
+        let pseudo = [10u8, 0, 0, 1, 10, 0, 0, 2, 0, 17, 0, 12];
+        let seed = pseudo_seed(load4(&s, 0), load4(&d, 0), 17, 12);
+        assert_eq!(!seed, full(&pseudo));
+        let mut all = [0u8; 24];
+        all[..12].copy_from_slice(&pseudo);
+        all[12..].copy_from_slice(&seg);
+        let seg_sum: u32 = seg
+            .chunks(2)
+            .map(|c| u16::from_ne_bytes([c[0], c[1]]) as u32)
+            .sum();
+        assert_eq!(!fold(seed as u32 + seg_sum), full(&all));
     }
 }

@@ -5,6 +5,7 @@
 //! pinned map of another version refuses to misread it.
 #![no_std]
 
+pub mod addr_bits;
 pub mod config;
 pub mod csum;
 pub mod ct;
@@ -29,6 +30,7 @@ pub mod map_names {
     pub const AFFINITY: &str = crate::maps::AFFINITY.name;
     pub const FRAGS: &str = crate::maps::FRAGS.name;
     pub const LB_ADDRS: &str = crate::maps::LB_ADDRS.name;
+    pub const LB_ADDR_BITS: &str = crate::maps::LB_ADDR_BITS.name;
     pub const CONFIG: &str = crate::maps::CONFIG.name;
     pub const SOURCE_RANGES: &str = crate::maps::SOURCE_RANGES.name;
     pub const SOCK_AFFINITY: &str = crate::maps::SOCK_AFFINITY.name;

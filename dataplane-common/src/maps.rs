@@ -9,6 +9,7 @@
 use core::mem::size_of;
 
 use crate::{
+    addr_bits::{AddrBits, ADDR_BITS_WORDS},
     ct::{Config, CtKey, CtValue, FragKey, FragValue, CT_MAX_ENTRIES, MAX_FRAG_DATAGRAMS},
     lb::{
         AffinityKey, AffinityValue, BackendKey, BackendValue, RejectBucket, ServiceKey,
@@ -165,6 +166,12 @@ pub const LB_ADDRS: MapSpec = MapSpec::of::<u32, u32>("LB_ADDRS_V1", Hash, MAX_L
         "agent (`ServiceTable`, node addresses at start)",
         "`tc_pod_ingress`, `tc_pod_egress`",
     );
+/// The pre-filter's Bloom filter over `LB_ADDRS_V1` (`addr_bits`): tested without a hash lookup.
+pub const LB_ADDR_BITS: MapSpec =
+    MapSpec::of::<u32, AddrBits>("LB_ADDR_BITS_V1", Array, ADDR_BITS_WORDS, Services).by(
+        "agent (with each `LB_ADDRS_V1` write, before it)",
+        "every packet hook but `tc_uplink_ingress` after XDP",
+    );
 /// loadBalancerSourceRanges: (frontend id, client prefix) -> 1.
 pub const SOURCE_RANGES: MapSpec =
     MapSpec::of::<SourceRangeKey, u32>("SOURCE_RANGES_V1", LpmTrie, MAX_SOURCE_RANGES, Services)
@@ -258,6 +265,7 @@ pub const ALL: &[MapSpec] = &[
     BACKENDS,
     CT,
     LB_ADDRS,
+    LB_ADDR_BITS,
     FRAGS,
     AFFINITY,
     CONFIG,

@@ -190,6 +190,21 @@ reasons! {
     /// the kernel's ICMP limit) is empty: dropped instead of answered, so forged sources cannot
     /// turn the node into an ICMP reflector.
     DropRejectRateLimited = 35, "drop-reject-rate-limited", drop;
+    /// XDP fast path: a packet to a service whose backend is on another node (NodePort,
+    /// external IP), translated completely in XDP (DNAT, and the masquerade tc egress would
+    /// apply), routed with the FIB, its MACs rewritten and sent back out of the uplink with
+    /// XDP_TX: the kernel's stack, netfilter and tc never see it (nor does tcpdump on the
+    /// node). Its translation is counted too (`nat-forward` / `lb-new-connection`).
+    XdpForward = 36, "xdp-forward", pass;
+    /// XDP fast path: a remote backend's reply to a masqueraded connection, reverse-translated
+    /// completely in XDP and sent back out of the uplink to the client with XDP_TX (its
+    /// translation is counted too, as `nat-reply`).
+    XdpForwardReply = 37, "xdp-forward-reply", pass;
+    /// XDP: a TCP/UDP packet to a service or the node whose transport checksum field holds only
+    /// the pseudo-header sum (a CHECKSUM_PARTIAL packet from a veth peer with tx offload: XDP
+    /// cannot see the skb's checksum state, and XDP_TX would lose it). Left untouched for tc
+    /// ingress, whose helpers keep partial checksums right; no real NIC delivers such frames.
+    PassPartialChecksum = 38, "pass-partial-checksum", pass;
 }
 
 /// Number of columns reserved per hook in the stats table (room for reasons added later).

@@ -6,6 +6,8 @@
 //! Steps: parse (`net::parse`) -> ICMP errors (`icmp.rs`) -> pre-filter (`prefilter.rs`) ->
 //! later fragments (`frag.rs`) -> tracked connections (`conntrack.rs`: the rewrite of the
 //! entry for this phase) -> new connections to services (`lb.rs`, then `conntrack::create*`).
+//! In XDP, a translated packet whose next hop is back out of the uplink then takes the fast
+//! path (`fastpath.rs`: the egress translation too, FIB, MACs, XDP_TX).
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use dataplane_common::{
@@ -15,7 +17,7 @@ use dataplane_common::{
 
 use crate::{
     conntrack::{self, Phase},
-    frag, icmp, lb, monitor,
+    fastpath, frag, icmp, lb, monitor,
     net::{
         parse::{self, pass_reason},
         Packet, Parsed, TcPacket, XdpPacket, L4,
@@ -203,6 +205,10 @@ pub fn ingress<P: Packet>(p: &P) -> Verdict {
     if pkt.l4 != L4::Tcp && pkt.l4 != L4::Udp {
         return Verdict::pass(pass_reason(pkt.l4));
     }
+    // Before any rewrite or conntrack update: tc ingress takes the packet whole.
+    if p.defer(&pkt) {
+        return Verdict::pass(Reason::PassPartialChecksum);
+    }
     frag::remember(&pkt);
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(v) = tracked(p, &pkt, len, now, Phase::Ingress) {
@@ -244,7 +250,8 @@ pub fn uplink_rx_xdp(p: &XdpPacket, rec: &Recorder) -> Verdict {
     if let Err(v) = overlay::decap_xdp(p, rec) {
         return v;
     }
-    ingress(p)
+    let v = ingress(p);
+    fastpath::forward(p, v, rec)
 }
 
 /// tc ingress on the uplink (after XDP, and after GRO): opens tunnel packets XDP left closed;
@@ -258,7 +265,8 @@ pub fn uplink_rx_tc(p: &TcPacket, rec: &Recorder, xdp_ran: bool) -> Verdict {
     };
     // After the decapsulation: the inner headers are what must be linear.
     p.linearize();
-    if opened || !xdp_ran {
+    // A frame XDP deferred (a partial checksum) is translated here, with the helpers.
+    if opened || !xdp_ran || p.deferred_by_xdp() {
         ingress(p)
     } else {
         observe(p)

@@ -10,6 +10,7 @@
 mod config;
 mod conntrack;
 mod datapath;
+mod fastpath;
 mod frag;
 mod icmp;
 mod lb;

@@ -13,6 +13,7 @@ use aya_ebpf::{
     maps::RingBuf,
 };
 use dataplane_common::{
+    addr_bits::{AddrBits, ADDR_BITS_WORDS},
     ct::{Config, CtKey, CtValue, FragKey, FragValue, CT_MAX_ENTRIES, MAX_FRAG_DATAGRAMS},
     lb::{
         AffinityKey, AffinityValue, BackendKey, BackendValue, RejectBucket, ServiceKey,
@@ -70,6 +71,11 @@ pub static FRAGS_V1: LruHashMap<FragKey, FragValue, { MAX_FRAG_DATAGRAMS as usiz
 /// own), with `ADDR_F_*` flags: the pod hooks' pre-filter. Written by the agent.
 #[btf_map(name = "LB_ADDRS_V1")]
 pub static LB_ADDRS_V1: HashMap<u32, u32, { MAX_LB_ADDRS as usize }> = HashMap::new();
+
+/// The pre-filter's Bloom filter over `LB_ADDRS_V1` (`dataplane_common::addr_bits`): an array
+/// read per address instead of a hash lookup. Written by the agent, before `LB_ADDRS_V1`.
+#[btf_map(name = "LB_ADDR_BITS_V1")]
+pub static LB_ADDR_BITS_V1: Array<AddrBits, { ADDR_BITS_WORDS as usize }> = Array::new();
 
 /// loadBalancerSourceRanges: (frontend id, client prefix) -> 1, for frontends flagged
 /// `SVC_F_SOURCE_RANGES`. Written by the agent (`SourceRanges`).

@@ -37,6 +37,12 @@ impl Recorder {
         }
     }
 
+    /// The frame's length as counted (a scalar computed before the pipeline).
+    #[inline(always)]
+    pub fn len(&self) -> u32 {
+        self.len.get()
+    }
+
     /// The frame lost `bytes` of headers (a decapsulation): later verdicts count the rest.
     #[inline(always)]
     pub fn shrunk_by(&self, bytes: u32) {

@@ -17,8 +17,8 @@ use crate::{
     k8s::{self, LocalNode, Source, SourceStats},
     loader,
     metrics::{self, AgentStatus, Metrics},
-    model::{ClusterState, ServicePort},
-    services::{LocalContext, ServiceNames, ServiceTable, SourceRanges},
+    model::{Backend, ClusterState, Frontend, ServicePort, TrafficPolicy},
+    services::{LocalContext, ServiceDelta, ServiceNames, ServiceTable, SourceRanges},
     sockdiag::SockDestroyer,
     tasks::AbortOnDrop,
 };
@@ -231,8 +231,11 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
         &attach.uplink,
         cfg.overlay.mode != crate::overlay::OverlayMode::None,
     );
-    let mut datapath =
-        loader::load_with(&cfg.pin_dir, attach.xdp_mode != loader::XdpAttachMode::Off)?;
+    let mut datapath = loader::load_for(
+        &cfg.pin_dir,
+        attach.xdp_mode != loader::XdpAttachMode::Off,
+        attach.xdp_mode.forwards(&attach.uplink),
+    )?;
     let masq = match cfg.masquerade_ip {
         Some(ip) => ip,
         None => crate::host::netdev::first_ipv4(&cfg.attach.uplink)?,
@@ -249,6 +252,10 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
         }
     }
     cfg.timeouts.apply(&mut config);
+    // The bitmap is trusted again only once this agent's ServiceTable made it cover
+    // LB_ADDRS_V1 (enable_pod_filter): a new object's bitmap starts empty, and another writer
+    // may have listed addresses without their bits. Until then the hash lookup decides.
+    config.flags &= !dataplane_common::config::CFG_F_ADDR_BITS;
     if cfg.attach.cgroup.is_some() {
         config.netns_cookie = crate::host::netns::cookie()?;
     }
@@ -272,7 +279,9 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
 
 /// Lists the node's own addresses in LB_ADDRS_V1 and then turns the pod hooks' pre-filter on
 /// (`CFG_F_POD_FILTER`): from then on pod packets whose addresses are no service's, backend's or
-/// the node's skip the conntrack and service lookups. ServiceTable keeps the service part.
+/// the node's skip the conntrack and service lookups. ServiceTable keeps the service part, and
+/// the bitmap over it (LB_ADDR_BITS_V1, filled in for adopted addresses when it opened the
+/// maps): `CFG_F_ADDR_BITS` lets the hooks trust the bitmap's clear bits.
 /// Addresses the node gains later are not added (the filter then sends their replies the full
 /// way only if they are also a service's): a restart picks them up.
 fn enable_pod_filter(table: &mut ServiceTable, ebpf: &aya::Ebpf) -> Result<()> {
@@ -285,7 +294,8 @@ fn enable_pod_filter(table: &mut ServiceTable, ebpf: &aya::Ebpf) -> Result<()> {
     table
         .set_node_addrs(&addrs)
         .context("listing the node's addresses in LB_ADDRS_V1")?;
-    config.flags |= dataplane_common::ct::CFG_F_POD_FILTER;
+    config.flags |=
+        dataplane_common::ct::CFG_F_POD_FILTER | dataplane_common::config::CFG_F_ADDR_BITS;
     crate::maps::write_config(ebpf, &config)
 }
 
@@ -335,7 +345,12 @@ fn schedule_retry(
 /// maps) keeps its previous state and is logged by name, every other one is applied. Returns
 /// whether everything was applied (if not, the caller retries with backoff). Then destroys the
 /// node's TCP sockets that socket-level balancing connected to backends that are gone.
-fn apply(
+///
+/// `previous` is the state the last call applied (None at start, and for a retry, which diffs
+/// everything again): only the service ports that differ from it are planned and written, so
+/// one changed endpoint costs O(changed ports), not O(all) (`ServiceTable::sync_delta`).
+/// Public for the benchmark, which times this path.
+pub fn apply(
     table: &mut ServiceTable,
     ranges: &mut SourceRanges,
     names: &mut ServiceNames,
@@ -346,7 +361,11 @@ fn apply(
 ) -> bool {
     let started = Instant::now();
     status.applies.fetch_add(1, Relaxed);
-    let outcome = table.sync_report(&state.services);
+    let delta = previous.map(|p| ServiceDelta::between(&p.services, &state.services));
+    let outcome = match &delta {
+        Some(delta) => table.sync_delta(&state.services, delta),
+        None => table.sync_report(&state.services),
+    };
     let report = &outcome.report;
     status
         .entries_written
@@ -383,14 +402,21 @@ fn apply(
     };
     // Names only label what tools show: a failure is logged and retried with the next apply,
     // it does not hold readiness back.
-    if let Err(e) = names.sync(&state.services) {
+    let named = match &delta {
+        Some(delta) => names.sync_delta(&state.services, delta),
+        None => names.sync(&state.services),
+    };
+    if let Err(e) = named {
         log::error!("service names not fully written: {e:#}");
     }
     let complete = outcome.is_complete() && ranges_ok;
     if !complete {
         status.apply_errors.fetch_add(1, Relaxed);
     }
-    let (services, endpoints) = changes(previous, &state.services);
+    let (services, endpoints) = match &delta {
+        Some(delta) => changes(delta),
+        None => changes(&ServiceDelta::between(&[], &state.services)),
+    };
     status.service_changes.fetch_add(services, Relaxed);
     status.endpoint_changes.fetch_add(endpoints, Relaxed);
     status.record_outcome(&outcome);
@@ -408,41 +434,46 @@ fn apply(
     complete
 }
 
-/// Services (namespace/name) whose frontends, policies or affinity differ between `before` and
-/// `after` (added and removed ones included), and those whose backends differ: kube-proxy's
-/// service and endpoint change counts.
-fn changes(before: Option<&ClusterState>, after: &[ServicePort]) -> (u64, u64) {
-    type Parts<'a> = (Vec<String>, Vec<String>);
-    fn index(ports: &[ServicePort]) -> BTreeMap<(&str, &str), Parts<'_>> {
-        let mut out: BTreeMap<(&str, &str), Parts<'_>> = BTreeMap::new();
-        for p in ports {
-            let e = out
-                .entry((p.name.namespace.as_str(), p.name.name.as_str()))
-                .or_default();
-            e.0.push(format!(
-                "{}:{:?}{:?}{:?}{:?}",
-                p.name.port,
-                p.frontends,
-                p.external_policy,
-                p.internal_policy,
-                p.affinity_timeout_secs
-            ));
-            e.1.push(format!("{}:{:?}", p.name.port, p.backends));
-        }
-        out
+/// Services (namespace/name) whose frontends, policies or affinity differ between the two
+/// states of `delta` (added and removed ones included), and those whose backends differ:
+/// kube-proxy's service and endpoint change counts. Only the changed ports are looked at: a
+/// service's unchanged ports are equal on both sides.
+fn changes(delta: &ServiceDelta) -> (u64, u64) {
+    type Side<'a> = Vec<&'a ServicePort>;
+    let mut by_service: BTreeMap<(&str, &str), (Side<'_>, Side<'_>)> = BTreeMap::new();
+    for (before, after) in &delta.changes {
+        let name = &before.or(*after).expect("a change has a side").name;
+        let e = by_service
+            .entry((name.namespace.as_str(), name.name.as_str()))
+            .or_default();
+        e.0.extend(before);
+        e.1.extend(after);
     }
-    let old = index(before.map(|s| s.services.as_slice()).unwrap_or_default());
-    let new = index(after);
+    type FrontendParts<'a> = (
+        &'a str,
+        &'a [Frontend],
+        TrafficPolicy,
+        TrafficPolicy,
+        Option<u32>,
+    );
+    fn frontends<'a>(p: &&'a ServicePort) -> FrontendParts<'a> {
+        (
+            &p.name.port,
+            &p.frontends,
+            p.external_policy,
+            p.internal_policy,
+            p.affinity_timeout_secs,
+        )
+    }
+    fn backends<'a>(p: &&'a ServicePort) -> (&'a str, &'a [Backend]) {
+        (&p.name.port, &p.backends)
+    }
     let (mut services, mut endpoints) = (0, 0);
-    for key in old
-        .keys()
-        .chain(new.keys().filter(|k| !old.contains_key(*k)))
-    {
-        let (a, b) = (old.get(key), new.get(key));
-        if a.map(|p| &p.0) != b.map(|p| &p.0) {
+    for (old, new) in by_service.values() {
+        if old.iter().map(frontends).ne(new.iter().map(frontends)) {
             services += 1;
         }
-        if a.map(|p| &p.1) != b.map(|p| &p.1) {
+        if old.iter().map(backends).ne(new.iter().map(backends)) {
             endpoints += 1;
         }
     }

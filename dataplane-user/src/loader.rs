@@ -54,6 +54,21 @@ impl XdpAttachMode {
     }
 }
 
+impl XdpAttachMode {
+    /// Whether `xdp_uplink` may finish forwarded NodePort traffic itself (XDP_TX: the fast path,
+    /// `fastpath.rs`) in this mode on `uplink`. Not on a veth in native mode: veth delivers an
+    /// XDP_TX'd frame only when its peer runs NAPI (an XDP program or GRO on the peer, which
+    /// lives in another namespace), and drops it otherwise. Generic XDP transmits the skb
+    /// itself, on any device.
+    pub fn forwards(self, uplink: &str) -> bool {
+        match self {
+            XdpAttachMode::Off => false,
+            XdpAttachMode::Generic => true,
+            XdpAttachMode::Auto | XdpAttachMode::Native => !is_veth(uplink),
+        }
+    }
+}
+
 /// Whether `iface` (in this thread's network namespace) is a veth.
 fn is_veth(iface: &str) -> bool {
     host::netdev::link(iface).is_ok_and(|l| l.is_veth())
@@ -103,10 +118,19 @@ pub fn load(pin_dir: &Path) -> Result<Datapath> {
 /// [`load`], telling the programs whether `xdp_uplink` will be attached (`false`:
 /// `tc_uplink_ingress` runs the service pipeline itself; attach with [`XdpAttachMode::Off`]).
 pub fn load_with(pin_dir: &Path, uplink_xdp: bool) -> Result<Datapath> {
+    load_for(pin_dir, uplink_xdp, false)
+}
+
+/// [`load_with`], and whether `xdp_uplink` sends forwarded NodePort traffic back out of the
+/// uplink itself (XDP_TX; see [`XdpAttachMode::forwards`]). Off in [`load`] and [`load_with`]:
+/// a caller that runs `xdp_uplink` other than attached to an uplink (the benchmark's injector)
+/// keeps the translate-and-pass behaviour.
+pub fn load_for(pin_dir: &Path, uplink_xdp: bool, xdp_forward: bool) -> Result<Datapath> {
     pin::prepare_pin_dir(pin_dir)?;
     pin::remove_retired_maps(pin_dir)?;
     pin::check_pinned_layouts(pin_dir)?;
     let flag: u32 = uplink_xdp.into();
+    let forward: u32 = (uplink_xdp && xdp_forward).into();
     let mut loader = EbpfLoader::new();
     // BTF-defined maps carry no pinning attribute (aya-ebpf 0.2 emits none): each map is
     // pinned by name here, and a pin an earlier run left is adopted (aya opens it instead of
@@ -118,6 +142,7 @@ pub fn load_with(pin_dir: &Path, uplink_xdp: bool) -> Result<Datapath> {
     let mut ebpf = loader
         .default_map_pin_directory(pin_dir)
         .override_global("UPLINK_XDP", &flag, true)
+        .override_global("XDP_FORWARD", &forward, true)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object (maps and BTF)")?;
     load_programs(&mut ebpf)?;

@@ -67,8 +67,11 @@ pub(super) fn load_section(m: &mut String, r: &Results) {
          `ServiceTable::sync` of every service into empty maps). One change: one service's endpoint replaced, applied the way \
          each control plane does it: kube-proxy's partial sync (`iptables-restore --noflush` of the top-level chains in full \
          plus the changed service's chains; the nftables mode's transaction flushing and rewriting the service chain), \
-         `ServiceTable::sync` of the full desired state (diffed: only the changed service is written) and `upsert` of the one \
-         service. Median of the samples (the change is applied and reverted: 2 samples). Connection tracking is empty while \
+         `ServiceTable::sync` of the full desired state (diffed: only the changed service is written), `upsert` of the one \
+         service, and the agent's own path (`agent::apply` of the new state given the previous one: the per-port delta, \
+         only the changed port planned and written, source ranges, names, counters; what `kubeproxy_network_programming_duration_seconds` \
+         records from the state reaching the agent; 9 samples, median and min–max; \"full diff\": the same without the \
+         previous state, what every change cost before the delta path). Median of the samples (the change is applied and reverted: 2 samples). Connection tracking is empty while \
          loading; kube-proxy's conntrack clean-up for removed UDP endpoints is not included, the dataplane's CT purge scan is.\n"
     );
     let _ = writeln!(m, "| N | iptables-legacy | iptables-nft | nftables | ebpf (ServiceTable::sync) | legacy ÷ ebpf |\n|---:|---:|---:|---:|---:|---:|");
@@ -91,20 +94,24 @@ pub(super) fn load_section(m: &mut String, r: &Results) {
         );
     }
     let _ = writeln!(m, "\nOne changed service:\n");
-    let _ = writeln!(m, "| N | iptables-legacy (partial restore) | iptables-nft (partial restore) | nftables (transaction) | ebpf sync (full desired state) | ebpf upsert (one service) |\n|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(m, "| N | iptables-legacy (partial restore) | iptables-nft (partial restore) | nftables (transaction) | ebpf sync (full desired state) | ebpf upsert (one service) | ebpf agent apply, full diff | ebpf agent apply (delta; min–max) |\n|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &r.services {
         let g = |row: &str, k: &str| load_agg(r, row, n, k);
         let cell = |a: Option<Agg>| a.map_or("–".into(), |a| secs(a.median));
         let e = |k: &str| g("ebpf-tc", k).or_else(|| g("ebpf-xdp", k));
+        let spread = e("agent_change").map_or("–".into(), |a| {
+            format!("{} ({}–{})", secs(a.median), secs(a.min), secs(a.max))
+        });
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {spread} |",
             ns(n as f64),
             cell(g("iptables-legacy", "one_change")),
             cell(g("iptables-nft", "one_change")),
             cell(g("nftables", "one_change")),
             cell(e("one_change")),
-            cell(e("upsert"))
+            cell(e("upsert")),
+            cell(e("agent_full_diff"))
         );
     }
     let _ = writeln!(m);

@@ -161,6 +161,41 @@ pub(super) fn targets(r: &Results, n_min: usize, n_max: usize) -> Vec<Verdict> {
         };
         v.push(Verdict { target: format!("full sync of {} services at least 50× faster than iptables-restore of the same rules", ns(n_max as f64)), result, met, qualifier: None });
     }
+    // 5. One changed endpoint in the maps < 5 ms after the agent received the state.
+    {
+        let e = load_agg(r, "ebpf-tc", n_max, "agent_change")
+            .or_else(|| load_agg(r, "ebpf-xdp", n_max, "agent_change"));
+        let l = load_agg(r, "iptables-legacy", n_max, "one_change");
+        let (result, met) = match e {
+            Some(e) => {
+                let mut s = format!(
+                    "agent::apply of one changed endpoint {} median, {} to {} over the samples",
+                    secs(e.median),
+                    secs(e.min),
+                    secs(e.max)
+                );
+                if let Some(l) = l {
+                    let _ = write!(
+                        s,
+                        "; kube-proxy's partial iptables-restore {} ({})",
+                        secs(l.median),
+                        ratio(l.median / e.median)
+                    );
+                }
+                (s, Some(e.median < 0.005))
+            }
+            None => ("–".into(), None),
+        };
+        v.push(Verdict {
+            target: format!(
+                "one changed endpoint in the maps < 5 ms after the source's state reached the agent, at {} services (network programming duration)",
+                ns(n_max as f64)
+            ),
+            result,
+            met,
+            qualifier: None,
+        });
+    }
     tunnel_targets(r, &mut v);
     v
 }

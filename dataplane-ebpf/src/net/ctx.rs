@@ -7,7 +7,10 @@ use core::mem::{offset_of, size_of, MaybeUninit};
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::{bpf_skb_change_tail, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    helpers::{
+        bpf_skb_change_tail, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
+    },
     programs::{TcContext, XdpContext},
 };
 
@@ -65,7 +68,19 @@ pub trait Packet {
     /// Rewrites the IP addresses only (a non-first fragment: its transport checksum, in the
     /// first fragment, was updated with the first fragment's rewrite).
     fn rewrite_addrs(&self, pkt: &Parsed, saddr: Addr, daddr: Addr) -> Result<(), Failed>;
+    /// Whether this hook must leave the TCP/UDP packet to a later one because it cannot
+    /// rewrite its checksum safely (XDP: a partial checksum, see [`XdpPacket::partial_csum`]);
+    /// a deferred packet is marked so the later hook knows. tc's helpers handle every
+    /// checksum state: never.
+    #[inline(always)]
+    fn defer(&self, _pkt: &Parsed) -> bool {
+        false
+    }
 }
+
+/// The XDP metadata word `xdp_uplink` leaves in front of a frame it deferred to tc ingress
+/// ("dpcf"; read through `__sk_buff.data_meta`, which generic and veth XDP hand on).
+const DEFER_MAGIC: u32 = 0x6463_7066;
 
 /// Offset of the checksum within the transport header.
 #[inline(always)]
@@ -84,7 +99,59 @@ const IPV4_CHECK_OFF: usize = offset_of!(Ipv4Hdr, check);
 
 pub struct XdpPacket<'a>(pub &'a XdpContext);
 
+impl XdpPacket<'_> {
+    /// Whether the transport checksum field holds only the pseudo-header sum of the packet as
+    /// it is: a CHECKSUM_PARTIAL skb handed over by a veth peer with tx offload (its stack left
+    /// the sum to "the device"). XDP cannot see the skb's checksum state: an incremental update
+    /// of such a field as if it were a full checksum corrupts it, and XDP_TX (which turns the
+    /// skb into a frame) drops the state, so the seed would go out as the checksum. A complete
+    /// checksum equals the seed only by chance (1 in 65,535): such a packet is deferred too,
+    /// which costs it the fast path, never its correctness. O(1): header fields only.
+    #[inline(always)]
+    pub fn partial_csum(&self, pkt: &Parsed) -> bool {
+        let Ok(csum_off) = l4_csum_off(pkt.l4) else {
+            return false;
+        };
+        // The load helper, not direct reads: this runs once per packet past the pre-filter,
+        // and two more packet pointers in `ingress` made LLVM reuse a register the verifier
+        // had not seen written.
+        let (Some(ip), Some(check)) = (
+            self.load::<Ipv4Hdr>(pkt.l3_off),
+            self.load::<u16>(pkt.l4_off + csum_off),
+        ) else {
+            return false;
+        };
+        // UDP without a checksum: nothing to corrupt.
+        if check == 0 {
+            return false;
+        }
+        let l4_len = u16::from_be(ip.tot_len).wrapping_sub((pkt.l4_off - pkt.l3_off) as u16);
+        check == csum::pseudo_seed(ip.saddr, ip.daddr, ip.proto, l4_len)
+    }
+
+    /// Marks the frame for tc ingress (the XDP metadata word [`DEFER_MAGIC`]).
+    #[inline(always)]
+    fn mark_deferred(&self) -> bool {
+        if unsafe { bpf_xdp_adjust_meta(self.0.ctx, -4) } != 0 {
+            return false;
+        }
+        let (meta, data) = (self.0.metadata(), self.0.data());
+        if meta + 4 > data {
+            return false;
+        }
+        // SAFETY: meta .. meta + 4 is the metadata area just reserved (checked above).
+        unsafe { core::ptr::write_unaligned(meta as *mut u32, DEFER_MAGIC) };
+        true
+    }
+}
+
 impl Packet for XdpPacket<'_> {
+    #[inline(always)]
+    fn defer(&self, pkt: &Parsed) -> bool {
+        // Unmarked (no room for metadata), the packet is translated here as before.
+        self.partial_csum(pkt) && self.mark_deferred()
+    }
+
     #[inline(always)]
     fn data(&self) -> usize {
         self.0.data()
@@ -297,6 +364,18 @@ impl TcPacket<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether `xdp_uplink` deferred this frame to tc ingress (its metadata word).
+    #[inline(always)]
+    pub fn deferred_by_xdp(&self) -> bool {
+        let skb = self.0.skb.skb;
+        let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
+        if meta + 4 > data {
+            return false;
+        }
+        // SAFETY: the metadata area, bounds checked above.
+        unsafe { core::ptr::read_unaligned(meta as *const u32) == DEFER_MAGIC }
     }
 
     /// The device the hook runs on.

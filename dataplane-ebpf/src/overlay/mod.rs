@@ -54,6 +54,13 @@ fn route_of(addr: Addr) -> Option<OverlayRoute> {
     OVERLAY_ROUTES_V1.get(&Key::new(32, addr)).copied()
 }
 
+/// Whether a packet to `addr` leaves through the overlay (an overlay is configured and a pod
+/// CIDR holds the address): tc egress of the uplink encapsulates it.
+#[inline(always)]
+pub fn tunnelled(addr: Addr) -> bool {
+    config().is_some() && route_of(addr).is_some()
+}
+
 /// This node's overlay settings, if an overlay is configured.
 #[inline(always)]
 fn config() -> Option<OverlayConfig> {

@@ -181,6 +181,7 @@ fn maps(s: &mut Snapshot, m: &Metrics) -> Result<()> {
         ct.len() as i64,
     );
     let ct_fill = ct.len() as f64 / CT_MAX_ENTRIES as f64;
+    let (addrs_fill, bits_fill) = services::addr_bits::read_fill(&m.pin_dir)?;
     s.gauge_f(
         "dataplane_conntrack_fill_ratio",
         "Entries in CT_V2 over its capacity (the GC warns above 0.9)",
@@ -193,6 +194,9 @@ fn maps(s: &mut Snapshot, m: &Metrics) -> Result<()> {
             ("SERVICES_V1", svcs.len() as f64 / MAX_FRONTENDS as f64),
             ("BACKENDS_V1", slots as f64 / MAX_BACKEND_SLOTS as f64),
             ("CT_V2", ct_fill),
+            ("LB_ADDRS_V1", addrs_fill),
+            // Set bits over all bits: the pre-filter's false positives grow as its square.
+            ("LB_ADDR_BITS_V1", bits_fill),
         ]
         .map(|(map, v)| (labels(&[("map", map)]), v)),
     );

@@ -153,12 +153,14 @@ impl<S: MapStore> ServiceTable<S> {
             sorted.iter().map(|s| (&s.name, *s)).collect();
         let mut owners: HashMap<ServiceKey, ServicePortName> = HashMap::new();
         let mut units: Vec<(&ServicePort, Desired)> = Vec::new();
+        let mut contested = false;
         for svc in sorted {
             let mut unit = Desired::default();
             let mut specs: Vec<_> = frontend_specs(svc, &self.local).into_iter().collect();
             specs.sort_by_key(|(k, _)| super::spec::key_order(k));
             for (key, spec) in specs {
                 if let Some(owner) = owners.get(&key) {
+                    contested = true;
                     log::warn!(
                         "{}: frontend {} already serves {owner}; skipped",
                         svc.name,
@@ -236,21 +238,35 @@ impl<S: MapStore> ServiceTable<S> {
                 }),
             }
         }
-        if !stale.is_empty() {
-            match self.store.purge_flows(&stale) {
-                Ok((ct, affinity)) => {
-                    out.report.conntrack_deleted = ct;
-                    out.report.affinity_deleted = affinity;
-                }
-                Err(e) => {
-                    out.cleanup_errors.push(format!(
-                        "purging flows of removed backends (retried next update): {e:#}"
-                    ));
-                    self.pending_purge = stale;
-                }
+        self.purge_stale(stale, &mut out);
+        self.clean = out.is_complete() && !contested;
+        self.largest_set = units
+            .iter()
+            .flat_map(|(_, u)| u.values().flatten())
+            .map(|s| s.backends.len())
+            .max()
+            .unwrap_or(0);
+        out
+    }
+
+    /// Purges the flows of backends that left their frontends (with what earlier updates still
+    /// owe); what fails is owed to the next update.
+    pub(super) fn purge_stale(&mut self, stale: StaleBackends, out: &mut SyncOutcome) {
+        if stale.is_empty() {
+            return;
+        }
+        match self.store.purge_flows(&stale) {
+            Ok((ct, affinity)) => {
+                out.report.conntrack_deleted = ct;
+                out.report.affinity_deleted = affinity;
+            }
+            Err(e) => {
+                out.cleanup_errors.push(format!(
+                    "purging flows of removed backends (retried next update): {e:#}"
+                ));
+                self.pending_purge = stale;
             }
         }
-        out
     }
 
     /// Applies many service ports' plans together, each step of the transaction (new slots,
@@ -459,7 +475,7 @@ impl<S: MapStore> ServiceTable<S> {
 
     /// frontend id -> key of the frontends of `keys` that are in the maps now (the ids a plan's
     /// purges name).
-    fn frontend_keys(&self, keys: &[ServiceKey]) -> HashMap<u32, ServiceKey> {
+    pub(super) fn frontend_keys(&self, keys: &[ServiceKey]) -> HashMap<u32, ServiceKey> {
         keys.iter()
             .filter_map(|k| self.mirror.service(k).map(|v| (v.frontend_id, *k)))
             .collect()
@@ -467,7 +483,7 @@ impl<S: MapStore> ServiceTable<S> {
 
     /// Books an applied transaction: its report, its purges, and the backends that left for
     /// good (not listed by `svc`, the service port that still owns the frontends, if any).
-    fn finish_unit(
+    pub(super) fn finish_unit(
         &self,
         done: UnitDone,
         fids: &HashMap<u32, ServiceKey>,

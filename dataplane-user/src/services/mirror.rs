@@ -102,6 +102,11 @@ impl Mirror {
         self.backends.get(key)
     }
 
+    /// Number of frontends (`SERVICES_V1` entries).
+    pub fn services_len(&self) -> usize {
+        self.services.len()
+    }
+
     pub fn backends_len(&self) -> usize {
         self.backends.len()
     }

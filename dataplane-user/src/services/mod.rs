@@ -28,9 +28,13 @@
 //! frontend; until then [`ServiceTable::remove`] only knows frontends upserted since opening.
 //! Readers ([`list_services`], [`list_conntrack`], the datapath) may run at any time.
 
+pub mod addr_bits;
 mod apply;
 #[cfg(test)]
 mod batch_tests;
+mod delta;
+#[cfg(test)]
+mod delta_tests;
 mod mirror;
 mod names;
 mod plan;
@@ -61,6 +65,7 @@ use crate::model::{ServicePort, ServicePortName};
 
 pub use self::{
     apply::{CapacityProblem, RemovedBackend, ServiceFailure, SyncOutcome},
+    delta::{ServiceDelta, INCREMENTAL_MAX},
     names::{read_names, ServiceNames},
     show::{
         list_conntrack, list_services, render_conntrack, render_services, BackendRow, CtDirection,
@@ -163,6 +168,11 @@ pub struct ServiceTable<S: MapStore = KernelMaps> {
     /// address only costs its packets the full path. The set is bounded by the cluster's pod
     /// and service address ranges; `dataplane cleanup` empties it.
     addrs: HashMap<u32, u32>,
+    /// The maps hold exactly the last synced state, nothing failed or was left out or is owed,
+    /// and no frontend had two claimants: [`ServiceTable::sync_delta`] may plan only changes.
+    clean: bool,
+    /// The largest backend set admitted so far (the room a replacement needs; `sync_delta`).
+    largest_set: usize,
 }
 
 impl ServiceTable<KernelMaps> {
@@ -195,6 +205,8 @@ impl<S: MapStore> ServiceTable<S> {
             );
         }
         let addrs = store.dump_addrs()?.into_iter().collect();
+        let mut store = store;
+        store.adopt_addr_bits()?;
         Ok(ServiceTable {
             store,
             local,
@@ -203,6 +215,8 @@ impl<S: MapStore> ServiceTable<S> {
             by_name: HashMap::new(),
             pending_purge: StaleBackends::default(),
             addrs,
+            clean: false,
+            largest_set: 0,
         })
     }
 
@@ -242,6 +256,8 @@ impl<S: MapStore> ServiceTable<S> {
     /// lists. A frontend (address:port:protocol) that another service port already holds is
     /// left to it (logged): the first to claim it keeps it until it lets go or a `sync` decides.
     pub fn upsert(&mut self, svc: &ServicePort) -> Result<UpdateReport> {
+        // Not a state `sync_delta` knows: the next one diffs everything.
+        self.clean = false;
         let specs = frontend_specs(svc, &self.local);
         let mut desired = Desired::default();
         for key in self.by_name.get(&svc.name).into_iter().flatten() {
@@ -266,6 +282,7 @@ impl<S: MapStore> ServiceTable<S> {
 
     /// Removes every frontend of the service port `name` (none if it is unknown).
     pub fn remove(&mut self, name: &ServicePortName) -> Result<UpdateReport> {
+        self.clean = false;
         let keys = self.by_name.remove(name).unwrap_or_default();
         for key in &keys {
             self.owners.remove(key);

@@ -17,7 +17,10 @@ use dataplane_common::{
     map_names,
 };
 
-use super::spec::{key_order, service_key};
+use super::{
+    spec::{key_order, service_key},
+    ServiceDelta,
+};
 use crate::model::ServicePort;
 
 const BPF_MAP_TYPE_HASH: u32 = 1;
@@ -30,6 +33,8 @@ type Key = (std::net::Ipv4Addr, u16, u8);
 pub struct ServiceNames {
     map: BpfHash<MapData, ServiceKey, ServiceName>,
     written: BTreeMap<Key, (ServiceKey, String)>,
+    /// A write failed: the next sync is a full one (which retries it).
+    dirty: bool,
 }
 
 impl ServiceNames {
@@ -60,12 +65,23 @@ impl ServiceNames {
                 entry.with_context(|| format!("reading {}", path.display()))?;
             written.insert(key_order(&k), (k, v.as_str().unwrap_or("").to_string()));
         }
-        Ok(ServiceNames { map, written })
+        Ok(ServiceNames {
+            map,
+            written,
+            dirty: false,
+        })
     }
 
     /// Makes the map name exactly the frontends of `services`: changed names first, then the
     /// removals. Returns (written, removed).
     pub fn sync(&mut self, services: &[ServicePort]) -> Result<(usize, usize)> {
+        self.dirty = true;
+        let done = self.sync_all(services);
+        self.dirty = done.is_err();
+        done
+    }
+
+    fn sync_all(&mut self, services: &[ServicePort]) -> Result<(usize, usize)> {
         let desired = desired(services);
         let mut written = 0;
         for (order, (key, name)) in &desired {
@@ -91,6 +107,67 @@ impl ServiceNames {
             }
         }
         Ok((written, stale.len()))
+    }
+}
+
+impl ServiceNames {
+    /// [`ServiceNames::sync`] of only what `delta` changed (the agent's per-change path): the
+    /// changed ports' frontends are (re)named, frontends of removed or changed ports that no
+    /// longer list them are removed when they still carry that port's name. Equal to the full
+    /// sync except for a frontend two ports claim, which keeps the last name written (a label;
+    /// the next full sync settles it). After a failed write it runs the full sync of
+    /// `services` (the whole state), which retries what failed.
+    pub fn sync_delta(
+        &mut self,
+        services: &[ServicePort],
+        delta: &ServiceDelta,
+    ) -> Result<(usize, usize)> {
+        if self.dirty {
+            return self.sync(services);
+        }
+        let done = self.apply_delta(delta);
+        self.dirty = done.is_err();
+        done
+    }
+
+    fn apply_delta(&mut self, delta: &ServiceDelta) -> Result<(usize, usize)> {
+        let mut written = 0;
+        for (_, after) in &delta.changes {
+            let Some(svc) = after else { continue };
+            let name = svc.name.to_string();
+            for fe in &svc.frontends {
+                let key = service_key(fe);
+                let order = key_order(&key);
+                if self.written.get(&order).map(|(_, n)| n) == Some(&name) {
+                    continue;
+                }
+                self.map
+                    .insert(key, ServiceName::new(&name), 0)
+                    .with_context(|| format!("writing {name} to {}", map_names::SERVICE_NAMES))?;
+                self.written.insert(order, (key, name.clone()));
+                written += 1;
+            }
+        }
+        let mut removed = 0;
+        for (before, after) in &delta.changes {
+            let Some(old) = before else { continue };
+            let name = old.name.to_string();
+            let kept = |k: &ServiceKey| {
+                after.is_some_and(|a| a.frontends.iter().any(|f| service_key(f) == *k))
+            };
+            for fe in &old.frontends {
+                let key = service_key(fe);
+                let order = key_order(&key);
+                if kept(&key) || self.written.get(&order).map(|(_, n)| n) != Some(&name) {
+                    continue;
+                }
+                self.written.remove(&order);
+                // Already gone (a cleanup) is what we wanted.
+                let _ = self.map.remove(&key);
+                removed += 1;
+            }
+        }
+        Ok((written, removed))
     }
 }
 

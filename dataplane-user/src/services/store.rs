@@ -4,20 +4,26 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::{maps::MapError, sys::SyscallError, Pod};
+use aya::{
+    maps::{Array, MapData, MapError},
+    sys::SyscallError,
+    Pod,
+};
 use dataplane_common::{
+    addr_bits::AddrBits,
     ct::{CtKey, CtValue, CT_F_REPLY, CT_MAX_ENTRIES},
     lb::{
         AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
         MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_FRONTENDS,
     },
     map_names,
-    maps::{AFFINITY, BACKENDS, CT, LB_ADDRS, SERVICES},
+    maps::{AFFINITY, BACKENDS, CT, LB_ADDRS, LB_ADDR_BITS, SERVICES},
 };
 
+use super::addr_bits::AddrBitmap;
 use crate::maps::{
     batch::{BatchError, BatchMap},
-    open_hash, Hash, KvMap as _,
+    open_array, open_hash, Hash, KvMap as _,
 };
 pub use crate::maps::{read_config, write_config, MapSource};
 
@@ -95,10 +101,14 @@ pub trait MapStore {
     }
     /// Every `LB_ADDRS_V1` entry (address, `ADDR_F_*`).
     fn dump_addrs(&self) -> Result<Vec<(u32, u32)>>;
-    /// Creates or replaces an `LB_ADDRS_V1` entry.
+    /// Creates or replaces an `LB_ADDRS_V1` entry, after setting its bits in `LB_ADDR_BITS_V1`.
     fn put_addr(&mut self, addr: u32, flags: u32) -> Result<()>;
-    /// Deletes an `LB_ADDRS_V1` entry.
+    /// Deletes an `LB_ADDRS_V1` entry, then clears the bits no listed address needs any more.
     fn delete_addr(&mut self, addr: u32) -> Result<()>;
+    /// Sets the `LB_ADDR_BITS_V1` bits of every `LB_ADDRS_V1` entry that lacks them (a map an
+    /// older agent kept, or a new bitmap beside adopted addresses); called once when a table
+    /// adopts the maps, before the agent trusts the bitmap (`CFG_F_ADDR_BITS`).
+    fn adopt_addr_bits(&mut self) -> Result<()>;
 
     // Many writes at once (BPF_MAP_*_BATCH in the kernel), applied in order; an error says how
     // many from the start were applied. By default one write each.
@@ -144,6 +154,9 @@ fn each<T>(items: &[T], mut f: impl FnMut(&T) -> Result<()>) -> Result<(), Parti
 /// The datapath's maps in the kernel.
 pub struct KernelMaps {
     addrs: Hash<u32, u32>,
+    /// `LB_ADDR_BITS_V1`, and what this writer knows it holds.
+    bits_map: Array<MapData, AddrBits>,
+    bits: AddrBitmap,
     services: Hash<ServiceKey, ServiceValue>,
     backends: Hash<BackendKey, BackendValue>,
     affinity: Hash<AffinityKey, AffinityValue>,
@@ -151,6 +164,8 @@ pub struct KernelMaps {
     /// The same three maps for batch calls; `None` once the kernel refused them (one write
     /// each from then on).
     batch: Option<[BatchMap; 3]>,
+    /// `LB_ADDR_BITS_V1` for batch calls.
+    bits_batch: BatchMap,
 }
 
 /// Errors of a kernel without BPF_MAP_*_BATCH (before 5.6) or a map kind without them.
@@ -211,10 +226,33 @@ impl KernelMaps {
 }
 
 impl KernelMaps {
+    /// Writes `LB_ADDR_BITS_V1` words (one batch; one write each if the kernel refuses it). A
+    /// word named twice is written with its last value, which holds the earlier one's bits.
+    fn put_bits(&mut self, words: &[(u32, AddrBits)]) -> Result<()> {
+        if words.is_empty() {
+            return Ok(());
+        }
+        let (k, v): (Vec<u32>, Vec<AddrBits>) = words.iter().copied().unzip();
+        if self.bits_batch.update(&k, &v).is_ok() {
+            return Ok(());
+        }
+        for (word, bits) in words {
+            self.bits_map
+                .set(*word, bits, 0)
+                .with_context(|| format!("writing {}", map_names::LB_ADDR_BITS))?;
+        }
+        Ok(())
+    }
+}
+
+impl KernelMaps {
     /// Opens `SERVICES_V1`, `BACKENDS_V1`, `AFFINITY_V1` and `CT_V2`, checking their layouts.
     pub fn open(source: &(impl MapSource + ?Sized)) -> Result<KernelMaps> {
         Ok(KernelMaps {
             addrs: open_hash(source, &LB_ADDRS)?,
+            bits_map: open_array(source, &LB_ADDR_BITS)?,
+            bits: AddrBitmap::default(),
+            bits_batch: BatchMap::open(source, &LB_ADDR_BITS)?,
             services: open_hash(source, &SERVICES)?,
             backends: open_hash(source, &BACKENDS)?,
             affinity: open_hash(source, &AFFINITY)?,
@@ -234,6 +272,9 @@ impl MapStore for KernelMaps {
     }
 
     fn put_addr(&mut self, addr: u32, flags: u32) -> Result<()> {
+        if let Some(word) = self.bits.add(addr, flags) {
+            self.put_bits(&[word])?;
+        }
         self.addrs
             .insert(addr, flags, 0)
             .with_context(|| format!("writing {}", map_names::LB_ADDRS))
@@ -243,7 +284,31 @@ impl MapStore for KernelMaps {
         self.addrs
             .delete(&addr)
             .map(drop)
-            .with_context(|| format!("deleting from {}", map_names::LB_ADDRS))
+            .with_context(|| format!("deleting from {}", map_names::LB_ADDRS))?;
+        match self.bits.remove(addr) {
+            Some(word) => self.put_bits(&[word]),
+            None => Ok(()),
+        }
+    }
+
+    fn adopt_addr_bits(&mut self) -> Result<()> {
+        let mut missing = Vec::new();
+        for (addr, flags) in self.dump_addrs()? {
+            let p = dataplane_common::addr_bits::probe(addr);
+            let current = self
+                .bits_map
+                .get(&p.word, 0)
+                .with_context(|| format!("reading {}", map_names::LB_ADDR_BITS))?;
+            missing.extend(self.bits.adopt(addr, flags, current));
+        }
+        if !missing.is_empty() {
+            log::info!(
+                "{}: set the bits of {} words for adopted addresses",
+                map_names::LB_ADDR_BITS,
+                missing.len()
+            );
+        }
+        self.put_bits(&missing)
     }
 
     fn dump_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
@@ -287,6 +352,13 @@ impl MapStore for KernelMaps {
     }
 
     fn put_addrs(&mut self, entries: &[(u32, u32)]) -> Result<(), Partial> {
+        // Every word first: a listed address's bits are set before the pod hooks can see it.
+        let words: Vec<(u32, AddrBits)> = entries
+            .iter()
+            .filter_map(|(a, f)| self.bits.add(*a, *f))
+            .collect();
+        self.put_bits(&words)
+            .map_err(|error| Partial { done: 0, error })?;
         self.batched(
             0,
             entries,
@@ -400,6 +472,10 @@ pub struct MemMaps {
     pub affinity: HashMap<AffinityKey, AffinityValue>,
     /// `LB_ADDRS_V1`.
     pub addrs: HashMap<u32, u32>,
+    /// `LB_ADDR_BITS_V1` (word index -> bits; absent words are clear).
+    pub addr_bits: HashMap<u32, AddrBits>,
+    /// The writer's model of `addr_bits`, as in [`KernelMaps`].
+    pub bitmap: AddrBitmap,
     /// When `Some(n)`, the `n+1`-th next service/backend write fails (error-path tests).
     pub writes_before_failure: Option<usize>,
     /// Writes of backend slots with these addresses (network order) fail: one broken service.
@@ -432,12 +508,30 @@ impl MapStore for MemMaps {
 
     // Not counted by `writes_before_failure`: the failure tests aim at service writes.
     fn put_addr(&mut self, addr: u32, flags: u32) -> Result<()> {
+        if let Some((word, bits)) = self.bitmap.add(addr, flags) {
+            self.addr_bits.insert(word, bits);
+        }
         self.addrs.insert(addr, flags);
         Ok(())
     }
 
     fn delete_addr(&mut self, addr: u32) -> Result<()> {
         self.addrs.remove(&addr);
+        if let Some((word, bits)) = self.bitmap.remove(addr) {
+            self.addr_bits.insert(word, bits);
+        }
+        Ok(())
+    }
+
+    fn adopt_addr_bits(&mut self) -> Result<()> {
+        let addrs: Vec<(u32, u32)> = self.addrs.iter().map(|(a, f)| (*a, *f)).collect();
+        for (addr, flags) in addrs {
+            let word = dataplane_common::addr_bits::probe(addr).word;
+            let current = self.addr_bits.get(&word).copied().unwrap_or_default();
+            if let Some((word, bits)) = self.bitmap.adopt(addr, flags, current) {
+                self.addr_bits.insert(word, bits);
+            }
+        }
         Ok(())
     }
 
