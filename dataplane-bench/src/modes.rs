@@ -194,7 +194,13 @@ impl ModeLab {
 
     fn load_dataplane(&mut self, templates: &Templates) -> Result<()> {
         let pin_dir = self.lab.pin_dir(0)?;
-        let dp = loader::load(&pin_dir).context("loading the dataplane")?;
+        // ebpf-xdp is the product on an uplink whose XDP may forward (a NIC in native mode):
+        // NodePort packets to a remote backend leave by XDP_TX.
+        let forward = self.mode == Mode::EbpfXdp;
+        let dp = loader::load_for(&pin_dir, true, forward).context("loading the dataplane")?;
+        if forward {
+            self.enable_switch_napi()?;
+        }
         let masq = self.node1.underlay_ip;
         dataplane::maps::write_config(
             &dp.ebpf,
@@ -241,15 +247,37 @@ impl ModeLab {
         }
         let (dp, links) = attach_tc(&self.node1.ns, dp, set)?;
         self.tc_links = links;
-        self.table = Some(ServiceTable::from_ebpf(
+        let mut table = ServiceTable::from_ebpf(
             &dp.ebpf,
             LocalContext {
                 node_name: "node1".into(),
                 ..Default::default()
             },
-        )?);
+        )?;
+        // As the agent runs it: the pre-filter on, trusting the address bitmap.
+        dataplane::agent::enable_pod_filter_for(&mut table, &dp.ebpf, &[u32::from(masq).to_be()])?;
+        self.table = Some(table);
         self.datapath = Some(dp);
         self.pin_dir = Some(pin_dir);
+        Ok(())
+    }
+
+    /// A frame node1's XDP_TX sends out of its veth uplink reaches the switch only if the
+    /// switch's end of the pair runs NAPI (veth_xdp_xmit drops it otherwise): GRO on that end
+    /// turns NAPI on. A NIC uplink needs nothing of the kind; it adds the NAPI pass to this
+    /// mode's every packet toward the switch (tc-path frames included), not to the others'.
+    fn enable_switch_napi(&self) -> Result<()> {
+        let ns = format!("--net={}", netns::ns_path(self.lab.switch_ns()).display());
+        netns::run(&[
+            "nsenter",
+            &ns,
+            "ethtool",
+            "-K",
+            &self.node1.name,
+            "gro",
+            "on",
+        ])
+        .context("turning NAPI on at the switch's port toward node1 (ethtool)")?;
         Ok(())
     }
 

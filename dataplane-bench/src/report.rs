@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::measure::{PacketSample, Profile, SnatProbe, TcpSample};
 
 mod agg;
+mod budgets;
 mod markdown;
 mod plot;
 mod sections;

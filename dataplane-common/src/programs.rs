@@ -28,6 +28,11 @@ pub enum Target {
     CgroupRoot,
 }
 
+/// The XDP metadata word `xdp_uplink` leaves in front of a frame it deferred to tc ingress
+/// ("dpcf", native byte order; read through `__sk_buff.data_meta`, which generic and veth XDP
+/// hand on). A test run's output frame starts with it too.
+pub const XDP_DEFER_MAGIC: u32 = 0x6463_7066;
+
 /// `enum bpf_attach_type` values of the socket-address hooks (include/uapi/linux/bpf.h).
 pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 pub const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;

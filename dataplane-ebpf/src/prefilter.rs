@@ -8,11 +8,9 @@
 //! to services go to a frontend). ICMP always takes the full path (errors quote other
 //! addresses).
 //!
-//! Two tests, cheapest first: the address bitmap `LB_ADDR_BITS_V1` (`dataplane_common::addr_bits`:
-//! one inlined array read per address, no hash lookup), whose clear bits prove an address is not
-//! listed; then, for what the bitmap lets through, the exact `LB_ADDRS_V1` lookup (a false
-//! positive of the bitmap then still skips the conntrack lookups, and service packets pay one
-//! hash lookup more beside their conntrack and service lookups).
+//! One test: the address bitmap `LB_ADDR_BITS_V1` (`dataplane_common::addr_bits`: one inlined
+//! array read per address, no hash lookup), whose clear bits prove an address is not listed,
+//! once the agent trusts it (`CFG_F_ADDR_BITS`); until then the exact `LB_ADDRS_V1` lookup.
 
 use dataplane_common::{
     addr_bits::{self, maybe_any, maybe_ingress},
@@ -44,10 +42,17 @@ fn absent(addr: u32, ingress: bool) -> bool {
 }
 
 /// Whether `addr` is not listed with any of `mask` (`ADDR_F_*`): proved by the bitmap when it
-/// is trusted (`bits`), else looked up.
+/// is trusted (`bits`), else looked up. A trusted bitmap's set bit is not checked against the
+/// hash map: every service packet would pay that lookup to spare the bitmap's few false
+/// positives (about 2% of unlisted addresses at 10,000 services) the full path, which is
+/// correct for them too.
 #[inline(always)]
 fn unlisted(addr: u32, mask: u32, bits: bool) -> bool {
-    (bits && absent(addr, mask != ANY)) || flags(addr) & mask == 0
+    if bits {
+        absent(addr, mask != ANY)
+    } else {
+        flags(addr) & mask == 0
+    }
 }
 
 const ANY: u32 = u32::MAX;

@@ -285,11 +285,22 @@ fn load_and_attach(cfg: &AgentConfig) -> Result<loader::Datapath> {
 /// Addresses the node gains later are not added (the filter then sends their replies the full
 /// way only if they are also a service's): a restart picks them up.
 fn enable_pod_filter(table: &mut ServiceTable, ebpf: &aya::Ebpf) -> Result<()> {
-    let mut config = crate::maps::read_config(ebpf)?;
-    let mut addrs: Vec<u32> = crate::host::netdev::local_ipv4s()?
+    let addrs: Vec<u32> = crate::host::netdev::local_ipv4s()?
         .into_iter()
         .map(|a| u32::from(a).to_be())
         .collect();
+    enable_pod_filter_for(table, ebpf, &addrs)
+}
+
+/// [`enable_pod_filter`] with the node's addresses given (network byte order; the masquerade
+/// address is added): for tools that run the datapath in a namespace of their own (the bench).
+pub fn enable_pod_filter_for(
+    table: &mut ServiceTable,
+    ebpf: &aya::Ebpf,
+    node_addrs: &[u32],
+) -> Result<()> {
+    let mut config = crate::maps::read_config(ebpf)?;
+    let mut addrs = node_addrs.to_vec();
     addrs.push(config.masq_addr);
     table
         .set_node_addrs(&addrs)

@@ -373,9 +373,11 @@ pub(super) fn method(m: &mut String, r: &Results) {
          KUBE-POSTROUTING masquerade; kube-proxy's filter chains), loaded with `iptables-restore` of the respective backend. \
          `nftables`: kube-proxy's nftables mode (table `ip kube-proxy`, `service-ips`/`service-nodeports` verdict maps, one \
          chain per service with `numgen random mod 10 vmap`, one per endpoint, the `ct state new` filter checks), loaded with \
-         `nft -f`. `ebpf-tc` / `ebpf-xdp`: this dataplane's own object (`loader::load`), service maps filled through \
-         `dataplane::services::ServiceTable`, with its egress programs (tc_uplink_egress: masquerade; tc_pod_egress) attached \
-         as `dataplane run` attaches them; the ingress translation runs at tc (`tc_pod_ingress`) or at XDP (`xdp_uplink`). The no-nat and ebpf labs have no \
+         `nft -f`. `ebpf-tc` / `ebpf-xdp`: this dataplane's own object (`loader::load_for`), service maps filled through \
+         `dataplane::services::ServiceTable`, the pods' pre-filter on as the agent turns it on (node addresses listed, the \
+         address bitmap trusted), with its egress programs (tc_uplink_egress: masquerade; tc_pod_egress) attached \
+         as `dataplane run` attaches them; the ingress translation runs at tc (`tc_pod_ingress`) or at XDP (`xdp_uplink`, \
+         loaded with the XDP fast path on as on a NIC uplink: NodePort packets to a remote backend leave by XDP_TX). The no-nat and ebpf labs have no \
          netfilter rules at all, so the kernel's connection tracking is not active in them; kube-proxy's modes need it.\n"
     );
     let _ = writeln!(

@@ -164,13 +164,16 @@ pub(super) fn profile_section(m: &mut String, r: &Results, n_max: usize) {
         let _ = writeln!(
             m,
             "**XDP vs tc for NodePort.** At N = {}: XDP {} ns, tc {} ns per new-flow packet, no-NAT forwarding alone {} ns{}. \
-             `xdp_uplink` translates the destination and returns XDP_PASS: the packet then takes the same path as at tc — \
-             skb allocation, the uplink's tc ingress (the observer program), routing, forwarding, tc egress (where the \
-             masquerade is applied) and the veth transmit — so XDP saves only the difference between running the \
-             translation before or after skb allocation, and both paths are dominated by the forwarding that no-nat pays as \
-             well. A 2× gain needs the XDP program to forward by itself: `bpf_fib_lookup` for the next hop, masquerade in XDP \
-             too, and `XDP_TX` (backend behind the same uplink, the usual NodePort case) or `XDP_REDIRECT` — then the packet \
-             never becomes an skb on this node, which is where Cilium and Katran get their XDP numbers.\n",
+             In ebpf-xdp `xdp_uplink` runs with the fast path on (`XDP_FORWARD`, as the agent loads it on a NIC uplink): \
+             a NodePort packet to node2's backend is translated completely (DNAT and masquerade), routed with \
+             `bpf_fib_lookup`, its MACs rewritten and sent back out of the uplink with XDP_TX, so on node1 it never becomes \
+             an skb (no tc, routing, forwarding or tc egress). The cost per packet here is end to end, though: the switch, \
+             node2's forwarding and the backend are in every mode's number (about what no-NAT costs beyond node1), so the \
+             ratio of totals stays well below the ratio of node1's own work; Cilium's 3× is measured at the balancer \
+             alone. On this lab the veth uplink needs NAPI on the switch's end for XDP_TX'd frames (GRO turned on there for \
+             ebpf-xdp only, which adds that NAPI pass to this mode's packets, not to the others'). What is left inside the \
+             program for a new flow is conntrack: the hash lookups (cache misses in a 262,144-entry table) and the LRU's \
+             node allocation for each of the entries a masqueraded connection creates (see the profile above).\n",
             ns(n_max as f64),
             ns(x),
             ns(c),
@@ -224,9 +227,9 @@ pub(super) fn profile_section(m: &mut String, r: &Results, n_max: usize) {
                 m,
                 "**ServiceTable::sync.** At N = {}: {} for {} map entries (SERVICES_V1 + BACKENDS_V1). The same sync into the \
                  in-memory model of the maps (`MemMaps`: planning, diffing, ordering, no bpf() call) takes {}, so about {} \
-                 goes to the kernel map writes: {:.2} µs per entry, one BPF_MAP_UPDATE_ELEM syscall each. Batching them \
-                 (BPF_MAP_UPDATE_BATCH, one syscall per thousands of entries, in the same safe order: backend slots of a set \
-                 before the frontend switch) would cut most of that.\n",
+                 goes to the kernel map writes: {:.2} µs per entry, written with BPF_MAP_UPDATE_BATCH (thousands of entries \
+                 per syscall, in the same safe order as single writes: backend slots of a set before the frontend switch). \
+                 What is left is mostly the planning itself.\n",
                 ns(n_max as f64),
                 secs(e.median),
                 k,

@@ -13,6 +13,8 @@ use aya_ebpf::{
     },
     programs::{TcContext, XdpContext},
 };
+// The metadata word of a frame XDP deferred to tc ingress: one definition for both sides.
+use dataplane_common::programs::XDP_DEFER_MAGIC as DEFER_MAGIC;
 
 use super::{
     csum,
@@ -77,10 +79,6 @@ pub trait Packet {
         false
     }
 }
-
-/// The XDP metadata word `xdp_uplink` leaves in front of a frame it deferred to tc ingress
-/// ("dpcf"; read through `__sk_buff.data_meta`, which generic and veth XDP hand on).
-const DEFER_MAGIC: u32 = 0x6463_7066;
 
 /// Offset of the checksum within the transport header.
 #[inline(always)]
