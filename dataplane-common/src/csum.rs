@@ -28,6 +28,31 @@ pub const fn replace2(check: u16, from: u16, to: u16) -> u16 {
     !fold(sum)
 }
 
+/// The ones'-complement difference (`__wsum`) of 32-bit words changing from `from[i]` to
+/// `to[i]`: what the kernel's `bpf_csum_diff` returns, for `bpf_l3_csum_replace` /
+/// `bpf_l4_csum_replace` with size 0 (one helper call for several changed words).
+#[inline(always)]
+pub const fn diff<const N: usize>(from: [u32; N], to: [u32; N]) -> u32 {
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i < N {
+        sum += (!from[i]) as u64 + to[i] as u64;
+        i += 1;
+    }
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum as u32
+}
+
+/// What the kernel does with such a difference on a complete checksum field
+/// (`inet_proto_csum_replace_by_diff`, `csum_replace_by_diff`): `~fold(diff + ~check)`.
+#[inline(always)]
+pub const fn apply_diff(check: u16, diff: u32) -> u16 {
+    let sum = diff as u64 + (!check) as u64;
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    !fold(((sum & 0xffff_ffff) + (sum >> 32)) as u32)
+}
+
 /// UDP: a zero checksum means "none" and stays zero; a computed zero is sent as 0xffff.
 #[inline(always)]
 pub const fn udp_fixup(old: u16, new: u16) -> u16 {
@@ -94,6 +119,43 @@ mod tests {
             hdr[10..12].copy_from_slice(&updated.to_ne_bytes());
             assert_eq!(full(&hdr), 0, "a header with a valid checksum sums to zero");
         }
+    }
+
+    #[test]
+    fn diff_of_all_four_fields_matches_full_recompute() {
+        // IPv4 (checksum 10..12, addresses 12..20) + UDP (ports 20..24, checksum 26..28) with a
+        // pseudo-header: the addresses count in both checksums, the ports in UDP's only.
+        let mut pkt: [u8; 28] = [
+            0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 244, 1, 2, 10, 96, 0, 10, 0x9c, 0x40,
+            0, 80, 0, 8, 0, 0,
+        ];
+        let ip = full(&pkt[..20]);
+        pkt[10..12].copy_from_slice(&ip.to_ne_bytes());
+        let udp_full = |p: &[u8; 28]| {
+            let mut ph = p[12..20].to_vec();
+            ph.extend_from_slice(&[0, 17, 0, 8]);
+            ph.extend_from_slice(&p[20..28]);
+            full(&ph)
+        };
+        let u = udp_full(&pkt);
+        pkt[26..28].copy_from_slice(&u.to_ne_bytes());
+        let (saddr, daddr) = (load4(&pkt, 12), load4(&pkt, 16));
+        let ports = load4(&pkt, 20);
+        let (nsaddr, ndaddr) = (
+            u32::from_ne_bytes([198, 18, 0, 11]),
+            u32::from_ne_bytes([10, 244, 2, 5]),
+        );
+        let nports = u32::from_ne_bytes([0xea, 0x60, 0x1f, 0x90]);
+        let addrs = diff([saddr, daddr], [nsaddr, ndaddr]);
+        let ip_new = apply_diff(ip, addrs);
+        let udp_new = apply_diff(apply_diff(u, addrs), diff([ports], [nports]));
+        pkt[12..16].copy_from_slice(&nsaddr.to_ne_bytes());
+        pkt[16..20].copy_from_slice(&ndaddr.to_ne_bytes());
+        pkt[20..24].copy_from_slice(&nports.to_ne_bytes());
+        pkt[10..12].copy_from_slice(&[0, 0]);
+        pkt[26..28].copy_from_slice(&[0, 0]);
+        assert_eq!(ip_new, full(&pkt[..20]));
+        assert_eq!(udp_new, udp_full(&pkt));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Checksums: the incremental updates of `dataplane_common::csum` and the full sum of a header
 //! built on the stack.
 
-pub use dataplane_common::csum::{fold, pseudo_seed, replace2, replace4, udp_fixup};
+pub use dataplane_common::csum::{diff, fold, pseudo_seed, replace2, replace4, udp_fixup};
 
 use super::hdr::bytes_of;
 

@@ -261,49 +261,54 @@ impl Packet for XdpPacket<'_> {
 pub struct TcPacket<'a>(pub &'a TcContext);
 
 impl TcPacket<'_> {
-    /// Replaces a 32-bit IP address at `off`: IP header checksum and the L4 pseudo-header sum.
+    /// Rewrites both IP addresses to `to` (8 bytes at `saddr`): one checksum difference for
+    /// the IP header and the L4 pseudo-header sum, so two checksum helpers and one store
+    /// whatever changed. The old values are the parsed flow's (what the packet holds).
     #[inline(always)]
-    fn replace_addr(
+    fn replace_addrs(
         &self,
         pkt: &Parsed,
-        off: usize,
         l4_check: usize,
         mangled: u64,
-        to: u32,
+        to: [u32; 2],
     ) -> Result<(), Failed> {
-        let ctx = self.0;
-        let old: u32 = ctx.load(off).map_err(|_| Failed)?;
-        if old == to {
+        let from = [pkt.flow.saddr, pkt.flow.daddr];
+        if from == to {
             return Ok(());
         }
-        ctx.l4_csum_replace(
-            l4_check,
-            old as u64,
-            to as u64,
-            BPF_F_PSEUDO_HDR as u64 | mangled | 4,
-        )
-        .map_err(|_| Failed)?;
-        ctx.l3_csum_replace(pkt.l3_off + IPV4_CHECK_OFF, old as u64, to as u64, 4)
+        let ctx = self.0;
+        let d = csum::diff(from, to) as u64;
+        // Size 0: `to` is a precomputed difference (`from` must be 0).
+        ctx.l4_csum_replace(l4_check, 0, d, BPF_F_PSEUDO_HDR as u64 | mangled)
             .map_err(|_| Failed)?;
-        ctx.store(off, &to, 0).map_err(|_| Failed)
+        ctx.l3_csum_replace(pkt.l3_off + IPV4_CHECK_OFF, 0, d, 0)
+            .map_err(|_| Failed)?;
+        ctx.store(pkt.l3_off + IPV4_SADDR_OFF, &to, 0)
+            .map_err(|_| Failed)
     }
 
+    /// Rewrites both ports (4 bytes at the transport header's start): L4 checksum only (a
+    /// CHECKSUM_PARTIAL packet's field holds no port: the helper leaves it).
     #[inline(always)]
-    fn replace_port(
+    fn replace_ports(
         &self,
-        off: usize,
+        pkt: &Parsed,
         l4_check: usize,
         mangled: u64,
-        to: u16,
+        sport: u16,
+        dport: u16,
     ) -> Result<(), Failed> {
-        let ctx = self.0;
-        let old: u16 = ctx.load(off).map_err(|_| Failed)?;
-        if old == to {
+        if pkt.flow.sport == sport && pkt.flow.dport == dport {
             return Ok(());
         }
-        ctx.l4_csum_replace(l4_check, old as u64, to as u64, mangled | 2)
+        // The two 16-bit fields as one native 32-bit word, the way they sit in memory.
+        let word = |s: u16, d: u16| s as u32 | (d as u32) << 16;
+        let d = csum::diff([word(pkt.flow.sport, pkt.flow.dport)], [word(sport, dport)]);
+        let ctx = self.0;
+        ctx.l4_csum_replace(l4_check, 0, d as u64, mangled)
             .map_err(|_| Failed)?;
-        ctx.store(off, &to, 0).map_err(|_| Failed)
+        ctx.store(pkt.l4_off, &[sport, dport], 0)
+            .map_err(|_| Failed)
     }
 
     /// Headers may sit in paged skb data (GRO, veth); makes what the parser reads linear.
@@ -408,22 +413,8 @@ impl Packet for TcPacket<'_> {
         } else {
             0
         };
-        self.replace_addr(
-            pkt,
-            pkt.l3_off + IPV4_SADDR_OFF,
-            l4_check,
-            mangled,
-            to.saddr,
-        )?;
-        self.replace_addr(
-            pkt,
-            pkt.l3_off + IPV4_DADDR_OFF,
-            l4_check,
-            mangled,
-            to.daddr,
-        )?;
-        self.replace_port(pkt.l4_off, l4_check, mangled, to.sport)?;
-        self.replace_port(pkt.l4_off + 2, l4_check, mangled, to.dport)
+        self.replace_addrs(pkt, l4_check, mangled, [to.saddr, to.daddr])?;
+        self.replace_ports(pkt, l4_check, mangled, to.sport, to.dport)
     }
 
     #[inline(always)]
