@@ -182,8 +182,9 @@ pub fn write_markdown(path: &Path, dir: &Path, r: &Results) -> Result<bool> {
     let _ = writeln!(
         m,
         "`xdp_uplink` run by classic BPF_PROG_TEST_RUN (no stack: the cost of the program itself, injector included), \
-         100,000 runs per sample, the last output frame checked (destination a real backend:8080, checksums valid, client \
-         address kept; masquerading is the egress program's job):\n"
+         100,000 runs per sample, the last output frame checked (destination a real backend:8080, checksums valid; the \
+         client address kept when the program returned XDP_PASS, masqueraded to the node's address when its fast path \
+         finished the packet with XDP_TX):\n"
     );
     let _ = writeln!(
         m,

@@ -173,7 +173,11 @@ pub(super) fn profile_section(m: &mut String, r: &Results, n_max: usize) {
              alone. On this lab the veth uplink needs NAPI on the switch's end for XDP_TX'd frames (GRO turned on there for \
              ebpf-xdp only, which adds that NAPI pass to this mode's packets, not to the others'). What is left inside the \
              program for a new flow is conntrack: the hash lookups (cache misses in a 262,144-entry table) and the LRU's \
-             node allocation for each of the entries a masqueraded connection creates (see the profile above).\n",
+             node allocation for each of the entries a masqueraded connection creates (see the profile above). Per-CPU LRU \
+             lists for CT_V2 (`BPF_F_NO_COMMON_LRU`, as Katran) were measured side by side and were slower here (new \
+             ClusterIP flow at tc_pod_ingress 4.0 vs 2.5 µs, new NodePort flow at XDP 6.4 vs 4.8 µs): each CPU's list holds \
+             only max_entries / CPUs entries, so flows that all arrive on one CPU start evicting at half the table. The \
+             lever left is fewer entries per connection (today 2, and 4 with masquerade).\n",
             ns(n_max as f64),
             ns(x),
             ns(c),
