@@ -272,14 +272,7 @@ pub struct FragValue {
 /// Entries of `FRAGS_V1` (LRU: datagrams in flight, like Cilium's IPV4_FRAG_DATAGRAMS).
 pub const MAX_FRAG_DATAGRAMS: u32 = 8_192;
 
-#[cfg(feature = "user")]
-mod pod {
-    use super::*;
-    unsafe impl aya::Pod for CtKey {}
-    unsafe impl aya::Pod for CtValue {}
-    unsafe impl aya::Pod for FragKey {}
-    unsafe impl aya::Pod for FragValue {}
-}
+user_pod!(CtKey, CtValue, FragKey, FragValue);
 
 #[cfg(test)]
 mod tests {
