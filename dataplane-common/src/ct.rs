@@ -43,6 +43,22 @@ pub struct CtKey {
     pub _pad: [u8; 2],
 }
 
+impl CtKey {
+    /// The key of a flow (addresses and ports in network order) at the hooks of `phase`.
+    #[inline(always)]
+    pub const fn new(saddr: u32, sport: u16, daddr: u32, dport: u16, proto: u8, phase: u8) -> Self {
+        CtKey {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto,
+            phase,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// Entry applies at ingress hooks (XDP on the uplink, tc ingress of pod devices), before the
 /// kernel routes the packet.
 pub const PHASE_INGRESS: u8 = 0;
@@ -311,15 +327,7 @@ mod tests {
     }
 
     fn key(t: (u32, u16, u32, u16), phase: u8) -> CtKey {
-        CtKey {
-            saddr: t.0,
-            sport: t.1,
-            daddr: t.2,
-            dport: t.3,
-            proto: 6,
-            phase,
-            _pad: [0; 2],
-        }
+        CtKey::new(t.0, t.1, t.2, t.3, 6, phase)
     }
 
     /// The four entries `create` writes for a masqueraded connection with a remapped client

@@ -56,15 +56,7 @@ impl Phase {
 
 #[inline(always)]
 fn key(saddr: u32, sport: u16, daddr: u32, dport: u16, proto: u8, phase: Phase) -> CtKey {
-    CtKey {
-        saddr,
-        daddr,
-        sport,
-        dport,
-        proto,
-        phase: phase.code(),
-        _pad: [0; 2],
-    }
+    CtKey::new(saddr, sport, daddr, dport, proto, phase.code())
 }
 
 /// The phase-matching rule, the one place it is written: a packet at a hook of `phase` meets
@@ -304,6 +296,23 @@ struct Claim {
     outcome: u32,
 }
 
+impl Claim {
+    /// A search for `key` (its destination port varied), to insert `value` under.
+    #[inline(always)]
+    fn new(key: CtKey, value: CtValue, now: u64) -> Claim {
+        Claim {
+            key,
+            value,
+            now,
+            draw: 0,
+            keep: 0,
+            port: 0,
+            last_resort: 0,
+            outcome: CLAIM_NONE,
+        }
+    }
+}
+
 const CLAIM_NONE: u32 = 0;
 const CLAIM_TAKEN: u32 = 1;
 const CLAIM_STALE: u32 = 2;
@@ -397,11 +406,9 @@ pub fn create(
 ) -> Result<Tuple, Reason> {
     let masq_addr = config().masq_addr;
     let masq = svc.flags & SVC_F_MASQUERADE != 0 || backend.addr == pkt.flow.saddr;
-    let (c, cp, f, fp, b, bp, proto) = (
+    let (c, cp, b, bp, proto) = (
         pkt.flow.saddr,
         pkt.flow.sport,
-        pkt.flow.daddr,
-        pkt.flow.dport,
         backend.addr,
         backend.port,
         pkt.flow.proto,
@@ -409,24 +416,13 @@ pub fn create(
     let masq_flags = if masq { CT_F_MASQ | CT_F_SNAT } else { 0 };
     // Replies leave as frontend -> client. Their tuple (backend -> client port) is claimed
     // first: if another live connection holds it, the client port is remapped.
-    let restored = Tuple {
-        saddr: f,
-        daddr: c,
-        sport: fp,
-        dport: cp,
-    };
     // One value is reused for every entry written here: four 56-byte values would crowd the
     // 512-byte stack.
-    let mut w = Claim {
-        key: key(b, bp, c, 0, proto, Phase::Egress),
-        value: entry(restored, svc.frontend_id, CT_F_REPLY | masq_flags, now),
+    let mut w = Claim::new(
+        key(b, bp, c, 0, proto, Phase::Egress),
+        entry(reply_of(pkt), svc.frontend_id, CT_F_REPLY | masq_flags, now),
         now,
-        draw: 0,
-        keep: 0,
-        port: 0,
-        last_resort: 0,
-        outcome: CLAIM_NONE,
-    };
+    );
     let cp2 = claim(&mut w, cp).ok_or(Reason::DropSnatPortsExhausted)?;
     let remap = if cp2 != cp { CT_F_SNAT } else { 0 };
     let dnat = Tuple {
@@ -474,31 +470,18 @@ pub fn create_host(
     len: u32,
     now: u64,
 ) -> Result<Tuple, Reason> {
-    let (n, np, f, fp, b, bp, proto) = (
+    let (n, np, b, bp, proto) = (
         pkt.flow.saddr,
         pkt.flow.sport,
-        pkt.flow.daddr,
-        pkt.flow.dport,
         backend.addr,
         backend.port,
         pkt.flow.proto,
     );
-    let restored = Tuple {
-        saddr: f,
-        daddr: n,
-        sport: fp,
-        dport: np,
-    };
-    let mut w = Claim {
-        key: key(b, bp, n, 0, proto, Phase::Ingress),
-        value: entry(restored, svc.frontend_id, CT_F_HOST | CT_F_REPLY, now),
+    let mut w = Claim::new(
+        key(b, bp, n, 0, proto, Phase::Ingress),
+        entry(reply_of(pkt), svc.frontend_id, CT_F_HOST | CT_F_REPLY, now),
         now,
-        draw: 0,
-        keep: 0,
-        port: 0,
-        last_resort: 0,
-        outcome: CLAIM_NONE,
-    };
+    );
     let np2 = claim(&mut w, np).ok_or(Reason::DropSnatPortsExhausted)?;
     let remap = if np2 != np { CT_F_SNAT } else { 0 };
     let to = Tuple {
@@ -510,6 +493,18 @@ pub fn create_host(
     retarget(&mut w.value, to, CT_F_HOST | remap);
     insert_forward(pkt, Phase::Egress, &mut w.value, len)?;
     Ok(to)
+}
+
+/// What a reply to the packet must carry once restored: its own tuple reversed (frontend ->
+/// client, or service -> node).
+#[inline(always)]
+fn reply_of(pkt: &Parsed) -> Tuple {
+    Tuple {
+        saddr: pkt.flow.daddr,
+        daddr: pkt.flow.saddr,
+        sport: pkt.flow.dport,
+        dport: pkt.flow.sport,
+    }
 }
 
 /// The original-direction entry, counting the packet that created it.

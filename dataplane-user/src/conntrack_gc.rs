@@ -190,15 +190,7 @@ mod tests {
     use super::*;
 
     fn key(t: (u32, u16, u32, u16), phase: u8) -> CtKey {
-        CtKey {
-            saddr: t.0,
-            sport: t.1,
-            daddr: t.2,
-            dport: t.3,
-            proto: 6,
-            phase,
-            _pad: [0; 2],
-        }
+        CtKey::new(t.0, t.1, t.2, t.3, 6, phase)
     }
 
     fn val(nat: (u32, u16, u32, u16), flags: u8, last_seen_s: u64) -> CtValue {
