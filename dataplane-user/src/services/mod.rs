@@ -36,6 +36,10 @@ mod batch_tests;
 mod delta;
 #[cfg(test)]
 mod delta_tests;
+#[cfg(test)]
+mod failure_tests;
+#[cfg(test)]
+mod flow_tests;
 mod mirror;
 mod names;
 mod outcome;
