@@ -397,6 +397,18 @@ fn note(s: &PacketSample) {
     }
 }
 
+/// node1's service table over the in-memory model of the maps: the dataplane's planning
+/// without a single bpf() call.
+fn mem_table() -> Result<dataplane::services::ServiceTable<dataplane::services::MemMaps>> {
+    dataplane::services::ServiceTable::with_store(
+        dataplane::services::MemMaps::default(),
+        dataplane::services::LocalContext {
+            node_name: "node1".into(),
+            ..Default::default()
+        },
+    )
+}
+
 /// `--only plan`: the dataplane's full sync into the in-memory maps (planning, no bpf() call),
 /// 5 times per N: what to run under `perf record` to profile the planner.
 fn plan_only(sweep: &[usize]) -> Result<bool> {
@@ -406,13 +418,7 @@ fn plan_only(sweep: &[usize]) -> Result<bool> {
             .map(scenario::to_model)
             .collect();
         for rep in 0..5 {
-            let mut table = dataplane::services::ServiceTable::with_store(
-                dataplane::services::MemMaps::default(),
-                dataplane::services::LocalContext {
-                    node_name: "node1".into(),
-                    ..Default::default()
-                },
-            )?;
+            let mut table = mem_table()?;
             let t0 = Instant::now();
             let r = table.sync(&models)?;
             println!(
@@ -486,13 +492,7 @@ fn load_phase(
     // ServiceTable::sync, without a single bpf() call (where its time goes).
     {
         let models: Vec<_> = svcs.iter().map(scenario::to_model).collect();
-        let mut table = dataplane::services::ServiceTable::with_store(
-            dataplane::services::MemMaps::default(),
-            dataplane::services::LocalContext {
-                node_name: "node1".into(),
-                ..Default::default()
-            },
-        )?;
+        let mut table = mem_table()?;
         let t0 = Instant::now();
         let rep = table.sync(&models)?;
         results.loads.push(LoadSample {

@@ -10,7 +10,7 @@ use dataplane_lab::netns::in_netns;
 use dataplane_lab::packet::{self, Network, L4};
 use serde::Serialize;
 
-use crate::injector::{Ctl, Ingress, Injector, Templates};
+use crate::injector::{Ingress, Injector, Templates};
 use crate::modes::{Mode, ModeLab};
 use crate::netutil::{self, UdpStats};
 use crate::scenario::{self, Traffic, EST_FLOWS};
@@ -119,6 +119,14 @@ struct Timing {
     wall_ns: f64,
 }
 
+impl Timing {
+    /// Adds a timed run of `frames` frames.
+    fn add(&mut self, res: &crate::injector::RunResult, frames: u32) {
+        self.kernel_ns += res.ns_per_frame * frames as f64;
+        self.wall_ns += res.wall_ns as f64;
+    }
+}
+
 /// `repeat` frames of `traffic` through `ml`'s node1 (live frames), with delivery checks.
 #[allow(clippy::too_many_arguments)]
 pub fn live_run(
@@ -153,14 +161,9 @@ pub fn live_run(
         // No flush between chunks: the table fills up as on a busy node (LRU eviction,
         // masquerade ports taken) and new flows are measured at that steady state.
         for (start, count) in chunks(traffic, repeat) {
-            templates.set_ctl(Ctl {
-                counter: 0,
-                modulus: count as u64,
-                offset: (off + start) as u64,
-            })?;
+            templates.walk(off + start, count)?;
             let res = live(ml, &inj, ifindex, first.clone(), count, cpu)?;
-            timing.kernel_ns += res.ns_per_frame * count as f64;
-            timing.wall_ns += res.wall_ns as f64;
+            timing.add(&res, count);
             let injected = templates.counter()?;
             if injected != count as u64 {
                 problems.push(format!("injector ran {injected} times for {count} frames"));
@@ -168,20 +171,11 @@ pub fn live_run(
             sent += count as u64;
         }
     } else {
-        templates.set_ctl(Ctl {
-            counter: 0,
-            modulus: EST_FLOWS as u64,
-            offset: off as u64,
-        })?;
+        templates.walk(off, EST_FLOWS)?;
         live(ml, &inj, ifindex, first.clone(), EST_FLOWS, cpu)?;
-        templates.set_ctl(Ctl {
-            counter: 0,
-            modulus: EST_FLOWS as u64,
-            offset: off as u64,
-        })?;
+        templates.walk(off, EST_FLOWS)?;
         let res = live(ml, &inj, ifindex, first, repeat, cpu)?;
-        timing.kernel_ns += res.ns_per_frame * repeat as f64;
-        timing.wall_ns += res.wall_ns as f64;
+        timing.add(&res, repeat);
         let injected = templates.counter()?;
         if injected != repeat as u64 {
             problems.push(format!("injector ran {injected} times for {repeat} frames"));
@@ -322,14 +316,9 @@ pub fn direct_run(
         // No flush between chunks: the table fills up as on a busy node (LRU eviction,
         // masquerade ports taken) and new flows are measured at that steady state.
         for (start, count) in chunks(traffic, repeat) {
-            templates.set_ctl(Ctl {
-                counter: 0,
-                modulus: count as u64,
-                offset: (off + start) as u64,
-            })?;
+            templates.walk(off + start, count)?;
             let (res, out) = run(first.clone(), count)??;
-            timing.kernel_ns += res.ns_per_frame * count as f64;
-            timing.wall_ns += res.wall_ns as f64;
+            timing.add(&res, count);
             check_out(
                 &res,
                 out,
@@ -339,20 +328,11 @@ pub fn direct_run(
         }
         sent = repeat as u64;
     } else {
-        templates.set_ctl(Ctl {
-            counter: 0,
-            modulus: EST_FLOWS as u64,
-            offset: off as u64,
-        })?;
+        templates.walk(off, EST_FLOWS)?;
         run(first.clone(), EST_FLOWS)??;
-        templates.set_ctl(Ctl {
-            counter: 0,
-            modulus: EST_FLOWS as u64,
-            offset: off as u64,
-        })?;
+        templates.walk(off, EST_FLOWS)?;
         let (res, out) = run(first, repeat)??;
-        timing.kernel_ns += res.ns_per_frame * repeat as f64;
-        timing.wall_ns += res.wall_ns as f64;
+        timing.add(&res, repeat);
         check_out(
             &res,
             out,
