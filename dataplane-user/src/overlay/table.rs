@@ -282,30 +282,28 @@ impl<S: OverlayStore> OverlayTable<S> {
 
     fn delete_stale(&mut self, desired: &Desired) -> Result<SyncReport> {
         let mut report = SyncReport::default();
-        let stale: Vec<Cidr> = self
-            .mirror_routes
-            .keys()
-            .filter(|c| !desired.routes.contains_key(c))
-            .copied()
-            .collect();
-        for cidr in stale {
+        for cidr in stale_keys(&self.mirror_routes, &desired.routes) {
             self.store.remove_route(cidr)?;
             self.mirror_routes.remove(&cidr);
             report.routes_deleted += 1;
         }
-        let stale: Vec<Ipv4Addr> = self
-            .mirror_peers
-            .keys()
-            .filter(|a| !desired.peers.contains_key(a))
-            .copied()
-            .collect();
-        for addr in stale {
+        for addr in stale_keys(&self.mirror_peers, &desired.peers) {
             self.store.remove_peer(addr)?;
             self.mirror_peers.remove(&addr);
             report.peers_deleted += 1;
         }
         Ok(report)
     }
+}
+
+/// The keys the maps hold (`mirror`) and `desired` no longer lists, collected first so the
+/// mirror can change while they are deleted.
+fn stale_keys<K: Ord + Copy, V, W>(mirror: &BTreeMap<K, V>, desired: &BTreeMap<K, W>) -> Vec<K> {
+    mirror
+        .keys()
+        .filter(|k| !desired.contains_key(k))
+        .copied()
+        .collect()
 }
 
 impl std::ops::AddAssign for SyncReport {
