@@ -212,31 +212,31 @@ impl MapStore for KernelMaps {
     }
 
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
-        self.services
-            .insert(key, value, 0)
-            .map_err(|e| full(e, map_names::SERVICES, MAX_FRONTENDS))
-            .context("updating SERVICES_V1")
+        put(
+            &mut self.services,
+            key,
+            value,
+            map_names::SERVICES,
+            MAX_FRONTENDS,
+        )
     }
 
     fn delete_service(&mut self, key: &ServiceKey) -> Result<()> {
-        self.services
-            .delete(key)
-            .map(drop)
-            .context("deleting from SERVICES_V1")
+        delete(&mut self.services, key, map_names::SERVICES)
     }
 
     fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<()> {
-        self.backends
-            .insert(key, value, 0)
-            .map_err(|e| full(e, map_names::BACKENDS, MAX_BACKEND_SLOTS))
-            .context("updating BACKENDS_V1")
+        put(
+            &mut self.backends,
+            key,
+            value,
+            map_names::BACKENDS,
+            MAX_BACKEND_SLOTS,
+        )
     }
 
     fn delete_backend(&mut self, key: &BackendKey) -> Result<()> {
-        self.backends
-            .delete(key)
-            .map(drop)
-            .context("deleting from BACKENDS_V1")
+        delete(&mut self.backends, key, map_names::BACKENDS)
     }
 
     fn batches(&self) -> bool {
@@ -281,6 +281,26 @@ impl MapStore for KernelMaps {
         .context("purging AFFINITY_V1")?;
         Ok((ct, affinity))
     }
+}
+
+/// Creates or replaces an entry of `map` (`name`, `limit` entries).
+fn put<K: Pod, V: Pod>(
+    map: &mut Hash<K, V>,
+    key: &K,
+    value: &V,
+    name: &str,
+    limit: u32,
+) -> Result<()> {
+    map.insert(key, value, 0)
+        .map_err(|e| full(e, name, limit))
+        .with_context(|| format!("updating {name}"))
+}
+
+/// Deletes an entry of `map` (`name`); an absent one is not an error.
+fn delete<K: Pod, V: Pod>(map: &mut Hash<K, V>, key: &K, name: &str) -> Result<()> {
+    map.delete(key)
+        .map(drop)
+        .with_context(|| format!("deleting from {name}"))
 }
 
 /// A hash map refuses a new key with E2BIG when it holds max_entries: say so in words.

@@ -110,13 +110,8 @@ impl MapStore for MemMaps {
         if self.poisoned_frontends.contains(key) {
             bail!("injected write failure of frontend {key:?}");
         }
-        if let Some((max, _)) = self.capacity {
-            if self.services.len() >= max && !self.services.contains_key(key) {
-                bail!("{} is full ({max} entries)", map_names::SERVICES);
-            }
-        }
-        self.services.insert(*key, *value);
-        Ok(())
+        let max = self.capacity.map(|(services, _)| services);
+        insert_bounded(&mut self.services, key, value, max, map_names::SERVICES)
     }
 
     fn delete_service(&mut self, key: &ServiceKey) -> Result<()> {
@@ -133,13 +128,8 @@ impl MapStore for MemMaps {
                 value.addr.to_ne_bytes()
             );
         }
-        if let Some((_, max)) = self.capacity {
-            if self.backends.len() >= max && !self.backends.contains_key(key) {
-                bail!("{} is full ({max} entries)", map_names::BACKENDS);
-            }
-        }
-        self.backends.insert(*key, *value);
-        Ok(())
+        let max = self.capacity.map(|(_, backends)| backends);
+        insert_bounded(&mut self.backends, key, value, max, map_names::BACKENDS)
     }
 
     fn delete_backend(&mut self, key: &BackendKey) -> Result<()> {
@@ -163,4 +153,22 @@ impl MapStore for MemMaps {
     fn batches(&self) -> bool {
         self.batch
     }
+}
+
+/// Inserts into `map` (`name`) as the kernel's hash maps do: a new key beyond `max` entries
+/// fails, in the words of `KernelMaps` for E2BIG.
+fn insert_bounded<K: Eq + std::hash::Hash + Copy, V: Copy>(
+    map: &mut HashMap<K, V>,
+    key: &K,
+    value: &V,
+    max: Option<usize>,
+    name: &str,
+) -> Result<()> {
+    if let Some(max) = max {
+        if map.len() >= max && !map.contains_key(key) {
+            bail!("{name} is full ({max} entries)");
+        }
+    }
+    map.insert(*key, *value);
+    Ok(())
 }
