@@ -423,21 +423,10 @@ pub fn create(
         entry(reply_of(pkt), svc.frontend_id, CT_F_REPLY | masq_flags, now),
         now,
     );
-    let cp2 = claim(&mut w, cp).ok_or(Reason::DropSnatPortsExhausted)?;
-    let remap = if cp2 != cp { CT_F_SNAT } else { 0 };
-    let dnat = Tuple {
-        saddr: c,
-        daddr: b,
-        sport: cp2,
-        dport: bp,
-    };
+    let (cp2, remap) = claim_reply(&mut w, cp)?;
+    let dnat = Tuple::new(c, cp2, b, bp);
     if masq {
-        let back = Tuple {
-            saddr: b,
-            daddr: c,
-            sport: bp,
-            dport: cp2,
-        };
+        let back = Tuple::new(b, bp, c, cp2);
         let reply_key = w.key;
         retarget(&mut w.value, back, CT_F_REPLY | masq_flags);
         w.key = key(b, bp, masq_addr, 0, proto, Phase::Ingress);
@@ -445,12 +434,7 @@ pub fn create(
             let _ = CT_V2.remove(&reply_key);
             return Err(Reason::DropSnatPortsExhausted);
         };
-        let masqueraded = Tuple {
-            saddr: masq_addr,
-            daddr: b,
-            sport: mp,
-            dport: bp,
-        };
+        let masqueraded = Tuple::new(masq_addr, mp, b, bp);
         retarget(&mut w.value, masqueraded, masq_flags);
         insert(&key(c, cp2, b, bp, proto, Phase::Egress), &w.value)?;
     }
@@ -482,29 +466,32 @@ pub fn create_host(
         entry(reply_of(pkt), svc.frontend_id, CT_F_HOST | CT_F_REPLY, now),
         now,
     );
-    let np2 = claim(&mut w, np).ok_or(Reason::DropSnatPortsExhausted)?;
-    let remap = if np2 != np { CT_F_SNAT } else { 0 };
-    let to = Tuple {
-        saddr: n,
-        daddr: b,
-        sport: np2,
-        dport: bp,
-    };
+    let (np2, remap) = claim_reply(&mut w, np)?;
+    let to = Tuple::new(n, np2, b, bp);
     retarget(&mut w.value, to, CT_F_HOST | remap);
     insert_forward(pkt, Phase::Egress, &mut w.value, len)?;
     Ok(to)
+}
+
+/// Claims the reply entry `w` with the connection's own source port `port`, or a free one of
+/// the masquerade range if another connection holds that tuple; returns the port and the flag
+/// a remapped port adds (`CT_F_SNAT`).
+#[inline(always)]
+fn claim_reply(w: &mut Claim, port: u16) -> Result<(u16, u8), Reason> {
+    let got = claim(w, port).ok_or(Reason::DropSnatPortsExhausted)?;
+    Ok((got, if got != port { CT_F_SNAT } else { 0 }))
 }
 
 /// What a reply to the packet must carry once restored: its own tuple reversed (frontend ->
 /// client, or service -> node).
 #[inline(always)]
 fn reply_of(pkt: &Parsed) -> Tuple {
-    Tuple {
-        saddr: pkt.flow.daddr,
-        daddr: pkt.flow.saddr,
-        sport: pkt.flow.dport,
-        dport: pkt.flow.sport,
-    }
+    Tuple::new(
+        pkt.flow.daddr,
+        pkt.flow.dport,
+        pkt.flow.saddr,
+        pkt.flow.sport,
+    )
 }
 
 /// The original-direction entry, counting the packet that created it.
