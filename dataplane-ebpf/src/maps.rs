@@ -12,21 +12,9 @@ use aya_ebpf::{
     macros::{btf_map, map},
     maps::RingBuf,
 };
+// Globs: this file only names the shared key/value types and sizes of every map.
 use dataplane_common::{
-    addr_bits::{AddrBits, ADDR_BITS_WORDS},
-    ct::{Config, CtKey, CtValue, FragKey, FragValue, CT_MAX_ENTRIES, MAX_FRAG_DATAGRAMS},
-    lb::{
-        AffinityKey, AffinityValue, BackendKey, BackendValue, RejectBucket, ServiceKey,
-        ServiceValue, SockAffinityKey, SockRevNatKey, SockRevNatValue, SourceRangeKey,
-        MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES,
-        MAX_SOURCE_RANGES,
-    },
-    monitor::{MonitorTokens, EVENTS_RING_BYTES},
-    overlay::{
-        OverlayConfig, OverlayNextHop, OverlayPeer, OverlayRoute, MAX_OVERLAY_NEXTHOPS,
-        MAX_OVERLAY_PEERS, MAX_OVERLAY_ROUTES,
-    },
-    StatsValue, STATS_ENTRIES,
+    addr_bits::*, ct::*, lb::*, monitor::*, overlay::*, StatsValue, STATS_ENTRIES,
 };
 
 /// Declares the BTF-defined maps. `#[btf_map]` without a name exports each static under its
