@@ -101,6 +101,27 @@ pub struct CtValue {
     pub _pad: [u8; 3],
 }
 
+impl CtValue {
+    /// An entry that rewrites its packets to (`saddr`:`sport` -> `daddr`:`dport`, network
+    /// order) with `flags`; nothing else set (no frontend, no clock, nothing counted or seen).
+    pub const fn rewriting(saddr: u32, sport: u16, daddr: u32, dport: u16, flags: u8) -> Self {
+        CtValue {
+            nat_saddr: saddr,
+            nat_daddr: daddr,
+            nat_sport: sport,
+            nat_dport: dport,
+            frontend_id: 0,
+            created_ns: 0,
+            last_seen_ns: 0,
+            packets: 0,
+            bytes: 0,
+            seen: 0,
+            flags,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// This entry is the reply direction of its connection.
 pub const CT_F_REPLY: u8 = 1 << 0;
 /// The connection is source-NATed: masqueraded, or its client port remapped.
@@ -316,14 +337,7 @@ mod tests {
     }
 
     fn entry(nat: (u32, u16, u32, u16), flags: u8) -> CtValue {
-        CtValue {
-            nat_saddr: nat.0,
-            nat_sport: nat.1,
-            nat_daddr: nat.2,
-            nat_dport: nat.3,
-            flags,
-            ..CtValue::default()
-        }
+        CtValue::rewriting(nat.0, nat.1, nat.2, nat.3, flags)
     }
 
     fn key(t: (u32, u16, u32, u16), phase: u8) -> CtKey {

@@ -195,14 +195,9 @@ mod tests {
 
     fn val(nat: (u32, u16, u32, u16), flags: u8, last_seen_s: u64) -> CtValue {
         CtValue {
-            nat_saddr: nat.0,
-            nat_sport: nat.1,
-            nat_daddr: nat.2,
-            nat_dport: nat.3,
-            flags,
             last_seen_ns: last_seen_s * NS_PER_SEC,
             seen: TCP_ACK as u32,
-            ..CtValue::default()
+            ..CtValue::rewriting(nat.0, nat.1, nat.2, nat.3, flags)
         }
     }
 
