@@ -505,6 +505,18 @@ fn load_phase(
         });
     }
     for ml in labs.iter_mut() {
+        // One timed write of this mode at this N.
+        let row = ml.mode.key();
+        let mut sample = |kind: &str, rep, t: Duration, map_entries| {
+            results.loads.push(LoadSample {
+                row: row.into(),
+                services: n,
+                kind: kind.into(),
+                rep,
+                secs: t.as_secs_f64(),
+                map_entries,
+            })
+        };
         ml.flush_conntrack()?;
         // The sync target compares these two at 10,000 services: give them 3 samples there too.
         let reps_here = if n >= 10_000
@@ -518,14 +530,7 @@ fn load_phase(
         for rep in 0..reps_here {
             check_interrupted()?;
             if let Some((t, e)) = ml.load_full(svcs)? {
-                results.loads.push(LoadSample {
-                    row: ml.mode.key().into(),
-                    services: n,
-                    kind: "full".into(),
-                    rep,
-                    secs: t.as_secs_f64(),
-                    map_entries: e,
-                });
+                sample("full", rep, t, e);
             }
         }
         for rep in 0..2 {
@@ -536,14 +541,7 @@ fn load_phase(
                 ml.apply_change(svcs, &after, &before)?
             };
             if let Some((t, e)) = r {
-                results.loads.push(LoadSample {
-                    row: ml.mode.key().into(),
-                    services: n,
-                    kind: "one_change".into(),
-                    rep,
-                    secs: t.as_secs_f64(),
-                    map_entries: e,
-                });
+                sample("one_change", rep, t, e);
             }
         }
         // One changed endpoint through the agent's own apply: the delta path (9 samples, the
@@ -551,14 +549,7 @@ fn load_phase(
         for (kind, reps, full) in [("agent_change", 9, false), ("agent_full_diff", 3, true)] {
             let samples = ml.agent_changes(svcs, (&before, &after), reps, full)?;
             for (rep, (t, e)) in samples.into_iter().enumerate() {
-                results.loads.push(LoadSample {
-                    row: ml.mode.key().into(),
-                    services: n,
-                    kind: kind.into(),
-                    rep,
-                    secs: t.as_secs_f64(),
-                    map_entries: Some(e),
-                });
+                sample(kind, rep, t, Some(e));
             }
         }
         for rep in 0..2 {
@@ -568,14 +559,7 @@ fn load_phase(
                 ml.upsert_one(&before)?
             };
             if let Some((t, e)) = r {
-                results.loads.push(LoadSample {
-                    row: ml.mode.key().into(),
-                    services: n,
-                    kind: "upsert".into(),
-                    rep,
-                    secs: t.as_secs_f64(),
-                    map_entries: e,
-                });
+                sample("upsert", rep, t, e);
             }
         }
     }

@@ -15,6 +15,9 @@ use crate::netutil;
 use crate::rules::{self, Svc};
 use crate::scenario;
 
+/// nft reading its rules from stdin.
+const NFT_STDIN: [&str; 3] = ["nft", "-f", "/dev/stdin"];
+
 /// A write's time and, for the dataplane, its entries written + deleted.
 type Timed = Option<(Duration, Option<usize>)>;
 
@@ -28,6 +31,12 @@ impl ModeLab {
         }
     }
 
+    /// Times `command` in node1's namespace reading `rules` on its stdin (a restore tool).
+    fn feed(&self, command: &[&str], rules: &str) -> Result<Timed> {
+        let t = netutil::run_with_stdin(&self.node1.ns, command, rules.as_bytes())?;
+        Ok(Some((t, None)))
+    }
+
     /// Loads the whole rule set / service table for `svcs` from empty and returns how long
     /// the load itself took (emptying first is not timed).
     pub fn load_full(&mut self, svcs: &[Svc]) -> Result<Timed> {
@@ -38,24 +47,15 @@ impl ModeLab {
             Mode::IptablesLegacy | Mode::IptablesNft => {
                 let tool = self.iptables_restore();
                 netutil::run_with_stdin(&ns, &[tool], b"*filter\nCOMMIT\n*nat\nCOMMIT\n")?;
-                let t = netutil::run_with_stdin(
-                    &ns,
-                    &[tool],
-                    rules::iptables_full(svcs, &facts).as_bytes(),
-                )?;
-                Ok(Some((t, None)))
+                self.feed(&[tool], &rules::iptables_full(svcs, &facts))
             }
             Mode::Nftables => {
                 if self.nft_loaded {
                     netns::run_in(&ns, &["nft", "delete", "table", "ip", "kube-proxy"])?;
                 }
-                let t = netutil::run_with_stdin(
-                    &ns,
-                    &["nft", "-f", "/dev/stdin"],
-                    rules::nft_full(svcs, &facts).as_bytes(),
-                )?;
+                let t = self.feed(&NFT_STDIN, &rules::nft_full(svcs, &facts))?;
                 self.nft_loaded = true;
-                Ok(Some((t, None)))
+                Ok(t)
             }
             Mode::EbpfTc | Mode::EbpfXdp => {
                 let table = self.table.as_mut().expect("service table");
@@ -70,24 +70,13 @@ impl ModeLab {
     /// desired state after the change.
     pub fn apply_change(&mut self, svcs: &[Svc], before: &Svc, after: &Svc) -> Result<Timed> {
         let facts = scenario::facts();
-        let ns = self.node1.ns.clone();
         match self.mode {
             Mode::NoNat => Ok(None),
             Mode::IptablesLegacy | Mode::IptablesNft => {
-                let tool = self.iptables_restore();
                 let text = rules::iptables_partial(svcs, &facts, after, before);
-                Ok(Some((
-                    netutil::run_with_stdin(&ns, &[tool, "--noflush"], text.as_bytes())?,
-                    None,
-                )))
+                self.feed(&[self.iptables_restore(), "--noflush"], &text)
             }
-            Mode::Nftables => {
-                let text = rules::nft_change(after, before, &facts);
-                Ok(Some((
-                    netutil::run_with_stdin(&ns, &["nft", "-f", "/dev/stdin"], text.as_bytes())?,
-                    None,
-                )))
-            }
+            Mode::Nftables => self.feed(&NFT_STDIN, &rules::nft_change(after, before, &facts)),
             Mode::EbpfTc | Mode::EbpfXdp => {
                 timed_sync(self.table.as_mut().expect("service table"), svcs)
             }
