@@ -8,7 +8,10 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{atomic::Ordering::Relaxed, Arc},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -18,8 +21,8 @@ use dataplane_common::{
     lb::{MAX_BACKEND_SLOTS, MAX_FRONTENDS},
 };
 use prometheus_client::{
-    encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    encoding::{text::encode, EncodeMetric},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, TypedMetric},
     registry::Registry,
 };
 
@@ -69,7 +72,7 @@ impl Snapshot {
     }
 
     fn gauge_f(&mut self, name: &str, help: &str, v: f64) {
-        let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let g = Gauge::<f64, AtomicU64>::default();
         g.set(v);
         self.0.register(name, help, g);
     }
@@ -82,25 +85,36 @@ impl Snapshot {
     }
 
     fn counters(&mut self, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, u64)>) {
-        let f = Family::<Labels, Counter>::default();
-        for (labels, v) in rows {
-            f.get_or_create(&labels).inc_by(v);
-        }
-        self.0.register(name, help, f);
+        self.family(name, help, rows, |c: &Counter, v| {
+            c.inc_by(v);
+        });
     }
 
     fn gauges_f(&mut self, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, f64)>) {
-        let f = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-        for (labels, v) in rows {
-            f.get_or_create(&labels).set(v);
-        }
-        self.0.register(name, help, f);
+        self.family(name, help, rows, |g: &Gauge<f64, AtomicU64>, v| {
+            g.set(v);
+        });
     }
 
     fn gauges(&mut self, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, i64)>) {
-        let f = Family::<Labels, Gauge>::default();
+        self.family(name, help, rows, |g: &Gauge, v| {
+            g.set(v);
+        });
+    }
+
+    /// A family of metrics `M`, one per row's labels, each given its row's value by `set`.
+    fn family<M, V>(
+        &mut self,
+        name: &str,
+        help: &str,
+        rows: impl IntoIterator<Item = (Labels, V)>,
+        set: impl Fn(&M, V),
+    ) where
+        M: EncodeMetric + TypedMetric + Default + std::fmt::Debug + Send + Sync + 'static,
+    {
+        let f = Family::<Labels, M>::default();
         for (labels, v) in rows {
-            f.get_or_create(&labels).set(v);
+            set(&f.get_or_create(&labels), v);
         }
         self.0.register(name, help, f);
     }
