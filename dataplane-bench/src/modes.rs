@@ -251,19 +251,11 @@ impl ModeLab {
         let (dp, res) = in_netns(&self.node1.ns, move || {
             let mut dp = dp;
             let res = (|| -> Result<(XdpLinkId, SchedClassifierLinkId)> {
-                let x: &mut Xdp = dp
-                    .ebpf
-                    .program_mut("xdp_uplink")
-                    .ok_or_else(|| anyhow!("no xdp_uplink"))?
-                    .try_into()?;
+                let x: &mut Xdp = loader::program(&mut dp.ebpf, "xdp_uplink")?;
                 let xl = x
                     .attach("eth0", XdpMode::Driver)
                     .context("attaching xdp_uplink")?;
-                let t: &mut SchedClassifier = dp
-                    .ebpf
-                    .program_mut("tc_pod_ingress")
-                    .ok_or_else(|| anyhow!("no tc_pod_ingress"))?
-                    .try_into()?;
+                let t: &mut SchedClassifier = loader::program(&mut dp.ebpf, "tc_pod_ingress")?;
                 let tl = t
                     .attach(&veth, TcAttachType::Ingress)
                     .context("attaching tc_pod_ingress")?;
@@ -281,17 +273,9 @@ impl ModeLab {
             return Ok(());
         };
         let dp = self.datapath.as_mut().expect("datapath");
-        let x: &mut Xdp = dp
-            .ebpf
-            .program_mut("xdp_uplink")
-            .ok_or_else(|| anyhow!("no xdp_uplink"))?
-            .try_into()?;
+        let x: &mut Xdp = loader::program(&mut dp.ebpf, "xdp_uplink")?;
         x.detach(xl)?;
-        let t: &mut SchedClassifier = dp
-            .ebpf
-            .program_mut("tc_pod_ingress")
-            .ok_or_else(|| anyhow!("no tc_pod_ingress"))?
-            .try_into()?;
+        let t: &mut SchedClassifier = loader::program(&mut dp.ebpf, "tc_pod_ingress")?;
         t.detach(tl)?;
         Ok(())
     }
@@ -412,11 +396,7 @@ fn attach_tc(
         let mut links = Vec::new();
         let res = (|| -> Result<()> {
             for (name, iface, kind) in &set {
-                let prog: &mut SchedClassifier = dp
-                    .ebpf
-                    .program_mut(name)
-                    .ok_or_else(|| anyhow!("no {name}"))?
-                    .try_into()?;
+                let prog: &mut SchedClassifier = loader::program(&mut dp.ebpf, name)?;
                 let id = prog
                     .attach(iface, *kind)
                     .with_context(|| format!("attaching {name} to {iface} {kind:?}"))?;
