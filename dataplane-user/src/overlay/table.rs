@@ -338,6 +338,16 @@ mod tests {
         }
     }
 
+    /// node1 .. node`n`: node`i` at 198.18.0.1`i` with pod CIDR 10.244.`i`.0/24.
+    fn cluster(n: u8) -> Vec<NodeInfo> {
+        (1..=n)
+            .map(|i| {
+                let (addr, cidr) = (format!("198.18.0.1{i}"), format!("10.244.{i}.0"));
+                node(&format!("node{i}"), &addr, &cidr)
+            })
+            .collect()
+    }
+
     fn table() -> OverlayTable<MemOverlay> {
         let mut cfg = OverlayConfig::none();
         cfg.mode = MODE_VXLAN;
@@ -347,11 +357,7 @@ mod tests {
     #[test]
     fn sync_writes_only_what_changed() {
         let mut t = table();
-        let nodes = vec![
-            node("node1", "198.18.0.11", "10.244.1.0"),
-            node("node2", "198.18.0.12", "10.244.2.0"),
-            node("node3", "198.18.0.13", "10.244.3.0"),
-        ];
+        let nodes = cluster(3);
         let r = t.sync_maps(&nodes, "node1").unwrap();
         // node1's CIDR (local), node2's and node3's; two peers.
         assert_eq!((r.routes_written, r.peers_written), (3, 2));
@@ -373,10 +379,7 @@ mod tests {
     #[test]
     fn reopening_adopts_what_the_maps_hold() {
         let mut t = table();
-        let nodes = vec![
-            node("node1", "198.18.0.11", "10.244.1.0"),
-            node("node2", "198.18.0.12", "10.244.2.0"),
-        ];
+        let nodes = cluster(2);
         t.sync_maps(&nodes, "node1").unwrap();
         let mut again = OverlayTable::with_store(t.store().clone()).unwrap();
         assert_eq!(again.routes(), t.routes());
