@@ -330,12 +330,13 @@ impl Datapath {
     fn attach_xdp(&mut self, iface: &str, mode: XdpAttachMode) -> Result<()> {
         let pin = link_pin(&self.pin_dir, Hook::XdpUplink.program(), iface);
         let prog: &mut Xdp = program(&mut self.ebpf, Hook::XdpUplink.program())?;
-        let swapped = adopt_pinned(&pin, "XDP", |fd| {
-            prog.attach_to_link(XdpLink::try_from(fd)?)?;
-            Ok(())
-        })?;
-        if swapped {
-            log::info!("xdp_uplink swapped into the pinned link on {iface}");
+        let swap = |fd| {
+            prog.attach_to_link(XdpLink::try_from(fd)?)
+                .map_err(Into::into)
+        };
+        if adopt_pinned(&pin, "XDP", swap, || {
+            format!("xdp_uplink swapped into the pinned link on {iface}")
+        })? {
             return Ok(());
         }
         let first = match mode {
@@ -363,12 +364,13 @@ impl Datapath {
     fn attach_tc(&mut self, name: &str, iface: &str, kind: TcAttachType) -> Result<()> {
         let pin = link_pin(&self.pin_dir, name, iface);
         let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-        let swapped = adopt_pinned(&pin, "tc", |fd| {
-            prog.attach_to_link(SchedClassifierLink::try_from(fd)?)?;
-            Ok(())
-        })?;
-        if swapped {
-            log::info!("{name} swapped into the pinned link on {iface} ({kind:?})");
+        let swap = |fd| {
+            prog.attach_to_link(SchedClassifierLink::try_from(fd)?)
+                .map_err(Into::into)
+        };
+        if adopt_pinned(&pin, "tc", swap, || {
+            format!("{name} swapped into the pinned link on {iface} ({kind:?})")
+        })? {
             return Ok(());
         }
         // tcx (kernel >= 6.6) needs no clsact qdisc; aya picks tcx on such kernels.
@@ -471,12 +473,13 @@ fn adopt_cgroup_link(
 
 /// Swaps a program into the link pinned at `pin`, if there is one (an agent restart: the
 /// attachment never goes away). `swap` takes the pinned link as the program's link type and
-/// attaches the program to it. Ok(true) once swapped; a pin that cannot be used is logged and
-/// removed, and Ok(false) says to attach anew.
-fn adopt_pinned(
+/// attaches the program to it. Ok(true) once swapped (`swapped` is the log line); a pin that
+/// cannot be used is logged and removed, and Ok(false) says to attach anew.
+fn adopt_pinned<T>(
     pin: &Path,
     link_kind: &str,
-    swap: impl FnOnce(FdLink) -> Result<()>,
+    swap: impl FnOnce(FdLink) -> Result<T>,
+    swapped: impl FnOnce() -> String,
 ) -> Result<bool> {
     if !pin.exists() {
         return Ok(false);
@@ -485,7 +488,10 @@ fn adopt_pinned(
         .map_err(anyhow::Error::from)
         .and_then(|p| swap(FdLink::from(p)))
     {
-        Ok(()) => Ok(true),
+        Ok(_) => {
+            log::info!("{}", swapped());
+            Ok(true)
+        }
         Err(e) => {
             log::warn!(
                 "pinned {link_kind} link {} unusable ({e:#}); attaching anew",

@@ -84,6 +84,13 @@ impl Snapshot {
         self.0.register(name, help, c);
     }
 
+    /// Counters read from atomics: (name, help, value) rows, registered in order.
+    fn counter_table(&mut self, rows: &[(&str, &str, &AtomicU64)]) {
+        for (name, help, v) in rows {
+            self.counter(name, help, v.load(Relaxed));
+        }
+    }
+
     fn counters(&mut self, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, u64)>) {
         self.family(name, help, rows, |c: &Counter, v| {
             c.inc_by(v);
@@ -249,21 +256,23 @@ fn maps(s: &mut Snapshot, m: &Metrics) -> Result<()> {
 }
 
 fn gc(s: &mut Snapshot, gc: &crate::conntrack_gc::GcStats) {
-    s.counter(
-        "dataplane_conntrack_gc_runs",
-        "Conntrack GC sweeps",
-        gc.runs.load(Relaxed),
-    );
-    s.counter(
-        "dataplane_conntrack_gc_deleted",
-        "CT_V2 entries of timed-out connections removed by the GC",
-        gc.deleted.load(Relaxed),
-    );
-    s.counter(
-        "dataplane_conntrack_gc_errors",
-        "Conntrack GC sweeps that failed",
-        gc.errors.load(Relaxed),
-    );
+    s.counter_table(&[
+        (
+            "dataplane_conntrack_gc_runs",
+            "Conntrack GC sweeps",
+            &gc.runs,
+        ),
+        (
+            "dataplane_conntrack_gc_deleted",
+            "CT_V2 entries of timed-out connections removed by the GC",
+            &gc.deleted,
+        ),
+        (
+            "dataplane_conntrack_gc_errors",
+            "Conntrack GC sweeps that failed",
+            &gc.errors,
+        ),
+    ]);
     s.gauge_f(
         "dataplane_conntrack_gc_interval_seconds",
         "Pause before the next GC sweep (adapts to the table's fill)",
@@ -288,16 +297,18 @@ fn agent(s: &mut Snapshot, st: &AgentStatus) {
         "When the service state was last applied completely",
         st.last_complete_sync_ms.load(Relaxed) as f64 / 1e3,
     );
-    s.counter(
-        "kubeproxy_sync_proxy_rules_service_changes",
-        "Services whose frontends or policies changed, summed over applies",
-        st.service_changes.load(Relaxed),
-    );
-    s.counter(
-        "kubeproxy_sync_proxy_rules_endpoint_changes",
-        "Services whose endpoints changed, summed over applies",
-        st.endpoint_changes.load(Relaxed),
-    );
+    s.counter_table(&[
+        (
+            "kubeproxy_sync_proxy_rules_service_changes",
+            "Services whose frontends or policies changed, summed over applies",
+            &st.service_changes,
+        ),
+        (
+            "kubeproxy_sync_proxy_rules_endpoint_changes",
+            "Services whose endpoints changed, summed over applies",
+            &st.endpoint_changes,
+        ),
+    ]);
     let failed = st
         .failed_services
         .lock()
@@ -321,7 +332,7 @@ fn agent(s: &mut Snapshot, st: &AgentStatus) {
         "Service ports left out of the last apply because SERVICES_V1 or BACKENDS_V1 would overflow",
         st.over_capacity.load(Relaxed) as i64,
     );
-    for (name, help, v) in [
+    s.counter_table(&[
         (
             "dataplane_service_sync_failures",
             "Service-port writes that failed, summed over applies",
@@ -352,9 +363,7 @@ fn agent(s: &mut Snapshot, st: &AgentStatus) {
             "Map entries deleted by syncs",
             &st.entries_deleted,
         ),
-    ] {
-        s.counter(name, help, v.load(Relaxed));
-    }
+    ]);
     s.gauge_f(
         "dataplane_sync_duration_seconds",
         "Duration of the last apply to the maps",
