@@ -19,6 +19,18 @@ pub struct ServiceKey {
     pub _pad: u8,
 }
 
+impl ServiceKey {
+    /// The key of `addr:port` (network order) for protocol `proto`.
+    pub const fn new(addr: u32, port: u16, proto: u8) -> Self {
+        ServiceKey {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
 /// `SERVICES_V1` value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
