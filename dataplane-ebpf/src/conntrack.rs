@@ -454,15 +454,12 @@ pub fn create_host(
     len: u32,
     now: u64,
 ) -> Result<Tuple, Reason> {
-    let (n, np, b, bp, proto) = (
-        pkt.flow.saddr,
-        pkt.flow.sport,
-        backend.addr,
-        backend.port,
-        pkt.flow.proto,
-    );
+    // The node's socket n:np -> frontend becomes n:np2 -> backend b:bp; replies are keyed
+    // b:bp -> n at ingress.
+    let (n, np) = (pkt.flow.saddr, pkt.flow.sport);
+    let (b, bp) = (backend.addr, backend.port);
     let mut w = Claim::new(
-        key(b, bp, n, 0, proto, Phase::Ingress),
+        key(b, bp, n, 0, pkt.flow.proto, Phase::Ingress),
         entry(reply_of(pkt), svc.frontend_id, CT_F_HOST | CT_F_REPLY, now),
         now,
     );
