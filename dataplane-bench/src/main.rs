@@ -201,15 +201,22 @@ fn run(args: &Args) -> Result<bool> {
         eprintln!("bench: N={n}: loading rules ({:.0?})", started.elapsed());
         load_phase(&mut labs, &svcs, n, &mut results, args.quick)?;
 
+        let run = |traffic, frames, rep| measure::Run {
+            services: n,
+            traffic,
+            frames,
+            rep,
+            cpu: args.cpu,
+        };
         // Calibration: one short run per (mode, traffic), not recorded; sets the frame counts.
         let mut est: HashMap<(String, Traffic), f64> = HashMap::new();
         for ml in &labs {
             for t in Traffic::ALL {
                 check_interrupted()?;
-                let s = measure::live_run(ml, &pass, &templates, n, t, 1000, 0, args.cpu)?;
+                let s = measure::live_run(ml, &pass, &templates, run(t, 1000, 0))?;
                 est.insert((s.row.clone(), t), s.ns_per_packet);
                 if ml.mode == Mode::EbpfXdp {
-                    let s = measure::direct_run(ml, &templates, n, t, 10_000, 0, args.cpu)?;
+                    let s = measure::direct_run(ml, &templates, run(t, 10_000, 0))?;
                     est.insert((s.row.clone(), t), s.ns_per_packet);
                 }
             }
@@ -231,20 +238,13 @@ fn run(args: &Args) -> Result<bool> {
                 for t in Traffic::ALL {
                     check_interrupted()?;
                     let frames = frames_for(budget, est[&(ml.mode.key().to_string(), t)]);
-                    let s = measure::live_run(ml, &pass, &templates, n, t, frames, rep, args.cpu)?;
+                    let s = measure::live_run(ml, &pass, &templates, run(t, frames, rep))?;
                     note(&s);
                     results.packets.push(s);
                     if ml.mode == Mode::EbpfXdp {
                         // The program alone is ~100 ns: always 100,000 runs.
-                        let s = measure::direct_run(
-                            ml,
-                            &templates,
-                            n,
-                            t,
-                            scenario::NEW_FLOWS,
-                            rep,
-                            args.cpu,
-                        )?;
+                        let s =
+                            measure::direct_run(ml, &templates, run(t, scenario::NEW_FLOWS, rep))?;
                         note(&s);
                         results.packets.push(s);
                     }

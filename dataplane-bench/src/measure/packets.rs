@@ -127,18 +127,32 @@ impl Timing {
     }
 }
 
-/// `repeat` frames of `traffic` through `ml`'s node1 (live frames), with delivery checks.
-#[allow(clippy::too_many_arguments)]
+/// What one packet sample measures: `frames` frames of `traffic` at N = `services`, as
+/// repetition `rep`, on CPU `cpu`.
+#[derive(Clone, Copy)]
+pub struct Run {
+    pub services: usize,
+    pub traffic: Traffic,
+    pub frames: u32,
+    pub rep: usize,
+    pub cpu: usize,
+}
+
+impl Run {
+    /// (services, traffic, frames, rep, cpu), for the runs' bodies.
+    fn parts(self) -> (usize, Traffic, u32, usize, usize) {
+        (self.services, self.traffic, self.frames, self.rep, self.cpu)
+    }
+}
+
+/// `frames` frames of `traffic` through `ml`'s node1 (live frames), with delivery checks.
 pub fn live_run(
     ml: &ModeLab,
     pass: &Arc<Injector>,
     templates: &Templates,
-    n: usize,
-    traffic: Traffic,
-    repeat: u32,
-    rep: usize,
-    cpu: usize,
+    run: Run,
 ) -> Result<PacketSample> {
+    let (n, traffic, repeat, rep, cpu) = run.parts();
     let floor = ml.mode == Mode::NoNat;
     let inj = match ml.mode {
         Mode::EbpfXdp => ml.tail.clone().expect("xdp injector"),
@@ -272,18 +286,11 @@ pub(crate) fn check_delivery(
     }
 }
 
-/// The dataplane's xdp_uplink alone (classic BPF_PROG_TEST_RUN, `repeat` runs on one buffer
+/// The dataplane's xdp_uplink alone (classic BPF_PROG_TEST_RUN, `frames` runs on one buffer
 /// restored by the injector): the program's own cost. Checks verdict, counters and the last
 /// output frame (DNAT only: masquerading is the egress hook's job).
-pub fn direct_run(
-    ml: &ModeLab,
-    templates: &Templates,
-    n: usize,
-    traffic: Traffic,
-    repeat: u32,
-    rep: usize,
-    cpu: usize,
-) -> Result<PacketSample> {
+pub fn direct_run(ml: &ModeLab, templates: &Templates, run: Run) -> Result<PacketSample> {
+    let (n, traffic, repeat, rep, cpu) = run.parts();
     let inj = ml.tail.clone().expect("xdp injector");
     let off = scenario::set_offset(traffic, false);
     let first = templates.get(off);

@@ -99,7 +99,14 @@ pub fn profile(
 ) -> Result<Profile> {
     let _enabled = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
     let before = run_stats(ml)?;
-    let s = live_run(ml, pass, templates, n, traffic, frames, 0, cpu)?;
+    let run = super::packets::Run {
+        services: n,
+        traffic,
+        frames,
+        rep: 0,
+        cpu,
+    };
+    let s = live_run(ml, pass, templates, run)?;
     let after = run_stats(ml)?;
     let injector_ns = injector_cost(pass, templates, cpu)?;
     let names = PROGRAMS
