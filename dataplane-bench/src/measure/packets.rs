@@ -51,6 +51,26 @@ pub struct PacketSample {
 }
 
 impl PacketSample {
+    /// The sample of `run` in `row` with its timing; nothing sent or delivered yet.
+    fn timed(row: String, run: Run, timing: &Timing) -> PacketSample {
+        PacketSample {
+            row,
+            services: run.services,
+            traffic: run.traffic,
+            rep: run.rep,
+            frames: run.frames,
+            ns_per_packet: timing.kernel_ns / run.frames as f64,
+            wall_ns_per_packet: timing.wall_ns / run.frames as f64,
+            sent: 0,
+            delivered: 0,
+            per_backend: Vec::new(),
+            untranslated: 0,
+            csum_errors: 0,
+            snat_exhausted: 0,
+            problems: Vec::new(),
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
     }
@@ -139,9 +159,9 @@ pub struct Run {
 }
 
 impl Run {
-    /// (services, traffic, frames, rep, cpu), for the runs' bodies.
-    fn parts(self) -> (usize, Traffic, u32, usize, usize) {
-        (self.services, self.traffic, self.frames, self.rep, self.cpu)
+    /// (traffic, frames, cpu): what the runs' bodies use (the rest goes to the sample).
+    fn parts(self) -> (Traffic, u32, usize) {
+        (self.traffic, self.frames, self.cpu)
     }
 }
 
@@ -152,7 +172,7 @@ pub fn live_run(
     templates: &Templates,
     run: Run,
 ) -> Result<PacketSample> {
-    let (n, traffic, repeat, rep, cpu) = run.parts();
+    let (traffic, repeat, cpu) = run.parts();
     let floor = ml.mode == Mode::NoNat;
     let inj = match ml.mode {
         Mode::EbpfXdp => ml.tail.clone().expect("xdp injector"),
@@ -227,13 +247,6 @@ pub fn live_run(
     }
     check_delivery(&mut problems, sent, &deltas, &total);
     Ok(PacketSample {
-        row: row_key(ml.mode, false),
-        services: n,
-        traffic,
-        rep,
-        frames: repeat,
-        ns_per_packet: timing.kernel_ns / repeat as f64,
-        wall_ns_per_packet: timing.wall_ns / repeat as f64,
         sent,
         delivered: total.no_ports,
         per_backend: deltas.iter().map(|d| d.no_ports).collect(),
@@ -241,6 +254,7 @@ pub fn live_run(
         csum_errors: total.csum_errors,
         snat_exhausted,
         problems,
+        ..PacketSample::timed(row_key(ml.mode, false), run, &timing)
     })
 }
 
@@ -290,14 +304,14 @@ pub(crate) fn check_delivery(
 /// restored by the injector): the program's own cost. Checks verdict, counters and the last
 /// output frame (DNAT only: masquerading is the egress hook's job).
 pub fn direct_run(ml: &ModeLab, templates: &Templates, run: Run) -> Result<PacketSample> {
-    let (n, traffic, repeat, rep, cpu) = run.parts();
+    let (traffic, repeat, cpu) = run.parts();
     let inj = ml.tail.clone().expect("xdp injector");
     let off = scenario::set_offset(traffic, false);
     let first = templates.get(off);
     let mut problems = Vec::new();
     ml.flush_conntrack()?;
     let s0 = ml.stats()?.expect("stats");
-    let run = |first: Vec<u8>, repeat: u32| {
+    let inject = |first: Vec<u8>, repeat: u32| {
         let inj = inj.clone();
         in_netns(&ml.node1.ns, move || -> Result<_> {
             netutil::pin_to_cpu(cpu)?;
@@ -324,7 +338,7 @@ pub fn direct_run(ml: &ModeLab, templates: &Templates, run: Run) -> Result<Packe
         // masquerade ports taken) and new flows are measured at that steady state.
         for (start, count) in chunks(traffic, repeat) {
             templates.walk(off + start, count)?;
-            let (res, out) = run(first.clone(), count)??;
+            let (res, out) = inject(first.clone(), count)??;
             timing.add(&res, count);
             check_out(
                 &res,
@@ -336,9 +350,9 @@ pub fn direct_run(ml: &ModeLab, templates: &Templates, run: Run) -> Result<Packe
         sent = repeat as u64;
     } else {
         templates.walk(off, EST_FLOWS)?;
-        run(first.clone(), EST_FLOWS)??;
+        inject(first.clone(), EST_FLOWS)??;
         templates.walk(off, EST_FLOWS)?;
-        let (res, out) = run(first, repeat)??;
+        let (res, out) = inject(first, repeat)??;
         timing.add(&res, repeat);
         check_out(
             &res,
@@ -379,21 +393,13 @@ pub fn direct_run(ml: &ModeLab, templates: &Templates, run: Run) -> Result<Packe
             "{snat_exhausted} new connections refused: masquerade ports exhausted"
         ));
     }
+    // Nothing reaches a backend here: the output frame is checked instead.
     Ok(PacketSample {
-        row: row_key(Mode::EbpfXdp, true),
-        services: n,
-        traffic,
-        rep,
-        frames: repeat,
-        ns_per_packet: timing.kernel_ns / repeat as f64,
-        wall_ns_per_packet: timing.wall_ns / repeat as f64,
         sent,
         delivered: sent - snat_exhausted,
-        per_backend: Vec::new(),
-        untranslated: 0,
-        csum_errors: 0,
         snat_exhausted,
         problems,
+        ..PacketSample::timed(row_key(Mode::EbpfXdp, true), run, &timing)
     })
 }
 
