@@ -16,10 +16,13 @@ use std::{
 use dataplane::{model::Protocol, services};
 use dataplane_common::{ct::CT_MAX_ENTRIES, Hook, Reason};
 use dataplane_lab::{
-    lab::{Child, Cni, Host, LabSpec, Pod},
+    lab::{Child, Cni, LabSpec, Pod},
     netns,
 };
-use support::cluster::{backend, cluster_ip, with_node_port, Cluster};
+use support::{
+    cluster::{backend, cluster_ip, with_node_port, Cluster},
+    nginx::Nginx,
+};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const VIP2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
@@ -31,73 +34,6 @@ fn spec() -> LabSpec {
         pods_per_node: 2,
         cni: Cni::Flannel,
         ..Default::default()
-    }
-}
-
-/// nginx (Debian's nginx-light) serving `200 ok` on `port` in `host`'s namespace; stops with
-/// the returned child.
-fn nginx(host: &Host, port: u16) -> (Child, tempdir::Dir) {
-    let dir = tempdir::Dir::new("nginx");
-    let conf = dir.path().join("nginx.conf");
-    let d = dir.path().display();
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{ access_log off; client_body_temp_path {d}/body; \
-             server {{ listen {port} reuseport backlog=4096; \
-             location / {{ return 200 \"ok\\n\"; }} }} }}\n"
-        ),
-    )
-    .unwrap();
-    let child = Child::spawn(
-        &host.ns,
-        &["nginx", "-c", conf.to_str().unwrap(), "-g", "daemon off;"],
-    )
-    .expect("nginx (apt-get install nginx-light) must be installed");
-    // Ready when it answers.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let addr = SocketAddrV4::new(host.ip, port);
-    while netns::in_netns(&host.ns, move || {
-        TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200))
-    })
-    .unwrap()
-    .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not start: {}",
-            child.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, dir)
-}
-
-mod tempdir {
-    use std::path::{Path, PathBuf};
-
-    /// A directory removed on drop.
-    pub struct Dir(PathBuf);
-
-    impl Dir {
-        pub fn new(tag: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!("dpl-{}-{tag}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            Dir(p)
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 }
 
@@ -114,7 +50,7 @@ fn ab_field(out: &str, name: &str) -> u64 {
 /// node2's pod: every connection from the external client is masqueraded to node2.
 struct NodePortToNginx {
     // Dropped first: nginx stops before the lab goes.
-    _nginx: (Child, tempdir::Dir),
+    _nginx: Nginx,
     cluster: Cluster,
 }
 
@@ -126,7 +62,7 @@ impl NodePortToNginx {
         })
         .unwrap();
         let b = c.lab.pod(1, 0);
-        let nginx = nginx(&b.host(), 8080);
+        let nginx = Nginx::start(&b.host(), 8080, "ok");
         web_with_node_port(&c, b);
         NodePortToNginx {
             _nginx: nginx,

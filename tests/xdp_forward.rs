@@ -10,78 +10,23 @@
 
 mod support;
 
-use std::{
-    net::{SocketAddrV4, TcpStream},
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddrV4, path::PathBuf, time::Duration};
 
 use dataplane::model::Protocol;
 use dataplane_common::{Hook, Reason};
 use dataplane_lab::{
-    lab::{Child, Cni, Host, LabSpec},
+    lab::{Cni, Host, LabSpec},
     netns,
 };
-use support::cluster::{backend, cluster_ip, with_node_port, Cluster};
-
-/// nginx serving `200 ok` on `port` in `host`'s namespace; stops (and its directory goes)
-/// when dropped.
-struct Nginx {
-    _child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn nginx(host: &Host, port: u16) -> Nginx {
-    let dir =
-        std::env::temp_dir().join(format!("xdpfwd-nginx-{}-{}", std::process::id(), host.name));
-    std::fs::create_dir_all(&dir).unwrap();
-    let d = dir.display();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{ access_log off; client_body_temp_path {d}/body; \
-             server {{ listen {port} reuseport backlog=4096; \
-             location / {{ return 200 \"{} ok\\n\"; }} }} }}\n",
-            host.name
-        ),
-    )
-    .unwrap();
-    let child = Child::spawn(
-        &host.ns,
-        &["nginx", "-c", conf.to_str().unwrap(), "-g", "daemon off;"],
-    )
-    .expect("nginx (apt-get install nginx-light) must be installed");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let addr = SocketAddrV4::new(host.ip, port);
-    while netns::in_netns(&host.ns, move || {
-        TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200))
-    })
-    .unwrap()
-    .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not start: {}",
-            child.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Nginx { _child: child, dir }
-}
+use support::{
+    cluster::{backend, cluster_ip, with_node_port, Cluster},
+    nginx::Nginx,
+};
 
 /// node1 with NodePort 30080 -> nginx on node2's pod (remote, masqueraded) and 30081 -> nginx
 /// on node1's own pod (local); generic XDP, no overlay (host-gw routes on the underlay).
 struct Lab {
-    _web: Vec<Nginx>,
+    _web: [Nginx; 2],
     c: Cluster,
 }
 
@@ -97,7 +42,9 @@ fn start() -> Lab {
     )
     .unwrap();
     let (remote, local) = (c.lab.pod(1, 0), c.lab.pod(0, 0));
-    let web = vec![nginx(&remote.host(), 8080), nginx(&local.host(), 8080)];
+    // Each answers with its pod's name: the tests check which backend served.
+    let web =
+        [remote.host(), local.host()].map(|h| Nginx::start(&h, 8080, &format!("{} ok", h.name)));
     let node1 = c.lab.node(0).underlay_ip;
     let svc = |name: &str, vip: u8, pod, port| {
         with_node_port(

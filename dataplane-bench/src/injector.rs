@@ -64,6 +64,16 @@ impl Templates {
         self.frames.element(index).to_vec()
     }
 
+    /// Starts the injectors' walk over `frames` templates from `offset`: the next run's
+    /// frame `i` is template `offset + i % frames`.
+    pub fn walk(&self, offset: u32, frames: u32) -> Result<()> {
+        self.set_ctl(Ctl {
+            counter: 0,
+            modulus: frames as u64,
+            offset: offset as u64,
+        })
+    }
+
     pub fn set_ctl(&self, ctl: Ctl) -> Result<()> {
         let mut v = Vec::with_capacity(24);
         v.extend_from_slice(&ctl.counter.to_ne_bytes());

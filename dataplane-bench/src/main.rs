@@ -201,15 +201,22 @@ fn run(args: &Args) -> Result<bool> {
         eprintln!("bench: N={n}: loading rules ({:.0?})", started.elapsed());
         load_phase(&mut labs, &svcs, n, &mut results, args.quick)?;
 
+        let run = |traffic, frames, rep| measure::Run {
+            services: n,
+            traffic,
+            frames,
+            rep,
+            cpu: args.cpu,
+        };
         // Calibration: one short run per (mode, traffic), not recorded; sets the frame counts.
         let mut est: HashMap<(String, Traffic), f64> = HashMap::new();
         for ml in &labs {
             for t in Traffic::ALL {
                 check_interrupted()?;
-                let s = measure::live_run(ml, &pass, &templates, n, t, 1000, 0, args.cpu)?;
+                let s = measure::live_run(ml, &pass, &templates, run(t, 1000, 0))?;
                 est.insert((s.row.clone(), t), s.ns_per_packet);
                 if ml.mode == Mode::EbpfXdp {
-                    let s = measure::direct_run(ml, &templates, n, t, 10_000, 0, args.cpu)?;
+                    let s = measure::direct_run(ml, &templates, run(t, 10_000, 0))?;
                     est.insert((s.row.clone(), t), s.ns_per_packet);
                 }
             }
@@ -231,20 +238,13 @@ fn run(args: &Args) -> Result<bool> {
                 for t in Traffic::ALL {
                     check_interrupted()?;
                     let frames = frames_for(budget, est[&(ml.mode.key().to_string(), t)]);
-                    let s = measure::live_run(ml, &pass, &templates, n, t, frames, rep, args.cpu)?;
+                    let s = measure::live_run(ml, &pass, &templates, run(t, frames, rep))?;
                     note(&s);
                     results.packets.push(s);
                     if ml.mode == Mode::EbpfXdp {
                         // The program alone is ~100 ns: always 100,000 runs.
-                        let s = measure::direct_run(
-                            ml,
-                            &templates,
-                            n,
-                            t,
-                            scenario::NEW_FLOWS,
-                            rep,
-                            args.cpu,
-                        )?;
+                        let s =
+                            measure::direct_run(ml, &templates, run(t, scenario::NEW_FLOWS, rep))?;
                         note(&s);
                         results.packets.push(s);
                     }
@@ -397,6 +397,18 @@ fn note(s: &PacketSample) {
     }
 }
 
+/// node1's service table over the in-memory model of the maps: the dataplane's planning
+/// without a single bpf() call.
+fn mem_table() -> Result<dataplane::services::ServiceTable<dataplane::services::MemMaps>> {
+    dataplane::services::ServiceTable::with_store(
+        dataplane::services::MemMaps::default(),
+        dataplane::services::LocalContext {
+            node_name: "node1".into(),
+            ..Default::default()
+        },
+    )
+}
+
 /// `--only plan`: the dataplane's full sync into the in-memory maps (planning, no bpf() call),
 /// 5 times per N: what to run under `perf record` to profile the planner.
 fn plan_only(sweep: &[usize]) -> Result<bool> {
@@ -406,13 +418,7 @@ fn plan_only(sweep: &[usize]) -> Result<bool> {
             .map(scenario::to_model)
             .collect();
         for rep in 0..5 {
-            let mut table = dataplane::services::ServiceTable::with_store(
-                dataplane::services::MemMaps::default(),
-                dataplane::services::LocalContext {
-                    node_name: "node1".into(),
-                    ..Default::default()
-                },
-            )?;
+            let mut table = mem_table()?;
             let t0 = Instant::now();
             let r = table.sync(&models)?;
             println!(
@@ -486,13 +492,7 @@ fn load_phase(
     // ServiceTable::sync, without a single bpf() call (where its time goes).
     {
         let models: Vec<_> = svcs.iter().map(scenario::to_model).collect();
-        let mut table = dataplane::services::ServiceTable::with_store(
-            dataplane::services::MemMaps::default(),
-            dataplane::services::LocalContext {
-                node_name: "node1".into(),
-                ..Default::default()
-            },
-        )?;
+        let mut table = mem_table()?;
         let t0 = Instant::now();
         let rep = table.sync(&models)?;
         results.loads.push(LoadSample {
@@ -505,6 +505,18 @@ fn load_phase(
         });
     }
     for ml in labs.iter_mut() {
+        // One timed write of this mode at this N.
+        let row = ml.mode.key();
+        let mut sample = |kind: &str, rep, t: Duration, map_entries| {
+            results.loads.push(LoadSample {
+                row: row.into(),
+                services: n,
+                kind: kind.into(),
+                rep,
+                secs: t.as_secs_f64(),
+                map_entries,
+            })
+        };
         ml.flush_conntrack()?;
         // The sync target compares these two at 10,000 services: give them 3 samples there too.
         let reps_here = if n >= 10_000
@@ -518,14 +530,7 @@ fn load_phase(
         for rep in 0..reps_here {
             check_interrupted()?;
             if let Some((t, e)) = ml.load_full(svcs)? {
-                results.loads.push(LoadSample {
-                    row: ml.mode.key().into(),
-                    services: n,
-                    kind: "full".into(),
-                    rep,
-                    secs: t.as_secs_f64(),
-                    map_entries: e,
-                });
+                sample("full", rep, t, e);
             }
         }
         for rep in 0..2 {
@@ -536,14 +541,7 @@ fn load_phase(
                 ml.apply_change(svcs, &after, &before)?
             };
             if let Some((t, e)) = r {
-                results.loads.push(LoadSample {
-                    row: ml.mode.key().into(),
-                    services: n,
-                    kind: "one_change".into(),
-                    rep,
-                    secs: t.as_secs_f64(),
-                    map_entries: e,
-                });
+                sample("one_change", rep, t, e);
             }
         }
         // One changed endpoint through the agent's own apply: the delta path (9 samples, the
@@ -551,14 +549,7 @@ fn load_phase(
         for (kind, reps, full) in [("agent_change", 9, false), ("agent_full_diff", 3, true)] {
             let samples = ml.agent_changes(svcs, (&before, &after), reps, full)?;
             for (rep, (t, e)) in samples.into_iter().enumerate() {
-                results.loads.push(LoadSample {
-                    row: ml.mode.key().into(),
-                    services: n,
-                    kind: kind.into(),
-                    rep,
-                    secs: t.as_secs_f64(),
-                    map_entries: Some(e),
-                });
+                sample(kind, rep, t, Some(e));
             }
         }
         for rep in 0..2 {
@@ -568,14 +559,7 @@ fn load_phase(
                 ml.upsert_one(&before)?
             };
             if let Some((t, e)) = r {
-                results.loads.push(LoadSample {
-                    row: ml.mode.key().into(),
-                    services: n,
-                    kind: "upsert".into(),
-                    rep,
-                    secs: t.as_secs_f64(),
-                    map_entries: e,
-                });
+                sample("upsert", rep, t, e);
             }
         }
     }

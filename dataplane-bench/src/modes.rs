@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::programs::{
@@ -21,8 +21,10 @@ use dataplane_lab::netns::{self, in_netns};
 
 use crate::injector::{Injector, Templates};
 use crate::netutil::{self, UdpCounter, UdpStats};
-use crate::rules::{self, Svc};
+
 use crate::scenario::{self, NODE1_MAC};
+
+mod control;
 
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -143,25 +145,9 @@ impl ModeLab {
         let mut backends = Vec::new();
         for p in &node2.pods {
             netutil::permanent_neighbor(&p.ns, gw, &scenario::CALICO_MAC, "eth0")?;
-            // Backends answer nothing (no ICMP port unreachable): the only work a delivered
-            // packet causes there is the UDP lookup that counts it.
-            netns::set_sysctls(
-                &p.ns,
-                &[
-                    ("net.ipv4.icmp_msgs_per_sec", "0"),
-                    ("net.ipv4.icmp_msgs_burst", "0"),
-                ],
-            )?;
-            let m = netutil::mac(&p.ns, "eth0")?;
-            netutil::permanent_neighbor(&node2.ns, p.ip, &m, &p.host_iface)?;
-            let untranslated = in_netns(&p.ns, || {
-                UdpSocket::bind(SocketAddrV4::new(
-                    Ipv4Addr::UNSPECIFIED,
-                    scenario::SERVICE_PORT,
-                ))
-            })??;
+            let (counter, untranslated) = netutil::udp_backend(&node2, p)?;
             backends.push(BackendPod {
-                counter: UdpCounter::open(&p.ns)?,
+                counter,
                 _untranslated: untranslated,
             });
         }
@@ -293,19 +279,11 @@ impl ModeLab {
         let (dp, res) = in_netns(&self.node1.ns, move || {
             let mut dp = dp;
             let res = (|| -> Result<(XdpLinkId, SchedClassifierLinkId)> {
-                let x: &mut Xdp = dp
-                    .ebpf
-                    .program_mut("xdp_uplink")
-                    .ok_or_else(|| anyhow!("no xdp_uplink"))?
-                    .try_into()?;
+                let x: &mut Xdp = loader::program(&mut dp.ebpf, "xdp_uplink")?;
                 let xl = x
                     .attach("eth0", XdpMode::Driver)
                     .context("attaching xdp_uplink")?;
-                let t: &mut SchedClassifier = dp
-                    .ebpf
-                    .program_mut("tc_pod_ingress")
-                    .ok_or_else(|| anyhow!("no tc_pod_ingress"))?
-                    .try_into()?;
+                let t: &mut SchedClassifier = loader::program(&mut dp.ebpf, "tc_pod_ingress")?;
                 let tl = t
                     .attach(&veth, TcAttachType::Ingress)
                     .context("attaching tc_pod_ingress")?;
@@ -323,17 +301,9 @@ impl ModeLab {
             return Ok(());
         };
         let dp = self.datapath.as_mut().expect("datapath");
-        let x: &mut Xdp = dp
-            .ebpf
-            .program_mut("xdp_uplink")
-            .ok_or_else(|| anyhow!("no xdp_uplink"))?
-            .try_into()?;
+        let x: &mut Xdp = loader::program(&mut dp.ebpf, "xdp_uplink")?;
         x.detach(xl)?;
-        let t: &mut SchedClassifier = dp
-            .ebpf
-            .program_mut("tc_pod_ingress")
-            .ok_or_else(|| anyhow!("no tc_pod_ingress"))?
-            .try_into()?;
+        let t: &mut SchedClassifier = loader::program(&mut dp.ebpf, "tc_pod_ingress")?;
         t.detach(tl)?;
         Ok(())
     }
@@ -396,173 +366,6 @@ impl ModeLab {
             None => Ok(None),
         }
     }
-
-    /// Loads the whole rule set / service table for `svcs` from empty and returns how long
-    /// the load itself took (emptying first is not timed).
-    pub fn load_full(&mut self, svcs: &[Svc]) -> Result<Option<(Duration, Option<usize>)>> {
-        let facts = scenario::facts();
-        let ns = self.node1.ns.clone();
-        match self.mode {
-            Mode::NoNat => Ok(None),
-            Mode::IptablesLegacy | Mode::IptablesNft => {
-                let tool = if self.mode == Mode::IptablesLegacy {
-                    "iptables-legacy-restore"
-                } else {
-                    "iptables-nft-restore"
-                };
-                netutil::run_with_stdin(&ns, &[tool], b"*filter\nCOMMIT\n*nat\nCOMMIT\n")?;
-                let t = netutil::run_with_stdin(
-                    &ns,
-                    &[tool],
-                    rules::iptables_full(svcs, &facts).as_bytes(),
-                )?;
-                Ok(Some((t, None)))
-            }
-            Mode::Nftables => {
-                if self.nft_loaded {
-                    netns::run_in(&ns, &["nft", "delete", "table", "ip", "kube-proxy"])?;
-                }
-                let t = netutil::run_with_stdin(
-                    &ns,
-                    &["nft", "-f", "/dev/stdin"],
-                    rules::nft_full(svcs, &facts).as_bytes(),
-                )?;
-                self.nft_loaded = true;
-                Ok(Some((t, None)))
-            }
-            Mode::EbpfTc | Mode::EbpfXdp => {
-                let table = self.table.as_mut().expect("service table");
-                table.sync(&[])?;
-                let models: Vec<_> = svcs.iter().map(scenario::to_model).collect();
-                let t0 = Instant::now();
-                let rep = table.sync(&models)?;
-                let t = t0.elapsed();
-                Ok(Some((t, Some(rep.written() + rep.deleted()))))
-            }
-        }
-    }
-
-    /// Applies `after` in place of `before` (one service's endpoints changed) the way each
-    /// implementation's control plane does, and returns the time taken. `svcs` is the full
-    /// desired state after the change.
-    pub fn apply_change(
-        &mut self,
-        svcs: &[Svc],
-        before: &Svc,
-        after: &Svc,
-    ) -> Result<Option<(Duration, Option<usize>)>> {
-        let facts = scenario::facts();
-        let ns = self.node1.ns.clone();
-        match self.mode {
-            Mode::NoNat => Ok(None),
-            Mode::IptablesLegacy | Mode::IptablesNft => {
-                let tool = if self.mode == Mode::IptablesLegacy {
-                    "iptables-legacy-restore"
-                } else {
-                    "iptables-nft-restore"
-                };
-                let text = rules::iptables_partial(svcs, &facts, after, before);
-                Ok(Some((
-                    netutil::run_with_stdin(&ns, &[tool, "--noflush"], text.as_bytes())?,
-                    None,
-                )))
-            }
-            Mode::Nftables => {
-                let text = rules::nft_change(after, before, &facts);
-                Ok(Some((
-                    netutil::run_with_stdin(&ns, &["nft", "-f", "/dev/stdin"], text.as_bytes())?,
-                    None,
-                )))
-            }
-            Mode::EbpfTc | Mode::EbpfXdp => {
-                let table = self.table.as_mut().expect("service table");
-                let models: Vec<_> = svcs.iter().map(scenario::to_model).collect();
-                let t0 = Instant::now();
-                let rep = table.sync(&models)?;
-                let t = t0.elapsed();
-                Ok(Some((t, Some(rep.written() + rep.deleted()))))
-            }
-        }
-    }
-
-    /// The dataplane only: `upsert` of the one changed service (what a control plane with
-    /// per-object events does instead of a full desired-state sync).
-    pub fn upsert_one(&mut self, svc: &Svc) -> Result<Option<(Duration, Option<usize>)>> {
-        let Some(table) = self.table.as_mut() else {
-            return Ok(None);
-        };
-        let model = scenario::to_model(svc);
-        let t0 = Instant::now();
-        let rep = table.upsert(&model)?;
-        let t = t0.elapsed();
-        Ok(Some((t, Some(rep.written() + rep.deleted()))))
-    }
-
-    /// The dataplane only: one changed endpoint through the agent's own path
-    /// (`dataplane::agent::apply`: the delta against the previous state, the service maps,
-    /// source ranges, service names, the change counters), `reps` times, applying the changed
-    /// and the original state in turn after one untimed full apply. Each sample is what the
-    /// agent records in `kubeproxy_network_programming_duration_seconds`: from the source's
-    /// state reaching the agent to its maps written. (time, entries written + deleted).
-    /// `full_diff`: without the previous state, so every change diffs every service port (the
-    /// agent's cost per change before the delta path; the comparison).
-    pub fn agent_changes(
-        &mut self,
-        svcs: &[Svc],
-        (before, after): (&Svc, &Svc),
-        reps: usize,
-        full_diff: bool,
-    ) -> Result<Vec<(Duration, usize)>> {
-        let (Some(table), Some(dp), Some(pin_dir)) = (
-            self.table.as_mut(),
-            self.datapath.as_ref(),
-            self.pin_dir.as_ref(),
-        ) else {
-            return Ok(Vec::new());
-        };
-        // Sorted by name, as the sources publish their states.
-        let state = |swap: bool| {
-            let mut services: Vec<_> = svcs
-                .iter()
-                .map(|s| match (swap, s == before) {
-                    (true, true) => scenario::to_model(after),
-                    _ => scenario::to_model(s),
-                })
-                .collect();
-            services.sort_by(|a, b| a.name.cmp(&b.name));
-            Arc::new(dataplane::model::ClusterState {
-                services,
-                ..Default::default()
-            })
-        };
-        let states = [state(false), state(true)];
-        let mut ranges = dataplane::services::SourceRanges::open(&dp.ebpf)?;
-        let mut names = dataplane::services::ServiceNames::open_or_create(pin_dir)?;
-        let status = dataplane::metrics::AgentStatus::default();
-        let mut apply = |prev: Option<&dataplane::model::ClusterState>,
-                         next: &dataplane::model::ClusterState| {
-            dataplane::agent::apply(table, &mut ranges, &mut names, prev, next, &status, None)
-        };
-        if !apply(None, &states[0]) {
-            bail!("the full apply of {} services was incomplete", svcs.len());
-        }
-        let entries = |st: &dataplane::metrics::AgentStatus| {
-            st.entries_written.load(Ordering::Relaxed) + st.entries_deleted.load(Ordering::Relaxed)
-        };
-        let mut out = Vec::new();
-        for rep in 0..reps {
-            let (prev, next) = (&states[rep % 2], &states[(rep + 1) % 2]);
-            let e0 = entries(&status);
-            let t0 = Instant::now();
-            let complete = apply((!full_diff).then_some(&**prev), next);
-            let t = t0.elapsed();
-            if !complete {
-                bail!("one change was not applied completely");
-            }
-            out.push((t, (entries(&status) - e0) as usize));
-        }
-        Ok(out)
-    }
 }
 
 impl Drop for ModeLab {
@@ -621,11 +424,7 @@ fn attach_tc(
         let mut links = Vec::new();
         let res = (|| -> Result<()> {
             for (name, iface, kind) in &set {
-                let prog: &mut SchedClassifier = dp
-                    .ebpf
-                    .program_mut(name)
-                    .ok_or_else(|| anyhow!("no {name}"))?
-                    .try_into()?;
+                let prog: &mut SchedClassifier = loader::program(&mut dp.ebpf, name)?;
                 let id = prog
                     .attach(iface, *kind)
                     .with_context(|| format!("attaching {name} to {iface} {kind:?}"))?;

@@ -44,6 +44,33 @@ pub fn permanent_neighbor(ns: &str, ip: Ipv4Addr, mac: &[u8; 6], dev: &str) -> R
     Ok(())
 }
 
+/// Readies pod `p` of `node` as a UDP backend of the benchmark: it answers nothing (no ICMP
+/// port unreachable: the only work a delivered packet causes there is the UDP lookup that
+/// counts it), the node reaches it without ARP, and a socket bound to the service port takes
+/// what arrives untranslated (counted as an error, not answered). Returns its delivery counter
+/// and that socket.
+pub fn udp_backend(
+    node: &dataplane_lab::lab::Node,
+    p: &dataplane_lab::lab::Pod,
+) -> Result<(UdpCounter, std::net::UdpSocket)> {
+    netns::set_sysctls(
+        &p.ns,
+        &[
+            ("net.ipv4.icmp_msgs_per_sec", "0"),
+            ("net.ipv4.icmp_msgs_burst", "0"),
+        ],
+    )?;
+    let m = mac(&p.ns, "eth0")?;
+    permanent_neighbor(&node.ns, p.ip, &m, &p.host_iface)?;
+    let untranslated = in_netns(&p.ns, || {
+        std::net::UdpSocket::bind(std::net::SocketAddrV4::new(
+            Ipv4Addr::UNSPECIFIED,
+            crate::scenario::SERVICE_PORT,
+        ))
+    })??;
+    Ok((UdpCounter::open(&p.ns)?, untranslated))
+}
+
 /// The `Udp: NoPorts` counter of one namespace: datagrams that reached the host with a valid
 /// checksum, for a port nothing listens on. Backends count what the benchmark delivered to
 /// them this way (only correctly translated packets are addressed to them, and a broken

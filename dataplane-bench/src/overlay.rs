@@ -3,7 +3,7 @@
 //! device configured as flannel configures flannel.1, with host-gw routing (no tunnel) as the
 //! floor. Same injector, same packets, same delivery counters as the service measurements.
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use dataplane_lab::lab::{Child, Cni, Lab, LabSpec, Node};
 use dataplane_lab::netns::{self, in_netns};
 use serde::Serialize;
 
-use crate::injector::{Ctl, Ingress, Injector, Templates};
+use crate::injector::{Ingress, Injector, Templates};
 use crate::netutil::{self, UdpCounter, UdpStats};
 use crate::scenario::{self, Traffic, EST_FLOWS};
 
@@ -115,22 +115,9 @@ impl TunnelLab {
         let mut counters = Vec::new();
         let mut sockets = Vec::new();
         for p in &node2.pods {
-            netns::set_sysctls(
-                &p.ns,
-                &[
-                    ("net.ipv4.icmp_msgs_per_sec", "0"),
-                    ("net.ipv4.icmp_msgs_burst", "0"),
-                ],
-            )?;
-            let m = netutil::mac(&p.ns, "eth0")?;
-            netutil::permanent_neighbor(&node2.ns, p.ip, &m, &p.host_iface)?;
-            sockets.push(in_netns(&p.ns, || {
-                UdpSocket::bind(SocketAddrV4::new(
-                    Ipv4Addr::UNSPECIFIED,
-                    scenario::SERVICE_PORT,
-                ))
-            })??);
-            counters.push(UdpCounter::open(&p.ns)?);
+            let (counter, socket) = netutil::udp_backend(&node2, p)?;
+            sockets.push(socket);
+            counters.push(counter);
         }
         let ifindex_pod = netutil::ifindex(&node1.ns, &node1.pods[0].host_iface)?;
         let mut t = TunnelLab {
@@ -465,11 +452,7 @@ pub fn run(
     let first = templates.get(off);
     let c0 = t.counts()?;
     let s0 = (t.stats(0)?, t.stats(1)?);
-    templates.set_ctl(Ctl {
-        counter: 0,
-        modulus: EST_FLOWS as u64,
-        offset: off as u64,
-    })?;
+    templates.walk(off, EST_FLOWS)?;
     let (inj, ifindex) = (pass.clone(), t.ifindex_pod);
     let res = in_netns(&t.node1.ns, move || -> Result<_> {
         netutil::pin_to_cpu(cpu)?;

@@ -252,12 +252,7 @@ pub fn iptables_partial(svcs: &[Svc], facts: &NodeFacts, changed: &Svc, before: 
     out.push_str(FILTER_KUBE_FORWARD);
     out.push_str("COMMIT\n*nat\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-SERVICES - [0:0]\n");
     service_chain_decls(&mut out, changed);
-    let stale: Vec<Ipv4Addr> = before
-        .endpoints
-        .iter()
-        .filter(|ep| !changed.endpoints.contains(ep))
-        .copied()
-        .collect();
+    let stale: Vec<Ipv4Addr> = only_in(before, changed).collect();
     for ep in &stale {
         let _ = writeln!(out, ":{} - [0:0]", sep_chain(before, *ep));
     }
@@ -449,15 +444,13 @@ pub fn nft_full(svcs: &[Svc], facts: &NodeFacts) -> String {
 /// endpoint chains, the service chain flushed and rewritten, the old endpoint chains deleted).
 pub fn nft_change(changed: &Svc, before: &Svc, facts: &NodeFacts) -> String {
     let mut out = String::new();
-    for ep in &changed.endpoints {
-        if !before.endpoints.contains(ep) {
-            let _ = writeln!(
-                out,
-                "add chain ip kube-proxy {}",
-                nft_endpoint_chain(changed, *ep)
-            );
-            nft_endpoint_rules(&mut out, changed, *ep);
-        }
+    for ep in only_in(changed, before) {
+        let _ = writeln!(
+            out,
+            "add chain ip kube-proxy {}",
+            nft_endpoint_chain(changed, ep)
+        );
+        nft_endpoint_rules(&mut out, changed, ep);
     }
     let _ = writeln!(
         out,
@@ -465,16 +458,22 @@ pub fn nft_change(changed: &Svc, before: &Svc, facts: &NodeFacts) -> String {
         nft_service_chain(changed)
     );
     nft_service_rules(&mut out, changed, facts);
-    for ep in &before.endpoints {
-        if !changed.endpoints.contains(ep) {
-            let _ = writeln!(
-                out,
-                "delete chain ip kube-proxy {}",
-                nft_endpoint_chain(before, *ep)
-            );
-        }
+    for ep in only_in(before, changed) {
+        let _ = writeln!(
+            out,
+            "delete chain ip kube-proxy {}",
+            nft_endpoint_chain(before, ep)
+        );
     }
     out
+}
+
+/// The endpoints of `a` that `b` does not list, in `a`'s order.
+fn only_in<'a>(a: &'a Svc, b: &'a Svc) -> impl Iterator<Item = Ipv4Addr> + 'a {
+    a.endpoints
+        .iter()
+        .filter(|ep| !b.endpoints.contains(ep))
+        .copied()
 }
 
 #[cfg(test)]

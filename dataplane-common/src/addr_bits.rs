@@ -107,8 +107,7 @@ pub const fn maybe_ingress(word: &AddrBits, probe: &AddrProbe) -> bool {
     word.ingress & probe.mask == probe.mask
 }
 
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for AddrBits {}
+user_pod!(AddrBits);
 
 #[cfg(test)]
 mod tests {

@@ -78,5 +78,4 @@ impl Config {
     }
 }
 
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for Config {}
+user_pod!(Config);

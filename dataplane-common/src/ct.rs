@@ -43,6 +43,22 @@ pub struct CtKey {
     pub _pad: [u8; 2],
 }
 
+impl CtKey {
+    /// The key of a flow (addresses and ports in network order) at the hooks of `phase`.
+    #[inline(always)]
+    pub const fn new(saddr: u32, sport: u16, daddr: u32, dport: u16, proto: u8, phase: u8) -> Self {
+        CtKey {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto,
+            phase,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// Entry applies at ingress hooks (XDP on the uplink, tc ingress of pod devices), before the
 /// kernel routes the packet.
 pub const PHASE_INGRESS: u8 = 0;
@@ -83,6 +99,27 @@ pub struct CtValue {
     /// `CT_F_*` flags, fixed at creation.
     pub flags: u8,
     pub _pad: [u8; 3],
+}
+
+impl CtValue {
+    /// An entry that rewrites its packets to (`saddr`:`sport` -> `daddr`:`dport`, network
+    /// order) with `flags`; nothing else set (no frontend, no clock, nothing counted or seen).
+    pub const fn rewriting(saddr: u32, sport: u16, daddr: u32, dport: u16, flags: u8) -> Self {
+        CtValue {
+            nat_saddr: saddr,
+            nat_daddr: daddr,
+            nat_sport: sport,
+            nat_dport: dport,
+            frontend_id: 0,
+            created_ns: 0,
+            last_seen_ns: 0,
+            packets: 0,
+            bytes: 0,
+            seen: 0,
+            flags,
+            _pad: [0; 3],
+        }
+    }
 }
 
 /// This entry is the reply direction of its connection.
@@ -272,14 +309,7 @@ pub struct FragValue {
 /// Entries of `FRAGS_V1` (LRU: datagrams in flight, like Cilium's IPV4_FRAG_DATAGRAMS).
 pub const MAX_FRAG_DATAGRAMS: u32 = 8_192;
 
-#[cfg(feature = "user")]
-mod pod {
-    use super::*;
-    unsafe impl aya::Pod for CtKey {}
-    unsafe impl aya::Pod for CtValue {}
-    unsafe impl aya::Pod for FragKey {}
-    unsafe impl aya::Pod for FragValue {}
-}
+user_pod!(CtKey, CtValue, FragKey, FragValue);
 
 #[cfg(test)]
 mod tests {
@@ -307,26 +337,11 @@ mod tests {
     }
 
     fn entry(nat: (u32, u16, u32, u16), flags: u8) -> CtValue {
-        CtValue {
-            nat_saddr: nat.0,
-            nat_sport: nat.1,
-            nat_daddr: nat.2,
-            nat_dport: nat.3,
-            flags,
-            ..CtValue::default()
-        }
+        CtValue::rewriting(nat.0, nat.1, nat.2, nat.3, flags)
     }
 
     fn key(t: (u32, u16, u32, u16), phase: u8) -> CtKey {
-        CtKey {
-            saddr: t.0,
-            sport: t.1,
-            daddr: t.2,
-            dport: t.3,
-            proto: 6,
-            phase,
-            _pad: [0; 2],
-        }
+        CtKey::new(t.0, t.1, t.2, t.3, 6, phase)
     }
 
     /// The four entries `create` writes for a masqueraded connection with a remapped client

@@ -19,6 +19,18 @@ pub struct ServiceKey {
     pub _pad: u8,
 }
 
+impl ServiceKey {
+    /// The key of `addr:port` (network order) for protocol `proto`.
+    pub const fn new(addr: u32, port: u16, proto: u8) -> Self {
+        ServiceKey {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
 /// `SERVICES_V1` value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -214,18 +226,16 @@ pub const REJECT_NS_PER_TOKEN: u64 = 1_000_000;
 /// The kernel's net.ipv4.icmp_msgs_burst.
 pub const REJECT_BURST: u64 = 50;
 
-#[cfg(feature = "user")]
-mod pod {
-    unsafe impl aya::Pod for SourceRangeKey {}
-    use super::*;
-    unsafe impl aya::Pod for ServiceKey {}
-    unsafe impl aya::Pod for ServiceValue {}
-    unsafe impl aya::Pod for ServiceName {}
-    unsafe impl aya::Pod for BackendKey {}
-    unsafe impl aya::Pod for BackendValue {}
-    unsafe impl aya::Pod for AffinityKey {}
-    unsafe impl aya::Pod for AffinityValue {}
-    unsafe impl aya::Pod for SockAffinityKey {}
-    unsafe impl aya::Pod for SockRevNatKey {}
-    unsafe impl aya::Pod for SockRevNatValue {}
-}
+user_pod!(
+    SourceRangeKey,
+    ServiceKey,
+    ServiceValue,
+    ServiceName,
+    BackendKey,
+    BackendValue,
+    AffinityKey,
+    AffinityValue,
+    SockAffinityKey,
+    SockRevNatKey,
+    SockRevNatValue
+);

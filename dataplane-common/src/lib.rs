@@ -5,6 +5,18 @@
 //! pinned map of another version refuses to misread it.
 #![no_std]
 
+/// `aya::Pod` for map key/value types, with the `user` feature only (the programs have no
+/// aya): every type here is `#[repr(C)]` with explicit padding, so any bytes of its size are a
+/// value. Defined before the modules so that each can use it.
+macro_rules! user_pod {
+    ($($t:ty),+ $(,)?) => {
+        $(
+            #[cfg(feature = "user")]
+            unsafe impl aya::Pod for $t {}
+        )+
+    };
+}
+
 pub mod addr_bits;
 pub mod config;
 pub mod csum;

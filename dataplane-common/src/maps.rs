@@ -8,22 +8,8 @@
 
 use core::mem::size_of;
 
-use crate::{
-    addr_bits::{AddrBits, ADDR_BITS_WORDS},
-    ct::{Config, CtKey, CtValue, FragKey, FragValue, CT_MAX_ENTRIES, MAX_FRAG_DATAGRAMS},
-    lb::{
-        AffinityKey, AffinityValue, BackendKey, BackendValue, RejectBucket, ServiceKey,
-        ServiceName, ServiceValue, SockAffinityKey, SockRevNatKey, SockRevNatValue, SourceRangeKey,
-        MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_FRONTENDS, MAX_LB_ADDRS, MAX_SOCK_ENTRIES,
-        MAX_SOURCE_RANGES,
-    },
-    monitor::{MonitorTokens, EVENTS_RING_BYTES},
-    overlay::{
-        OverlayConfig, OverlayNextHop, OverlayPeer, OverlayRoute, MAX_OVERLAY_NEXTHOPS,
-        MAX_OVERLAY_PEERS, MAX_OVERLAY_ROUTES,
-    },
-    StatsValue, STATS_ENTRIES,
-};
+// Globs: the table names the key/value types and sizes of every map, as the eBPF side does.
+use crate::{addr_bits::*, ct::*, lb::*, monitor::*, overlay::*, StatsValue, STATS_ENTRIES};
 
 /// The kernel map type (`enum bpf_map_type`), of the kinds this datapath uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -86,12 +86,7 @@ pub struct MonitorTokens {
     pub _pad: [u8; 2],
 }
 
-#[cfg(feature = "user")]
-mod pod {
-    use super::*;
-    unsafe impl aya::Pod for MonitorEvent {}
-    unsafe impl aya::Pod for MonitorTokens {}
-}
+user_pod!(MonitorEvent, MonitorTokens);
 
 #[cfg(test)]
 mod tests {

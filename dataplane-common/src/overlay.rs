@@ -320,15 +320,13 @@ pub fn vxlan_udp_checksum(
     }
 }
 
-#[cfg(feature = "user")]
-mod pod {
-    use super::*;
-    unsafe impl aya::Pod for OverlayConfig {}
-    unsafe impl aya::Pod for RouteKey {}
-    unsafe impl aya::Pod for OverlayRoute {}
-    unsafe impl aya::Pod for OverlayPeer {}
-    unsafe impl aya::Pod for OverlayNextHop {}
-}
+user_pod!(
+    OverlayConfig,
+    RouteKey,
+    OverlayRoute,
+    OverlayPeer,
+    OverlayNextHop
+);
 
 #[cfg(test)]
 mod tests {

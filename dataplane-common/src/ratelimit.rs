@@ -38,8 +38,7 @@ impl TokenBucket {
     }
 }
 
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for TokenBucket {}
+user_pod!(TokenBucket);
 
 #[cfg(test)]
 mod tests {

@@ -244,8 +244,7 @@ pub struct StatsValue {
     pub bytes: u64,
 }
 
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for StatsValue {}
+user_pod!(StatsValue);
 
 #[cfg(test)]
 mod tests {

@@ -56,15 +56,7 @@ impl Phase {
 
 #[inline(always)]
 fn key(saddr: u32, sport: u16, daddr: u32, dport: u16, proto: u8, phase: Phase) -> CtKey {
-    CtKey {
-        saddr,
-        daddr,
-        sport,
-        dport,
-        proto,
-        phase: phase.code(),
-        _pad: [0; 2],
-    }
+    CtKey::new(saddr, sport, daddr, dport, proto, phase.code())
 }
 
 /// The phase-matching rule, the one place it is written: a packet at a hook of `phase` meets
@@ -304,6 +296,23 @@ struct Claim {
     outcome: u32,
 }
 
+impl Claim {
+    /// A search for `key` (its destination port varied), to insert `value` under.
+    #[inline(always)]
+    fn new(key: CtKey, value: CtValue, now: u64) -> Claim {
+        Claim {
+            key,
+            value,
+            now,
+            draw: 0,
+            keep: 0,
+            port: 0,
+            last_resort: 0,
+            outcome: CLAIM_NONE,
+        }
+    }
+}
+
 const CLAIM_NONE: u32 = 0;
 const CLAIM_TAKEN: u32 = 1;
 const CLAIM_STALE: u32 = 2;
@@ -397,11 +406,9 @@ pub fn create(
 ) -> Result<Tuple, Reason> {
     let masq_addr = config().masq_addr;
     let masq = svc.flags & SVC_F_MASQUERADE != 0 || backend.addr == pkt.flow.saddr;
-    let (c, cp, f, fp, b, bp, proto) = (
+    let (c, cp, b, bp, proto) = (
         pkt.flow.saddr,
         pkt.flow.sport,
-        pkt.flow.daddr,
-        pkt.flow.dport,
         backend.addr,
         backend.port,
         pkt.flow.proto,
@@ -409,39 +416,17 @@ pub fn create(
     let masq_flags = if masq { CT_F_MASQ | CT_F_SNAT } else { 0 };
     // Replies leave as frontend -> client. Their tuple (backend -> client port) is claimed
     // first: if another live connection holds it, the client port is remapped.
-    let restored = Tuple {
-        saddr: f,
-        daddr: c,
-        sport: fp,
-        dport: cp,
-    };
     // One value is reused for every entry written here: four 56-byte values would crowd the
     // 512-byte stack.
-    let mut w = Claim {
-        key: key(b, bp, c, 0, proto, Phase::Egress),
-        value: entry(restored, svc.frontend_id, CT_F_REPLY | masq_flags, now),
+    let mut w = Claim::new(
+        key(b, bp, c, 0, proto, Phase::Egress),
+        entry(reply_of(pkt), svc.frontend_id, CT_F_REPLY | masq_flags, now),
         now,
-        draw: 0,
-        keep: 0,
-        port: 0,
-        last_resort: 0,
-        outcome: CLAIM_NONE,
-    };
-    let cp2 = claim(&mut w, cp).ok_or(Reason::DropSnatPortsExhausted)?;
-    let remap = if cp2 != cp { CT_F_SNAT } else { 0 };
-    let dnat = Tuple {
-        saddr: c,
-        daddr: b,
-        sport: cp2,
-        dport: bp,
-    };
+    );
+    let (cp2, remap) = claim_reply(&mut w, cp)?;
+    let dnat = Tuple::new(c, cp2, b, bp);
     if masq {
-        let back = Tuple {
-            saddr: b,
-            daddr: c,
-            sport: bp,
-            dport: cp2,
-        };
+        let back = Tuple::new(b, bp, c, cp2);
         let reply_key = w.key;
         retarget(&mut w.value, back, CT_F_REPLY | masq_flags);
         w.key = key(b, bp, masq_addr, 0, proto, Phase::Ingress);
@@ -449,12 +434,7 @@ pub fn create(
             let _ = CT_V2.remove(&reply_key);
             return Err(Reason::DropSnatPortsExhausted);
         };
-        let masqueraded = Tuple {
-            saddr: masq_addr,
-            daddr: b,
-            sport: mp,
-            dport: bp,
-        };
+        let masqueraded = Tuple::new(masq_addr, mp, b, bp);
         retarget(&mut w.value, masqueraded, masq_flags);
         insert(&key(c, cp2, b, bp, proto, Phase::Egress), &w.value)?;
     }
@@ -474,42 +454,41 @@ pub fn create_host(
     len: u32,
     now: u64,
 ) -> Result<Tuple, Reason> {
-    let (n, np, f, fp, b, bp, proto) = (
-        pkt.flow.saddr,
-        pkt.flow.sport,
-        pkt.flow.daddr,
-        pkt.flow.dport,
-        backend.addr,
-        backend.port,
-        pkt.flow.proto,
-    );
-    let restored = Tuple {
-        saddr: f,
-        daddr: n,
-        sport: fp,
-        dport: np,
-    };
-    let mut w = Claim {
-        key: key(b, bp, n, 0, proto, Phase::Ingress),
-        value: entry(restored, svc.frontend_id, CT_F_HOST | CT_F_REPLY, now),
+    // The node's socket n:np -> frontend becomes n:np2 -> backend b:bp; replies are keyed
+    // b:bp -> n at ingress.
+    let (n, np) = (pkt.flow.saddr, pkt.flow.sport);
+    let (b, bp) = (backend.addr, backend.port);
+    let mut w = Claim::new(
+        key(b, bp, n, 0, pkt.flow.proto, Phase::Ingress),
+        entry(reply_of(pkt), svc.frontend_id, CT_F_HOST | CT_F_REPLY, now),
         now,
-        draw: 0,
-        keep: 0,
-        port: 0,
-        last_resort: 0,
-        outcome: CLAIM_NONE,
-    };
-    let np2 = claim(&mut w, np).ok_or(Reason::DropSnatPortsExhausted)?;
-    let remap = if np2 != np { CT_F_SNAT } else { 0 };
-    let to = Tuple {
-        saddr: n,
-        daddr: b,
-        sport: np2,
-        dport: bp,
-    };
+    );
+    let (np2, remap) = claim_reply(&mut w, np)?;
+    let to = Tuple::new(n, np2, b, bp);
     retarget(&mut w.value, to, CT_F_HOST | remap);
     insert_forward(pkt, Phase::Egress, &mut w.value, len)?;
     Ok(to)
+}
+
+/// Claims the reply entry `w` with the connection's own source port `port`, or a free one of
+/// the masquerade range if another connection holds that tuple; returns the port and the flag
+/// a remapped port adds (`CT_F_SNAT`).
+#[inline(always)]
+fn claim_reply(w: &mut Claim, port: u16) -> Result<(u16, u8), Reason> {
+    let got = claim(w, port).ok_or(Reason::DropSnatPortsExhausted)?;
+    Ok((got, if got != port { CT_F_SNAT } else { 0 }))
+}
+
+/// What a reply to the packet must carry once restored: its own tuple reversed (frontend ->
+/// client, or service -> node).
+#[inline(always)]
+fn reply_of(pkt: &Parsed) -> Tuple {
+    Tuple::new(
+        pkt.flow.daddr,
+        pkt.flow.dport,
+        pkt.flow.saddr,
+        pkt.flow.sport,
+    )
 }
 
 /// The original-direction entry, counting the packet that created it.

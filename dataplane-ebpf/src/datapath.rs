@@ -75,6 +75,38 @@ fn later_fragment<P: Packet>(p: &P, mut pkt: Parsed, len: u32, phase: Phase) -> 
     translated(&pkt, &hit, phase)
 }
 
+/// The first steps of the ingress and egress pipelines, the same in both but for `phase`
+/// (a constant at each caller, so the match below folds away): the monitor's snapshot, the
+/// parse, ICMP errors about translated connections, the pre-filter and later fragments. `Err`
+/// is the verdict of a packet these steps settle; `Ok` the parsed packet and the frame length.
+#[inline(always)]
+fn screen<P: Packet>(p: &P, phase: Phase) -> Result<(Parsed, u32), Verdict> {
+    monitor::snapshot(p);
+    let len = p.frame_len();
+    let pkt = parsed(p)?;
+    if pkt.l4 == L4::Icmp {
+        return Err(icmp::translate_error(p, &pkt, phase));
+    }
+    let untouched = match phase {
+        // The node's own packets to services have a frontend as destination, so the filter
+        // holds for the uplink too: forwarded pod-to-pod traffic skips the lookups there as
+        // well.
+        Phase::Egress => prefilter::egress_untouched(&pkt),
+        // Same rule on the uplink: an ingress hook translates only packets to a frontend (new
+        // connections, NodePorts on the node's addresses) or to the node (replies of
+        // masqueraded and of the node's own connections); a decapsulated packet for a local
+        // pod is neither.
+        Phase::Ingress => prefilter::ingress_untouched(&pkt),
+    };
+    if untouched {
+        return Err(Verdict::pass(pass_reason(pkt.l4)));
+    }
+    if pkt.l4 == L4::Fragment {
+        return Err(later_fragment(p, pkt, len, phase));
+    }
+    Ok((pkt, len))
+}
+
 /// Egress hooks, after the kernel routed the packet: source rewrites of masqueraded connections
 /// (SNAT, and un-DNAT of their replies), and ICMP errors the node's stack emits about translated
 /// connections (e.g. fragmentation needed while forwarding to a backend). With `host_services`
@@ -83,23 +115,10 @@ fn later_fragment<P: Packet>(p: &P, mut pkt: Parsed, len: u32, phase: Phase) -> 
 /// as kube-proxy's OUTPUT chain does.
 #[inline(always)]
 pub fn egress<P: Packet>(p: &P, host_services: bool) -> Verdict {
-    monitor::snapshot(p);
-    let len = p.frame_len();
-    let pkt = match parsed(p) {
-        Ok(pkt) => pkt,
+    let (pkt, len) = match screen(p, Phase::Egress) {
+        Ok(screened) => screened,
         Err(v) => return v,
     };
-    if pkt.l4 == L4::Icmp {
-        return icmp::translate_error(p, &pkt, Phase::Egress);
-    }
-    // The node's own packets to services have a frontend as destination, so the filter holds
-    // for the uplink too: forwarded pod-to-pod traffic skips the lookups there as well.
-    if prefilter::egress_untouched(&pkt) {
-        return Verdict::pass(pass_reason(pkt.l4));
-    }
-    if pkt.l4 == L4::Fragment {
-        return later_fragment(p, pkt, len, Phase::Egress);
-    }
     if pkt.l4 == L4::Tcp || pkt.l4 == L4::Udp {
         frag::remember(&pkt);
         let now = unsafe { bpf_ktime_get_ns() };
@@ -184,24 +203,10 @@ pub fn observe<P: Packet>(p: &P) -> Verdict {
 /// endpoints).
 #[inline(always)]
 pub fn ingress<P: Packet>(p: &P) -> Verdict {
-    monitor::snapshot(p);
-    let len = p.frame_len();
-    let pkt = match parsed(p) {
-        Ok(pkt) => pkt,
+    let (pkt, len) = match screen(p, Phase::Ingress) {
+        Ok(screened) => screened,
         Err(v) => return v,
     };
-    if pkt.l4 == L4::Icmp {
-        return icmp::translate_error(p, &pkt, Phase::Ingress);
-    }
-    // Same rule on the uplink: an ingress hook translates only packets to a frontend (new
-    // connections, NodePorts on the node's addresses) or to the node (replies of masqueraded
-    // and of the node's own connections); a decapsulated packet for a local pod is neither.
-    if prefilter::ingress_untouched(&pkt) {
-        return Verdict::pass(pass_reason(pkt.l4));
-    }
-    if pkt.l4 == L4::Fragment {
-        return later_fragment(p, pkt, len, Phase::Ingress);
-    }
     if pkt.l4 != L4::Tcp && pkt.l4 != L4::Udp {
         return Verdict::pass(pass_reason(pkt.l4));
     }

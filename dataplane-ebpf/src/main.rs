@@ -71,9 +71,27 @@ fn sock_action(v: Verdict) -> i32 {
     }
 }
 
+/// A cgroup sock_addr program: its verdict `v`, counted (sockets have no frame length), as the
+/// hook's return code.
 #[inline(always)]
-fn tc_recorder(p: &TcPacket, hook: Hook) -> Recorder {
-    Recorder::new(hook, p.ifindex(), p.frame_len())
+fn sock_program(hook: Hook, v: Verdict) -> i32 {
+    stats::count(hook, v.reason, 0);
+    sock_action(v)
+}
+
+/// The body of a tc program: wraps `ctx` as `$p`, makes its recorder `$rec`, takes the verdict
+/// of `$pipeline` on the frame, counts it once and returns the hook's code (`$bounce`: see
+/// [`tc_action`]). A macro, not a function taking the pipeline as a closure: a closure LLVM
+/// chose not to inline became a BPF subprogram, which the verifier refused in
+/// tc_uplink_ingress. Expanded, each program is what it was written out.
+macro_rules! tc_program {
+    ($ctx:expr, $hook:expr, $bounce:expr, |$p:ident, $rec:ident| $pipeline:expr) => {{
+        let $p = TcPacket(&$ctx);
+        let $rec = Recorder::new($hook, $p.ifindex(), $p.frame_len());
+        let v = $pipeline;
+        $rec.record(&$p, v);
+        tc_action(&$p, v, $bounce)
+    }};
 }
 
 /// 1 when `xdp_uplink` is attached to the uplink (it runs the ingress pipeline there), 0 when
@@ -110,76 +128,56 @@ pub fn xdp_uplink(ctx: XdpContext) -> u32 {
 /// ingress pipeline when no XDP runs it.
 #[classifier]
 pub fn tc_uplink_ingress(ctx: TcContext) -> i32 {
-    let p = TcPacket(&ctx);
-    let rec = tc_recorder(&p, Hook::TcUplinkIngress);
-    let v = datapath::uplink_rx_tc(&p, &rec, uplink_xdp());
-    rec.record(&p, v);
-    tc_action(&p, v, 0)
+    tc_program!(ctx, Hook::TcUplinkIngress, 0, |p, rec| {
+        datapath::uplink_rx_tc(&p, &rec, uplink_xdp())
+    })
 }
 
 /// tc egress on the uplink: ICMP errors the node emits about translated connections, the node's
 /// own packets to services (balanced here), and the overlay's encapsulation.
 #[classifier]
 pub fn tc_uplink_egress(ctx: TcContext) -> i32 {
-    let p = TcPacket(&ctx);
-    let rec = tc_recorder(&p, Hook::TcUplinkEgress);
-    let v = datapath::uplink_tx(&p, &rec);
-    rec.record(&p, v);
     // A reject for the node's own packet: into the node's stack, not out to the wire.
-    tc_action(&p, v, BPF_F_INGRESS as u64)
+    tc_program!(ctx, Hook::TcUplinkEgress, BPF_F_INGRESS as u64, |p, rec| {
+        datapath::uplink_tx(&p, &rec)
+    })
 }
 
 /// tc ingress on a pod-facing host device: connections from pods to services start here.
 #[classifier]
 pub fn tc_pod_ingress(ctx: TcContext) -> i32 {
-    let p = TcPacket(&ctx);
-    let rec = tc_recorder(&p, Hook::TcPodIngress);
-    let v = datapath::pod_rx(&p);
-    rec.record(&p, v);
-    tc_action(&p, v, 0)
+    tc_program!(ctx, Hook::TcPodIngress, 0, |p, rec| datapath::pod_rx(&p))
 }
 
 /// tc egress on a pod-facing host device (traffic to the pod): replies of translated
 /// connections, and ICMP errors the node emits about them (fragmentation needed, TTL exceeded).
 #[classifier]
 pub fn tc_pod_egress(ctx: TcContext) -> i32 {
-    let p = TcPacket(&ctx);
-    let rec = tc_recorder(&p, Hook::TcPodEgress);
-    let v = datapath::pod_tx(&p);
-    rec.record(&p, v);
-    tc_action(&p, v, 0)
+    tc_program!(ctx, Hook::TcPodEgress, 0, |p, rec| datapath::pod_tx(&p))
 }
 
 /// cgroup connect4: host sockets connecting to a service get a backend instead.
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    let v = sock::balance(&ctx, false);
-    stats::count(Hook::SockConnect4, v.reason, 0);
-    sock_action(v)
+    sock_program(Hook::SockConnect4, sock::balance(&ctx, false))
 }
 
 /// cgroup sendmsg4: unconnected host UDP sends to a service.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    let v = sock::balance(&ctx, true);
-    stats::count(Hook::SockSendmsg4, v.reason, 0);
-    sock_action(v)
+    sock_program(Hook::SockSendmsg4, sock::balance(&ctx, true))
 }
 
 /// cgroup recvmsg4: datagrams from a backend appear to come from the service.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    let v = sock::reverse(&ctx);
-    stats::count(Hook::SockRecvmsg4, v.reason, 0);
-    sock_action(v)
+    sock_program(Hook::SockRecvmsg4, sock::reverse(&ctx))
 }
 
 /// cgroup getpeername4: a balanced socket's peer is the service.
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
-    let v = sock::reverse(&ctx);
-    stats::count(Hook::SockGetpeername4, v.reason, 0);
-    sock_action(v)
+    sock_program(Hook::SockGetpeername4, sock::reverse(&ctx))
 }
 
 #[cfg(not(test))]

@@ -190,27 +190,14 @@ mod tests {
     use super::*;
 
     fn key(t: (u32, u16, u32, u16), phase: u8) -> CtKey {
-        CtKey {
-            saddr: t.0,
-            sport: t.1,
-            daddr: t.2,
-            dport: t.3,
-            proto: 6,
-            phase,
-            _pad: [0; 2],
-        }
+        CtKey::new(t.0, t.1, t.2, t.3, 6, phase)
     }
 
     fn val(nat: (u32, u16, u32, u16), flags: u8, last_seen_s: u64) -> CtValue {
         CtValue {
-            nat_saddr: nat.0,
-            nat_sport: nat.1,
-            nat_daddr: nat.2,
-            nat_dport: nat.3,
-            flags,
             last_seen_ns: last_seen_s * NS_PER_SEC,
             seen: TCP_ACK as u32,
-            ..CtValue::default()
+            ..CtValue::rewriting(nat.0, nat.1, nat.2, nat.3, flags)
         }
     }
 

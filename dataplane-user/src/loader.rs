@@ -179,7 +179,8 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+/// The object's program `name` as its kind `T` (`Xdp`, `SchedClassifier`, ...).
+pub fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
@@ -329,24 +330,14 @@ impl Datapath {
     fn attach_xdp(&mut self, iface: &str, mode: XdpAttachMode) -> Result<()> {
         let pin = link_pin(&self.pin_dir, Hook::XdpUplink.program(), iface);
         let prog: &mut Xdp = program(&mut self.ebpf, Hook::XdpUplink.program())?;
-        if pin.exists() {
-            let adopted = PinnedLink::from_pin(&pin)
-                .map_err(anyhow::Error::from)
-                .and_then(|p| XdpLink::try_from(FdLink::from(p)).map_err(Into::into))
-                .and_then(|link| prog.attach_to_link(link).map_err(Into::into));
-            match adopted {
-                Ok(_) => {
-                    log::info!("xdp_uplink swapped into the pinned link on {iface}");
-                    return Ok(());
-                }
-                Err(e) => {
-                    log::warn!(
-                        "pinned XDP link {} unusable ({e:#}); attaching anew",
-                        pin.display()
-                    );
-                    crate::bpf_link::remove_pinned_link(&pin)?;
-                }
-            }
+        let swap = |fd| {
+            prog.attach_to_link(XdpLink::try_from(fd)?)
+                .map_err(Into::into)
+        };
+        if adopt_pinned(&pin, "XDP", swap, || {
+            format!("xdp_uplink swapped into the pinned link on {iface}")
+        })? {
+            return Ok(());
         }
         let first = match mode {
             XdpAttachMode::Generic => XdpMode::Skb,
@@ -373,24 +364,14 @@ impl Datapath {
     fn attach_tc(&mut self, name: &str, iface: &str, kind: TcAttachType) -> Result<()> {
         let pin = link_pin(&self.pin_dir, name, iface);
         let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-        if pin.exists() {
-            let adopted = PinnedLink::from_pin(&pin)
-                .map_err(anyhow::Error::from)
-                .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)).map_err(Into::into))
-                .and_then(|link| prog.attach_to_link(link).map_err(Into::into));
-            match adopted {
-                Ok(_) => {
-                    log::info!("{name} swapped into the pinned link on {iface} ({kind:?})");
-                    return Ok(());
-                }
-                Err(e) => {
-                    log::warn!(
-                        "pinned tc link {} unusable ({e:#}); attaching anew",
-                        pin.display()
-                    );
-                    crate::bpf_link::remove_pinned_link(&pin)?;
-                }
-            }
+        let swap = |fd| {
+            prog.attach_to_link(SchedClassifierLink::try_from(fd)?)
+                .map_err(Into::into)
+        };
+        if adopt_pinned(&pin, "tc", swap, || {
+            format!("{name} swapped into the pinned link on {iface} ({kind:?})")
+        })? {
+            return Ok(());
         }
         // tcx (kernel >= 6.6) needs no clsact qdisc; aya picks tcx on such kernels.
         let id = prog
@@ -488,4 +469,36 @@ fn adopt_cgroup_link(
         );
     }
     bpf_link::link_update(link.as_fd(), prog).context("BPF_LINK_UPDATE")
+}
+
+/// Swaps a program into the link pinned at `pin`, if there is one (an agent restart: the
+/// attachment never goes away). `swap` takes the pinned link as the program's link type and
+/// attaches the program to it. Ok(true) once swapped (`swapped` is the log line); a pin that
+/// cannot be used is logged and removed, and Ok(false) says to attach anew.
+fn adopt_pinned<T>(
+    pin: &Path,
+    link_kind: &str,
+    swap: impl FnOnce(FdLink) -> Result<T>,
+    swapped: impl FnOnce() -> String,
+) -> Result<bool> {
+    if !pin.exists() {
+        return Ok(false);
+    }
+    match PinnedLink::from_pin(pin)
+        .map_err(anyhow::Error::from)
+        .and_then(|p| swap(FdLink::from(p)))
+    {
+        Ok(_) => {
+            log::info!("{}", swapped());
+            Ok(true)
+        }
+        Err(e) => {
+            log::warn!(
+                "pinned {link_kind} link {} unusable ({e:#}); attaching anew",
+                pin.display()
+            );
+            crate::bpf_link::remove_pinned_link(pin)?;
+            Ok(false)
+        }
+    }
 }

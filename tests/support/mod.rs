@@ -1,6 +1,7 @@
 //! Shared by the integration tests (every test target has `mod support;`): the BPF_PROG_TEST_RUN
 //! fixture harness (`fixture`), the `dataplane` binary on lab nodes (`node`), a lab with services
-//! written through `ServiceTable` (`cluster`) and the k8s source helpers (`k8s`).
+//! written through `ServiceTable` (`cluster`), the k8s source helpers (`k8s`) and nginx as an
+//! HTTP backend (`nginx`).
 #![allow(dead_code)]
 
 pub mod agent;
@@ -8,6 +9,7 @@ pub mod cluster;
 pub mod datapath;
 pub mod fixture;
 pub mod k8s;
+pub mod nginx;
 pub mod node;
 pub mod overlay;
 

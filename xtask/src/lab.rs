@@ -5,7 +5,7 @@
 //! The xtask itself stays light (it is the first thing compiled on a fresh machine): it does not
 //! depend on dataplane-lab, it only runs it through cargo.
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 
 use anyhow::{bail, Context, Result};
 
@@ -39,20 +39,25 @@ pub fn run(bin: &Path, args: &LabArgs) -> Result<()> {
         cmd.arg("--hold");
     }
     cmd.args(&args.demo_args);
+    run_foreground(&mut cmd, |status| format!("the lab demo failed ({status})"))
+}
+
+/// Runs `cmd` to its end. Ctrl-C reaches the whole foreground process group: the child (the
+/// demo, the benchmark) tears its labs down on SIGINT and exits; this process waits for that
+/// instead of dying first and returning the prompt while the teardown is still printing.
+/// (Ignored only now, after the spawn: an ignored disposition would be inherited by cargo and
+/// the child.) `failed` words a failed exit.
+pub fn run_foreground(cmd: &mut Command, failed: impl FnOnce(ExitStatus) -> String) -> Result<()> {
     let shown = format!("{cmd:?}");
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start {shown}"))?;
-    // Ctrl-C reaches the whole foreground process group: the demo tears its lab down on SIGINT
-    // and exits; this process waits for that instead of dying first and returning the prompt
-    // while the teardown is still printing. (Ignored only now, after the spawn: an ignored
-    // disposition would be inherited by cargo and the demo.)
     let previous = unsafe { signal(SIGINT, SIG_IGN) };
     let status = child.wait();
     unsafe { signal(SIGINT, previous) };
     let status = status.with_context(|| format!("waiting for {shown}"))?;
     if !status.success() {
-        bail!("the lab demo failed ({status})");
+        bail!("{}", failed(status));
     }
     Ok(())
 }

@@ -88,7 +88,6 @@ fn main() -> Result<()> {
 /// Runs the dataplane-bench crate (the xtask does not depend on it: it stays light) in release
 /// mode, with the report written at the workspace root and the raw data in bench/.
 fn bench(dataplane_bin: &std::path::Path, quick: bool, extra: &[String]) -> Result<()> {
-    use anyhow::{bail, Context};
     let ws = ebpf::workspace_root();
     let mut cmd = std::process::Command::new("cargo");
     cmd.current_dir(&ws)
@@ -102,24 +101,7 @@ fn bench(dataplane_bin: &std::path::Path, quick: bool, extra: &[String]) -> Resu
         cmd.arg("--quick");
     }
     cmd.args(extra);
-    let shown = format!("{cmd:?}");
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {shown}"))?;
-    // Ctrl-C reaches the whole process group: the benchmark tears its labs down and exits;
-    // wait for it rather than returning the prompt first (ignored only after the spawn, so the
-    // benchmark does not inherit the ignored disposition).
-    extern "C" {
-        fn signal(signum: i32, handler: usize) -> usize;
-    }
-    const SIGINT: i32 = 2;
-    const SIG_IGN: usize = 1;
-    let previous = unsafe { signal(SIGINT, SIG_IGN) };
-    let status = child.wait();
-    unsafe { signal(SIGINT, previous) };
-    let status = status.with_context(|| format!("waiting for {shown}"))?;
-    if !status.success() {
-        bail!("the benchmark failed ({status}); see BENCHMARKS.md for the failed checks");
-    }
-    Ok(())
+    lab::run_foreground(&mut cmd, |status| {
+        format!("the benchmark failed ({status}); see BENCHMARKS.md for the failed checks")
+    })
 }

@@ -11,7 +11,7 @@ use dataplane_lab::netns::in_netns;
 use dataplane_lab::packet::{self, Network, L4};
 use serde::Serialize;
 
-use crate::injector::{Ctl, Ingress, Injector, Templates};
+use crate::injector::{Ingress, Injector, Templates};
 use crate::modes::{Mode, ModeLab};
 use crate::netutil::{self, UdpStats};
 use crate::scenario::{self, Traffic, EST_FLOWS};
@@ -52,6 +52,26 @@ pub struct PacketSample {
 }
 
 impl PacketSample {
+    /// The sample of `run` in `row` with its timing; nothing sent or delivered yet.
+    fn timed(row: String, run: Run, timing: &Timing) -> PacketSample {
+        PacketSample {
+            row,
+            services: run.services,
+            traffic: run.traffic,
+            rep: run.rep,
+            frames: run.frames,
+            ns_per_packet: timing.kernel_ns / run.frames as f64,
+            wall_ns_per_packet: timing.wall_ns / run.frames as f64,
+            sent: 0,
+            delivered: 0,
+            per_backend: Vec::new(),
+            untranslated: 0,
+            csum_errors: 0,
+            snat_exhausted: 0,
+            problems: Vec::new(),
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
     }
@@ -120,18 +140,40 @@ struct Timing {
     wall_ns: f64,
 }
 
-/// `repeat` frames of `traffic` through `ml`'s node1 (live frames), with delivery checks.
-#[allow(clippy::too_many_arguments)]
+impl Timing {
+    /// Adds a timed run of `frames` frames.
+    fn add(&mut self, res: &crate::injector::RunResult, frames: u32) {
+        self.kernel_ns += res.ns_per_frame * frames as f64;
+        self.wall_ns += res.wall_ns as f64;
+    }
+}
+
+/// What one packet sample measures: `frames` frames of `traffic` at N = `services`, as
+/// repetition `rep`, on CPU `cpu`.
+#[derive(Clone, Copy)]
+pub struct Run {
+    pub services: usize,
+    pub traffic: Traffic,
+    pub frames: u32,
+    pub rep: usize,
+    pub cpu: usize,
+}
+
+impl Run {
+    /// (traffic, frames, cpu): what the runs' bodies use (the rest goes to the sample).
+    fn parts(self) -> (Traffic, u32, usize) {
+        (self.traffic, self.frames, self.cpu)
+    }
+}
+
+/// `frames` frames of `traffic` through `ml`'s node1 (live frames), with delivery checks.
 pub fn live_run(
     ml: &ModeLab,
     pass: &Arc<Injector>,
     templates: &Templates,
-    n: usize,
-    traffic: Traffic,
-    repeat: u32,
-    rep: usize,
-    cpu: usize,
+    run: Run,
 ) -> Result<PacketSample> {
+    let (traffic, repeat, cpu) = run.parts();
     let floor = ml.mode == Mode::NoNat;
     let inj = match ml.mode {
         Mode::EbpfXdp => ml.tail.clone().expect("xdp injector"),
@@ -154,14 +196,9 @@ pub fn live_run(
         // No flush between chunks: the table fills up as on a busy node (LRU eviction,
         // masquerade ports taken) and new flows are measured at that steady state.
         for (start, count) in chunks(traffic, repeat) {
-            templates.set_ctl(Ctl {
-                counter: 0,
-                modulus: count as u64,
-                offset: (off + start) as u64,
-            })?;
+            templates.walk(off + start, count)?;
             let res = live(ml, &inj, ifindex, first.clone(), count, cpu)?;
-            timing.kernel_ns += res.ns_per_frame * count as f64;
-            timing.wall_ns += res.wall_ns as f64;
+            timing.add(&res, count);
             let injected = templates.counter()?;
             if injected != count as u64 {
                 problems.push(format!("injector ran {injected} times for {count} frames"));
@@ -169,20 +206,11 @@ pub fn live_run(
             sent += count as u64;
         }
     } else {
-        templates.set_ctl(Ctl {
-            counter: 0,
-            modulus: EST_FLOWS as u64,
-            offset: off as u64,
-        })?;
+        templates.walk(off, EST_FLOWS)?;
         live(ml, &inj, ifindex, first.clone(), EST_FLOWS, cpu)?;
-        templates.set_ctl(Ctl {
-            counter: 0,
-            modulus: EST_FLOWS as u64,
-            offset: off as u64,
-        })?;
+        templates.walk(off, EST_FLOWS)?;
         let res = live(ml, &inj, ifindex, first, repeat, cpu)?;
-        timing.kernel_ns += res.ns_per_frame * repeat as f64;
-        timing.wall_ns += res.wall_ns as f64;
+        timing.add(&res, repeat);
         let injected = templates.counter()?;
         if injected != repeat as u64 {
             problems.push(format!("injector ran {injected} times for {repeat} frames"));
@@ -227,13 +255,6 @@ pub fn live_run(
     }
     check_delivery(&mut problems, sent, &deltas, &total);
     Ok(PacketSample {
-        row: row_key(ml.mode, false),
-        services: n,
-        traffic,
-        rep,
-        frames: repeat,
-        ns_per_packet: timing.kernel_ns / repeat as f64,
-        wall_ns_per_packet: timing.wall_ns / repeat as f64,
         sent,
         delivered: total.no_ports,
         per_backend: deltas.iter().map(|d| d.no_ports).collect(),
@@ -241,6 +262,7 @@ pub fn live_run(
         csum_errors: total.csum_errors,
         snat_exhausted,
         problems,
+        ..PacketSample::timed(row_key(ml.mode, false), run, &timing)
     })
 }
 
@@ -286,25 +308,18 @@ pub(crate) fn check_delivery(
     }
 }
 
-/// The dataplane's xdp_uplink alone (classic BPF_PROG_TEST_RUN, `repeat` runs on one buffer
+/// The dataplane's xdp_uplink alone (classic BPF_PROG_TEST_RUN, `frames` runs on one buffer
 /// restored by the injector): the program's own cost. Checks verdict, counters and the last
 /// output frame (DNAT only: masquerading is the egress hook's job).
-pub fn direct_run(
-    ml: &ModeLab,
-    templates: &Templates,
-    n: usize,
-    traffic: Traffic,
-    repeat: u32,
-    rep: usize,
-    cpu: usize,
-) -> Result<PacketSample> {
+pub fn direct_run(ml: &ModeLab, templates: &Templates, run: Run) -> Result<PacketSample> {
+    let (traffic, repeat, cpu) = run.parts();
     let inj = ml.tail.clone().expect("xdp injector");
     let off = scenario::set_offset(traffic, false);
     let first = templates.get(off);
     let mut problems = Vec::new();
     ml.flush_conntrack()?;
     let s0 = ml.stats()?.expect("stats");
-    let run = |first: Vec<u8>, repeat: u32| {
+    let inject = |first: Vec<u8>, repeat: u32| {
         let inj = inj.clone();
         in_netns(&ml.node1.ns, move || -> Result<_> {
             netutil::pin_to_cpu(cpu)?;
@@ -331,14 +346,9 @@ pub fn direct_run(
         // No flush between chunks: the table fills up as on a busy node (LRU eviction,
         // masquerade ports taken) and new flows are measured at that steady state.
         for (start, count) in chunks(traffic, repeat) {
-            templates.set_ctl(Ctl {
-                counter: 0,
-                modulus: count as u64,
-                offset: (off + start) as u64,
-            })?;
-            let (res, out) = run(first.clone(), count)??;
-            timing.kernel_ns += res.ns_per_frame * count as f64;
-            timing.wall_ns += res.wall_ns as f64;
+            templates.walk(off + start, count)?;
+            let (res, out) = inject(first.clone(), count)??;
+            timing.add(&res, count);
             check_out(
                 &res,
                 out,
@@ -348,20 +358,11 @@ pub fn direct_run(
         }
         sent = repeat as u64;
     } else {
-        templates.set_ctl(Ctl {
-            counter: 0,
-            modulus: EST_FLOWS as u64,
-            offset: off as u64,
-        })?;
-        run(first.clone(), EST_FLOWS)??;
-        templates.set_ctl(Ctl {
-            counter: 0,
-            modulus: EST_FLOWS as u64,
-            offset: off as u64,
-        })?;
-        let (res, out) = run(first, repeat)??;
-        timing.kernel_ns += res.ns_per_frame * repeat as f64;
-        timing.wall_ns += res.wall_ns as f64;
+        templates.walk(off, EST_FLOWS)?;
+        inject(first.clone(), EST_FLOWS)??;
+        templates.walk(off, EST_FLOWS)?;
+        let (res, out) = inject(first, repeat)??;
+        timing.add(&res, repeat);
         check_out(
             &res,
             out,
@@ -409,21 +410,13 @@ pub fn direct_run(
             "{snat_exhausted} new connections refused: masquerade ports exhausted"
         ));
     }
+    // Nothing reaches a backend here: the output frame is checked instead.
     Ok(PacketSample {
-        row: row_key(Mode::EbpfXdp, true),
-        services: n,
-        traffic,
-        rep,
-        frames: repeat,
-        ns_per_packet: timing.kernel_ns / repeat as f64,
-        wall_ns_per_packet: timing.wall_ns / repeat as f64,
         sent,
         delivered: sent - snat_exhausted,
-        per_backend: Vec::new(),
-        untranslated: 0,
-        csum_errors: 0,
         snat_exhausted,
         problems,
+        ..PacketSample::timed(row_key(Mode::EbpfXdp, true), run, &timing)
     })
 }
 

@@ -8,7 +8,7 @@ use dataplane_common::{Hook, Reason};
 use dataplane_lab::netns::in_netns;
 use serde::Serialize;
 
-use crate::injector::{Ctl, Injector, Templates};
+use crate::injector::{Injector, Templates};
 use crate::modes::ModeLab;
 use crate::netutil;
 use crate::scenario::{self, Traffic};
@@ -35,6 +35,30 @@ pub struct Profile {
     /// Cost per packet of this (stats-enabled) run, ns.
     pub total_ns_per_packet: f64,
     pub programs: Vec<ProgramProfile>,
+}
+
+impl Profile {
+    /// ns per packet inside the dataplane's programs: each program's ns per run times its
+    /// runs per packet, summed.
+    pub fn inside_ns(&self) -> f64 {
+        self.programs
+            .iter()
+            .map(|q| q.ns_per_run * q.runs_per_packet)
+            .sum()
+    }
+
+    /// One `program ns<times>runs` term per program, for the report's breakdowns.
+    pub fn terms(&self, times: &str) -> Vec<String> {
+        self.programs
+            .iter()
+            .map(|q| {
+                format!(
+                    "{} {:.0}{times}{:.2}",
+                    q.program, q.ns_per_run, q.runs_per_packet
+                )
+            })
+            .collect()
+    }
 }
 
 pub const PROGRAMS: [&str; 5] = [
@@ -75,7 +99,14 @@ pub fn profile(
 ) -> Result<Profile> {
     let _enabled = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
     let before = run_stats(ml)?;
-    let s = live_run(ml, pass, templates, n, traffic, frames, 0, cpu)?;
+    let run = super::packets::Run {
+        services: n,
+        traffic,
+        frames,
+        rep: 0,
+        cpu,
+    };
+    let s = live_run(ml, pass, templates, run)?;
     let after = run_stats(ml)?;
     let injector_ns = injector_cost(pass, templates, cpu)?;
     let names = PROGRAMS
@@ -111,11 +142,7 @@ pub fn profile(
 /// The injector alone (classic test run of the pass injector): what every live run adds.
 pub fn injector_cost(pass: &Arc<Injector>, templates: &Templates, cpu: usize) -> Result<f64> {
     let off = scenario::set_offset(Traffic::ClusterNew, false);
-    templates.set_ctl(Ctl {
-        counter: 0,
-        modulus: scenario::NEW_FLOWS as u64,
-        offset: off as u64,
-    })?;
+    templates.walk(off, scenario::NEW_FLOWS)?;
     let first = templates.get(off);
     let inj = pass.clone();
     let (res, _) = std::thread::spawn(move || -> Result<_> {
@@ -141,11 +168,7 @@ pub fn snat_capacity(ml: &ModeLab, templates: &Templates, cpu: usize) -> Result<
     let off = scenario::set_offset(Traffic::NodePortNew, false);
     ml.flush_conntrack()?;
     let s0 = ml.stats()?.expect("stats");
-    templates.set_ctl(Ctl {
-        counter: 0,
-        modulus: scenario::NEW_FLOWS as u64,
-        offset: off as u64,
-    })?;
+    templates.walk(off, scenario::NEW_FLOWS)?;
     let first = templates.get(off);
     in_netns(&ml.node1.ns, move || -> Result<_> {
         netutil::pin_to_cpu(cpu)?;

@@ -266,35 +266,25 @@ pub fn write_markdown(path: &Path, dir: &Path, r: &Results) -> Result<bool> {
             bad_tcp.len(),
             bad_tunnel.len()
         );
-        for s in bad_packets.iter().take(30) {
-            let _ = writeln!(
-                m,
-                "- {} N={} {} rep {}: {}",
+        // At most 30 of each kind, each as "- what: problems".
+        let packets = bad_packets.iter().take(30).map(|s| {
+            let what = format!(
+                "{} N={} {} rep {}",
                 s.row,
                 s.services,
                 s.traffic.key(),
-                s.rep,
-                s.problems.join("; ")
+                s.rep
             );
-        }
-        for s in bad_tcp.iter().take(30) {
-            let _ = writeln!(
-                m,
-                "- TCP {} N={} rep {}: {}",
-                s.row,
-                s.services,
-                s.rep,
-                s.problems.join("; ")
-            );
-        }
-        for s in bad_tunnel.iter().take(30) {
-            let _ = writeln!(
-                m,
-                "- (f) {} rep {}: {}",
-                s.row,
-                s.rep,
-                s.problems.join("; ")
-            );
+            (what, &s.problems)
+        });
+        let tcp = bad_tcp.iter().take(30).map(|s| {
+            let what = format!("TCP {} N={} rep {}", s.row, s.services, s.rep);
+            (what, &s.problems)
+        });
+        let tunnel = (bad_tunnel.iter().take(30))
+            .map(|s| (format!("(f) {} rep {}", s.row, s.rep), &s.problems));
+        for (what, problems) in packets.chain(tcp).chain(tunnel) {
+            let _ = writeln!(m, "- {what}: {}", problems.join("; "));
         }
         let _ = writeln!(m);
     }

@@ -131,16 +131,7 @@ pub(super) fn profile_section(m: &mut String, r: &Results, n_max: usize) {
         );
         let _ = writeln!(m, "| mode | traffic | total ns/packet | inside BPF programs (ns per packet: program × runs) | rest (kernel) |\n|---|---|---:|---|---:|");
         for p in &r.profiles {
-            let inside: f64 = p
-                .programs
-                .iter()
-                .map(|q| q.ns_per_run * q.runs_per_packet)
-                .sum();
-            let detail: Vec<String> = p
-                .programs
-                .iter()
-                .map(|q| format!("{} {:.0}×{:.2}", q.program, q.ns_per_run, q.runs_per_packet))
-                .collect();
+            let (inside, detail) = (p.inside_ns(), p.terms("×"));
             let _ = writeln!(
                 m,
                 "| {} | {} | {} | {} = {} | {} |",

@@ -18,20 +18,21 @@ pub(super) const TUNNEL_ROWS: [&str; 5] = [
 ];
 
 pub(super) fn tunnel_packet_agg(r: &Results, row: &str) -> Option<Agg> {
-    agg(r
-        .tunnel
-        .iter()
-        .filter(|s| s.row == row && s.problems.is_empty())
-        .map(|s| s.ns_per_packet)
-        .collect())
+    clean_agg(&r.tunnel, |s| (s.row == row, &s.problems, s.ns_per_packet))
 }
 
 pub(super) fn tunnel_tcp_agg(r: &Results, row: &str) -> Option<Agg> {
-    agg(r
-        .tunnel_tcp
+    clean_agg(&r.tunnel_tcp, |s| (s.row == row, &s.problems, s.gbit_per_s))
+}
+
+/// The aggregate of the values of the samples `of` selects (`of`: whether the sample is of
+/// the row wanted, its problems, its value) that have no problems.
+fn clean_agg<S>(samples: &[S], of: impl Fn(&S) -> (bool, &Vec<String>, f64)) -> Option<Agg> {
+    agg(samples
         .iter()
-        .filter(|s| s.row == row && s.problems.is_empty())
-        .map(|s| s.gbit_per_s)
+        .map(of)
+        .filter(|(wanted, problems, _)| *wanted && problems.is_empty())
+        .map(|(_, _, v)| v)
         .collect())
 }
 
@@ -45,21 +46,7 @@ pub(super) fn profile_ns(p: &Option<Profile>, program: &str) -> Option<f64> {
 }
 
 pub(super) fn profile_line(m: &mut String, p: &Profile) {
-    let inside: f64 = p
-        .programs
-        .iter()
-        .map(|q| q.ns_per_run * q.runs_per_packet)
-        .sum();
-    let detail: Vec<String> = p
-        .programs
-        .iter()
-        .map(|q| {
-            format!(
-                "{} {:.0} ns × {:.2}",
-                q.program, q.ns_per_run, q.runs_per_packet
-            )
-        })
-        .collect();
+    let (inside, detail) = (p.inside_ns(), p.terms(" ns × "));
     let _ = writeln!(
         m,
         "- {}: {} ns per packet in all, of which {} ns inside the dataplane's programs: {}.",

@@ -37,6 +37,23 @@ fn rc(rc: i64) -> Result<(), Failed> {
     }
 }
 
+/// `Packet::data` and `Packet::data_end` for a wrapper of an aya context: both contexts have
+/// them as inherent methods of the same meaning (the linear data's bounds), which no aya trait
+/// offers.
+macro_rules! linear_bounds {
+    () => {
+        #[inline(always)]
+        fn data(&self) -> usize {
+            self.0.data()
+        }
+
+        #[inline(always)]
+        fn data_end(&self) -> usize {
+            self.0.data_end()
+        }
+    };
+}
+
 pub trait Packet {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
@@ -150,15 +167,7 @@ impl Packet for XdpPacket<'_> {
         self.partial_csum(pkt) && self.mark_deferred()
     }
 
-    #[inline(always)]
-    fn data(&self) -> usize {
-        self.0.data()
-    }
-
-    #[inline(always)]
-    fn data_end(&self) -> usize {
-        self.0.data_end()
-    }
+    linear_bounds!();
 
     #[inline(always)]
     fn frame_len(&self) -> u32 {
@@ -389,15 +398,7 @@ impl TcPacket<'_> {
 }
 
 impl Packet for TcPacket<'_> {
-    #[inline(always)]
-    fn data(&self) -> usize {
-        self.0.data()
-    }
-
-    #[inline(always)]
-    fn data_end(&self) -> usize {
-        self.0.data_end()
-    }
+    linear_bounds!();
 
     #[inline(always)]
     fn frame_len(&self) -> u32 {

@@ -13,6 +13,19 @@ pub struct Tuple {
     pub dport: u16,
 }
 
+impl Tuple {
+    /// `saddr:sport -> daddr:dport` (the argument order of `CtKey::new`).
+    #[inline(always)]
+    pub const fn new(saddr: Addr, sport: u16, daddr: Addr, dport: u16) -> Tuple {
+        Tuple {
+            saddr,
+            daddr,
+            sport,
+            dport,
+        }
+    }
+}
+
 /// A packet's flow as it is on the wire: addresses, ports (0 without a transport header),
 /// protocol.
 #[derive(Clone, Copy)]

@@ -31,6 +31,23 @@ pub(super) fn enable(socket: &UdpSocket) -> io::Result<()> {
     }
 }
 
+/// A message header naming `name` (the peer), the one buffer `iov` and the control buffer;
+/// the caller sets `msg_controllen`. The header points into the three: they must outlive it.
+fn header(
+    name: &mut libc::sockaddr_in,
+    iov: &mut libc::iovec,
+    control: &mut Control,
+) -> libc::msghdr {
+    // SAFETY: all-zero is a valid msghdr.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = (name as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    msg
+}
+
 /// Receives one datagram: (length, sender, destination address or 0.0.0.0 if unknown).
 pub(super) fn recv(
     socket: &UdpSocket,
@@ -42,12 +59,7 @@ pub(super) fn recv(
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.0.as_mut_ptr().cast();
+    let mut msg = header(&mut name, &mut iov, &mut control);
     msg.msg_controllen = CONTROL_LEN;
     // SAFETY: every pointer in `msg` refers to live buffers of the stated sizes.
     let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
@@ -111,12 +123,7 @@ fn send_from(
         iov_base: payload.as_ptr() as *mut _,
         iov_len: payload.len(),
     };
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.0.as_mut_ptr().cast();
+    let mut msg = header(&mut name, &mut iov, &mut control);
     // SAFETY: CMSG_SPACE/CMSG_FIRSTHDR/CMSG_DATA on our own aligned buffer, which is
     // larger than one in_pktinfo control message.
     unsafe {

@@ -194,19 +194,26 @@ async fn settle(changes: &Notify) {
 mod tests {
     use super::*;
 
+    /// A task that signals a change on `changes` every `period`, `times` times or forever.
+    fn notify_every(
+        changes: &Arc<Notify>,
+        period: Duration,
+        times: Option<usize>,
+    ) -> tokio::task::JoinHandle<()> {
+        let changes = changes.clone();
+        tokio::spawn(async move {
+            for _ in 0..times.unwrap_or(usize::MAX) {
+                changes.notify_one();
+                tokio::time::sleep(period).await;
+            }
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn settle_waits_for_quiet() {
         let changes = Arc::new(Notify::new());
         let start = tokio::time::Instant::now();
-        let notifier = {
-            let changes = changes.clone();
-            tokio::spawn(async move {
-                for _ in 0..5 {
-                    changes.notify_one();
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            })
-        };
+        let notifier = notify_every(&changes, Duration::from_millis(50), Some(5));
         settle(&changes).await;
         notifier.await.unwrap();
         // Last change at 200 ms, then 100 ms quiet.
@@ -221,15 +228,7 @@ mod tests {
     async fn settle_gives_up_waiting_for_quiet_after_max_delay() {
         let changes = Arc::new(Notify::new());
         let start = tokio::time::Instant::now();
-        let notifier = {
-            let changes = changes.clone();
-            tokio::spawn(async move {
-                loop {
-                    changes.notify_one();
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-        };
+        let notifier = notify_every(&changes, Duration::from_millis(20), None);
         settle(&changes).await;
         notifier.abort();
         let took = start.elapsed();

@@ -216,12 +216,7 @@ mod kernel_tests {
     }
 
     fn key(i: u32) -> ServiceKey {
-        ServiceKey {
-            addr: i,
-            port: 80u16.to_be(),
-            proto: 6,
-            _pad: 0,
-        }
+        ServiceKey::new(i, 80u16.to_be(), 6)
     }
 
     #[test]

@@ -8,7 +8,10 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{atomic::Ordering::Relaxed, Arc},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -18,8 +21,8 @@ use dataplane_common::{
     lb::{MAX_BACKEND_SLOTS, MAX_FRONTENDS},
 };
 use prometheus_client::{
-    encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    encoding::{text::encode, EncodeMetric},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, TypedMetric},
     registry::Registry,
 };
 
@@ -69,7 +72,7 @@ impl Snapshot {
     }
 
     fn gauge_f(&mut self, name: &str, help: &str, v: f64) {
-        let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let g = Gauge::<f64, AtomicU64>::default();
         g.set(v);
         self.0.register(name, help, g);
     }
@@ -81,26 +84,44 @@ impl Snapshot {
         self.0.register(name, help, c);
     }
 
-    fn counters(&mut self, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, u64)>) {
-        let f = Family::<Labels, Counter>::default();
-        for (labels, v) in rows {
-            f.get_or_create(&labels).inc_by(v);
+    /// Counters read from atomics: (name, help, value) rows, registered in order.
+    fn counter_table(&mut self, rows: &[(&str, &str, &AtomicU64)]) {
+        for (name, help, v) in rows {
+            self.counter(name, help, v.load(Relaxed));
         }
-        self.0.register(name, help, f);
+    }
+
+    fn counters(&mut self, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, u64)>) {
+        self.family(name, help, rows, |c: &Counter, v| {
+            c.inc_by(v);
+        });
     }
 
     fn gauges_f(&mut self, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, f64)>) {
-        let f = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-        for (labels, v) in rows {
-            f.get_or_create(&labels).set(v);
-        }
-        self.0.register(name, help, f);
+        self.family(name, help, rows, |g: &Gauge<f64, AtomicU64>, v| {
+            g.set(v);
+        });
     }
 
     fn gauges(&mut self, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, i64)>) {
-        let f = Family::<Labels, Gauge>::default();
+        self.family(name, help, rows, |g: &Gauge, v| {
+            g.set(v);
+        });
+    }
+
+    /// A family of metrics `M`, one per row's labels, each given its row's value by `set`.
+    fn family<M, V>(
+        &mut self,
+        name: &str,
+        help: &str,
+        rows: impl IntoIterator<Item = (Labels, V)>,
+        set: impl Fn(&M, V),
+    ) where
+        M: EncodeMetric + TypedMetric + Default + std::fmt::Debug + Send + Sync + 'static,
+    {
+        let f = Family::<Labels, M>::default();
         for (labels, v) in rows {
-            f.get_or_create(&labels).set(v);
+            set(&f.get_or_create(&labels), v);
         }
         self.0.register(name, help, f);
     }
@@ -235,21 +256,23 @@ fn maps(s: &mut Snapshot, m: &Metrics) -> Result<()> {
 }
 
 fn gc(s: &mut Snapshot, gc: &crate::conntrack_gc::GcStats) {
-    s.counter(
-        "dataplane_conntrack_gc_runs",
-        "Conntrack GC sweeps",
-        gc.runs.load(Relaxed),
-    );
-    s.counter(
-        "dataplane_conntrack_gc_deleted",
-        "CT_V2 entries of timed-out connections removed by the GC",
-        gc.deleted.load(Relaxed),
-    );
-    s.counter(
-        "dataplane_conntrack_gc_errors",
-        "Conntrack GC sweeps that failed",
-        gc.errors.load(Relaxed),
-    );
+    s.counter_table(&[
+        (
+            "dataplane_conntrack_gc_runs",
+            "Conntrack GC sweeps",
+            &gc.runs,
+        ),
+        (
+            "dataplane_conntrack_gc_deleted",
+            "CT_V2 entries of timed-out connections removed by the GC",
+            &gc.deleted,
+        ),
+        (
+            "dataplane_conntrack_gc_errors",
+            "Conntrack GC sweeps that failed",
+            &gc.errors,
+        ),
+    ]);
     s.gauge_f(
         "dataplane_conntrack_gc_interval_seconds",
         "Pause before the next GC sweep (adapts to the table's fill)",
@@ -274,16 +297,18 @@ fn agent(s: &mut Snapshot, st: &AgentStatus) {
         "When the service state was last applied completely",
         st.last_complete_sync_ms.load(Relaxed) as f64 / 1e3,
     );
-    s.counter(
-        "kubeproxy_sync_proxy_rules_service_changes",
-        "Services whose frontends or policies changed, summed over applies",
-        st.service_changes.load(Relaxed),
-    );
-    s.counter(
-        "kubeproxy_sync_proxy_rules_endpoint_changes",
-        "Services whose endpoints changed, summed over applies",
-        st.endpoint_changes.load(Relaxed),
-    );
+    s.counter_table(&[
+        (
+            "kubeproxy_sync_proxy_rules_service_changes",
+            "Services whose frontends or policies changed, summed over applies",
+            &st.service_changes,
+        ),
+        (
+            "kubeproxy_sync_proxy_rules_endpoint_changes",
+            "Services whose endpoints changed, summed over applies",
+            &st.endpoint_changes,
+        ),
+    ]);
     let failed = st
         .failed_services
         .lock()
@@ -307,7 +332,7 @@ fn agent(s: &mut Snapshot, st: &AgentStatus) {
         "Service ports left out of the last apply because SERVICES_V1 or BACKENDS_V1 would overflow",
         st.over_capacity.load(Relaxed) as i64,
     );
-    for (name, help, v) in [
+    s.counter_table(&[
         (
             "dataplane_service_sync_failures",
             "Service-port writes that failed, summed over applies",
@@ -338,9 +363,7 @@ fn agent(s: &mut Snapshot, st: &AgentStatus) {
             "Map entries deleted by syncs",
             &st.entries_deleted,
         ),
-    ] {
-        s.counter(name, help, v.load(Relaxed));
-    }
+    ]);
     s.gauge_f(
         "dataplane_sync_duration_seconds",
         "Duration of the last apply to the maps",

@@ -282,30 +282,28 @@ impl<S: OverlayStore> OverlayTable<S> {
 
     fn delete_stale(&mut self, desired: &Desired) -> Result<SyncReport> {
         let mut report = SyncReport::default();
-        let stale: Vec<Cidr> = self
-            .mirror_routes
-            .keys()
-            .filter(|c| !desired.routes.contains_key(c))
-            .copied()
-            .collect();
-        for cidr in stale {
+        for cidr in stale_keys(&self.mirror_routes, &desired.routes) {
             self.store.remove_route(cidr)?;
             self.mirror_routes.remove(&cidr);
             report.routes_deleted += 1;
         }
-        let stale: Vec<Ipv4Addr> = self
-            .mirror_peers
-            .keys()
-            .filter(|a| !desired.peers.contains_key(a))
-            .copied()
-            .collect();
-        for addr in stale {
+        for addr in stale_keys(&self.mirror_peers, &desired.peers) {
             self.store.remove_peer(addr)?;
             self.mirror_peers.remove(&addr);
             report.peers_deleted += 1;
         }
         Ok(report)
     }
+}
+
+/// The keys the maps hold (`mirror`) and `desired` no longer lists, collected first so the
+/// mirror can change while they are deleted.
+fn stale_keys<K: Ord + Copy, V, W>(mirror: &BTreeMap<K, V>, desired: &BTreeMap<K, W>) -> Vec<K> {
+    mirror
+        .keys()
+        .filter(|k| !desired.contains_key(k))
+        .copied()
+        .collect()
 }
 
 impl std::ops::AddAssign for SyncReport {
@@ -340,6 +338,16 @@ mod tests {
         }
     }
 
+    /// node1 .. node`n`: node`i` at 198.18.0.1`i` with pod CIDR 10.244.`i`.0/24.
+    fn cluster(n: u8) -> Vec<NodeInfo> {
+        (1..=n)
+            .map(|i| {
+                let (addr, cidr) = (format!("198.18.0.1{i}"), format!("10.244.{i}.0"));
+                node(&format!("node{i}"), &addr, &cidr)
+            })
+            .collect()
+    }
+
     fn table() -> OverlayTable<MemOverlay> {
         let mut cfg = OverlayConfig::none();
         cfg.mode = MODE_VXLAN;
@@ -349,11 +357,7 @@ mod tests {
     #[test]
     fn sync_writes_only_what_changed() {
         let mut t = table();
-        let nodes = vec![
-            node("node1", "198.18.0.11", "10.244.1.0"),
-            node("node2", "198.18.0.12", "10.244.2.0"),
-            node("node3", "198.18.0.13", "10.244.3.0"),
-        ];
+        let nodes = cluster(3);
         let r = t.sync_maps(&nodes, "node1").unwrap();
         // node1's CIDR (local), node2's and node3's; two peers.
         assert_eq!((r.routes_written, r.peers_written), (3, 2));
@@ -375,10 +379,7 @@ mod tests {
     #[test]
     fn reopening_adopts_what_the_maps_hold() {
         let mut t = table();
-        let nodes = vec![
-            node("node1", "198.18.0.11", "10.244.1.0"),
-            node("node2", "198.18.0.12", "10.244.2.0"),
-        ];
+        let nodes = cluster(2);
         t.sync_maps(&nodes, "node1").unwrap();
         let mut again = OverlayTable::with_store(t.store().clone()).unwrap();
         assert_eq!(again.routes(), t.routes());

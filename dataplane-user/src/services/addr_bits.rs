@@ -164,20 +164,20 @@ mod tests {
                 a.to_ne_bytes()
             );
         }
-        for k in m.services.keys() {
-            let p = probe(k.addr);
+        use dataplane_common::addr_bits::{maybe_any, maybe_ingress};
+        // Frontends must pass the ingress test, backends the egress one.
+        let frontends = m.services.keys().map(|k| (k.addr, "frontend", "ingress"));
+        let backends = m.backends.values().map(|v| (v.addr, "backend", "egress"));
+        for (addr, role, test) in frontends.chain(backends) {
+            let passes = if test == "ingress" {
+                maybe_ingress
+            } else {
+                maybe_any
+            };
             assert!(
-                dataplane_common::addr_bits::maybe_ingress(&word(k.addr), &p),
-                "{when}: frontend {:?} fails the ingress test",
-                k.addr.to_ne_bytes()
-            );
-        }
-        for v in m.backends.values() {
-            let p = probe(v.addr);
-            assert!(
-                dataplane_common::addr_bits::maybe_any(&word(v.addr), &p),
-                "{when}: backend {:?} fails the egress test",
-                v.addr.to_ne_bytes()
+                passes(&word(addr), &probe(addr)),
+                "{when}: {role} {:?} fails the {test} test",
+                addr.to_ne_bytes()
             );
         }
     }

@@ -18,117 +18,23 @@
 //! BACKENDS_V1 would overflow, service ports that are already in the maps keep their place,
 //! then new ones are admitted in name order while they fit; the rest are reported with the
 //! count needed and the limit, and left as they are.
+//!
+//! The outcome's types are in `outcome.rs`; the same transactions written with batch syscalls,
+//! many service ports per call, in `apply_batch.rs`.
 
 use foldhash::{HashMap, HashMapExt as _};
 
 use anyhow::Result;
-use dataplane_common::lb::{
-    BackendKey, BackendValue, ServiceKey, ServiceValue, ADDR_F_BACKEND, ADDR_F_FRONTEND,
-};
+use dataplane_common::lb::{ServiceKey, ServiceValue};
 
 use super::{
-    plan::{collect_garbage, plan, plan_each, Desired, MapOp},
+    outcome::{CapacityProblem, RemovedBackend, ServiceFailure, SyncOutcome},
+    plan::{collect_garbage, plan, Desired, MapOp},
     spec::{frontend_specs, ip_to_be, show_key},
     store::{MapStore, StaleBackends},
     ServiceTable, UpdateReport,
 };
 use crate::model::{ServicePort, ServicePortName};
-
-/// What a [`ServiceTable::sync_report`] did and did not do.
-#[derive(Clone, Debug, Default)]
-pub struct SyncOutcome {
-    /// Entries written and deleted by the service ports that were applied.
-    pub report: UpdateReport,
-    /// Service ports (or removals of frontends) whose writes failed: left as they were.
-    pub failed: Vec<ServiceFailure>,
-    /// Maps the desired state does not fit in, with the service ports left out.
-    pub over_capacity: Vec<CapacityProblem>,
-    /// Backends that left a frontend and are no longer endpoints of its service at all (gone
-    /// from the EndpointSlices, not merely terminating or unready; or the service is gone).
-    /// Sockets the node's socket-level balancing connected to them have no future.
-    pub removed_backends: Vec<RemovedBackend>,
-    /// Deferred work that failed (old slots, flow purges); retried by the next update. The
-    /// services themselves are applied.
-    pub cleanup_errors: Vec<String>,
-}
-
-impl SyncOutcome {
-    /// Whether everything desired is in the maps and nothing is left to retry.
-    pub fn is_complete(&self) -> bool {
-        self.failed.is_empty() && self.over_capacity.is_empty() && self.cleanup_errors.is_empty()
-    }
-
-    /// Service ports not applied (failed or left out for capacity).
-    pub fn not_applied(&self) -> usize {
-        self.failed.len()
-            + self
-                .over_capacity
-                .iter()
-                .map(|p| p.skipped.len())
-                .sum::<usize>()
-    }
-
-    /// One error describing everything that went wrong, if anything did.
-    pub fn error(&self) -> Option<anyhow::Error> {
-        if self.is_complete() {
-            return None;
-        }
-        let mut parts: Vec<String> = self
-            .failed
-            .iter()
-            .map(|f| format!("{}: {}", f.service, f.error))
-            .collect();
-        parts.extend(self.over_capacity.iter().map(ToString::to_string));
-        parts.extend(self.cleanup_errors.iter().cloned());
-        Some(anyhow::anyhow!("{}", parts.join("; ")))
-    }
-}
-
-/// A service port (or a frontend removal) that could not be written.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceFailure {
-    /// `namespace/name:port`, or for a removal `namespace/name:port (removing frontend ...)`.
-    pub service: String,
-    pub error: String,
-}
-
-/// The desired state does not fit in `map`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CapacityProblem {
-    /// `SERVICES_V1` or `BACKENDS_V1`.
-    pub map: &'static str,
-    /// Entries the whole desired state needs (for BACKENDS_V1 including room for replacing the
-    /// largest set, which an update writes before it deletes the old one).
-    pub needed: usize,
-    /// Entries the map has.
-    pub limit: usize,
-    /// Service ports left out (those already in the maps keep their previous state).
-    pub skipped: Vec<ServicePortName>,
-}
-
-impl std::fmt::Display for CapacityProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<String> = self.skipped.iter().take(5).map(|n| n.to_string()).collect();
-        write!(
-            f,
-            "{} would need {} entries, limit {}: {} service port(s) not applied ({}{})",
-            self.map,
-            self.needed,
-            self.limit,
-            self.skipped.len(),
-            names.join(", "),
-            if self.skipped.len() > 5 { ", ..." } else { "" }
-        )
-    }
-}
-
-/// A backend that left `frontend` for good. Network order, as in the maps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct RemovedBackend {
-    pub frontend: ServiceKey,
-    pub addr: u32,
-    pub port: u16,
-}
 
 /// What one applied transaction did.
 #[derive(Default)]
@@ -203,14 +109,7 @@ impl<S: MapStore> ServiceTable<S> {
             };
             let still = owner.and_then(|n| by_name.get(n).copied());
             let ops = plan(&self.mirror, &[(key, None)].into_iter().collect());
-            let fids = self.frontend_keys(&[key]);
-            match self.apply_unit(ops) {
-                Ok(done) => self.finish_unit(done, &fids, still, &mut stale, &mut out),
-                Err(e) => out.failed.push(ServiceFailure {
-                    service: who,
-                    error: format!("{e:#}"),
-                }),
-            }
+            self.run_unit(ops, &[key], still, || who, &mut stale, &mut out);
         }
         let admitted = self.admit(&units, &mut out);
         let admitted: Vec<(&ServicePort, &Desired)> = units
@@ -224,19 +123,7 @@ impl<S: MapStore> ServiceTable<S> {
             admitted
         };
         for (svc, unit) in rest {
-            let ops = plan(&self.mirror, unit);
-            if ops.is_empty() {
-                continue;
-            }
-            let keys: Vec<ServiceKey> = unit.keys().copied().collect();
-            let fids = self.frontend_keys(&keys);
-            match self.apply_unit(ops) {
-                Ok(done) => self.finish_unit(done, &fids, Some(svc), &mut stale, &mut out),
-                Err(e) => out.failed.push(ServiceFailure {
-                    service: svc.name.to_string(),
-                    error: format!("{e:#}"),
-                }),
-            }
+            self.apply_port(svc, unit, &mut stale, &mut out);
         }
         self.purge_stale(stale, &mut out);
         self.clean = out.is_complete() && !contested;
@@ -247,6 +134,51 @@ impl<S: MapStore> ServiceTable<S> {
             .max()
             .unwrap_or(0);
         out
+    }
+
+    /// Applies one service port's `unit` as a transaction, if it changes anything, and books
+    /// the outcome (a failure under the port's name).
+    pub(super) fn apply_port(
+        &mut self,
+        svc: &ServicePort,
+        unit: &Desired,
+        stale: &mut StaleBackends,
+        out: &mut SyncOutcome,
+    ) {
+        let ops = plan(&self.mirror, unit);
+        if ops.is_empty() {
+            return;
+        }
+        let keys: Vec<ServiceKey> = unit.keys().copied().collect();
+        self.run_unit(ops, &keys, Some(svc), || svc.name.to_string(), stale, out);
+    }
+
+    /// Runs `ops`, the plan of the frontends `keys`, as one transaction and books it: applied
+    /// (for `owner`, the service port that still holds the frontends, if any), or failed under
+    /// the name `who` gives. Returns whether it was applied.
+    pub(super) fn run_unit(
+        &mut self,
+        ops: Vec<MapOp>,
+        keys: &[ServiceKey],
+        owner: Option<&ServicePort>,
+        who: impl FnOnce() -> String,
+        stale: &mut StaleBackends,
+        out: &mut SyncOutcome,
+    ) -> bool {
+        let fids = self.frontend_keys(keys);
+        match self.apply_unit(ops) {
+            Ok(done) => {
+                self.finish_unit(done, &fids, owner, stale, out);
+                true
+            }
+            Err(e) => {
+                out.failed.push(ServiceFailure {
+                    service: who(),
+                    error: format!("{e:#}"),
+                });
+                false
+            }
+        }
     }
 
     /// Purges the flows of backends that left their frontends (with what earlier updates still
@@ -269,139 +201,8 @@ impl<S: MapStore> ServiceTable<S> {
         }
     }
 
-    /// Applies many service ports' plans together, each step of the transaction (new slots,
-    /// switches, old slots) for all of them in batch calls, in the module documentation's
-    /// order across all: no frontend is switched before every new set is complete, no old set
-    /// is deleted before every switch. A failed batch is rolled back to a boundary between
-    /// service ports (the failing one's written slots and switches undone); the service ports
-    /// from the failing one on are returned, to be applied one by one (which retries and
-    /// reports them as before).
-    fn apply_batched<'a>(
-        &mut self,
-        units: &[(&'a ServicePort, &'a Desired)],
-        stale: &mut StaleBackends,
-        out: &mut SyncOutcome,
-    ) -> Vec<(&'a ServicePort, &'a Desired)> {
-        let desired: Vec<&Desired> = units.iter().map(|(_, d)| *d).collect();
-        let plans = plan_each(&self.mirror, &desired);
-        let mut steps: Vec<UnitSteps> = plans.into_iter().map(UnitSteps::split).collect();
-        let fids: Vec<HashMap<u32, ServiceKey>> = units
-            .iter()
-            .map(|(_, d)| self.frontend_keys(&d.keys().copied().collect::<Vec<_>>()))
-            .collect();
-        if let Err(e) = self.announce_all(&steps) {
-            log::debug!("batched address announcement failed ({e:#}): one service at a time");
-            return units.to_vec();
-        }
-        // 1. Every new set.
-        let slots: Vec<(BackendKey, BackendValue)> = steps
-            .iter()
-            .flat_map(|s| s.new_slots.iter().copied())
-            .collect();
-        let written = self.store.put_backends(&slots);
-        let done = written.as_ref().map_or_else(|p| p.done, |()| slots.len());
-        for (k, v) in &slots[..done] {
-            self.mirror.apply(&MapOp::PutBackend(*k, *v));
-        }
-        let mut ok = unit_count(&steps, |s| s.new_slots.len(), done);
-        if let Err(p) = written {
-            log::debug!("batched slot writes stopped: {:#}", p.error);
-            // Only the failing service port has slots written (the batch stopped in it).
-            let start: usize = steps[..ok].iter().map(|s| s.new_slots.len()).sum();
-            let partial: Vec<MapOp> = slots[start..done]
-                .iter()
-                .map(|(k, v)| MapOp::PutBackend(*k, *v))
-                .collect();
-            self.undo_slots(&partial);
-        }
-        // 2. Every switch.
-        let switches: Vec<(ServiceKey, ServiceValue)> = steps[..ok]
-            .iter()
-            .flat_map(|s| s.switches.iter().copied())
-            .collect();
-        let prev: Vec<Option<ServiceValue>> = switches
-            .iter()
-            .map(|(k, _)| self.mirror.service(k).copied())
-            .collect();
-        let switched = self.store.put_services(&switches);
-        let done = switched
-            .as_ref()
-            .map_or_else(|p| p.done, |()| switches.len());
-        for (k, v) in &switches[..done] {
-            self.mirror.apply(&MapOp::PutService(*k, *v));
-        }
-        if let Err(p) = switched {
-            log::debug!("batched switches stopped: {:#}", p.error);
-            let failing = unit_count(&steps[..ok], |s| s.switches.len(), done);
-            // The failing service port's frontends that did switch go back to their old value.
-            let start: usize = steps[..failing].iter().map(|s| s.switches.len()).sum();
-            for i in (start..done).rev() {
-                self.restore(switches[i].0, prev[i]);
-            }
-            for s in &steps[failing..ok] {
-                self.undo_slots(&s.new_slot_ops());
-            }
-            ok = failing;
-        }
-        // 3. Every old set.
-        let old: Vec<BackendKey> = steps[..ok]
-            .iter()
-            .flat_map(|s| s.old_slots.iter().copied())
-            .collect();
-        let deleted = self.store.delete_backends(&old);
-        let done = deleted.as_ref().map_or_else(|p| p.done, |()| old.len());
-        for k in &old[..done] {
-            self.mirror.apply(&MapOp::DeleteBackend(*k));
-        }
-        let clean = unit_count(&steps[..ok], |s| s.old_slots.len(), done);
-        if let Err(p) = deleted {
-            out.cleanup_errors.push(format!(
-                "deleting replaced backend slots (collected by the next sync): {:#}",
-                p.error
-            ));
-        }
-        for (i, s) in steps.iter_mut().enumerate().take(ok) {
-            let mut unit = UnitDone {
-                purges: std::mem::take(&mut s.purges),
-                ..Default::default()
-            };
-            unit.report.backends_written = s.new_slots.len();
-            unit.report.services_written = s.switches.len();
-            unit.report.backends_deleted = if i < clean { s.old_slots.len() } else { 0 };
-            self.finish_unit(unit, &fids[i], Some(units[i].0), stale, out);
-        }
-        units[ok..].to_vec()
-    }
-
-    /// The `LB_ADDRS_V1` entries all of `steps` need, in one batch (before any slot or
-    /// switch names the addresses: the pod hooks' pre-filter must not skip their packets).
-    fn announce_all(&mut self, steps: &[UnitSteps]) -> Result<()> {
-        let mut new: Vec<(u32, u32)> = Vec::new();
-        let mut pending: HashMap<u32, u32> = HashMap::new();
-        let wanted = steps.iter().flat_map(|s| {
-            let backends = s.new_slots.iter().map(|(_, v)| (v.addr, ADDR_F_BACKEND));
-            let frontends = s.switches.iter().map(|(k, _)| (k.addr, ADDR_F_FRONTEND));
-            backends.chain(frontends)
-        });
-        for (addr, flag) in wanted {
-            let old = pending
-                .get(&addr)
-                .or_else(|| self.addrs.get(&addr))
-                .copied()
-                .unwrap_or(0);
-            if old & flag == 0 {
-                pending.insert(addr, old | flag);
-            }
-        }
-        new.extend(pending);
-        let written = self.store.put_addrs(&new);
-        let done = written.as_ref().map_or_else(|p| p.done, |()| new.len());
-        self.addrs.extend(new[..done].iter().copied());
-        written.map_err(|p| p.error)
-    }
-
     /// Puts a frontend back to `prev` (or removes it) after a failed batch of switches.
-    fn restore(&mut self, key: ServiceKey, prev: Option<ServiceValue>) {
+    pub(super) fn restore(&mut self, key: ServiceKey, prev: Option<ServiceValue>) {
         let undo = match prev {
             Some(v) => MapOp::PutService(key, v),
             None => MapOp::DeleteService(key),
@@ -547,16 +348,7 @@ impl<S: MapStore> ServiceTable<S> {
             let prev = self.mirror.service(key).copied();
             if let Err(e) = self.write(op) {
                 for (key, prev) in switched.iter().rev() {
-                    let undo = match prev {
-                        Some(v) => MapOp::PutService(*key, *v),
-                        None => MapOp::DeleteService(*key),
-                    };
-                    if let Err(u) = self.write(&undo) {
-                        log::error!(
-                            "frontend {}: restoring its previous value failed: {u:#}",
-                            show_key(key)
-                        );
-                    }
+                    self.restore(*key, *prev);
                 }
                 self.undo_slots(&new_slots);
                 return Err(e);
@@ -582,7 +374,7 @@ impl<S: MapStore> ServiceTable<S> {
 
     /// Deletes slots a failed transaction wrote, unless a frontend names their set (possible
     /// only when restoring it failed). What cannot be deleted is an orphan for the next sync.
-    fn undo_slots(&mut self, written: &[MapOp]) {
+    pub(super) fn undo_slots(&mut self, written: &[MapOp]) {
         for op in written {
             let MapOp::PutBackend(key, _) = op else {
                 continue;
@@ -602,60 +394,6 @@ impl<S: MapStore> ServiceTable<S> {
         self.mirror.apply(op);
         Ok(())
     }
-}
-
-/// One service port's plan by transaction step.
-struct UnitSteps {
-    new_slots: Vec<(BackendKey, BackendValue)>,
-    switches: Vec<(ServiceKey, ServiceValue)>,
-    old_slots: Vec<BackendKey>,
-    purges: Vec<(u32, Vec<(u32, u16)>)>,
-}
-
-impl UnitSteps {
-    fn split(ops: Vec<MapOp>) -> UnitSteps {
-        let mut s = UnitSteps {
-            new_slots: Vec::new(),
-            switches: Vec::new(),
-            old_slots: Vec::new(),
-            purges: Vec::new(),
-        };
-        for op in ops {
-            match op {
-                MapOp::PutBackend(k, v) => s.new_slots.push((k, v)),
-                MapOp::PutService(k, v) => s.switches.push((k, v)),
-                MapOp::DeleteBackend(k) => s.old_slots.push(k),
-                MapOp::PurgeFlows {
-                    frontend_id,
-                    backends,
-                } => s.purges.push((frontend_id, backends)),
-                // A service port's own plan removes none of its frontends (sync_report removes
-                // them beforehand, one by one).
-                MapOp::DeleteService(_) => unreachable!("removal in a service port's plan"),
-            }
-        }
-        s
-    }
-
-    fn new_slot_ops(&self) -> Vec<MapOp> {
-        self.new_slots
-            .iter()
-            .map(|(k, v)| MapOp::PutBackend(*k, *v))
-            .collect()
-    }
-}
-
-/// How many whole units a batch of `done` elements covered (each unit has `len(unit)`
-/// elements, in order).
-fn unit_count(steps: &[UnitSteps], len: impl Fn(&UnitSteps) -> usize, done: usize) -> usize {
-    let mut total = 0;
-    for (i, s) in steps.iter().enumerate() {
-        total += len(s);
-        if total > done {
-            return i;
-        }
-    }
-    steps.len()
 }
 
 fn merge(into: &mut UpdateReport, r: &UpdateReport) {

@@ -19,7 +19,7 @@ use foldhash::{HashMap, HashMapExt as _};
 use dataplane_common::lb::ServiceKey;
 
 use super::{
-    apply::{ServiceFailure, SyncOutcome},
+    outcome::SyncOutcome,
     plan::{plan, Desired},
     spec::{frontend_specs, key_order},
     store::MapStore,
@@ -141,12 +141,7 @@ impl<S: MapStore> ServiceTable<S> {
                 continue;
             };
             let specs = frontend_specs(svc, &self.local);
-            let mut unit = Desired::default();
-            for key in self.by_name.get(&svc.name).into_iter().flatten() {
-                if !specs.contains_key(key) {
-                    unit.insert(*key, None);
-                }
-            }
+            let mut unit = self.dropped_frontends(&svc.name, &specs);
             for (key, spec) in specs {
                 let taken = self.owners.get(&key).is_some_and(|o| *o != svc.name);
                 if taken || claimed.insert(key, &svc.name).is_some() {
@@ -172,35 +167,17 @@ impl<S: MapStore> ServiceTable<S> {
                 .collect();
             keys.sort_by_key(key_order);
             let unit: Desired = keys.iter().map(|k| (*k, None)).collect();
-            let fids = self.frontend_keys(&keys);
-            match self.apply_unit(plan(&self.mirror, &unit)) {
-                Ok(done) => {
-                    self.claim(name, &unit);
-                    self.finish_unit(done, &fids, None, &mut stale, &mut out)
-                }
-                Err(e) => out.failed.push(ServiceFailure {
-                    service: name.to_string(),
-                    error: format!("{e:#}"),
-                }),
+            let ops = plan(&self.mirror, &unit);
+            if self.run_unit(ops, &keys, None, || name.to_string(), &mut stale, &mut out) {
+                self.claim(name, &unit);
             }
         }
         for (svc, unit) in &units {
-            let ops = plan(&self.mirror, unit);
             // Owners follow the desired state, as in the full sync (a failed port is retried
-            // by the full sync its failure forces).
+            // by the full sync its failure forces). The plan reads only the mirror, which
+            // claiming leaves alone.
             self.claim(&svc.name, unit);
-            if ops.is_empty() {
-                continue;
-            }
-            let keys: Vec<ServiceKey> = unit.keys().copied().collect();
-            let fids = self.frontend_keys(&keys);
-            match self.apply_unit(ops) {
-                Ok(done) => self.finish_unit(done, &fids, Some(svc), &mut stale, &mut out),
-                Err(e) => out.failed.push(ServiceFailure {
-                    service: svc.name.to_string(),
-                    error: format!("{e:#}"),
-                }),
-            }
+            self.apply_port(svc, unit, &mut stale, &mut out);
         }
         self.purge_stale(stale, &mut out);
         Some(out)

@@ -257,12 +257,7 @@ mod tests {
     use super::*;
 
     fn key(n: u32) -> ServiceKey {
-        ServiceKey {
-            addr: n,
-            port: 80u16.to_be(),
-            proto: 6,
-            _pad: 0,
-        }
+        ServiceKey::new(n, 80u16.to_be(), 6)
     }
 
     fn value(frontend_id: u32, set_id: u32, count: u32) -> ServiceValue {

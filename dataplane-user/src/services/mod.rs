@@ -30,13 +30,19 @@
 
 pub mod addr_bits;
 mod apply;
+mod apply_batch;
 #[cfg(test)]
 mod batch_tests;
 mod delta;
 #[cfg(test)]
 mod delta_tests;
+#[cfg(test)]
+mod failure_tests;
+#[cfg(test)]
+mod flow_tests;
 mod mirror;
 mod names;
+mod outcome;
 mod plan;
 pub mod show;
 mod source_ranges;
@@ -64,9 +70,9 @@ use self::{
 use crate::model::{ServicePort, ServicePortName};
 
 pub use self::{
-    apply::{CapacityProblem, RemovedBackend, ServiceFailure, SyncOutcome},
     delta::{ServiceDelta, INCREMENTAL_MAX},
     names::{read_names, ServiceNames},
+    outcome::{CapacityProblem, RemovedBackend, ServiceFailure, SyncOutcome},
     show::{
         list_conntrack, list_services, render_conntrack, render_services, BackendRow, CtDirection,
         CtRow, ServiceRow,
@@ -259,12 +265,7 @@ impl<S: MapStore> ServiceTable<S> {
         // Not a state `sync_delta` knows: the next one diffs everything.
         self.clean = false;
         let specs = frontend_specs(svc, &self.local);
-        let mut desired = Desired::default();
-        for key in self.by_name.get(&svc.name).into_iter().flatten() {
-            if !specs.contains_key(key) {
-                desired.insert(*key, None);
-            }
-        }
+        let mut desired = self.dropped_frontends(&svc.name, &specs);
         for (key, spec) in specs {
             if let Some(owner) = self.owners.get(&key).filter(|owner| **owner != svc.name) {
                 log::warn!(
@@ -337,6 +338,22 @@ impl<S: MapStore> ServiceTable<S> {
     /// The underlying maps, e.g. to seed conntrack entries of an in-memory model.
     pub fn store_mut(&mut self) -> &mut S {
         &mut self.store
+    }
+
+    /// Removals of the frontends the service port `name` holds and `specs` no longer lists:
+    /// where an update of one port starts.
+    fn dropped_frontends(
+        &self,
+        name: &ServicePortName,
+        specs: &std::collections::HashMap<ServiceKey, spec::FrontendSpec>,
+    ) -> Desired {
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(|key| !specs.contains_key(key))
+            .map(|key| (*key, None))
+            .collect()
     }
 
     fn claim(&mut self, name: &ServicePortName, desired: &Desired) {

@@ -175,12 +175,7 @@ mod tests {
     use super::*;
 
     fn key(n: u8) -> ServiceKey {
-        ServiceKey {
-            addr: u32::from_ne_bytes([10, 96, 0, n]),
-            port: 80u16.to_be(),
-            proto: 6,
-            _pad: 0,
-        }
+        ServiceKey::new(u32::from_ne_bytes([10, 96, 0, n]), 80u16.to_be(), 6)
     }
 
     fn be(n: u8) -> BackendValue {

@@ -374,12 +374,7 @@ mod tests {
 
     #[test]
     fn service_rows_decode_and_render() {
-        let key = ServiceKey {
-            addr: ip_to_be([10, 109, 117, 159].into()),
-            port: 80u16.to_be(),
-            proto: 6,
-            _pad: 0,
-        };
+        let key = ServiceKey::new(ip_to_be([10, 109, 117, 159].into()), 80u16.to_be(), 6);
         let value = ServiceValue {
             frontend_id: 1,
             set_id: 4,

@@ -230,12 +230,7 @@ pub(crate) fn backend_order(b: &BackendValue) -> (Ipv4Addr, u16, u16) {
 
 /// The `SERVICES_V1` key of a frontend (network-order address and port).
 pub fn service_key(fe: &Frontend) -> ServiceKey {
-    ServiceKey {
-        addr: ip_to_be(fe.ip),
-        port: fe.port.to_be(),
-        proto: fe.protocol.number(),
-        _pad: 0,
-    }
+    ServiceKey::new(ip_to_be(fe.ip), fe.port.to_be(), fe.protocol.number())
 }
 
 /// A deterministic (human) order of frontends: address, port, protocol.
