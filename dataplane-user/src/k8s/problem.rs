@@ -141,3 +141,32 @@ mod tests {
         assert_eq!(log.report(&[a, b]), 1);
     }
 }
+
+/// Translates each of `objects` once, in order: a second object of the same name is a
+/// problem (the first one is used), an invalid one is its problem; what the others yield is
+/// kept, their notes (unsupported parts) added to `problems`.
+pub(super) fn translate_each<O, I: IntoIterator>(
+    objects: &[O],
+    subject_of: impl Fn(&O) -> Subject,
+    mut translate: impl FnMut(&O, &Subject) -> Result<(I, Vec<Problem>), Problem>,
+    problems: &mut Vec<Problem>,
+) -> Vec<I::Item> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for object in objects {
+        let subject = subject_of(object);
+        if !seen.insert(subject.object.clone()) {
+            let duplicate = format!("duplicate {}, the first one is used", subject.kind);
+            problems.push(subject.invalid("metadata.name", duplicate));
+            continue;
+        }
+        match translate(object, &subject) {
+            Ok((items, notes)) => {
+                out.extend(items);
+                problems.extend(notes);
+            }
+            Err(problem) => problems.push(problem),
+        }
+    }
+    out
+}

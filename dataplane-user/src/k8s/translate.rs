@@ -26,7 +26,7 @@ use super::{
     objects::{namespace, namespaced_name, not_proxied, Objects},
     parse::{self, Family, PortProtocol},
     policies::{Policies, ServiceType},
-    problem::{Problem, Subject},
+    problem::{translate_each, Problem, Subject},
     this_node::this_node,
 };
 use crate::model::{ClusterState, Frontend, FrontendKind, Protocol, ServicePort, ServicePortName};
@@ -74,23 +74,12 @@ fn translate_services(
     node_ports: &NodePortIps,
     problems: &mut Vec<Problem>,
 ) -> Vec<ServicePort> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for service in services {
-        let subject = Subject::new("Service", namespaced_name(&service.metadata));
-        if !seen.insert(subject.object.clone()) {
-            problems
-                .push(subject.invalid("metadata.name", "duplicate Service, the first one is used"));
-            continue;
-        }
-        match translate_service(service, &subject, endpoints, local, node_ports) {
-            Ok((ports, notes)) => {
-                out.extend(ports);
-                problems.extend(notes);
-            }
-            Err(problem) => problems.push(problem),
-        }
-    }
+    let subject =
+        |service: &Arc<Service>| Subject::new("Service", namespaced_name(&service.metadata));
+    let translate = |service: &Arc<Service>, subject: &Subject| {
+        translate_service(service, subject, endpoints, local, node_ports)
+    };
+    let mut out = translate_each(services, subject, translate, problems);
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
