@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Node;
 use super::{
     objects::annotation,
     parse::{self, Family},
-    problem::{translate_each, Problem, Subject},
+    problem::{ipv4_only, translate_each, Problem, Subject},
 };
 use crate::model::NodeInfo;
 
@@ -145,15 +145,7 @@ fn pod_cidrs(
             .into_iter()
             .collect(),
     };
-    let mut out = Vec::new();
-    for (field, text) in fields {
-        match parse::cidr(text) {
-            Ok(Family::V4(cidr)) => out.push(cidr),
-            Ok(Family::V6) => ipv6.push(field),
-            Err(message) => return Err(subject.invalid(field, message)),
-        }
-    }
-    Ok(out)
+    ipv4_only(fields, parse::cidr, subject, ipv6)
 }
 
 /// VtepMAC from flannel's backend-data. Other backends (host-gw writes `null`) have none.

@@ -6,6 +6,8 @@
 
 use std::{collections::HashSet, fmt};
 
+use super::parse::Family;
+
 /// How serious a [`Problem`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
@@ -169,4 +171,23 @@ pub(super) fn translate_each<O, I: IntoIterator>(
         }
     }
     out
+}
+
+/// Parses each `(field, text)` with `parse`: IPv4 values kept, IPv6 ones skipped (the field
+/// noted in `ipv6`), anything else invalidates the object.
+pub(super) fn ipv4_only<T>(
+    fields: Vec<(String, &str)>,
+    parse: impl Fn(&str) -> Result<Family<T>, String>,
+    subject: &Subject,
+    ipv6: &mut Vec<String>,
+) -> Result<Vec<T>, Problem> {
+    let mut out = Vec::new();
+    for (field, text) in fields {
+        match parse(text) {
+            Ok(Family::V4(v)) => out.push(v),
+            Ok(Family::V6) => ipv6.push(field),
+            Err(message) => return Err(subject.invalid(field, message)),
+        }
+    }
+    Ok(out)
 }

@@ -24,9 +24,9 @@ use super::{
     local::LocalNode,
     nodes,
     objects::{namespace, namespaced_name, not_proxied, Objects},
-    parse::{self, Family, PortProtocol},
+    parse::{self, PortProtocol},
     policies::{Policies, ServiceType},
-    problem::{translate_each, Problem, Subject},
+    problem::{ipv4_only, translate_each, Problem, Subject},
     this_node::this_node,
 };
 use crate::model::{ClusterState, Frontend, FrontendKind, Protocol, ServicePort, ServicePortName};
@@ -303,15 +303,7 @@ fn ipv4_addresses(
     subject: &Subject,
     ipv6: &mut Vec<String>,
 ) -> Result<Vec<Ipv4Addr>, Problem> {
-    let mut out = Vec::new();
-    for (field, text) in fields {
-        match parse::ip(text) {
-            Ok(Family::V4(ip)) => out.push(ip),
-            Ok(Family::V6) => ipv6.push(field),
-            Err(message) => return Err(subject.invalid(field, message)),
-        }
-    }
-    Ok(out)
+    ipv4_only(fields, parse::ip, subject, ipv6)
 }
 
 /// One valid, supported entry of spec.ports.
