@@ -24,6 +24,30 @@ mod pktinfo;
 
 use framed::{is_timeout, Framed};
 
+/// setsockopt(2) of `value` (a plain C option struct or integer) on `socket`.
+pub fn set_option<T>(
+    socket: &impl std::os::fd::AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: a valid fd, and an option buffer of exactly the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// How often server threads look at their stop flag.
 const TICK: Duration = Duration::from_millis(50);
 

@@ -299,12 +299,9 @@ impl Datapath {
             }
         }
         for entry in std::fs::read_dir(self.pin_dir.join("links"))? {
-            let path = entry?.path();
-            let name = path
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
+            let entry = entry?;
+            let (path, name) = (entry.path(), entry.file_name());
+            let name = name.to_string_lossy();
             let Some((prog, iface)) = name.split_once('@') else {
                 continue;
             };

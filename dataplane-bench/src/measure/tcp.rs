@@ -123,19 +123,10 @@ fn one_connection(dst: SocketAddrV4) -> Result<usize> {
 
 /// SO_LINGER 0: close with RST, no TIME_WAIT (the client would run out of ports otherwise).
 fn abort(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
     let l = libc::linger {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: valid socket fd and option struct.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &l as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    // Best effort, as before: a socket that keeps its linger only costs a TIME_WAIT entry.
+    let _ = dataplane_lab::traffic::set_option(s, libc::SOL_SOCKET, libc::SO_LINGER, &l);
 }

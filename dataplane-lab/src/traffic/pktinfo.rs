@@ -13,22 +13,12 @@ const CONTROL_LEN: usize = 64;
 struct Control([u8; CONTROL_LEN]);
 
 pub(super) fn enable(socket: &UdpSocket) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: valid fd and a c_int option value of the stated size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_PKTINFO,
-            (&on as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    super::set_option(
+        socket,
+        libc::IPPROTO_IP,
+        libc::IP_PKTINFO,
+        &(1 as libc::c_int),
+    )
 }
 
 /// A message header naming `name` (the peer), the one buffer `iov` and the control buffer;

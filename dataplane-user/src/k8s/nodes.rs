@@ -1,14 +1,14 @@
 //! Nodes -> [`NodeInfo`] for the overlay: where to tunnel to, which pod CIDRs live there, and
 //! the flannel/calico details of that node.
 
-use std::{collections::HashSet, net::Ipv4Addr, sync::Arc};
+use std::{net::Ipv4Addr, sync::Arc};
 
 use k8s_openapi::api::core::v1::Node;
 
 use super::{
     objects::annotation,
     parse::{self, Family},
-    problem::{Problem, Subject},
+    problem::{ipv4_only, translate_each, Problem, Subject},
 };
 use crate::model::NodeInfo;
 
@@ -23,29 +23,14 @@ pub const CALICO_IPIP_TUNNEL_ADDR: &str = "projectcalico.org/IPv4IPIPTunnelAddr"
 
 /// Every valid Node, sorted by name; invalid ones are skipped with a problem.
 pub(crate) fn translate_nodes(nodes: &[Arc<Node>], problems: &mut Vec<Problem>) -> Vec<NodeInfo> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for node in nodes {
-        let subject = Subject::new(
-            "Node",
-            node.metadata
-                .name
-                .clone()
-                .unwrap_or_else(|| "<unnamed>".into()),
-        );
-        if !seen.insert(subject.object.clone()) {
-            problems
-                .push(subject.invalid("metadata.name", "duplicate Node, the first one is used"));
-            continue;
-        }
-        match translate_node(node, &subject) {
-            Ok((info, notes)) => {
-                out.push(info);
-                problems.extend(notes);
-            }
-            Err(problem) => problems.push(problem),
-        }
-    }
+    let subject = |node: &Arc<Node>| {
+        let name = node.metadata.name.clone();
+        Subject::new("Node", name.unwrap_or_else(|| "<unnamed>".into()))
+    };
+    let translate = |node: &Arc<Node>, subject: &Subject| {
+        translate_node(node, subject).map(|(info, notes)| ([info], notes))
+    };
+    let mut out = translate_each(nodes, subject, translate, problems);
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
@@ -160,15 +145,7 @@ fn pod_cidrs(
             .into_iter()
             .collect(),
     };
-    let mut out = Vec::new();
-    for (field, text) in fields {
-        match parse::cidr(text) {
-            Ok(Family::V4(cidr)) => out.push(cidr),
-            Ok(Family::V6) => ipv6.push(field),
-            Err(message) => return Err(subject.invalid(field, message)),
-        }
-    }
-    Ok(out)
+    ipv4_only(fields, parse::cidr, subject, ipv6)
 }
 
 /// VtepMAC from flannel's backend-data. Other backends (host-gw writes `null`) have none.

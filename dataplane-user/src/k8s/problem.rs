@@ -6,6 +6,8 @@
 
 use std::{collections::HashSet, fmt};
 
+use super::parse::Family;
+
 /// How serious a [`Problem`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
@@ -140,4 +142,52 @@ mod tests {
         // `a` went away and came back: worth a new line.
         assert_eq!(log.report(&[a, b]), 1);
     }
+}
+
+/// Translates each of `objects` once, in order: a second object of the same name is a
+/// problem (the first one is used), an invalid one is its problem; what the others yield is
+/// kept, their notes (unsupported parts) added to `problems`.
+pub(super) fn translate_each<O, I: IntoIterator>(
+    objects: &[O],
+    subject_of: impl Fn(&O) -> Subject,
+    mut translate: impl FnMut(&O, &Subject) -> Result<(I, Vec<Problem>), Problem>,
+    problems: &mut Vec<Problem>,
+) -> Vec<I::Item> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for object in objects {
+        let subject = subject_of(object);
+        if !seen.insert(subject.object.clone()) {
+            let duplicate = format!("duplicate {}, the first one is used", subject.kind);
+            problems.push(subject.invalid("metadata.name", duplicate));
+            continue;
+        }
+        match translate(object, &subject) {
+            Ok((items, notes)) => {
+                out.extend(items);
+                problems.extend(notes);
+            }
+            Err(problem) => problems.push(problem),
+        }
+    }
+    out
+}
+
+/// Parses each `(field, text)` with `parse`: IPv4 values kept, IPv6 ones skipped (the field
+/// noted in `ipv6`), anything else invalidates the object.
+pub(super) fn ipv4_only<T>(
+    fields: Vec<(String, &str)>,
+    parse: impl Fn(&str) -> Result<Family<T>, String>,
+    subject: &Subject,
+    ipv6: &mut Vec<String>,
+) -> Result<Vec<T>, Problem> {
+    let mut out = Vec::new();
+    for (field, text) in fields {
+        match parse(text) {
+            Ok(Family::V4(v)) => out.push(v),
+            Ok(Family::V6) => ipv6.push(field),
+            Err(message) => return Err(subject.invalid(field, message)),
+        }
+    }
+    Ok(out)
 }

@@ -24,9 +24,9 @@ use super::{
     local::LocalNode,
     nodes,
     objects::{namespace, namespaced_name, not_proxied, Objects},
-    parse::{self, Family, PortProtocol},
+    parse::{self, PortProtocol},
     policies::{Policies, ServiceType},
-    problem::{Problem, Subject},
+    problem::{ipv4_only, translate_each, Problem, Subject},
     this_node::this_node,
 };
 use crate::model::{ClusterState, Frontend, FrontendKind, Protocol, ServicePort, ServicePortName};
@@ -74,23 +74,12 @@ fn translate_services(
     node_ports: &NodePortIps,
     problems: &mut Vec<Problem>,
 ) -> Vec<ServicePort> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for service in services {
-        let subject = Subject::new("Service", namespaced_name(&service.metadata));
-        if !seen.insert(subject.object.clone()) {
-            problems
-                .push(subject.invalid("metadata.name", "duplicate Service, the first one is used"));
-            continue;
-        }
-        match translate_service(service, &subject, endpoints, local, node_ports) {
-            Ok((ports, notes)) => {
-                out.extend(ports);
-                problems.extend(notes);
-            }
-            Err(problem) => problems.push(problem),
-        }
-    }
+    let subject =
+        |service: &Arc<Service>| Subject::new("Service", namespaced_name(&service.metadata));
+    let translate = |service: &Arc<Service>, subject: &Subject| {
+        translate_service(service, subject, endpoints, local, node_ports)
+    };
+    let mut out = translate_each(services, subject, translate, problems);
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
@@ -314,15 +303,7 @@ fn ipv4_addresses(
     subject: &Subject,
     ipv6: &mut Vec<String>,
 ) -> Result<Vec<Ipv4Addr>, Problem> {
-    let mut out = Vec::new();
-    for (field, text) in fields {
-        match parse::ip(text) {
-            Ok(Family::V4(ip)) => out.push(ip),
-            Ok(Family::V6) => ipv6.push(field),
-            Err(message) => return Err(subject.invalid(field, message)),
-        }
-    }
-    Ok(out)
+    ipv4_only(fields, parse::ip, subject, ipv6)
 }
 
 /// One valid, supported entry of spec.ports.

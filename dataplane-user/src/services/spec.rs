@@ -296,6 +296,11 @@ mod tests {
         eligible.iter().map(|b| b.ip).collect()
     }
 
+    /// The addresses of the endpoints `policy` lets this node (`local()`) use.
+    fn eligible(eps: &[Backend], policy: TrafficPolicy) -> Vec<Ipv4Addr> {
+        ips(&eligible_backends(eps, policy, &local()))
+    }
+
     fn svc(frontends: Vec<Frontend>, backends: Vec<Backend>) -> ServicePort {
         ServicePort {
             name: ServicePortName {
@@ -329,8 +334,10 @@ mod tests {
             ep([10, 0, 0, 2], "node-b", false, true, true),
             ep([10, 0, 0, 3], "node-b", false, false, false),
         ];
-        let got = eligible_backends(&eps, TrafficPolicy::Cluster, &local());
-        assert_eq!(ips(&got), [Ipv4Addr::new(10, 0, 0, 1)]);
+        assert_eq!(
+            eligible(&eps, TrafficPolicy::Cluster),
+            [Ipv4Addr::new(10, 0, 0, 1)]
+        );
     }
 
     #[test]
@@ -340,9 +347,11 @@ mod tests {
             ep([10, 0, 0, 2], "node-b", false, false, true), // terminating, not serving
             ep([10, 0, 0, 3], "node-b", false, false, false), // not ready, not terminating
         ];
-        let got = eligible_backends(&eps, TrafficPolicy::Cluster, &local());
-        assert_eq!(ips(&got), [Ipv4Addr::new(10, 0, 0, 1)]);
-        assert!(eligible_backends(&eps[1..], TrafficPolicy::Cluster, &local()).is_empty());
+        assert_eq!(
+            eligible(&eps, TrafficPolicy::Cluster),
+            [Ipv4Addr::new(10, 0, 0, 1)]
+        );
+        assert!(eligible(&eps[1..], TrafficPolicy::Cluster).is_empty());
     }
 
     #[test]
@@ -354,8 +363,10 @@ mod tests {
             ep([10, 0, 0, 2], "node-b", true, true, false),
             unknown,
         ];
-        let got = eligible_backends(&eps, TrafficPolicy::Local, &local());
-        assert_eq!(ips(&got), [Ipv4Addr::new(10, 0, 0, 1)]);
+        assert_eq!(
+            eligible(&eps, TrafficPolicy::Local),
+            [Ipv4Addr::new(10, 0, 0, 1)]
+        );
     }
 
     #[test]
@@ -364,9 +375,11 @@ mod tests {
             ep([10, 0, 0, 1], "node-a", false, true, true),
             ep([10, 0, 0, 2], "node-b", true, true, false),
         ];
-        let got = eligible_backends(&eps, TrafficPolicy::Local, &local());
-        assert_eq!(ips(&got), [Ipv4Addr::new(10, 0, 0, 1)]);
-        assert!(eligible_backends(&eps[1..], TrafficPolicy::Local, &local()).is_empty());
+        assert_eq!(
+            eligible(&eps, TrafficPolicy::Local),
+            [Ipv4Addr::new(10, 0, 0, 1)]
+        );
+        assert!(eligible(&eps[1..], TrafficPolicy::Local).is_empty());
     }
 
     #[test]
