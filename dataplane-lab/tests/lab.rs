@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddrV4;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dataplane_lab::lab::{Cni, Host, Lab, LabSpec, CALICO_MAC};
 use dataplane_lab::netns;
@@ -267,9 +267,20 @@ fn spawned_process_output_and_stop() {
     assert_eq!(child.stderr(), "err\n");
 
     let sleeper = lab.spawn_in(&node.ns, &["sleep", "600"]).unwrap();
-    assert!(netns::ns_pids(&node.ns)
+    // spawn_in returns once nsenter runs; it joins the namespace a moment later (under load,
+    // after the first look).
+    let deadline = Instant::now() + TIMEOUT;
+    while !netns::ns_pids(&node.ns)
         .unwrap()
-        .contains(&(sleeper.pid() as i32)));
+        .contains(&(sleeper.pid() as i32))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sleeper never showed up in {}",
+            node.ns
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let status = sleeper.stop().unwrap();
     assert!(!status.success(), "killed by SIGTERM");
 }
