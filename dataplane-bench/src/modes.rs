@@ -253,16 +253,10 @@ impl ModeLab {
     /// turns NAPI on. A NIC uplink needs nothing of the kind; it adds the NAPI pass to this
     /// mode's every packet toward the switch (tc-path frames included), not to the others'.
     fn enable_switch_napi(&self) -> Result<()> {
-        let ns = format!("--net={}", netns::ns_path(self.lab.switch_ns()).display());
-        netns::run(&[
-            "nsenter",
-            &ns,
-            "ethtool",
-            "-K",
-            &self.node1.name,
-            "gro",
-            "on",
-        ])
+        netns::run_in(
+            self.lab.switch_ns(),
+            &["ethtool", "-K", &self.node1.name, "gro", "on"],
+        )
         .context("turning NAPI on at the switch's port toward node1 (ethtool)")?;
         Ok(())
     }

@@ -51,11 +51,7 @@ const POD_NO_SERVICE_NS: f64 = 60.0;
 
 /// Nanoseconds per packet inside the programs of `p`, and the per-program detail.
 fn inside(p: &Profile) -> (f64, String) {
-    let total = p
-        .programs
-        .iter()
-        .map(|q| q.ns_per_run * q.runs_per_packet)
-        .sum();
+    let total = p.inside_ns();
     // Programs a pass ran for a handful of packets only (the priming of established flows)
     // weigh nothing in the sum and are left out of the detail.
     let detail: Vec<String> = p
