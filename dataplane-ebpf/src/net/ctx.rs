@@ -109,7 +109,6 @@ fn l4_csum_off(l4: L4) -> Result<usize, Failed> {
 
 /// Where the fields the tc helpers rewrite sit in an IPv4 header.
 const IPV4_SADDR_OFF: usize = offset_of!(Ipv4Hdr, saddr);
-const IPV4_DADDR_OFF: usize = offset_of!(Ipv4Hdr, daddr);
 const IPV4_CHECK_OFF: usize = offset_of!(Ipv4Hdr, check);
 
 pub struct XdpPacket<'a>(pub &'a XdpContext);
@@ -271,14 +270,14 @@ pub struct TcPacket<'a>(pub &'a TcContext);
 
 impl TcPacket<'_> {
     /// Rewrites both IP addresses to `to` (8 bytes at `saddr`): one checksum difference for
-    /// the IP header and the L4 pseudo-header sum, so two checksum helpers and one store
+    /// the IP header and, with `l4` (its checksum's offset and `BPF_F_MARK_MANGLED_0` or 0),
+    /// the transport's pseudo-header sum, so at most two checksum helpers and one store
     /// whatever changed. The old values are the parsed flow's (what the packet holds).
     #[inline(always)]
     fn replace_addrs(
         &self,
         pkt: &Parsed,
-        l4_check: usize,
-        mangled: u64,
+        l4: Option<(usize, u64)>,
         to: [u32; 2],
     ) -> Result<(), Failed> {
         let from = [pkt.flow.saddr, pkt.flow.daddr];
@@ -288,8 +287,10 @@ impl TcPacket<'_> {
         let ctx = self.0;
         let d = csum::diff(from, to) as u64;
         // Size 0: `to` is a precomputed difference (`from` must be 0).
-        ctx.l4_csum_replace(l4_check, 0, d, BPF_F_PSEUDO_HDR as u64 | mangled)
-            .map_err(|_| Failed)?;
+        if let Some((l4_check, mangled)) = l4 {
+            ctx.l4_csum_replace(l4_check, 0, d, BPF_F_PSEUDO_HDR as u64 | mangled)
+                .map_err(|_| Failed)?;
+        }
         ctx.l3_csum_replace(pkt.l3_off + IPV4_CHECK_OFF, 0, d, 0)
             .map_err(|_| Failed)?;
         ctx.store(pkt.l3_off + IPV4_SADDR_OFF, &to, 0)
@@ -414,25 +415,13 @@ impl Packet for TcPacket<'_> {
         } else {
             0
         };
-        self.replace_addrs(pkt, l4_check, mangled, [to.saddr, to.daddr])?;
+        self.replace_addrs(pkt, Some((l4_check, mangled)), [to.saddr, to.daddr])?;
         self.replace_ports(pkt, l4_check, mangled, to.sport, to.dport)
     }
 
     #[inline(always)]
     fn rewrite_addrs(&self, pkt: &Parsed, saddr: Addr, daddr: Addr) -> Result<(), Failed> {
-        for (off, to) in [
-            (pkt.l3_off + IPV4_SADDR_OFF, saddr),
-            (pkt.l3_off + IPV4_DADDR_OFF, daddr),
-        ] {
-            let ctx = self.0;
-            let old: u32 = ctx.load(off).map_err(|_| Failed)?;
-            if old != to {
-                ctx.l3_csum_replace(pkt.l3_off + IPV4_CHECK_OFF, old as u64, to as u64, 4)
-                    .map_err(|_| Failed)?;
-                ctx.store(off, &to, 0).map_err(|_| Failed)?;
-            }
-        }
-        Ok(())
+        self.replace_addrs(pkt, None, [saddr, daddr])
     }
 
     #[inline(always)]
