@@ -390,10 +390,13 @@ pub fn profile(
     repeat: u32,
     cpu: usize,
 ) -> Result<crate::measure::Profile> {
+    let floor = crate::measure::StatsFloor::attach(&t.node1.ns, t.ifindex_pod)?;
     let _enabled = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let floor0 = floor.run_stats()?;
     let before = t.program_stats()?;
     let s = run(t, pass, templates, repeat, 0, cpu)?;
     let after = t.program_stats()?;
+    let stats_floor_ns = crate::measure::StatsFloor::ns_per_run(floor0, floor.run_stats()?, s.sent);
     let programs = after
         .iter()
         .filter_map(|(name, a)| {
@@ -411,6 +414,7 @@ pub fn profile(
         traffic: Traffic::ClusterEst,
         total_ns_per_packet: s.ns_per_packet,
         programs,
+        stats_floor_ns,
     })
 }
 

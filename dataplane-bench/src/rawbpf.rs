@@ -17,6 +17,7 @@ const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 
 pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
 pub const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
+pub const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
 /// Array map usable with mmap(2).
@@ -201,17 +202,26 @@ impl Drop for MappedArray {
 
 /// Loads an XDP program from raw instructions; returns its fd or the verifier log.
 pub fn load_xdp(insns: &[Insn], name: &str) -> Result<OwnedFd> {
+    load(BPF_PROG_TYPE_XDP, BPF_XDP, insns, name)
+}
+
+/// Loads a tc (SCHED_CLS) program, attachable with tcx.
+pub fn load_tc(insns: &[Insn], name: &str) -> Result<OwnedFd> {
+    load(BPF_PROG_TYPE_SCHED_CLS, 0, insns, name)
+}
+
+fn load(prog_type: u32, attach_type: u32, insns: &[Insn], name: &str) -> Result<OwnedFd> {
     let license = CString::new("GPL").unwrap();
     let mut log = vec![0u8; 1 << 20];
     let mut a = Attr::new();
-    a.u32(0, BPF_PROG_TYPE_XDP)
+    a.u32(0, prog_type)
         .u32(4, insns.len() as u32)
         .u64(8, insns.as_ptr() as u64)
         .u64(16, license.as_ptr() as u64)
         .u32(24, 1)
         .u32(28, log.len() as u32)
         .u64(32, log.as_mut_ptr() as u64)
-        .u32(68, BPF_XDP);
+        .u32(68, attach_type);
     let n = name.as_bytes();
     let len = n.len().min(15);
     a.0[48..48 + len].copy_from_slice(&n[..len]);
@@ -433,4 +443,28 @@ pub fn prog_stats_by_id(id: u32) -> Result<(String, u64, u64)> {
     let name = String::from_utf8_lossy(&info[64..64 + name_end]).into_owned();
     let rd = |off: usize| u64::from_ne_bytes(info[off..off + 8].try_into().unwrap());
     Ok((name, rd(192), rd(200)))
+}
+
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
+/// tcx: insert before `relative_fd` (0: before every program, i.e. first).
+const BPF_F_BEFORE: u32 = 1 << 3;
+
+/// Attaches a tc program first on `ifindex`'s tcx ingress (or egress) chain, in the calling
+/// thread's namespace; the link lasts as long as the returned fd.
+pub fn tcx_attach_first(prog: RawFd, ifindex: u32, ingress: bool) -> Result<OwnedFd> {
+    let mut a = Attr::new();
+    let kind = if ingress {
+        BPF_TCX_INGRESS
+    } else {
+        BPF_TCX_EGRESS
+    };
+    a.u32(0, prog as u32)
+        .u32(4, ifindex)
+        .u32(8, kind)
+        .u32(12, BPF_F_BEFORE);
+    let fd = sys_bpf(BPF_LINK_CREATE, &mut a).context("BPF_LINK_CREATE (tcx)")?;
+    // SAFETY: new fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }

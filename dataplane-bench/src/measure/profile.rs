@@ -14,6 +14,7 @@ use crate::netutil;
 use crate::scenario::{self, Traffic};
 
 use super::packets::live_run;
+use super::StatsFloor;
 
 /// Time spent inside each of the dataplane's programs per packet, from the kernel's run-time
 /// statistics (BPF_ENABLE_STATS, on only during this untimed profiling pass: it adds its own
@@ -35,6 +36,11 @@ pub struct Profile {
     /// Cost per packet of this (stats-enabled) run, ns.
     pub total_ns_per_packet: f64,
     pub programs: Vec<ProgramProfile>,
+    /// ns per run of an empty tc program on the injection device in the same pass: what the
+    /// statistics themselves add to each program run ([`StatsFloor`]). None where it did not
+    /// run for the packets (XDP finished them) or in runs from before it was measured.
+    #[serde(default)]
+    pub stats_floor_ns: Option<f64>,
 }
 
 impl Profile {
@@ -97,7 +103,14 @@ pub fn profile(
     frames: u32,
     cpu: usize,
 ) -> Result<Profile> {
+    let ifindex = if traffic.is_nodeport() {
+        ml.ifindex_uplink
+    } else {
+        ml.ifindex_pod
+    };
+    let floor = StatsFloor::attach(&ml.node1.ns, ifindex)?;
     let _enabled = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let floor0 = floor.run_stats()?;
     let before = run_stats(ml)?;
     let run = super::packets::Run {
         services: n,
@@ -108,6 +121,7 @@ pub fn profile(
     };
     let s = live_run(ml, pass, templates, run)?;
     let after = run_stats(ml)?;
+    let stats_floor_ns = StatsFloor::ns_per_run(floor0, floor.run_stats()?, s.sent);
     let injector_ns = injector_cost(pass, templates, cpu)?;
     let names = PROGRAMS
         .iter()
@@ -136,6 +150,7 @@ pub fn profile(
         traffic,
         total_ns_per_packet: s.ns_per_packet,
         programs,
+        stats_floor_ns,
     })
 }
 

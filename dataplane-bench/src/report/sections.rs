@@ -117,6 +117,26 @@ pub(super) fn load_section(m: &mut String, r: &Results) {
     let _ = writeln!(m);
 }
 
+/// What an empty program measured under the same statistics in these passes.
+fn stats_floor_note(m: &mut String, r: &Results) {
+    let floors: Vec<String> = r
+        .profiles
+        .iter()
+        .filter_map(|p| Some(format!("{:.0}", p.stats_floor_ns?)))
+        .collect();
+    if floors.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        m,
+        "**The statistics' own cost.** An empty tc program (it only returns TCX_NEXT, so the dataplane's program runs \
+         next) attached first on the device each pass injects at measured {} ns per run (the passes whose packets reached \
+         tc): the clock reads BPF_ENABLE_STATS adds around every program run, part of each number above and of every \
+         program's. The per-program budgets in the targets table are judged on the time above it.\n",
+        floors.join(", ")
+    );
+}
+
 pub(super) fn profile_section(m: &mut String, r: &Results, n_max: usize) {
     let _ = writeln!(m, "## Where the time goes\n");
     let at = |row: &str, n: usize, t: Traffic| packet_agg(r, row, n, t).map(|a| a.median);
@@ -144,6 +164,7 @@ pub(super) fn profile_section(m: &mut String, r: &Results, n_max: usize) {
             );
         }
         let _ = writeln!(m);
+        stats_floor_note(m, r);
     }
     // XDP vs tc explanation from the numbers.
     if let (Some(x), Some(c), Some(f)) = (
