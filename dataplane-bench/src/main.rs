@@ -241,6 +241,11 @@ fn run(args: &Args) -> Result<bool> {
                     let s = measure::live_run(ml, &pass, &templates, run(t, frames, rep))?;
                     note(&s);
                     results.packets.push(s);
+                    if t.is_nodeport() && Some(&n) == sweep.iter().max() {
+                        let s = measure::node1_run(ml, &pass, &templates, run(t, frames, rep))?;
+                        note(&s);
+                        results.packets.push(s);
+                    }
                     if ml.mode == Mode::EbpfXdp {
                         // The program alone is ~100 ns: always 100,000 runs.
                         let s =

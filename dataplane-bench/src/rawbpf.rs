@@ -331,6 +331,14 @@ pub const fn ldx_dw(dst: u8, src: u8, off: i16) -> Insn {
 pub const fn ldx_w(dst: u8, src: u8, off: i16) -> Insn {
     insn(0x61, dst, src, off, 0)
 }
+/// dst = *(u16 *)(src + off)
+pub const fn ldx_h(dst: u8, src: u8, off: i16) -> Insn {
+    insn(0x69, dst, src, off, 0)
+}
+/// lock *(u64 *)(dst + off) += src (BPF_ATOMIC BPF_ADD)
+pub const fn atomic_add_dw(dst: u8, off: i16, src: u8) -> Insn {
+    insn(0xdb, dst, src, off, 0)
+}
 /// *(u64 *)(dst + off) = src
 pub const fn stx_dw(dst: u8, off: i16, src: u8) -> Insn {
     insn(0x7b, dst, src, off, 0)
@@ -346,6 +354,10 @@ pub const fn st_w(dst: u8, off: i16, imm: i32) -> Insn {
 /// if dst == imm goto +off
 pub const fn jeq_imm(dst: u8, imm: i32, off: i16) -> Insn {
     insn(0x15, dst, 0, off, imm)
+}
+/// if dst != imm goto +off
+pub const fn jne_imm(dst: u8, imm: i32, off: i16) -> Insn {
+    insn(0x55, dst, 0, off, imm)
 }
 /// if dst > src goto +off (unsigned)
 pub const fn jgt_reg(dst: u8, src: u8, off: i16) -> Insn {

@@ -11,6 +11,7 @@ use crate::measure::{PacketSample, Profile, SnatProbe, TcpSample};
 mod agg;
 mod budgets;
 mod markdown;
+mod node1;
 mod plot;
 mod sections;
 mod targets;

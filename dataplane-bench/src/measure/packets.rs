@@ -166,13 +166,34 @@ impl Run {
     }
 }
 
-/// `frames` frames of `traffic` through `ml`'s node1 (live frames), with delivery checks.
-pub fn live_run(
+/// What the timed runs of one sample did: frames sent (priming included), their timing, the
+/// injector's own problems, and the dataplane's counters before.
+pub(super) struct Injected {
+    pub(super) sent: u64,
+    timing: Timing,
+    pub(super) problems: Vec<String>,
+    stats0: Option<dataplane::stats::Stats>,
+}
+
+impl Injected {
+    /// The sample of this injection (deliveries and checks to be filled in).
+    pub(super) fn sample(self, row: String, run: Run) -> PacketSample {
+        PacketSample {
+            sent: self.sent,
+            problems: self.problems,
+            ..PacketSample::timed(row, run, &self.timing)
+        }
+    }
+}
+
+/// Injects `run`'s frames at node1 (live frames): connection tracking emptied first; new
+/// flows in chunks that fill the table, established ones primed by one untimed run.
+pub(super) fn inject(
     ml: &ModeLab,
     pass: &Arc<Injector>,
     templates: &Templates,
     run: Run,
-) -> Result<PacketSample> {
+) -> Result<Injected> {
     let (traffic, repeat, cpu) = run.parts();
     let floor = ml.mode == Mode::NoNat;
     let inj = match ml.mode {
@@ -189,7 +210,6 @@ pub fn live_run(
     let mut problems = Vec::new();
     ml.flush_conntrack()?;
     let stats0 = ml.stats()?;
-    let c0 = ml.backend_counts()?;
     let mut sent = 0u64;
     let mut timing = Timing::default();
     if traffic.is_new() {
@@ -217,6 +237,55 @@ pub fn live_run(
         }
         sent = EST_FLOWS as u64 + repeat as u64;
     }
+    Ok(Injected {
+        sent,
+        timing,
+        problems,
+        stats0,
+    })
+}
+
+/// The dataplane's own counters for the injection (nothing for the other modes): every frame
+/// balanced, translated, refused or deferred, and NodePort at XDP on the fast path. Returns
+/// the refusals for want of masquerade ports.
+pub(super) fn check_hooks(ml: &ModeLab, run: Run, inj: &mut Injected) -> Result<u64> {
+    let (traffic, repeat, _) = run.parts();
+    let (Some(s0), Some(hook)) = (inj.stats0.as_ref(), hook_of(ml)) else {
+        return Ok(0);
+    };
+    let s1 = ml.stats()?.expect("stats");
+    let d = |r: Reason| s1.packets(hook, r) - s0.packets(hook, r);
+    let (want_new, want_fwd) = if traffic.is_new() {
+        (repeat as u64, 0)
+    } else {
+        (EST_FLOWS as u64, repeat as u64)
+    };
+    let got = HookCounts::read(&d);
+    if let Some(p) = got.mismatch(hook, want_new, want_fwd) {
+        inj.problems.push(p);
+    }
+    // NodePort to a remote backend at XDP: the fast path, or the sample measures something
+    // else.
+    if ml.mode == Mode::EbpfXdp && traffic.is_nodeport() && got.xdp_tx < got.new + got.forwarded {
+        inj.problems.push(format!(
+            "xdp_uplink sent {} of {} translated packets with XDP_TX",
+            got.xdp_tx,
+            got.new + got.forwarded
+        ));
+    }
+    Ok(got.exhausted)
+}
+
+/// `frames` frames of `traffic` through `ml`'s node1 (live frames), with delivery checks.
+pub fn live_run(
+    ml: &ModeLab,
+    pass: &Arc<Injector>,
+    templates: &Templates,
+    run: Run,
+) -> Result<PacketSample> {
+    let c0 = ml.backend_counts()?;
+    let mut inj = inject(ml, pass, templates, run)?;
+    let sent = inj.sent;
     // Backends may still be processing the last batch (ksoftirqd).
     let deadline = Instant::now() + Duration::from_millis(500);
     let deltas: Vec<UdpStats> = loop {
@@ -228,41 +297,15 @@ pub fn live_run(
         std::thread::sleep(Duration::from_millis(5));
     };
     let total = sum(&deltas);
-    let mut snat_exhausted = 0;
-    if let (Some(s0), Some(hook)) = (stats0, hook_of(ml)) {
-        let s1 = ml.stats()?.expect("stats");
-        let d = |r: Reason| s1.packets(hook, r) - s0.packets(hook, r);
-        let (want_new, want_fwd) = if traffic.is_new() {
-            (repeat as u64, 0)
-        } else {
-            (EST_FLOWS as u64, repeat as u64)
-        };
-        let got = HookCounts::read(&d);
-        if let Some(p) = got.mismatch(hook, want_new, want_fwd) {
-            problems.push(p);
-        }
-        // NodePort to a remote backend at XDP: the fast path, or the sample measures
-        // something else.
-        if ml.mode == Mode::EbpfXdp && traffic.is_nodeport() && got.xdp_tx < got.new + got.forwarded
-        {
-            problems.push(format!(
-                "xdp_uplink sent {} of {} translated packets with XDP_TX",
-                got.xdp_tx,
-                got.new + got.forwarded
-            ));
-        }
-        snat_exhausted = got.exhausted;
-    }
-    check_delivery(&mut problems, sent, &deltas, &total);
+    let snat_exhausted = check_hooks(ml, run, &mut inj)?;
+    check_delivery(&mut inj.problems, sent, &deltas, &total);
     Ok(PacketSample {
-        sent,
         delivered: total.no_ports,
         per_backend: deltas.iter().map(|d| d.no_ports).collect(),
         untranslated: total.untranslated(),
         csum_errors: total.csum_errors,
         snat_exhausted,
-        problems,
-        ..PacketSample::timed(row_key(ml.mode, false), run, &timing)
+        ..inj.sample(row_key(ml.mode, false), run)
     })
 }
 

@@ -12,6 +12,7 @@ use crate::scenario::{self, Traffic};
 use super::agg::*;
 use super::plot::plot;
 use super::sections::{findings, load_section, profile_section, tcp_section};
+use super::node1::node1_section;
 use super::targets::targets;
 use super::tunnel::tunnel_section;
 use super::Results;
@@ -176,6 +177,8 @@ pub fn write_markdown(path: &Path, dir: &Path, r: &Results) -> Result<bool> {
         }
         let _ = writeln!(m);
     }
+
+    node1_section(&mut m, r, n_max);
 
     // XDP program alone.
     let _ = writeln!(m, "### The XDP program alone\n");

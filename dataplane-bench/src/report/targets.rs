@@ -7,6 +7,7 @@ use crate::scenario::Traffic;
 use super::agg::*;
 use super::budgets::budget_targets;
 use super::markdown::Verdict;
+use super::node1::node1_targets;
 use super::tunnel::tunnel_targets;
 use super::Results;
 
@@ -134,6 +135,7 @@ pub(super) fn targets(r: &Results, n_min: usize, n_max: usize) -> Vec<Verdict> {
             met: any.then_some(met),
             qualifier: None,
         });
+        node1_targets(r, n_max, &mut v);
     }
     // 4. sync 50x faster than iptables-restore.
     {
