@@ -21,6 +21,7 @@ use dataplane_lab::{
 use support::{
     cluster::{backend, cluster_ip, with_node_port, Cluster},
     nginx::Nginx,
+    overlay::{spec, Overlay},
 };
 
 /// node1 with NodePort 30080 -> nginx on node2's pod (remote, masqueraded) and 30081 -> nginx
@@ -109,26 +110,27 @@ fn ab(ext: &Host, url: &str, n: u32, conc: u32) -> (u64, u64) {
 /// Captures `count` TCP frames matching `filter` on `ns`'s eth0 (inbound) while `traffic`
 /// runs; returns tcpdump's verbose lines. Fails if fewer arrive within 20 s.
 fn capture(ns: &str, filter: &str, count: u32, traffic: impl FnOnce()) -> String {
+    capture_as(ns, filter, &[], count, traffic)
+}
+
+/// [`capture`] with more tcpdump options (`-T vxlan`: decode the tunnel's inner frames).
+fn capture_as(
+    ns: &str,
+    filter: &str,
+    options: &[&str],
+    count: u32,
+    traffic: impl FnOnce(),
+) -> String {
     let (ns2, filter) = (ns.to_string(), filter.to_string());
+    let options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
     let dump = std::thread::spawn(move || {
-        netns::run_in(
-            &ns2,
-            &[
-                "timeout",
-                "20",
-                "tcpdump",
-                "-i",
-                "eth0",
-                "-Q",
-                "in",
-                "-nn",
-                "-vv",
-                "-l",
-                "-c",
-                &count.to_string(),
-                &filter,
-            ],
-        )
+        let count = count.to_string();
+        let mut argv = vec![
+            "timeout", "20", "tcpdump", "-i", "eth0", "-Q", "in", "-nn", "-vv", "-l", "-c", &count,
+        ];
+        argv.extend(options.iter().map(String::as_str));
+        argv.push(&filter);
+        netns::run_in(&ns2, &argv)
     });
     std::thread::sleep(Duration::from_millis(1500));
     traffic();
@@ -137,7 +139,10 @@ fn capture(ns: &str, filter: &str, count: u32, traffic: impl FnOnce()) -> String
 
 /// Every checksum tcpdump verified was correct, and it verified some.
 fn assert_checksums_correct(dump: &str, what: &str) {
-    let bad: Vec<_> = dump.lines().filter(|l| l.contains("incorrect")).collect();
+    let bad: Vec<_> = dump
+        .lines()
+        .filter(|l| l.contains("incorrect") || l.contains("bad cksum"))
+        .collect();
     assert!(
         bad.is_empty(),
         "{what}: corrupted checksums:\n{}",
@@ -261,4 +266,96 @@ fn the_fast_path_passes_the_verifier() {
     let loaded = dataplane::loader::load_for(&pin, true, true).map(drop);
     let _ = std::fs::remove_dir_all(&pin);
     loaded.unwrap();
+}
+
+/// Over the overlay (VXLAN and IPIP, no tunnel device): node1 translates an external client's
+/// NodePort connections to node2's pod in XDP and encapsulates them there too (the headers tc
+/// egress would write, its cached next hop), then XDP_TX; node2's replies (to node1's own
+/// address: masqueraded, so they cross the underlay without a tunnel) are reverse-translated
+/// and sent back to the client in XDP. tcpdump on node2 checks the outer IPv4 checksum and the
+/// inner TCP checksums of the tunnel frames.
+#[test]
+fn nodeport_over_the_overlay_is_encapsulated_in_xdp() {
+    for (mode, mtu) in [("vxlan", 1450), ("ipip", 1480)] {
+        // XDP on node1 only: node2 opens the tunnel at tc ingress, after tcpdump's tap, so
+        // the capture there sees the frames node1 built.
+        let o = Overlay::start_each(
+            &spec(Cni::Calico, mtu),
+            &[
+                (0, &["--overlay", mode, "--xdp-mode", "generic"]),
+                (1, &["--overlay", mode]),
+            ],
+            |_| {},
+        );
+        o.sync_all();
+        let pod = o.lab.pod(1, 0);
+        let _web = Nginx::start(&pod.host(), 8080, &format!("{} ok", pod.name));
+        let node1 = o.node(0).underlay_ip;
+        let np = with_node_port(
+            cluster_ip(
+                "np",
+                SocketAddrV4::new(std::net::Ipv4Addr::new(10, 96, 0, 12), 80),
+                Protocol::Tcp,
+                vec![backend(pod, 8080)],
+            ),
+            &[node1],
+            30082,
+        );
+        for dp in &o.dp {
+            let local = dataplane::services::LocalContext {
+                node_name: dp.node_name().to_string(),
+                ..Default::default()
+            };
+            dataplane::services::ServiceTable::open_pinned(dp.pin_dir(), local)
+                .unwrap()
+                .sync(std::slice::from_ref(&np))
+                .unwrap();
+        }
+        let ext = o.lab.external().unwrap().clone();
+        // Complete checksums everywhere, as from real NICs: what the wire carries is checked
+        // as it is.
+        for ns in [&ext.ns, &o.node(0).ns, &o.node(1).ns] {
+            sh(ns, &["ethtool", "-K", "eth0", "tx", "off"]);
+        }
+        let url = format!("http://{node1}:30082/");
+        // The first packets take the kernel's path: neighbours and node1's next-hop cache.
+        assert_eq!(ab(&ext, &url, 20, 1), (20, 0), "{mode}");
+        let before = o.stats(0);
+        let d = |hook, reason| o.stats(0).packets(hook, reason) - before.packets(hook, reason);
+
+        let n = 10_000u64;
+        let (done, failed) = ab(&ext, &url, n as u32, 20);
+        assert_eq!(done, n, "{mode}");
+        assert!(failed <= 10, "{mode}: {failed} failed");
+        let fwd = d(Hook::XdpUplink, Reason::XdpForward);
+        let encap = d(Hook::XdpUplink, Reason::OverlayEncap);
+        let rep = d(Hook::XdpUplink, Reason::XdpForwardReply);
+        assert!(
+            fwd >= 3 * n && encap == fwd,
+            "{mode}: xdp-forward {fwd}, encap {encap}"
+        );
+        assert!(rep >= 3 * n, "{mode}: xdp-forward-reply {rep}");
+        // tc encapsulates only what the fast path left to the kernel: a packet per second
+        // when the next-hop cache entry went stale, and the rare deferred frame.
+        let tc_encap = d(Hook::TcUplinkEgress, Reason::OverlayEncap);
+        assert!(tc_encap <= 100, "{mode}: tc encapsulated {tc_encap}");
+
+        let body = || {
+            let out = sh(&ext.ns, &["curl", "-s", "-m", "5", &url]);
+            assert_eq!(out.trim(), format!("{} ok", pod.name), "{mode}");
+        };
+        let (filter, options): (&str, &[&str]) = match mode {
+            "vxlan" => ("udp dst port 8472", &["-T", "vxlan"]),
+            _ => ("ip proto 4", &[]),
+        };
+        let dump = capture_as(&o.node(1).ns, filter, options, 20, || {
+            (0..10).for_each(|_| body())
+        });
+        assert_checksums_correct(
+            &dump,
+            &format!("{mode}: node1 -> node2 (XDP encapsulation)"),
+        );
+        // The inner packet was forwarded once: TTL 64 - 1.
+        assert!(dump.contains("ttl 63"), "{mode}: inner TTL:\n{dump}");
+    }
 }

@@ -2,14 +2,18 @@
 //! backend on another node, or that backend's reply to the client) whose next hop is back out
 //! of the uplink is finished here instead of in the kernel: the egress translation tc egress
 //! would apply (masquerade, un-DNAT: the same `CT_V2` entry, counted the same way), TTL, the
-//! FIB's next hop and MACs, and XDP_TX. The kernel's forwarding path, netfilter and both tc
-//! hooks are skipped (as Cilium's XDP NodePort does).
+//! FIB's next hop and MACs, and XDP_TX. A backend behind the overlay gets the encapsulation
+//! tc egress would give it (`overlay::fast_encap`: the same headers, the same next-hop cache,
+//! counted as `overlay-encap` at this hook). The kernel's forwarding path, netfilter and both
+//! tc hooks are skipped (as Cilium's XDP NodePort does).
 //!
 //! Anything else keeps today's path (XDP_PASS after the ingress translation): a next hop on
 //! another device (local pods, a VLAN), an unresolved neighbour (the kernel resolves it), a
-//! packet too big for the route or with TTL <= 1 (the kernel answers with ICMP), a first
-//! fragment (its fragments' state is kept at tc egress), a destination behind the overlay
-//! (tc egress encapsulates). Nothing here drops a packet the kernel would have forwarded.
+//! packet too big for the route or the tunnel, or with TTL <= 1 (the kernel answers with
+//! ICMP), a first fragment (its fragments' state is kept at tc egress). Nothing here drops a
+//! packet the kernel would have forwarded. Local pods are not redirected into from here:
+//! a veth delivers an XDP-redirected frame only when its peer, inside the pod's namespace,
+//! runs NAPI, which the CNI, not this dataplane, configures.
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS},
@@ -21,9 +25,9 @@ use crate::{
     conntrack::{self, Phase},
     net::{
         csum,
-        hdr::{EthHdr, Ipv4Hdr},
+        hdr::{EthHdr, Ipv4Hdr, ETH_HLEN},
         parse::{self, MAX_L4_OFF},
-        Packet, XdpPacket, L4,
+        Packet, Parsed, XdpPacket, L4,
     },
     overlay,
     stats::Recorder,
@@ -57,11 +61,16 @@ pub fn forward(p: &XdpPacket, v: Verdict, rec: &Recorder) -> Verdict {
         return v;
     }
     match finish(p, rec.ifindex, rec.len()) {
-        Ok(true) => {
+        Ok(Finished::Bounce) => {
             rec.count(v.reason);
             Verdict::new(fast, Action::Bounce)
         }
-        Ok(false) => v,
+        Ok(Finished::Encapsulated) => {
+            rec.count(v.reason);
+            rec.count(Reason::OverlayEncap);
+            Verdict::new(fast, Action::Bounce)
+        }
+        Ok(Finished::Kernel) => v,
         Err(reason) => {
             rec.count(v.reason);
             Verdict::drop(reason)
@@ -69,22 +78,44 @@ pub fn forward(p: &XdpPacket, v: Verdict, rec: &Recorder) -> Verdict {
     }
 }
 
-/// `Ok(true)`: rewritten for the wire and ready for XDP_TX; `Ok(false)`: untouched since the
-/// ingress translation, for the kernel to forward.
+/// What the fast path did with a translated packet.
+enum Finished {
+    /// Rewritten for the wire, ready for XDP_TX.
+    Bounce,
+    /// Rewritten and encapsulated for the overlay, ready for XDP_TX.
+    Encapsulated,
+    /// Untouched since the ingress translation, for the kernel to forward.
+    Kernel,
+}
+
 #[inline(always)]
-fn finish(p: &XdpPacket, ifindex: u32, len: u32) -> Result<bool, Reason> {
+fn finish(p: &XdpPacket, ifindex: u32, len: u32) -> Result<Finished, Reason> {
     // The packet as the ingress translation left it.
     let Ok(pkt) = parse::parse(p.data(), p.data_end(), p.frame_len() as usize) else {
-        return Ok(false);
+        return Ok(Finished::Kernel);
     };
     if (pkt.l4 != L4::Tcp && pkt.l4 != L4::Udp) || pkt.first_fragment {
-        return Ok(false);
+        return Ok(Finished::Kernel);
     }
     let Some(ip) = p.read::<Ipv4Hdr>(pkt.l3_off) else {
-        return Ok(false);
+        return Ok(Finished::Kernel);
     };
-    if ip.ttl <= 1 || overlay::tunnelled(pkt.flow.daddr) {
-        return Ok(false);
+    if ip.ttl <= 1 {
+        return Ok(Finished::Kernel);
+    }
+    if overlay::tunnelled(pkt.flow.daddr) {
+        if pkt.l3_off != ETH_HLEN {
+            return Ok(Finished::Kernel);
+        }
+        let Some(tunnel) = overlay::fast_tunnel(ifindex, &ip) else {
+            return Ok(Finished::Kernel);
+        };
+        if !egress_rewrite(p, &pkt, len)? {
+            return Ok(Finished::Kernel);
+        }
+        decrement_ttl(p, pkt.l3_off).map_err(|_| Reason::DropRewriteFailed)?;
+        overlay::fast_encap(p, &tunnel)?;
+        return Ok(Finished::Encapsulated);
     }
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
@@ -107,48 +138,65 @@ fn finish(p: &XdpPacket, ifindex: u32, len: u32) -> Result<bool, Reason> {
         )
     };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || fib.ifindex != ifindex {
-        return Ok(false);
+        return Ok(Finished::Kernel);
     }
-    // The egress hook's rewrite of this connection (masquerade of the original direction,
-    // un-DNAT of the reply), as tc egress would apply it to the forwarded packet.
-    // `len`: the recorder's scalar (computing it here spilled half a packet pointer, which
-    // the verifier refuses: see main.rs).
-    let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(hit) = conntrack::lookup(&pkt, len, now, Phase::Egress) {
-        p.rewrite_tuple(&pkt, &hit.to)
-            .map_err(|_| Reason::DropRewriteFailed)?;
-        if hit.to.daddr != pkt.flow.daddr {
-            // Routed toward another address now: the kernel routes it (tc egress finds no
-            // entry for the rewritten tuple and leaves it).
-            return Ok(false);
-        }
+    if !egress_rewrite(p, &pkt, len)? {
+        return Ok(Finished::Kernel);
     }
     rewrite_l2_l3(p, pkt.l3_off, &fib).map_err(|_| Reason::DropRewriteFailed)?;
-    Ok(true)
+    Ok(Finished::Bounce)
 }
 
-/// The forwarding step the kernel would do: TTL - 1 (IP checksum updated), the uplink's MAC
-/// as source and the next hop's as destination.
+/// The egress hook's rewrite of this connection (masquerade of the original direction, un-DNAT
+/// of the reply), as tc egress would apply it to the forwarded packet. `false`: the rewrite
+/// sent it toward another address, which the kernel routes (tc egress finds no entry for the
+/// rewritten tuple and leaves it). `len`: the recorder's scalar (computing it here spilled half
+/// a packet pointer, which the verifier refuses: see main.rs).
 #[inline(always)]
-fn rewrite_l2_l3(p: &XdpPacket, l3_off: usize, fib: &bpf_fib_lookup) -> Result<(), ()> {
-    let (data, end) = (p.data(), p.data_end());
-    let ip = data + (l3_off & MAX_L4_OFF);
-    if data + core::mem::size_of::<EthHdr>() > end || ip + core::mem::size_of::<Ipv4Hdr>() > end {
+fn egress_rewrite(p: &XdpPacket, pkt: &Parsed, len: u32) -> Result<bool, Reason> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(hit) = conntrack::lookup(pkt, len, now, Phase::Egress) else {
+        return Ok(true);
+    };
+    p.rewrite_tuple(pkt, &hit.to)
+        .map_err(|_| Reason::DropRewriteFailed)?;
+    Ok(hit.to.daddr == pkt.flow.daddr)
+}
+
+/// TTL - 1, the IP checksum updated: the forwarding step the kernel would do (before a tunnel
+/// device, too).
+#[inline(always)]
+fn decrement_ttl(p: &XdpPacket, l3_off: usize) -> Result<(), ()> {
+    let ip = p.data() + (l3_off & MAX_L4_OFF);
+    if ip + core::mem::size_of::<Ipv4Hdr>() > p.data_end() {
         return Err(());
     }
-    let eth = data as *mut EthHdr;
     let ip = ip as *mut Ipv4Hdr;
-    // SAFETY: both headers are inside the frame (checked above).
+    // SAFETY: the header is inside the frame (checked above).
     unsafe {
         // TTL and protocol share one 16-bit word of the checksum; TTL >= 2 (checked by the
         // caller), so decrementing the word's TTL byte borrows nothing.
-        let word = ip as *mut u8;
-        let at = word.add(8) as *mut u16;
+        let at = (ip as *mut u8).add(8) as *mut u16;
         let old = core::ptr::read_unaligned(at);
-        let ttl = (*ip).ttl - 1;
-        (*ip).ttl = ttl;
+        (*ip).ttl -= 1;
         let new = core::ptr::read_unaligned(at);
         (*ip).check = csum::replace2((*ip).check, old, new);
+    }
+    Ok(())
+}
+
+/// The forwarding step the kernel would do: TTL - 1, the uplink's MAC as source and the next
+/// hop's as destination.
+#[inline(always)]
+fn rewrite_l2_l3(p: &XdpPacket, l3_off: usize, fib: &bpf_fib_lookup) -> Result<(), ()> {
+    decrement_ttl(p, l3_off)?;
+    let (data, end) = (p.data(), p.data_end());
+    if data + core::mem::size_of::<EthHdr>() > end {
+        return Err(());
+    }
+    let eth = data as *mut EthHdr;
+    // SAFETY: the header is inside the frame (checked above).
+    unsafe {
         (*eth).dst = fib.dmac;
         (*eth).src = fib.smac;
     }

@@ -10,9 +10,9 @@ use crate::measure::{PacketSample, TcpSample};
 use crate::scenario::{self, Traffic};
 
 use super::agg::*;
+use super::node1::node1_section;
 use super::plot::plot;
 use super::sections::{findings, load_section, profile_section, tcp_section};
-use super::node1::node1_section;
 use super::targets::targets;
 use super::tunnel::tunnel_section;
 use super::Results;

@@ -80,6 +80,12 @@ pub trait Packet {
     }
     /// Writes `v` at `offset`.
     fn store<T: Copy>(&self, offset: usize, v: &T) -> Result<(), Failed>;
+    /// Writes the header block `v` at the start of the frame (an encapsulation's outer
+    /// headers, into the room just made for them).
+    #[inline(always)]
+    fn write_front<T: Copy>(&self, v: &T) -> Result<(), Failed> {
+        self.store(0, v)
+    }
     /// Grows or shrinks the frame to `len` bytes.
     fn resize(&self, len: u32) -> Result<(), Failed>;
     /// Rewrites IP addresses and TCP/UDP ports to `to`, updating every checksum.
@@ -239,12 +245,13 @@ impl Packet for XdpPacket<'_> {
     // same packet pointer, which the verifier then refuses.
     #[inline(always)]
     fn store<T: Copy>(&self, offset: usize, v: &T) -> Result<(), Failed> {
-        let mut buf = *v;
+        // The helper only reads its buffer (the `*mut` is the binding's): no copy, which would
+        // take another size_of::<T>() of the 512-byte stack.
         rc(unsafe {
             bpf_xdp_store_bytes(
                 self.0.ctx,
                 offset as u32,
-                (&mut buf as *mut T).cast(),
+                (v as *const T as *mut T).cast(),
                 size_of::<T>() as u32,
             )
         })
@@ -342,11 +349,11 @@ impl TcPacket<'_> {
         }
     }
 
-    /// Writes the header block `v` at the start of the frame: in place when the frame's head
-    /// is linear that far (the encapsulation's room is: `bpf_skb_adjust_room` made it there),
-    /// with 8-byte stores and no helper call, else with the store helper.
+    /// [`Packet::write_front`] for tc: in place when the frame's head is linear that far (the
+    /// encapsulation's room is: `bpf_skb_adjust_room` made it there), with 8-byte stores and no
+    /// helper call, else with the store helper.
     #[inline(always)]
-    pub fn write_front<T: Copy>(&self, v: &T) -> Result<(), Failed> {
+    fn write_front_in_place<T: Copy>(&self, v: &T) -> Result<(), Failed> {
         let n = size_of::<T>();
         let (data, end) = (self.0.data(), self.0.data_end());
         if data + n > end {
@@ -399,6 +406,11 @@ impl TcPacket<'_> {
 }
 
 impl Packet for TcPacket<'_> {
+    #[inline(always)]
+    fn write_front<T: Copy>(&self, v: &T) -> Result<(), Failed> {
+        self.write_front_in_place(v)
+    }
+
     linear_bounds!();
 
     #[inline(always)]

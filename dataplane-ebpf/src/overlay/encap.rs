@@ -1,6 +1,9 @@
 //! VXLAN/IPIP encapsulation at tc egress of the uplink (see the module documentation).
 
-use core::mem::{offset_of, size_of};
+use core::{
+    ffi::c_void,
+    mem::{offset_of, size_of},
+};
 
 use aya_ebpf::{
     bindings::{
@@ -11,7 +14,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect,
-        bpf_redirect_neigh,
+        bpf_redirect_neigh, bpf_xdp_adjust_head,
     },
 };
 use dataplane_common::{
@@ -24,7 +27,7 @@ use dataplane_common::{
     Reason,
 };
 
-use super::{config, route_of};
+use super::{config, config_ref, route_of};
 use crate::{
     maps::{OVERLAY_IPID_V1, OVERLAY_NEXTHOP_V1},
     net::{
@@ -32,7 +35,7 @@ use crate::{
             bytes_of, from_bytes, tcp_hdr_len, EthHdr, IpipEncap, Ipv4Hdr, L4Ports, TcpHdr, UdpHdr,
             VxlanEncap, VxlanHdr, VxlanTunnel, ETH_HLEN, UDP_CHECK_OFF,
         },
-        Packet, TcPacket,
+        Packet, TcPacket, XdpPacket,
     },
     stats::Recorder,
     verdict::{Action, Verdict},
@@ -86,12 +89,13 @@ pub fn encap(p: &TcPacket, prev: Verdict, rec: &Recorder) -> Verdict {
     rec.record(p, prev);
     Verdict::or_drop(encap_to(p, &cfg, &route, &ip))
 }
-/// Looks up the underlay route to `route.node_addr` from the tunnel address. A non-zero
-/// `tot_len` makes the kernel check it against the route's MTU (and report the MTU when it
-/// does not fit).
+/// Looks up the underlay route to `route.node_addr` from the tunnel address, out of the uplink
+/// `ifindex`, for the hook context `ctx` (an skb or an XDP buffer). A non-zero `tot_len` makes
+/// the kernel check it against the route's MTU (and report the MTU when it does not fit).
 #[inline(always)]
 fn underlay_route(
-    p: &TcPacket,
+    ctx: *mut c_void,
+    ifindex: u32,
     cfg: &OverlayConfig,
     route: &OverlayRoute,
     proto: u8,
@@ -106,12 +110,12 @@ fn underlay_route(
     } else {
         tot_len as u16
     };
-    fib.ifindex = p.ifindex();
+    fib.ifindex = ifindex;
     fib.__bindgen_anon_3.ipv4_src = cfg.tunnel_addr;
     fib.__bindgen_anon_4.ipv4_dst = route.node_addr;
     unsafe {
         fib_lookup(
-            p.0.skb.skb as *mut _,
+            ctx,
             fib as *mut _,
             size_of::<bpf_fib_lookup>() as i32,
             BPF_FIB_LOOKUP_OUTPUT,
@@ -121,7 +125,7 @@ fn underlay_route(
 
 /// The underlay next hop toward a node. `resolved` false: the neighbour is not known yet (the
 /// kernel resolves it through `bpf_redirect_neigh`); such a hop is not cached.
-struct Hop {
+pub struct Hop {
     dmac: [u8; 6],
     smac: [u8; 6],
     ifindex: u32,
@@ -135,7 +139,13 @@ struct Hop {
 /// MACs (the skb variant checks only the packet itself when `tot_len` is 0; FRAG_NEEDED then
 /// still carries the MACs, set before that check).
 #[inline(always)]
-fn next_hop(p: &TcPacket, cfg: &OverlayConfig, route: &OverlayRoute, proto: u8) -> Option<Hop> {
+fn next_hop(
+    ctx: *mut c_void,
+    ifindex: u32,
+    cfg: &OverlayConfig,
+    route: &OverlayRoute,
+    proto: u8,
+) -> Option<Hop> {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(h) = unsafe { OVERLAY_NEXTHOP_V1.get(&route.node_addr) } {
         if h.expires_ns > now {
@@ -149,11 +159,11 @@ fn next_hop(p: &TcPacket, cfg: &OverlayConfig, route: &OverlayRoute, proto: u8) 
         }
     }
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    let mut rc = underlay_route(p, cfg, route, proto, 0xffff, &mut fib);
+    let mut rc = underlay_route(ctx, ifindex, cfg, route, proto, 0xffff, &mut fib);
     let mut mtu = 0xffff;
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
         mtu = unsafe { fib.__bindgen_anon_1.mtu_result } as u32;
-        rc = underlay_route(p, cfg, route, proto, 0, &mut fib);
+        rc = underlay_route(ctx, ifindex, cfg, route, proto, 0, &mut fib);
     }
     let resolved =
         rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64;
@@ -181,15 +191,21 @@ fn next_hop(p: &TcPacket, cfg: &OverlayConfig, route: &OverlayRoute, proto: u8) 
 }
 
 /// The outer UDP source port's input: the skb's flow hash when the stack already has one (a
-/// socket's, or the receiving NIC's), else a hash of the inner addresses, protocol and (for
-/// unfragmented TCP/UDP) ports, so every packet of a flow takes the same underlay path, as
-/// the kernel's `udp_flow_src_port` does, without running the flow dissector.
+/// socket's, or the receiving NIC's), else [`tuple_hash`].
 #[inline(always)]
 fn inner_flow_hash(p: &TcPacket, ip: &Ipv4Hdr) -> u32 {
     let h = unsafe { (*p.0.skb.skb).hash };
     if h != 0 {
         return h;
     }
+    tuple_hash(p, ip)
+}
+
+/// A hash of the inner addresses, protocol and (for unfragmented TCP/UDP) ports, so every
+/// packet of a flow takes the same underlay path, as the kernel's `udp_flow_src_port` does,
+/// without running the flow dissector.
+#[inline(always)]
+fn tuple_hash<P: Packet>(p: &P, ip: &Ipv4Hdr) -> u32 {
     // Both ports as one word, network order: what the hash mixes.
     let ports = match ip.proto {
         IPPROTO_TCP | IPPROTO_UDP if !ip.is_fragment() => p
@@ -203,7 +219,7 @@ fn inner_flow_hash(p: &TcPacket, ip: &Ipv4Hdr) -> u32 {
 /// What the inner packet's checksum lets the outer UDP checksum skip (see
 /// `dataplane_common::overlay::vxlan_udp_checksum`).
 #[inline(always)]
-fn inner_csum(p: &TcPacket, ip: &Ipv4Hdr) -> InnerCsum {
+fn inner_csum<P: Packet>(p: &P, ip: &Ipv4Hdr) -> InnerCsum {
     if ip.is_fragment() {
         return InnerCsum::None;
     }
@@ -259,7 +275,8 @@ fn encap_to(
     } else {
         tot_len
     };
-    let hop = next_hop(p, cfg, route, proto).ok_or(Reason::DropOverlayEncapFailed)?;
+    let hop = next_hop(skb as *mut c_void, p.ifindex(), cfg, route, proto)
+        .ok_or(Reason::DropOverlayEncapFailed)?;
     // Segments that would not fit with the headers added: let the kernel shrink them instead
     // of keeping their size (the routes' MTU normally makes them fit already).
     let mut fixed_gso = true;
@@ -291,18 +308,58 @@ fn encap_to(
     }
     p.0.adjust_room(overhead as i32, BPF_ADJ_ROOM_MAC, flags)
         .map_err(|_| Reason::DropOverlayEncapFailed)?;
-    let outer_len = p.0.len() - ETH_HLEN as u32;
     let eth = if resolved {
         EthHdr::ipv4(hop.dmac, hop.smac)
     } else {
         EthHdr::ipv4([0; 6], [0; 6])
     };
+    let outer = Outer {
+        eth,
+        id,
+        hash,
+        csum_kind,
+    };
+    write_outer(p, cfg, route, ip, &outer)?;
 
-    let stored = if vxlan {
+    if !resolved {
+        // The kernel routes the outer packet itself (replacing the inner route the skb still
+        // carries: a packet queued for resolution would otherwise leave with that route's
+        // neighbour's MAC), resolves the next hop and fills in the outer Ethernet addresses.
+        unsafe { bpf_redirect_neigh(hop.ifindex, core::ptr::null_mut(), 0, 0) };
+        return Ok(Verdict::new(Reason::OverlayEncap, Action::Redirect));
+    }
+    if hop.ifindex == ifindex {
+        return Ok(Verdict::pass(Reason::OverlayEncap));
+    }
+    unsafe { bpf_redirect(hop.ifindex, 0) };
+    Ok(Verdict::new(Reason::OverlayEncap, Action::Redirect))
+}
+
+/// What the outer headers carry besides the route: the outer Ethernet header, the outer IPv4
+/// ID, the flow hash for the UDP source port and what the outer UDP checksum may skip.
+struct Outer {
+    eth: EthHdr,
+    id: u16,
+    hash: u32,
+    csum_kind: InnerCsum,
+}
+
+/// Writes the outer headers (as the kernel devices write them, `dataplane_common::overlay`) in
+/// front of the inner packet whose IPv4 header was `ip`, into the room the caller made.
+#[inline(always)]
+fn write_outer<P: Packet>(
+    p: &P,
+    cfg: &OverlayConfig,
+    route: &OverlayRoute,
+    ip: &Ipv4Hdr,
+    o: &Outer,
+) -> Result<(), Reason> {
+    let outer_len = p.frame_len() - ETH_HLEN as u32;
+    let stored = if cfg.mode == MODE_VXLAN {
         let outer_ip = ipv4_header(
             ecn_encap(ip.tos),
             outer_len as u16,
-            id,
+            o.id,
             false,
             cfg.vxlan_ttl,
             IPPROTO_UDP,
@@ -310,7 +367,7 @@ fn encap_to(
             route.node_addr,
         );
         let udp_len = (outer_len - size_of::<Ipv4Hdr>() as u32) as u16;
-        let sport = udp_src_port(hash, cfg.src_port_min, cfg.src_port_max);
+        let sport = udp_src_port(o.hash, cfg.src_port_min, cfg.src_port_max);
         let mut tun = VxlanTunnel {
             udp: UdpHdr {
                 source: sport.to_be(),
@@ -326,10 +383,10 @@ fn encap_to(
             route.node_addr,
             udp_len,
             bytes_of(&tun),
-            csum_kind,
+            o.csum_kind,
         );
         let h = VxlanEncap {
-            eth,
+            eth: o.eth,
             ip: from_bytes(&outer_ip),
             tun,
         };
@@ -338,7 +395,7 @@ fn encap_to(
         let outer_ip = ipv4_header(
             ecn_encap(ip.tos),
             outer_len as u16,
-            id,
+            o.id,
             ip.dont_fragment(),
             ip.ttl,
             IPPROTO_IPIP,
@@ -346,23 +403,71 @@ fn encap_to(
             route.node_addr,
         );
         let h = IpipEncap {
-            eth,
+            eth: o.eth,
             ip: from_bytes(&outer_ip),
         };
         p.write_front(&h)
     };
-    stored.map_err(|_| Reason::DropOverlayEncapFailed)?;
+    stored.map_err(|_| Reason::DropOverlayEncapFailed)
+}
 
-    if !resolved {
-        // The kernel routes the outer packet itself (replacing the inner route the skb still
-        // carries: a packet queued for resolution would otherwise leave with that route's
-        // neighbour's MAC), resolves the next hop and fills in the outer Ethernet addresses.
-        unsafe { bpf_redirect_neigh(hop.ifindex, core::ptr::null_mut(), 0, 0) };
-        return Ok(Verdict::new(Reason::OverlayEncap, Action::Redirect));
+/// The XDP fast path's tunnel toward a translated packet's pod on another node: the overlay's
+/// settings, the route and the cached next hop back out of the uplink.
+pub struct FastTunnel {
+    cfg: &'static OverlayConfig,
+    route: OverlayRoute,
+    hop: OverlayNextHop,
+}
+
+/// The tunnel a translated packet (inner IPv4 header `ip`, untagged) to `daddr` takes, if the
+/// fast path can encapsulate it: `None` leaves it to the kernel and tc egress (no overlay route
+/// to a remote node, no fresh next hop out of `ifindex`, too big for the tunnel's route). The
+/// next hop only comes from the cache tc egress keeps (`OVERLAY_NEXTHOP_V1`): a missing or
+/// stale entry sends the packet the kernel's way, whose encapsulation refreshes it, so at most
+/// one packet per node and second leaves the fast path for it (and the FIB query's 64 bytes
+/// stay off this program's stack, which the verifier caps at 512).
+#[inline(always)]
+pub fn fast_tunnel(ifindex: u32, ip: &Ipv4Hdr) -> Option<FastTunnel> {
+    let cfg = config_ref()?;
+    let route = route_of(ip.daddr)?;
+    if route.flags & (ROUTE_F_LOCAL | ROUTE_F_NO_ENCAP) != 0 || route.node_addr == 0 {
+        return None;
     }
-    if hop.ifindex == ifindex {
-        return Ok(Verdict::pass(Reason::OverlayEncap));
+    let overhead = if cfg.mode == MODE_VXLAN {
+        VXLAN_OVERHEAD
+    } else {
+        IPIP_OVERHEAD
+    };
+    let hop = *unsafe { OVERLAY_NEXTHOP_V1.get(&route.node_addr) }?;
+    let fresh = hop.expires_ns > unsafe { bpf_ktime_get_ns() };
+    let fits = ip.tot_len() as u32 + overhead <= hop.mtu;
+    (fresh && hop.ifindex == ifindex && fits).then_some(FastTunnel { cfg, route, hop })
+}
+
+/// Encapsulates the translated packet (its IPv4 header at `ETH_HLEN`, read again: the egress
+/// rewrite changed it) for XDP_TX through `t`.
+#[inline(always)]
+pub fn fast_encap(p: &XdpPacket, t: &FastTunnel) -> Result<(), Reason> {
+    let ip = p
+        .read::<Ipv4Hdr>(ETH_HLEN)
+        .ok_or(Reason::DropOverlayEncapFailed)?;
+    let vxlan = t.cfg.mode == MODE_VXLAN;
+    // Everything that reads the inner headers, before they move.
+    let hash = if vxlan { tuple_hash(p, &ip) } else { 0 };
+    let csum_kind = if vxlan && t.cfg.flags & OVL_F_UDP_CSUM != 0 {
+        inner_csum(p, &ip)
+    } else {
+        InnerCsum::None
+    };
+    let overhead = if vxlan { VXLAN_OVERHEAD } else { IPIP_OVERHEAD };
+    if unsafe { bpf_xdp_adjust_head(p.0.ctx, -(overhead as i32)) } != 0 {
+        return Err(Reason::DropOverlayEncapFailed);
     }
-    unsafe { bpf_redirect(hop.ifindex, 0) };
-    Ok(Verdict::new(Reason::OverlayEncap, Action::Redirect))
+    let outer = Outer {
+        eth: EthHdr::ipv4(t.hop.dmac, t.hop.smac),
+        id: next_ip_id(1),
+        hash,
+        csum_kind,
+    };
+    write_outer(p, t.cfg, &t.route, &ip, &outer)
 }

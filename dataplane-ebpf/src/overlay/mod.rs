@@ -35,7 +35,7 @@ mod decap;
 mod encap;
 
 pub use decap::{decap_tc, decap_xdp};
-pub use encap::encap;
+pub use encap::{encap, fast_encap, fast_tunnel};
 
 use aya_ebpf::maps::lpm_trie::Key;
 use dataplane_common::{
@@ -64,12 +64,14 @@ pub fn tunnelled(addr: Addr) -> bool {
 /// This node's overlay settings, if an overlay is configured.
 #[inline(always)]
 fn config() -> Option<OverlayConfig> {
-    let cfg = *OVERLAY_CONFIG_V1.get(0)?;
-    if cfg.mode == MODE_VXLAN || cfg.mode == MODE_IPIP {
-        Some(cfg)
-    } else {
-        None
-    }
+    config_ref().copied()
+}
+
+/// [`config`] by reference (the map's value), where a copy would crowd the stack.
+#[inline(always)]
+fn config_ref() -> Option<&'static OverlayConfig> {
+    let cfg = OVERLAY_CONFIG_V1.get(0)?;
+    (cfg.mode == MODE_VXLAN || cfg.mode == MODE_IPIP).then_some(cfg)
 }
 
 /// Whether tunnel packets are accepted from `addr` (`OVERLAY_PEERS_V1`).
