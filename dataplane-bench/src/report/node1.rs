@@ -60,13 +60,14 @@ pub(super) fn node1_section(m: &mut String, r: &Results, n_max: usize) {
     let _ = writeln!(m);
 }
 
-/// XDP against tc, and ebpf-xdp against nftables for new flows, at node1 alone.
-pub(super) fn node1_targets(r: &Results, n_max: usize, v: &mut Vec<Verdict>) {
-    let med = |mode, t| at(r, mode, n_max, t).map(|a| a.median);
+/// The XDP-vs-tc comparison of NodePort packets, per traffic kind, from `median(mode, traffic)`
+/// (ns per packet): one part per kind measured, and whether XDP forwards at least 3× the
+/// packets per second everywhere.
+pub(super) fn xdp_vs_tc(median: impl Fn(Mode, Traffic) -> Option<f64>) -> (Vec<String>, bool) {
     let mut parts = Vec::new();
     let mut met = true;
     for t in NODEPORT {
-        if let (Some(x), Some(c)) = (med(Mode::EbpfXdp, t), med(Mode::EbpfTc, t)) {
+        if let (Some(x), Some(c)) = (median(Mode::EbpfXdp, t), median(Mode::EbpfTc, t)) {
             met &= c / x >= 3.0;
             parts.push(format!(
                 "{}: {:.3} Mpps at XDP vs {:.3} Mpps at tc ({})",
@@ -77,6 +78,13 @@ pub(super) fn node1_targets(r: &Results, n_max: usize, v: &mut Vec<Verdict>) {
             ));
         }
     }
+    (parts, met)
+}
+
+/// XDP against tc, and ebpf-xdp against nftables for new flows, at node1 alone.
+pub(super) fn node1_targets(r: &Results, n_max: usize, v: &mut Vec<Verdict>) {
+    let med = |mode, t| at(r, mode, n_max, t).map(|a| a.median);
+    let (parts, met) = xdp_vs_tc(|m, t| med(m, t));
     if parts.is_empty() {
         return;
     }

@@ -7,7 +7,7 @@ use crate::scenario::Traffic;
 use super::agg::*;
 use super::budgets::budget_targets;
 use super::markdown::Verdict;
-use super::node1::node1_targets;
+use super::node1::{node1_targets, xdp_vs_tc};
 use super::tunnel::tunnel_targets;
 use super::Results;
 
@@ -113,22 +113,8 @@ pub(super) fn targets(r: &Results, n_min: usize, n_max: usize) -> Vec<Verdict> {
     }
     // 3. XDP NodePort >= 3x tc.
     {
-        let mut parts = Vec::new();
-        let mut met = true;
-        let mut any = false;
-        for t in [Traffic::NodePortNew, Traffic::NodePortEst] {
-            if let (Some(x), Some(c)) = (at("ebpf-xdp", n_max, t), at("ebpf-tc", n_max, t)) {
-                any = true;
-                met &= c / x >= 3.0;
-                parts.push(format!(
-                    "{}: {:.3} Mpps at XDP vs {:.3} Mpps at tc ({})",
-                    short(t),
-                    1e3 / x,
-                    1e3 / c,
-                    ratio(c / x)
-                ));
-            }
-        }
+        let (parts, met) = xdp_vs_tc(|m, t| at(m.key(), n_max, t));
+        let any = !parts.is_empty();
         v.push(Verdict {
             target: "XDP NodePort path at least 3× the tc path (packets per second, end to end: node1, the underlay hop, node2 and the backend)".into(),
             result: parts.join("; "),
