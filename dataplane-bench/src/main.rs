@@ -175,7 +175,7 @@ fn run(args: &Args) -> Result<bool> {
             old.tunnel_profile = results.tunnel_profile;
             old.tunnel_profile_ipip = results.tunnel_profile_ipip;
             old.tunnel_profile_hostgw = results.tunnel_profile_hostgw;
-            old.loadavg.extend(results.loadavg.drain(..));
+            old.loadavg.append(&mut results.loadavg);
             results = old;
         }
         results.loadavg.push(report::loadavg());

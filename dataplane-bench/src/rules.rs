@@ -512,7 +512,7 @@ mod tests {
         let text = iptables_full(&[s.clone()], &facts());
         // The seed's 15 rules for a 3-endpoint ClusterIP service (2 + 3 + 3*2 + ... ).
         let svc = svc_chain(&s);
-        assert!(text.contains(&format!("-A KUBE-SERVICES ! -s 10.244.0.0/16 -d 10.109.117.159/32 -p tcp -m comment --comment \"test001/app-svc-clusterip cluster IP\" -m tcp --dport 80 -j KUBE-MARK-MASQ")));
+        assert!(text.contains(&"-A KUBE-SERVICES ! -s 10.244.0.0/16 -d 10.109.117.159/32 -p tcp -m comment --comment \"test001/app-svc-clusterip cluster IP\" -m tcp --dport 80 -j KUBE-MARK-MASQ".to_string()));
         assert!(text.contains(&format!(
             "-A {svc} -m statistic --mode random --probability 0.3333333333 -j"
         )));

@@ -51,7 +51,7 @@ pub fn vip(j: usize) -> Ipv4Addr {
 }
 
 pub fn node_port(j: usize) -> Option<u16> {
-    (j % NODEPORT_EVERY == 0).then(|| NODEPORT_BASE + (j / NODEPORT_EVERY) as u16)
+    j.is_multiple_of(NODEPORT_EVERY).then(|| NODEPORT_BASE + (j / NODEPORT_EVERY) as u16)
 }
 
 /// Number of NodePort services among N.
@@ -271,7 +271,7 @@ pub fn build_templates(n: usize, mut put: impl FnMut(u32, &[u8])) {
     let backends = backends();
     let np_count = node_ports(n);
     for t in Traffic::ALL {
-        let mut rng = Rng::new(0x5eed ^ (t as u64 + 1) * 0x9e37_79b9 ^ n as u64);
+        let mut rng = Rng::new(0x5eed ^ ((t as u64 + 1) * 0x9e37_79b9) ^ n as u64);
         let src_base = match t {
             Traffic::ClusterNew => Ipv4Addr::new(10, 244, 1, 200),
             Traffic::ClusterEst => Ipv4Addr::new(10, 244, 1, 250),

@@ -85,7 +85,7 @@ pub fn tcp_run(ml: &ModeLab, n: usize, rep: usize, duration: Duration) -> Result
     }
     if lat.is_empty() {
         problems.push("no connection succeeded".into());
-    } else if lat.len() >= 100 && per.iter().any(|&c| c == 0) {
+    } else if lat.len() >= 100 && per.contains(&0) {
         problems.push(format!("some backends got no connection: {per:?}"));
     }
     Ok(TcpSample {

@@ -84,7 +84,7 @@ pub(super) fn xdp_vs_tc(median: impl Fn(Mode, Traffic) -> Option<f64>) -> (Vec<S
 /// XDP against tc, and ebpf-xdp against nftables for new flows, at node1 alone.
 pub(super) fn node1_targets(r: &Results, n_max: usize, v: &mut Vec<Verdict>) {
     let med = |mode, t| at(r, mode, n_max, t).map(|a| a.median);
-    let (parts, met) = xdp_vs_tc(|m, t| med(m, t));
+    let (parts, met) = xdp_vs_tc(med);
     if parts.is_empty() {
         return;
     }
