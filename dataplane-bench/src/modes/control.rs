@@ -59,7 +59,7 @@ impl ModeLab {
             }
             Mode::EbpfTc | Mode::EbpfXdp => {
                 let table = self.table.as_mut().expect("service table");
-                table.sync(&[])?;
+                table.sync(&[] as &[dataplane::model::ServicePort])?;
                 timed_sync(table, svcs)
             }
         }
@@ -117,16 +117,15 @@ impl ModeLab {
         };
         // Sorted by name, as the sources publish their states.
         let state = |swap: bool| {
-            let mut services: Vec<_> = svcs
+            let services: Vec<_> = svcs
                 .iter()
                 .map(|s| match (swap, s == before) {
                     (true, true) => scenario::to_model(after),
                     _ => scenario::to_model(s),
                 })
                 .collect();
-            services.sort_by(|a, b| a.name.cmp(&b.name));
             Arc::new(dataplane::model::ClusterState {
-                services,
+                services: services.into(),
                 ..Default::default()
             })
         };

@@ -12,6 +12,7 @@
 mod apiserver;
 mod decode;
 mod endpoints;
+mod incremental;
 mod load_balancer;
 mod local;
 mod manifests;
@@ -24,6 +25,8 @@ mod sync;
 mod this_node;
 mod translate;
 
+#[cfg(test)]
+mod incremental_tests;
 #[cfg(test)]
 mod semantics_tests;
 #[cfg(test)]
@@ -46,6 +49,7 @@ use tokio::sync::{watch, Notify};
 
 pub use decode::{decode, documents, Decoded, Format, SyntaxError};
 pub use endpoints::SERVICE_NAME_LABEL;
+pub use incremental::{TranslatePaths, Translator, INCREMENTAL_MAX};
 pub use local::{LocalNode, NodePortAddresses};
 pub use manifests::POLL_INTERVAL;
 pub use nodes::{
