@@ -5,9 +5,10 @@
 //!   [`WATCHED`]), from in-cluster config or a kubeconfig;
 //! - [`Source::Manifests`]: YAML/JSON files as `kubectl get -o yaml` prints them, polled.
 //!
-//! Both build [`Objects`], run [`translate`] (kube-proxy's semantics), log each new
-//! [`Problem`] once, and publish the state on a `tokio::sync::watch` channel when it changed,
-//! coalescing bursts of changes.
+//! Both build [`Objects`], run [`translate`] (kube-proxy's semantics) through a [`Translator`]
+//! (only the Services whose objects changed since the last snapshot; every other port is the
+//! previous state's `Arc`), log each new [`Problem`] once, and publish the state on a
+//! `tokio::sync::watch` channel when it changed, coalescing bursts of changes.
 
 mod apiserver;
 mod decode;
