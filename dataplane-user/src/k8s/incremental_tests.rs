@@ -173,7 +173,7 @@ fn mutate(objects: &mut Objects, local: &mut LocalNode, pool: &Objects, rng: &mu
                 ],
                 _ => vec![],
             };
-            local.nodeport_addresses = if how % 2 == 0 {
+            local.nodeport_addresses = if how.is_multiple_of(2) {
                 NodePortAddresses::All
             } else {
                 NodePortAddresses::Primary
