@@ -466,7 +466,7 @@ fn seed_service_entries_updates_removal_and_adoption() {
     // Opening from the loaded object sees the same maps.
     let mut from_object = ServiceTable::from_ebpf(&datapath.ebpf, local()).unwrap();
     assert_eq!(from_object.len(), 2);
-    let report = from_object.sync(&[]).unwrap();
+    let report = from_object.sync(&[] as &[ServicePort]).unwrap();
     assert_eq!((report.services_deleted, report.backends_deleted), (2, 6));
     assert!(entries::<BackendKey, BackendValue>(dir, map_names::BACKENDS).is_empty());
 }

@@ -12,6 +12,7 @@ mod rawbpf;
 mod report;
 mod rules;
 mod scenario;
+mod source;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -550,11 +551,15 @@ fn load_phase(
             }
         }
         // One changed endpoint through the agent's own apply: the delta path (9 samples, the
-        // target's median and spread), and the full diff every change paid before (3).
+        // target's median and spread, with the source's translation of each change before
+        // it), and the full diff every change paid before (3).
         for (kind, reps, full) in [("agent_change", 9, false), ("agent_full_diff", 3, true)] {
             let samples = ml.agent_changes(svcs, (&before, &after), reps, full)?;
-            for (rep, (t, e)) in samples.into_iter().enumerate() {
+            for (rep, (t, e, source)) in samples.into_iter().enumerate() {
                 sample(kind, rep, t, Some(e));
+                if !full {
+                    sample("source_change", rep, source, None);
+                }
             }
         }
         for rep in 0..2 {

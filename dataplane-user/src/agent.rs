@@ -320,11 +320,11 @@ fn report_health(
     node_name: &str,
 ) {
     if complete {
-        health.updated(&state.services, state.node_deleting, node_name);
+        health.updated(&state.services[..], state.node_deleting, node_name);
     } else {
-        health.observe(&state.services, state.node_deleting, node_name);
+        health.observe(&state.services[..], state.node_deleting, node_name);
     }
-    servers.sync(&state.services);
+    servers.sync(&state.services[..]);
 }
 
 /// Waits for the next state; pends forever without a source.
@@ -372,10 +372,11 @@ pub fn apply(
 ) -> bool {
     let started = Instant::now();
     status.applies.fetch_add(1, Relaxed);
-    let delta = previous.map(|p| ServiceDelta::between(&p.services, &state.services));
+    let services = &state.services[..];
+    let delta = previous.map(|p| ServiceDelta::of(&p.services, &state.services));
     let outcome = match &delta {
-        Some(delta) => table.sync_delta(&state.services, delta),
-        None => table.sync_report(&state.services),
+        Some(delta) => table.sync_delta(services, delta),
+        None => table.sync_report(services),
     };
     let report = &outcome.report;
     status
@@ -385,7 +386,7 @@ pub fn apply(
         .entries_deleted
         .fetch_add(report.deleted() as u64, Relaxed);
     if !report.is_empty() {
-        log::info!("applied {} service ports: {report}", state.services.len());
+        log::info!("applied {} service ports: {report}", services.len());
     }
     for f in &outcome.failed {
         log::error!(
@@ -400,7 +401,7 @@ pub fn apply(
     for e in &outcome.cleanup_errors {
         log::warn!("{e}");
     }
-    let ranges_ok = match ranges.sync(&state.services, table) {
+    let ranges_ok = match ranges.sync(services, table) {
         Ok((0, 0)) => true,
         Ok((added, removed)) => {
             log::info!("source ranges: {added} added, {removed} removed");
@@ -414,8 +415,8 @@ pub fn apply(
     // Names only label what tools show: a failure is logged and retried with the next apply,
     // it does not hold readiness back.
     let named = match &delta {
-        Some(delta) => names.sync_delta(&state.services, delta),
-        None => names.sync(&state.services),
+        Some(delta) => names.sync_delta(services, delta),
+        None => names.sync(services),
     };
     if let Err(e) = named {
         log::error!("service names not fully written: {e:#}");
@@ -426,7 +427,7 @@ pub fn apply(
     }
     let (services, endpoints) = match &delta {
         Some(delta) => changes(delta),
-        None => changes(&ServiceDelta::between(&[], &state.services)),
+        None => changes(&ServiceDelta::between(&[], services)),
     };
     status.service_changes.fetch_add(services, Relaxed);
     status.endpoint_changes.fetch_add(endpoints, Relaxed);

@@ -5,7 +5,7 @@
 //! One [`ServicePort`] per (Service, port): that is the unit kube-proxy builds one KUBE-SVC-*
 //! chain for.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, ops::Deref, sync::Arc};
 
 /// Transport protocol of a service port. SCTP is not supported by the datapath yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -145,10 +145,81 @@ pub struct NodeInfo {
     pub created: Option<i64>,
 }
 
+/// A state's service ports, sorted by name, each behind an `Arc`: a source builds its next
+/// state from the previous one's `Arc` of every port whose inputs did not change, so comparing
+/// or diffing two states (`services::ServiceDelta`) costs a pointer comparison for each
+/// unchanged port and a deep one only for the changed ports.
+#[derive(Clone, Debug, Default)]
+pub struct ServicePorts {
+    ports: Vec<Arc<ServicePort>>,
+    /// No two ports share a name. Known at construction (the sort sees every neighbour), so a
+    /// consumer's merge walk needs no check of 10,000 names per state.
+    unique: bool,
+}
+
+impl ServicePorts {
+    /// Sorts `ports` by name (stable: of two ports with one name the first stays first).
+    pub fn new(mut ports: Vec<Arc<ServicePort>>) -> Self {
+        ports.sort_by(|a, b| a.name.cmp(&b.name));
+        let unique = ports.windows(2).all(|w| w[0].name != w[1].name);
+        ServicePorts { ports, unique }
+    }
+
+    /// Ports already sorted by name without duplicates (what an incremental source keeps);
+    /// checked in debug builds only, so the source does not compare every name per change.
+    pub(crate) fn from_sorted_unique(ports: Vec<Arc<ServicePort>>) -> Self {
+        debug_assert!(ports.windows(2).all(|w| w[0].name < w[1].name));
+        ServicePorts {
+            ports,
+            unique: true,
+        }
+    }
+
+    /// Whether no two ports share a name (then the ports are strictly increasing by name).
+    pub fn is_unique(&self) -> bool {
+        self.unique
+    }
+}
+
+impl Deref for ServicePorts {
+    type Target = [Arc<ServicePort>];
+
+    fn deref(&self) -> &[Arc<ServicePort>] {
+        &self.ports
+    }
+}
+
+/// By value; `Arc`'s equality compares pointers first, so shared ports cost no deep compare.
+impl PartialEq for ServicePorts {
+    fn eq(&self, other: &Self) -> bool {
+        self.ports == other.ports
+    }
+}
+
+impl Eq for ServicePorts {}
+
+impl From<Vec<ServicePort>> for ServicePorts {
+    fn from(ports: Vec<ServicePort>) -> Self {
+        ports.into_iter().collect()
+    }
+}
+
+impl FromIterator<ServicePort> for ServicePorts {
+    fn from_iter<I: IntoIterator<Item = ServicePort>>(ports: I) -> Self {
+        ServicePorts::new(ports.into_iter().map(Arc::new).collect())
+    }
+}
+
+impl FromIterator<Arc<ServicePort>> for ServicePorts {
+    fn from_iter<I: IntoIterator<Item = Arc<ServicePort>>>(ports: I) -> Self {
+        ServicePorts::new(ports.into_iter().collect())
+    }
+}
+
 /// Everything a source knows at one point in time.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterState {
-    pub services: Vec<ServicePort>,
+    pub services: ServicePorts,
     pub nodes: Vec<NodeInfo>,
     /// This node's Node object has a deletion timestamp or the cluster autoscaler's
     /// ToBeDeletedByClusterAutoscaler taint: the node-level health check fails (KEP-3836).

@@ -3,7 +3,6 @@
 //! path. Each returns the time the write took.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -13,7 +12,7 @@ use dataplane_lab::netns;
 use super::{Mode, ModeLab};
 use crate::netutil;
 use crate::rules::{self, Svc};
-use crate::scenario;
+use crate::{scenario, source};
 
 /// nft reading its rules from stdin.
 const NFT_STDIN: [&str; 3] = ["nft", "-f", "/dev/stdin"];
@@ -59,7 +58,7 @@ impl ModeLab {
             }
             Mode::EbpfTc | Mode::EbpfXdp => {
                 let table = self.table.as_mut().expect("service table");
-                table.sync(&[])?;
+                table.sync(&[] as &[dataplane::model::ServicePort])?;
                 timed_sync(table, svcs)
             }
         }
@@ -96,18 +95,22 @@ impl ModeLab {
     /// The dataplane only: one changed endpoint through the agent's own path
     /// (`dataplane::agent::apply`: the delta against the previous state, the service maps,
     /// source ranges, service names, the change counters), `reps` times, applying the changed
-    /// and the original state in turn after one untimed full apply. Each sample is what the
-    /// agent records in `kubeproxy_network_programming_duration_seconds`: from the source's
-    /// state reaching the agent to its maps written. (time, entries written + deleted).
+    /// and the original state in turn after one untimed full apply. The states are what the
+    /// Kubernetes source publishes for that EndpointSlice replaced and put back
+    /// (`source::states`: unchanged ports shared with the previous state, as the source shares
+    /// them). Each sample is what the agent records in
+    /// `kubeproxy_network_programming_duration_seconds`: from the source's state reaching the
+    /// agent to its maps written; with the source's own time for the change (its snapshot,
+    /// translation and comparison). (apply time, entries written + deleted, source time).
     /// `full_diff`: without the previous state, so every change diffs every service port (the
     /// agent's cost per change before the delta path; the comparison).
     pub fn agent_changes(
         &mut self,
         svcs: &[Svc],
-        (before, after): (&Svc, &Svc),
+        changed: (&Svc, &Svc),
         reps: usize,
         full_diff: bool,
-    ) -> Result<Vec<(Duration, usize)>> {
+    ) -> Result<Vec<(Duration, usize, Duration)>> {
         let (Some(table), Some(dp), Some(pin_dir)) = (
             self.table.as_mut(),
             self.datapath.as_ref(),
@@ -115,22 +118,7 @@ impl ModeLab {
         ) else {
             return Ok(Vec::new());
         };
-        // Sorted by name, as the sources publish their states.
-        let state = |swap: bool| {
-            let mut services: Vec<_> = svcs
-                .iter()
-                .map(|s| match (swap, s == before) {
-                    (true, true) => scenario::to_model(after),
-                    _ => scenario::to_model(s),
-                })
-                .collect();
-            services.sort_by(|a, b| a.name.cmp(&b.name));
-            Arc::new(dataplane::model::ClusterState {
-                services,
-                ..Default::default()
-            })
-        };
-        let states = [state(false), state(true)];
+        let (states, source_times) = source::states(svcs, changed, reps)?;
         let mut ranges = dataplane::services::SourceRanges::open(&dp.ebpf)?;
         let mut names = dataplane::services::ServiceNames::open_or_create(pin_dir)?;
         let status = dataplane::metrics::AgentStatus::default();
@@ -145,8 +133,8 @@ impl ModeLab {
             st.entries_written.load(Ordering::Relaxed) + st.entries_deleted.load(Ordering::Relaxed)
         };
         let mut out = Vec::new();
-        for rep in 0..reps {
-            let (prev, next) = (&states[rep % 2], &states[(rep + 1) % 2]);
+        for (pair, source_time) in states.windows(2).zip(source_times) {
+            let (prev, next) = (&pair[0], &pair[1]);
             let e0 = entries(&status);
             let t0 = Instant::now();
             let complete = apply((!full_diff).then_some(&**prev), next);
@@ -154,7 +142,7 @@ impl ModeLab {
             if !complete {
                 bail!("one change was not applied completely");
             }
-            out.push((t, (entries(&status) - e0) as usize));
+            out.push((t, (entries(&status) - e0) as usize, source_time));
         }
         Ok(out)
     }

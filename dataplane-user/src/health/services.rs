@@ -3,6 +3,7 @@
 //! cannot be bound is retried on the next sync.
 
 use std::{
+    borrow::Borrow,
     collections::HashMap,
     net::{Ipv4Addr, SocketAddr},
     sync::Arc,
@@ -40,9 +41,10 @@ impl ServiceHealthServers {
 
     /// Opens and closes servers so that exactly the health-check ports of `services` listen.
     /// Must run on a tokio runtime.
-    pub fn sync(&mut self, services: &[ServicePort]) {
+    pub fn sync(&mut self, services: &[impl Borrow<ServicePort>]) {
         let wanted: HashMap<ServiceName, u16> = services
             .iter()
+            .map(Borrow::borrow)
             .filter_map(|s| Some((service_name(&s.name), s.health_check_node_port?)))
             .collect();
         self.open.retain(|name, (port, task)| {

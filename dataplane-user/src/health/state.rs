@@ -2,6 +2,7 @@
 //! (proxy_health.go, service_health.go).
 
 use std::{
+    borrow::Borrow,
     collections::{BTreeSet, HashMap},
     sync::Mutex,
     time::{Duration, Instant, SystemTime},
@@ -67,7 +68,12 @@ impl HealthState {
 
     /// Every service port of the state was applied (kube-proxy's Updated); `services` and
     /// `node_deleting` are that state's.
-    pub fn updated(&self, services: &[ServicePort], node_deleting: bool, node_name: &str) {
+    pub fn updated(
+        &self,
+        services: &[impl Borrow<ServicePort>],
+        node_deleting: bool,
+        node_name: &str,
+    ) {
         let mut inner = self.lock();
         inner.oldest_pending = None;
         inner.last_updated = Some(SystemTime::now());
@@ -77,7 +83,12 @@ impl HealthState {
 
     /// Only the node's deletion marks and endpoint counts changed (an incomplete apply still
     /// reports them: they describe the cluster, not the maps).
-    pub fn observe(&self, services: &[ServicePort], node_deleting: bool, node_name: &str) {
+    pub fn observe(
+        &self,
+        services: &[impl Borrow<ServicePort>],
+        node_deleting: bool,
+        node_name: &str,
+    ) {
         let mut inner = self.lock();
         inner.node_eligible = !node_deleting;
         inner.local_endpoints = local_ready_endpoints(services, node_name);
@@ -146,10 +157,14 @@ impl HealthState {
 /// Services with a health-check port -> their distinct local ready endpoint addresses, across
 /// ports (kube-proxy's LocalReadyEndpoints: 10.0.0.1:80 and :443 are one endpoint; terminating
 /// endpoints do not count, so a draining node fails the check).
-pub fn local_ready_endpoints(services: &[ServicePort], node: &str) -> HashMap<ServiceName, usize> {
+pub fn local_ready_endpoints(
+    services: &[impl Borrow<ServicePort>],
+    node: &str,
+) -> HashMap<ServiceName, usize> {
     let mut ips: HashMap<ServiceName, BTreeSet<std::net::Ipv4Addr>> = HashMap::new();
     for svc in services
         .iter()
+        .map(Borrow::borrow)
         .filter(|s| s.health_check_node_port.is_some())
     {
         let entry = ips.entry(service_name(&svc.name)).or_default();
@@ -274,12 +289,12 @@ mod tests {
     fn healthz_fails_while_the_node_is_deleted_livez_does_not() {
         let state = HealthState::default();
         assert_eq!((state.healthz().status, state.livez().status), (200, 200));
-        state.updated(&[], true, "n1");
+        state.updated(&[] as &[ServicePort], true, "n1");
         let h = state.healthz();
         assert_eq!(h.status, 503);
         assert!(h.body.contains("\"nodeEligible\": false"), "{}", h.body);
         assert_eq!(state.livez().status, 200);
-        state.observe(&[], false, "n1");
+        state.observe(&[] as &[ServicePort], false, "n1");
         assert_eq!(state.healthz().status, 200);
     }
 

@@ -42,30 +42,20 @@ impl EndpointIndex {
         let mut index = EndpointIndex::default();
         let mut seen = HashSet::new();
         for slice in slices {
-            let subject = Subject::new("EndpointSlice", namespaced_name(&slice.metadata));
+            let subject = slice_subject(slice);
             if !seen.insert(subject.object.clone()) {
-                problems.push(subject.invalid(
-                    "metadata.name",
-                    "duplicate EndpointSlice, the first one is used",
-                ));
+                problems.push(duplicate(&subject));
                 continue;
             }
-            // Slices without the label belong to no Service (kube-proxy ignores them too).
-            let Some(service) = label(&slice.metadata, SERVICE_NAME_LABEL) else {
-                continue;
-            };
-            if not_proxied(&slice.metadata) {
-                continue;
-            }
-            match read_slice(slice, &subject, here, problems) {
-                Ok(ports) => index.insert(namespace(&slice.metadata), service, ports),
-                Err(problem) => problems.push(problem),
+            if let Some((service, ports)) = read(slice, &subject, here, problems) {
+                index.insert(service, ports);
             }
         }
         index
     }
 
-    fn insert(&mut self, namespace: &str, service: &str, ports: Vec<(PortKey, Vec<Backend>)>) {
+    /// Adds one slice's backends (what [`read`] returned) to `service`'s.
+    pub fn insert(&mut self, (namespace, service): ServiceRef<'_>, ports: Vec<SlicePort>) {
         let entry = self
             .services
             .entry((namespace.to_owned(), service.to_owned()))
@@ -108,13 +98,55 @@ impl EndpointIndex {
     }
 }
 
+/// (namespace, name) of a Service, as a slice's label names it.
+pub(crate) type ServiceRef<'a> = (&'a str, &'a str);
+
+/// One port of a slice: what it is matched by, and the slice's endpoints on it.
+pub(crate) type SlicePort = (PortKey, Vec<Backend>);
+
+/// How problems name a slice.
+pub(crate) fn slice_subject(slice: &EndpointSlice) -> Subject {
+    Subject::new("EndpointSlice", namespaced_name(&slice.metadata))
+}
+
+/// The problem of a second slice of one name.
+pub(crate) fn duplicate(subject: &Subject) -> Problem {
+    subject.invalid(
+        "metadata.name",
+        "duplicate EndpointSlice, the first one is used",
+    )
+}
+
+/// What one slice gives its Service; None for a slice of no proxied Service. An invalid slice
+/// gives no backends (its problem pushed).
+pub(crate) fn read<'s>(
+    slice: &'s EndpointSlice,
+    subject: &Subject,
+    here: &Here,
+    problems: &mut Vec<Problem>,
+) -> Option<(ServiceRef<'s>, Vec<SlicePort>)> {
+    let service = service_of(slice)?;
+    let ports = read_slice(slice, subject, here, problems).unwrap_or_else(|problem| {
+        problems.push(problem);
+        Vec::new()
+    });
+    Some((service, ports))
+}
+
+/// The Service a slice belongs to: its label's, unless kube-proxy's selector leaves it out.
+/// Slices without the label belong to no Service (kube-proxy ignores them too).
+pub(crate) fn service_of(slice: &EndpointSlice) -> Option<ServiceRef<'_>> {
+    let service = label(&slice.metadata, SERVICE_NAME_LABEL)?;
+    (!not_proxied(&slice.metadata)).then_some((namespace(&slice.metadata), service))
+}
+
 /// One slice's backends per port. Err: the slice is invalid and skipped whole.
 fn read_slice(
     slice: &EndpointSlice,
     subject: &Subject,
     here: &Here,
     notes: &mut Vec<Problem>,
-) -> Result<Vec<(PortKey, Vec<Backend>)>, Problem> {
+) -> Result<Vec<SlicePort>, Problem> {
     if slice.metadata.name.as_deref().is_none_or(str::is_empty) {
         return Err(subject.invalid("metadata.name", "missing"));
     }

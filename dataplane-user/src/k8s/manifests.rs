@@ -4,9 +4,12 @@
 //! A file that does not parse is logged (file and error) and keeps contributing the objects it
 //! had when it last parsed, so a half-saved edit never removes services from the datapath. A
 //! file that is deleted from the directory takes its objects with it.
+//!
+//! A re-read file's objects that did not change keep their `Arc`s (as the API source's stores
+//! do): the translator translates again only what changed (`incremental.rs`).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fs, io,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
@@ -15,10 +18,12 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use kube::Resource;
 use tokio::sync::Notify;
 
 use super::{
     decode::{decode, Decoded, Format},
+    objects::Objects,
     sync::{Snapshot, SourceStats},
 };
 
@@ -156,12 +161,15 @@ impl ManifestSet {
             .map_err(|e| e.to_string())
             .and_then(|text| decode(&text, format).map_err(|e| e.to_string()));
         match result {
-            Ok(decoded) => {
+            Ok(mut decoded) => {
                 log::debug!(
                     "manifests: {}: {} objects",
                     path.display(),
                     decoded.objects.len()
                 );
+                if let Some(before) = &last_good {
+                    keep_unchanged(&mut decoded.objects, &before.objects);
+                }
                 Some(decoded)
             }
             Err(error) => {
@@ -173,6 +181,27 @@ impl ManifestSet {
                 );
                 last_good
             }
+        }
+    }
+}
+
+/// Each object of `objects` equal to `before`'s object of its kind and name becomes that
+/// object's `Arc`: one edited Service in a file of 10,000 is then one changed object.
+fn keep_unchanged(objects: &mut Objects, before: &Objects) {
+    reuse(&mut objects.services, &before.services);
+    reuse(&mut objects.endpoint_slices, &before.endpoint_slices);
+    reuse(&mut objects.nodes, &before.nodes);
+}
+
+fn reuse<K: Resource + PartialEq>(objects: &mut [Arc<K>], before: &[Arc<K>]) {
+    let name = |o: &Arc<K>| {
+        let meta = o.meta();
+        (meta.namespace.clone(), meta.name.clone())
+    };
+    let before: HashMap<_, &Arc<K>> = before.iter().map(|o| (name(o), o)).collect();
+    for object in objects {
+        if let Some(&old) = before.get(&name(object)).filter(|old| ***old == *object) {
+            *object = old.clone();
         }
     }
 }
@@ -200,4 +229,36 @@ pub(crate) async fn poll(set: Arc<Mutex<ManifestSet>>, changes: Arc<Notify>) {
 /// matters (the next refresh re-reads), so poisoning is ignored.
 pub(crate) fn lock(set: &Mutex<ManifestSet>) -> std::sync::MutexGuard<'_, ManifestSet> {
     set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = include_str!("testdata/seed.yaml");
+
+    #[test]
+    fn a_reread_file_keeps_the_objects_that_did_not_change() {
+        let dir = std::env::temp_dir().join(format!("dpl-manifests-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("seed.yaml");
+        fs::write(&file, SEED).unwrap();
+        let mut set = ManifestSet::load(&file, Arc::default()).unwrap();
+        let before = set.snapshot().objects;
+        // One endpoint of one slice changes (and the file's size, so the poll notices).
+        let edited = SEED.replacen("    - 10.244.1.19\n", "    - 10.244.1.199\n", 1);
+        fs::write(&file, edited).unwrap();
+        assert!(set.refresh());
+        let after = set.snapshot().objects;
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(same(&before.services, &after.services), [true, true]);
+        assert_eq!(same(&before.nodes, &after.nodes), [true, true, true]);
+        let slices = same(&before.endpoint_slices, &after.endpoint_slices);
+        assert_eq!(slices.iter().filter(|s| !**s).count(), 1, "{slices:?}");
+    }
+
+    /// Whether each object of `a` is the same `Arc` as `b`'s at its place.
+    fn same<K>(a: &[Arc<K>], b: &[Arc<K>]) -> Vec<bool> {
+        a.iter().zip(b).map(|(a, b)| Arc::ptr_eq(a, b)).collect()
+    }
 }

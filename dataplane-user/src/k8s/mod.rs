@@ -5,13 +5,15 @@
 //!   [`WATCHED`]), from in-cluster config or a kubeconfig;
 //! - [`Source::Manifests`]: YAML/JSON files as `kubectl get -o yaml` prints them, polled.
 //!
-//! Both build [`Objects`], run [`translate`] (kube-proxy's semantics), log each new
-//! [`Problem`] once, and publish the state on a `tokio::sync::watch` channel when it changed,
-//! coalescing bursts of changes.
+//! Both build [`Objects`], run [`translate`] (kube-proxy's semantics) through a [`Translator`]
+//! (only the Services whose objects changed since the last snapshot; every other port is the
+//! previous state's `Arc`), log each new [`Problem`] once, and publish the state on a
+//! `tokio::sync::watch` channel when it changed, coalescing bursts of changes.
 
 mod apiserver;
 mod decode;
 mod endpoints;
+mod incremental;
 mod load_balancer;
 mod local;
 mod manifests;
@@ -24,6 +26,8 @@ mod sync;
 mod this_node;
 mod translate;
 
+#[cfg(test)]
+mod incremental_tests;
 #[cfg(test)]
 mod semantics_tests;
 #[cfg(test)]
@@ -46,6 +50,7 @@ use tokio::sync::{watch, Notify};
 
 pub use decode::{decode, documents, Decoded, Format, SyntaxError};
 pub use endpoints::SERVICE_NAME_LABEL;
+pub use incremental::{TranslatePaths, Translator, INCREMENTAL_MAX};
 pub use local::{LocalNode, NodePortAddresses};
 pub use manifests::POLL_INTERVAL;
 pub use nodes::{

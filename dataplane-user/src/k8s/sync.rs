@@ -12,10 +12,10 @@ use std::{
 use tokio::sync::{watch, Notify};
 
 use super::{
+    incremental::Translator,
     local::LocalNode,
     objects::Objects,
     problem::{Problem, ProblemLog},
-    translate::translate,
 };
 use crate::model::ClusterState;
 
@@ -105,6 +105,9 @@ pub(crate) struct Publisher {
     tx: watch::Sender<Arc<ClusterState>>,
     stats: Arc<SourceStats>,
     log: ProblemLog,
+    /// Translates each snapshot in proportion to what changed: the published states share
+    /// every unchanged port, so comparing them is cheap too.
+    translator: Translator,
     published: bool,
 }
 
@@ -119,6 +122,7 @@ impl Publisher {
             tx,
             stats,
             log: ProblemLog::default(),
+            translator: Translator::new(),
             published: false,
         }
     }
@@ -146,20 +150,21 @@ impl Publisher {
     fn sync(&mut self, snapshot: Snapshot) {
         let started = Instant::now();
         let local = self.local.borrow_and_update().clone();
-        let (state, mut problems) = translate(&snapshot.objects, &local);
+        let (state, mut problems) = self.translator.translate(snapshot.objects, &local);
         problems.extend(snapshot.problems);
         problems.sort();
         problems.dedup();
         self.log.report(&problems);
+        let objects = self.translator.objects();
         self.stats
-            .record_sync(&snapshot.objects, problems.len(), started.elapsed());
+            .record_sync(objects, problems.len(), started.elapsed());
         let changed = !self.published || **self.tx.borrow() != state;
         if changed {
             log::info!(
                 "k8s: {} service ports, {} nodes ({} objects, {} problems)",
                 state.services.len(),
                 state.nodes.len(),
-                snapshot.objects.len(),
+                objects.len(),
                 problems.len()
             );
             // Counted before it is visible: a reader woken by the send sees it counted.

@@ -14,7 +14,7 @@
 //! IPv6 and SCTP parts are skipped with one [`Severity::Unsupported`](super::Severity) problem
 //! per object. Nothing here panics or logs.
 
-use std::{collections::HashSet, net::Ipv4Addr, sync::Arc};
+use std::{collections::HashSet, net::Ipv4Addr};
 
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 
@@ -27,70 +27,77 @@ use super::{
     parse::{self, PortProtocol},
     policies::{Policies, ServiceType},
     problem::{ipv4_only, translate_each, Problem, Subject},
-    this_node::this_node,
+    this_node::{this_node, ThisNode},
 };
 use crate::model::{ClusterState, Frontend, FrontendKind, Protocol, ServicePort, ServicePortName};
 
 /// Translates a consistent set of objects into the state the datapath should have, plus what
-/// was wrong with them. Sorted by name so equal inputs give equal outputs.
+/// was wrong with them. Sorted by name so equal inputs give equal outputs. The reference
+/// translation: [`Translator`](super::incremental::Translator) gives the same, translating only
+/// what changed since its last snapshot.
 pub fn translate(objects: &Objects, local: &LocalNode) -> (ClusterState, Vec<Problem>) {
     let mut problems = Vec::new();
     let this = this_node(&objects.nodes, &local.name);
-    let here = Here {
-        node: &local.name,
-        zone: this.zone.as_deref(),
-    };
-    let endpoints = EndpointIndex::build(&objects.endpoint_slices, &here, &mut problems);
-    let node_ports = NodePortIps(
-        local
-            .nodeport_addresses
-            .select(&local.addresses, this.primary_ip),
-    );
-    let services = translate_services(
+    let context = NodeContext::new(local, &this);
+    let endpoints = EndpointIndex::build(&objects.endpoint_slices, &context.here(), &mut problems);
+    let services = translate_each(
         &objects.services,
-        &endpoints,
-        local,
-        &node_ports,
+        |service| service_subject(service),
+        |service, subject| translate_service(service, subject, &endpoints, &context),
         &mut problems,
     );
     let nodes = nodes::translate_nodes(&objects.nodes, &mut problems);
     problems.sort();
     problems.dedup();
     let state = ClusterState {
-        services,
+        services: services.into(),
         nodes,
         node_deleting: this.deleting,
     };
     (state, problems)
 }
 
-/// The addresses this sync's NodePorts answer on.
-struct NodePortIps(Vec<Ipv4Addr>);
+/// What a Service's translation reads besides its own objects: this node. Another context
+/// (an address added, the zone label changed) can change every Service's ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct NodeContext {
+    pub local: LocalNode,
+    /// This node's zone, for the endpoints' zone hints.
+    zone: Option<String>,
+    /// The addresses this sync's NodePorts answer on.
+    node_ports: Vec<Ipv4Addr>,
+}
 
-fn translate_services(
-    services: &[Arc<Service>],
-    endpoints: &EndpointIndex,
-    local: &LocalNode,
-    node_ports: &NodePortIps,
-    problems: &mut Vec<Problem>,
-) -> Vec<ServicePort> {
-    let subject =
-        |service: &Arc<Service>| Subject::new("Service", namespaced_name(&service.metadata));
-    let translate = |service: &Arc<Service>, subject: &Subject| {
-        translate_service(service, subject, endpoints, local, node_ports)
-    };
-    let mut out = translate_each(services, subject, translate, problems);
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+impl NodeContext {
+    pub fn new(local: &LocalNode, this: &ThisNode) -> Self {
+        NodeContext {
+            local: local.clone(),
+            zone: this.zone.clone(),
+            node_ports: local
+                .nodeport_addresses
+                .select(&local.addresses, this.primary_ip),
+        }
+    }
+
+    pub fn here(&self) -> Here<'_> {
+        Here {
+            node: &self.local.name,
+            zone: self.zone.as_deref(),
+        }
+    }
+}
+
+/// How problems name a Service.
+pub(crate) fn service_subject(service: &Service) -> Subject {
+    Subject::new("Service", namespaced_name(&service.metadata))
 }
 
 /// One Service's ports plus its unsupported-part notes, or the reason it is invalid.
-fn translate_service(
+pub(crate) fn translate_service(
     service: &Service,
     subject: &Subject,
     endpoints: &EndpointIndex,
-    local: &LocalNode,
-    node_ports: &NodePortIps,
+    context: &NodeContext,
 ) -> Result<(Vec<ServicePort>, Vec<Problem>), Problem> {
     let name = match service.metadata.name.as_deref() {
         Some(name) if !name.is_empty() => name,
@@ -125,7 +132,7 @@ fn translate_service(
     Ok((
         ports
             .iter()
-            .map(|port| service.port(port, endpoints, local, node_ports))
+            .map(|port| service.port(port, endpoints, context))
             .collect(),
         notes,
     ))
@@ -145,9 +152,9 @@ impl Validated<'_> {
         &self,
         port: &PortSpec,
         endpoints: &EndpointIndex,
-        local: &LocalNode,
-        node_ports: &NodePortIps,
+        context: &NodeContext,
     ) -> ServicePort {
+        let local = &context.local;
         let key = (port.name.clone(), port.protocol);
         ServicePort {
             name: ServicePortName {
@@ -155,7 +162,7 @@ impl Validated<'_> {
                 name: self.name.to_owned(),
                 port: port.name.clone(),
             },
-            frontends: self.ips.frontends(port, &node_ports.0),
+            frontends: self.ips.frontends(port, &context.node_ports),
             backends: endpoints.backends(self.namespace, self.name, &key, &local.name),
             external_policy: self.policies.external,
             internal_policy: self.policies.internal,

@@ -22,6 +22,8 @@
 //! The outcome's types are in `outcome.rs`; the same transactions written with batch syscalls,
 //! many service ports per call, in `apply_batch.rs`.
 
+use std::borrow::Borrow;
+
 use foldhash::{HashMap, HashMapExt as _};
 
 use anyhow::Result;
@@ -51,9 +53,9 @@ impl<S: MapStore> ServiceTable<S> {
     /// written (a map error, or no room) is left as it was and reported, the others are applied.
     /// Unchanged frontends are not touched; frontends no service lists are removed; slots left
     /// by an interrupted writer are deleted. Calling it again retries what failed.
-    pub fn sync_report(&mut self, desired: &[ServicePort]) -> SyncOutcome {
+    pub fn sync_report(&mut self, desired: &[impl Borrow<ServicePort>]) -> SyncOutcome {
         let mut out = SyncOutcome::default();
-        let mut sorted: Vec<&ServicePort> = desired.iter().collect();
+        let mut sorted: Vec<&ServicePort> = desired.iter().map(Borrow::borrow).collect();
         sorted.sort_by(|a, b| a.name.cmp(&b.name));
         let by_name: HashMap<&ServicePortName, &ServicePort> =
             sorted.iter().map(|s| (&s.name, *s)).collect();

@@ -14,6 +14,8 @@
 //! changed ports claim no frontend another port holds, and the maps keep room. Otherwise, or
 //! for a large delta (where batching wins), it runs the full sync.
 
+use std::borrow::Borrow;
+
 use foldhash::{HashMap, HashMapExt as _};
 
 use dataplane_common::lb::ServiceKey;
@@ -25,7 +27,7 @@ use super::{
     store::MapStore,
     ServiceTable,
 };
-use crate::model::{ServicePort, ServicePortName};
+use crate::model::{ServicePort, ServicePortName, ServicePorts};
 
 /// More changed service ports than this: the full sync, which batches its writes.
 pub const INCREMENTAL_MAX: usize = 256;
@@ -35,51 +37,45 @@ pub const INCREMENTAL_MAX: usize = 256;
 pub struct ServiceDelta<'a> {
     /// (before, after) of each service port that was added (`None` before), removed (`None`
     /// after) or changed, in name order.
-    pub changes: Vec<(Option<&'a ServicePort>, Option<&'a ServicePort>)>,
+    pub changes: Vec<Change<'a>>,
 }
 
+/// (before, after) of one service port.
+pub type Change<'a> = (Option<&'a ServicePort>, Option<&'a ServicePort>);
+
 impl<'a> ServiceDelta<'a> {
-    /// The difference from `before` to `after`. Both sorted by name (what the sources publish):
-    /// one merge walk comparing neighbours; otherwise by a name index.
-    pub fn between(before: &'a [ServicePort], after: &'a [ServicePort]) -> Self {
-        let sorted = |v: &[ServicePort]| v.windows(2).all(|w| w[0].name < w[1].name);
-        let mut changes = Vec::new();
-        if sorted(before) && sorted(after) {
-            let (mut i, mut j) = (0, 0);
-            while i < before.len() || j < after.len() {
-                let (a, b) = (before.get(i), after.get(j));
-                match (a, b) {
-                    (Some(x), Some(y)) if x.name == y.name => {
-                        if x != y {
-                            changes.push((Some(x), Some(y)));
-                        }
-                        i += 1;
-                        j += 1;
-                    }
-                    (Some(x), Some(y)) if x.name < y.name => {
-                        changes.push((Some(x), None));
-                        i += 1;
-                    }
-                    (Some(x), None) => {
-                        changes.push((Some(x), None));
-                        i += 1;
-                    }
-                    (_, Some(y)) => {
-                        changes.push((None, Some(y)));
-                        j += 1;
-                    }
-                    (None, None) => unreachable!("loop condition"),
-                }
-            }
-            return ServiceDelta { changes };
+    /// The difference between two states' service ports. Sorted without duplicate names (what
+    /// the sources publish, known by construction): one merge walk, where a port the two
+    /// states share (one `Arc`) costs a pointer comparison.
+    pub fn of(before: &'a ServicePorts, after: &'a ServicePorts) -> Self {
+        if before.is_unique() && after.is_unique() {
+            return ServiceDelta {
+                changes: merge(before, after),
+            };
         }
-        let old: HashMap<&ServicePortName, &ServicePort> =
-            before.iter().map(|s| (&s.name, s)).collect();
-        let new: HashMap<&ServicePortName, &ServicePort> =
-            after.iter().map(|s| (&s.name, s)).collect();
+        ServiceDelta::between(before, after)
+    }
+
+    /// The difference from `before` to `after`, in any order. Both sorted by name: one merge
+    /// walk comparing neighbours; otherwise by a name index.
+    pub fn between<P: Borrow<ServicePort>>(before: &'a [P], after: &'a [P]) -> Self {
+        let sorted = |v: &[P]| {
+            v.windows(2)
+                .all(|w| w[0].borrow().name < w[1].borrow().name)
+        };
+        if sorted(before) && sorted(after) {
+            return ServiceDelta {
+                changes: merge(before, after),
+            };
+        }
+        let index = |v: &'a [P]| -> HashMap<&'a ServicePortName, &'a ServicePort> {
+            v.iter().map(|s| (&s.borrow().name, s.borrow())).collect()
+        };
+        let (old, new) = (index(before), index(after));
+        let mut changes = Vec::new();
         for (name, a) in &old {
             match new.get(name) {
-                Some(b) if a == b => {}
+                Some(b) if same(a, b) => {}
                 b => changes.push((Some(*a), b.copied())),
             }
         }
@@ -102,7 +98,50 @@ impl<'a> ServiceDelta<'a> {
     }
 }
 
-fn name_of<'a>(c: &(Option<&'a ServicePort>, Option<&'a ServicePort>)) -> &'a ServicePortName {
+/// Equal ports: the same one (shared by the two states), or equal by value.
+fn same(a: &ServicePort, b: &ServicePort) -> bool {
+    std::ptr::eq(a, b) || a == b
+}
+
+/// The changes between two lists strictly sorted by name, in one walk.
+fn merge<'a, P: Borrow<ServicePort>>(before: &'a [P], after: &'a [P]) -> Vec<Change<'a>> {
+    let mut changes = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < before.len() || j < after.len() {
+        let a = before.get(i).map(Borrow::borrow);
+        let b = after.get(j).map(Borrow::borrow);
+        match (a, b) {
+            // Shared: the same port, nothing to compare (the common case by far).
+            (Some(x), Some(y)) if std::ptr::eq(x, y) => {
+                i += 1;
+                j += 1;
+            }
+            (Some(x), Some(y)) if x.name == y.name => {
+                if x != y {
+                    changes.push((Some(x), Some(y)));
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(x), Some(y)) if x.name < y.name => {
+                changes.push((Some(x), None));
+                i += 1;
+            }
+            (Some(x), None) => {
+                changes.push((Some(x), None));
+                i += 1;
+            }
+            (_, Some(y)) => {
+                changes.push((None, Some(y)));
+                j += 1;
+            }
+            (None, None) => unreachable!("loop condition"),
+        }
+    }
+    changes
+}
+
+fn name_of<'a>(c: &Change<'a>) -> &'a ServicePortName {
     match c {
         (_, Some(s)) | (Some(s), None) => &s.name,
         (None, None) => unreachable!("a change has a side"),
@@ -114,7 +153,11 @@ impl<S: MapStore> ServiceTable<S> {
     /// what differs between `desired` and the state of this table's previous `sync_report` or
     /// `sync_delta`. Plans and writes only the changed service ports when that is equivalent to
     /// the full diff (module documentation), else runs the full sync.
-    pub fn sync_delta(&mut self, desired: &[ServicePort], delta: &ServiceDelta) -> SyncOutcome {
+    pub fn sync_delta(
+        &mut self,
+        desired: &[impl Borrow<ServicePort>],
+        delta: &ServiceDelta,
+    ) -> SyncOutcome {
         match self.try_incremental(delta) {
             Some(out) => {
                 self.clean = out.is_complete();

@@ -6,7 +6,7 @@ use dataplane_common::lb::{BackendKey, BackendValue, ServiceKey};
 
 use super::tests::{endpoint, frontend, local, many, table};
 use super::*;
-use crate::model::{FrontendKind, Protocol, ServicePort};
+use crate::model::{FrontendKind, Protocol, ServicePort, ServicePorts};
 
 /// What the maps serve, without the ids (which may be handed out in another order): per
 /// frontend its flags, affinity timeout and backends in slot order; and whether every slot in
@@ -319,4 +319,42 @@ fn delta_sync_ends_where_the_full_sync_ends_on_random_states() {
         incremental_taken > 300,
         "the shortcut ran {incremental_taken} times"
     );
+}
+
+/// `next` as a source publishes it after `prev`: each port equal to one of `prev`'s is that
+/// port's `Arc`.
+fn shared_with(prev: &ServicePorts, next: &[ServicePort]) -> ServicePorts {
+    let ports = next.iter().map(|p| match prev.iter().find(|q| ***q == *p) {
+        Some(q) => q.clone(),
+        None => std::sync::Arc::new(p.clone()),
+    });
+    ports.collect()
+}
+
+/// The changes as values, to compare deltas over different containers.
+fn owned(delta: &ServiceDelta) -> Vec<(Option<ServicePort>, Option<ServicePort>)> {
+    let changes = delta.changes.iter();
+    changes.map(|(a, b)| (a.cloned(), b.cloned())).collect()
+}
+
+#[test]
+fn the_walk_over_shared_ports_finds_what_the_value_diff_finds() {
+    let mut rng = Rng(0x5eed_1234_abcd_0002);
+    for _ in 0..100 {
+        let mut prev = random_state(&mut rng);
+        let mut prev_ports: ServicePorts = prev.clone().into();
+        for _ in 0..8 {
+            let next = mutate(&mut rng, &prev);
+            let next_ports = shared_with(&prev_ports, &next);
+            assert!(prev_ports.is_unique() && next_ports.is_unique());
+            let walked = ServiceDelta::of(&prev_ports, &next_ports);
+            assert_eq!(owned(&walked), owned(&ServiceDelta::between(&prev, &next)));
+            (prev, prev_ports) = (next, next_ports);
+        }
+    }
+    // Two ports of one name: not unique, so the name-index diff (the first one wins there).
+    let twice: ServicePorts = [many(1), many(1)].concat().into();
+    assert!(!twice.is_unique());
+    let delta = ServiceDelta::of(&twice, &twice);
+    assert!(delta.is_empty());
 }

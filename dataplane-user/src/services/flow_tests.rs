@@ -99,7 +99,7 @@ fn removed_backends_are_those_gone_from_the_endpoints_not_terminating_ones() {
         }]
     );
     // The service goes away: every backend it had is gone with it.
-    let out = t.sync_report(&[]);
+    let out = t.sync_report(&[] as &[ServicePort]);
     let gone: Vec<_> = out.removed_backends.iter().map(|r| r.addr).collect();
     assert_eq!(gone, [ip_to_be(Ipv4Addr::new(10, 244, 1, 19))]);
 }

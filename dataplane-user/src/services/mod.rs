@@ -54,7 +54,7 @@ mod tests;
 mod topology_tests;
 
 use foldhash::{HashMap, HashMapExt as _, HashSet};
-use std::{fmt, path::Path};
+use std::{borrow::Borrow, fmt, path::Path};
 
 use anyhow::Result;
 use aya::Ebpf;
@@ -297,7 +297,7 @@ impl<S: MapStore> ServiceTable<S> {
     /// deleted. Two service ports claiming one frontend: the first by name keeps it (logged).
     /// Service ports are applied one by one ([`ServiceTable::sync_report`]): an error names
     /// those that failed or did not fit, and every other one is applied.
-    pub fn sync(&mut self, desired: &[ServicePort]) -> Result<UpdateReport> {
+    pub fn sync(&mut self, desired: &[impl Borrow<ServicePort>]) -> Result<UpdateReport> {
         let outcome = self.sync_report(desired);
         match outcome.error() {
             Some(e) => Err(e),

@@ -5,6 +5,7 @@
 //! holds: one update per frontend whose Service changed, none for endpoint changes.
 
 use std::{
+    borrow::Borrow,
     collections::{BTreeMap, HashMap},
     net::SocketAddrV4,
     path::Path,
@@ -74,14 +75,14 @@ impl ServiceNames {
 
     /// Makes the map name exactly the frontends of `services`: changed names first, then the
     /// removals. Returns (written, removed).
-    pub fn sync(&mut self, services: &[ServicePort]) -> Result<(usize, usize)> {
+    pub fn sync(&mut self, services: &[impl Borrow<ServicePort>]) -> Result<(usize, usize)> {
         self.dirty = true;
         let done = self.sync_all(services);
         self.dirty = done.is_err();
         done
     }
 
-    fn sync_all(&mut self, services: &[ServicePort]) -> Result<(usize, usize)> {
+    fn sync_all(&mut self, services: &[impl Borrow<ServicePort>]) -> Result<(usize, usize)> {
         let desired = desired(services);
         let mut written = 0;
         for (order, (key, name)) in &desired {
@@ -119,7 +120,7 @@ impl ServiceNames {
     /// `services` (the whole state), which retries what failed.
     pub fn sync_delta(
         &mut self,
-        services: &[ServicePort],
+        services: &[impl Borrow<ServicePort>],
         delta: &ServiceDelta,
     ) -> Result<(usize, usize)> {
         if self.dirty {
@@ -171,9 +172,9 @@ impl ServiceNames {
     }
 }
 
-fn desired(services: &[ServicePort]) -> BTreeMap<Key, (ServiceKey, String)> {
+fn desired(services: &[impl Borrow<ServicePort>]) -> BTreeMap<Key, (ServiceKey, String)> {
     let mut out = BTreeMap::new();
-    for svc in services {
+    for svc in services.iter().map(Borrow::borrow) {
         let name = svc.name.to_string();
         for fe in &svc.frontends {
             let key = service_key(fe);

@@ -3,7 +3,7 @@
 //! the frontend ids are known: a new restricted frontend drops everything for that moment
 //! (fail closed), and ranges leave only after their frontend no longer names them.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{borrow::Borrow, collections::BTreeSet, net::Ipv4Addr};
 
 use anyhow::{Context, Result};
 use aya::maps::{
@@ -51,7 +51,7 @@ impl SourceRanges {
     /// ids `table` gave them. New entries first, then the stale ones. Returns (added, removed).
     pub fn sync(
         &mut self,
-        services: &[ServicePort],
+        services: &[impl Borrow<ServicePort>],
         table: &ServiceTable,
     ) -> Result<(usize, usize)> {
         let desired = desired(services, table.local(), |svc_key| {
@@ -92,12 +92,12 @@ fn key((frontend_id, addr, len): RangeEntry) -> Key<SourceRangeKey> {
 /// Every (frontend id, range) the restricted frontends of `services` need; frontends the
 /// table does not hold (not applied) have no id and need none yet.
 pub(crate) fn desired(
-    services: &[ServicePort],
+    services: &[impl Borrow<ServicePort>],
     local: &LocalContext,
     frontend_id: impl Fn(&dataplane_common::lb::ServiceKey) -> Option<u32>,
 ) -> BTreeSet<RangeEntry> {
     let mut out = BTreeSet::new();
-    for svc in services {
+    for svc in services.iter().map(Borrow::borrow) {
         for fe in svc
             .frontends
             .iter()

@@ -340,7 +340,7 @@ fn sync_after_adoption_removes_unknown_frontends_and_orphan_slots() {
         t.store().services[&key_of(&app_svc(Protocol::Tcp))].set_id,
         41
     );
-    let report = t.sync(&[]).unwrap();
+    let report = t.sync(&[] as &[ServicePort]).unwrap();
     assert_eq!((report.services_deleted, report.backends_deleted), (1, 4));
     assert!(t.store().backends.is_empty());
 }
@@ -377,7 +377,7 @@ fn frontend_and_backend_addresses_are_listed_and_kept() {
     }
     assert_eq!(addrs[&node], ADDR_F_NODE);
     let listed = addrs.len();
-    t.sync(&[]).unwrap();
+    t.sync(&[] as &[ServicePort]).unwrap();
     assert_eq!(
         t.store().addrs.len(),
         listed,

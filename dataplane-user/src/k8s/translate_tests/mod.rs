@@ -146,7 +146,8 @@ fn seed_cluster_translates_exactly() {
                 health_check_node_port: None,
                 source_ranges: Vec::new(),
             },
-        ],
+        ]
+        .into(),
         nodes: vec![
             flannel_node("k8s-1", "192.168.100.101", "10.244.0.0", 1),
             flannel_node("k8s-2", "192.168.100.102", "10.244.1.0", 2),
