@@ -51,7 +51,8 @@ pub fn vip(j: usize) -> Ipv4Addr {
 }
 
 pub fn node_port(j: usize) -> Option<u16> {
-    j.is_multiple_of(NODEPORT_EVERY).then(|| NODEPORT_BASE + (j / NODEPORT_EVERY) as u16)
+    j.is_multiple_of(NODEPORT_EVERY)
+        .then(|| NODEPORT_BASE + (j / NODEPORT_EVERY) as u16)
 }
 
 /// Number of NodePort services among N.

@@ -185,7 +185,10 @@ mod tests {
         // Two programs per packet at 60 ns of floor each: 1,000 ns is 880 above it.
         let (text, above) = above_floor(1000.0, 2.0, Some(60.0));
         assert_eq!(above, 880.0);
-        assert!(text.contains("60 ns per run") && text.contains("880 ns above"), "{text}");
+        assert!(
+            text.contains("60 ns per run") && text.contains("880 ns above"),
+            "{text}"
+        );
         // Never below zero, and without a floor the total is what is judged.
         assert_eq!(above_floor(50.0, 1.0, Some(60.0)).1, 0.0);
         assert_eq!(above_floor(500.0, 1.0, None), (String::new(), 500.0));
@@ -193,7 +196,10 @@ mod tests {
 
     #[test]
     fn a_floor_that_ran_for_too_few_packets_is_none() {
-        assert_eq!(StatsFloor::ns_per_run((100, 10), (5100, 110), 100), Some(50.0));
+        assert_eq!(
+            StatsFloor::ns_per_run((100, 10), (5100, 110), 100),
+            Some(50.0)
+        );
         // XDP finished the packets: the tc floor ran for the priming only.
         assert_eq!(StatsFloor::ns_per_run((0, 0), (500, 10), 1000), None);
         assert_eq!(StatsFloor::ns_per_run((0, 0), (0, 0), 0), None);

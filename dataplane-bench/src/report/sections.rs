@@ -182,14 +182,21 @@ pub(super) fn profile_section(m: &mut String, r: &Results, n_max: usize) {
              an skb (no tc, routing, forwarding or tc egress). The cost per packet here is end to end, though: the switch, \
              node2's forwarding and the backend are in every mode's number (about what no-NAT costs beyond node1), so the \
              ratio of totals stays well below the ratio of node1's own work; Cilium's 3× is measured at the balancer \
-             alone. On this lab the veth uplink needs NAPI on the switch's end for XDP_TX'd frames (GRO turned on there for \
+             alone, and so is the table \"(d) NodePort at the balancer alone\": there XDP's gain is node1's own, and \
+             for established flows it is the largest (the program replaces skb allocation, routing, forwarding and \
+             both tc hooks), for new flows the smallest (conntrack creation costs the same on either hook). On this lab the veth uplink needs NAPI on the switch's end for XDP_TX'd frames (GRO turned on there for \
              ebpf-xdp only, which adds that NAPI pass to this mode's packets, not to the others'). What is left inside the \
              program for a new flow is conntrack: the hash lookups (cache misses in a 262,144-entry table) and the LRU's \
              node allocation for each of the entries a masqueraded connection creates (see the profile above). Per-CPU LRU \
              lists for CT_V2 (`BPF_F_NO_COMMON_LRU`, as Katran) were measured side by side and were slower here (new \
              ClusterIP flow at tc_pod_ingress 4.0 vs 2.5 µs, new NodePort flow at XDP 6.4 vs 4.8 µs): each CPU's list holds \
              only max_entries / CPUs entries, so flows that all arrive on one CPU start evicting at half the table. The \
-             lever left is fewer entries per connection (today 2, and 4 with masquerade).\n",
+             lever left is fewer entries per connection (today 2, and 4 with masquerade): a masqueraded connection \
+             needs only its two ingress entries if the ingress hook applies DNAT and masquerade at once and sends the \
+             packet out itself (FIB lookup and redirect, as Cilium's tc NodePort path does) instead of letting the \
+             kernel route a packet whose source is now the node's own; a profile of new NodePort flows at XDP puts \
+             27% of the program's time in `bpf_lru_pop_free`, 26% in hash bucket walks and 18% in the LRU update, \
+             that is, in those inserts.\n",
             ns(n_max as f64),
             ns(x),
             ns(c),
