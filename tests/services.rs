@@ -175,8 +175,7 @@ fn service_without_endpoints_is_rejected_like_kube_proxy() {
     );
     let err = client
         .udp_request(vip, "anyone?", T)
-        .err()
-        .expect("udp must fail");
+        .expect_err("udp must fail");
     let io = io_kind(&err);
     assert_eq!(io, Some(ErrorKind::ConnectionRefused), "{err:#}");
     assert!(

@@ -154,7 +154,9 @@ reasons! {
     /// would tell a load balancer the node is healthy). With no endpoint anywhere it rejects.
     DropNoLocalEndpoints = 23, "drop-no-local-endpoints", drop;
     /// Overlay (tc egress of the uplink): a packet for a remote node's pod CIDR, encapsulated
-    /// (VXLAN or IPIP) toward that node.
+    /// (VXLAN or IPIP) toward that node. On `xdp-uplink`: the XDP fast path encapsulated a
+    /// translated NodePort packet for a backend behind the overlay (the same headers, the next
+    /// hop from `OVERLAY_NEXTHOP_V1`) before its XDP_TX, counted with its `xdp-forward`.
     OverlayEncap = 24, "overlay-encap", pass;
     /// Overlay (XDP on the uplink): a tunnel packet from a known node to this node's tunnel
     /// address, decapsulated; the inner packet then goes through the service pipeline and is
@@ -192,7 +194,8 @@ reasons! {
     DropRejectRateLimited = 35, "drop-reject-rate-limited", drop;
     /// XDP fast path: a packet to a service whose backend is on another node (NodePort,
     /// external IP), translated completely in XDP (DNAT, and the masquerade tc egress would
-    /// apply), routed with the FIB, its MACs rewritten and sent back out of the uplink with
+    /// apply), routed with the FIB (for a backend behind the overlay: encapsulated,
+    /// `overlay-encap` on this hook), its MACs rewritten and sent back out of the uplink with
     /// XDP_TX: the kernel's stack, netfilter and tc never see it (nor does tcpdump on the
     /// node). Its translation is counted too (`nat-forward` / `lb-new-connection`).
     XdpForward = 36, "xdp-forward", pass;

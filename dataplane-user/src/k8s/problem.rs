@@ -116,34 +116,6 @@ impl ProblemLog {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn display_names_kind_object_and_field() {
-        let p = Subject::new("Service", "ns/web")
-            .invalid("spec.ports[1].port", "70000 is out of range");
-        assert_eq!(
-            p.to_string(),
-            "invalid Service ns/web: spec.ports[1].port: 70000 is out of range; object skipped"
-        );
-    }
-
-    #[test]
-    fn problem_log_reports_only_new_problems() {
-        let a = Subject::new("Node", "n1").invalid("spec.podCIDR", "bad");
-        let b = Subject::new("Node", "n2").unsupported("spec.podCIDRs[1]", "IPv6");
-        let mut log = ProblemLog::default();
-        assert_eq!(log.report(std::slice::from_ref(&a)), 1);
-        assert_eq!(log.report(&[a.clone(), b.clone()]), 1);
-        assert_eq!(log.report(&[a.clone(), b.clone()]), 0);
-        assert_eq!(log.report(std::slice::from_ref(&b)), 0);
-        // `a` went away and came back: worth a new line.
-        assert_eq!(log.report(&[a, b]), 1);
-    }
-}
-
 /// Translates each of `objects` once, in order: a second object of the same name is a
 /// problem (the first one is used), an invalid one is its problem; what the others yield is
 /// kept, their notes (unsupported parts) added to `problems`.
@@ -190,4 +162,32 @@ pub(super) fn ipv4_only<T>(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_kind_object_and_field() {
+        let p = Subject::new("Service", "ns/web")
+            .invalid("spec.ports[1].port", "70000 is out of range");
+        assert_eq!(
+            p.to_string(),
+            "invalid Service ns/web: spec.ports[1].port: 70000 is out of range; object skipped"
+        );
+    }
+
+    #[test]
+    fn problem_log_reports_only_new_problems() {
+        let a = Subject::new("Node", "n1").invalid("spec.podCIDR", "bad");
+        let b = Subject::new("Node", "n2").unsupported("spec.podCIDRs[1]", "IPv6");
+        let mut log = ProblemLog::default();
+        assert_eq!(log.report(std::slice::from_ref(&a)), 1);
+        assert_eq!(log.report(&[a.clone(), b.clone()]), 1);
+        assert_eq!(log.report(&[a.clone(), b.clone()]), 0);
+        assert_eq!(log.report(std::slice::from_ref(&b)), 0);
+        // `a` went away and came back: worth a new line.
+        assert_eq!(log.report(&[a, b]), 1);
+    }
 }
