@@ -185,7 +185,7 @@ impl ModeLab {
         let forward = self.mode == Mode::EbpfXdp;
         let dp = loader::load_for(&pin_dir, true, forward).context("loading the dataplane")?;
         if forward {
-            self.enable_switch_napi()?;
+            self.set_switch_napi(true)?;
         }
         let masq = self.node1.underlay_ip;
         dataplane::maps::write_config(
@@ -252,12 +252,18 @@ impl ModeLab {
     /// switch's end of the pair runs NAPI (veth_xdp_xmit drops it otherwise): GRO on that end
     /// turns NAPI on. A NIC uplink needs nothing of the kind; it adds the NAPI pass to this
     /// mode's every packet toward the switch (tc-path frames included), not to the others'.
-    fn enable_switch_napi(&self) -> Result<()> {
+    /// `on` false: back to what the mode runs with (on for ebpf-xdp only).
+    pub fn set_switch_napi(&self, on: bool) -> Result<()> {
+        let gro = if on || self.mode == Mode::EbpfXdp {
+            "on"
+        } else {
+            "off"
+        };
         netns::run_in(
             self.lab.switch_ns(),
-            &["ethtool", "-K", &self.node1.name, "gro", "on"],
+            &["ethtool", "-K", &self.node1.name, "gro", gro],
         )
-        .context("turning NAPI on at the switch's port toward node1 (ethtool)")?;
+        .context("setting NAPI (GRO) at the switch's port toward node1 (ethtool)")?;
         Ok(())
     }
 

@@ -465,7 +465,7 @@ const BPF_F_BEFORE: u32 = 1 << 3;
 
 /// Attaches a tc program first on `ifindex`'s tcx ingress (or egress) chain, in the calling
 /// thread's namespace; the link lasts as long as the returned fd.
-pub fn tcx_attach_first(prog: RawFd, ifindex: u32, ingress: bool) -> Result<OwnedFd> {
+fn tcx_attach_first(prog: RawFd, ifindex: u32, ingress: bool) -> Result<OwnedFd> {
     let mut a = Attr::new();
     let kind = if ingress {
         BPF_TCX_INGRESS
@@ -479,4 +479,21 @@ pub fn tcx_attach_first(prog: RawFd, ifindex: u32, ingress: bool) -> Result<Owne
     let fd = sys_bpf(BPF_LINK_CREATE, &mut a).context("BPF_LINK_CREATE (tcx)")?;
     // SAFETY: new fd owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A tc program loaded from raw instructions and attached first on tc ingress of a device
+/// (`ifindex` in namespace `ns`); detached when dropped.
+pub struct TcxFirst {
+    pub prog: OwnedFd,
+    _link: OwnedFd,
+}
+
+impl TcxFirst {
+    pub fn attach(ns: &str, ifindex: u32, insns: &[Insn], name: &str) -> Result<TcxFirst> {
+        let prog = load_tc(insns, name)?;
+        let fd = prog.as_raw_fd();
+        let link =
+            dataplane_lab::netns::in_netns(ns, move || tcx_attach_first(fd, ifindex, true))??;
+        Ok(TcxFirst { prog, _link: link })
+    }
 }

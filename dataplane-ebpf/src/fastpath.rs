@@ -29,7 +29,7 @@ use crate::{
         parse::{self, MAX_L4_OFF},
         Packet, Parsed, XdpPacket, L4,
     },
-    overlay,
+    overlay::{self, FastHop},
     stats::Recorder,
     verdict::{Action, Verdict},
 };
@@ -103,19 +103,18 @@ fn finish(p: &XdpPacket, ifindex: u32, len: u32) -> Result<Finished, Reason> {
     if ip.ttl <= 1 {
         return Ok(Finished::Kernel);
     }
-    if overlay::tunnelled(pkt.flow.daddr) {
-        if pkt.l3_off != ETH_HLEN {
-            return Ok(Finished::Kernel);
+    match overlay::fast_hop(ifindex, &ip) {
+        FastHop::Direct => {}
+        FastHop::Kernel => return Ok(Finished::Kernel),
+        FastHop::Tunnel(_) if pkt.l3_off != ETH_HLEN => return Ok(Finished::Kernel),
+        FastHop::Tunnel(tunnel) => {
+            if !egress_rewrite(p, &pkt, len)? {
+                return Ok(Finished::Kernel);
+            }
+            decrement_ttl(p, pkt.l3_off).map_err(|_| Reason::DropRewriteFailed)?;
+            overlay::fast_encap(p, &tunnel)?;
+            return Ok(Finished::Encapsulated);
         }
-        let Some(tunnel) = overlay::fast_tunnel(ifindex, &ip) else {
-            return Ok(Finished::Kernel);
-        };
-        if !egress_rewrite(p, &pkt, len)? {
-            return Ok(Finished::Kernel);
-        }
-        decrement_ttl(p, pkt.l3_off).map_err(|_| Reason::DropRewriteFailed)?;
-        overlay::fast_encap(p, &tunnel)?;
-        return Ok(Finished::Encapsulated);
     }
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;

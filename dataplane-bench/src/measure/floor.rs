@@ -6,10 +6,9 @@
 //! chain goes on to the dataplane's own program) attached first on the device the pass
 //! injects at, for the same packets, in the same pass.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 use anyhow::Result;
-use dataplane_lab::netns::in_netns;
 
 use crate::rawbpf;
 
@@ -17,24 +16,19 @@ use crate::rawbpf;
 const TCX_NEXT: i32 = -1;
 
 /// The empty program, attached; detached when dropped.
-pub struct StatsFloor {
-    prog: OwnedFd,
-    _link: OwnedFd,
-}
+pub struct StatsFloor(rawbpf::TcxFirst);
 
 impl StatsFloor {
     /// Loads the empty program and attaches it first on tc ingress of `ifindex` in `ns`.
     pub fn attach(ns: &str, ifindex: u32) -> Result<StatsFloor> {
         let insns = [rawbpf::mov64_imm(rawbpf::R0, TCX_NEXT), rawbpf::exit()];
-        let prog = rawbpf::load_tc(&insns, "bench_floor")?;
-        let fd = prog.as_raw_fd();
-        let link = in_netns(ns, move || rawbpf::tcx_attach_first(fd, ifindex, true))??;
-        Ok(StatsFloor { prog, _link: link })
+        let prog = rawbpf::TcxFirst::attach(ns, ifindex, &insns, "bench_floor")?;
+        Ok(StatsFloor(prog))
     }
 
     /// (run_time_ns, run_cnt) so far.
     pub fn run_stats(&self) -> Result<(u64, u64)> {
-        rawbpf::prog_run_stats(self.prog.as_raw_fd())
+        rawbpf::prog_run_stats(self.0.prog.as_raw_fd())
     }
 
     /// ns per run between two readings, if it ran for at least half of `packets` (NodePort

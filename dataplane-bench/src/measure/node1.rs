@@ -8,17 +8,16 @@
 //! at the switch, a frame node1 forwarded as an skb stays one. That conversion counts against
 //! XDP (a NIC would take the frame as it is), so the ratio is, if anything, low.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use dataplane_lab::netns::{self, in_netns};
+use anyhow::Result;
 
 use super::packets::{check_hooks, inject, PacketSample, Run};
 use crate::injector::{Injector, Templates};
 use crate::modes::{Mode, ModeLab};
 use crate::netutil;
-use crate::rawbpf::{self, *};
+use crate::rawbpf::*;
 
 /// The report's row of a mode measured at node1 alone.
 pub fn node1_row(mode: Mode) -> String {
@@ -37,8 +36,7 @@ const TC_ACT_SHOT: i32 = 2;
 /// The counting sink: slot 0 counts frames to a backend's port (translated), slot 1 the rest.
 struct Sink {
     counts: RawMap,
-    _prog: OwnedFd,
-    _link: OwnedFd,
+    _prog: TcxFirst,
 }
 
 impl Sink {
@@ -67,13 +65,10 @@ impl Sink {
             mov64_imm(R0, TC_ACT_SHOT),
             exit(),
         ];
-        let prog = rawbpf::load_tc(&insns, "bench_sink")?;
-        let fd = prog.as_raw_fd();
-        let link = in_netns(ns, move || rawbpf::tcx_attach_first(fd, ifindex, true))??;
+        let prog = TcxFirst::attach(ns, ifindex, &insns, "bench_sink")?;
         Ok(Sink {
             counts,
             _prog: prog,
-            _link: link,
         })
     }
 
@@ -88,21 +83,6 @@ impl Sink {
     }
 }
 
-/// NAPI on the switch's port toward node1 (`on`), or back to what the mode runs with.
-fn switch_napi(ml: &ModeLab, on: bool) -> Result<()> {
-    let gro = if on || ml.mode == Mode::EbpfXdp {
-        "on"
-    } else {
-        "off"
-    };
-    netns::run_in(
-        ml.lab.switch_ns(),
-        &["ethtool", "-K", &ml.node1.name, "gro", gro],
-    )
-    .context("setting GRO at the switch's port toward node1")?;
-    Ok(())
-}
-
 /// NodePort frames of `run` through node1 into the sink; valid when at least 99.5% arrived
 /// translated (less the dataplane's refusals), none untranslated, and the dataplane's counters
 /// agree as in the end-to-end rows.
@@ -113,7 +93,7 @@ pub fn node1_run(
     run: Run,
 ) -> Result<PacketSample> {
     let ifindex = netutil::ifindex(ml.lab.switch_ns(), &ml.node1.name)?;
-    switch_napi(ml, true)?;
+    ml.set_switch_napi(true)?;
     let measured = (|| -> Result<PacketSample> {
         let sink = Sink::attach(ml.lab.switch_ns(), ifindex)?;
         let mut inj = inject(ml, pass, templates, run)?;
@@ -136,6 +116,6 @@ pub fn node1_run(
             ..inj.sample(node1_row(ml.mode), run)
         })
     })();
-    switch_napi(ml, false)?;
+    ml.set_switch_napi(false)?;
     measured
 }

@@ -1,9 +1,6 @@
 //! VXLAN/IPIP encapsulation at tc egress of the uplink (see the module documentation).
 
-use core::{
-    ffi::c_void,
-    mem::{offset_of, size_of},
-};
+use core::mem::{offset_of, size_of};
 
 use aya_ebpf::{
     bindings::{
@@ -80,22 +77,18 @@ pub fn encap(p: &TcPacket, prev: Verdict, rec: &Recorder) -> Verdict {
     if ip.version() != 4 {
         return prev;
     }
-    let Some(route) = route_of(ip.daddr) else {
+    let Some(route) = route_of(ip.daddr).and_then(remote) else {
         return prev;
     };
-    if route.flags & (ROUTE_F_LOCAL | ROUTE_F_NO_ENCAP) != 0 || route.node_addr == 0 {
-        return prev;
-    }
     rec.record(p, prev);
     Verdict::or_drop(encap_to(p, &cfg, &route, &ip))
 }
-/// Looks up the underlay route to `route.node_addr` from the tunnel address, out of the uplink
-/// `ifindex`, for the hook context `ctx` (an skb or an XDP buffer). A non-zero `tot_len` makes
-/// the kernel check it against the route's MTU (and report the MTU when it does not fit).
+/// Looks up the underlay route to `route.node_addr` from the tunnel address. A non-zero
+/// `tot_len` makes the kernel check it against the route's MTU (and report the MTU when it
+/// does not fit).
 #[inline(always)]
 fn underlay_route(
-    ctx: *mut c_void,
-    ifindex: u32,
+    p: &TcPacket,
     cfg: &OverlayConfig,
     route: &OverlayRoute,
     proto: u8,
@@ -110,12 +103,12 @@ fn underlay_route(
     } else {
         tot_len as u16
     };
-    fib.ifindex = ifindex;
+    fib.ifindex = p.ifindex();
     fib.__bindgen_anon_3.ipv4_src = cfg.tunnel_addr;
     fib.__bindgen_anon_4.ipv4_dst = route.node_addr;
     unsafe {
         fib_lookup(
-            ctx,
+            p.0.skb.skb as *mut _,
             fib as *mut _,
             size_of::<bpf_fib_lookup>() as i32,
             BPF_FIB_LOOKUP_OUTPUT,
@@ -125,12 +118,19 @@ fn underlay_route(
 
 /// The underlay next hop toward a node. `resolved` false: the neighbour is not known yet (the
 /// kernel resolves it through `bpf_redirect_neigh`); such a hop is not cached.
-pub struct Hop {
+struct Hop {
     dmac: [u8; 6],
     smac: [u8; 6],
     ifindex: u32,
     mtu: u32,
     resolved: bool,
+}
+
+/// The cached next hop toward node `node_addr`, while it is fresh at `now`.
+#[inline(always)]
+fn cached_hop(node_addr: u32, now: u64) -> Option<OverlayNextHop> {
+    let h = *unsafe { OVERLAY_NEXTHOP_V1.get(&node_addr) }?;
+    (h.expires_ns > now).then_some(h)
 }
 
 /// The next hop toward `route.node_addr`: from `OVERLAY_NEXTHOP_V1` while it is fresh, else
@@ -139,31 +139,23 @@ pub struct Hop {
 /// MACs (the skb variant checks only the packet itself when `tot_len` is 0; FRAG_NEEDED then
 /// still carries the MACs, set before that check).
 #[inline(always)]
-fn next_hop(
-    ctx: *mut c_void,
-    ifindex: u32,
-    cfg: &OverlayConfig,
-    route: &OverlayRoute,
-    proto: u8,
-) -> Option<Hop> {
+fn next_hop(p: &TcPacket, cfg: &OverlayConfig, route: &OverlayRoute, proto: u8) -> Option<Hop> {
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(h) = unsafe { OVERLAY_NEXTHOP_V1.get(&route.node_addr) } {
-        if h.expires_ns > now {
-            return Some(Hop {
-                dmac: h.dmac,
-                smac: h.smac,
-                ifindex: h.ifindex,
-                mtu: h.mtu,
-                resolved: true,
-            });
-        }
+    if let Some(h) = cached_hop(route.node_addr, now) {
+        return Some(Hop {
+            dmac: h.dmac,
+            smac: h.smac,
+            ifindex: h.ifindex,
+            mtu: h.mtu,
+            resolved: true,
+        });
     }
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    let mut rc = underlay_route(ctx, ifindex, cfg, route, proto, 0xffff, &mut fib);
+    let mut rc = underlay_route(p, cfg, route, proto, 0xffff, &mut fib);
     let mut mtu = 0xffff;
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
         mtu = unsafe { fib.__bindgen_anon_1.mtu_result } as u32;
-        rc = underlay_route(ctx, ifindex, cfg, route, proto, 0, &mut fib);
+        rc = underlay_route(p, cfg, route, proto, 0, &mut fib);
     }
     let resolved =
         rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64;
@@ -262,11 +254,10 @@ fn encap_to(
     let (gso_size, gso_segs, ifindex) =
         unsafe { ((*skb).gso_size, (*skb).gso_segs, (*skb).ifindex) };
     let vxlan = cfg.mode == MODE_VXLAN;
-    let (overhead, proto) = if vxlan {
-        (VXLAN_OVERHEAD, IPPROTO_UDP)
-    } else {
-        (IPIP_OVERHEAD, IPPROTO_IPIP)
-    };
+    let (overhead, proto) = (
+        overhead(cfg),
+        if vxlan { IPPROTO_UDP } else { IPPROTO_IPIP },
+    );
 
     // The largest packet that will be on the wire: the packet, or one segment of a GSO packet.
     let gso = gso_size != 0;
@@ -275,8 +266,7 @@ fn encap_to(
     } else {
         tot_len
     };
-    let hop = next_hop(skb as *mut c_void, p.ifindex(), cfg, route, proto)
-        .ok_or(Reason::DropOverlayEncapFailed)?;
+    let hop = next_hop(p, cfg, route, proto).ok_or(Reason::DropOverlayEncapFailed)?;
     // Segments that would not fit with the headers added: let the kernel shrink them instead
     // of keeping their size (the routes' MTU normally makes them fit already).
     let mut fixed_gso = true;
@@ -411,6 +401,23 @@ fn write_outer<P: Packet>(
     stored.map_err(|_| Reason::DropOverlayEncapFailed)
 }
 
+/// A route that leads through the tunnel: another node's pod CIDR, with the node's address.
+#[inline(always)]
+fn remote(route: OverlayRoute) -> Option<OverlayRoute> {
+    let direct = route.flags & (ROUTE_F_LOCAL | ROUTE_F_NO_ENCAP) != 0 || route.node_addr == 0;
+    (!direct).then_some(route)
+}
+
+/// Bytes the encapsulation adds in front of the inner IPv4 packet.
+#[inline(always)]
+fn overhead(cfg: &OverlayConfig) -> u32 {
+    if cfg.mode == MODE_VXLAN {
+        VXLAN_OVERHEAD
+    } else {
+        IPIP_OVERHEAD
+    }
+}
+
 /// The XDP fast path's tunnel toward a translated packet's pod on another node: the overlay's
 /// settings, the route and the cached next hop back out of the uplink.
 pub struct FastTunnel {
@@ -419,29 +426,40 @@ pub struct FastTunnel {
     hop: OverlayNextHop,
 }
 
-/// The tunnel a translated packet (inner IPv4 header `ip`, untagged) to `daddr` takes, if the
-/// fast path can encapsulate it: `None` leaves it to the kernel and tc egress (no overlay route
-/// to a remote node, no fresh next hop out of `ifindex`, too big for the tunnel's route). The
-/// next hop only comes from the cache tc egress keeps (`OVERLAY_NEXTHOP_V1`): a missing or
-/// stale entry sends the packet the kernel's way, whose encapsulation refreshes it, so at most
-/// one packet per node and second leaves the fast path for it (and the FIB query's 64 bytes
-/// stay off this program's stack, which the verifier caps at 512).
+/// Where the XDP fast path may send a translated packet (inner IPv4 header `ip`, untagged).
+pub enum FastHop {
+    /// Not into the overlay: routed on the underlay as it is.
+    Direct,
+    /// Encapsulated through this tunnel.
+    Tunnel(FastTunnel),
+    /// Into the overlay, but not from here: the kernel and tc egress (a local or unencapsulated
+    /// pod CIDR, no fresh next hop out of the uplink, too big for the tunnel's route).
+    Kernel,
+}
+
+/// One route lookup for the fast path's decision. The next hop only comes from the cache tc
+/// egress keeps (`OVERLAY_NEXTHOP_V1`): a missing or stale entry sends the packet the
+/// kernel's way, whose encapsulation refreshes it, so at most one packet per node and second
+/// leaves the fast path for it (and the FIB query's 64 bytes stay off this program's stack,
+/// which the verifier caps at 512).
 #[inline(always)]
-pub fn fast_tunnel(ifindex: u32, ip: &Ipv4Hdr) -> Option<FastTunnel> {
-    let cfg = config_ref()?;
-    let route = route_of(ip.daddr)?;
-    if route.flags & (ROUTE_F_LOCAL | ROUTE_F_NO_ENCAP) != 0 || route.node_addr == 0 {
-        return None;
-    }
-    let overhead = if cfg.mode == MODE_VXLAN {
-        VXLAN_OVERHEAD
-    } else {
-        IPIP_OVERHEAD
+pub fn fast_hop(ifindex: u32, ip: &Ipv4Hdr) -> FastHop {
+    let Some(cfg) = config_ref() else {
+        return FastHop::Direct;
     };
-    let hop = *unsafe { OVERLAY_NEXTHOP_V1.get(&route.node_addr) }?;
-    let fresh = hop.expires_ns > unsafe { bpf_ktime_get_ns() };
-    let fits = ip.tot_len() as u32 + overhead <= hop.mtu;
-    (fresh && hop.ifindex == ifindex && fits).then_some(FastTunnel { cfg, route, hop })
+    let Some(route) = route_of(ip.daddr) else {
+        return FastHop::Direct;
+    };
+    let Some(route) = remote(route) else {
+        return FastHop::Kernel;
+    };
+    let Some(hop) = cached_hop(route.node_addr, unsafe { bpf_ktime_get_ns() }) else {
+        return FastHop::Kernel;
+    };
+    if hop.ifindex != ifindex || ip.tot_len() as u32 + overhead(cfg) > hop.mtu {
+        return FastHop::Kernel;
+    }
+    FastHop::Tunnel(FastTunnel { cfg, route, hop })
 }
 
 /// Encapsulates the translated packet (its IPv4 header at `ETH_HLEN`, read again: the egress
@@ -459,8 +477,7 @@ pub fn fast_encap(p: &XdpPacket, t: &FastTunnel) -> Result<(), Reason> {
     } else {
         InnerCsum::None
     };
-    let overhead = if vxlan { VXLAN_OVERHEAD } else { IPIP_OVERHEAD };
-    if unsafe { bpf_xdp_adjust_head(p.0.ctx, -(overhead as i32)) } != 0 {
+    if unsafe { bpf_xdp_adjust_head(p.0.ctx, -(overhead(t.cfg) as i32)) } != 0 {
         return Err(Reason::DropOverlayEncapFailed);
     }
     let outer = Outer {

@@ -35,7 +35,7 @@ mod decap;
 mod encap;
 
 pub use decap::{decap_tc, decap_xdp};
-pub use encap::{encap, fast_encap, fast_tunnel};
+pub use encap::{encap, fast_encap, fast_hop, FastHop};
 
 use aya_ebpf::maps::lpm_trie::Key;
 use dataplane_common::{
@@ -52,13 +52,6 @@ use crate::{
 #[inline(always)]
 fn route_of(addr: Addr) -> Option<OverlayRoute> {
     OVERLAY_ROUTES_V1.get(&Key::new(32, addr)).copied()
-}
-
-/// Whether a packet to `addr` leaves through the overlay (an overlay is configured and a pod
-/// CIDR holds the address): tc egress of the uplink encapsulates it.
-#[inline(always)]
-pub fn tunnelled(addr: Addr) -> bool {
-    config().is_some() && route_of(addr).is_some()
 }
 
 /// This node's overlay settings, if an overlay is configured.
