@@ -24,8 +24,9 @@ use support::{
     overlay::{spec, Overlay},
 };
 
-/// node1 with NodePort 30080 -> nginx on node2's pod (remote, masqueraded) and 30081 -> nginx
-/// on node1's own pod (local); generic XDP, no overlay (host-gw routes on the underlay).
+/// node1 with NodePort 30080 -> nginx on node2's pod (remote, masqueraded), 30081 -> nginx
+/// on node1's own pod (local) and UDP 30082 -> a port nothing listens on in node2's pod;
+/// generic XDP, no overlay (host-gw routes on the underlay).
 struct Lab {
     _web: [Nginx; 2],
     c: Cluster,
@@ -47,21 +48,22 @@ fn start() -> Lab {
     let web =
         [remote.host(), local.host()].map(|h| Nginx::start(&h, 8080, &format!("{} ok", h.name)));
     let node1 = c.lab.node(0).underlay_ip;
-    let svc = |name: &str, vip: u8, pod, port| {
+    let svc = |name: &str, vip: u8, proto, pod, target, port| {
         with_node_port(
             cluster_ip(
                 name,
                 SocketAddrV4::new(std::net::Ipv4Addr::new(10, 96, 0, vip), 80),
-                Protocol::Tcp,
-                vec![backend(pod, 8080)],
+                proto,
+                vec![backend(pod, target)],
             ),
             &[node1],
             port,
         )
     };
     c.sync(&[
-        svc("remote", 10, remote, 30080),
-        svc("local", 11, local, 30081),
+        svc("remote", 10, Protocol::Tcp, remote, 8080, 30080),
+        svc("local", 11, Protocol::Tcp, local, 8080, 30081),
+        svc("closed", 12, Protocol::Udp, remote, 9999, 30082),
     ])
     .unwrap();
     // The nodes send complete checksums (as real NICs do): what reaches the wire from
@@ -219,6 +221,106 @@ fn nodeport_to_a_remote_backend_is_forwarded_in_xdp_both_ways() {
     assert_eq!(ab(&ext, &local, 500, 10), (500, 0));
     assert_eq!(delta(c, &before, Hook::XdpUplink, Reason::XdpForward), 0);
     assert!(delta(c, &before, Hook::XdpUplink, Reason::LbNewConnection) >= 500);
+}
+
+/// The fast path's masqueraded connections have two conntrack entries, both translating whole
+/// at ingress (no middle `client -> backend` entry at egress, as the kernel's path needs). Their
+/// packets that XDP cannot finish are left to tc ingress, which translates and forwards them:
+/// node1's neighbour table flushed over and over during 5,000 connections (every flush sends
+/// the next packets each way to tc, whose redirect resolves the neighbour again), and an ICMP
+/// error about such a connection (node2's pod: port unreachable), which reaches the client
+/// translated back.
+#[test]
+fn masqueraded_fast_path_connections_are_two_entries_and_fall_back_to_tc() {
+    let lab = start();
+    let c = &lab.c;
+    let ext = c.lab.external().unwrap().clone();
+    sh(&ext.ns, &["ethtool", "-K", "eth0", "tx", "off"]);
+    let node1 = c.lab.node(0).underlay_ip;
+    let backend_ip = c.lab.pod(1, 0).ip;
+    let url = format!("http://{node1}:30080/");
+    assert_eq!(ab(&ext, &url, 20, 1), (20, 0));
+    let pin = c.nodes[0].pin_dir().to_path_buf();
+    // Entries keyed by the client's address: toward the frontend (at ingress, either kind of
+    // connection) and toward the backend (the egress SNAT entry of the kernel's path only).
+    let from_client = |to_backend: bool| {
+        dataplane::services::list_conntrack(&pin)
+            .unwrap()
+            .iter()
+            .filter(|r| r.src.ip() == &ext.ip && (*r.dst.ip() == backend_ip) == to_backend)
+            .count()
+    };
+    let (fronts, middles) = (from_client(false), from_client(true));
+    assert_eq!(ab(&ext, &url, 1000, 10), (1000, 0));
+    assert!(from_client(false) >= fronts + 1000, "original entries");
+    assert_eq!(
+        from_client(true),
+        middles,
+        "no egress entries for fast-path connections"
+    );
+
+    let before = c.stats(0);
+    let node1_ns = c.lab.node(0).ns.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flusher = {
+        let (ns, stop) = (node1_ns.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = netns::run_in(&ns, &["ip", "neigh", "flush", "dev", "eth0"]);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let (done, failed) = ab(&ext, &url, 5000, 20);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flusher.join().unwrap();
+    assert_eq!(done, 5000);
+    assert!(failed <= 10, "{failed} failed");
+    let left = delta(c, &before, Hook::XdpUplink, Reason::PassFullNatToTc);
+    let tc_fwd = delta(c, &before, Hook::TcUplinkIngress, Reason::NatForward);
+    let tc_rep = delta(c, &before, Hook::TcUplinkIngress, Reason::NatReply);
+    assert!(
+        left > 0,
+        "nothing left to tc while the neighbours were flushed"
+    );
+    assert!(
+        tc_fwd + tc_rep >= left,
+        "tc translated {tc_fwd} + {tc_rep} of {left} left to it"
+    );
+    assert!(tc_rep > 0, "no reply took the tc fallback");
+    assert_eq!(
+        delta(c, &before, Hook::TcUplinkIngress, Reason::DropNoRoute),
+        0
+    );
+    assert!(delta(c, &before, Hook::XdpUplink, Reason::XdpForward) >= 3 * 4000);
+
+    // UDP to a closed port: node2's pod answers the masqueraded datagram with a port
+    // unreachable to node1, which XDP leaves to tc; the client gets it from the NodePort,
+    // quoting its own datagram, with correct checksums.
+    let before = c.stats(0);
+    let send = format!("echo ping | nc -u -w 1 {node1} 30082 || true");
+    let dump = capture(&ext.ns, "icmp", 1, || {
+        for _ in 0..3 {
+            sh(&ext.ns, &["sh", "-c", &send]);
+        }
+    });
+    assert!(
+        dump.contains(&format!("{node1} udp port 30082 unreachable")),
+        "port unreachable translated back:\n{dump}"
+    );
+    assert!(
+        !dump.contains("bad cksum") && !dump.contains("wrong"),
+        "{dump}"
+    );
+    assert!(delta(c, &before, Hook::XdpUplink, Reason::PassFullNatToTc) >= 1);
+    assert!(
+        delta(
+            c,
+            &before,
+            Hook::TcUplinkIngress,
+            Reason::IcmpErrorTranslated
+        ) >= 1
+    );
 }
 
 /// The lab's default: the client's veth has tx offload on, so its frames arrive as

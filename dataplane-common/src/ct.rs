@@ -8,9 +8,21 @@
 //! has two entries:
 //! - ingress, original `C -> F`: rewrite to `C -> B` (DNAT);
 //! - egress, reply `B -> C`: rewrite to `F -> C` (un-DNAT).
+//!
 //! A masqueraded connection (node address:port M) has two more:
 //! - egress, original `C -> B`: rewrite to `M -> B` (SNAT);
 //! - ingress, reply `B -> M`: rewrite to `B -> C` (un-SNAT).
+//!
+//! A masqueraded connection that the XDP fast path opens (external client, backend behind the
+//! same uplink) has two entries instead, both applying both rewrites at ingress (`CT_F_FULL`):
+//! - ingress, original `C -> F`: rewrite to `M -> B` (DNAT and SNAT);
+//! - ingress, reply `B -> M`: rewrite to `F -> C` (un-SNAT and un-DNAT).
+//!
+//! Their packets never reach the kernel's routing (whose martian check would drop a source
+//! that is a node address): the hook that rewrote one sends it out itself (XDP_TX, or a FIB
+//! lookup and redirect at tc ingress when XDP cannot finish it). No middle tuple exists, so
+//! no client port is remapped.
+//!
 //! A connection the node itself opens to a service (per-packet host path, e.g. a connected UDP
 //! socket) is translated at the uplink's egress (`N -> F` to `N -> B`) and its replies at
 //! ingress (`B -> N` to `F -> N`).
@@ -21,7 +33,8 @@
 //!
 //! The entries of one connection form a ring: [`next_key`] of an entry is the key of the entry
 //! the same connection's packets meet next (forward ingress -> forward egress -> reply ingress
-//! -> reply egress -> forward ingress, skipping the ones a connection does not have). The
+//! -> reply egress -> forward ingress, skipping the ones a connection does not have; the two
+//! entries of a `CT_F_FULL` connection lead to each other). The
 //! datapath walks it to share TCP close state and liveness between directions, the agent's GC to
 //! remove a connection whole.
 //!
@@ -146,7 +159,8 @@ pub const TCP_ACK: u8 = 0x10;
 
 pub use crate::ip::{IPPROTO_TCP, IPPROTO_UDP};
 
-/// Entries of `CT_V2` (two or four per NATed connection).
+/// Entries of `CT_V2` (two per NATed connection, four when masqueraded outside the XDP fast
+/// path).
 pub const CT_MAX_ENTRIES: u32 = 262_144;
 /// An entry's `last_seen_ns` is rewritten at most this often (a store per packet would bounce
 /// the entry's cache line between CPUs for nothing).
@@ -209,6 +223,19 @@ pub const fn seen_bits(tcp_flags: u8, reply: bool) -> u32 {
 /// packet it produced; any other entry by the entry of the other phase that the reply of the
 /// packet it produced meets.
 pub const fn next_key(key: &CtKey, value: &CtValue) -> CtKey {
+    if value.flags & CT_F_FULL != 0 {
+        // Both entries at ingress: the other one is keyed by the packet this one produces,
+        // reversed.
+        return CtKey {
+            saddr: value.nat_daddr,
+            daddr: value.nat_saddr,
+            sport: value.nat_dport,
+            dport: value.nat_sport,
+            proto: key.proto,
+            phase: key.phase,
+            _pad: [0; 2],
+        };
+    }
     if key.phase == PHASE_INGRESS && value.flags & CT_F_MASQ != 0 {
         CtKey {
             saddr: value.nat_saddr,
@@ -240,6 +267,10 @@ pub const fn next_key(key: &CtKey, value: &CtValue) -> CtKey {
 /// the two extra entries of the module doc, and its ingress entries lead to an egress entry of
 /// the tuple they produce.
 pub const CT_F_MASQ: u8 = 1 << 3;
+/// The entry applies the connection's whole translation at ingress (DNAT and SNAT, or their
+/// reverse): one of the two entries of a connection the XDP fast path opened (module doc). A
+/// packet rewritten by it must leave by the hook itself, not through the kernel's routing.
+pub const CT_F_FULL: u8 = 1 << 4;
 
 /// Whether an entry has been idle longer than its state allows, by its own clock.
 pub const fn idle_expired(value: &CtValue, proto: u8, now_ns: u64, cfg: &Config) -> bool {
@@ -399,6 +430,21 @@ mod tests {
         ];
         for i in 0..2 {
             assert_eq!(next_key(&host[i].0, &host[i].1), host[(i + 1) % 2].0);
+        }
+        // The XDP fast path's masqueraded connection: both entries at ingress.
+        let full = CT_F_FULL | masq;
+        let fast = [
+            (
+                key((c, cp, f, fp), PHASE_INGRESS),
+                entry((m, mp, b, bp), full),
+            ),
+            (
+                key((b, bp, m, mp), PHASE_INGRESS),
+                entry((f, fp, c, cp), full | CT_F_REPLY),
+            ),
+        ];
+        for i in 0..2 {
+            assert_eq!(next_key(&fast[i].0, &fast[i].1), fast[(i + 1) % 2].0);
         }
     }
 }

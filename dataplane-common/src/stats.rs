@@ -208,6 +208,15 @@ reasons! {
     /// cannot see the skb's checksum state, and XDP_TX would lose it). Left untouched for tc
     /// ingress, whose helpers keep partial checksums right; no real NIC delivers such frames.
     PassPartialChecksum = 38, "pass-partial-checksum", pass;
+    /// XDP: a packet of a connection the fast path translates whole (`CT_F_FULL`: a
+    /// masqueraded connection of two entries) that XDP cannot finish now (next hop not
+    /// resolved, too big for the route, a fragment, TTL 1, an ICMP error about it): left
+    /// untouched for tc ingress, which translates it and sends it out itself. The kernel
+    /// could not forward it translated: its new source is a node address.
+    PassFullNatToTc = 39, "pass-full-nat-to-tc", pass;
+    /// tc ingress: a packet of a connection translated whole at ingress (`CT_F_FULL`) with TTL
+    /// <= 1: it is not routed by the kernel, which would have answered with ICMP time exceeded.
+    DropTtlExceeded = 40, "drop-ttl-exceeded", drop;
 }
 
 /// Number of columns reserved per hook in the stats table (room for reasons added later).

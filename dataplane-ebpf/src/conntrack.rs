@@ -11,8 +11,8 @@ use dataplane_common::{
     config::Config,
     ct::{
         ct_state, idle_expired, next_key, reuse, seen_bits, CtKey, CtState, CtValue, Reuse,
-        CT_F_HOST, CT_F_MASQ, CT_F_REPLY, CT_F_SNAT, CT_REFRESH_NS, PHASE_EGRESS, PHASE_INGRESS,
-        SEEN_SHARED, TCP_ACK, TCP_SYN,
+        CT_F_FULL, CT_F_HOST, CT_F_MASQ, CT_F_REPLY, CT_F_SNAT, CT_REFRESH_NS, PHASE_EGRESS,
+        PHASE_INGRESS, SEEN_SHARED, TCP_ACK, TCP_SYN,
     },
     ip::IPPROTO_TCP,
     lb::{BackendValue, ServiceValue, SVC_F_MASQUERADE},
@@ -35,6 +35,9 @@ const RING_HOPS: usize = 3;
 pub struct Hit {
     pub to: Tuple,
     pub reply: bool,
+    /// The rewrite is the connection's whole translation (`CT_F_FULL`): the packet must not
+    /// be left to the kernel's routing.
+    pub full: bool,
 }
 
 /// Which hooks an entry is for.
@@ -212,6 +215,7 @@ pub fn lookup(pkt: &Parsed, len: u32, now: u64, phase: Phase) -> Option<Hit> {
     let last_seen = cur.last_seen_ns;
     let seen = cur.seen;
     let reply = cur.flags & CT_F_REPLY != 0;
+    let full = cur.flags & CT_F_FULL != 0;
     let to = Tuple {
         saddr: cur.nat_saddr,
         daddr: cur.nat_daddr,
@@ -231,7 +235,7 @@ pub fn lookup(pkt: &Parsed, len: u32, now: u64, phase: Phase) -> Option<Hit> {
             }
         }
     }
-    Some(Hit { to, reply })
+    Some(Hit { to, reply, full })
 }
 
 #[inline(always)]
@@ -357,18 +361,19 @@ extern "C" fn probe_port(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
 fn claim(c: &mut Claim, keep: u16) -> Option<u16> {
     // A second round with a fresh draw when the first one's candidate was taken by another CPU
     // or turned out to belong to a live connection.
-    claim_round(c, keep).or_else(|| claim_round(c, 0))
+    claim_round(c, keep, PORT_PROBES).or_else(|| claim_round(c, 0, PORT_PROBES))
 }
 
+/// One search of up to `probes` ports from a fresh random start.
 #[inline(always)]
-fn claim_round(c: &mut Claim, keep: u16) -> Option<u16> {
+fn claim_round(c: &mut Claim, keep: u16, probes: u32) -> Option<u16> {
     c.keep = keep;
     c.draw = unsafe { bpf_get_prandom_u32() };
     c.outcome = CLAIM_NONE;
     c.last_resort = 0;
     unsafe {
         bpf_loop(
-            PORT_PROBES,
+            probes,
             probe_port as *mut core::ffi::c_void,
             c as *mut Claim as *mut core::ffi::c_void,
             0,
@@ -405,7 +410,7 @@ pub fn create(
     now: u64,
 ) -> Result<Tuple, Reason> {
     let masq_addr = config().masq_addr;
-    let masq = svc.flags & SVC_F_MASQUERADE != 0 || backend.addr == pkt.flow.saddr;
+    let masq = masquerades(pkt, svc, backend);
     let (c, cp, b, bp, proto) = (
         pkt.flow.saddr,
         pkt.flow.sport,
@@ -441,6 +446,48 @@ pub fn create(
     retarget(&mut w.value, dnat, masq_flags | remap);
     insert_forward(pkt, Phase::Ingress, &mut w.value, len)?;
     Ok(dnat)
+}
+
+/// Whether a new connection from the packet's client to `backend` is masqueraded: for
+/// masquerading frontends, and for hairpin (a pod reaching itself through a service would
+/// otherwise see a packet from its own address and drop it).
+#[inline(always)]
+pub fn masquerades(pkt: &Parsed, svc: &ServiceValue, backend: &BackendValue) -> bool {
+    svc.flags & SVC_F_MASQUERADE != 0 || backend.addr == pkt.flow.saddr
+}
+
+/// Tracks a new masqueraded connection that the calling hook sends out itself (the XDP fast
+/// path), seen at ingress, with two entries that each apply the whole translation
+/// (`CT_F_FULL`): `C -> F` becomes `M -> B`, the reply `B -> M` becomes `F -> C`. The
+/// masquerade port claim is the only reservation: no middle tuple `C -> B` exists to clash, so
+/// the client port is never remapped. Returns the tuple the packet must carry now.
+#[inline(always)]
+pub fn create_full(
+    pkt: &Parsed,
+    svc: &ServiceValue,
+    backend: &BackendValue,
+    len: u32,
+    now: u64,
+) -> Result<Tuple, Reason> {
+    let m = config().masq_addr;
+    let (b, bp) = (backend.addr, backend.port);
+    let flags = CT_F_FULL | CT_F_MASQ | CT_F_SNAT;
+    let mut w = Claim::new(
+        key(b, bp, m, 0, pkt.flow.proto, Phase::Ingress),
+        entry(reply_of(pkt), svc.frontend_id, CT_F_REPLY | flags, now),
+        now,
+    );
+    // One round of twice the probes: a second round's code made the verifier's walk of
+    // xdp_uplink exceed its limit.
+    let mp = claim_round(&mut w, 0, 2 * PORT_PROBES).ok_or(Reason::DropSnatPortsExhausted)?;
+    let reply_key = w.key;
+    let to = Tuple::new(m, mp, b, bp);
+    retarget(&mut w.value, to, flags);
+    if let Err(reason) = insert_forward(pkt, Phase::Ingress, &mut w.value, len) {
+        let _ = CT_V2.remove(&reply_key);
+        return Err(reason);
+    }
+    Ok(to)
 }
 
 /// Tracks a connection the node itself opens to a service, seen at the uplink's egress (the

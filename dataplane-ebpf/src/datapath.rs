@@ -17,7 +17,9 @@ use dataplane_common::{
 
 use crate::{
     conntrack::{self, Phase},
-    fastpath, frag, icmp, lb, monitor,
+    fastpath, frag,
+    fullnat::FullNat,
+    icmp, lb, monitor,
     net::{
         parse::{self, pass_reason},
         Packet, Parsed, TcPacket, XdpPacket, L4,
@@ -34,11 +36,20 @@ fn parsed<P: Packet>(p: &P) -> Result<Parsed, Verdict> {
 }
 
 /// The verdict of a translated packet: replies pass; at egress, a forward packet whose
-/// destination changed after the kernel routed it is routed again.
+/// destination changed after the kernel routed it is routed again; a packet translated whole
+/// at ingress is routed here (the kernel would drop its node-address source as a martian).
 #[inline(always)]
 fn translated(pkt: &Parsed, hit: &conntrack::Hit, phase: Phase) -> Verdict {
+    let reason = if hit.reply {
+        Reason::NatReply
+    } else {
+        Reason::NatForward
+    };
+    if hit.full {
+        return Verdict::new(reason, Action::Reroute);
+    }
     if hit.reply {
-        return Verdict::pass(Reason::NatReply);
+        return Verdict::pass(reason);
     }
     let action = if phase == Phase::Egress && hit.to.daddr != pkt.flow.daddr {
         Action::Reroute
@@ -50,8 +61,13 @@ fn translated(pkt: &Parsed, hit: &conntrack::Hit, phase: Phase) -> Verdict {
 
 /// Applies the rewrite of a tracked connection's entry for this phase, if there is one.
 #[inline(always)]
-fn tracked<P: Packet>(p: &P, pkt: &Parsed, len: u32, now: u64, phase: Phase) -> Option<Verdict> {
+fn tracked<P: FullNat>(p: &P, pkt: &Parsed, len: u32, now: u64, phase: Phase) -> Option<Verdict> {
     let hit = conntrack::lookup(pkt, len, now, phase)?;
+    if hit.full {
+        if let Some(v) = p.send_full(pkt, &hit, len) {
+            return Some(v);
+        }
+    }
     if p.rewrite_tuple(pkt, &hit.to).is_err() {
         return Some(Verdict::drop(Reason::DropRewriteFailed));
     }
@@ -61,7 +77,7 @@ fn tracked<P: Packet>(p: &P, pkt: &Parsed, len: u32, now: u64, phase: Phase) -> 
 /// A fragment after the first: the translation of its datagram's connection, addresses only
 /// (the ports and the transport checksum are in the first fragment).
 #[inline(always)]
-fn later_fragment<P: Packet>(p: &P, mut pkt: Parsed, len: u32, phase: Phase) -> Verdict {
+fn later_fragment<P: FullNat>(p: &P, mut pkt: Parsed, len: u32, phase: Phase) -> Verdict {
     if !frag::recall(&mut pkt) {
         return Verdict::pass(Reason::PassFragment);
     }
@@ -69,6 +85,11 @@ fn later_fragment<P: Packet>(p: &P, mut pkt: Parsed, len: u32, phase: Phase) -> 
     let Some(hit) = conntrack::lookup(&pkt, len, now, phase) else {
         return Verdict::pass(Reason::PassFragment);
     };
+    if hit.full {
+        if let Some(v) = p.leave_full() {
+            return v;
+        }
+    }
     if p.rewrite_addrs(&pkt, hit.to.saddr, hit.to.daddr).is_err() {
         return Verdict::drop(Reason::DropRewriteFailed);
     }
@@ -80,7 +101,7 @@ fn later_fragment<P: Packet>(p: &P, mut pkt: Parsed, len: u32, phase: Phase) -> 
 /// parse, ICMP errors about translated connections, the pre-filter and later fragments. `Err`
 /// is the verdict of a packet these steps settle; `Ok` the parsed packet and the frame length.
 #[inline(always)]
-fn screen<P: Packet>(p: &P, phase: Phase) -> Result<(Parsed, u32), Verdict> {
+fn screen<P: FullNat>(p: &P, phase: Phase) -> Result<(Parsed, u32), Verdict> {
     monitor::snapshot(p);
     let len = p.frame_len();
     let pkt = parsed(p)?;
@@ -114,7 +135,7 @@ fn screen<P: Packet>(p: &P, phase: Phase) -> Result<(Parsed, u32), Verdict> {
 /// (UDP to ClusterIPs, everything with socket-level balancing off): balanced and tracked here,
 /// as kube-proxy's OUTPUT chain does.
 #[inline(always)]
-pub fn egress<P: Packet>(p: &P, host_services: bool) -> Verdict {
+pub fn egress<P: FullNat>(p: &P, host_services: bool) -> Verdict {
     let (pkt, len) = match screen(p, Phase::Egress) {
         Ok(screened) => screened,
         Err(v) => return v,
@@ -202,7 +223,7 @@ pub fn observe<P: Packet>(p: &P) -> Verdict {
 /// masqueraded replies), new connections to services are balanced (or rejected without
 /// endpoints).
 #[inline(always)]
-pub fn ingress<P: Packet>(p: &P) -> Verdict {
+pub fn ingress<P: FullNat>(p: &P) -> Verdict {
     let (pkt, len) = match screen(p, Phase::Ingress) {
         Ok(screened) => screened,
         Err(v) => return v,
@@ -225,7 +246,7 @@ pub fn ingress<P: Packet>(p: &P) -> Verdict {
 /// A new connection: to a service frontend, balanced to a backend and tracked; anything else
 /// passes.
 #[inline(always)]
-fn balance<P: Packet>(p: &P, pkt: &Parsed, len: u32, now: u64) -> Verdict {
+fn balance<P: FullNat>(p: &P, pkt: &Parsed, len: u32, now: u64) -> Verdict {
     let Some(svc) = lb::lookup_service(pkt) else {
         return Verdict::pass(pass_reason(pkt.l4));
     };
@@ -236,12 +257,17 @@ fn balance<P: Packet>(p: &P, pkt: &Parsed, len: u32, now: u64) -> Verdict {
     if svc.count == 0 {
         return no_endpoints(p, pkt, &svc);
     }
-    let created = lb::select_backend(&svc, pkt.flow.saddr, now)
-        .and_then(|backend| conntrack::create(pkt, &svc, &backend, len, now))
-        .and_then(|to| {
-            p.rewrite_tuple(pkt, &to)
-                .map_err(|_| Reason::DropRewriteFailed)
-        });
+    let backend = match lb::select_backend(&svc, pkt.flow.saddr, now) {
+        Ok(backend) => backend,
+        Err(reason) => return Verdict::drop(reason),
+    };
+    if let Some(v) = p.start_full(pkt, &svc, &backend, len, now) {
+        return v;
+    }
+    let created = conntrack::create(pkt, &svc, &backend, len, now).and_then(|to| {
+        p.rewrite_tuple(pkt, &to)
+            .map_err(|_| Reason::DropRewriteFailed)
+    });
     match created {
         Ok(()) => Verdict::pass(Reason::LbNewConnection),
         Err(reason) => Verdict::drop(reason),
@@ -270,11 +296,30 @@ pub fn uplink_rx_tc(p: &TcPacket, rec: &Recorder, xdp_ran: bool) -> Verdict {
     };
     // After the decapsulation: the inner headers are what must be linear.
     p.linearize();
-    // A frame XDP deferred (a partial checksum) is translated here, with the helpers.
+    // A frame XDP deferred (a partial checksum, a packet of a connection translated whole that
+    // XDP could not send) is translated here, with the helpers.
     if opened || !xdp_ran || p.deferred_by_xdp() {
-        ingress(p)
+        sent_whole(p, ingress(p), rec)
     } else {
         observe(p)
+    }
+}
+
+/// After a tc ingress pipeline: a packet translated whole (`Reroute`) is forwarded here, as
+/// the kernel would have forwarded it (`route::forward`); other verdicts are returned as they
+/// are.
+#[inline(always)]
+fn sent_whole(p: &TcPacket, v: Verdict, rec: &Recorder) -> Verdict {
+    if v.action != Action::Reroute {
+        return v;
+    }
+    match route::forward(p) {
+        Ok(()) => Verdict::new(v.reason, Action::Redirect),
+        Err(reason) => {
+            // The translation is counted as a stage; the failed forward is the hook's verdict.
+            rec.record(p, v);
+            Verdict::drop(reason)
+        }
     }
 }
 
@@ -305,9 +350,9 @@ pub fn uplink_tx(p: &TcPacket, rec: &Recorder) -> Verdict {
 
 /// tc ingress of a pod-facing device (frames a pod sends).
 #[inline(always)]
-pub fn pod_rx(p: &TcPacket) -> Verdict {
+pub fn pod_rx(p: &TcPacket, rec: &Recorder) -> Verdict {
     p.linearize();
-    ingress(p)
+    sent_whole(p, ingress(p), rec)
 }
 
 /// tc egress of a pod-facing device (frames to a pod).

@@ -7,6 +7,11 @@
 //! counted as `overlay-encap` at this hook). The kernel's forwarding path, netfilter and both
 //! tc hooks are skipped (as Cilium's XDP NodePort does).
 //!
+//! A new masqueraded connection whose backend is behind the uplink without a tunnel is opened
+//! here with two entries that each hold the whole translation (`fullnat.rs`, `CT_F_FULL`):
+//! half the conntrack inserts, one lookup per packet. Its packets are sent here or, when this
+//! path cannot finish one, left untouched for tc ingress.
+//!
 //! Anything else keeps today's path (XDP_PASS after the ingress translation): a next hop on
 //! another device (local pods, a VLAN), an unresolved neighbour (the kernel resolves it), a
 //! packet too big for the route or the tunnel, or with TTL <= 1 (the kernel answers with
@@ -19,18 +24,24 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns},
 };
-use dataplane_common::{ip::AF_INET, Reason};
+use dataplane_common::{
+    ip::AF_INET,
+    lb::{BackendValue, ServiceValue},
+    Hook, Reason,
+};
 
 use crate::{
-    conntrack::{self, Phase},
+    config::node as node_config,
+    conntrack::{self, Hit, Phase},
+    fullnat::{leave_to_tc, FullNat},
     net::{
         csum,
         hdr::{EthHdr, Ipv4Hdr, ETH_HLEN},
         parse::{self, MAX_L4_OFF},
-        Packet, Parsed, XdpPacket, L4,
+        Packet, Parsed, Tuple, XdpPacket, L4,
     },
     overlay::{self, FastHop},
-    stats::Recorder,
+    stats::{self, Recorder},
     verdict::{Action, Verdict},
 };
 
@@ -94,16 +105,10 @@ fn finish(p: &XdpPacket, ifindex: u32, len: u32) -> Result<Finished, Reason> {
     let Ok(pkt) = parse::parse(p.data(), p.data_end(), p.frame_len() as usize) else {
         return Ok(Finished::Kernel);
     };
-    if (pkt.l4 != L4::Tcp && pkt.l4 != L4::Udp) || pkt.first_fragment {
-        return Ok(Finished::Kernel);
-    }
-    let Some(ip) = p.read::<Ipv4Hdr>(pkt.l3_off) else {
+    let Some(ip) = forwardable(p, &pkt) else {
         return Ok(Finished::Kernel);
     };
-    if ip.ttl <= 1 {
-        return Ok(Finished::Kernel);
-    }
-    match overlay::fast_hop(ifindex, &ip) {
+    match overlay::fast_hop(ifindex, ip.daddr, ip.tot_len()) {
         FastHop::Direct => {}
         FastHop::Kernel => return Ok(Finished::Kernel),
         FastHop::Tunnel(_) if pkt.l3_off != ETH_HLEN => return Ok(Finished::Kernel),
@@ -116,6 +121,46 @@ fn finish(p: &XdpPacket, ifindex: u32, len: u32) -> Result<Finished, Reason> {
             return Ok(Finished::Encapsulated);
         }
     }
+    let Some(hop) = fib_hop(p, &pkt, &ip, ifindex, pkt.flow.saddr, pkt.flow.daddr) else {
+        return Ok(Finished::Kernel);
+    };
+    if !egress_rewrite(p, &pkt, len)? {
+        return Ok(Finished::Kernel);
+    }
+    rewrite_l2_l3(p, pkt.l3_off, &hop).map_err(|_| Reason::DropRewriteFailed)?;
+    Ok(Finished::Bounce)
+}
+
+/// The packet's IPv4 header if the fast path may forward the packet at all: TCP or UDP, not a
+/// first fragment (its fragments' state is kept at tc), TTL above 1 (else the kernel answers
+/// with ICMP).
+#[inline(always)]
+fn forwardable(p: &XdpPacket, pkt: &Parsed) -> Option<Ipv4Hdr> {
+    if (pkt.l4 != L4::Tcp && pkt.l4 != L4::Udp) || pkt.first_fragment {
+        return None;
+    }
+    let ip = p.load::<Ipv4Hdr>(pkt.l3_off)?;
+    (ip.ttl > 1).then_some(ip)
+}
+
+/// The MACs of an untunnelled next hop back out of the uplink.
+struct Hop {
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+/// The FIB's next hop for the packet once it carries `saddr -> daddr`, if it is back out of
+/// `ifindex`. A full lookup (neighbour included): anything but success (no neighbour yet,
+/// local, forwarding off, too big for the route's MTU, ...) leaves the packet to the kernel.
+#[inline(always)]
+fn fib_hop(
+    p: &XdpPacket,
+    pkt: &Parsed,
+    ip: &Ipv4Hdr,
+    ifindex: u32,
+    saddr: u32,
+    daddr: u32,
+) -> Option<Hop> {
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
     fib.l4_protocol = pkt.flow.proto;
@@ -124,10 +169,8 @@ fn finish(p: &XdpPacket, ifindex: u32, len: u32) -> Result<Finished, Reason> {
     fib.__bindgen_anon_1.tot_len = u16::from_be(ip.tot_len);
     fib.__bindgen_anon_2.tos = ip.tos;
     fib.ifindex = ifindex;
-    fib.__bindgen_anon_3.ipv4_src = pkt.flow.saddr;
-    fib.__bindgen_anon_4.ipv4_dst = pkt.flow.daddr;
-    // A full lookup (neighbour included): anything but success (no neighbour yet, local,
-    // forwarding off, too big for the route's MTU, ...) leaves the packet to the kernel.
+    fib.__bindgen_anon_3.ipv4_src = saddr;
+    fib.__bindgen_anon_4.ipv4_dst = daddr;
     let rc = unsafe {
         fib_lookup(
             p.0.ctx as *mut _,
@@ -136,14 +179,99 @@ fn finish(p: &XdpPacket, ifindex: u32, len: u32) -> Result<Finished, Reason> {
             0,
         )
     };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || fib.ifindex != ifindex {
-        return Ok(Finished::Kernel);
+    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64 && fib.ifindex == ifindex).then_some(Hop {
+        smac: fib.smac,
+        dmac: fib.dmac,
+    })
+}
+
+/// The untunnelled hop out of the uplink for the packet once it carries `to` (the whole
+/// translation of its connection), if the fast path can send it there.
+#[inline(always)]
+fn whole_hop(p: &XdpPacket, pkt: &Parsed, saddr: u32, daddr: u32) -> Option<Hop> {
+    if !enabled() {
+        return None;
     }
-    if !egress_rewrite(p, &pkt, len)? {
-        return Ok(Finished::Kernel);
+    let ip = forwardable(p, pkt)?;
+    let ifindex = p.ifindex();
+    // A backend behind the overlay keeps the four-entry connection: too big for the tunnel,
+    // its packets need the kernel's forwarding (ICMP fragmentation needed to the client).
+    if !matches!(
+        overlay::fast_hop(ifindex, daddr, ip.tot_len()),
+        FastHop::Direct
+    ) {
+        return None;
     }
-    rewrite_l2_l3(p, pkt.l3_off, &fib).map_err(|_| Reason::DropRewriteFailed)?;
-    Ok(Finished::Bounce)
+    fib_hop(p, pkt, &ip, ifindex, saddr, daddr)
+}
+
+/// Rewrites the packet to `to` and for `hop`, counting the translation (`stage`): ready for
+/// XDP_TX as `fast`.
+#[inline(always)]
+fn send_whole(
+    p: &XdpPacket,
+    pkt: &Parsed,
+    to: &Tuple,
+    hop: &Hop,
+    stage: Reason,
+    fast: Reason,
+    len: u32,
+) -> Verdict {
+    let sent = p.rewrite_tuple(pkt, to).is_ok() && rewrite_l2_l3(p, pkt.l3_off, hop).is_ok();
+    if !sent {
+        return Verdict::drop(Reason::DropRewriteFailed);
+    }
+    stats::count(Hook::XdpUplink, stage, len);
+    Verdict::new(fast, Action::Bounce)
+}
+
+/// The fast path's masqueraded connections (`fullnat.rs`): opened with two entries when the
+/// backend is behind the uplink, their packets sent here or left untouched for tc ingress.
+impl FullNat for XdpPacket<'_> {
+    #[inline(always)]
+    fn start_full(
+        &self,
+        pkt: &Parsed,
+        svc: &ServiceValue,
+        backend: &BackendValue,
+        len: u32,
+        now: u64,
+    ) -> Option<Verdict> {
+        if !conntrack::masquerades(pkt, svc, backend) {
+            return None;
+        }
+        let hop = whole_hop(self, pkt, node_config().masq_addr, backend.addr)?;
+        Some(match conntrack::create_full(pkt, svc, backend, len, now) {
+            Ok(to) => send_whole(
+                self,
+                pkt,
+                &to,
+                &hop,
+                Reason::LbNewConnection,
+                Reason::XdpForward,
+                len,
+            ),
+            Err(reason) => Verdict::drop(reason),
+        })
+    }
+
+    #[inline(always)]
+    fn send_full(&self, pkt: &Parsed, hit: &Hit, len: u32) -> Option<Verdict> {
+        let (stage, fast) = if hit.reply {
+            (Reason::NatReply, Reason::XdpForwardReply)
+        } else {
+            (Reason::NatForward, Reason::XdpForward)
+        };
+        Some(match whole_hop(self, pkt, hit.to.saddr, hit.to.daddr) {
+            Some(hop) => send_whole(self, pkt, &hit.to, &hop, stage, fast, len),
+            None => leave_to_tc(self.mark_deferred()),
+        })
+    }
+
+    #[inline(always)]
+    fn leave_full(&self) -> Option<Verdict> {
+        Some(leave_to_tc(self.mark_deferred()))
+    }
 }
 
 /// The egress hook's rewrite of this connection (masquerade of the original direction, un-DNAT
@@ -187,7 +315,7 @@ fn decrement_ttl(p: &XdpPacket, l3_off: usize) -> Result<(), ()> {
 /// The forwarding step the kernel would do: TTL - 1, the uplink's MAC as source and the next
 /// hop's as destination.
 #[inline(always)]
-fn rewrite_l2_l3(p: &XdpPacket, l3_off: usize, fib: &bpf_fib_lookup) -> Result<(), ()> {
+fn rewrite_l2_l3(p: &XdpPacket, l3_off: usize, hop: &Hop) -> Result<(), ()> {
     decrement_ttl(p, l3_off)?;
     let (data, end) = (p.data(), p.data_end());
     if data + core::mem::size_of::<EthHdr>() > end {
@@ -196,8 +324,8 @@ fn rewrite_l2_l3(p: &XdpPacket, l3_off: usize, fib: &bpf_fib_lookup) -> Result<(
     let eth = data as *mut EthHdr;
     // SAFETY: the header is inside the frame (checked above).
     unsafe {
-        (*eth).dst = fib.dmac;
-        (*eth).src = fib.smac;
+        (*eth).dst = hop.dmac;
+        (*eth).src = hop.smac;
     }
     Ok(())
 }

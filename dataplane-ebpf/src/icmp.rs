@@ -6,11 +6,12 @@
 use core::mem::size_of;
 
 use dataplane_common::{
-    ip::IPPROTO_ICMP, ip::IPPROTO_TCP, ip::IPPROTO_UDP, overlay::ipv4_header, Reason,
+    ct::CT_F_FULL, ip::IPPROTO_ICMP, ip::IPPROTO_TCP, ip::IPPROTO_UDP, overlay::ipv4_header, Reason,
 };
 
 use crate::{
     conntrack::{self, Phase},
+    fullnat::FullNat,
     net::{
         csum::{self, checksum},
         hdr::{
@@ -103,7 +104,7 @@ fn quoted_flow(q: &Quote) -> Option<Flow> {
 /// other direction (at this hook's phase, as for the connection's own packets), whose rewrite
 /// is exactly the inverse translation.
 #[inline(always)]
-pub fn translate_error<P: Packet>(p: &P, pkt: &Parsed, phase: Phase) -> Verdict {
+pub fn translate_error<P: FullNat>(p: &P, pkt: &Parsed, phase: Phase) -> Verdict {
     let untouched = Verdict::pass(Reason::PassIcmp);
     let Some(mut icmp) = p.load::<IcmpHdr>(pkt.l4_off) else {
         return untouched;
@@ -121,6 +122,13 @@ pub fn translate_error<P: Packet>(p: &P, pkt: &Parsed, phase: Phase) -> Verdict 
     let Some(t) = conntrack::entry_of(&quoted.reversed(), phase) else {
         return untouched;
     };
+    // Translated whole (`fullnat.rs`), the error leaves by the hook that translates it.
+    let full = t.flags & CT_F_FULL != 0;
+    if full {
+        if let Some(v) = p.leave_full() {
+            return v;
+        }
+    }
     // Quote as the sender sent it: from the rewrite's destination, to the rewrite's source.
     let to = Flow {
         saddr: t.nat_daddr,
@@ -147,7 +155,9 @@ pub fn translate_error<P: Packet>(p: &P, pkt: &Parsed, phase: Phase) -> Verdict 
     let stored = p.store(pkt.l3_off, &ip).is_ok()
         && p.store(pkt.l4_off, &icmp).is_ok()
         && p.store(quote_off, &q).is_ok();
-    if stored {
+    if stored && full {
+        Verdict::new(Reason::IcmpErrorTranslated, Action::Reroute)
+    } else if stored {
         Verdict::pass(Reason::IcmpErrorTranslated)
     } else {
         Verdict::drop(Reason::DropRewriteFailed)

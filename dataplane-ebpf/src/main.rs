@@ -12,6 +12,7 @@ mod conntrack;
 mod datapath;
 mod fastpath;
 mod frag;
+mod fullnat;
 mod icmp;
 mod lb;
 mod maps;
@@ -41,7 +42,7 @@ fn xdp_action(v: Verdict) -> u32 {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
         Action::Bounce => xdp_action::XDP_TX,
-        // Only tc egress hooks reroute or redirect.
+        // Only tc hooks reroute or redirect.
         Action::Reroute | Action::Redirect => xdp_action::XDP_PASS,
     }
 }
@@ -55,7 +56,7 @@ fn tc_action(p: &TcPacket, v: Verdict, bounce_flags: u64) -> i32 {
         Action::Drop => TC_ACT_SHOT,
         Action::Bounce => unsafe { bpf_redirect(p.ifindex(), bounce_flags) as i32 },
         Action::Redirect => TC_ACT_REDIRECT,
-        // Only the uplink's egress reroutes, in its pipeline (datapath::uplink_tx).
+        // Rerouted in the pipelines (datapath::uplink_tx, datapath::sent_whole).
         Action::Reroute => TC_ACT_OK,
     }
 }
@@ -146,7 +147,9 @@ pub fn tc_uplink_egress(ctx: TcContext) -> i32 {
 /// tc ingress on a pod-facing host device: connections from pods to services start here.
 #[classifier]
 pub fn tc_pod_ingress(ctx: TcContext) -> i32 {
-    tc_program!(ctx, Hook::TcPodIngress, 0, |p, rec| datapath::pod_rx(&p))
+    tc_program!(ctx, Hook::TcPodIngress, 0, |p, rec| datapath::pod_rx(
+        &p, &rec
+    ))
 }
 
 /// tc egress on a pod-facing host device (traffic to the pod): replies of translated

@@ -32,8 +32,13 @@ const SKB_DATA_END: i16 = 80;
 /// Ethernet + IPv4 without options + the UDP destination port.
 const DPORT_OFF: i16 = 14 + 20 + 2;
 const TC_ACT_SHOT: i32 = 2;
+const TC_ACT_OK: i32 = 0;
+/// The EtherType's offset, and IPv4's as a little-endian load of its network-order bytes.
+const ETHERTYPE_OFF: i16 = 12;
+const ETH_P_IP_LE: i32 = 0x0800u16.swap_bytes() as i32;
 
-/// The counting sink: slot 0 counts frames to a backend's port (translated), slot 1 the rest.
+/// The counting sink: slot 0 counts IPv4 frames to a backend's port (translated), slot 1 the
+/// other IPv4 frames; anything else (ARP) goes on uncounted.
 struct Sink {
     counts: RawMap,
     _prog: TcxFirst,
@@ -49,7 +54,10 @@ impl Sink {
             mov64_imm(R8, 1),
             mov64_reg(R2, R6),
             add64_imm(R2, DPORT_OFF as i32 + 2),
-            jgt_reg(R2, R7, 3),
+            jgt_reg(R2, R7, 5),
+            // Not IPv4 (node1's ARP for its next hop): neither, and on to the switch.
+            ldx_h(R3, R6, ETHERTYPE_OFF),
+            jne_imm(R3, ETH_P_IP_LE, 14),
             ldx_h(R3, R6, DPORT_OFF),
             jne_imm(R3, BACKEND_PORT_LE, 1),
             mov64_imm(R8, 0),
@@ -63,6 +71,8 @@ impl Sink {
             mov64_imm(R1, 1),
             atomic_add_dw(R0, 0, R1),
             mov64_imm(R0, TC_ACT_SHOT),
+            exit(),
+            mov64_imm(R0, TC_ACT_OK),
             exit(),
         ];
         let prog = TcxFirst::attach(ns, ifindex, &insns, "bench_sink")?;

@@ -135,10 +135,10 @@ impl XdpPacket<'_> {
         // The load helper, not direct reads: this runs once per packet past the pre-filter,
         // and two more packet pointers in `ingress` made LLVM reuse a register the verifier
         // had not seen written.
-        let (Some(ip), Some(check)) = (
-            self.load::<Ipv4Hdr>(pkt.l3_off),
-            self.load::<u16>(pkt.l4_off + csum_off),
-        ) else {
+        let Some(check) = self.load::<u16>(pkt.l4_off + csum_off) else {
+            return false;
+        };
+        let Some(ip) = self.load::<Ipv4Hdr>(pkt.l3_off) else {
             return false;
         };
         // UDP without a checksum: nothing to corrupt.
@@ -149,9 +149,15 @@ impl XdpPacket<'_> {
         check == csum::pseudo_seed(ip.saddr, ip.daddr, ip.proto, l4_len)
     }
 
+    /// The device the frame arrived on.
+    #[inline(always)]
+    pub fn ifindex(&self) -> u32 {
+        unsafe { (*self.0.ctx).ingress_ifindex }
+    }
+
     /// Marks the frame for tc ingress (the XDP metadata word [`DEFER_MAGIC`]).
     #[inline(always)]
-    fn mark_deferred(&self) -> bool {
+    pub fn mark_deferred(&self) -> bool {
         if unsafe { bpf_xdp_adjust_meta(self.0.ctx, -4) } != 0 {
             return false;
         }

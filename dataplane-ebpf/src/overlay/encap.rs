@@ -28,6 +28,7 @@ use super::{config, config_ref, route_of};
 use crate::{
     maps::{OVERLAY_IPID_V1, OVERLAY_NEXTHOP_V1},
     net::{
+        flow::Addr,
         hdr::{
             bytes_of, from_bytes, tcp_hdr_len, EthHdr, IpipEncap, Ipv4Hdr, L4Ports, TcpHdr, UdpHdr,
             VxlanEncap, VxlanHdr, VxlanTunnel, ETH_HLEN, UDP_CHECK_OFF,
@@ -443,11 +444,11 @@ pub enum FastHop {
 /// leaves the fast path for it (and the FIB query's 64 bytes stay off this program's stack,
 /// which the verifier caps at 512).
 #[inline(always)]
-pub fn fast_hop(ifindex: u32, ip: &Ipv4Hdr) -> FastHop {
+pub fn fast_hop(ifindex: u32, daddr: Addr, tot_len: u16) -> FastHop {
     let Some(cfg) = config_ref() else {
         return FastHop::Direct;
     };
-    let Some(route) = route_of(ip.daddr) else {
+    let Some(route) = route_of(daddr) else {
         return FastHop::Direct;
     };
     let Some(route) = remote(route) else {
@@ -456,7 +457,7 @@ pub fn fast_hop(ifindex: u32, ip: &Ipv4Hdr) -> FastHop {
     let Some(hop) = cached_hop(route.node_addr, unsafe { bpf_ktime_get_ns() }) else {
         return FastHop::Kernel;
     };
-    if hop.ifindex != ifindex || ip.tot_len() as u32 + overhead(cfg) > hop.mtu {
+    if hop.ifindex != ifindex || tot_len as u32 + overhead(cfg) > hop.mtu {
         return FastHop::Kernel;
     }
     FastHop::Tunnel(FastTunnel { cfg, route, hop })
