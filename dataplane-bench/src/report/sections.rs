@@ -190,13 +190,13 @@ pub(super) fn profile_section(m: &mut String, r: &Results, n_max: usize) {
              node allocation for each of the entries a masqueraded connection creates (see the profile above). Per-CPU LRU \
              lists for CT_V2 (`BPF_F_NO_COMMON_LRU`, as Katran) were measured side by side and were slower here (new \
              ClusterIP flow at tc_pod_ingress 4.0 vs 2.5 µs, new NodePort flow at XDP 6.4 vs 4.8 µs): each CPU's list holds \
-             only max_entries / CPUs entries, so flows that all arrive on one CPU start evicting at half the table. The \
-             lever left is fewer entries per connection (today 2, and 4 with masquerade): a masqueraded connection \
-             needs only its two ingress entries if the ingress hook applies DNAT and masquerade at once and sends the \
-             packet out itself (FIB lookup and redirect, as Cilium's tc NodePort path does) instead of letting the \
-             kernel route a packet whose source is now the node's own; a profile of new NodePort flows at XDP puts \
-             27% of the program's time in `bpf_lru_pop_free`, 26% in hash bucket walks and 18% in the LRU update, \
-             that is, in those inserts.\n",
+             only max_entries / CPUs entries, so flows that all arrive on one CPU start evicting at half the table. \
+             Fewer entries per connection is the lever taken: a masqueraded connection the fast path opens (backend \
+             behind the uplink, next hop resolved) has two entries, each with the whole translation, both at ingress \
+             (`CT_F_FULL`, bpf-maps.md), instead of four, and its packets need one conntrack lookup, not two; what is \
+             left per new flow is those two inserts (a profile of new NodePort flows at XDP before the change put 27% \
+             of the program's time in `bpf_lru_pop_free`, 26% in hash bucket walks and 18% in the LRU update) and the \
+             FIB lookup.\n",
             ns(n_max as f64),
             ns(x),
             ns(c),
