@@ -313,10 +313,16 @@ fn sent_whole(p: &TcPacket, v: Verdict, rec: &Recorder) -> Verdict {
     if v.action != Action::Reroute {
         return v;
     }
-    match route::forward(p) {
+    redirected(p, v, rec, route::forward(p))
+}
+
+/// The verdict `v` once the packet was sent with the FIB (`routed`): redirected, or, if that
+/// failed, dropped with its reason (`v`'s translation counted as a stage).
+#[inline(always)]
+fn redirected(p: &TcPacket, v: Verdict, rec: &Recorder, routed: Result<(), Reason>) -> Verdict {
+    match routed {
         Ok(()) => Verdict::new(v.reason, Action::Redirect),
         Err(reason) => {
-            // The translation is counted as a stage; the failed forward is the hook's verdict.
             rec.record(p, v);
             Verdict::drop(reason)
         }
@@ -338,14 +344,7 @@ pub fn uplink_tx(p: &TcPacket, rec: &Recorder) -> Verdict {
     if v.action != Action::Reroute {
         return v;
     }
-    match route::reroute(p) {
-        Ok(()) => Verdict::new(v.reason, Action::Redirect),
-        Err(reason) => {
-            // The translation is counted as a stage; the failed route is the hook's verdict.
-            rec.record(p, v);
-            Verdict::drop(reason)
-        }
-    }
+    redirected(p, v, rec, route::reroute(p))
 }
 
 /// tc ingress of a pod-facing device (frames a pod sends).
