@@ -184,7 +184,8 @@ pub async fn run(pin_dir: PathBuf, first: Duration, stats: Arc<GcStats>) {
 #[cfg(test)]
 mod tests {
     use dataplane_common::ct::{
-        CT_F_MASQ, CT_F_REPLY, CT_F_SNAT, NS_PER_SEC, PHASE_EGRESS, PHASE_INGRESS, TCP_ACK,
+        CT_F_FULL, CT_F_MASQ, CT_F_REPLY, CT_F_SNAT, NS_PER_SEC, PHASE_EGRESS, PHASE_INGRESS,
+        TCP_ACK,
     };
 
     use super::*;
@@ -257,6 +258,37 @@ mod tests {
         let doomed = expired_keys(&entries, 200 * NS_PER_SEC, &cfg);
         assert_eq!(doomed.len(), 2, "{doomed:?}");
         assert!(doomed.contains(&old[0].0) && doomed.contains(&old[1].0));
+    }
+
+    /// The XDP fast path's masqueraded connection: two entries, both at ingress, each with the
+    /// whole translation (client c:10 -> frontend 2:20 becomes masq 4:40 -> backend 3:30).
+    fn full_nat(base: u32, last_seen: [u64; 2]) -> Vec<(CtKey, CtValue)> {
+        let (c, f, b, m) = (base + 1, base + 2, base + 3, base + 4);
+        let fl = CT_F_FULL | CT_F_MASQ | CT_F_SNAT;
+        vec![
+            (
+                key((c, 10, f, 20), PHASE_INGRESS),
+                val((m, 40, b, 30), fl, last_seen[0]),
+            ),
+            (
+                key((b, 30, m, 40), PHASE_INGRESS),
+                val((f, 20, c, 10), fl | CT_F_REPLY, last_seen[1]),
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_two_entry_connection_goes_whole_too() {
+        let mut cfg = Config::with_masq_addr(0);
+        cfg.timeout_tcp_established = 100;
+        let dead = full_nat(0, [0, 0]);
+        let busy = full_nat(100, [0, 150]);
+        let mut all = dead.clone();
+        all.extend(busy);
+        let doomed = expired_keys(&all, 200 * NS_PER_SEC, &cfg);
+        let mut want: Vec<CtKey> = dead.iter().map(|(k, _)| *k).collect();
+        want.sort_by_key(|k| (k.saddr, k.daddr, k.sport, k.dport, k.proto, k.phase));
+        assert_eq!(doomed, want);
     }
 
     #[test]
