@@ -505,7 +505,8 @@ fn check_bpftool_fields(node: &DataplaneNode, backend: &Pod) {
     let be32 = |ip: Ipv4Addr| u64::from(u32::from_ne_bytes(ip.octets()));
     let be16 = |port: u16| u64::from(u16::from_ne_bytes(port.to_be_bytes()));
     // The text form, as an operator sees it (bpf-maps.md quotes it; `--nocapture` shows it).
-    for map in [map_names::SERVICES, map_names::BACKENDS, map_names::CT] {
+    // BACKENDS_V2 is an array of 1,048,576 slots: looked up by index below, not dumped.
+    for map in [map_names::SERVICES, map_names::CT] {
         let path = node.pin_dir().join(map);
         let text = netns::run(&[bpftool(), "map", "dump", "pinned", path.to_str().unwrap()]);
         println!(
@@ -519,17 +520,21 @@ fn check_bpftool_fields(node: &DataplaneNode, backend: &Pod) {
         .iter()
         .map(|e| &e["formatted"])
         .find(|f| f["key"]["addr"].as_u64() == Some(be32(VIP)))
-        .unwrap_or_else(|| panic!("no formatted SERVICES_V1 entry for {VIP}: {services:?}"));
+        .unwrap_or_else(|| panic!("no formatted SERVICES_V2 entry for {VIP}: {services:?}"));
     assert_eq!(vip["key"]["port"].as_u64(), Some(be16(80)), "{vip}");
     assert_eq!(vip["key"]["proto"].as_u64(), Some(6), "{vip}");
     assert_eq!(vip["value"]["count"].as_u64(), Some(1), "{vip}");
     assert!(vip["value"]["set_id"].is_u64(), "{vip}");
-    let backends = bpftool_dump(node, map_names::BACKENDS);
-    let slot = backends
-        .iter()
-        .map(|e| &e["formatted"])
-        .find(|f| f["key"]["set_id"] == vip["value"]["set_id"])
-        .unwrap_or_else(|| panic!("no BACKENDS_V1 slot of {vip}: {backends:?}"));
+    // A set id is its first slot's index in BACKENDS_V2.
+    let set_id = vip["value"]["set_id"].as_u64().unwrap() as u32;
+    let path = node.pin_dir().join(map_names::BACKENDS);
+    let index: Vec<String> = set_id.to_ne_bytes().iter().map(u8::to_string).collect();
+    let mut args = vec![bpftool(), "-j", "map", "lookup", "pinned", path.to_str().unwrap(), "key"];
+    args.extend(index.iter().map(String::as_str));
+    let json = netns::run(&args).unwrap_or_else(|e| panic!("bpftool map lookup: {e:#}"));
+    println!("# bpftool map lookup pinned {} key {index:?}\n{json}", path.display());
+    let entry: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let slot = &entry["formatted"];
     assert_eq!(
         slot["value"]["addr"].as_u64(),
         Some(be32(backend.ip)),

@@ -28,17 +28,21 @@ fn api(endpoints: Vec<Endpoint>) -> ServiceManifest {
     }
 }
 
-/// A service the kernel refuses to write (BACKENDS_V1 is full: this test fills it behind the
-/// agent's back, leaving one free slot) keeps its previous state, is named in the log, in
+/// A service the kernel refuses to write (SERVICES_V2 is full: this test fills it behind the
+/// agent's back, leaving room for one frontend, and web's change adds a NodePort) keeps its previous state, is named in the log, in
 /// /metrics and in /readyz, while /healthz stays 200 and another service is applied; once
 /// there is room the agent's retry applies it without any new event from the source.
 #[test]
 fn a_service_that_cannot_be_written_does_not_block_the_others() {
-    use dataplane_common::lb::{BackendKey, BackendValue};
+    use dataplane_common::lb::{ServiceKey, ServiceValue};
     let (lab, dir) = lab_with_manifests(1, 2);
     let (b1, b2) = (lab.pod(0, 0), lab.pod(0, 1));
     let _srv = echo_servers(&[b1, b2], &[Protocol::Tcp], 8080);
-    write(&dir, "web.yaml", &web(vec![endpoint(b1)]).to_yaml());
+    let cluster_ip_only = |e| ServiceManifest {
+        node_port: None,
+        ..web(e)
+    };
+    write(&dir, "web.yaml", &cluster_ip_only(vec![endpoint(b1)]).to_yaml());
     let args = [
         "--manifests",
         dir.to_str().unwrap(),
@@ -54,27 +58,27 @@ fn a_service_that_cannot_be_written_does_not_block_the_others() {
         host.tcp_request(vip, "hello", T).is_ok() && http_get(&ns, "/readyz").0 == 200
     });
 
-    // Fill BACKENDS_V1 with slots of set ids the agent never uses, then free one.
+    // Fill SERVICES_V2 with frontends the agent never wrote (keys only: 203.0.113.0 upward,
+    // port 9),
+    // then free one entry.
     let pin = lab.pin_dir(0).unwrap();
     let data =
-        aya::maps::MapData::from_pin(pin.join(dataplane_common::map_names::BACKENDS)).unwrap();
-    let mut backends: aya::maps::HashMap<_, BackendKey, BackendValue> =
+        aya::maps::MapData::from_pin(pin.join(dataplane_common::map_names::SERVICES)).unwrap();
+    let mut services: aya::maps::HashMap<_, ServiceKey, ServiceValue> =
         aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
-    let junk = |slot| BackendKey {
-        set_id: 0xdead_0000,
-        slot,
-    };
+    let junk = |n: u32| ServiceKey::new((0xcb00_7100u32 + n).to_be(), 9u16.to_be(), 6);
     let mut filled = 0;
-    while backends
-        .insert(junk(filled), BackendValue::default(), 0)
+    while services
+        .insert(junk(filled), ServiceValue::default(), 0)
         .is_ok()
     {
         filled += 1;
-        assert!(filled < 2_000_000, "BACKENDS_V1 never filled up");
+        assert!(filled < 200_000, "SERVICES_V2 never filled up");
     }
-    backends.remove(&junk(0)).unwrap();
+    services.remove(&junk(0)).unwrap();
 
-    // web (two slots) cannot be written; api (one slot, sorted first) can.
+    // web (now also a NodePort: new frontends) cannot be written; api (one new frontend,
+    // sorted first) can.
     write(
         &dir,
         "web.yaml",
@@ -89,7 +93,7 @@ fn a_service_that_cannot_be_written_does_not_block_the_others() {
         node.stderr().contains("service default/web:p not applied")
     });
     assert!(
-        node.stderr().contains("BACKENDS_V1 is full"),
+        node.stderr().contains("SERVICES_V2 is full"),
         "{}",
         node.stderr()
     );
@@ -115,8 +119,8 @@ fn a_service_that_cannot_be_written_does_not_block_the_others() {
     });
 
     // Room again: the retry (backoff 1, 2, 4 ... s) applies web with no new event.
-    for slot in 1..100 {
-        backends.remove(&junk(slot)).unwrap();
+    for n in 1..100 {
+        services.remove(&junk(n)).unwrap();
     }
     // The backoff may have reached 16 s by now.
     eventually_within("the retry applies web", Duration::from_secs(40), || {

@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, Map, MapData},
+    maps::{Array, HashMap, Map, MapData},
     Pod,
 };
 use dataplane::{
@@ -24,7 +24,7 @@ use dataplane::{
 use dataplane_common::{
     ct::{Config, CtKey, CtValue, CT_F_REPLY},
     lb::{
-        AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue, BE_F_LOCAL,
+        AffinityKey, AffinityValue, BackendValue, ServiceKey, ServiceValue, BE_F_LOCAL,
         SVC_F_AFFINITY,
     },
     map_names,
@@ -146,19 +146,32 @@ fn entries<K: Pod, V: Pod>(dir: &Path, name: &str) -> Vec<(K, V)> {
         .unwrap()
 }
 
+/// `BACKENDS_V2` opened raw, as bpftool would (an array: a free slot is all zero).
+fn raw_slots(dir: &Path) -> Array<MapData, BackendValue> {
+    let name = map_names::BACKENDS;
+    let data = MapData::from_pin(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    Array::try_from(Map::from_map_data(data).unwrap()).unwrap()
+}
+
+/// The used slots of `BACKENDS_V2`, `(index, value)`.
+fn used_slots(dir: &Path) -> Vec<(u32, BackendValue)> {
+    raw_slots(dir)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as u32, v.unwrap()))
+        .filter(|(_, v)| v.addr != 0)
+        .collect()
+}
+
 /// The raw slots of `value`'s set, asserting every one is present.
 fn raw_set(dir: &Path, value: &ServiceValue) -> Vec<BackendValue> {
-    let map = raw::<BackendKey, BackendValue>(dir, map_names::BACKENDS);
+    let map = raw_slots(dir);
     (0..value.count)
         .map(|slot| {
-            map.get(
-                &BackendKey {
-                    set_id: value.set_id,
-                    slot,
-                },
-                0,
-            )
-            .expect("complete set")
+            map.get(&(value.set_id + slot), 0)
+                .ok()
+                .filter(|b| b.addr != 0)
+                .expect("complete set")
         })
         .collect()
 }
@@ -247,7 +260,7 @@ fn seed_service_entries_updates_removal_and_adoption() {
     let mut table = ServiceTable::open_pinned(dir, local()).unwrap();
     assert!(table.is_empty());
 
-    // The 15 iptables rules of the seed become one SERVICES_V1 entry and three slots.
+    // The 15 iptables rules of the seed become one SERVICES_V2 entry and three slots.
     let mut tcp = app_svc("app-svc-clusterip", Protocol::Tcp);
     let report = table.upsert(&tcp).unwrap();
     assert_eq!(
@@ -270,15 +283,13 @@ fn seed_service_entries_updates_removal_and_adoption() {
         entries::<ServiceKey, ServiceValue>(dir, map_names::SERVICES),
         [(frontend_key(6), first)]
     );
-    let mut slots = entries::<BackendKey, BackendValue>(dir, map_names::BACKENDS);
-    slots.sort_by_key(|(k, _)| (k.set_id, k.slot));
-    let slot = |n| BackendKey { set_id: 1, slot: n };
+    // Set 1 is slots 1, 2 and 3 (a set id is its first slot; slot 0 is never handed out).
     assert_eq!(
-        slots,
+        used_slots(dir),
         [
-            (slot(0), backend([10, 244, 1, 19], 8080, BE_F_LOCAL)),
-            (slot(1), backend([10, 244, 2, 15], 8080, 0)),
-            (slot(2), backend([10, 244, 2, 16], 8080, 0)),
+            (1, backend([10, 244, 1, 19], 8080, BE_F_LOCAL)),
+            (2, backend([10, 244, 2, 15], 8080, 0)),
+            (3, backend([10, 244, 2, 16], 8080, 0)),
         ]
     );
 
@@ -287,7 +298,7 @@ fn seed_service_entries_updates_removal_and_adoption() {
     udp.affinity_timeout_secs = Some(10_800);
     table.upsert(&udp).unwrap();
     let udp_before = raw_service(dir, &frontend_key(17));
-    assert_eq!((udp_before.frontend_id, udp_before.set_id), (2, 2));
+    assert_eq!((udp_before.frontend_id, udp_before.set_id), (2, 4));
     assert_eq!(
         (udp_before.flags, udp_before.affinity_timeout_secs),
         (SVC_F_AFFINITY, 10_800)
@@ -348,7 +359,11 @@ fn seed_service_entries_updates_removal_and_adoption() {
         (1, 2),
         "frontend ids are stable"
     );
-    assert_eq!((tcp_now.set_id, udp_now.set_id), (3, 4), "fresh set ids");
+    assert_eq!(
+        (tcp_now.set_id, udp_now.set_id),
+        (7, 10),
+        "fresh runs of slots after the old ones"
+    );
     assert_eq!(
         raw_set(dir, &udp_now),
         [
@@ -357,12 +372,8 @@ fn seed_service_entries_updates_removal_and_adoption() {
             backend([10, 244, 2, 17], 8080, 0)
         ]
     );
-    let mut set_ids: Vec<u32> = entries::<BackendKey, BackendValue>(dir, map_names::BACKENDS)
-        .iter()
-        .map(|(k, _)| k.set_id)
-        .collect();
-    set_ids.sort();
-    assert_eq!(set_ids, [3, 3, 3, 4, 4, 4], "old sets 1 and 2 are deleted");
+    let used: Vec<u32> = used_slots(dir).iter().map(|(i, _)| *i).collect();
+    assert_eq!(used, [7, 8, 9, 10, 11, 12], "old sets 1 and 4 are cleared");
     let ct_left: Vec<CtKey> = entries::<CtKey, CtValue>(dir, map_names::CT)
         .iter()
         .map(|(k, _)| *k)
@@ -396,12 +407,12 @@ fn seed_service_entries_updates_removal_and_adoption() {
     assert!(rows[0].backends[0].local);
     let text = dataplane_cli(&["services", "--pin-dir", dir.to_str().unwrap()]);
     assert!(
-        text.contains("10.109.117.159:80/tcp  frontend 1  set 3  cluster\n"),
+        text.contains("10.109.117.159:80/tcp  frontend 1  set 7  cluster\n"),
         "{text}"
     );
     assert!(text.contains("-> 10.244.1.19:8080  local\n"), "{text}");
     assert!(
-        text.contains("10.109.117.159:80/udp  frontend 2  set 4  cluster,affinity=10800s\n"),
+        text.contains("10.109.117.159:80/udp  frontend 2  set 10  cluster,affinity=10800s\n"),
         "{text}"
     );
     let conns = services::list_conntrack(dir).unwrap();
@@ -438,7 +449,7 @@ fn seed_service_entries_updates_removal_and_adoption() {
         1
     );
     assert_eq!(
-        entries::<BackendKey, BackendValue>(dir, map_names::BACKENDS).len(),
+        used_slots(dir).len(),
         3
     );
     drop(table);
@@ -458,8 +469,8 @@ fn seed_service_entries_updates_removal_and_adoption() {
     assert_eq!(other_now.frontend_id, 2, "the freed frontend id");
     assert_eq!(
         other_now.set_id,
-        tcp_now.set_id + 1,
-        "after the highest set id in the maps"
+        tcp_now.set_id + tcp_now.count,
+        "after the highest run of slots in the maps"
     );
     drop(adopted);
 
@@ -468,7 +479,7 @@ fn seed_service_entries_updates_removal_and_adoption() {
     assert_eq!(from_object.len(), 2);
     let report = from_object.sync(&[] as &[ServicePort]).unwrap();
     assert_eq!((report.services_deleted, report.backends_deleted), (2, 6));
-    assert!(entries::<BackendKey, BackendValue>(dir, map_names::BACKENDS).is_empty());
+    assert!(used_slots(dir).is_empty());
 }
 
 /// Service `i` of the scale test: ClusterIP 10.96.x.y:80, ten endpoints of its own.
@@ -525,7 +536,7 @@ fn ten_thousand_services_sync_and_resync_writes_only_changes() {
         10_000
     );
     assert_eq!(
-        entries::<BackendKey, BackendValue>(dir, map_names::BACKENDS).len(),
+        used_slots(dir).len(),
         100_000
     );
 
@@ -554,7 +565,7 @@ fn ten_thousand_services_sync_and_resync_writes_only_changes() {
     assert_ne!(after.set_id, before.set_id);
     assert!(raw_set(dir, &after).contains(&backend([10, 200, 0, 1], 8080, 0)));
     assert_eq!(
-        entries::<BackendKey, BackendValue>(dir, map_names::BACKENDS).len(),
+        used_slots(dir).len(),
         100_000
     );
     drop(table);

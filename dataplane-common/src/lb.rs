@@ -1,12 +1,19 @@
-//! Service load-balancing maps: `SERVICES_V1` (frontend -> backend set) and `BACKENDS_V1`
-//! (backend set slot -> backend). Replaces KUBE-SERVICES / KUBE-SVC-* / KUBE-SEP-*.
+//! Service load-balancing maps: `SERVICES_V2` (frontend -> backend set) and `BACKENDS_V2`
+//! (slot -> backend). Replaces KUBE-SERVICES / KUBE-SVC-* / KUBE-SEP-*.
+//!
+//! `BACKENDS_V2` is an array: a backend set is a run of `count` consecutive slots starting at
+//! its `set_id`, so a new flow's backend is one array index (which the verifier inlines: no
+//! hash, no bucket walk), and the agent writes slots straight into the map's memory (mmap), not
+//! one syscall element each.
 //!
 //! Update protocol (the only way a packet never sees a half-written service): every change of a
-//! frontend's backends writes a *new* backend set under a fresh `set_id` (all slots first), then
-//! switches the frontend's `SERVICES_V1` value (one hash-map update, which readers see atomically),
-//! then deletes the old set's slots. Addresses and ports are in network byte order.
+//! frontend's backends writes a *new* set into free slots (all of them first), then switches the
+//! frontend's `SERVICES_V2` value (one hash-map update, which readers see atomically), then
+//! clears the old set's slots. Cleared slots are handed out again only after a quarantine
+//! (`SLOT_QUARANTINE_MS`), far longer than any program holds a service value it read. Addresses
+//! and ports are in network byte order.
 
-/// `SERVICES_V1` key: the address:port:protocol a service answers on.
+/// `SERVICES_V2` key: the address:port:protocol a service answers on.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
@@ -31,13 +38,14 @@ impl ServiceKey {
     }
 }
 
-/// `SERVICES_V1` value.
+/// `SERVICES_V2` value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
     /// Stable id of this frontend (kept across backend changes): keys affinity, shown in conntrack.
     pub frontend_id: u32,
-    /// The backend set currently serving this frontend (`BACKENDS_V1` keys `(set_id, 0..count)`).
+    /// The backend set currently serving this frontend: its first slot in `BACKENDS_V2` (the
+    /// set is slots `set_id .. set_id + count`; never 0, slot 0 is not handed out).
     pub set_id: u32,
     /// Number of backends in the set; 0 = no endpoints: the datapath rejects (ICMP port
     /// unreachable), or drops with `SVC_F_DROP_IF_EMPTY`.
@@ -67,7 +75,7 @@ pub const SVC_F_DROP_IF_EMPTY: u32 = 1 << 4;
 /// lookup.
 pub const SVC_F_SOURCE_RANGES: u32 = 1 << 5;
 
-/// `BACKENDS_V1` key: slot `slot` of backend set `set_id`.
+/// Slot `slot` of backend set `set_id`: `BACKENDS_V2` index [`BackendKey::index`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BackendKey {
@@ -75,7 +83,14 @@ pub struct BackendKey {
     pub slot: u32,
 }
 
-/// `BACKENDS_V1` value: where a connection is sent.
+impl BackendKey {
+    /// The `BACKENDS_V2` index of this slot.
+    pub const fn index(&self) -> u32 {
+        self.set_id.wrapping_add(self.slot)
+    }
+}
+
+/// `BACKENDS_V2` value: where a connection is sent. All zero: a free slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BackendValue {
@@ -140,7 +155,7 @@ pub struct SockRevNatValue {
 /// Entries of `SOCK_AFFINITY_V1` and `SOCK_REVNAT_V1` (LRU).
 pub const MAX_SOCK_ENTRIES: u32 = 65_536;
 
-/// Entries of `SERVICES_V1` (frontends). 10k services x (ClusterIP + NodePort + ...) fit.
+/// Entries of `SERVICES_V2` (frontends). 10k services x (ClusterIP + NodePort + ...) fit.
 pub const MAX_FRONTENDS: u32 = 65_536;
 /// `SERVICE_NAMES_V1` value: the Service port a frontend belongs to, `namespace/name:port`
 /// (`:port` only for named ports) in UTF-8, NUL-padded. Written by the agent at sync time, read
@@ -177,8 +192,14 @@ impl ServiceName {
     }
 }
 
-/// Entries of `BACKENDS_V1`: room for every frontend's set twice (old + new during an update).
+/// Slots of `BACKENDS_V2`: room for every frontend's set twice (old + new during an update).
 pub const MAX_BACKEND_SLOTS: u32 = 1_048_576;
+/// `BACKENDS_V2`'s creation flags: `BPF_F_MMAPABLE`, the agent writes slots through memory.
+pub const BACKENDS_MAP_FLAGS: u32 = 1 << 10;
+/// How long a cleared `BACKENDS_V2` slot stays unused before a new set may take it: a program
+/// that read the old service value just before the switch finishes with it within
+/// microseconds (programs run to completion under RCU), so this is a wide margin.
+pub const SLOT_QUARANTINE_MS: u64 = 1_000;
 /// Entries of `AFFINITY_V1`.
 pub const MAX_AFFINITY: u32 = 65_536;
 

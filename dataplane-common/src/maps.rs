@@ -83,6 +83,9 @@ pub struct MapSpec {
     pub writers: &'static str,
     /// Who reads it, in words (bpf-maps.md's table).
     pub readers: &'static str,
+    /// `BPF_F_*` creation flags that are part of the layout (`BPF_F_MMAPABLE`: the agent
+    /// writes the map through memory it maps).
+    pub flags: u32,
 }
 
 impl MapSpec {
@@ -102,7 +105,12 @@ impl MapSpec {
             owner,
             writers: "",
             readers: "",
+            flags: 0,
         }
+    }
+
+    const fn with_flags(self, flags: u32) -> Self {
+        MapSpec { flags, ..self }
     }
 
     const fn by(self, writers: &'static str, readers: &'static str) -> Self {
@@ -126,14 +134,15 @@ use Owner::*;
 pub const STATS: MapSpec =
     MapSpec::of::<u32, StatsValue>("STATS_V2", PerCpuArray, STATS_ENTRIES, Datapath)
         .by("every program", "`dataplane stats`, tests");
-/// Service frontends (address:port:proto) -> current backend set.
+/// Service frontends (address:port:proto) -> current backend set (its first slot and count).
 pub const SERVICES: MapSpec =
-    MapSpec::of::<ServiceKey, ServiceValue>("SERVICES_V1", Hash, MAX_FRONTENDS, Services)
+    MapSpec::of::<ServiceKey, ServiceValue>("SERVICES_V2", Hash, MAX_FRONTENDS, Services)
         .by("agent", "`xdp_uplink`, `tc_pod_ingress`, socket hooks");
-/// (backend set, slot) -> backend address:port.
+/// Backend slots, every set a run of them: slot index -> backend address:port (0: free).
 pub const BACKENDS: MapSpec =
-    MapSpec::of::<BackendKey, BackendValue>("BACKENDS_V1", Hash, MAX_BACKEND_SLOTS, Services)
-        .by("agent", "same as `SERVICES_V1`");
+    MapSpec::of::<u32, BackendValue>("BACKENDS_V2", Array, MAX_BACKEND_SLOTS, Services)
+        .with_flags(BACKENDS_MAP_FLAGS)
+        .by("agent (through mmap)", "same as `SERVICES_V2`");
 /// Connection tracking, one entry per direction and phase of a NATed connection.
 pub const CT: MapSpec = MapSpec::of::<CtKey, CtValue>("CT_V2", LruHash, CT_MAX_ENTRIES, Datapath)
     .by(
@@ -242,6 +251,7 @@ pub const EVENTS: MapSpec = MapSpec {
     owner: Datapath,
     writers: "every packet program",
     readers: "`dataplane monitor`",
+    flags: 0,
 };
 
 /// Every map the programs use and the agent pins.
@@ -287,7 +297,13 @@ pub fn pinned() -> impl Iterator<Item = &'static MapSpec> {
 
 /// Maps of layouts this build replaced (`CT_V1` by `CT_V2`, ...): no program of this build uses
 /// them, and their entries are not carried over.
-pub const RETIRED: &[&str] = &["CT_V1", "CONFIG_V1", "STATS_V1"];
+pub const RETIRED: &[&str] = &[
+    "CT_V1",
+    "CONFIG_V1",
+    "STATS_V1",
+    "SERVICES_V1",
+    "BACKENDS_V1",
+];
 
 #[cfg(test)]
 mod tests {

@@ -3,14 +3,14 @@
 use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::lpm_trie::Key};
 use dataplane_common::{
     lb::{
-        AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
+        AffinityKey, AffinityValue, BackendValue, ServiceKey, ServiceValue,
         SourceRangeKey, SVC_F_AFFINITY, SVC_F_SOURCE_RANGES,
     },
     Reason,
 };
 
 use crate::{
-    maps::{AFFINITY_V1, BACKENDS_V1, SERVICES_V1, SOURCE_RANGES_V1},
+    maps::{AFFINITY_V1, BACKENDS_V2, SERVICES_V2, SOURCE_RANGES_V1},
     net::Parsed,
 };
 
@@ -25,7 +25,7 @@ pub fn lookup_service(pkt: &Parsed) -> Option<ServiceValue> {
         proto: pkt.flow.proto,
         _pad: 0,
     };
-    unsafe { SERVICES_V1.get(&key) }.copied()
+    unsafe { SERVICES_V2.get(&key) }.copied()
 }
 
 /// loadBalancerSourceRanges (kube-proxy's KUBE-PROXY-FIREWALL): may a new connection from
@@ -64,14 +64,11 @@ pub fn select_backend(svc: &ServiceValue, client: u32, now: u64) -> Result<Backe
         }
     }
     let slot = unsafe { bpf_get_prandom_u32() } % svc.count;
-    let backend = unsafe {
-        BACKENDS_V1.get(&BackendKey {
-            set_id: svc.set_id,
-            slot,
-        })
-    }
-    .copied()
-    .ok_or(Reason::DropNoBackend)?;
+    let backend = BACKENDS_V2
+        .get(svc.set_id.wrapping_add(slot))
+        .copied()
+        .filter(|b| b.addr != 0)
+        .ok_or(Reason::DropNoBackend)?;
     if affine {
         let _ = AFFINITY_V1.insert(
             &akey,

@@ -45,10 +45,11 @@ btf_maps! {
     STATS_V2: PerCpuArray<StatsValue, { STATS_ENTRIES as usize }>;
 
     /// Service frontends (address:port:proto) -> current backend set. Written by the loader only.
-    SERVICES_V1: HashMap<ServiceKey, ServiceValue, { MAX_FRONTENDS as usize }>;
+    SERVICES_V2: HashMap<ServiceKey, ServiceValue, { MAX_FRONTENDS as usize }>;
 
-    /// (backend set, slot) -> backend address:port. Written by the loader only.
-    BACKENDS_V1: HashMap<BackendKey, BackendValue, { MAX_BACKEND_SLOTS as usize }>;
+    /// Backend slots: a set is `count` slots from its `set_id`; all zero is a free slot. Written
+    /// by the agent through mmap (`BPF_F_MMAPABLE`).
+    BACKENDS_V2: Array<BackendValue, { MAX_BACKEND_SLOTS as usize }, { BACKENDS_MAP_FLAGS as usize }>;
 
     /// Connection tracking, one entry per direction and phase of a NATed connection (LRU: a full
     /// table evicts the least recently used entries, never the active ones first; the agent's GC

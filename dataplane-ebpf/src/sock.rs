@@ -58,7 +58,7 @@ pub fn balance(ctx: &SockAddrContext, sticky_per_socket: bool) -> Verdict {
     let Some(key) = service_key(sa) else {
         return Verdict::pass(Reason::SockPass);
     };
-    let Some(svc) = (unsafe { crate::maps::SERVICES_V1.get(&key) }).copied() else {
+    let Some(svc) = (unsafe { crate::maps::SERVICES_V2.get(&key) }).copied() else {
         return Verdict::pass(Reason::SockPass);
     };
     if key.proto == IPPROTO_UDP && svc.flags & SVC_F_EXTERNAL == 0 && svc.count != 0 {

@@ -82,6 +82,16 @@ pub fn check_pinned_layouts(dir: &Path) -> Result<()> {
                 path.display(), have.0, have.1, have.2, have.3, expect.0, expect.1, expect.2, expect.3, dir.display()
             );
         }
+        if info.map_flags() & want.flags != want.flags {
+            bail!(
+                "pinned map {} was created with flags {:#x}, without this build's {:#x}; run \
+                 `dataplane cleanup --pin-dir {}` first",
+                path.display(),
+                info.map_flags(),
+                want.flags,
+                dir.display()
+            );
+        }
     }
     for other in foreign_versions(dir)? {
         log::warn!(
@@ -206,6 +216,7 @@ mod object_tests {
                 want.max_entries,
             );
             assert_eq!(got, expect, "{}: (type, key, value, entries)", want.name);
+            assert_eq!(m.map_flags() & want.flags, want.flags, "{}: flags", want.name);
         }
     }
 

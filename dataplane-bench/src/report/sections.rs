@@ -211,8 +211,8 @@ pub(super) fn profile_section(m: &mut String, r: &Results, n_max: usize) {
              (`perf record -e cpu-clock -a -g` over `dataplane-bench --modes ebpf-xdp --reps 1 --no-tcp` at N = 1 and at \
              N = 10,000, the same frames; leaf functions of the samples under `xdp_uplink`): `lookup_nulls_elem_raw` (the \
              hash tables' bucket walk) 571 → 1,345 samples, `bpf_lru_pop_free` 1,065 → 1,052, `htab_lru_map_update_elem` \
-             821 → 761, the program's own code 362 → 427. The growth is the service and backend lookups (`SERVICES_V1`, \
-             `BACKENDS_V1`) missing the cache once the maps hold 10,000 services × 10 endpoints, where with one service \
+             821 → 761, the program's own code 362 → 427. The growth is the service and backend lookups (`SERVICES_V2`, \
+             `BACKENDS_V2`) missing the cache once the maps hold 10,000 services × 10 endpoints, where with one service \
              they stay hot. What would close it: one lookup fewer per new flow (a service's backend slots in an array \
              indexed by the service's id instead of a hash keyed by service and slot); conntrack inserts cost the same at \
              every N.\n"
@@ -262,11 +262,11 @@ pub(super) fn profile_section(m: &mut String, r: &Results, n_max: usize) {
             let writes = (e.median - p.median).max(0.0);
             let _ = writeln!(
                 m,
-                "**ServiceTable::sync.** At N = {}: {} for {} map entries (SERVICES_V1 + BACKENDS_V1). The same sync into the \
+                "**ServiceTable::sync.** At N = {}: {} for {} map entries (SERVICES_V2 + BACKENDS_V2). The same sync into the \
                  in-memory model of the maps (`MemMaps`: planning, diffing, ordering, no bpf() call) takes {}, so about {} \
-                 goes to the kernel map writes: {:.2} µs per entry, written with BPF_MAP_UPDATE_BATCH (thousands of entries \
-                 per syscall, in the same safe order as single writes: backend slots of a set before the frontend switch). \
-                 What is left is mostly the planning itself.\n",
+                 goes to the kernel map writes: {:.2} µs per entry (SERVICES_V2 with BPF_MAP_UPDATE_BATCH, thousands of \
+                 entries per syscall; BACKENDS_V2 slots stored straight into the mmap'd array; in the same safe order: \
+                 backend slots of a set before the frontend switch). What is left is mostly the planning itself.\n",
                 ns(n_max as f64),
                 secs(e.median),
                 k,
@@ -292,11 +292,10 @@ pub(super) fn profile_section(m: &mut String, r: &Results, n_max: usize) {
              flow and {} ns for an established one at N = {}; {} and {} ns at N = {}. The new-flow difference is connection \
              creation: a random backend, two inserts into the LRU conntrack map CT_V2 (262,144 preallocated entries; one \
              insert per direction, a third probed one for masqueraded flows), each a few cache misses. Established packets \
-             only look up CT_V2, so they cost the same at every N. New flows also look up the service (SERVICES_V1) and the \
-             chosen slot (BACKENDS_V1, a hash map sized for 1,048,576 slots, 10 per frontend): at {} services those hold \
-             about {} entries spread over tens of MB, the lookups stop hitting the CPU caches, and that is the growth (+{} ns) \
-             that puts the new-flow path past the 10% target. Keeping each service's backends in one value (an array of \
-             slots read with the service, or an array map indexed by set and slot) would make it one cache-friendly lookup.\n",
+             only look up CT_V2, so they cost the same at every N. New flows also look up the service (SERVICES_V2) and the \
+             chosen slot (BACKENDS_V2, an array of 1,048,576 slots indexed by the set's first slot: no hash, no bucket \
+             walk): at {} services those hold about {} entries, the lookups stop hitting the CPU caches, and that is the \
+             growth (+{} ns) that puts the new-flow path past the 10% target.\n",
             ns(new_lo),
             ns(est_lo),
             ns(lo as f64),

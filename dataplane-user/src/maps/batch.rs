@@ -165,7 +165,7 @@ impl std::fmt::Display for BatchError {
 
 impl std::error::Error for BatchError {}
 
-/// In the kernel (root, no namespace needed): a standalone hash map of `SERVICES_V1`'s layout,
+/// In the kernel (root, no namespace needed): a standalone hash map of `SERVICES_V2`'s layout,
 /// filled, read back and emptied through the batch calls, and a missing key's ENOENT position.
 #[cfg(test)]
 mod kernel_tests {

@@ -14,6 +14,7 @@
 pub mod batch;
 mod config;
 mod mem;
+pub mod slots;
 
 use std::{
     os::fd::AsFd as _,
@@ -99,6 +100,14 @@ pub fn open(source: &(impl MapSource + ?Sized), spec: &MapSpec) -> Result<Map> {
         bail!(
             "{} has (type, key, value) {have:?} but this build expects {want:?}",
             spec.name
+        );
+    }
+    if info.map_flags() & spec.flags != spec.flags {
+        bail!(
+            "{} has flags {:#x} but this build expects {:#x} set",
+            spec.name,
+            info.map_flags(),
+            spec.flags
         );
     }
     Ok(Map::from_map_data(data)?)

@@ -188,12 +188,12 @@ fn maps(s: &mut Snapshot, m: &Metrics) -> Result<()> {
     let ct = services::list_conntrack(&m.pin_dir)?;
     s.gauge(
         "dataplane_service_frontends",
-        "Entries in SERVICES_V1",
+        "Entries in SERVICES_V2",
         svcs.len() as i64,
     );
     s.gauge(
         "dataplane_backend_slots",
-        "Live entries in BACKENDS_V1",
+        "Live entries in BACKENDS_V2",
         slots as i64,
     );
     s.gauge(
@@ -212,8 +212,8 @@ fn maps(s: &mut Snapshot, m: &Metrics) -> Result<()> {
         "dataplane_map_fill_ratio",
         "Entries over capacity, per map",
         [
-            ("SERVICES_V1", svcs.len() as f64 / MAX_FRONTENDS as f64),
-            ("BACKENDS_V1", slots as f64 / MAX_BACKEND_SLOTS as f64),
+            ("SERVICES_V2", svcs.len() as f64 / MAX_FRONTENDS as f64),
+            ("BACKENDS_V2", slots as f64 / MAX_BACKEND_SLOTS as f64),
             ("CT_V2", ct_fill),
             ("LB_ADDRS_V1", addrs_fill),
             // Set bits over all bits: the pre-filter's false positives grow as its square.
@@ -329,7 +329,7 @@ fn agent(s: &mut Snapshot, st: &AgentStatus) {
     );
     s.gauge(
         "dataplane_services_over_capacity",
-        "Service ports left out of the last apply because SERVICES_V1 or BACKENDS_V1 would overflow",
+        "Service ports left out of the last apply because SERVICES_V2 or BACKENDS_V2 would overflow",
         st.over_capacity.load(Relaxed) as i64,
     );
     s.counter_table(&[

@@ -3,7 +3,7 @@
 //!
 //! Each service port is a small transaction over its frontends' plan (see [`plan`]):
 //! 1. every slot of every new backend set; a failed write deletes the slots written so far;
-//! 2. every `SERVICES_V1` switch (and removal); a failed write restores the frontends already
+//! 2. every `SERVICES_V2` switch (and removal); a failed write restores the frontends already
 //!    switched to their previous value (their old sets still exist: nothing is deleted before
 //!    step 3), then deletes the new sets;
 //! 3. the old sets' slots. A failure here leaves only slots no frontend names (the next sync's
@@ -14,8 +14,8 @@
 //! may briefly see some frontends of a service switched and others not, as with kube-proxy's
 //! iptables-restore of one chain after another.)
 //!
-//! Before any write the whole state is checked against the map sizes: when SERVICES_V1 or
-//! BACKENDS_V1 would overflow, service ports that are already in the maps keep their place,
+//! Before any write the whole state is checked against the map sizes: when SERVICES_V2 or
+//! BACKENDS_V2 would overflow, service ports that are already in the maps keep their place,
 //! then new ones are admitted in name order while they fit; the rest are reported with the
 //! count needed and the limit, and left as they are.
 //!
@@ -147,6 +147,7 @@ impl<S: MapStore> ServiceTable<S> {
         stale: &mut StaleBackends,
         out: &mut SyncOutcome,
     ) {
+        self.mirror.prune_retired(std::time::Instant::now());
         let ops = plan(&self.mirror, unit);
         if ops.is_empty() {
             return;

@@ -33,6 +33,7 @@ impl<S: MapStore> ServiceTable<S> {
         out: &mut SyncOutcome,
     ) -> Vec<(&'a ServicePort, &'a Desired)> {
         let desired: Vec<&Desired> = units.iter().map(|(_, d)| *d).collect();
+        self.mirror.prune_retired(std::time::Instant::now());
         let plans = plan_each(&self.mirror, &desired);
         let mut steps: Vec<UnitSteps> = plans.into_iter().map(UnitSteps::split).collect();
         let fids: Vec<HashMap<u32, ServiceKey>> = units

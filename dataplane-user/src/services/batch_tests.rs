@@ -29,7 +29,7 @@ fn contents(t: &ServiceTable<MemMaps>) -> HashMap<ServiceKey, Vec<BackendValue>>
                     m.backends[&dataplane_common::lb::BackendKey {
                         set_id: v.set_id,
                         slot,
-                    }]
+                    }.index()]
                 })
                 .collect();
             (*k, set)

@@ -10,7 +10,7 @@ use crate::model::{FrontendKind, Protocol, ServicePort, ServicePorts};
 
 /// What the maps serve, without the ids (which may be handed out in another order): per
 /// frontend its flags, affinity timeout and backends in slot order; and whether every slot in
-/// `BACKENDS_V1` belongs to a frontend's set (no orphans, no leftovers of replaced sets).
+/// `BACKENDS_V2` belongs to a frontend's set (no orphans, no leftovers of replaced sets).
 fn served(t: &ServiceTable<MemMaps>) -> (BTreeMap<String, String>, bool) {
     let m = t.store();
     let mut out = BTreeMap::new();
@@ -21,7 +21,7 @@ fn served(t: &ServiceTable<MemMaps>) -> (BTreeMap<String, String>, bool) {
                 m.backends[&BackendKey {
                     set_id: v.set_id,
                     slot,
-                }]
+                }.index()]
             })
             .collect();
         slots += backends.len();

@@ -142,11 +142,11 @@ fn overflowing_services_map_keeps_every_service_that_fits_and_names_count_and_li
     let out = t.sync_report(&svcs);
     assert_eq!(out.over_capacity.len(), 1, "{out:?}");
     let p = &out.over_capacity[0];
-    assert_eq!((p.map, p.needed, p.limit), ("SERVICES_V1", 5, 3));
+    assert_eq!((p.map, p.needed, p.limit), ("SERVICES_V2", 5, 3));
     assert_eq!(p.skipped, [name("ns", "svc-3"), name("ns", "svc-4")]);
     let text = p.to_string();
     assert!(
-        text.contains("SERVICES_V1 would need 5 entries, limit 3") && text.contains("ns/svc-3"),
+        text.contains("SERVICES_V2 would need 5 entries, limit 3") && text.contains("ns/svc-3"),
         "{text}"
     );
     assert!(out.failed.is_empty(), "nothing was even tried: {out:?}");
@@ -182,7 +182,7 @@ fn overflowing_backends_map_keeps_room_for_replacing_a_set() {
     let mut svcs = many(3);
     let out = t.sync_report(&svcs);
     let p = &out.over_capacity[0];
-    assert_eq!((p.map, p.needed, p.limit), ("BACKENDS_V1", 12, 10));
+    assert_eq!((p.map, p.needed, p.limit), ("BACKENDS_V2", 12, 10));
     assert_eq!(p.skipped, [name("ns", "svc-2")]);
     // The admitted ones can still be updated: the replacement set fits.
     svcs[0].backends[0].ip = Ipv4Addr::new(10, 244, 0, 77);

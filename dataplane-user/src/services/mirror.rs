@@ -1,13 +1,19 @@
-//! The writer's copy of `SERVICES_V1` and `BACKENDS_V1`, and the id allocation state derived from
-//! it. The executor applies each [`MapOp`] here only after the kernel accepted it, so the mirror
+//! The writer's copy of `SERVICES_V2` and `BACKENDS_V2`, and the id and slot allocation state
+//! derived from it. The executor applies each [`MapOp`] here only after the kernel accepted it, so the mirror
 //! is exactly what the maps hold even after a failed update. It is also the in-memory model the
 //! planner's ordering invariant is tested against.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    time::{Duration, Instant},
+};
 
 use foldhash::{HashMap, HashMapExt as _};
 
-use dataplane_common::lb::{BackendKey, BackendValue, ServiceKey, ServiceValue, MAX_FRONTENDS};
+use dataplane_common::lb::{
+    BackendKey, BackendValue, ServiceKey, ServiceValue, MAX_BACKEND_SLOTS, MAX_FRONTENDS,
+    SLOT_QUARANTINE_MS,
+};
 
 /// One map update. Addresses and ports in network order, as in the maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,7 +33,7 @@ pub(crate) enum MapOp {
     },
 }
 
-/// `SERVICES_V1` and `BACKENDS_V1` as they are, plus the allocators.
+/// `SERVICES_V2` and `BACKENDS_V2` as they are, plus the allocators.
 #[derive(Clone, Debug)]
 pub(crate) struct Mirror {
     services: HashMap<ServiceKey, ServiceValue>,
@@ -36,8 +42,19 @@ pub(crate) struct Mirror {
     set_slots: HashMap<u32, u32>,
     /// Services referencing each set id.
     set_refs: HashMap<u32, u32>,
-    /// Where the search for the next set id starts: ids are handed out increasing (wrapping).
+    /// The slots each set in use occupies, `first slot -> count` (a set id is its first slot):
+    /// runs a new set must not overlap.
+    extents: BTreeMap<u32, u32>,
+    /// Runs of sets that went out of use less than `SLOT_QUARANTINE_MS` ago, `first -> (count,
+    /// when)`: a program may still be reading a service value that named them.
+    retired: BTreeMap<u32, (u32, Instant)>,
+    /// `retired`'s keys, oldest first (what [`Self::prune_retired`] walks).
+    retired_order: VecDeque<(Instant, u32)>,
+    /// Where the search for the next run starts: runs are handed out increasing, wrapping at
+    /// `slot_limit` back to slot 1 (slot 0 is never a set's).
     next_set_id: u32,
+    /// Slots of `BACKENDS_V2` (the store's capacity).
+    slot_limit: u32,
     /// Lowest frontend id never handed out.
     next_frontend_id: u32,
     /// Frontend ids released by removed frontends, oldest first: reusing the oldest first
@@ -61,14 +78,17 @@ impl Mirror {
         let services: HashMap<_, _> = services.into_iter().collect();
         let backends: HashMap<_, _> = backends.into_iter().collect();
         let mut set_slots = HashMap::new();
+        let mut extents = BTreeMap::new();
         for key in backends.keys() {
             *set_slots.entry(key.set_id).or_insert(0) += 1;
+            widen(&mut extents, key.set_id, key.slot + 1);
         }
         let mut set_refs = HashMap::new();
         for value in services.values() {
             *set_refs.entry(value.set_id).or_insert(0) += 1;
+            widen(&mut extents, value.set_id, value.count.max(1));
         }
-        let max_set = set_slots.keys().chain(set_refs.keys()).copied().max();
+        let end = extents.iter().map(|(&s, &n)| s.saturating_add(n)).max();
         let used: BTreeSet<u32> = services.values().map(|v| v.frontend_id).collect();
         let max_fid = used.last().copied().unwrap_or(0);
         // Our allocator keeps ids below the map size; don't list billions of gaps if a foreign
@@ -83,7 +103,11 @@ impl Mirror {
             backends,
             set_slots,
             set_refs,
-            next_set_id: max_set.map_or(1, next_id),
+            extents,
+            retired: BTreeMap::new(),
+            retired_order: VecDeque::new(),
+            next_set_id: end.unwrap_or(1).max(1),
+            slot_limit: MAX_BACKEND_SLOTS,
             next_frontend_id: max_fid + 1,
             free_frontend_ids: free,
         }
@@ -102,7 +126,7 @@ impl Mirror {
         self.backends.get(key)
     }
 
-    /// Number of frontends (`SERVICES_V1` entries).
+    /// Number of frontends (`SERVICES_V2` entries).
     pub fn services_len(&self) -> usize {
         self.services.len()
     }
@@ -129,6 +153,45 @@ impl Mirror {
         self.set_refs.contains_key(&id) || self.set_slots.contains_key(&id)
     }
 
+    /// Caps the slots runs are handed out from (the store's `BACKENDS_V2` size).
+    pub fn set_slot_limit(&mut self, limit: u32) {
+        self.slot_limit = limit.min(MAX_BACKEND_SLOTS);
+    }
+
+    pub fn slot_limit(&self) -> u32 {
+        self.slot_limit
+    }
+
+    /// The end of a run in use or in quarantine that overlaps `start .. start + count`, if any
+    /// (runs of sets never overlap each other, so the last one starting before the end is the
+    /// only candidate in each of the two tables).
+    pub fn blocker(&self, start: u32, count: u32) -> Option<u32> {
+        let end = start.saturating_add(count);
+        let used = last_overlapping(&self.extents, start, end, |&n| n);
+        let quarantined = last_overlapping(&self.retired, start, end, |&(n, _)| n);
+        used.max(quarantined)
+    }
+
+    /// Forgets quarantined runs whose time is up: their slots can be handed out again.
+    pub fn prune_retired(&mut self, now: Instant) {
+        let quarantine = Duration::from_millis(SLOT_QUARANTINE_MS);
+        while let Some(&(when, start)) = self.retired_order.front() {
+            if now.duration_since(when) < quarantine {
+                break;
+            }
+            self.retired_order.pop_front();
+            if self.retired.get(&start).is_some_and(|&(_, w)| w == when) {
+                self.retired.remove(&start);
+            }
+        }
+    }
+
+    /// Slots in quarantine.
+    #[cfg(test)]
+    pub fn quarantined_slots(&self) -> usize {
+        self.retired.values().map(|&(n, _)| n as usize).sum()
+    }
+
     /// Whether a service value names set `id`.
     pub fn set_referenced(&self, id: u32) -> bool {
         self.set_refs.contains_key(&id)
@@ -146,7 +209,7 @@ impl Mirror {
             .chain(self.next_frontend_id..)
     }
 
-    /// `BACKENDS_V1` slots no service reads: what a writer interrupted between writing a new
+    /// `BACKENDS_V2` slots no service reads: what a writer interrupted between writing a new
     /// set and switching to it (or between the switch and deleting the old set) leaves behind.
     pub fn orphan_slots(&self) -> Vec<BackendKey> {
         let mut live: HashMap<u32, u32> = HashMap::new();
@@ -171,11 +234,13 @@ impl Mirror {
                 if self.backends.insert(*key, *value).is_none() {
                     *self.set_slots.entry(key.set_id).or_insert(0) += 1;
                 }
-                self.advance_set_id(key.set_id);
+                widen(&mut self.extents, key.set_id, key.slot + 1);
+                self.next_set_id = key.index().saturating_add(1);
             }
             MapOp::DeleteBackend(key) => {
                 if self.backends.remove(key).is_some() {
                     decrement(&mut self.set_slots, key.set_id);
+                    self.retire_if_unused(key.set_id);
                 }
             }
             MapOp::PutService(key, value) => {
@@ -203,14 +268,34 @@ impl Mirror {
             }
         }
         let sid = |v: Option<&ServiceValue>| v.map(|v| v.set_id);
+        if let Some(v) = new {
+            widen(&mut self.extents, v.set_id, v.count.max(1));
+        }
         if sid(prev) != sid(new) {
+            if let Some(v) = new {
+                *self.set_refs.entry(v.set_id).or_insert(0) += 1;
+                if v.count == 0 {
+                    // A set without slots has no PutBackend to move the cursor past it.
+                    self.next_set_id = v.set_id.saturating_add(1);
+                }
+            }
             if let Some(id) = sid(prev) {
                 decrement(&mut self.set_refs, id);
+                self.retire_if_unused(id);
             }
-            if let Some(id) = sid(new) {
-                *self.set_refs.entry(id).or_insert(0) += 1;
-                self.advance_set_id(id);
-            }
+        }
+    }
+
+    /// Moves a set that neither a service nor a slot holds any more into quarantine.
+    fn retire_if_unused(&mut self, id: u32) {
+        if self.set_id_in_use(id) {
+            return;
+        }
+        if let Some(count) = self.extents.remove(&id) {
+            let now = Instant::now();
+            self.prune_retired(now);
+            self.retired.insert(id, (count, now));
+            self.retired_order.push_back((now, id));
         }
     }
 
@@ -223,18 +308,25 @@ impl Mirror {
         }
     }
 
-    /// Moves the set id cursor past `id` if `id` is ahead of it (serial number arithmetic, so
-    /// the cursor keeps increasing across the u32 wrap and never goes back to an old id).
-    fn advance_set_id(&mut self, id: u32) {
-        if id.wrapping_sub(self.next_set_id) < 1 << 31 {
-            self.next_set_id = next_id(id);
-        }
-    }
 }
 
-/// The id after `id`, skipping 0 (never a valid set id).
-pub(crate) fn next_id(id: u32) -> u32 {
-    id.wrapping_add(1).max(1)
+/// Records that set `id` spans at least `count` slots.
+fn widen(extents: &mut BTreeMap<u32, u32>, id: u32, count: u32) {
+    let n = extents.entry(id).or_insert(count);
+    *n = (*n).max(count);
+}
+
+/// The end of the last run of `runs` (`first -> value`, `len` its slot count) that starts
+/// before `end` and reaches past `start`.
+fn last_overlapping<V>(
+    runs: &BTreeMap<u32, V>,
+    start: u32,
+    end: u32,
+    len: impl Fn(&V) -> u32,
+) -> Option<u32> {
+    let (&first, v) = runs.range(..end).next_back()?;
+    let run_end = first.saturating_add(len(v));
+    (run_end > start).then_some(run_end)
 }
 
 /// The keys of a service value's backend set.
@@ -290,7 +382,7 @@ mod tests {
         // Set 9 is complete, set 7 too; set 12 is an orphan left by an interrupted writer.
         let backends = [slot(7, 0), slot(7, 1), slot(9, 0), slot(12, 0), slot(9, 5)];
         let m = Mirror::adopt(services, backends);
-        assert_eq!(m.next_set_id(), 13, "max set id seen (slots included) + 1");
+        assert_eq!(m.next_set_id(), 15, "after the highest run seen (set 9 reaches slot 14)");
         let fids: Vec<u32> = m.frontend_id_candidates().take(3).collect();
         assert_eq!(
             fids,
@@ -341,14 +433,19 @@ mod tests {
     }
 
     #[test]
-    fn set_id_cursor_is_monotonic_across_wrap() {
+    fn the_cursor_follows_the_last_run_written_and_unused_sets_go_to_quarantine() {
         let mut m = Mirror::default();
-        m.apply(&MapOp::PutService(key(1), value(1, u32::MAX, 0)));
-        assert_eq!(m.next_set_id(), 1, "wraps past 0");
         m.apply(&MapOp::PutService(key(1), value(1, 5, 0)));
-        assert_eq!(m.next_set_id(), 6);
-        // An older id written again (not by the planner) does not move the cursor back.
-        m.apply(&MapOp::PutService(key(2), value(2, 3, 0)));
-        assert_eq!(m.next_set_id(), 6);
+        assert_eq!(m.next_set_id(), 6, "an empty set takes one slot");
+        let (k, v) = slot(20, 2);
+        m.apply(&MapOp::PutBackend(k, v));
+        assert_eq!(m.next_set_id(), 23);
+        assert_eq!(m.blocker(21, 1), Some(23), "slots 20..23 are in use");
+        // Set 5 loses its only reference: quarantined, still blocking.
+        m.apply(&MapOp::PutService(key(1), value(1, 20, 3)));
+        assert_eq!(m.quarantined_slots(), 1);
+        assert_eq!(m.blocker(5, 1), Some(6));
+        m.prune_retired(Instant::now() + Duration::from_millis(SLOT_QUARANTINE_MS + 1));
+        assert_eq!((m.quarantined_slots(), m.blocker(5, 1)), (0, None));
     }
 }

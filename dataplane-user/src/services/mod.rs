@@ -1,4 +1,4 @@
-//! The typed API over the service load-balancing maps (`SERVICES_V1`, `BACKENDS_V1`,
+//! The typed API over the service load-balancing maps (`SERVICES_V2`, `BACKENDS_V2`,
 //! `AFFINITY_V1`, `CT_V2`, `CONFIG_V2`; layouts in `dataplane_common::{lb, ct}`). Nothing else
 //! writes them: the control plane and the tests both go through [`ServiceTable`].
 //!
@@ -19,7 +19,7 @@
 //! purged, so UDP flows move to a live backend on their next datagram; TCP connections drain.
 //!
 //! # One writer
-//! The table keeps a mirror of `SERVICES_V1` and `BACKENDS_V1` and allocates ids from it, so
+//! The table keeps a mirror of `SERVICES_V2` and `BACKENDS_V2` and allocates ids from it, so
 //! **one `ServiceTable` at a time may write a set of maps** (the control plane, or a test while
 //! no control plane runs); this is not enforced. Opening a table adopts whatever the maps hold
 //! (frontend ids in use, set ids continuing after the highest), so a restarted writer never
@@ -96,13 +96,13 @@ pub struct LocalContext {
 /// What one update did: entries written and deleted, per map. Unchanged frontends count zero.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UpdateReport {
-    /// `SERVICES_V1` values written (new frontends, switches, flag changes).
+    /// `SERVICES_V2` values written (new frontends, switches, flag changes).
     pub services_written: usize,
-    /// `SERVICES_V1` entries deleted (removed frontends).
+    /// `SERVICES_V2` entries deleted (removed frontends).
     pub services_deleted: usize,
-    /// `BACKENDS_V1` slots written (new sets only).
+    /// `BACKENDS_V2` slots written (new sets only).
     pub backends_written: usize,
-    /// `BACKENDS_V1` slots deleted (replaced or removed sets, orphans).
+    /// `BACKENDS_V2` slots deleted (replaced or removed sets, orphans).
     pub backends_deleted: usize,
     /// UDP conntrack entries of removed backends.
     pub conntrack_deleted: usize,
@@ -111,7 +111,7 @@ pub struct UpdateReport {
 }
 
 impl UpdateReport {
-    /// `SERVICES_V1` and `BACKENDS_V1` entries written.
+    /// `SERVICES_V2` and `BACKENDS_V2` entries written.
     pub fn written(&self) -> usize {
         self.services_written + self.backends_written
     }
@@ -202,7 +202,8 @@ impl ServiceTable<KernelMaps> {
 impl<S: MapStore> ServiceTable<S> {
     /// A table over `store`, adopting what it holds.
     pub fn with_store(store: S, local: LocalContext) -> Result<Self> {
-        let mirror = Mirror::adopt(store.dump_services()?, store.dump_backends()?);
+        let mut mirror = Mirror::adopt(store.dump_services()?, store.dump_backends()?);
+        mirror.set_slot_limit(u32::try_from(store.capacity().1).unwrap_or(u32::MAX));
         let adopted = mirror.services().count();
         if adopted > 0 {
             log::info!(
@@ -278,6 +279,7 @@ impl<S: MapStore> ServiceTable<S> {
             desired.insert(key, Some(spec));
         }
         self.claim(&svc.name, &desired);
+        self.mirror.prune_retired(std::time::Instant::now());
         self.execute(plan(&self.mirror, &desired))
     }
 
@@ -305,7 +307,7 @@ impl<S: MapStore> ServiceTable<S> {
         }
     }
 
-    /// The `SERVICES_V1` value of a frontend, as this table last wrote or adopted it.
+    /// The `SERVICES_V2` value of a frontend, as this table last wrote or adopted it.
     pub fn frontend(&self, key: &ServiceKey) -> Option<ServiceValue> {
         self.mirror.service(key).copied()
     }

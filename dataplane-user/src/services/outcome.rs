@@ -70,9 +70,9 @@ pub struct ServiceFailure {
 /// The desired state does not fit in `map`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CapacityProblem {
-    /// `SERVICES_V1` or `BACKENDS_V1`.
+    /// `SERVICES_V2` or `BACKENDS_V2`.
     pub map: &'static str,
-    /// Entries the whole desired state needs (for BACKENDS_V1 including room for replacing the
+    /// Entries the whole desired state needs (for BACKENDS_V2 including room for replacing the
     /// largest set, which an update writes before it deletes the old one).
     pub needed: usize,
     /// Entries the map has.

@@ -1,9 +1,10 @@
 //! The pure planner: from what the maps hold ([`Mirror`]) and what they should hold, the map
 //! operations in an order that keeps `dataplane_common::lb`'s invariant — a packet never sees a
 //! half-written service:
-//! - a changed frontend: every slot of a new set (fresh `set_id`) first, then the `SERVICES_V1`
-//!   value (one hash update, which readers see atomically), then the old set's slots;
-//! - a removed frontend: the `SERVICES_V1` entry first, then its slots.
+//! - a changed frontend: every slot of a new set (a run of free slots, its first slot the
+//!   `set_id`) first, then the `SERVICES_V2` value (one hash update, which readers see
+//!   atomically), then the old set's slots;
+//! - a removed frontend: the `SERVICES_V2` entry first, then its slots.
 //!
 //! Right after each switch or removal comes the purge of flows to backends that left it. The
 //! executor runs purges after every write of the plan; their place in the plan records which
@@ -13,13 +14,15 @@
 //! value always finds the complete set that value names (until the set is deleted, which
 //! happens only after no value names it).
 
+use std::collections::BTreeMap;
+
 use foldhash::{HashMap, HashSet};
 
 use dataplane_common::lb::{BackendKey, BackendValue, ServiceKey};
 
 pub(crate) use super::mirror::MapOp;
 use super::{
-    mirror::{next_id, slots, Mirror},
+    mirror::{slots, Mirror},
     spec::{key_order, FrontendSpec},
 };
 
@@ -84,7 +87,7 @@ fn upsert_frontend(
     ops: &mut Vec<MapOp>,
 ) {
     let Some(old) = current.service(key) else {
-        let value = spec.value(ids.frontend_id(), ids.set_id());
+        let value = spec.value(ids.frontend_id(), ids.set_id(spec.backends.len()));
         write_set(value.set_id, &spec.backends, ops);
         ops.push(MapOp::PutService(*key, value));
         return;
@@ -99,7 +102,7 @@ fn upsert_frontend(
         return;
     }
     // The frontend id stays (affinity and conntrack refer to it); the set is new.
-    let value = spec.value(old.frontend_id, ids.set_id());
+    let value = spec.value(old.frontend_id, ids.set_id(spec.backends.len()));
     write_set(value.set_id, &spec.backends, ops);
     ops.push(MapOp::PutService(*key, value));
     push_purge(old.frontend_id, &old_backends, &spec.backends, ops);
@@ -136,6 +139,8 @@ struct Allocator<'a> {
     current: &'a Mirror,
     frontend_ids: Box<dyn Iterator<Item = u32> + 'a>,
     next_set_id: u32,
+    /// Runs handed out by this plan so far (`first -> count`).
+    claimed: BTreeMap<u32, u32>,
 }
 
 impl<'a> Allocator<'a> {
@@ -144,6 +149,7 @@ impl<'a> Allocator<'a> {
             current,
             frontend_ids: Box::new(current.frontend_id_candidates()),
             next_set_id: current.next_set_id(),
+            claimed: BTreeMap::new(),
         }
     }
 
@@ -153,24 +159,56 @@ impl<'a> Allocator<'a> {
             .expect("the candidate list is unbounded")
     }
 
-    /// A set id that is neither 0 nor in use, increasing (wrapping) from the last handed out:
-    /// a reader holding a just-replaced service value can never find its set id reused.
-    fn set_id(&mut self) -> u32 {
+    /// The first slot of a run of `count` free slots (one for an empty set, so that every set
+    /// id is its own), searched upward from the last run handed out and wrapping once to slot 1.
+    /// Free means in no set in use, in no set of the last `SLOT_QUARANTINE_MS` (a reader that
+    /// fetched a just-replaced service value can never find its slots reused) and in no run of
+    /// this plan. With no such run: the slot limit itself, which every write of the set refuses
+    /// ("BACKENDS_V2 has no slot ..."), so the service port fails by name and the rest applies.
+    fn set_id(&mut self, count: usize) -> u32 {
+        let limit = self.current.slot_limit();
+        let Ok(len) = u32::try_from(count.max(1)) else {
+            return limit;
+        };
+        let from = self.next_set_id.clamp(1, limit);
+        let mut start = from;
+        let mut wrapped = false;
         loop {
-            let id = self.next_set_id;
-            self.next_set_id = next_id(id);
-            if id != 0 && !self.current.set_id_in_use(id) {
-                return id;
+            if wrapped && start >= from {
+                return limit;
+            }
+            if start.saturating_add(len) > limit {
+                if wrapped {
+                    return limit;
+                }
+                (wrapped, start) = (true, 1);
+                continue;
+            }
+            let mine = self
+                .claimed
+                .range(..start + len)
+                .next_back()
+                .map(|(&f, &n)| f + n)
+                .filter(|&end| end > start);
+            match self.current.blocker(start, len).max(mine) {
+                Some(end) => start = end,
+                None => break,
             }
         }
+        self.claimed.insert(start, len);
+        self.next_set_id = start + len;
+        start
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
+    use std::{
+        collections::BTreeSet,
+        time::{Duration, Instant},
+    };
 
-    use dataplane_common::lb::ServiceValue;
+    use dataplane_common::lb::{ServiceValue, SLOT_QUARANTINE_MS};
 
     use super::*;
 
@@ -399,8 +437,108 @@ mod tests {
         assert_eq!(m.service(&key(5)).unwrap().frontend_id, gone);
     }
 
+    /// The runs of every set the mirror holds, `(first, slots)`, asserting none overlaps
+    /// another.
+    fn disjoint_runs(m: &Mirror) -> Vec<(u32, u32)> {
+        let mut runs: Vec<(u32, u32)> = m
+            .services()
+            .map(|(_, v)| (v.set_id, v.count.max(1)))
+            .collect();
+        runs.sort_unstable();
+        runs.dedup();
+        for w in runs.windows(2) {
+            assert!(w[0].0 + w[0].1 <= w[1].0, "runs overlap: {runs:?}");
+        }
+        runs
+    }
+
+    fn overlaps(a: (u32, u32), b: (u32, u32)) -> bool {
+        a.0 < b.0 + b.1 && b.0 < a.0 + a.1
+    }
+
     #[test]
-    fn set_ids_skip_zero_and_ids_in_use_when_wrapping() {
+    fn runs_skip_sets_in_use_and_in_quarantine_and_say_when_none_fits() {
+        let mut m = Mirror::default();
+        m.set_slot_limit(24);
+        let three = |a: u8| desired(&[(1, Some(&[a, 2, 3])), (2, Some(&[a, 5])), (3, Some(&[a]))]);
+        let ops = plan(&m, &three(1));
+        apply_all(&mut m, &ops);
+        assert_eq!(disjoint_runs(&m), [(1, 3), (4, 2), (6, 1)]);
+        // Replacing all three: the new sets come after the old, which are in quarantine after.
+        let ops = plan(&m, &three(10));
+        apply_all(&mut m, &ops);
+        assert_eq!(disjoint_runs(&m), [(7, 3), (10, 2), (12, 1)]);
+        assert_eq!(m.quarantined_slots(), 6);
+        let ops = plan(&m, &three(11));
+        apply_all(&mut m, &ops);
+        assert_eq!(disjoint_runs(&m), [(13, 3), (16, 2), (18, 1)]);
+        // Slots 19..=23 hold the next 3 + 2; the last set finds no run: slots 1..=12 are in
+        // quarantine and 13..=18 in use. Its set id is the limit, which every write refuses.
+        let ops = plan(&m, &three(12));
+        let firsts: Vec<u32> = ops
+            .iter()
+            .filter_map(|op| match op {
+                MapOp::PutService(_, v) => Some(v.set_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(firsts, [19, 22, 24]);
+        // Once the quarantine is over, the search wraps to slot 1.
+        m.prune_retired(Instant::now() + Duration::from_millis(SLOT_QUARANTINE_MS + 1));
+        let ops = plan(&m, &three(12));
+        apply_all(&mut m, &ops);
+        assert_eq!(disjoint_runs(&m), [(1, 1), (19, 3), (22, 2)]);
+    }
+
+    /// Random updates in a small array: no set is ever written over slots that a set in use
+    /// or a set retired since the last end of quarantine holds, and slots are reused.
+    #[test]
+    fn random_updates_never_reuse_live_or_quarantined_slots() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut m = Mirror::default();
+        m.set_slot_limit(400);
+        let mut quarantined: Vec<(u32, u32)> = Vec::new();
+        let mut wrapped = false;
+        for round in 0..600 {
+            if round % 7 == 6 {
+                m.prune_retired(Instant::now() + Duration::from_millis(SLOT_QUARANTINE_MS + 1));
+                quarantined.clear();
+            }
+            let before = disjoint_runs(&m);
+            let backends: Vec<Vec<u8>> = (0..6).map(|_| (0..next(6) as u8).collect()).collect();
+            let mut d = Desired::default();
+            for k in 0..6u8 {
+                if next(3) > 0 {
+                    let keep = next(8) > 0;
+                    d.insert(key(k + 1), keep.then(|| spec(&backends[k as usize])));
+                }
+            }
+            let ops = plan(&m, &d);
+            for op in &ops {
+                if let MapOp::PutBackend(k, _) = op {
+                    let slot = (k.index(), 1);
+                    assert!(k.index() >= 1 && k.index() < 400, "{k:?}");
+                    for r in before.iter().chain(&quarantined) {
+                        assert!(!overlaps(slot, *r), "slot {k:?} of {r:?} reused");
+                    }
+                    wrapped |= before.iter().any(|r| r.0 > k.index());
+                }
+            }
+            apply_all(&mut m, &ops);
+            let after = disjoint_runs(&m);
+            quarantined.extend(before.iter().filter(|r| !after.contains(r)));
+        }
+        assert!(wrapped, "600 rounds in 400 slots should wrap");
+    }
+
+    #[test]
+    fn set_ids_skip_slot_zero_and_sets_in_use_when_wrapping() {
         // A dump whose highest set id is u32::MAX, with 1 and 2 still in use.
         let v = |fid, set_id| ServiceValue {
             frontend_id: fid,

@@ -14,7 +14,7 @@ use dataplane_common::{
     map_names, maps,
 };
 
-use crate::maps::open_hash;
+use crate::maps::{open_array, open_hash};
 
 use super::{
     mirror::slots,
@@ -94,7 +94,7 @@ pub struct CtRow {
 /// Every frontend in the maps, in address order.
 pub fn list_services(source: &(impl MapSource + ?Sized)) -> Result<Vec<ServiceRow>> {
     let services = open_hash::<ServiceKey, ServiceValue>(source, &maps::SERVICES)?;
-    let backends = open_hash::<BackendKey, BackendValue>(source, &maps::BACKENDS)?;
+    let backends = open_array::<BackendValue>(source, &maps::BACKENDS)?;
     let names = source
         .open_map(map_names::SERVICE_NAMES)
         .ok()
@@ -107,7 +107,9 @@ pub fn list_services(source: &(impl MapSource + ?Sized)) -> Result<Vec<ServiceRo
     Ok(entries
         .iter()
         .map(|(k, v)| {
-            let mut row = service_row(k, v, |slot| backends.get(slot, 0).ok());
+            let mut row = service_row(k, v, |slot| {
+                backends.get(&slot.index(), 0).ok().filter(|b| b.addr != 0)
+            });
             row.name = names.get(&key_order(k)).cloned();
             row
         })

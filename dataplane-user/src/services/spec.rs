@@ -27,7 +27,7 @@ pub(crate) struct FrontendSpec {
 }
 
 impl FrontendSpec {
-    /// The `SERVICES_V1` value for this spec under the given ids.
+    /// The `SERVICES_V2` value for this spec under the given ids.
     pub fn value(&self, frontend_id: u32, set_id: u32) -> ServiceValue {
         ServiceValue {
             frontend_id,
@@ -228,7 +228,7 @@ pub(crate) fn backend_order(b: &BackendValue) -> (Ipv4Addr, u16, u16) {
     (ip_from_be(b.addr), u16::from_be(b.port), b.flags)
 }
 
-/// The `SERVICES_V1` key of a frontend (network-order address and port).
+/// The `SERVICES_V2` key of a frontend (network-order address and port).
 pub fn service_key(fe: &Frontend) -> ServiceKey {
     ServiceKey::new(ip_to_be(fe.ip), fe.port.to_be(), fe.protocol.number())
 }

@@ -75,21 +75,22 @@ impl Extend<(u32, u32, u16)> for StaleBackends {
 /// The maps a `ServiceTable` writes. Deleting an absent entry is not an error (the LRU maps
 /// evict on their own, and an interrupted update may have deleted it already).
 pub trait MapStore {
-    /// Every `SERVICES_V1` entry.
+    /// Every `SERVICES_V2` entry.
     fn dump_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
-    /// Every `BACKENDS_V1` entry.
+    /// Every used `BACKENDS_V2` slot, as the set and slot the services say it is
+    /// ([`slots_by_set`]).
     fn dump_backends(&self) -> Result<Vec<(BackendKey, BackendValue)>>;
-    /// Creates or replaces a `SERVICES_V1` entry.
+    /// Creates or replaces a `SERVICES_V2` entry.
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()>;
-    /// Deletes a `SERVICES_V1` entry.
+    /// Deletes a `SERVICES_V2` entry.
     fn delete_service(&mut self, key: &ServiceKey) -> Result<()>;
-    /// Creates or replaces a `BACKENDS_V1` slot.
+    /// Writes `BACKENDS_V2` slot `key.index()`.
     fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<()>;
-    /// Deletes a `BACKENDS_V1` slot.
+    /// Clears `BACKENDS_V2` slot `key.index()`.
     fn delete_backend(&mut self, key: &BackendKey) -> Result<()>;
     /// Deletes the `CT_V2` and `AFFINITY_V1` entries `stale` matches; returns how many of each.
     fn purge_flows(&mut self, stale: &StaleBackends) -> Result<(usize, usize)>;
-    /// Entries `SERVICES_V1` and `BACKENDS_V1` can hold: what a sync must fit in.
+    /// Entries `SERVICES_V2` and `BACKENDS_V2` can hold: what a sync must fit in.
     fn capacity(&self) -> (usize, usize) {
         (MAX_FRONTENDS as usize, MAX_BACKEND_SLOTS as usize)
     }
@@ -113,15 +114,15 @@ pub trait MapStore {
         false
     }
 
-    /// Creates or replaces `BACKENDS_V1` slots.
+    /// Creates or replaces `BACKENDS_V2` slots.
     fn put_backends(&mut self, entries: &[(BackendKey, BackendValue)]) -> Result<(), Partial> {
         each(entries, |(k, v)| self.put_backend(k, v))
     }
-    /// Creates or replaces `SERVICES_V1` entries.
+    /// Creates or replaces `SERVICES_V2` entries.
     fn put_services(&mut self, entries: &[(ServiceKey, ServiceValue)]) -> Result<(), Partial> {
         each(entries, |(k, v)| self.put_service(k, v))
     }
-    /// Deletes `BACKENDS_V1` slots (absent ones are not an error).
+    /// Deletes `BACKENDS_V2` slots (absent ones are not an error).
     fn delete_backends(&mut self, keys: &[BackendKey]) -> Result<(), Partial> {
         each(keys, |k| self.delete_backend(k))
     }
@@ -129,6 +130,39 @@ pub trait MapStore {
     fn put_addrs(&mut self, entries: &[(u32, u32)]) -> Result<(), Partial> {
         each(entries, |(a, f)| self.put_addr(*a, *f))
     }
+}
+
+/// `BACKENDS_V2`'s used slots (`(index, value)`, the non-zero ones) as the sets `services` name:
+/// a slot inside a service's run is `(set_id, slot)` of that set; one outside every run (left by
+/// an interrupted writer) is a set of its own, `(index, 0)`, which no service references: an
+/// orphan the table deletes.
+pub(crate) fn slots_by_set(
+    services: &[(ServiceKey, ServiceValue)],
+    used: impl IntoIterator<Item = (u32, BackendValue)>,
+) -> Vec<(BackendKey, BackendValue)> {
+    let mut runs: Vec<(u32, u32)> = services
+        .iter()
+        .filter(|(_, v)| v.count > 0)
+        .map(|(_, v)| (v.set_id, v.count))
+        .collect();
+    runs.sort_unstable();
+    used.into_iter()
+        .map(|(index, value)| {
+            // The run starting last at or before `index`.
+            let i = runs.partition_point(|&(first, _)| first <= index);
+            let key = match i.checked_sub(1).map(|i| runs[i]) {
+                Some((first, count)) if index - first < count => BackendKey {
+                    set_id: first,
+                    slot: index - first,
+                },
+                _ => BackendKey {
+                    set_id: index,
+                    slot: 0,
+                },
+            };
+            (key, value)
+        })
+        .collect()
 }
 
 /// A batch that stopped: the first `done` elements were applied, then `error`.

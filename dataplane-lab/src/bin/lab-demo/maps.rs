@@ -62,15 +62,15 @@ pub fn services(demo: &mut Demo) -> Result<()> {
 /// The pinned maps with bpftool: the list, and the service map's entries.
 pub fn bpftool(demo: &mut Demo) -> Result<()> {
     let agent = demo.agents.first().context("no agent")?;
-    let services = format!("{}/SERVICES_V1", agent.pin());
+    let services = format!("{}/SERVICES_V2", agent.pin());
     let shown = show(&["bpftool", "map", "show", "pinned", &services])?;
-    if !shown.contains("SERVICES_V1") {
+    if !shown.contains("SERVICES_V2") {
         bail!("bpftool does not name the map: {shown}");
     }
     let dump = show(&["bpftool", "map", "dump", "pinned", &services])?;
     let entries = dump.lines().filter(|l| l.contains("key")).count();
     if entries == 0 {
-        bail!("SERVICES_V1 is empty");
+        bail!("SERVICES_V2 is empty");
     }
     println!("   ({entries} entries; every map of the node:)");
     let names: Vec<String> = std::fs::read_dir(&agent.pin_dir)?
@@ -215,7 +215,7 @@ fn print_agent_commands(demo: &Demo, agent: &Agent) {
         "      {enter} tcpdump -ni {} udp port 8472 or ip proto 4",
         node.uplink
     );
-    println!("      bpftool map dump pinned {pin}/SERVICES_V1");
+    println!("      bpftool map dump pinned {pin}/SERVICES_V2");
     println!("      {bin} services --pin-dir {pin}");
     println!("      {bin} stats --pin-dir {pin}");
     println!("      {enter} {bin} monitor --pin-dir {pin} --all");

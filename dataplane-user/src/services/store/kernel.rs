@@ -1,5 +1,5 @@
 //! [`KernelMaps`]: the service maps in the kernel, opened with `crate::maps`, written one
-//! entry at a time or in batch calls.
+//! entry at a time or in batch calls; `BACKENDS_V2` through its memory (`maps::slots`).
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
@@ -12,17 +12,19 @@ use dataplane_common::{
     ct::{CtKey, CtValue, CT_MAX_ENTRIES},
     lb::{
         AffinityKey, AffinityValue, BackendKey, BackendValue, ServiceKey, ServiceValue,
-        MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_FRONTENDS,
+        MAX_AFFINITY, MAX_FRONTENDS,
     },
     map_names,
-    maps::{AFFINITY, BACKENDS, CT, LB_ADDRS, LB_ADDR_BITS, SERVICES},
+    maps::{AFFINITY, CT, LB_ADDRS, LB_ADDR_BITS, SERVICES},
 };
 
 use super::{MapSource, MapStore, Partial, StaleBackends};
 use crate::{
     maps::{
         batch::{BatchError, BatchMap},
-        open_array, open_hash, Hash, KvMap as _,
+        open_array, open_hash,
+        slots::BackendSlots,
+        Hash, KvMap as _,
     },
     services::addr_bits::AddrBitmap,
 };
@@ -34,12 +36,12 @@ pub struct KernelMaps {
     bits_map: Array<MapData, AddrBits>,
     bits: AddrBitmap,
     services: Hash<ServiceKey, ServiceValue>,
-    backends: Hash<BackendKey, BackendValue>,
+    backends: BackendSlots,
     affinity: Hash<AffinityKey, AffinityValue>,
     ct: Hash<CtKey, CtValue>,
-    /// The same three maps for batch calls; `None` once the kernel refused them (one write
-    /// each from then on).
-    batch: Option<[BatchMap; 3]>,
+    /// `LB_ADDRS_V1` and `SERVICES_V2` for batch calls; `None` once the kernel refused them
+    /// (one write each from then on).
+    batch: Option<[BatchMap; 2]>,
     /// `LB_ADDR_BITS_V1` for batch calls.
     bits_batch: BatchMap,
 }
@@ -54,7 +56,7 @@ fn batch_unsupported(e: &std::io::Error) -> bool {
 }
 
 impl KernelMaps {
-    /// Runs one batch call on map `which` (0 addrs, 1 services, 2 backends), falling back to
+    /// Runs one batch call on map `which` (0 addrs, 1 services), falling back to
     /// `single` (one write each, from where the batch stopped) if the kernel refuses batches
     /// or a delete meets an absent key.
     fn batched<T>(
@@ -138,7 +140,7 @@ impl KernelMaps {
 }
 
 impl KernelMaps {
-    /// Opens `SERVICES_V1`, `BACKENDS_V1`, `AFFINITY_V1` and `CT_V2`, checking their layouts.
+    /// Opens `SERVICES_V2`, `BACKENDS_V2`, `AFFINITY_V1` and `CT_V2`, checking their layouts.
     pub fn open(source: &(impl MapSource + ?Sized)) -> Result<KernelMaps> {
         Ok(KernelMaps {
             addrs: open_hash(source, &LB_ADDRS)?,
@@ -146,13 +148,12 @@ impl KernelMaps {
             bits: AddrBitmap::default(),
             bits_batch: BatchMap::open(source, &LB_ADDR_BITS)?,
             services: open_hash(source, &SERVICES)?,
-            backends: open_hash(source, &BACKENDS)?,
+            backends: BackendSlots::open(source)?,
             affinity: open_hash(source, &AFFINITY)?,
             ct: open_hash(source, &CT)?,
             batch: Some([
                 BatchMap::open(source, &LB_ADDRS)?,
                 BatchMap::open(source, &SERVICES)?,
-                BatchMap::open(source, &BACKENDS)?,
             ]),
         })
     }
@@ -208,7 +209,8 @@ impl MapStore for KernelMaps {
     }
 
     fn dump_backends(&self) -> Result<Vec<(BackendKey, BackendValue)>> {
-        dump(&self.backends, map_names::BACKENDS)
+        let services = self.dump_services()?;
+        Ok(super::slots_by_set(&services, self.backends.used()))
     }
 
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
@@ -226,17 +228,11 @@ impl MapStore for KernelMaps {
     }
 
     fn put_backend(&mut self, key: &BackendKey, value: &BackendValue) -> Result<()> {
-        put(
-            &mut self.backends,
-            key,
-            value,
-            map_names::BACKENDS,
-            MAX_BACKEND_SLOTS,
-        )
+        self.backends.set(key.index(), value)
     }
 
     fn delete_backend(&mut self, key: &BackendKey) -> Result<()> {
-        delete(&mut self.backends, key, map_names::BACKENDS)
+        self.backends.clear(key.index())
     }
 
     fn batches(&self) -> bool {
@@ -258,18 +254,8 @@ impl MapStore for KernelMaps {
         self.put_batched(1, entries, |s, (k, v)| s.put_service(k, v))
     }
 
-    fn put_backends(&mut self, entries: &[(BackendKey, BackendValue)]) -> Result<(), Partial> {
-        self.put_batched(2, entries, |s, (k, v)| s.put_backend(k, v))
-    }
-
-    fn delete_backends(&mut self, keys: &[BackendKey]) -> Result<(), Partial> {
-        self.batched(
-            2,
-            keys,
-            |m, k| m.delete(k),
-            |s, k| s.delete_backend(k),
-            true,
-        )
+    fn capacity(&self) -> (usize, usize) {
+        (MAX_FRONTENDS as usize, self.backends.len() as usize)
     }
 
     fn purge_flows(&mut self, stale: &StaleBackends) -> Result<(usize, usize)> {

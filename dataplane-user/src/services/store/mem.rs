@@ -24,10 +24,11 @@ use crate::services::addr_bits::AddrBitmap;
 /// affinity entries and inspect the result.
 #[derive(Clone, Debug, Default)]
 pub struct MemMaps {
-    /// `SERVICES_V1`.
+    /// `SERVICES_V2`.
     pub services: HashMap<ServiceKey, ServiceValue>,
-    /// `BACKENDS_V1`.
-    pub backends: HashMap<BackendKey, BackendValue>,
+    /// `BACKENDS_V2`'s used slots, by index (an array: a set's slot is at `set_id + slot`, so
+    /// sets whose runs overlapped would overwrite each other here as in the kernel).
+    pub backends: HashMap<u32, BackendValue>,
     /// `CT_V2` (seed flows here to test purges).
     pub ct: HashMap<CtKey, CtValue>,
     /// `AFFINITY_V1`.
@@ -42,9 +43,9 @@ pub struct MemMaps {
     pub writes_before_failure: Option<usize>,
     /// Writes of backend slots with these addresses (network order) fail: one broken service.
     pub poisoned_backends: HashSet<u32>,
-    /// Writes of these `SERVICES_V1` keys fail.
+    /// Writes of these `SERVICES_V2` keys fail.
     pub poisoned_frontends: HashSet<ServiceKey>,
-    /// `(SERVICES_V1, BACKENDS_V1)` sizes: new keys beyond them fail as the kernel's E2BIG
+    /// `(SERVICES_V2, BACKENDS_V2)` sizes: new keys beyond them fail as the kernel's E2BIG
     /// does, and [`MapStore::capacity`] reports them. `None`: the real maps' sizes, unenforced.
     pub capacity: Option<(usize, usize)>,
     /// Syncs take the batched path as with the kernel maps ([`MapStore::batches`]); each
@@ -102,7 +103,11 @@ impl MapStore for MemMaps {
     }
 
     fn dump_backends(&self) -> Result<Vec<(BackendKey, BackendValue)>> {
-        Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+        let services = self.dump_services()?;
+        Ok(super::slots_by_set(
+            &services,
+            self.backends.iter().map(|(k, v)| (*k, *v)),
+        ))
     }
 
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
@@ -128,13 +133,17 @@ impl MapStore for MemMaps {
                 value.addr.to_ne_bytes()
             );
         }
-        let max = self.capacity.map(|(_, backends)| backends);
-        insert_bounded(&mut self.backends, key, value, max, map_names::BACKENDS)
+        let slots = self.capacity().1;
+        if key.index() as usize >= slots {
+            bail!("{} has no slot {} ({slots} slots)", map_names::BACKENDS, key.index());
+        }
+        self.backends.insert(key.index(), *value);
+        Ok(())
     }
 
     fn delete_backend(&mut self, key: &BackendKey) -> Result<()> {
         self.write()?;
-        self.backends.remove(key);
+        self.backends.remove(&key.index());
         Ok(())
     }
 
