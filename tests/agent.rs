@@ -529,10 +529,21 @@ fn check_bpftool_fields(node: &DataplaneNode, backend: &Pod) {
     let set_id = vip["value"]["set_id"].as_u64().unwrap() as u32;
     let path = node.pin_dir().join(map_names::BACKENDS);
     let index: Vec<String> = set_id.to_ne_bytes().iter().map(u8::to_string).collect();
-    let mut args = vec![bpftool(), "-j", "map", "lookup", "pinned", path.to_str().unwrap(), "key"];
+    let mut args = vec![
+        bpftool(),
+        "-j",
+        "map",
+        "lookup",
+        "pinned",
+        path.to_str().unwrap(),
+        "key",
+    ];
     args.extend(index.iter().map(String::as_str));
     let json = netns::run(&args).unwrap_or_else(|e| panic!("bpftool map lookup: {e:#}"));
-    println!("# bpftool map lookup pinned {} key {index:?}\n{json}", path.display());
+    println!(
+        "# bpftool map lookup pinned {} key {index:?}\n{json}",
+        path.display()
+    );
     let entry: serde_json::Value = serde_json::from_str(&json).unwrap();
     let slot = &entry["formatted"];
     assert_eq!(

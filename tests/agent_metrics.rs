@@ -42,7 +42,11 @@ fn a_service_that_cannot_be_written_does_not_block_the_others() {
         node_port: None,
         ..web(e)
     };
-    write(&dir, "web.yaml", &cluster_ip_only(vec![endpoint(b1)]).to_yaml());
+    write(
+        &dir,
+        "web.yaml",
+        &cluster_ip_only(vec![endpoint(b1)]).to_yaml(),
+    );
     let args = [
         "--manifests",
         dir.to_str().unwrap(),

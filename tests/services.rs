@@ -60,10 +60,29 @@ fn tcp_spread(cni: Cni) {
         *counts.entry(reply.server).or_insert(0) += 1;
     }
     assert_spread(&counts, 300, 3);
+    let s = c.stats(0);
+    assert!(s.packets(Hook::TcPodIngress, Reason::LbNewConnection) >= 300);
+    // The original direction, translated at node1's pod ingress and not masqueraded, is not
+    // parsed again at egress: on node1's uplink (node2's backends) and on the local backend's
+    // veth. Every connection sends at least its SYN, its request and its ACK of the reply.
+    let skipped = |hook| s.packets(hook, Reason::PassTranslatedAtIngress);
+    let remote = (counts["node2-pod0"] + counts["node2-pod1"]) as u64;
+    let local = counts["node1-pod1"] as u64;
     assert!(
-        c.stats(0)
-            .packets(Hook::TcPodIngress, Reason::LbNewConnection)
-            >= 300
+        skipped(Hook::TcUplinkEgress) >= 3 * remote,
+        "uplink egress skipped {} packets of {remote} connections",
+        skipped(Hook::TcUplinkEgress)
+    );
+    assert!(
+        skipped(Hook::TcPodEgress) >= 3 * local,
+        "pod egress skipped {} packets of {local} connections",
+        skipped(Hook::TcPodEgress)
+    );
+    // The replies still took their egress translation (back to the service address).
+    let replies = s.packets(Hook::TcPodEgress, Reason::NatReply);
+    assert!(
+        replies >= 2 * 300,
+        "{replies} replies translated at pod egress"
     );
 }
 

@@ -448,10 +448,7 @@ fn seed_service_entries_updates_removal_and_adoption() {
         entries::<ServiceKey, ServiceValue>(dir, map_names::SERVICES).len(),
         1
     );
-    assert_eq!(
-        used_slots(dir).len(),
-        3
-    );
+    assert_eq!(used_slots(dir).len(), 3);
     drop(table);
 
     // A restarted writer adopts the maps: nothing to write for the same state, no id collides.
@@ -535,10 +532,7 @@ fn ten_thousand_services_sync_and_resync_writes_only_changes() {
         entries::<ServiceKey, ServiceValue>(dir, map_names::SERVICES).len(),
         10_000
     );
-    assert_eq!(
-        used_slots(dir).len(),
-        100_000
-    );
+    assert_eq!(used_slots(dir).len(), 100_000);
 
     let started = Instant::now();
     assert!(
@@ -564,10 +558,7 @@ fn ten_thousand_services_sync_and_resync_writes_only_changes() {
     assert_eq!(after.frontend_id, before.frontend_id);
     assert_ne!(after.set_id, before.set_id);
     assert!(raw_set(dir, &after).contains(&backend([10, 200, 0, 1], 8080, 0)));
-    assert_eq!(
-        used_slots(dir).len(),
-        100_000
-    );
+    assert_eq!(used_slots(dir).len(), 100_000);
     drop(table);
 
     // A restarted writer adopts 10,000 frontends and finds nothing to do.

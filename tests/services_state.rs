@@ -153,8 +153,7 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client_socket() {
         .pod(0, 0)
         .host()
         .udp_request(vip, "anyone?", T)
-        .err()
-        .expect("must fail");
+        .expect_err("must fail");
     assert_eq!(io_kind(&err), Some(ErrorKind::ConnectionRefused), "{err:#}");
     assert!(
         c.stats(0)

@@ -509,7 +509,7 @@ mod tests {
     #[test]
     fn iptables_matches_the_seed_shape() {
         let s = svc();
-        let text = iptables_full(&[s.clone()], &facts());
+        let text = iptables_full(std::slice::from_ref(&s), &facts());
         // The seed's 15 rules for a 3-endpoint ClusterIP service (2 + 3 + 3*2 + ... ).
         let svc = svc_chain(&s);
         assert!(text.contains(&"-A KUBE-SERVICES ! -s 10.244.0.0/16 -d 10.109.117.159/32 -p tcp -m comment --comment \"test001/app-svc-clusterip cluster IP\" -m tcp --dport 80 -j KUBE-MARK-MASQ".to_string()));
@@ -532,7 +532,7 @@ mod tests {
     #[test]
     fn nft_has_the_vmap_shape() {
         let s = svc();
-        let text = nft_full(&[s.clone()], &facts());
+        let text = nft_full(std::slice::from_ref(&s), &facts());
         assert!(text.contains("numgen random mod 3 vmap { 0 : goto endpoint-"));
         assert!(text.contains(&format!(
             "add element ip kube-proxy service-ips {{ 10.109.117.159 . tcp . 80 : goto {} }}",

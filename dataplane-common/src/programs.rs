@@ -33,6 +33,15 @@ pub enum Target {
 /// hand on). A test run's output frame starts with it too.
 pub const XDP_DEFER_MAGIC: u32 = 0x6463_7066;
 
+/// The `skb->tc_index` a tc ingress hook leaves on a packet it translated whose connection has
+/// no egress entry (the original direction of a connection that is not masqueraded, or one
+/// translated whole): the egress hooks of this node then skip their pipeline for it
+/// (`pass-translated-at-ingress`) instead of parsing it and missing in `CT_V2`. tcx sets
+/// `tc_index` from `__sk_buff.tc_classid` on every `TC_ACT_OK`, so the value is the last
+/// ingress hook's: each ingress hook of the dataplane writes it (0 unless noted), and an
+/// egress hook that finds the note resets it to 0.
+pub const TC_INDEX_EGRESS_DONE: u16 = 0xd9e5;
+
 /// `enum bpf_attach_type` values of the socket-address hooks (include/uapi/linux/bpf.h).
 pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 pub const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;

@@ -217,6 +217,10 @@ reasons! {
     /// tc ingress: a packet of a connection translated whole at ingress (`CT_F_FULL`) with TTL
     /// <= 1: it is not routed by the kernel, which would have answered with ICMP time exceeded.
     DropTtlExceeded = 40, "drop-ttl-exceeded", drop;
+    /// tc egress: a packet a tc ingress hook of this node already translated, whose connection
+    /// has nothing for egress (not masqueraded, or translated whole): passed without a parse
+    /// or a conntrack lookup (`TC_INDEX_EGRESS_DONE`). The overlay stage still runs.
+    PassTranslatedAtIngress = 41, "pass-translated-at-ingress", pass;
 }
 
 /// Number of columns reserved per hook in the stats table (room for reasons added later).

@@ -38,6 +38,10 @@ pub struct Hit {
     /// The rewrite is the connection's whole translation (`CT_F_FULL`): the packet must not
     /// be left to the kernel's routing.
     pub full: bool,
+    /// No entry of the connection rewrites this direction at egress (an ingress entry of the
+    /// original direction without masquerade, or a whole translation): see
+    /// `TC_INDEX_EGRESS_DONE`.
+    pub egress_free: bool,
 }
 
 /// Which hooks an entry is for.
@@ -216,6 +220,7 @@ pub fn lookup(pkt: &Parsed, len: u32, now: u64, phase: Phase) -> Option<Hit> {
     let seen = cur.seen;
     let reply = cur.flags & CT_F_REPLY != 0;
     let full = cur.flags & CT_F_FULL != 0;
+    let egress_free = full || cur.flags & (CT_F_REPLY | CT_F_MASQ | CT_F_HOST) == 0;
     let to = Tuple {
         saddr: cur.nat_saddr,
         daddr: cur.nat_daddr,
@@ -235,7 +240,12 @@ pub fn lookup(pkt: &Parsed, len: u32, now: u64, phase: Phase) -> Option<Hit> {
             }
         }
     }
-    Some(Hit { to, reply, full })
+    Some(Hit {
+        to,
+        reply,
+        full,
+        egress_free: phase == Phase::Ingress && egress_free,
+    })
 }
 
 #[inline(always)]

@@ -71,6 +71,9 @@ fn tracked<P: FullNat>(p: &P, pkt: &Parsed, len: u32, now: u64, phase: Phase) ->
     if p.rewrite_tuple(pkt, &hit.to).is_err() {
         return Some(Verdict::drop(Reason::DropRewriteFailed));
     }
+    if hit.egress_free {
+        p.note_egress_free();
+    }
     Some(translated(pkt, &hit, phase))
 }
 
@@ -136,6 +139,10 @@ fn screen<P: FullNat>(p: &P, phase: Phase) -> Result<(Parsed, u32), Verdict> {
 /// as kube-proxy's OUTPUT chain does.
 #[inline(always)]
 pub fn egress<P: FullNat>(p: &P, host_services: bool) -> Verdict {
+    if p.take_egress_free() {
+        monitor::snapshot(p);
+        return Verdict::pass(Reason::PassTranslatedAtIngress);
+    }
     let (pkt, len) = match screen(p, Phase::Egress) {
         Ok(screened) => screened,
         Err(v) => return v,
@@ -269,7 +276,12 @@ fn balance<P: FullNat>(p: &P, pkt: &Parsed, len: u32, now: u64) -> Verdict {
             .map_err(|_| Reason::DropRewriteFailed)
     });
     match created {
-        Ok(()) => Verdict::pass(Reason::LbNewConnection),
+        Ok(()) => {
+            if !conntrack::masquerades(pkt, &svc, &backend) {
+                p.note_egress_free();
+            }
+            Verdict::pass(Reason::LbNewConnection)
+        }
         Err(reason) => Verdict::drop(reason),
     }
 }
@@ -290,6 +302,7 @@ pub fn uplink_rx_xdp(p: &XdpPacket, rec: &Recorder) -> Verdict {
 /// everything; else frames are only classified.
 #[inline(always)]
 pub fn uplink_rx_tc(p: &TcPacket, rec: &Recorder, xdp_ran: bool) -> Verdict {
+    p.forget_egress_note();
     let opened = match overlay::decap_tc(p, rec) {
         Ok(opened) => opened,
         Err(v) => return v,
@@ -350,6 +363,7 @@ pub fn uplink_tx(p: &TcPacket, rec: &Recorder) -> Verdict {
 /// tc ingress of a pod-facing device (frames a pod sends).
 #[inline(always)]
 pub fn pod_rx(p: &TcPacket, rec: &Recorder) -> Verdict {
+    p.forget_egress_note();
     p.linearize();
     sent_whole(p, ingress(p), rec)
 }

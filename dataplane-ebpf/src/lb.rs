@@ -3,8 +3,8 @@
 use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::lpm_trie::Key};
 use dataplane_common::{
     lb::{
-        AffinityKey, AffinityValue, BackendValue, ServiceKey, ServiceValue,
-        SourceRangeKey, SVC_F_AFFINITY, SVC_F_SOURCE_RANGES,
+        AffinityKey, AffinityValue, BackendValue, ServiceKey, ServiceValue, SourceRangeKey,
+        SVC_F_AFFINITY, SVC_F_SOURCE_RANGES,
     },
     Reason,
 };

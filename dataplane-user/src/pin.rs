@@ -216,7 +216,12 @@ mod object_tests {
                 want.max_entries,
             );
             assert_eq!(got, expect, "{}: (type, key, value, entries)", want.name);
-            assert_eq!(m.map_flags() & want.flags, want.flags, "{}: flags", want.name);
+            assert_eq!(
+                m.map_flags() & want.flags,
+                want.flags,
+                "{}: flags",
+                want.name
+            );
         }
     }
 

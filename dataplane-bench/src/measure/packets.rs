@@ -384,8 +384,7 @@ pub fn direct_run(ml: &ModeLab, templates: &Templates, run: Run) -> Result<Packe
         }
         last = (last_in, out, res.retval);
     };
-    let sent;
-    if traffic.is_new() {
+    let sent = if traffic.is_new() {
         // No flush between chunks: the table fills up as on a busy node (LRU eviction,
         // masquerade ports taken) and new flows are measured at that steady state.
         for (start, count) in chunks(traffic, repeat) {
@@ -399,7 +398,7 @@ pub fn direct_run(ml: &ModeLab, templates: &Templates, run: Run) -> Result<Packe
                 &mut problems,
             );
         }
-        sent = repeat as u64;
+        repeat as u64
     } else {
         templates.walk(off, EST_FLOWS)?;
         inject(first.clone(), EST_FLOWS)??;
@@ -412,8 +411,8 @@ pub fn direct_run(ml: &ModeLab, templates: &Templates, run: Run) -> Result<Packe
             templates.get(off + (repeat - 1) % EST_FLOWS),
             &mut problems,
         );
-        sent = EST_FLOWS as u64 + repeat as u64;
-    }
+        EST_FLOWS as u64 + repeat as u64
+    };
     if std::env::var_os("BENCH_DEBUG").is_some() {
         eprintln!(
             "direct {traffic:?}: in {:?}\n out {:?}",

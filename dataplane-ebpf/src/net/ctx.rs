@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 // The metadata word of a frame XDP deferred to tc ingress: one definition for both sides.
-use dataplane_common::programs::XDP_DEFER_MAGIC as DEFER_MAGIC;
+use dataplane_common::programs::{TC_INDEX_EGRESS_DONE, XDP_DEFER_MAGIC as DEFER_MAGIC};
 
 use super::{
     csum,
@@ -99,6 +99,16 @@ pub trait Packet {
     /// checksum state: never.
     #[inline(always)]
     fn defer(&self, _pkt: &Parsed) -> bool {
+        false
+    }
+    /// Notes on the packet, translated at this ingress hook, that no egress hook of this node
+    /// has anything to do with it ([`TC_INDEX_EGRESS_DONE`]). tc only: an XDP frame has no skb
+    /// yet.
+    #[inline(always)]
+    fn note_egress_free(&self) {}
+    /// Whether an ingress hook noted that on the packet; forgets it either way.
+    #[inline(always)]
+    fn take_egress_free(&self) -> bool {
         false
     }
 }
@@ -411,7 +421,46 @@ impl TcPacket<'_> {
     }
 }
 
+impl TcPacket<'_> {
+    /// Sets the packet's `tc_index` to `note` as it leaves this hook, whatever the verdict.
+    /// tcx overwrites `tc_index` with `qdisc_skb_cb->tc_classid` (the `__sk_buff.tc_classid`
+    /// a program writes) on a `TC_ACT_OK` (include/net/tcx.h, `tcx_action_code`) and leaves
+    /// it as is on a redirect: both are written. The cb's `tc_classid` is scratch the
+    /// kernel does not clear, so an ingress hook sets it on every packet (`forget_egress_note`).
+    #[inline(always)]
+    fn set_egress_note(&self, note: u16) {
+        let skb = self.0.skb.skb;
+        // SAFETY: tc programs may write `__sk_buff.tc_index` and `__sk_buff.tc_classid`.
+        unsafe {
+            (*skb).tc_index = note as u32;
+            (*skb).tc_classid = note as u32;
+        }
+    }
+
+    /// At an ingress hook: a note another netns or node left on the packet (veth pairs keep
+    /// `tc_index`), or stale cb bytes, are not this node's.
+    #[inline(always)]
+    pub fn forget_egress_note(&self) {
+        self.set_egress_note(0);
+    }
+}
+
 impl Packet for TcPacket<'_> {
+    #[inline(always)]
+    fn note_egress_free(&self) {
+        self.set_egress_note(TC_INDEX_EGRESS_DONE);
+    }
+
+    #[inline(always)]
+    fn take_egress_free(&self) -> bool {
+        // SAFETY: tc programs may read `__sk_buff.tc_index` (a u16 in the skb).
+        if unsafe { (*self.0.skb.skb).tc_index } != TC_INDEX_EGRESS_DONE as u32 {
+            return false;
+        }
+        self.set_egress_note(0);
+        true
+    }
+
     #[inline(always)]
     fn write_front<T: Copy>(&self, v: &T) -> Result<(), Failed> {
         self.write_front_in_place(v)

@@ -91,7 +91,11 @@ impl BackendSlots {
 
     fn cell(&self, index: u32) -> Result<&AtomicU64> {
         if index >= self.slots {
-            bail!("{} has no slot {index} ({} slots)", BACKENDS.name, self.slots);
+            bail!(
+                "{} has no slot {index} ({} slots)",
+                BACKENDS.name,
+                self.slots
+            );
         }
         // SAFETY: in bounds of the mapping, 8-byte aligned (page-aligned base).
         Ok(unsafe { &*self.base.as_ptr().add(index as usize) })

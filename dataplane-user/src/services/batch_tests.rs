@@ -29,7 +29,8 @@ fn contents(t: &ServiceTable<MemMaps>) -> HashMap<ServiceKey, Vec<BackendValue>>
                     m.backends[&dataplane_common::lb::BackendKey {
                         set_id: v.set_id,
                         slot,
-                    }.index()]
+                    }
+                    .index()]
                 })
                 .collect();
             (*k, set)

@@ -21,7 +21,8 @@ fn served(t: &ServiceTable<MemMaps>) -> (BTreeMap<String, String>, bool) {
                 m.backends[&BackendKey {
                     set_id: v.set_id,
                     slot,
-                }.index()]
+                }
+                .index()]
             })
             .collect();
         slots += backends.len();

@@ -307,7 +307,6 @@ impl Mirror {
             self.free_frontend_ids.remove(pos);
         }
     }
-
 }
 
 /// Records that set `id` spans at least `count` slots.
@@ -382,7 +381,11 @@ mod tests {
         // Set 9 is complete, set 7 too; set 12 is an orphan left by an interrupted writer.
         let backends = [slot(7, 0), slot(7, 1), slot(9, 0), slot(12, 0), slot(9, 5)];
         let m = Mirror::adopt(services, backends);
-        assert_eq!(m.next_set_id(), 15, "after the highest run seen (set 9 reaches slot 14)");
+        assert_eq!(
+            m.next_set_id(),
+            15,
+            "after the highest run seen (set 9 reaches slot 14)"
+        );
         let fids: Vec<u32> = m.frontend_id_candidates().take(3).collect();
         assert_eq!(
             fids,

@@ -104,7 +104,8 @@ pub(super) fn served(t: &ServiceTable<MemMaps>, svc: &ServicePort) -> Vec<Backen
             t.store().backends[&BackendKey {
                 set_id: v.set_id,
                 slot,
-            }.index()]
+            }
+            .index()]
         })
         .collect()
 }
@@ -333,7 +334,8 @@ fn sync_after_adoption_removes_unknown_frontends_and_orphan_slots() {
         set_id: 40,
         slot: 0,
     };
-    maps.backends.insert(orphan.index(), be([10, 0, 0, 1], 80, 0));
+    maps.backends
+        .insert(orphan.index(), be([10, 0, 0, 1], 80, 0));
     let mut t = ServiceTable::with_store(maps, local()).unwrap();
     t.upsert(&app_svc(Protocol::Tcp)).unwrap();
     assert_eq!(

@@ -135,7 +135,11 @@ impl MapStore for MemMaps {
         }
         let slots = self.capacity().1;
         if key.index() as usize >= slots {
-            bail!("{} has no slot {} ({slots} slots)", map_names::BACKENDS, key.index());
+            bail!(
+                "{} has no slot {} ({slots} slots)",
+                map_names::BACKENDS,
+                key.index()
+            );
         }
         self.backends.insert(key.index(), *value);
         Ok(())
