@@ -30,7 +30,8 @@ pub enum Target {
 
 /// The XDP metadata word `xdp_uplink` leaves in front of a frame it deferred to tc ingress
 /// ("dpcf", native byte order; read through `__sk_buff.data_meta`, which generic and veth XDP
-/// hand on). A test run's output frame starts with it too.
+/// hand on). A test run's output frame starts with it too. Only where the kernel lets XDP
+/// programs call `bpf_xdp_adjust_meta` (the loader probes it: `XDP_META` in the object).
 pub const XDP_DEFER_MAGIC: u32 = 0x6463_7066;
 
 /// The `skb->tc_index` a tc ingress hook leaves on a packet it translated whose connection has

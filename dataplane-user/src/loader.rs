@@ -131,6 +131,7 @@ pub fn load_for(pin_dir: &Path, uplink_xdp: bool, xdp_forward: bool) -> Result<D
     pin::check_pinned_layouts(pin_dir)?;
     let flag: u32 = uplink_xdp.into();
     let forward: u32 = (uplink_xdp && xdp_forward).into();
+    let meta: u32 = xdp_metadata_supported().into();
     let mut loader = EbpfLoader::new();
     // BTF-defined maps carry no pinning attribute (aya-ebpf 0.2 emits none): each map is
     // pinned by name here, and a pin an earlier run left is adopted (aya opens it instead of
@@ -143,12 +144,35 @@ pub fn load_for(pin_dir: &Path, uplink_xdp: bool, xdp_forward: bool) -> Result<D
         .default_map_pin_directory(pin_dir)
         .override_global("UPLINK_XDP", &flag, true)
         .override_global("XDP_FORWARD", &forward, true)
+        .override_global("XDP_META", &meta, true)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object (maps and BTF)")?;
     load_programs(&mut ebpf)?;
     Ok(Datapath {
         ebpf,
         pin_dir: pin_dir.to_path_buf(),
+    })
+}
+
+/// Whether XDP programs may call `bpf_xdp_adjust_meta` here (`XDP_META` in the object): how
+/// `xdp_uplink` marks the frames it leaves to tc ingress. Some kernels refuse the helper to XDP
+/// (a 6.18 build seen here); there tc ingress runs the ingress pipeline on every frame XDP
+/// passed instead (correct, one conntrack lookup more per passed frame). Probed once.
+pub fn xdp_metadata_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let probed = aya::sys::is_helper_supported(
+            aya::programs::ProgramType::Xdp,
+            aya::sys::BpfHelper::BPF_FUNC_xdp_adjust_meta,
+        );
+        let supported = matches!(probed, Ok(true));
+        if !supported {
+            log::warn!(
+                "this kernel refuses bpf_xdp_adjust_meta to XDP programs ({probed:?}): \
+                 tc ingress of the uplink runs the ingress pipeline on every frame XDP passes"
+            );
+        }
+        supported
     })
 }
 

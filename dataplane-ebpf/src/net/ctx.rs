@@ -23,6 +23,23 @@ use super::{
     parse::{self, Parsed, L4, MAX_L4_OFF},
 };
 
+/// 1 when the kernel lets XDP programs reserve metadata (`bpf_xdp_adjust_meta`), which is how
+/// `xdp_uplink` marks a frame it leaves to tc ingress; set by the loader from a helper probe.
+/// Some kernels refuse the helper to XDP (seen here: a 6.18 build whose verifier says "program
+/// of this type cannot use helper bpf_xdp_adjust_meta#54"), and the object must load there too:
+/// with this 0 the verifier never walks the call (a frozen .rodata constant prunes the branch).
+/// Unmarked, tc ingress runs the whole ingress pipeline on every frame XDP passed; a frame XDP
+/// already translated carries the rewritten tuple there, which no ingress entry or frontend
+/// matches, so it passes.
+#[no_mangle]
+static XDP_META: u32 = 0;
+
+#[inline(always)]
+fn xdp_meta() -> bool {
+    // Volatile: patched into .rodata at load time (as UPLINK_XDP in main.rs).
+    unsafe { core::ptr::read_volatile(&XDP_META) != 0 }
+}
+
 /// A context operation the kernel refused (out of bounds, no room): the caller names the
 /// reason.
 pub struct Failed;
@@ -165,9 +182,14 @@ impl XdpPacket<'_> {
         unsafe { (*self.0.ctx).ingress_ifindex }
     }
 
-    /// Marks the frame for tc ingress (the XDP metadata word [`DEFER_MAGIC`]).
+    /// Marks the frame for tc ingress (the XDP metadata word [`DEFER_MAGIC`]). Without
+    /// metadata ([`XDP_META`] 0) there is nothing to write: tc ingress treats every frame XDP
+    /// passed as deferred.
     #[inline(always)]
     pub fn mark_deferred(&self) -> bool {
+        if !xdp_meta() {
+            return true;
+        }
         if unsafe { bpf_xdp_adjust_meta(self.0.ctx, -4) } != 0 {
             return false;
         }
@@ -402,9 +424,13 @@ impl TcPacket<'_> {
         Ok(())
     }
 
-    /// Whether `xdp_uplink` deferred this frame to tc ingress (its metadata word).
+    /// Whether `xdp_uplink` deferred this frame to tc ingress (its metadata word; every frame
+    /// where the kernel gives XDP no metadata, see [`XDP_META`]).
     #[inline(always)]
     pub fn deferred_by_xdp(&self) -> bool {
+        if !xdp_meta() {
+            return true;
+        }
         let skb = self.0.skb.skb;
         let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
         if meta + 4 > data {
