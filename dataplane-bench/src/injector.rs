@@ -272,3 +272,20 @@ fn xdp_md(len: u32, ifindex: u32) -> [u8; 24] {
     b[12..16].copy_from_slice(&ifindex.to_ne_bytes());
     b
 }
+
+/// Fails with the reason when this kernel refuses live-frame test runs, before any lab is built:
+/// every timed packet of the benchmark is a live frame. A one-instruction program that drops its
+/// frame, so nothing reaches any stack. Seen here: a 6.18 build (6.18.44-fc-v1300) answers EPERM
+/// where 6.18.44-fc-v1147 ran the benchmark.
+pub fn check_live_frames() -> Result<()> {
+    let prog = load_xdp(&[mov64_imm(R0, 1), exit()], "bench_live_probe")?;
+    let frame = [0u8; 64];
+    match prog_test_run(prog.as_raw_fd(), &frame, None, None, 1, Some(1)) {
+        Ok(_) => Ok(()),
+        Err(e) => bail!(
+            "this kernel refuses BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES ({e}): the \
+             benchmark injects every packet that way and cannot run here; `--only sync` and \
+             `--only plan` do not need it"
+        ),
+    }
+}

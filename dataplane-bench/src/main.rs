@@ -156,6 +156,7 @@ fn run(args: &Args) -> Result<bool> {
         Some("plan") => return plan_only(&sweep),
         Some(o) => bail!("--only {o}: the parts that run alone are `overlay` and `sync`"),
     };
+    injector::check_live_frames()?;
     if only_overlay {
         let mut templates = Templates::new(scenario::TEMPLATE_CAPACITY)?;
         scenario::build_templates(1, |i, f| templates.set(i, f));
