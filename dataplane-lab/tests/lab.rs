@@ -342,6 +342,22 @@ fn exits_within(child: &mut std::process::Child, timeout: Duration) -> bool {
     false
 }
 
+/// Whether process `pid` is in the named network namespace `ns` within `timeout` (same nsfs
+/// inode).
+fn joins_within(pid: u32, ns: &str, timeout: Duration) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let ns_inode = std::fs::metadata(format!("/run/netns/{ns}")).unwrap().ino();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let inode = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino());
+        if inode.ok() == Some(ns_inode) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
 }
@@ -385,6 +401,12 @@ fn stale_leftovers_are_removed() {
         ])
         .spawn()
         .unwrap();
+    // spawn() returns once nsenter runs, not once it has entered the namespace: a cleanup
+    // before its setns finds nobody inside, and the sleep then lives on in the unnamed netns.
+    assert!(
+        joins_within(inside.id(), stale_ns, TIMEOUT),
+        "nsenter entered {stale_ns}"
+    );
     {
         // Under the labs' lock so that two mounts of bpffs cannot race.
         let _lock = netns::GlobalLock::acquire().unwrap();
