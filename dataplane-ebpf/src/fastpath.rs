@@ -54,8 +54,7 @@ static XDP_FORWARD: u32 = 0;
 
 #[inline(always)]
 fn enabled() -> bool {
-    // Volatile: patched into .rodata at load time (as UPLINK_XDP in main.rs).
-    unsafe { core::ptr::read_volatile(&XDP_FORWARD) != 0 }
+    crate::config::load_time_flag(&XDP_FORWARD)
 }
 
 /// Takes the ingress pipeline's verdict `v`: a translated packet whose route leads back out of

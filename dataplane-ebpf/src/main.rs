@@ -103,8 +103,7 @@ static UPLINK_XDP: u32 = 1;
 
 #[inline(always)]
 fn uplink_xdp() -> bool {
-    // Volatile: the value is patched into .rodata at load time; the compiler must not fold it.
-    unsafe { core::ptr::read_volatile(&UPLINK_XDP) != 0 }
+    config::load_time_flag(&UPLINK_XDP)
 }
 
 /// XDP on the uplink: NodePort/external traffic enters here, and replies of connections this

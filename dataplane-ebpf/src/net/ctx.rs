@@ -36,8 +36,7 @@ static XDP_META: u32 = 0;
 
 #[inline(always)]
 fn xdp_meta() -> bool {
-    // Volatile: patched into .rodata at load time (as UPLINK_XDP in main.rs).
-    unsafe { core::ptr::read_volatile(&XDP_META) != 0 }
+    crate::config::load_time_flag(&XDP_META)
 }
 
 /// A context operation the kernel refused (out of bounds, no room): the caller names the
